@@ -1,0 +1,18 @@
+#ifndef SMTPTAP_ESCAPE_H
+#define SMTPTAP_ESCAPE_H
+
+#include <stddef.h>
+
+struct evbuffer;
+
+/*
+ * Appends n octets of p to out so that the result is safe to print on a terminal and still
+ * says exactly which octets crossed: backslash becomes "\\", tab stays, other control
+ * characters, C1 controls and octets that are not valid UTF-8 become "\xHH".
+ */
+void escape_append(struct evbuffer *out, const unsigned char *p, size_t n);
+
+/* Same, into a NUL-terminated heap string (for JSON and the program's log); NULL on ENOMEM. */
+char *escape_strdup(const unsigned char *p, size_t n);
+
+#endif

@@ -1,0 +1,136 @@
+/* Escaping of peer octets for transcripts, events and the program's own log. */
+#include "logs/escape.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+/* Where the escaped text goes: an evbuffer, or a heap string sized for the worst case. */
+struct escape_sink {
+	struct evbuffer *buf;
+	char *s;
+	size_t off;
+};
+
+/* Octets 0x20-0x7e except backslash, and tab: copied as they are (0x80-0xff are 0). */
+static const unsigned char escape_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, /* 00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 20 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 30 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 40 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 50 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 60 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, /* 70 */
+};
+
+static void
+escape_sink_add(struct escape_sink *k, const void *p, size_t n)
+{
+	if (k->buf != NULL) {
+		evbuffer_add(k->buf, p, n);
+		return;
+	}
+	memcpy(k->s + k->off, p, n);
+	k->off += n;
+}
+
+/* Length of the valid UTF-8 character at p (2-4), or 0 if it is invalid or a C1 control. */
+static size_t
+escape_utf8_len(const unsigned char *p, size_t n)
+{
+	unsigned char c = p[0], lo = 0x80, hi = 0xbf;
+	size_t len, i;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (n < len)
+		return 0;
+	/* The second octet's range excludes overlongs, surrogates, > U+10FFFF and C1. */
+	if (c == 0xc2)
+		lo = 0xa0;
+	else if (c == 0xe0)
+		lo = 0xa0;
+	else if (c == 0xed)
+		hi = 0x9f;
+	else if (c == 0xf0)
+		lo = 0x90;
+	else if (c == 0xf4)
+		hi = 0x8f;
+	if (p[1] < lo || p[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if (p[i] < 0x80 || p[i] > 0xbf)
+			return 0;
+	return len;
+}
+
+static void
+escape_octet(struct escape_sink *k, unsigned char c)
+{
+	static const char hex[] = "0123456789abcdef";
+	char e[4];
+
+	if (c == '\\') {
+		escape_sink_add(k, "\\\\", 2);
+		return;
+	}
+	e[0] = '\\';
+	e[1] = 'x';
+	e[2] = hex[c >> 4];
+	e[3] = hex[c & 0xf];
+	escape_sink_add(k, e, sizeof(e));
+}
+
+/* Copies runs of octets that need no escape in one piece, and escapes the rest one by one. */
+static void
+escape_run(struct escape_sink *k, const unsigned char *p, size_t n)
+{
+	size_t i = 0, start, len;
+
+	while (i < n) {
+		start = i;
+		for (;;) {
+			while (i < n && escape_plain[p[i]])
+				i++;
+			if (i < n && p[i] >= 0xc2 && (len = escape_utf8_len(p + i, n - i)) > 0)
+				i += len;
+			else
+				break;
+		}
+		if (i > start)
+			escape_sink_add(k, p + start, i - start);
+		if (i < n)
+			escape_octet(k, p[i++]);
+	}
+}
+
+void
+escape_append(struct evbuffer *out, const unsigned char *p, size_t n)
+{
+	struct escape_sink k = {.buf = out};
+
+	escape_run(&k, p, n);
+}
+
+char *
+escape_strdup(const unsigned char *p, size_t n)
+{
+	struct escape_sink k = {.buf = NULL};
+
+	if (n > (SIZE_MAX - 1) / 4)
+		return NULL;
+	if ((k.s = malloc(n * 4 + 1)) == NULL)
+		return NULL;
+	escape_run(&k, p, n);
+	k.s[k.off] = '\0';
+	return k.s;
+}

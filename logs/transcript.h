@@ -1,0 +1,44 @@
+#ifndef SMTPTAP_TRANSCRIPT_H
+#define SMTPTAP_TRANSCRIPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/time.h>
+
+struct event_base;
+struct transcript;
+
+/* Opens (creating 0750) the log directory and starts the once-a-second flush; -1 on error. */
+int transcript_init(struct event_base *base, const char *log_dir);
+void transcript_shutdown(void);
+
+/*
+ * Creates a session's transcript, LOGDIR/YYYY-MM-DD/HHMMSS.uuuuuu-ID.log, 0640, O_EXCL,
+ * O_NOFOLLOW, and writes its header.  relpath receives the name under the log directory.
+ * Returns NULL (errno set) when the file can't be created.
+ */
+struct transcript *transcript_open(const char *id, const struct timeval *start,
+				   const char *client, const char *listener,
+				   const char *upstream, char *relpath, size_t relsize);
+
+/* Records one line as it crossed ("C:", "S:", "P:", "C+", "S+"), CRLF stripped. */
+void transcript_data(struct transcript *t, const char *kind, const unsigned char *line, size_t n);
+
+/* Records kind, then verbatim text, then the redaction marker for len secret octets. */
+void transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
+			 const char *user);
+
+/* Records an event line, marked "*". */
+void transcript_event(struct transcript *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Flushes and closes; t may be NULL. */
+void transcript_close(struct transcript *t);
+
+/* Write errors since start (disk full...); each transcript logs only its first. */
+uint64_t transcript_write_errors(void);
+
+/* Formats tv as 2026-11-26T10:37:28.123456Z into buf (at least 32 octets). */
+void transcript_timestamp(const struct timeval *tv, char *buf, size_t size);
+
+#endif

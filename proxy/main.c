@@ -1,0 +1,166 @@
+/* smtptap: an SMTP traffic recording proxy.  Start-up, signals and shutdown. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/event.h>
+
+#include "logs/events.h"
+#include "logs/log.h"
+#include "logs/transcript.h"
+#include "proxy/listener.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
+#include "proxy/session.h"
+
+/* Each session holds a client socket, an upstream socket and its transcript. */
+#define FDS_PER_SESSION 3
+
+static struct proxy proxy;
+
+void
+proxy_session_gone(struct proxy *px)
+{
+	if (px->shutting_down && px->nsessions == 0)
+		event_base_loopexit(px->base, NULL);
+}
+
+static void
+grace_over_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct session *s, *next;
+
+	(void)fd;
+	(void)what;
+	log_info("grace period over: closing %u sessions", px->nsessions);
+	for (s = TAILQ_FIRST(&px->sessions); s != NULL; s = next) {
+		next = TAILQ_NEXT(s, entry);
+		session_shutdown(s);
+	}
+}
+
+static void
+shutdown_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct timeval grace = {(time_t)px->opts->grace, 0};
+
+	(void)what;
+	if (px->shutting_down)
+		return;
+	px->shutting_down = 1;
+	listener_close_all();
+	log_info("signal %d: listeners closed, %u sessions open, grace %u s", (int)sig,
+		 px->nsessions, px->opts->grace);
+	if (px->nsessions == 0) {
+		event_base_loopexit(px->base, NULL);
+		return;
+	}
+	px->grace_timer = evtimer_new(px->base, grace_over_cb, px);
+	event_add(px->grace_timer, &grace);
+}
+
+static void
+hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	(void)arg;
+	events_reopen();
+}
+
+/* Raises the descriptor limit to what --max-sessions needs, as far as allowed. */
+static void
+raise_fd_limit(unsigned max_sessions)
+{
+	rlim_t want = (rlim_t)max_sessions * FDS_PER_SESSION + 64;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	if (rl.rlim_max < want) {
+		struct rlimit root = {want, want};
+		if (setrlimit(RLIMIT_NOFILE, &root) == 0)
+			return;
+	}
+	rl.rlim_cur = rl.rlim_max < want ? rl.rlim_max : want;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < want)
+		log_warnx("file descriptor limit %llu is below the %llu that --max-sessions %u "
+			  "needs",
+			  (unsigned long long)rl.rlim_cur, (unsigned long long)want, max_sessions);
+}
+
+static void
+open_outputs(struct options *o)
+{
+	static char events_default[4096];
+
+	if (transcript_init(proxy.base, o->log_dir) != 0)
+		fatal("log directory %s", o->log_dir);
+	if (o->events == NULL) {
+		snprintf(events_default, sizeof(events_default), "%s/events.jsonl", o->log_dir);
+		o->events = events_default;
+	}
+	if (events_open(o->events) != 0)
+		fatal("events file %s", o->events);
+}
+
+static void
+add_signals(struct event *ev[3])
+{
+	ev[0] = evsignal_new(proxy.base, SIGTERM, shutdown_cb, &proxy);
+	ev[1] = evsignal_new(proxy.base, SIGINT, shutdown_cb, &proxy);
+	ev[2] = evsignal_new(proxy.base, SIGHUP, hup_cb, &proxy);
+	for (int i = 0; i < 3; i++)
+		if (ev[i] == NULL || event_add(ev[i], NULL) != 0)
+			fatalx("signal handlers");
+	signal(SIGPIPE, SIG_IGN);
+}
+
+int
+main(int argc, char **argv)
+{
+	static struct options opts;
+	struct event *signals[3];
+	int i;
+
+	options_parse(argc, argv, &opts);
+	log_init(opts.use_syslog, opts.verbose);
+	raise_fd_limit(opts.max_sessions);
+	proxy.opts = &opts;
+	TAILQ_INIT(&proxy.sessions);
+	if ((proxy.base = event_base_new()) == NULL)
+		fatalx("event_base_new failed");
+	proxy.dns = evdns_base_new(proxy.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	if (proxy.dns == NULL)
+		fatalx("resolver set-up failed");
+	umask(027);
+	open_outputs(&opts);
+	for (i = 0; i < opts.nlisten; i++)
+		if (listener_add(&proxy, opts.listen[i]) != 0)
+			fatal("--listen %s", opts.listen[i]);
+	add_signals(signals);
+	if (getuid() == 0)
+		log_warnx("running as root");
+	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
+	event_base_dispatch(proxy.base);
+	log_info("exiting");
+	for (i = 0; i < 3; i++)
+		event_free(signals[i]);
+	if (proxy.grace_timer != NULL)
+		event_free(proxy.grace_timer);
+	listener_close_all();
+	transcript_shutdown();
+	events_close();
+	evdns_base_free(proxy.dns, 0);
+	event_base_free(proxy.base);
+	return 0;
+}

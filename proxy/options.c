@@ -1,0 +1,235 @@
+/* Command-line options: getopt_long, strict values, exit 2 with one line on any mistake. */
+#include "proxy/options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum {
+	OPT_LISTEN = 256,
+	OPT_UPSTREAM,
+	OPT_LOG_DIR,
+	OPT_EVENTS,
+	OPT_RECORD,
+	OPT_MAX_LINE,
+	OPT_MAX_SESSIONS,
+	OPT_CONNECT_TIMEOUT,
+	OPT_IDLE_TIMEOUT,
+	OPT_GRACE,
+	OPT_SYSLOG,
+	OPT_HELP,
+	OPT_VERSION,
+};
+
+static const struct option long_options[] = {
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"upstream", required_argument, NULL, OPT_UPSTREAM},
+    {"log-dir", required_argument, NULL, OPT_LOG_DIR},
+    {"events", required_argument, NULL, OPT_EVENTS},
+    {"record", required_argument, NULL, OPT_RECORD},
+    {"max-line", required_argument, NULL, OPT_MAX_LINE},
+    {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
+    {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+    {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+    {"grace", required_argument, NULL, OPT_GRACE},
+    {"syslog", no_argument, NULL, OPT_SYSLOG},
+    {"verbose", no_argument, NULL, 'v'},
+    {"help", no_argument, NULL, OPT_HELP},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+static const char usage_text[] =
+    "usage: smtptap --upstream HOST:PORT [options]\n"
+    "  --listen ADDR:PORT       listen here (repeatable; default 127.0.0.1:2525)\n"
+    "  --upstream HOST:PORT     the real SMTP server\n"
+    "  --log-dir DIR            transcripts (default ./smtptap-logs)\n"
+    "  --events FILE            JSON line per session, - for stdout (default DIR/events.jsonl)\n"
+    "  --record body|headers|none  message content in transcripts (default body)\n"
+    "  --max-line BYTES         longest line held (default 65536)\n"
+    "  --max-sessions N         concurrent sessions (default 1000)\n"
+    "  --connect-timeout SECS   upstream connect limit (default 30)\n"
+    "  --idle-timeout SECS      idle session limit (default 300)\n"
+    "  --grace SECS             time sessions get to finish on SIGTERM (default 30)\n"
+    "  --syslog                 log to syslog instead of stderr\n"
+    "  -v, --verbose            debug logging\n"
+    "  --help, --version\n";
+
+static void __attribute__((noreturn))
+options_die(const char *opt, const char *what, const char *value)
+{
+	if (value != NULL)
+		fprintf(stderr, "smtptap: %s: %s '%s'\n", opt, what, value);
+	else
+		fprintf(stderr, "smtptap: %s: %s\n", opt, what);
+	fprintf(stderr, "Try 'smtptap --help'.\n");
+	exit(2);
+}
+
+/* Parses a whole non-negative decimal number within [min, max]. */
+static unsigned long long
+options_number(const char *opt, const char *what, const char *s, unsigned long long min,
+	       unsigned long long max)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	if (s[0] < '0' || s[0] > '9')
+		options_die(opt, what, s);
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		options_die(opt, what, s);
+	return v;
+}
+
+int
+options_split_hostport(const char *s, char **host, char **port, const char **why)
+{
+	const char *colon, *end;
+
+	if (s[0] == '[') {
+		if ((end = strchr(s, ']')) == NULL || end[1] != ':') {
+			*why = "expected [ADDRESS]:PORT";
+			return -1;
+		}
+		*host = strndup(s + 1, (size_t)(end - s - 1));
+		colon = end + 1;
+	} else {
+		if ((colon = strrchr(s, ':')) == NULL || colon == s) {
+			*why = "expected HOST:PORT";
+			return -1;
+		}
+		if (memchr(s, ':', (size_t)(colon - s)) != NULL) {
+			*why = "an IPv6 address needs brackets: [ADDRESS]:PORT";
+			return -1;
+		}
+		*host = strndup(s, (size_t)(colon - s));
+	}
+	if (colon[1] == '\0' || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    atol(colon + 1) < 1 || atol(colon + 1) > 65535) {
+		free(*host);
+		*why = "invalid port";
+		return -1;
+	}
+	*port = strdup(colon + 1);
+	return 0;
+}
+
+static void
+options_defaults(struct options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->log_dir = "smtptap-logs";
+	o->record = RECORD_BODY;
+	o->max_line = 65536;
+	o->max_sessions = 1000;
+	o->connect_timeout = 30;
+	o->idle_timeout = 300;
+	o->grace = 30;
+	if (gethostname(o->hostname, sizeof(o->hostname) - 1) != 0 || o->hostname[0] == '\0')
+		strcpy(o->hostname, "smtptap");
+}
+
+static void
+options_one(struct options *o, int ch, const char *arg)
+{
+	const char *why;
+	char *h, *p;
+
+	switch (ch) {
+	case OPT_LISTEN:
+		if (o->nlisten == OPT_MAX_LISTEN)
+			options_die("--listen", "too many listeners", NULL);
+		if (options_split_hostport(arg, &h, &p, &why) != 0)
+			options_die("--listen", why, arg);
+		free(h);
+		free(p);
+		o->listen[o->nlisten++] = arg;
+		break;
+	case OPT_UPSTREAM:
+		if (options_split_hostport(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
+			options_die("--upstream", why, arg);
+		o->upstream = arg;
+		break;
+	case OPT_LOG_DIR:
+		if (arg[0] == '\0')
+			options_die("--log-dir", "empty directory name", NULL);
+		o->log_dir = arg;
+		break;
+	case OPT_EVENTS:
+		if (arg[0] == '\0')
+			options_die("--events", "empty file name", NULL);
+		o->events = arg;
+		break;
+	case OPT_RECORD:
+		if (strcmp(arg, "body") == 0)
+			o->record = RECORD_BODY;
+		else if (strcmp(arg, "headers") == 0)
+			o->record = RECORD_HEADERS;
+		else if (strcmp(arg, "none") == 0)
+			o->record = RECORD_NONE;
+		else
+			options_die("--record", "expected body, headers or none, not", arg);
+		break;
+	case OPT_MAX_LINE:
+		o->max_line = options_number("--max-line", "invalid size (bytes, 1024 to 16777216)",
+					     arg, 1024, 16777216);
+		break;
+	case OPT_MAX_SESSIONS:
+		o->max_sessions = options_number("--max-sessions", "invalid count (1 to 1000000)",
+						 arg, 1, 1000000);
+		break;
+	case OPT_CONNECT_TIMEOUT:
+		o->connect_timeout = options_number("--connect-timeout",
+						    "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
+		break;
+	case OPT_IDLE_TIMEOUT:
+		o->idle_timeout = options_number("--idle-timeout",
+						 "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
+		break;
+	case OPT_GRACE:
+		o->grace = options_number("--grace", "invalid duration (seconds, 0 to 86400)", arg,
+					  0, 86400);
+		break;
+	case OPT_SYSLOG:
+		o->use_syslog = 1;
+		break;
+	case 'v':
+		o->verbose = 1;
+		break;
+	case OPT_HELP:
+		fputs(usage_text, stdout);
+		exit(0);
+	case OPT_VERSION:
+		printf("smtptap %s\n", SMTPTAP_VERSION);
+		exit(0);
+	}
+}
+
+void
+options_parse(int argc, char **argv, struct options *o)
+{
+	int ch;
+
+	options_defaults(o);
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":v", long_options, NULL)) != -1) {
+		if (ch == '?')
+			options_die(optopt ? (char[]){'-', (char)optopt, '\0'} : argv[optind - 1],
+				    "unknown option", NULL);
+		if (ch == ':')
+			options_die(argv[optind - 1], "missing value", NULL);
+		options_one(o, ch, optarg);
+	}
+	if (optind < argc)
+		options_die(argv[optind], "unexpected argument", NULL);
+	if (o->upstream == NULL)
+		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
+	if (o->nlisten == 0)
+		o->listen[o->nlisten++] = "127.0.0.1:2525";
+}

@@ -1,0 +1,37 @@
+#ifndef SMTPTAP_OPTIONS_H
+#define SMTPTAP_OPTIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define OPT_MAX_LISTEN 16
+
+enum record_level { RECORD_BODY, RECORD_HEADERS, RECORD_NONE };
+
+/* Everything the command line sets; read-only once the proxy runs. */
+struct options {
+	const char *listen[OPT_MAX_LISTEN];
+	int nlisten;
+	char *upstream_host;
+	char *upstream_port;
+	const char *upstream; /* as given, HOST:PORT */
+	const char *log_dir;
+	const char *events;
+	enum record_level record;
+	size_t max_line;
+	unsigned max_sessions;
+	unsigned connect_timeout;
+	unsigned idle_timeout;
+	unsigned grace;
+	int use_syslog;
+	int verbose;
+	char hostname[256];
+};
+
+/* Fills opts from argv; on a bad option prints one line naming it and exits 2. */
+void options_parse(int argc, char **argv, struct options *opts);
+
+/* Splits "host:port", "[v6]:port" into parts; returns 0, or -1 with a reason in *why. */
+int options_split_hostport(const char *s, char **host, char **port, const char **why);
+
+#endif

@@ -1,0 +1,25 @@
+#ifndef SMTPTAP_PROXY_H
+#define SMTPTAP_PROXY_H
+
+#include <sys/queue.h>
+
+struct event_base;
+struct evdns_base;
+struct options;
+struct session;
+
+/* What all sessions share: the loop, the resolver, the options and the session list. */
+struct proxy {
+	struct event_base *base;
+	struct evdns_base *dns;
+	const struct options *opts;
+	TAILQ_HEAD(, session) sessions;
+	unsigned nsessions;
+	int shutting_down;
+	struct event *grace_timer;
+};
+
+/* Called by a session as it is freed: lets a shutdown end when the last one goes. */
+void proxy_session_gone(struct proxy *px);
+
+#endif

@@ -1,0 +1,764 @@
+/*
+ * The SMTP tracker: consumes what each side sent, as far as the SMTP state allows, records
+ * it, and moves it to the other side unchanged.  The client's lines are commands, SASL
+ * data, message content or BDAT chunks; the server's lines are replies, matched to the
+ * pending commands in order (RFC 2920).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "logs/log.h"
+#include "logs/redact.h"
+#include "logs/transcript.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
+#include "proxy/session.h"
+
+#define TX_MAX_RECORDED 1000
+
+/* One unit of input: a whole line (complete) or a piece of an over-long one. */
+struct unit {
+	size_t len;	/* octets, line end included */
+	int complete;	/* ends with LF */
+	const unsigned char *data;
+};
+
+static struct evbuffer *
+side_input(struct side *x)
+{
+	return bufferevent_get_input(x->bev);
+}
+
+/*
+ * Finds the next line in a side's input, capped at --max-line before it is read: returns 1
+ * with a line or a max-line piece, 0 when more input is needed.
+ */
+static int
+side_next_unit(struct side *x, size_t max, struct unit *u)
+{
+	struct evbuffer *in = side_input(x);
+	size_t avail = evbuffer_get_length(in);
+	struct evbuffer_ptr start, eol;
+	size_t eol_len;
+
+	if (avail == 0)
+		return 0;
+	if (x->scanned > 0 && x->scanned < avail)
+		evbuffer_ptr_set(in, &start, x->scanned, EVBUFFER_PTR_SET);
+	else
+		evbuffer_ptr_set(in, &start, 0, EVBUFFER_PTR_SET);
+	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
+	if (eol.pos >= 0 && (size_t)eol.pos < max) {
+		u->len = (size_t)eol.pos + 1;
+		u->complete = 1;
+	} else if (avail >= max) {
+		u->len = max;
+		u->complete = 0;
+	} else {
+		x->scanned = avail;
+		return 0;
+	}
+	x->scanned = 0;
+	u->data = evbuffer_pullup(in, (ev_ssize_t)u->len);
+	return u->data != NULL;
+}
+
+/* Moves the unit to the peer, unchanged, and counts it. */
+static void
+side_forward(struct side *x, size_t len)
+{
+	struct session *s = x->s;
+	struct side *peer = x->dir == SIDE_CLIENT ? &s->server : &s->client;
+
+	x->octets += len;
+	if (peer->bev == NULL) {
+		evbuffer_drain(side_input(x), len);
+		return;
+	}
+	evbuffer_remove_buffer(side_input(x), bufferevent_get_output(peer->bev), len);
+}
+
+static void
+side_discard(struct side *x, size_t len)
+{
+	x->octets += len;
+	evbuffer_drain(side_input(x), len);
+}
+
+/* Records a unit, as "C:"/"S:" or, for a later piece of a long line, "C+"/"S+". */
+static void
+side_record(struct side *x, const struct unit *u)
+{
+	const char *kind;
+
+	if (x->dir == SIDE_CLIENT)
+		kind = x->in_piece ? "C+" : "C:";
+	else
+		kind = x->in_piece ? "S+" : "S:";
+	transcript_data(x->s->transcript, kind, u->data, u->len);
+	x->in_piece = !u->complete;
+}
+
+/* Sends the proxy's own replies that have come to the head of the queue. */
+static void
+relay_flush_local(struct session *s)
+{
+	struct pending *head;
+
+	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
+		session_reply(s, head->local_reply);
+		pipeline_pop(&s->pipeline);
+	}
+}
+
+static void
+relay_answer_locally(struct session *s, const char *reply)
+{
+	if (pipeline_push_local(&s->pipeline, reply) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	relay_flush_local(s);
+}
+
+static struct pending *
+relay_expect(struct session *s, enum smtp_verb verb)
+{
+	struct pending *p = pipeline_push(&s->pipeline, verb);
+
+	if (p == NULL)
+		session_close(s, "error");
+	return p;
+}
+
+static char *
+relay_strndup(const unsigned char *p, size_t n)
+{
+	char *s = malloc(n + 1);
+
+	if (s != NULL) {
+		memcpy(s, p, n);
+		s[n] = '\0';
+	}
+	return s;
+}
+
+/* The path of "MAIL FROM:<a@b> SIZE=1" or "RCPT TO:<c@d>": the argument after the colon. */
+static char *
+relay_path(const struct smtp_command *cmd)
+{
+	const unsigned char *colon;
+	size_t off;
+
+	if (cmd->arg == NULL)
+		return strdup("");
+	colon = memchr(cmd->arg, ':', cmd->arglen);
+	off = colon != NULL ? (size_t)(colon - cmd->arg) + 1 : 0;
+	while (off < cmd->arglen && cmd->arg[off] == ' ')
+		off++;
+	return relay_strndup(cmd->arg + off, cmd->arglen - off);
+}
+
+static void
+relay_tx_begin(struct session *s, const struct smtp_command *cmd)
+{
+	struct tx *tx;
+
+	s->tx = NULL;
+	if (s->ntx >= TX_MAX_RECORDED || (tx = calloc(1, sizeof(*tx))) == NULL)
+		return;
+	tx->mail_from = relay_path(cmd);
+	tx->mail_code = 0;
+	tx->code = 0;
+	TAILQ_INSERT_TAIL(&s->txs, tx, entry);
+	s->ntx++;
+	s->tx = tx;
+}
+
+static int
+relay_tx_rcpt(struct session *s, const struct smtp_command *cmd)
+{
+	struct tx *tx = s->tx;
+	struct rcpt *r;
+
+	if (tx == NULL || tx->nrcpt >= 10000)
+		return -1;
+	if ((r = realloc(tx->rcpts, (tx->nrcpt + 1) * sizeof(*r))) == NULL)
+		return -1;
+	tx->rcpts = r;
+	r[tx->nrcpt].to = relay_path(cmd);
+	r[tx->nrcpt].code = 0;
+	return (int)tx->nrcpt++;
+}
+
+static void
+relay_helo(struct session *s, const struct smtp_command *cmd)
+{
+	size_t n = 0;
+
+	while (cmd->arg != NULL && n < cmd->arglen && cmd->arg[n] != ' ')
+		n++;
+	free(s->helo);
+	s->helo = relay_strndup(cmd->arg != NULL ? cmd->arg : (const unsigned char *)"", n);
+	s->tx = NULL;
+}
+
+/* Records a SASL response (initial or after a 334) as a marker that keeps only the user. */
+static void
+relay_record_sasl(struct session *s, const char *prefix, const unsigned char *b64, size_t len)
+{
+	char user[REDACT_USER_MAX];
+
+	user[0] = '\0';
+	if (s->auth_user[0] == '\0' &&
+	    redact_sasl_user(s->auth_mech, s->auth_step, (const char *)b64, len, user,
+			     sizeof(user)) == 1)
+		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+	transcript_redacted(s->transcript, "C:", prefix, len,
+			    user[0] != '\0' ? user : NULL);
+	s->auth_step++;
+}
+
+static void
+relay_auth(struct session *s, const struct smtp_command *cmd)
+{
+	size_t mlen = 0, off;
+	char prefix[64];
+
+	while (cmd->arg != NULL && mlen < cmd->arglen && cmd->arg[mlen] != ' ')
+		mlen++;
+	if (mlen >= sizeof(s->auth_mech))
+		mlen = sizeof(s->auth_mech) - 1;
+	memcpy(s->auth_mech, cmd->arg != NULL ? (const char *)cmd->arg : "", mlen);
+	s->auth_mech[mlen] = '\0';
+	s->auth_user[0] = '\0';
+	s->auth_step = 0;
+	s->auth_used = 1;
+	off = mlen;
+	while (cmd->arg != NULL && off < cmd->arglen && cmd->arg[off] == ' ')
+		off++;
+	if (cmd->arg == NULL || off >= cmd->arglen) {
+		snprintf(prefix, sizeof(prefix), "AUTH %s", s->auth_mech);
+		transcript_redacted(s->transcript, "C:", prefix, 0, NULL);
+		return;
+	}
+	snprintf(prefix, sizeof(prefix), "AUTH %s ", s->auth_mech);
+	relay_record_sasl(s, prefix, cmd->arg + off, cmd->arglen - off);
+}
+
+/* A BDAT command: the chunk that follows is exactly its size, never lines. */
+static void
+relay_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
+{
+	uint64_t size;
+	int last;
+
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
+		return; /* the server will refuse it; no chunk follows */
+	p->last = last;
+	if (s->tx != NULL)
+		s->tx->size += size;
+	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s",
+			 (unsigned long long)size, last ? "yes" : "no");
+	s->chunk_left = size;
+	if (size > 0)
+		session_enter_state(s, ST_CHUNK);
+}
+
+/* Tracks a client command, then relays it unchanged. */
+static void
+relay_command(struct session *s, const struct unit *u)
+{
+	size_t n = smtp_line_len(u->data, u->len);
+	struct smtp_command cmd;
+	struct pending *p;
+	int rcpt = -1;
+
+	smtp_parse_command(u->data, n, &cmd);
+	if (cmd.verb == VERB_AUTH)
+		relay_auth(s, &cmd);
+	else
+		side_record(&s->client, u);
+	switch (cmd.verb) {
+	case VERB_HELO:
+	case VERB_EHLO:
+	case VERB_LHLO:
+		relay_helo(s, &cmd);
+		break;
+	case VERB_MAIL:
+		relay_tx_begin(s, &cmd);
+		break;
+	case VERB_RCPT:
+		rcpt = relay_tx_rcpt(s, &cmd);
+		break;
+	case VERB_RSET:
+		s->tx = NULL;
+		break;
+	default:
+		break;
+	}
+	side_forward(&s->client, u->len);
+	if ((p = relay_expect(s, cmd.verb)) == NULL)
+		return;
+	p->rcpt_index = rcpt;
+	if (cmd.verb == VERB_BDAT)
+		relay_bdat(s, &cmd, p);
+	else if (smtp_verb_awaits_reply(cmd.verb))
+		session_enter_state(s, ST_AWAIT);
+}
+
+/* A command line longer than --max-line: not forwarded, answered 500 in its turn. */
+static void
+relay_command_too_long(struct session *s, const struct unit *u)
+{
+	transcript_event(s->transcript,
+			 "warning command line longer than %zu octets: not forwarded, answered 500",
+			 s->px->opts->max_line);
+	s->warnings++;
+	s->skipped = u->len;
+	side_discard(&s->client, u->len);
+	relay_answer_locally(s, "500 5.5.2 Line too long\r\n");
+	s->skip_return = s->state;
+	session_enter_state(s, ST_SKIP);
+}
+
+static void
+relay_skip(struct session *s, const struct unit *u)
+{
+	s->skipped += u->len;
+	side_discard(&s->client, u->len);
+	if (u->complete) {
+		transcript_event(s->transcript, "discarded over-long line octets=%llu",
+				 (unsigned long long)s->skipped);
+		session_enter_state(s, s->skip_return);
+	}
+}
+
+static void
+relay_sasl(struct session *s, const struct unit *u)
+{
+	size_t n = smtp_line_len(u->data, u->len);
+
+	if (n == 1 && u->data[0] == '*')
+		side_record(&s->client, u);
+	else
+		relay_record_sasl(s, "", u->data, n);
+	side_forward(&s->client, u->len);
+	if (relay_expect(s, VERB_SASL) != NULL)
+		session_enter_state(s, ST_AWAIT);
+}
+
+/* Records a content line as far as --record allows; counts what it leaves out. */
+static void
+relay_record_content(struct session *s, const struct unit *u)
+{
+	enum record_level level = s->px->opts->record;
+	int blank = u->complete && !s->client.in_piece && smtp_line_len(u->data, u->len) == 0;
+
+	if (level == RECORD_BODY || (level == RECORD_HEADERS && s->msg_in_headers)) {
+		side_record(&s->client, u);
+	} else {
+		s->msg_hidden_lines += u->complete;
+		s->msg_hidden_octets += u->len;
+		s->client.in_piece = !u->complete;
+	}
+	if (blank)
+		s->msg_in_headers = 0;
+}
+
+static void
+relay_end_of_data(struct session *s, const struct unit *u)
+{
+	if (s->msg_hidden_octets > 0 || s->msg_hidden_lines > 0)
+		transcript_event(s->transcript, "message content not recorded lines=%llu octets=%llu",
+				 (unsigned long long)s->msg_hidden_lines,
+				 (unsigned long long)s->msg_hidden_octets);
+	side_record(&s->client, u);
+	side_forward(&s->client, u->len);
+	relay_expect(s, VERB_EOD);
+	if (!s->closing)
+		session_enter_state(s, ST_COMMAND);
+}
+
+/* A line of DATA content; the end is only <CRLF>.<CRLF>. */
+static void
+relay_content(struct session *s, const struct unit *u)
+{
+	int at_start = s->msg_line_start && !s->client.in_piece;
+
+	if (at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0) {
+		relay_end_of_data(s, u);
+		return;
+	}
+	relay_record_content(s, u);
+	if (s->tx != NULL)
+		s->tx->size += u->len;
+	s->msg_line_start = u->complete && u->len >= 2 && u->data[u->len - 2] == '\r';
+	side_forward(&s->client, u->len);
+}
+
+/* BDAT content: relayed raw; recorded (under body) as the lines it happens to hold. */
+static int
+relay_chunk(struct session *s)
+{
+	struct evbuffer *in = side_input(&s->client);
+	size_t avail = evbuffer_get_length(in), take, off = 0;
+	const unsigned char *p, *lf;
+	struct unit u;
+
+	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
+	if (take == 0)
+		return 0;
+	if (s->px->opts->record == RECORD_BODY && (p = evbuffer_pullup(in, (ev_ssize_t)take))) {
+		while (off < take) {
+			lf = memchr(p + off, '\n', take - off);
+			u.data = p + off;
+			u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
+			u.complete = lf != NULL;
+			side_record(&s->client, &u);
+			off += u.len;
+		}
+	}
+	side_forward(&s->client, take);
+	s->chunk_left -= take;
+	if (s->chunk_left > 0)
+		return 0;
+	s->client.in_piece = 0;
+	session_enter_state(s, ST_COMMAND);
+	return 1;
+}
+
+static void
+relay_raw(struct side *x)
+{
+	size_t n = evbuffer_get_length(side_input(x));
+
+	x->raw_octets += n;
+	side_forward(x, n);
+}
+
+/* Handles one client unit in a line-based state. */
+static void
+relay_client_unit(struct session *s, const struct unit *u)
+{
+	switch (s->state) {
+	case ST_COMMAND:
+		if (u->complete)
+			relay_command(s, u);
+		else
+			relay_command_too_long(s, u);
+		break;
+	case ST_SASL:
+		if (u->complete)
+			relay_sasl(s, u);
+		else
+			relay_command_too_long(s, u);
+		break;
+	case ST_SKIP:
+		relay_skip(s, u);
+		break;
+	case ST_MESSAGE:
+		relay_content(s, u);
+		break;
+	default:
+		break;
+	}
+}
+
+void
+relay_client(struct session *s)
+{
+	struct unit u;
+
+	while (!s->closing && s->client.bev != NULL) {
+		switch (s->state) {
+		case ST_CONNECTING:
+		case ST_GREETING:
+			if (!s->early_talker &&
+			    evbuffer_get_length(side_input(&s->client)) > 0) {
+				s->early_talker = 1;
+				session_warn(s, "early talker: client sent %zu octets before the "
+						"greeting",
+					     evbuffer_get_length(side_input(&s->client)));
+			}
+			side_pause(&s->client, PAUSE_WAIT);
+			return;
+		case ST_AWAIT:
+			side_pause(&s->client, PAUSE_WAIT);
+			return;
+		case ST_RAW:
+			relay_raw(&s->client);
+			return;
+		case ST_CHUNK:
+			if (!relay_chunk(s))
+				return;
+			break;
+		case ST_CLOSING:
+			return;
+		default:
+			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
+				return;
+			relay_client_unit(s, &u);
+			break;
+		}
+	}
+}
+
+/* The waiting client may go on: process what it already sent. */
+static void
+relay_resume_client(struct session *s)
+{
+	side_resume(&s->client, PAUSE_WAIT);
+	relay_client(s);
+}
+
+/* STARTTLS accepted without a certificate of ours: from here on, bytes both ways. */
+static void
+relay_start_passthrough(struct session *s)
+{
+	size_t stale_c = evbuffer_get_length(side_input(&s->client));
+	size_t stale_s = evbuffer_get_length(side_input(&s->server));
+
+	s->tls_passthrough = 1;
+	transcript_event(s->transcript,
+			 "starttls passthrough: bytes after this point are relayed unparsed");
+	/* CVE-2011-0411: plaintext sent before the handshake is never relayed into it. */
+	if (stale_c > 0) {
+		session_warn(s, "discarded %zu octets the client sent after STARTTLS before the 220",
+			     stale_c);
+		side_discard(&s->client, stale_c);
+	}
+	if (stale_s > 0) {
+		session_warn(s, "discarded %zu octets the server sent after its 220 to STARTTLS",
+			     stale_s);
+		side_discard(&s->server, stale_s);
+	}
+	session_enter_state(s, ST_RAW);
+	relay_resume_client(s);
+}
+
+static void
+relay_tx_reply(struct session *s, const struct pending *p, int code)
+{
+	struct tx *tx = s->tx;
+
+	if (tx == NULL)
+		return;
+	switch (p->verb) {
+	case VERB_MAIL:
+		tx->mail_code = code;
+		break;
+	case VERB_RCPT:
+		if (p->rcpt_index >= 0 && (size_t)p->rcpt_index < tx->nrcpt)
+			tx->rcpts[p->rcpt_index].code = code;
+		break;
+	case VERB_EOD:
+	case VERB_BDAT:
+		if (p->verb == VERB_BDAT && !p->last && code / 100 == 2)
+			break;
+		tx->code = code;
+		free(tx->text);
+		tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+		s->tx = NULL;
+		break;
+	default:
+		break;
+	}
+}
+
+/* What a completed reply means for the command it answers. */
+static void
+relay_reply_effect(struct session *s, const struct pending *p, int code)
+{
+	relay_tx_reply(s, p, code);
+	switch (p->verb) {
+	case VERB_GREETING:
+		session_enter_state(s, ST_COMMAND);
+		relay_resume_client(s);
+		break;
+	case VERB_DATA:
+		session_enter_state(s, code == 354 ? ST_MESSAGE : ST_COMMAND);
+		s->msg_line_start = 1;
+		s->msg_in_headers = 1;
+		s->msg_hidden_lines = s->msg_hidden_octets = 0;
+		if (code == 354 && s->client_gone) {
+			session_close(s, "client_closed");
+			return;
+		}
+		relay_resume_client(s);
+		break;
+	case VERB_AUTH:
+	case VERB_SASL:
+		s->auth_code = code;
+		session_enter_state(s, code == 334 ? ST_SASL : ST_COMMAND);
+		relay_resume_client(s);
+		break;
+	case VERB_STARTTLS:
+		if (code == 220) {
+			relay_start_passthrough(s);
+			break;
+		}
+		session_enter_state(s, ST_COMMAND);
+		relay_resume_client(s);
+		break;
+	case VERB_QUIT:
+		s->quit_answered = 1;
+		break;
+	default:
+		break;
+	}
+}
+
+/* A 421 from the server: every pending command gets it, then the client is closed. */
+static void
+relay_server_421(struct session *s)
+{
+	struct pending *p;
+	char *copy;
+	size_t len = evbuffer_get_length(s->reply_copy);
+
+	if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->local_reply == NULL)
+		pipeline_pop(&s->pipeline);
+	copy = malloc(len + 1);
+	if (copy != NULL) {
+		evbuffer_copyout(s->reply_copy, copy, len);
+		copy[len] = '\0';
+	}
+	while ((p = pipeline_head(&s->pipeline)) != NULL) {
+		if (p->local_reply != NULL)
+			session_reply(s, p->local_reply);
+		else if (copy != NULL)
+			session_reply(s, copy);
+		pipeline_pop(&s->pipeline);
+	}
+	free(copy);
+	session_close(s, "server_421");
+}
+
+static void
+relay_reply_done(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+	int code = s->reply_code;
+
+	s->reply_open = 0;
+	if (code == 421) {
+		relay_server_421(s);
+		return;
+	}
+	if (head == NULL || head->local_reply != NULL) {
+		session_warn(s, "server sent a reply (%d) with no command pending", code);
+		return;
+	}
+	relay_reply_effect(s, head, code);
+	if (s->closing)
+		return;
+	pipeline_pop(&s->pipeline);
+	relay_flush_local(s);
+	if (s->client_gone && s->pipeline.remote == 0)
+		session_close(s, s->quit_answered ? "quit" : "client_closed");
+}
+
+/* One server line: a reply line, or a further piece of an over-long one. */
+static void
+relay_reply_unit(struct session *s, const struct unit *u)
+{
+	struct smtp_reply_line r;
+	int piece = s->server.in_piece;
+	int last = 1;
+
+	if (!piece) {
+		if (smtp_parse_reply(u->data, smtp_line_len(u->data, u->len), &r) != 0)
+			session_warn(s, "malformed reply line from the server");
+		if (!s->reply_open) {
+			s->reply_code = r.code;
+			s->reply_open = 1;
+			if (s->reply_copy != NULL)
+				evbuffer_drain(s->reply_copy, evbuffer_get_length(s->reply_copy));
+		}
+		last = r.last;
+		if (last) {
+			free(s->reply_text);
+			s->reply_text = relay_strndup(r.text, r.textlen);
+		}
+		s->reply_last_line = last;
+	}
+	last = s->reply_last_line;
+	if (s->reply_code == 421) {
+		if (s->reply_copy == NULL)
+			s->reply_copy = evbuffer_new();
+		if (s->reply_copy != NULL)
+			evbuffer_add(s->reply_copy, u->data, u->len);
+		side_record(&s->server, u);
+		side_discard(&s->server, u->len);
+	} else {
+		side_record(&s->server, u);
+		side_forward(&s->server, u->len);
+	}
+	if (u->complete && last)
+		relay_reply_done(s);
+}
+
+void
+relay_server(struct session *s)
+{
+	struct unit u;
+
+	while (!s->closing && s->server.bev != NULL) {
+		if (s->state == ST_RAW) {
+			relay_raw(&s->server);
+			return;
+		}
+		if (!side_next_unit(&s->server, s->px->opts->max_line, &u))
+			return;
+		relay_reply_unit(s, &u);
+	}
+}
+
+void
+relay_server_gone(struct session *s)
+{
+	struct pending *p;
+	char lost[512];
+
+	relay_server(s);
+	if (s->closing)
+		return;
+	if (s->state == ST_RAW || (s->quit_answered && s->pipeline.remote == 0)) {
+		session_close(s, s->quit_answered ? "quit" : "server_closed");
+		return;
+	}
+	snprintf(lost, sizeof(lost), "421 4.4.2 %s Connection to upstream lost\r\n",
+		 s->px->opts->hostname);
+	if (s->pipeline.count == 0)
+		session_reply(s, lost);
+	while ((p = pipeline_head(&s->pipeline)) != NULL) {
+		session_reply(s, p->local_reply != NULL ? p->local_reply : lost);
+		pipeline_pop(&s->pipeline);
+	}
+	session_close(s, "server_closed");
+}
+
+void
+relay_client_gone(struct session *s)
+{
+	s->client_gone = 1;
+	side_pause(&s->client, PAUSE_EOF);
+	if (s->state == ST_MESSAGE || s->state == ST_CHUNK) {
+		/* Never let a partial message end: closing upstream makes the server drop it. */
+		session_warn(s, "client closed during the message: upstream closed, nothing "
+				"delivered");
+		session_close(s, "client_closed");
+		return;
+	}
+	if (s->state == ST_RAW || s->pipeline.remote == 0 || s->state == ST_CONNECTING) {
+		session_close(s, s->quit_answered ? "quit" : "client_closed");
+		return;
+	}
+	/* Commands are pending (a QUIT, say): their replies still go to the client. */
+}

@@ -1,0 +1,118 @@
+/* The session's JSON event, built with jansson when the session ends. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "logs/escape.h"
+#include "logs/events.h"
+#include "logs/transcript.h"
+#include "proxy/session.h"
+
+void
+tx_free(struct tx *tx)
+{
+	size_t i;
+
+	for (i = 0; i < tx->nrcpt; i++)
+		free(tx->rcpts[i].to);
+	free(tx->rcpts);
+	free(tx->mail_from);
+	free(tx->text);
+	free(tx);
+}
+
+/* Peer text goes into JSON escaped as in transcripts, so it is always valid UTF-8. */
+static json_t *
+report_string(const char *s)
+{
+	char *esc;
+	json_t *j;
+
+	if (s == NULL)
+		return json_null();
+	if ((esc = escape_strdup((const unsigned char *)s, strlen(s))) == NULL)
+		return json_null();
+	j = json_string(esc);
+	free(esc);
+	return j != NULL ? j : json_null();
+}
+
+static json_t *
+report_code(int code)
+{
+	return code > 0 ? json_integer(code) : json_null();
+}
+
+static json_t *
+report_tx(const struct tx *tx)
+{
+	json_t *rcpts = json_array(), *o;
+	size_t i;
+
+	for (i = 0; i < tx->nrcpt; i++)
+		json_array_append_new(rcpts, json_pack("{s:o,s:o}", "to",
+						       report_string(tx->rcpts[i].to), "code",
+						       report_code(tx->rcpts[i].code)));
+	o = json_pack("{s:o,s:o,s:o,s:I,s:o,s:o}", "mail_from", report_string(tx->mail_from),
+		      "mail_code", report_code(tx->mail_code), "rcpt", rcpts, "size",
+		      (json_int_t)tx->size, "code", report_code(tx->code), "text",
+		      report_string(tx->code > 0 ? tx->text : NULL));
+	return o;
+}
+
+static json_t *
+report_transactions(const struct session *s)
+{
+	json_t *a = json_array();
+	struct tx *tx;
+
+	TAILQ_FOREACH(tx, &s->txs, entry)
+		json_array_append_new(a, report_tx(tx));
+	return a;
+}
+
+static void
+report_extras(const struct session *s, json_t *o)
+{
+	if (s->tls_passthrough)
+		json_object_set_new(o, "tls",
+				    json_pack("{s:s,s:I,s:I}", "mode", "passthrough",
+					      "client_octets", (json_int_t)s->client.raw_octets,
+					      "server_octets", (json_int_t)s->server.raw_octets));
+	if (s->auth_used)
+		json_object_set_new(o, "auth",
+				    json_pack("{s:o,s:o,s:o}", "mechanism",
+					      report_string(s->auth_mech), "user",
+					      report_string(s->auth_user[0] ? s->auth_user : NULL),
+					      "code", report_code(s->auth_code)));
+}
+
+void
+report_write(struct session *s, const struct timeval *end)
+{
+	char start_ts[32], end_ts[32];
+	double duration;
+	json_t *o;
+
+	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));
+	transcript_timestamp(end, end_ts, sizeof(end_ts));
+	duration = (double)(end->tv_sec - s->start.tv_sec) +
+		   (double)(end->tv_usec - s->start.tv_usec) / 1e6;
+	o = json_pack("{s:s,s:s,s:s,s:f,s:s,s:s,s:s,s:s,s:o,s:o,s:b}", "session", s->id, "start",
+		      start_ts, "end", end_ts, "duration", duration, "client", s->client_addr,
+		      "listener", s->listener_addr, "upstream", s->px_upstream,
+		      "upstream_address", s->upstream_addr, "transcript",
+		      s->transcript_path[0] ? json_string(s->transcript_path) : json_null(),
+		      "helo", report_string(s->helo), "early_talker", s->early_talker);
+	if (o == NULL)
+		return;
+	report_extras(s, o);
+	json_object_set_new(o, "transactions", report_transactions(s));
+	json_object_set_new(o, "client_octets", json_integer((json_int_t)s->client.octets));
+	json_object_set_new(o, "server_octets", json_integer((json_int_t)s->server.octets));
+	json_object_set_new(o, "reason", json_string(s->close_reason));
+	json_object_set_new(o, "warnings", json_integer(s->warnings));
+	events_write(o);
+	json_decref(o);
+}

@@ -1,0 +1,496 @@
+/*
+ * A session: the client, the server, the timers, and the one way out (session_close).
+ * Sockets close at once; the memory is freed from the loop afterwards, so a callback may
+ * end its own session safely (tmux's server_client_unref).
+ */
+#include "proxy/session.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "logs/log.h"
+#include "logs/transcript.h"
+#include "proxy/addr.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
+
+/* How long a closing session may take to hand its last replies to the client. */
+#define CLOSE_LINGER_SECS 10
+/* RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end of data. */
+#define EOD_REPLY_SECS 600
+
+static const char *state_names[] = {
+    [ST_CONNECTING] = "connecting", [ST_GREETING] = "greeting", [ST_COMMAND] = "command",
+    [ST_AWAIT] = "await-reply",	    [ST_SASL] = "sasl",		[ST_MESSAGE] = "message",
+    [ST_CHUNK] = "chunk",	    [ST_SKIP] = "skip",		[ST_RAW] = "raw",
+    [ST_CLOSING] = "closing",
+};
+
+const char *
+session_state_name(enum smtp_state state)
+{
+	return state_names[state];
+}
+
+void
+session_enter_state(struct session *s, enum smtp_state state)
+{
+	if (s->state == state)
+		return;
+	log_debug("session=%s state %s -> %s", s->id, state_names[s->state], state_names[state]);
+	s->state = state;
+}
+
+void
+side_pause(struct side *x, int why)
+{
+	x->paused |= why;
+	if (x->bev != NULL)
+		bufferevent_disable(x->bev, EV_READ);
+}
+
+void
+side_resume(struct side *x, int why)
+{
+	x->paused &= ~why;
+	if (x->paused == 0 && x->bev != NULL && !x->s->closing)
+		bufferevent_enable(x->bev, EV_READ);
+}
+
+void
+session_warn(struct session *s, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	s->warnings++;
+	transcript_event(s->transcript, "warning %s", msg);
+}
+
+void
+session_reply(struct session *s, const char *reply)
+{
+	const char *line = reply, *end;
+
+	if (s->client.bev == NULL)
+		return;
+	evbuffer_add(bufferevent_get_output(s->client.bev), reply, strlen(reply));
+	while (*line != '\0') {
+		end = strchr(line, '\n');
+		end = end != NULL ? end + 1 : line + strlen(line);
+		transcript_data(s->transcript, "P:", (const unsigned char *)line,
+				(size_t)(end - line));
+		line = end;
+	}
+}
+
+static void
+session_free(struct session *s)
+{
+	struct proxy *px = s->px;
+	struct tx *tx;
+
+	if (s->client.bev != NULL)
+		bufferevent_free(s->client.bev);
+	if (s->server.bev != NULL)
+		bufferevent_free(s->server.bev);
+	if (s->timer != NULL)
+		event_free(s->timer);
+	transcript_close(s->transcript);
+	pipeline_clear(&s->pipeline);
+	while ((tx = TAILQ_FIRST(&s->txs)) != NULL) {
+		TAILQ_REMOVE(&s->txs, tx, entry);
+		tx_free(tx);
+	}
+	if (s->reply_copy != NULL)
+		evbuffer_free(s->reply_copy);
+	free(s->reply_text);
+	free(s->helo);
+	TAILQ_REMOVE(&px->sessions, s, entry);
+	px->nsessions--;
+	free(s);
+	proxy_session_gone(px);
+}
+
+static void
+session_free_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_free(arg);
+}
+
+/* Frees the session from the loop, after the callback that asked has returned. */
+static void
+session_free_later(struct session *s)
+{
+	struct timeval now = {0, 0};
+
+	event_del(s->timer);
+	event_assign(s->timer, s->px->base, -1, 0, session_free_cb, s);
+	event_add(s->timer, &now);
+}
+
+static void
+session_linger_expired(struct session *s)
+{
+	log_debug("session=%s client did not take its last replies in time", s->id);
+	session_free(s);
+}
+
+void
+session_close(struct session *s, const char *reason)
+{
+	struct timeval now, linger = {CLOSE_LINGER_SECS, 0};
+	struct evbuffer *out;
+
+	if (s->closing)
+		return;
+	s->closing = 1;
+	s->close_reason = reason;
+	session_enter_state(s, ST_CLOSING);
+	gettimeofday(&now, NULL);
+	transcript_event(s->transcript,
+			 "close reason=%s client_octets=%llu server_octets=%llu%s", reason,
+			 (unsigned long long)s->client.octets, (unsigned long long)s->server.octets,
+			 s->tls_passthrough ? " (tls passthrough)" : "");
+	report_write(s, &now);
+	log_info("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
+	if (s->server.bev != NULL) {
+		bufferevent_free(s->server.bev);
+		s->server.bev = NULL;
+	}
+	if (s->client.bev == NULL) {
+		session_free_later(s);
+		return;
+	}
+	bufferevent_disable(s->client.bev, EV_READ);
+	out = bufferevent_get_output(s->client.bev);
+	if (evbuffer_get_length(out) == 0) {
+		session_free_later(s);
+		return;
+	}
+	/* Deliver what is pending to the client first; the write callback frees. */
+	bufferevent_setwatermark(s->client.bev, EV_WRITE, 0, 0);
+	event_del(s->timer);
+	event_add(s->timer, &linger);
+}
+
+void
+session_shutdown(struct session *s)
+{
+	char reply[512];
+
+	if (s->closing)
+		return;
+	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down\r\n",
+		 s->px->opts->hostname);
+	session_reply(s, reply);
+	session_close(s, "shutdown");
+}
+
+/* The idle limit in force now: longer while the server works on a message's end. */
+static unsigned
+session_idle_limit(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+	unsigned limit = s->px->opts->idle_timeout;
+
+	if (head != NULL && (head->verb == VERB_EOD || (head->verb == VERB_BDAT && head->last)) &&
+	    limit < EOD_REPLY_SECS)
+		limit = EOD_REPLY_SECS;
+	return limit;
+}
+
+static void
+session_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+	struct timeval tv = {0, 0};
+	char reply[512];
+	time_t now = time(NULL), idle;
+	unsigned limit;
+
+	(void)fd;
+	(void)what;
+	if (s->state == ST_CLOSING) {
+		session_linger_expired(s);
+		return;
+	}
+	if (s->state == ST_CONNECTING) {
+		snprintf(reply, sizeof(reply),
+			 "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
+			 s->px->opts->hostname);
+		transcript_event(s->transcript, "upstream failed reason=\"connect timeout\"");
+		session_reply(s, reply);
+		session_close(s, "connect_timeout");
+		return;
+	}
+	idle = now - s->last_activity;
+	limit = session_idle_limit(s);
+	if (idle >= (time_t)limit) {
+		snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection\r\n",
+			 s->px->opts->hostname);
+		transcript_event(s->transcript, "idle timeout after %u seconds", limit);
+		session_reply(s, reply);
+		session_close(s, "idle_timeout");
+		return;
+	}
+	tv.tv_sec = (time_t)limit - idle;
+	event_add(s->timer, &tv);
+}
+
+static struct side *
+session_peer(struct side *x)
+{
+	return x->dir == SIDE_CLIENT ? &x->s->server : &x->s->client;
+}
+
+/* Stops reading a side whose peer already has more than the high mark to send. */
+static void
+side_check_backpressure(struct side *x)
+{
+	struct side *peer = session_peer(x);
+
+	if (x->s->closing || peer->bev == NULL)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(peer->bev)) >= SIDE_HIGH_MARK)
+		side_pause(x, PAUSE_PEER_FULL);
+}
+
+static void
+session_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct side *x = arg;
+	struct session *s = x->s;
+
+	(void)bev;
+	if (s->closing)
+		return;
+	s->last_activity = time(NULL);
+	if (x->dir == SIDE_CLIENT)
+		relay_client(s);
+	else
+		relay_server(s);
+	side_check_backpressure(x);
+}
+
+static void
+session_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct side *x = arg;
+	struct session *s = x->s;
+	struct side *peer = session_peer(x);
+
+	if (s->closing) {
+		if (x->dir == SIDE_CLIENT && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+			session_free_later(s);
+		return;
+	}
+	if (peer->paused & PAUSE_PEER_FULL) {
+		side_resume(peer, PAUSE_PEER_FULL);
+		/* What the peer sent while paused is already buffered: go on with it. */
+		if (peer->dir == SIDE_CLIENT)
+			relay_client(s);
+		else
+			relay_server(s);
+		side_check_backpressure(peer);
+	}
+}
+
+static void
+session_upstream_connected(struct session *s)
+{
+	struct timeval idle = {(time_t)s->px->opts->idle_timeout, 0};
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
+		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
+	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	session_enter_state(s, ST_GREETING);
+	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	s->last_activity = time(NULL);
+	event_del(s->timer);
+	event_add(s->timer, &idle);
+	bufferevent_enable(s->server.bev, EV_READ);
+}
+
+static void
+session_upstream_failed(struct session *s, const char *why)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "upstream failed reason=\"%s\"", why);
+	snprintf(reply, sizeof(reply), "421 4.4.1 %s Upstream unreachable: %s\r\n",
+		 s->px->opts->hostname, why);
+	session_reply(s, reply);
+	session_close(s, "upstream_unreachable");
+}
+
+static const char *
+session_error_reason(struct bufferevent *bev, short what)
+{
+	int dnserr = bufferevent_socket_get_dns_error(bev);
+
+	if (dnserr != 0)
+		return evutil_gai_strerror(dnserr);
+	if ((what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() != 0)
+		return evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+	return "connection closed";
+}
+
+static void
+session_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct side *x = arg;
+	struct session *s = x->s;
+
+	if (s->closing)
+		return;
+	if (what & BEV_EVENT_CONNECTED) {
+		session_upstream_connected(s);
+		return;
+	}
+	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+		return;
+	if (x->dir == SIDE_SERVER && s->state == ST_CONNECTING) {
+		session_upstream_failed(s, session_error_reason(bev, what));
+		return;
+	}
+	if (x->dir == SIDE_CLIENT) {
+		if (what & BEV_EVENT_ERROR)
+			transcript_event(s->transcript, "client error reason=\"%s\"",
+					 session_error_reason(bev, what));
+		relay_client_gone(s);
+	} else {
+		if (what & BEV_EVENT_ERROR)
+			transcript_event(s->transcript, "server error reason=\"%s\"",
+					 session_error_reason(bev, what));
+		relay_server_gone(s);
+	}
+}
+
+static void
+side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferevent *bev)
+{
+	x->s = s;
+	x->dir = dir;
+	x->bev = bev;
+	bufferevent_setcb(bev, session_read_cb, session_write_cb, session_event_cb, x);
+	bufferevent_setwatermark(bev, EV_WRITE, SIDE_HIGH_MARK / 2, 0);
+}
+
+static void
+session_make_id(struct session *s)
+{
+	uint32_t r;
+
+	if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+		r = (uint32_t)random();
+	snprintf(s->id, sizeof(s->id), "%08x", r);
+}
+
+static int
+session_open_transcript(struct session *s)
+{
+	static int warned;
+	int tries;
+
+	for (tries = 0; tries < 3; tries++) {
+		s->transcript = transcript_open(s->id, &s->start, s->client_addr, s->listener_addr,
+						s->px->opts->upstream, s->transcript_path,
+						sizeof(s->transcript_path));
+		if (s->transcript != NULL || errno != EEXIST)
+			break;
+		session_make_id(s);
+	}
+	if (s->transcript == NULL) {
+		if (!warned)
+			log_warn("session=%s transcript not created", s->id);
+		warned = 1;
+		s->transcript_path[0] = '\0';
+		return -1;
+	}
+	warned = 0;
+	transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
+			 s->listener_addr);
+	return 0;
+}
+
+static int
+session_connect(struct session *s)
+{
+	const struct options *o = s->px->opts;
+	struct timeval tv = {(time_t)o->connect_timeout, 0};
+
+	event_add(s->timer, &tv);
+	if (bufferevent_socket_connect_hostname(s->server.bev, s->px->dns, AF_UNSPEC,
+						o->upstream_host, atoi(o->upstream_port)) != 0) {
+		if (!s->closing)
+			session_upstream_failed(s, "connect failed");
+		return -1;
+	}
+	return 0;
+}
+
+struct session *
+session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener)
+{
+	struct bufferevent *cb, *sb;
+	struct session *s;
+
+	(void)salen;
+	if ((s = calloc(1, sizeof(*s))) == NULL)
+		return NULL;
+	cb = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	sb = bufferevent_socket_new(px->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	s->timer = evtimer_new(px->base, session_timer_cb, s);
+	if (cb == NULL || sb == NULL || s->timer == NULL) {
+		if (cb != NULL)
+			bufferevent_free(cb);
+		if (sb != NULL)
+			bufferevent_free(sb);
+		if (s->timer != NULL)
+			event_free(s->timer);
+		free(s);
+		return NULL;
+	}
+	s->px = px;
+	session_make_id(s);
+	gettimeofday(&s->start, NULL);
+	s->last_activity = s->start.tv_sec;
+	pipeline_init(&s->pipeline);
+	TAILQ_INIT(&s->txs);
+	addr_format(sa, s->client_addr, sizeof(s->client_addr));
+	snprintf(s->listener_addr, sizeof(s->listener_addr), "%s", listener);
+	snprintf(s->upstream_addr, sizeof(s->upstream_addr), "%s", px->opts->upstream);
+	s->px_upstream = px->opts->upstream;
+	side_setup(s, &s->client, SIDE_CLIENT, cb);
+	side_setup(s, &s->server, SIDE_SERVER, sb);
+	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
+	px->nsessions++;
+	session_open_transcript(s);
+	log_debug("session=%s connect client=%s", s->id, s->client_addr);
+	/* Read the client from the start, to see an early talker and a client that leaves. */
+	bufferevent_enable(cb, EV_READ);
+	session_connect(s);
+	return s;
+}

@@ -1,0 +1,158 @@
+#ifndef SMTPTAP_SESSION_H
+#define SMTPTAP_SESSION_H
+
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "proxy/pipeline.h"
+
+struct bufferevent;
+struct event;
+struct proxy;
+struct transcript;
+
+/* Past this much output waiting for a peer, the other side stops being read. */
+#define SIDE_HIGH_MARK (256 * 1024)
+
+enum side_dir { SIDE_CLIENT, SIDE_SERVER };
+
+/* Why reading from a side is paused (a bitmask: reading resumes when it is empty). */
+#define PAUSE_PEER_FULL 0x01 /* the peer's output is above the high mark */
+#define PAUSE_WAIT 0x02	     /* the client waits for a reply before it may go on */
+#define PAUSE_EOF 0x04	     /* the side has closed its write half */
+
+/* One direction of a session (relayd's ctl_relay_event). */
+struct side {
+	struct session *s;
+	struct bufferevent *bev;
+	enum side_dir dir;
+	int paused;
+	int in_piece;	 /* the last record was part of a line longer than --max-line */
+	size_t scanned;	 /* input octets already searched for a line end */
+	uint64_t octets; /* received from this side */
+	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
+};
+
+/* The SMTP state of a session; changed only through session_enter_state(). */
+enum smtp_state {
+	ST_CONNECTING, /* connecting upstream */
+	ST_GREETING,   /* waiting for the server's greeting */
+	ST_COMMAND,    /* client lines are commands */
+	ST_AWAIT,      /* the client waits for the reply to DATA, AUTH, STARTTLS or SASL */
+	ST_SASL,       /* the next client line answers a 334 */
+	ST_MESSAGE,    /* DATA content, until <CRLF>.<CRLF> */
+	ST_CHUNK,      /* BDAT content: exactly chunk_left octets */
+	ST_SKIP,       /* discarding the rest of an over-long command line */
+	ST_RAW,	       /* after STARTTLS without a certificate: bytes both ways */
+	ST_CLOSING,
+};
+
+struct rcpt {
+	char *to;
+	int code;
+};
+
+/* One mail transaction, from MAIL to the reply to its end of data (OpenSMTPD's smtp_tx). */
+struct tx {
+	TAILQ_ENTRY(tx) entry;
+	char *mail_from;
+	int mail_code;
+	struct rcpt *rcpts;
+	size_t nrcpt;
+	uint64_t size;
+	int code;
+	char *text;
+};
+
+struct session {
+	TAILQ_ENTRY(session) entry;
+	struct proxy *px;
+	char id[12];
+	struct side client;
+	struct side server;
+	enum smtp_state state;
+	enum smtp_state skip_return; /* state to go back to after ST_SKIP */
+	struct pipeline pipeline;
+	struct event *timer; /* connect timeout, idle timeout or close linger, by state */
+	struct timeval start;
+	time_t last_activity;
+	struct transcript *transcript;
+	char transcript_path[96];
+	char client_addr[64];
+	char listener_addr[64];
+	char upstream_addr[64];
+	const char *px_upstream; /* --upstream as given */
+	char *helo;
+
+	/* Message content. */
+	int msg_line_start; /* the previous content line ended in CRLF */
+	int msg_in_headers;
+	uint64_t msg_hidden_lines;
+	uint64_t msg_hidden_octets;
+	uint64_t chunk_left;
+	uint64_t skipped;
+
+	/* The reply being read. */
+	int reply_open; /* lines of a reply seen, its last not yet */
+	int reply_code;
+	int reply_last_line; /* the current line ends the reply */
+	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
+	char *reply_text;	     /* text of the reply's last line */
+
+	/* AUTH (never the secret itself). */
+	char auth_mech[32];
+	char auth_user[256];
+	int auth_step;
+	int auth_code;
+	int auth_used;
+
+	int tls_passthrough;
+	int early_talker;
+	int quit_answered;
+	int client_gone; /* the client closed its write half */
+	int closing;
+	unsigned warnings;
+	const char *close_reason;
+
+	TAILQ_HEAD(, tx) txs;
+	struct tx *tx;
+	unsigned ntx;
+};
+
+/* Accepts a client on fd: connects upstream and starts recording. */
+struct session *session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen,
+			    const char *listener);
+
+/* Every way out: records the end, closes upstream now, the client once its output is sent. */
+void session_close(struct session *s, const char *reason);
+
+/* Sends a reply of the proxy's own to the client now, recorded as "P:". */
+void session_reply(struct session *s, const char *reply);
+
+void session_enter_state(struct session *s, enum smtp_state state);
+const char *session_state_name(enum smtp_state state);
+void side_pause(struct side *x, int why);
+void side_resume(struct side *x, int why);
+
+/* Records a warning in the transcript and counts it. */
+void session_warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Tells a session the proxy is shutting down (the grace period has passed). */
+void session_shutdown(struct session *s);
+
+/* relay.c: consume what a side has sent, as far as the SMTP state allows. */
+void relay_client(struct session *s);
+void relay_server(struct session *s);
+/* relay.c: the server is gone; answer what is pending. */
+void relay_server_gone(struct session *s);
+/* relay.c: the client is gone. */
+void relay_client_gone(struct session *s);
+
+/* report.c: the session's JSON event. */
+void report_write(struct session *s, const struct timeval *end);
+void tx_free(struct tx *tx);
+
+#endif

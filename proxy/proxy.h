@@ -21,5 +21,7 @@ struct proxy {
 
 /* Called by a session as it is freed: lets a shutdown end when the last one goes. */
 void proxy_session_gone(struct proxy *px);
+/* Closes the listeners at once; sessions get --grace seconds, then the loop ends. */
+void proxy_shutdown(struct proxy *px);
 
 #endif

@@ -1,0 +1,177 @@
+/* Unit tests for proxy/smtp.c (verbs, reply lines, BDAT) and proxy/pipeline.c (the queue). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "proxy/pipeline.h"
+#include "proxy/smtp.h"
+
+#define U(s) ((const unsigned char *)(s))
+
+static void
+check_verb(const char *line, enum smtp_verb want, const char *wantarg)
+{
+	struct smtp_command cmd;
+
+	smtp_parse_command(U(line), strlen(line), &cmd);
+	assert_int_equal(cmd.verb, want);
+	if (wantarg == NULL) {
+		assert_null(cmd.arg);
+		return;
+	}
+	assert_int_equal(cmd.arglen, strlen(wantarg));
+	assert_memory_equal(cmd.arg, wantarg, cmd.arglen);
+}
+
+static void
+test_verbs(void **state)
+{
+	(void)state;
+	check_verb("EHLO client.example", VERB_EHLO, "client.example");
+	check_verb("ehlo x", VERB_EHLO, "x");
+	check_verb("MAIL FROM:<a@b> SIZE=10", VERB_MAIL, "FROM:<a@b> SIZE=10");
+	check_verb("rcpt to:<c@d>", VERB_RCPT, "to:<c@d>");
+	check_verb("DATA", VERB_DATA, NULL);
+	check_verb("BDAT 100 LAST", VERB_BDAT, "100 LAST");
+	check_verb("STARTTLS", VERB_STARTTLS, NULL);
+	check_verb("AUTH PLAIN AGFsaWNl", VERB_AUTH, "PLAIN AGFsaWNl");
+	check_verb("QUIT", VERB_QUIT, NULL);
+	check_verb("XCLIENT ADDR=1.2.3.4", VERB_XCLIENT, "ADDR=1.2.3.4");
+	/* A verb is a whole word: prefixes and longer words are unknown. */
+	check_verb("DATAX", VERB_UNKNOWN, NULL);
+	check_verb("DAT", VERB_UNKNOWN, NULL);
+	check_verb("", VERB_UNKNOWN, NULL);
+	check_verb("MAIL", VERB_MAIL, NULL);
+	check_verb("NOOP   ", VERB_NOOP, NULL);
+}
+
+static void
+test_verb_with_nul(void **state)
+{
+	struct smtp_command cmd;
+
+	(void)state;
+	smtp_parse_command(U("QU\0T"), 4, &cmd);
+	assert_int_equal(cmd.verb, VERB_UNKNOWN);
+}
+
+static void
+check_reply(const char *line, int ret, int code, int last, const char *text)
+{
+	struct smtp_reply_line r;
+
+	assert_int_equal(smtp_parse_reply(U(line), strlen(line), &r), ret);
+	assert_int_equal(r.code, code);
+	assert_int_equal(r.last, last);
+	assert_int_equal(r.textlen, strlen(text));
+	assert_memory_equal(r.text, text, r.textlen);
+}
+
+static void
+test_replies(void **state)
+{
+	(void)state;
+	check_reply("250-SIZE 1000", 0, 250, 0, "SIZE 1000");
+	check_reply("250 OK", 0, 250, 1, "OK");
+	check_reply("250 ", 0, 250, 1, "");
+	check_reply("250", 0, 250, 1, "");
+	check_reply("334 ", 0, 334, 1, "");
+	check_reply("421-4.4.2 bye", 0, 421, 0, "4.4.2 bye");
+	check_reply("25", -1, 0, 1, "25");
+	check_reply("2500 x", -1, 0, 1, "2500 x");
+	check_reply("650 x", -1, 0, 1, "650 x");
+	check_reply("abc", -1, 0, 1, "abc");
+}
+
+static void
+test_line_len(void **state)
+{
+	(void)state;
+	assert_int_equal(smtp_line_len(U("QUIT\r\n"), 6), 4);
+	assert_int_equal(smtp_line_len(U("QUIT\n"), 5), 4);
+	assert_int_equal(smtp_line_len(U("QUIT\r"), 5), 5);
+	assert_int_equal(smtp_line_len(U("\r\n"), 2), 0);
+	assert_int_equal(smtp_line_len(U(""), 0), 0);
+}
+
+static void
+test_bdat(void **state)
+{
+	uint64_t size = 99;
+	int last = 9;
+
+	(void)state;
+	assert_int_equal(smtp_parse_bdat(U("100"), 3, &size, &last), 0);
+	assert_int_equal(size, 100);
+	assert_int_equal(last, 0);
+	assert_int_equal(smtp_parse_bdat(U("0 LAST"), 6, &size, &last), 0);
+	assert_int_equal(size, 0);
+	assert_int_equal(last, 1);
+	assert_int_equal(smtp_parse_bdat(U("12 last"), 7, &size, &last), 0);
+	assert_int_equal(last, 1);
+	assert_int_equal(smtp_parse_bdat(U("12 FIRST"), 8, &size, &last), -1);
+	assert_int_equal(smtp_parse_bdat(U("-1"), 2, &size, &last), -1);
+	assert_int_equal(smtp_parse_bdat(U("x"), 1, &size, &last), -1);
+	assert_int_equal(smtp_parse_bdat(NULL, 0, &size, &last), -1);
+	assert_int_equal(smtp_parse_bdat(U("99999999999999999999999"), 23, &size, &last), -1);
+}
+
+static void
+test_pipeline_order(void **state)
+{
+	struct pipeline p;
+	struct pending *e;
+
+	(void)state;
+	pipeline_init(&p);
+	assert_null(pipeline_head(&p));
+	assert_non_null(pipeline_push(&p, VERB_MAIL));
+	assert_non_null(pipeline_push_local(&p, "550 5.7.1 no\r\n"));
+	assert_non_null(pipeline_push(&p, VERB_DATA));
+	assert_int_equal(p.count, 3);
+	assert_int_equal(p.remote, 2);
+	/* The local reply waits behind MAIL: it never overtakes the server's reply. */
+	e = pipeline_head(&p);
+	assert_int_equal(e->verb, VERB_MAIL);
+	pipeline_pop(&p);
+	e = pipeline_head(&p);
+	assert_int_equal(e->verb, VERB_LOCAL);
+	assert_string_equal(e->local_reply, "550 5.7.1 no\r\n");
+	pipeline_pop(&p);
+	assert_int_equal(p.remote, 1);
+	assert_int_equal(pipeline_head(&p)->verb, VERB_DATA);
+	pipeline_clear(&p);
+	assert_int_equal(p.count, 0);
+	assert_int_equal(p.remote, 0);
+	pipeline_pop(&p); /* popping an empty queue is harmless */
+	assert_null(pipeline_head(&p));
+}
+
+static void
+test_awaits(void **state)
+{
+	(void)state;
+	assert_true(smtp_verb_awaits_reply(VERB_DATA));
+	assert_true(smtp_verb_awaits_reply(VERB_STARTTLS));
+	assert_true(smtp_verb_awaits_reply(VERB_AUTH));
+	assert_false(smtp_verb_awaits_reply(VERB_RCPT));
+	assert_false(smtp_verb_awaits_reply(VERB_BDAT));
+	assert_string_equal(smtp_verb_name(VERB_EOD), "end-of-data");
+	assert_string_equal(smtp_verb_name(VERB_RCPT), "RCPT");
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_verbs),	  cmocka_unit_test(test_verb_with_nul),
+	    cmocka_unit_test(test_replies),	  cmocka_unit_test(test_line_len),
+	    cmocka_unit_test(test_bdat),	  cmocka_unit_test(test_pipeline_order),
+	    cmocka_unit_test(test_awaits),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -29,6 +29,7 @@ struct listener {
 	struct proxy *px;
 	struct evconnlistener *lev;
 	struct event *resume;
+	int implicit_tls;
 	char name[64];
 };
 
@@ -64,7 +65,7 @@ listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockad
 		listener_refuse(px, fd, client);
 		return;
 	}
-	if (session_new(px, fd, sa, salen, l->name) == NULL) {
+	if (session_new(px, fd, sa, salen, l->name, l->implicit_tls) == NULL) {
 		log_warnx("out of memory: client turned away");
 		evutil_closesocket(fd);
 	}
@@ -100,7 +101,7 @@ listener_error_cb(struct evconnlistener *lev, void *arg)
 }
 
 int
-listener_add(struct proxy *px, const char *addr)
+listener_add(struct proxy *px, const char *addr, int implicit_tls)
 {
 	struct sockaddr_storage ss;
 	int len = sizeof(ss);
@@ -117,6 +118,7 @@ listener_add(struct proxy *px, const char *addr)
 	if ((l = calloc(1, sizeof(*l))) == NULL)
 		return -1;
 	l->px = px;
+	l->implicit_tls = implicit_tls;
 	l->lev = evconnlistener_new_bind(px->base, listener_accept_cb, l, flags, 4096,
 					 (struct sockaddr *)&ss, len);
 	if (l->lev == NULL) {
@@ -127,7 +129,7 @@ listener_add(struct proxy *px, const char *addr)
 	l->resume = evtimer_new(px->base, listener_resume_cb, l);
 	evconnlistener_set_error_cb(l->lev, listener_error_cb);
 	SLIST_INSERT_HEAD(&listeners, l, entry);
-	log_info("listening on %s", l->name);
+	log_info("listening on %s%s", l->name, implicit_tls ? " (implicit TLS)" : "");
 	return 0;
 }
 

@@ -18,6 +18,7 @@
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
+#include "proxy/tls.h"
 
 /* Each session holds a client socket, an upstream socket and its transcript. */
 #define FDS_PER_SESSION 3
@@ -39,6 +40,7 @@ hup_cb(evutil_socket_t sig, short what, void *arg)
 	(void)what;
 	(void)arg;
 	events_reopen();
+	tls_reload();
 }
 
 /* Raises the descriptor limit to what --max-sessions needs, as far as allowed. */
@@ -109,9 +111,14 @@ main(int argc, char **argv)
 		fatalx("resolver set-up failed");
 	umask(027);
 	open_outputs(&opts);
+	if (tls_init(&opts) != 0)
+		fatalx("TLS set-up failed (certificate, key or CA file)");
 	for (i = 0; i < opts.nlisten; i++)
-		if (listener_add(&proxy, opts.listen[i]) != 0)
+		if (listener_add(&proxy, opts.listen[i], 0) != 0)
 			fatal("--listen %s", opts.listen[i]);
+	for (i = 0; i < opts.nlisten_tls; i++)
+		if (listener_add(&proxy, opts.listen_tls[i], 1) != 0)
+			fatal("--listen-tls %s", opts.listen_tls[i]);
 	add_signals(signals);
 	if (getuid() == 0)
 		log_warnx("running as root");
@@ -124,6 +131,7 @@ main(int argc, char **argv)
 		event_free(proxy.grace_timer);
 	listener_close_all();
 	transcript_shutdown();
+	tls_cleanup();
 	events_close();
 	evdns_base_free(proxy.dns, 0);
 	event_base_free(proxy.base);

@@ -21,6 +21,15 @@ enum {
 	OPT_IDLE_TIMEOUT,
 	OPT_GRACE,
 	OPT_SYSLOG,
+	OPT_LISTEN_TLS,
+	OPT_TLS_CERT,
+	OPT_TLS_KEY,
+	OPT_TLS_MODE,
+	OPT_UPSTREAM_TLS,
+	OPT_UPSTREAM_CA,
+	OPT_UPSTREAM_VERIFY,
+	OPT_UPSTREAM_NAME,
+	OPT_TLS_MIN_VERSION,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -37,6 +46,15 @@ static const struct option long_options[] = {
     {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
     {"grace", required_argument, NULL, OPT_GRACE},
     {"syslog", no_argument, NULL, OPT_SYSLOG},
+    {"listen-tls", required_argument, NULL, OPT_LISTEN_TLS},
+    {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+    {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+    {"tls-mode", required_argument, NULL, OPT_TLS_MODE},
+    {"upstream-tls", required_argument, NULL, OPT_UPSTREAM_TLS},
+    {"upstream-ca", required_argument, NULL, OPT_UPSTREAM_CA},
+    {"upstream-verify", required_argument, NULL, OPT_UPSTREAM_VERIFY},
+    {"upstream-name", required_argument, NULL, OPT_UPSTREAM_NAME},
+    {"tls-min-version", required_argument, NULL, OPT_TLS_MIN_VERSION},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -55,6 +73,15 @@ static const char usage_text[] =
     "  --connect-timeout SECS   upstream connect limit (default 30)\n"
     "  --idle-timeout SECS      idle session limit (default 300)\n"
     "  --grace SECS             time sessions get to finish on SIGTERM (default 30)\n"
+    "  --listen-tls ADDR:PORT   implicit-TLS listener, SMTPS (repeatable)\n"
+    "  --tls-cert FILE --tls-key FILE  certificate (PEM, chain allowed) and key\n"
+    "  --tls-mode terminate|passthrough|strip  client STARTTLS handling\n"
+    "                           (default terminate with a certificate, else passthrough)\n"
+    "  --upstream-tls starttls|require|implicit|none  TLS to the server (default starttls)\n"
+    "  --upstream-ca FILE       CA file for the server's certificate (default system store)\n"
+    "  --upstream-verify none|ca|name  server certificate check (default name)\n"
+    "  --upstream-name NAME     name checked and sent as SNI (default the --upstream host)\n"
+    "  --tls-min-version 1.2|1.3  oldest TLS accepted on both legs (default 1.2)\n"
     "  --syslog                 log to syslog instead of stderr\n"
     "  -v, --verbose            debug logging\n"
     "  --help, --version\n";
@@ -131,8 +158,81 @@ options_defaults(struct options *o)
 	o->connect_timeout = 30;
 	o->idle_timeout = 300;
 	o->grace = 30;
+	o->upstream_verify = VERIFY_NAME;
+	o->upstream_tls = UPSTREAM_STARTTLS;
+	o->tls_min_version = 12;
 	if (gethostname(o->hostname, sizeof(o->hostname) - 1) != 0 || o->hostname[0] == '\0')
 		strcpy(o->hostname, "smtptap");
+}
+
+/* Picks one of words[] (NULL-terminated); its index. */
+static int
+options_word(const char *opt, const char *arg, const char *const *words, const char *expected)
+{
+	int i;
+
+	for (i = 0; words[i] != NULL; i++)
+		if (strcmp(arg, words[i]) == 0)
+			return i;
+	options_die(opt, expected, arg);
+}
+
+static void
+options_tls(struct options *o, int ch, const char *arg)
+{
+	static const char *const modes[] = {"passthrough", "terminate", "strip", NULL};
+	static const char *const up[] = {"starttls", "require", "implicit", "none", NULL};
+	static const char *const verify[] = {"none", "ca", "name", NULL};
+	static const char *const versions[] = {"1.2", "1.3", NULL};
+
+	switch (ch) {
+	case OPT_TLS_CERT:
+		o->tls_cert = arg;
+		break;
+	case OPT_TLS_KEY:
+		o->tls_key = arg;
+		break;
+	case OPT_TLS_MODE:
+		o->tls_mode = options_word("--tls-mode", arg, modes,
+					   "expected terminate, passthrough or strip, not");
+		o->tls_mode_set = 1;
+		break;
+	case OPT_UPSTREAM_TLS:
+		o->upstream_tls = options_word("--upstream-tls", arg, up,
+					       "expected starttls, require, implicit or none, not");
+		break;
+	case OPT_UPSTREAM_CA:
+		o->upstream_ca = arg;
+		break;
+	case OPT_UPSTREAM_VERIFY:
+		o->upstream_verify = options_word("--upstream-verify", arg, verify,
+						  "expected none, ca or name, not");
+		break;
+	case OPT_UPSTREAM_NAME:
+		o->upstream_name = arg;
+		break;
+	case OPT_TLS_MIN_VERSION:
+		o->tls_min_version = options_word("--tls-min-version", arg, versions,
+						  "expected 1.2 or 1.3, not") == 0 ? 12 : 13;
+		break;
+	}
+}
+
+/* TLS options that only make sense together. */
+static void
+options_check_tls(struct options *o)
+{
+	if ((o->tls_cert == NULL) != (o->tls_key == NULL))
+		options_die(o->tls_cert ? "--tls-key" : "--tls-cert",
+			    "needed too (a certificate and its key go together)", NULL);
+	if (!o->tls_mode_set)
+		o->tls_mode = o->tls_cert != NULL ? TLS_TERMINATE : TLS_PASSTHROUGH;
+	if (o->tls_mode == TLS_TERMINATE && o->tls_cert == NULL)
+		options_die("--tls-mode", "terminate needs --tls-cert and --tls-key", NULL);
+	if (o->nlisten_tls > 0 && o->tls_cert == NULL)
+		options_die("--listen-tls", "needs --tls-cert and --tls-key", NULL);
+	if (o->upstream_name == NULL)
+		o->upstream_name = o->upstream_host;
 }
 
 static void
@@ -199,6 +299,18 @@ options_one(struct options *o, int ch, const char *arg)
 	case OPT_SYSLOG:
 		o->use_syslog = 1;
 		break;
+	case OPT_LISTEN_TLS:
+		if (o->nlisten_tls == OPT_MAX_LISTEN)
+			options_die("--listen-tls", "too many listeners", NULL);
+		if (options_split_hostport(arg, &h, &p, &why) != 0)
+			options_die("--listen-tls", why, arg);
+		free(h);
+		free(p);
+		o->listen_tls[o->nlisten_tls++] = arg;
+		break;
+	default:
+		options_tls(o, ch, arg);
+		break;
 	case 'v':
 		o->verbose = 1;
 		break;
@@ -230,6 +342,7 @@ options_parse(int argc, char **argv, struct options *o)
 		options_die(argv[optind], "unexpected argument", NULL);
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
-	if (o->nlisten == 0)
+	options_check_tls(o);
+	if (o->nlisten == 0 && o->nlisten_tls == 0)
 		o->listen[o->nlisten++] = "127.0.0.1:2525";
 }

@@ -7,11 +7,16 @@
 #define OPT_MAX_LISTEN 16
 
 enum record_level { RECORD_BODY, RECORD_HEADERS, RECORD_NONE };
+enum tls_mode { TLS_PASSTHROUGH, TLS_TERMINATE, TLS_STRIP };
+enum upstream_tls { UPSTREAM_STARTTLS, UPSTREAM_REQUIRE, UPSTREAM_IMPLICIT, UPSTREAM_NONE };
+enum upstream_verify { VERIFY_NONE, VERIFY_CA, VERIFY_NAME };
 
 /* Everything the command line sets; read-only once the proxy runs. */
 struct options {
 	const char *listen[OPT_MAX_LISTEN];
 	int nlisten;
+	const char *listen_tls[OPT_MAX_LISTEN];
+	int nlisten_tls;
 	char *upstream_host;
 	char *upstream_port;
 	const char *upstream; /* as given, HOST:PORT */
@@ -23,6 +28,15 @@ struct options {
 	unsigned connect_timeout;
 	unsigned idle_timeout;
 	unsigned grace;
+	const char *tls_cert;
+	const char *tls_key;
+	enum tls_mode tls_mode;
+	int tls_mode_set;
+	enum upstream_tls upstream_tls;
+	const char *upstream_ca;
+	enum upstream_verify upstream_verify;
+	const char *upstream_name;
+	int tls_min_version; /* 12 or 13 */
 	int use_syslog;
 	int verbose;
 	char hostname[256];

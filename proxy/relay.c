@@ -15,11 +15,15 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
+#include "proxy/ehlo.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
 
 #define TX_MAX_RECORDED 1000
+
+static void relay_setup_step(struct session *s);
+static void relay_client_starttls(struct session *s);
 
 /* One unit of input: a whole line (complete) or a piece of an over-long one. */
 struct unit {
@@ -104,6 +108,26 @@ side_record(struct side *x, const struct unit *u)
 	x->in_piece = !u->complete;
 }
 
+/* Our 220 to STARTTLS is on its way: drop what the client pipelined after it, then TLS. */
+static void
+relay_client_starttls(struct session *s)
+{
+	size_t stale = evbuffer_get_length(side_input(&s->client));
+
+	/* CVE-2011-0411: plaintext sent before the handshake is never acted on. */
+	if (stale > 0) {
+		session_warn(s, "discarded %zu octets the client sent after STARTTLS before the "
+				"handshake",
+			     stale);
+		side_discard(&s->client, stale);
+	}
+	session_enter_state(s, ST_CLIENT_TLS);
+	if (session_start_tls(s, &s->client) != 0) {
+		transcript_event(s->transcript, "tls client failed reason=\"TLS set-up failed\"");
+		session_close(s, "client_tls_failed");
+	}
+}
+
 /* Sends the proxy's own replies that have come to the head of the queue. */
 static void
 relay_flush_local(struct session *s)
@@ -112,6 +136,11 @@ relay_flush_local(struct session *s)
 
 	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
 		session_reply(s, head->local_reply);
+		if (head->starttls) {
+			pipeline_pop(&s->pipeline);
+			relay_client_starttls(s);
+			return;
+		}
 		pipeline_pop(&s->pipeline);
 	}
 }
@@ -244,7 +273,7 @@ relay_auth(struct session *s, const struct smtp_command *cmd)
 		off++;
 	if (cmd->arg == NULL || off >= cmd->arglen) {
 		snprintf(prefix, sizeof(prefix), "AUTH %s", s->auth_mech);
-		transcript_redacted(s->transcript, "C:", prefix, 0, NULL);
+		transcript_data(s->transcript, "C:", (const unsigned char *)prefix, strlen(prefix));
 		return;
 	}
 	snprintf(prefix, sizeof(prefix), "AUTH %s ", s->auth_mech);
@@ -270,6 +299,53 @@ relay_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
 		session_enter_state(s, ST_CHUNK);
 }
 
+/* Answers a local reply for a command that must not reach the server. */
+static void
+relay_refuse(struct session *s, const struct unit *u, const char *reply)
+{
+	side_record(&s->client, u);
+	side_discard(&s->client, u->len);
+	relay_answer_locally(s, reply);
+}
+
+/*
+ * Commands the proxy answers itself: a client's XCLIENT/XFORWARD (it must not claim
+ * another identity to the server) and STARTTLS when we terminate or strip TLS.  Returns 1
+ * when the command was handled here.
+ */
+static int
+relay_command_local(struct session *s, const struct unit *u, const struct smtp_command *cmd)
+{
+	const struct options *o = s->px->opts;
+	struct pending *p;
+
+	if (cmd->verb == VERB_XCLIENT || cmd->verb == VERB_XFORWARD) {
+		session_warn(s, "client's own %s refused", smtp_verb_name(cmd->verb));
+		relay_refuse(s, u, "550 5.7.0 Command not permitted\r\n");
+		return 1;
+	}
+	if (cmd->verb != VERB_STARTTLS || o->tls_mode == TLS_PASSTHROUGH)
+		return 0;
+	if (o->tls_mode == TLS_STRIP) {
+		relay_refuse(s, u, "454 4.7.0 TLS not available\r\n");
+		return 1;
+	}
+	if (s->client.tls) {
+		relay_refuse(s, u, "503 5.5.1 TLS already active\r\n");
+		return 1;
+	}
+	side_record(&s->client, u);
+	side_discard(&s->client, u->len);
+	session_enter_state(s, ST_AWAIT);
+	if ((p = pipeline_push_local(&s->pipeline, "220 2.0.0 Ready to start TLS\r\n")) == NULL) {
+		session_close(s, "error");
+		return 1;
+	}
+	p->starttls = 1;
+	relay_flush_local(s);
+	return 1;
+}
+
 /* Tracks a client command, then relays it unchanged. */
 static void
 relay_command(struct session *s, const struct unit *u)
@@ -280,6 +356,8 @@ relay_command(struct session *s, const struct unit *u)
 	int rcpt = -1;
 
 	smtp_parse_command(u->data, n, &cmd);
+	if (relay_command_local(s, u, &cmd))
+		return;
 	if (cmd.verb == VERB_AUTH)
 		relay_auth(s, &cmd);
 	else
@@ -477,8 +555,13 @@ relay_client(struct session *s)
 
 	while (!s->closing && s->client.bev != NULL) {
 		switch (s->state) {
+		case ST_CLIENT_TLS:
+			return;
 		case ST_CONNECTING:
 		case ST_GREETING:
+		case ST_UPSTREAM_EHLO:
+		case ST_UPSTREAM_STARTTLS:
+		case ST_UPSTREAM_TLS:
 			if (!s->early_talker &&
 			    evbuffer_get_length(side_input(&s->client)) > 0) {
 				s->early_talker = 1;
@@ -640,6 +723,38 @@ relay_server_421(struct session *s)
 	session_close(s, "server_421");
 }
 
+/* Sends a held EHLO reply with its extensions edited: identity and TLS as we handle them. */
+static void
+relay_ehlo_send(struct session *s)
+{
+	const struct options *o = s->px->opts;
+	const char *remove[4] = {"XCLIENT", "XFORWARD"};
+	struct ehlo_policy pol = {remove, 2, NULL};
+	struct evbuffer *notes = evbuffer_new();
+	size_t len = evbuffer_get_length(s->ehlo_reply);
+	const unsigned char *reply = evbuffer_pullup(s->ehlo_reply, (ev_ssize_t)len);
+	char *line;
+
+	if (o->tls_mode == TLS_STRIP || (o->tls_mode == TLS_TERMINATE && s->client.tls))
+		remove[pol.nremove++] = "STARTTLS";
+	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
+		pol.add = "STARTTLS";
+	s->reply_hold = 0;
+	if (reply == NULL || notes == NULL) {
+		if (notes != NULL)
+			evbuffer_free(notes);
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->ehlo_reply);
+		return;
+	}
+	ehlo_edit(reply, len, &pol, bufferevent_get_output(s->client.bev), notes);
+	while ((line = evbuffer_readln(notes, NULL, EVBUFFER_EOL_CRLF)) != NULL) {
+		transcript_event(s->transcript, "ehlo reply edited: %s", line);
+		free(line);
+	}
+	evbuffer_free(notes);
+	evbuffer_drain(s->ehlo_reply, len);
+}
+
 static void
 relay_reply_done(struct session *s)
 {
@@ -655,6 +770,8 @@ relay_reply_done(struct session *s)
 		session_warn(s, "server sent a reply (%d) with no command pending", code);
 		return;
 	}
+	if (s->reply_hold)
+		relay_ehlo_send(s);
 	relay_reply_effect(s, head, code);
 	if (s->closing)
 		return;
@@ -664,44 +781,94 @@ relay_reply_done(struct session *s)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
 
+/* Whether this reply is to be held whole: a 250 to EHLO/LHLO, whose extensions we edit. */
+static int
+relay_holds_reply(struct session *s, int code)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	return code == 250 && head != NULL && head->local_reply == NULL &&
+	       (head->verb == VERB_EHLO || head->verb == VERB_LHLO);
+}
+
+/* Where a server line goes: held (EHLO, 421, set-up), or on to the client at once. */
+static void
+relay_reply_route(struct session *s, const struct unit *u)
+{
+	struct evbuffer *hold = NULL;
+
+	if (s->upstream_setup)
+		hold = s->setup_reply;
+	else if (s->reply_code == 421)
+		hold = s->reply_copy;
+	else if (s->ehlo_reply != NULL && evbuffer_get_length(s->ehlo_reply) + u->len > 65536) {
+		/* Too big to be a real EHLO reply: stop holding, relay it as it is. */
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->ehlo_reply);
+		evbuffer_free(s->ehlo_reply);
+		s->ehlo_reply = NULL;
+		s->reply_hold = 0;
+	} else if (s->reply_hold)
+		hold = s->ehlo_reply;
+	side_record(&s->server, u);
+	if (hold == NULL) {
+		side_forward(&s->server, u->len);
+		return;
+	}
+	evbuffer_add(hold, u->data, u->len);
+	side_discard(&s->server, u->len);
+}
+
+/* Starts a reply on its first line: where its lines will be held, if anywhere. */
+static int
+relay_reply_begin(struct session *s, int code)
+{
+	struct evbuffer **hold = NULL;
+
+	s->reply_code = code;
+	s->reply_open = 1;
+	s->reply_hold = 0;
+	if (s->upstream_setup)
+		hold = &s->setup_reply;
+	else if (code == 421)
+		hold = &s->reply_copy;
+	else if (relay_holds_reply(s, code)) {
+		hold = &s->ehlo_reply;
+		s->reply_hold = 1;
+	}
+	if (hold == NULL)
+		return 0;
+	if (*hold == NULL && (*hold = evbuffer_new()) == NULL) {
+		session_close(s, "error");
+		return -1;
+	}
+	evbuffer_drain(*hold, evbuffer_get_length(*hold));
+	return 0;
+}
+
 /* One server line: a reply line, or a further piece of an over-long one. */
 static void
 relay_reply_unit(struct session *s, const struct unit *u)
 {
 	struct smtp_reply_line r;
-	int piece = s->server.in_piece;
-	int last = 1;
 
-	if (!piece) {
+	if (!s->server.in_piece) {
 		if (smtp_parse_reply(u->data, smtp_line_len(u->data, u->len), &r) != 0)
 			session_warn(s, "malformed reply line from the server");
-		if (!s->reply_open) {
-			s->reply_code = r.code;
-			s->reply_open = 1;
-			if (s->reply_copy != NULL)
-				evbuffer_drain(s->reply_copy, evbuffer_get_length(s->reply_copy));
-		}
-		last = r.last;
-		if (last) {
+		if (!s->reply_open && relay_reply_begin(s, r.code) != 0)
+			return;
+		if (r.last) {
 			free(s->reply_text);
 			s->reply_text = relay_strndup(r.text, r.textlen);
 		}
-		s->reply_last_line = last;
+		s->reply_last_line = r.last;
 	}
-	last = s->reply_last_line;
-	if (s->reply_code == 421) {
-		if (s->reply_copy == NULL)
-			s->reply_copy = evbuffer_new();
-		if (s->reply_copy != NULL)
-			evbuffer_add(s->reply_copy, u->data, u->len);
-		side_record(&s->server, u);
-		side_discard(&s->server, u->len);
-	} else {
-		side_record(&s->server, u);
-		side_forward(&s->server, u->len);
+	relay_reply_route(s, u);
+	if (u->complete && s->reply_last_line) {
+		if (s->upstream_setup)
+			relay_setup_step(s);
+		else
+			relay_reply_done(s);
 	}
-	if (u->complete && last)
-		relay_reply_done(s);
 }
 
 void
@@ -714,10 +881,141 @@ relay_server(struct session *s)
 			relay_raw(&s->server);
 			return;
 		}
+		if (s->state == ST_UPSTREAM_TLS)
+			return;
 		if (!side_next_unit(&s->server, s->px->opts->max_line, &u))
 			return;
 		relay_reply_unit(s, &u);
 	}
+}
+
+/* Sends a line of the proxy's own to the server, recorded as "U:". */
+static void
+relay_send_upstream(struct session *s, const char *line)
+{
+	evbuffer_add(bufferevent_get_output(s->server.bev), line, strlen(line));
+	transcript_data(s->transcript, "U:", (const unsigned char *)line, strlen(line));
+}
+
+/* The upstream leg is as secure as it will get: the client gets the greeting now. */
+static void
+relay_upstream_ready(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	s->upstream_setup = 0;
+	if (s->greeting != NULL)
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->greeting);
+	if (head != NULL && head->verb == VERB_GREETING) {
+		relay_reply_effect(s, head, 220);
+		if (!s->closing)
+			pipeline_pop(&s->pipeline);
+	}
+}
+
+static void
+relay_upstream_refused(struct session *s, const char *why)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+	snprintf(reply, sizeof(reply), "421 4.7.0 %s Upstream server does not offer TLS\r\n",
+		 s->px->opts->hostname);
+	session_reply(s, reply);
+	session_close(s, "upstream_tls_failed");
+}
+
+/* TLS with the server could not be had: go on in clear, unless it is required. */
+static void
+relay_upstream_plain(struct session *s, const char *why)
+{
+	if (s->px->opts->upstream_tls == UPSTREAM_REQUIRE) {
+		relay_upstream_refused(s, why);
+		return;
+	}
+	transcript_event(s->transcript, "upstream leg stays in clear: %s", why);
+	relay_upstream_ready(s);
+}
+
+/* A reply during the upstream set-up: greeting, then our EHLO, then our STARTTLS. */
+static void
+relay_setup_step(struct session *s)
+{
+	size_t len = evbuffer_get_length(s->setup_reply), stale;
+	const unsigned char *reply = evbuffer_pullup(s->setup_reply, (ev_ssize_t)len);
+	int code = s->reply_code;
+	char ehlo[300];
+
+	s->reply_open = 0;
+	switch (s->state) {
+	case ST_GREETING:
+		if (s->greeting == NULL && (s->greeting = evbuffer_new()) == NULL) {
+			session_close(s, "error");
+			return;
+		}
+		evbuffer_add_buffer(s->greeting, s->setup_reply);
+		if (code != 220) {
+			relay_upstream_plain(s, "the server refused the session");
+			if (code == 421 && !s->closing)
+				session_close(s, "server_421");
+			return;
+		}
+		snprintf(ehlo, sizeof(ehlo), "EHLO %s\r\n", s->px->opts->hostname);
+		relay_send_upstream(s, ehlo);
+		session_enter_state(s, ST_UPSTREAM_EHLO);
+		break;
+	case ST_UPSTREAM_EHLO:
+		if (code != 250 || !ehlo_offers(reply, len, "STARTTLS")) {
+			relay_upstream_plain(s, "the server does not offer STARTTLS");
+			break;
+		}
+		relay_send_upstream(s, "STARTTLS\r\n");
+		session_enter_state(s, ST_UPSTREAM_STARTTLS);
+		break;
+	case ST_UPSTREAM_STARTTLS:
+		if (code != 220) {
+			relay_upstream_plain(s, "the server refused STARTTLS");
+			break;
+		}
+		if ((stale = evbuffer_get_length(side_input(&s->server))) > 0) {
+			session_warn(s, "discarded %zu octets the server sent after its 220 to "
+					"STARTTLS",
+				     stale);
+			side_discard(&s->server, stale);
+		}
+		session_enter_state(s, ST_UPSTREAM_TLS);
+		if (session_start_tls(s, &s->server) != 0)
+			relay_upstream_refused(s, "TLS set-up failed");
+		break;
+	default:
+		break;
+	}
+	evbuffer_drain(s->setup_reply, evbuffer_get_length(s->setup_reply));
+}
+
+void
+relay_upstream_secured(struct session *s)
+{
+	if (s->upstream_setup) {
+		relay_upstream_ready(s);
+		return;
+	}
+	/* Implicit TLS: the greeting comes now, over TLS. */
+	session_enter_state(s, ST_GREETING);
+	relay_server(s);
+}
+
+void
+relay_client_secured(struct session *s)
+{
+	if (s->state != ST_CLIENT_TLS)
+		return; /* implicit TLS: the session goes on as it is */
+	/* RFC 3207 4.2: everything learnt before TLS is forgotten; the client starts again. */
+	free(s->helo);
+	s->helo = NULL;
+	s->tx = NULL;
+	session_enter_state(s, ST_COMMAND);
+	relay_resume_client(s);
 }
 
 void

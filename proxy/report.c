@@ -7,6 +7,8 @@
 #include "logs/escape.h"
 #include "logs/events.h"
 #include "logs/transcript.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
 #include "proxy/session.h"
 
 void
@@ -72,14 +74,48 @@ report_transactions(const struct session *s)
 	return a;
 }
 
+static json_t *
+report_tls_leg(const struct tls_info *t, int upstream)
+{
+	if (!t->up)
+		return json_null();
+	if (upstream)
+		return json_pack("{s:s,s:s,s:o,s:s}", "version", t->version, "cipher", t->cipher,
+				 "subject", report_string(t->subject), "verify", t->verify);
+	return json_pack("{s:s,s:s,s:o}", "version", t->version, "cipher", t->cipher, "sni",
+			 report_string(t->sni[0] ? t->sni : NULL));
+}
+
+static const char *
+report_tls_mode(const struct session *s)
+{
+	switch (s->px->opts->tls_mode) {
+	case TLS_TERMINATE:
+		return "terminate";
+	case TLS_STRIP:
+		return "strip";
+	default:
+		return "passthrough";
+	}
+}
+
 static void
 report_extras(const struct session *s, json_t *o)
 {
-	if (s->tls_passthrough)
-		json_object_set_new(o, "tls",
-				    json_pack("{s:s,s:I,s:I}", "mode", "passthrough",
-					      "client_octets", (json_int_t)s->client.raw_octets,
-					      "server_octets", (json_int_t)s->server.raw_octets));
+	json_t *tls;
+
+	if (s->tls_passthrough || s->client_tls.up || s->upstream_tls.up) {
+		tls = json_pack("{s:s,s:o,s:o}", "mode", report_tls_mode(s), "client",
+				report_tls_leg(&s->client_tls, 0), "upstream",
+				report_tls_leg(&s->upstream_tls, 1));
+		if (s->tls_passthrough) {
+			json_object_set_new(tls, "client_octets",
+					    json_integer((json_int_t)s->client.raw_octets));
+			json_object_set_new(tls, "server_octets",
+					    json_integer((json_int_t)s->server.raw_octets));
+		}
+		json_object_set_new(o, "tls", tls);
+	}
 	if (s->auth_used)
 		json_object_set_new(o, "auth",
 				    json_pack("{s:o,s:o,s:o}", "mechanism",

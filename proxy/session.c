@@ -15,6 +15,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/util.h>
@@ -24,17 +25,25 @@
 #include "proxy/addr.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/tls.h"
 
 /* How long a closing session may take to hand its last replies to the client. */
 #define CLOSE_LINGER_SECS 10
 /* RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end of data. */
 #define EOD_REPLY_SECS 600
 
+static void session_read_cb(struct bufferevent *bev, void *arg);
+static void session_write_cb(struct bufferevent *bev, void *arg);
+static void session_event_cb(struct bufferevent *bev, short what, void *arg);
+static void session_upstream_connected(struct session *s);
+
 static const char *state_names[] = {
     [ST_CONNECTING] = "connecting", [ST_GREETING] = "greeting", [ST_COMMAND] = "command",
     [ST_AWAIT] = "await-reply",	    [ST_SASL] = "sasl",		[ST_MESSAGE] = "message",
     [ST_CHUNK] = "chunk",	    [ST_SKIP] = "skip",		[ST_RAW] = "raw",
-    [ST_CLOSING] = "closing",
+    [ST_CLOSING] = "closing",	    [ST_UPSTREAM_EHLO] = "upstream-ehlo",
+    [ST_UPSTREAM_STARTTLS] = "upstream-starttls", [ST_UPSTREAM_TLS] = "upstream-tls",
+    [ST_CLIENT_TLS] = "client-tls",
 };
 
 const char *
@@ -118,6 +127,12 @@ session_free(struct session *s)
 	}
 	if (s->reply_copy != NULL)
 		evbuffer_free(s->reply_copy);
+	if (s->setup_reply != NULL)
+		evbuffer_free(s->setup_reply);
+	if (s->greeting != NULL)
+		evbuffer_free(s->greeting);
+	if (s->ehlo_reply != NULL)
+		evbuffer_free(s->ehlo_reply);
 	free(s->reply_text);
 	free(s->helo);
 	TAILQ_REMOVE(&px->sessions, s, entry);
@@ -312,6 +327,102 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* Records a leg's TLS parameters once its handshake is done. */
+static void
+session_tls_done(struct session *s, struct side *x)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(x->bev);
+	struct tls_info *t = x->dir == SIDE_CLIENT ? &s->client_tls : &s->upstream_tls;
+	const char *sni;
+
+	x->tls = 1;
+	t->up = 1;
+	snprintf(t->version, sizeof(t->version), "%s", tls_version(ssl));
+	snprintf(t->cipher, sizeof(t->cipher), "%s", tls_cipher(ssl));
+	if (x->dir == SIDE_CLIENT) {
+		sni = tls_sni(ssl);
+		snprintf(t->sni, sizeof(t->sni), "%s", sni != NULL ? sni : "");
+		transcript_event(s->transcript, "tls client started version=%s cipher=%s sni=%s",
+				 t->version, t->cipher, t->sni[0] ? t->sni : "-");
+		return;
+	}
+	tls_peer_subject(ssl, t->subject, sizeof(t->subject));
+	snprintf(t->verify, sizeof(t->verify), "%s", tls_verify_result(ssl));
+	transcript_event(s->transcript,
+			 "tls upstream started version=%s cipher=%s subject=\"%s\" verify=\"%s\"",
+			 t->version, t->cipher, t->subject, t->verify);
+}
+
+/* A handshake failed: record OpenSSL's reason, tell the client where it can still hear. */
+static void
+session_tls_failed(struct session *s, struct side *x, const char *why)
+{
+	char reason[256], reply[512];
+	SSL *ssl = x->bev != NULL ? bufferevent_openssl_get_ssl(x->bev) : NULL;
+	long verify = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
+
+	if (why == NULL) {
+		tls_error_reason(x->bev, reason, sizeof(reason));
+		why = reason;
+	}
+	if (x->dir == SIDE_CLIENT) {
+		transcript_event(s->transcript, "tls client failed reason=\"%s\"", why);
+		session_close(s, "client_tls_failed");
+		return;
+	}
+	if (verify != X509_V_OK)
+		why = X509_verify_cert_error_string(verify);
+	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+	snprintf(reply, sizeof(reply), "421 4.7.0 %s TLS with the upstream server failed\r\n",
+		 s->px->opts->hostname);
+	session_reply(s, reply);
+	session_close(s, "upstream_tls_failed");
+}
+
+int
+session_start_tls(struct session *s, struct side *x)
+{
+	SSL *ssl = x->dir == SIDE_CLIENT ? tls_accept_ssl() : tls_connect_ssl();
+	struct bufferevent *tlsbev;
+
+	if (ssl == NULL)
+		return -1;
+	tlsbev = bufferevent_openssl_filter_new(
+	    s->px->base, x->bev, ssl,
+	    x->dir == SIDE_CLIENT ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE);
+	if (tlsbev == NULL) {
+		SSL_free(ssl);
+		return -1;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(tlsbev, 1);
+	/* The new buffer event has none of the old one's settings: set them again. */
+	x->bev = tlsbev;
+	bufferevent_setcb(tlsbev, session_read_cb, session_write_cb, session_event_cb, x);
+	bufferevent_setwatermark(tlsbev, EV_WRITE, SIDE_HIGH_MARK / 2, 0);
+	x->paused &= ~PAUSE_WAIT;
+	if (x->paused == 0)
+		bufferevent_enable(tlsbev, EV_READ | EV_WRITE);
+	return 0;
+}
+
+/* A CONNECTED event: TCP to the server, or a handshake completed on either leg. */
+static void
+session_connected(struct session *s, struct side *x)
+{
+	if (x->dir == SIDE_CLIENT) {
+		session_tls_done(s, x);
+		relay_client_secured(s);
+		return;
+	}
+	if (s->state == ST_CONNECTING) {
+		session_upstream_connected(s);
+		return;
+	}
+	session_tls_done(s, x);
+	relay_upstream_secured(s);
+}
+
 static void
 session_upstream_connected(struct session *s)
 {
@@ -322,7 +433,6 @@ session_upstream_connected(struct session *s)
 	if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
-	session_enter_state(s, ST_GREETING);
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
 		session_close(s, "error");
 		return;
@@ -330,6 +440,13 @@ session_upstream_connected(struct session *s)
 	s->last_activity = time(NULL);
 	event_del(s->timer);
 	event_add(s->timer, &idle);
+	if (s->px->opts->upstream_tls == UPSTREAM_IMPLICIT) {
+		session_enter_state(s, ST_UPSTREAM_TLS);
+		if (session_start_tls(s, &s->server) != 0)
+			session_tls_failed(s, &s->server, "TLS set-up failed");
+		return;
+	}
+	session_enter_state(s, ST_GREETING);
 	bufferevent_enable(s->server.bev, EV_READ);
 }
 
@@ -366,13 +483,18 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (s->closing)
 		return;
 	if (what & BEV_EVENT_CONNECTED) {
-		session_upstream_connected(s);
+		session_connected(s, x);
 		return;
 	}
 	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
 		return;
 	if (x->dir == SIDE_SERVER && s->state == ST_CONNECTING) {
 		session_upstream_failed(s, session_error_reason(bev, what));
+		return;
+	}
+	if ((x->dir == SIDE_SERVER && s->state == ST_UPSTREAM_TLS) ||
+	    (x->dir == SIDE_CLIENT && !x->tls && bufferevent_openssl_get_ssl(bev) != NULL)) {
+		session_tls_failed(s, x, NULL);
 		return;
 	}
 	if (x->dir == SIDE_CLIENT) {
@@ -452,7 +574,8 @@ session_connect(struct session *s)
 }
 
 struct session *
-session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener)
+session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener,
+	    int implicit_tls)
 {
 	struct bufferevent *cb, *sb;
 	struct session *s;
@@ -489,8 +612,15 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	px->nsessions++;
 	session_open_transcript(s);
 	log_debug("session=%s connect client=%s", s->id, s->client_addr);
+	s->upstream_setup = px->opts->tls_mode != TLS_PASSTHROUGH &&
+			    (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
+			     px->opts->upstream_tls == UPSTREAM_REQUIRE);
 	/* Read the client from the start, to see an early talker and a client that leaves. */
 	bufferevent_enable(cb, EV_READ);
+	if (implicit_tls && session_start_tls(s, &s->client) != 0) {
+		session_tls_failed(s, &s->client, "TLS set-up failed");
+		return s;
+	}
 	session_connect(s);
 	return s;
 }

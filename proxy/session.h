@@ -34,6 +34,17 @@ struct side {
 	size_t scanned;	 /* input octets already searched for a line end */
 	uint64_t octets; /* received from this side */
 	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
+	int tls;	     /* TLS is up on this leg */
+};
+
+/* What the transcript and the event say of a leg's TLS. */
+struct tls_info {
+	int up;
+	char version[16];
+	char cipher[64];
+	char sni[256];
+	char subject[256];
+	char verify[128];
 };
 
 /* The SMTP state of a session; changed only through session_enter_state(). */
@@ -47,6 +58,10 @@ enum smtp_state {
 	ST_CHUNK,      /* BDAT content: exactly chunk_left octets */
 	ST_SKIP,       /* discarding the rest of an over-long command line */
 	ST_RAW,	       /* after STARTTLS without a certificate: bytes both ways */
+	ST_UPSTREAM_EHLO,     /* our own EHLO to the server, before its STARTTLS */
+	ST_UPSTREAM_STARTTLS, /* our own STARTTLS to the server */
+	ST_UPSTREAM_TLS,      /* handshake with the server */
+	ST_CLIENT_TLS,	      /* handshake with the client after its STARTTLS */
 	ST_CLOSING,
 };
 
@@ -99,6 +114,7 @@ struct session {
 	int reply_open; /* lines of a reply seen, its last not yet */
 	int reply_code;
 	int reply_last_line; /* the current line ends the reply */
+	int reply_hold;	     /* the reply is an EHLO reply held whole */
 	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
 	char *reply_text;	     /* text of the reply's last line */
 
@@ -110,6 +126,12 @@ struct session {
 	int auth_used;
 
 	int tls_passthrough;
+	int upstream_setup; /* securing the upstream leg before the client sees the greeting */
+	struct evbuffer *setup_reply; /* the server's reply during that set-up */
+	struct evbuffer *greeting;    /* the greeting, held until the upstream leg is secured */
+	struct evbuffer *ehlo_reply;  /* an EHLO reply, held whole to edit its extensions */
+	struct tls_info client_tls;
+	struct tls_info upstream_tls;
 	int early_talker;
 	int quit_answered;
 	int client_gone; /* the client closed its write half */
@@ -124,7 +146,10 @@ struct session {
 
 /* Accepts a client on fd: connects upstream and starts recording. */
 struct session *session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen,
-			    const char *listener);
+			    const char *listener, int implicit_tls);
+
+/* Layers TLS on a side (bufferevent_openssl filter) and sets its callbacks again. */
+int session_start_tls(struct session *s, struct side *x);
 
 /* Every way out: records the end, closes upstream now, the client once its output is sent. */
 void session_close(struct session *s, const char *reason);
@@ -150,6 +175,10 @@ void relay_server(struct session *s);
 void relay_server_gone(struct session *s);
 /* relay.c: the client is gone. */
 void relay_client_gone(struct session *s);
+/* relay.c: the handshake with the server is done: the greeting may go to the client. */
+void relay_upstream_secured(struct session *s);
+/* relay.c: the handshake with a client after its STARTTLS is done. */
+void relay_client_secured(struct session *s);
 
 /* report.c: the session's JSON event. */
 void report_write(struct session *s, const struct timeval *end);

@@ -1,0 +1,28 @@
+#ifndef SMTPTAP_EHLO_H
+#define SMTPTAP_EHLO_H
+
+#include <stddef.h>
+
+struct evbuffer;
+
+/*
+ * Edits an EHLO reply held whole: removes extension lines by keyword and adds one, then
+ * sets the separators again so that every line but the last is "250-" and the last "250 "
+ * (never a reply without a line: the first line, the server's name, always stays).
+ */
+struct ehlo_policy {
+	const char *const *remove; /* keywords to remove, any case */
+	int nremove;
+	const char *add; /* keyword line to add when absent, or NULL */
+};
+
+/* Reads the CRLF-terminated lines of reply; writes the edited reply to out; notes each
+ * change as "removed KEYWORD..." / "added ..." lines into notes (may be NULL).  Returns the
+ * number of changes. */
+int ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
+	      struct evbuffer *out, struct evbuffer *notes);
+
+/* Whether the EHLO reply offers keyword (any case). */
+int ehlo_offers(const unsigned char *reply, size_t len, const char *keyword);
+
+#endif

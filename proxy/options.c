@@ -30,6 +30,7 @@ enum {
 	OPT_UPSTREAM_VERIFY,
 	OPT_UPSTREAM_NAME,
 	OPT_TLS_MIN_VERSION,
+	OPT_BARE_NEWLINE,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -55,6 +56,7 @@ static const struct option long_options[] = {
     {"upstream-verify", required_argument, NULL, OPT_UPSTREAM_VERIFY},
     {"upstream-name", required_argument, NULL, OPT_UPSTREAM_NAME},
     {"tls-min-version", required_argument, NULL, OPT_TLS_MIN_VERSION},
+    {"bare-newline", required_argument, NULL, OPT_BARE_NEWLINE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -68,6 +70,7 @@ static const char usage_text[] =
     "  --log-dir DIR            transcripts (default ./smtptap-logs)\n"
     "  --events FILE            JSON line per session, - for stdout (default DIR/events.jsonl)\n"
     "  --record body|headers|none  message content in transcripts (default body)\n"
+    "  --bare-newline normalize|reject|pass  bare CR or LF in a message (default normalize)\n"
     "  --max-line BYTES         longest line held (default 65536)\n"
     "  --max-sessions N         concurrent sessions (default 1000)\n"
     "  --connect-timeout SECS   upstream connect limit (default 30)\n"
@@ -184,6 +187,7 @@ options_tls(struct options *o, int ch, const char *arg)
 	static const char *const up[] = {"starttls", "require", "implicit", "none", NULL};
 	static const char *const verify[] = {"none", "ca", "name", NULL};
 	static const char *const versions[] = {"1.2", "1.3", NULL};
+	static const char *const bare[] = {"normalize", "reject", "pass", NULL};
 
 	switch (ch) {
 	case OPT_TLS_CERT:
@@ -210,6 +214,10 @@ options_tls(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_UPSTREAM_NAME:
 		o->upstream_name = arg;
+		break;
+	case OPT_BARE_NEWLINE:
+		o->bare_newline = options_word("--bare-newline", arg, bare,
+					       "expected normalize, reject or pass, not");
 		break;
 	case OPT_TLS_MIN_VERSION:
 		o->tls_min_version = options_word("--tls-min-version", arg, versions,

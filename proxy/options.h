@@ -7,6 +7,7 @@
 #define OPT_MAX_LISTEN 16
 
 enum record_level { RECORD_BODY, RECORD_HEADERS, RECORD_NONE };
+enum bare_newline { BARE_NORMALIZE, BARE_REJECT, BARE_PASS };
 enum tls_mode { TLS_PASSTHROUGH, TLS_TERMINATE, TLS_STRIP };
 enum upstream_tls { UPSTREAM_STARTTLS, UPSTREAM_REQUIRE, UPSTREAM_IMPLICIT, UPSTREAM_NONE };
 enum upstream_verify { VERIFY_NONE, VERIFY_CA, VERIFY_NAME };
@@ -23,6 +24,7 @@ struct options {
 	const char *log_dir;
 	const char *events;
 	enum record_level record;
+	enum bare_newline bare_newline;
 	size_t max_line;
 	unsigned max_sessions;
 	unsigned connect_timeout;

@@ -87,6 +87,12 @@ side_forward(struct side *x, size_t len)
 	evbuffer_remove_buffer(side_input(x), bufferevent_get_output(peer->bev), len);
 }
 
+static int
+server_gone(const struct session *s)
+{
+	return s->server.bev == NULL;
+}
+
 static void
 side_discard(struct side *x, size_t len)
 {
@@ -463,21 +469,102 @@ relay_end_of_data(struct session *s, const struct unit *u)
 		session_enter_state(s, ST_COMMAND);
 }
 
+/* How a content line ends: CRLF, a bare LF or CR, or not at all (a piece). */
+enum line_end { END_CRLF, END_BARE, END_NONE };
+
+static enum line_end
+relay_line_end(const struct unit *u)
+{
+	if (!u->complete)
+		return END_NONE;
+	if (u->data[u->len - 1] == '\n' && u->len >= 2 && u->data[u->len - 2] == '\r')
+		return END_CRLF;
+	return END_BARE;
+}
+
+/*
+ * Under --bare-newline normalize or reject, a bare CR inside a content line ends a line
+ * too (SMTP smuggling hides "\r.\r" there): shorten the unit to end at it.
+ */
+static void
+relay_split_bare_cr(struct unit *u)
+{
+	const unsigned char *cr;
+	size_t off = 0, i;
+
+	while (off < u->len && (cr = memchr(u->data + off, '\r', u->len - off)) != NULL) {
+		i = (size_t)(cr - u->data);
+		if (i + 1 == u->len)
+			return; /* CR last in a piece: whether LF follows is not known yet */
+		if (u->data[i + 1] != '\n') {
+			u->len = i + 1;
+			u->complete = 1;
+			return;
+		}
+		off = i + 1;
+	}
+}
+
+/* A content line that ended bare: relayed with CRLF, a lone "." stuffed so it stays content. */
+static void
+relay_content_normalized(struct session *s, const struct unit *u)
+{
+	struct evbuffer *out = bufferevent_get_output(s->server.bev);
+	size_t n = u->len - 1;
+
+	if (n == 1 && u->data[0] == '.')
+		evbuffer_add(out, ".", 1);
+	evbuffer_add(out, u->data, n);
+	evbuffer_add(out, "\r\n", 2);
+	side_discard(&s->client, u->len);
+}
+
+/* A bare line end under --bare-newline reject: nothing of the message is delivered. */
+static void
+relay_bare_reject(struct session *s)
+{
+	session_warn(s, "bare CR or LF in message content: rejected, upstream closed");
+	session_reply(s, "550 5.5.2 Bare CR or LF in message content not accepted\r\n");
+	session_close(s, "bare_newline");
+}
+
 /* A line of DATA content; the end is only <CRLF>.<CRLF>. */
 static void
 relay_content(struct session *s, const struct unit *u)
 {
 	int at_start = s->msg_line_start && !s->client.in_piece;
+	enum bare_newline bare = s->px->opts->bare_newline;
+	enum line_end end = relay_line_end(u);
+	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
+		       u->data[0] == '.';
 
 	if (at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0) {
 		relay_end_of_data(s, u);
 		return;
 	}
+	if (end == END_BARE && bare == BARE_REJECT) {
+		relay_bare_reject(s);
+		return;
+	}
+	if (end == END_BARE && bare == BARE_NORMALIZE && !s->msg_bare_seen) {
+		s->msg_bare_seen = 1;
+		session_warn(s, "bare CR or LF in message content: relayed as CRLF");
+	}
 	relay_record_content(s, u);
 	if (s->tx != NULL)
 		s->tx->size += u->len;
-	s->msg_line_start = u->complete && u->len >= 2 && u->data[u->len - 2] == '\r';
-	side_forward(&s->client, u->len);
+	s->msg_line_start = end == END_CRLF;
+	if (bare == BARE_PASS || server_gone(s)) {
+		side_forward(&s->client, u->len);
+	} else if (end == END_BARE) {
+		relay_content_normalized(s, u);
+	} else if (lone_dot) {
+		/* ".\r\n" after a bare line end is content here, so it must be upstream too. */
+		evbuffer_add(bufferevent_get_output(s->server.bev), ".", 1);
+		side_forward(&s->client, u->len);
+	} else {
+		side_forward(&s->client, u->len);
+	}
 }
 
 /* BDAT content: relayed raw; recorded (under body) as the lines it happens to hold. */
@@ -522,7 +609,7 @@ relay_raw(struct side *x)
 
 /* Handles one client unit in a line-based state. */
 static void
-relay_client_unit(struct session *s, const struct unit *u)
+relay_client_unit(struct session *s, struct unit *u)
 {
 	switch (s->state) {
 	case ST_COMMAND:
@@ -541,6 +628,8 @@ relay_client_unit(struct session *s, const struct unit *u)
 		relay_skip(s, u);
 		break;
 	case ST_MESSAGE:
+		if (s->px->opts->bare_newline != BARE_PASS)
+			relay_split_bare_cr(u);
 		relay_content(s, u);
 		break;
 	default:
@@ -669,6 +758,7 @@ relay_reply_effect(struct session *s, const struct pending *p, int code)
 		s->msg_line_start = 1;
 		s->msg_in_headers = 1;
 		s->msg_hidden_lines = s->msg_hidden_octets = 0;
+		s->msg_bare_seen = 0;
 		if (code == 354 && s->client_gone) {
 			session_close(s, "client_closed");
 			return;

@@ -105,6 +105,7 @@ struct session {
 	/* Message content. */
 	int msg_line_start; /* the previous content line ended in CRLF */
 	int msg_in_headers;
+	int msg_bare_seen; /* a bare line end was normalized in this message */
 	uint64_t msg_hidden_lines;
 	uint64_t msg_hidden_octets;
 	uint64_t chunk_left;

@@ -38,6 +38,7 @@ static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts
 static struct event *flush_timer;
 static int log_dir_fd = -1;
 static uint64_t write_errors;
+static int failing; /* the latest write or create failed */
 
 static void
 transcript_flush(struct transcript *t)
@@ -48,12 +49,15 @@ transcript_flush(struct transcript *t)
 			if (errno == EINTR)
 				continue;
 			write_errors++;
+			failing = 1;
 			if (!t->failed)
 				log_warn("transcript %s: write failed, dropping its lines", t->name);
 			t->failed = 1;
 			evbuffer_drain(t->buf, evbuffer_get_length(t->buf));
+			return;
 		}
 	}
+	failing = 0;
 }
 
 static void
@@ -152,14 +156,18 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		return NULL;
 	}
 	gmtime_r(&start->tv_sec, &tm);
-	if ((dirfd = transcript_day_dir(&tm)) < 0)
+	if ((dirfd = transcript_day_dir(&tm)) < 0) {
+		failing = 1;
 		return NULL;
+	}
 	strftime(name, sizeof(name), "%H%M%S", &tm);
 	snprintf(name + 6, sizeof(name) - 6, ".%06ld-%s.log", (long)start->tv_usec, id);
 	fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
 	saved = errno;
 	close(dirfd);
 	if (fd < 0) {
+		if (saved != EEXIST)
+			failing = 1;
 		errno = saved;
 		return NULL;
 	}
@@ -175,7 +183,8 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
 	transcript_header(t, id, start, client, listener, upstream);
-	t->dirty = 1;
+	/* Written at once: each session start tells whether transcripts can be written. */
+	transcript_flush(t);
 	return t;
 }
 
@@ -251,6 +260,18 @@ transcript_close(struct transcript *t)
 	}
 	evbuffer_free(t->buf);
 	free(t);
+}
+
+int
+transcript_failing(void)
+{
+	return failing;
+}
+
+int
+transcript_chown_dir(uid_t uid, gid_t gid)
+{
+	return log_dir_fd >= 0 ? fchown(log_dir_fd, uid, gid) : 0;
 }
 
 uint64_t

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/time.h>
+#include <sys/types.h>
 
 struct event_base;
 struct transcript;
@@ -34,6 +35,12 @@ void transcript_event(struct transcript *t, const char *fmt, ...)
 
 /* Flushes and closes; t may be NULL. */
 void transcript_close(struct transcript *t);
+
+/* Whether the latest transcript write or creation failed (disk full, permissions...). */
+int transcript_failing(void);
+
+/* Hands the log directory to the user the proxy will run as (--user). */
+int transcript_chown_dir(uid_t uid, gid_t gid);
 
 /* Write errors since start (disk full...); each transcript logs only its first. */
 uint64_t transcript_write_errors(void);

@@ -1,5 +1,7 @@
 /* smtptap: an SMTP traffic recording proxy.  Start-up, signals and shutdown. */
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +82,32 @@ open_outputs(struct options *o)
 		fatal("events file %s", o->events);
 }
 
+/* --user: after the listeners are bound, root goes for good (setgroups, setgid, setuid). */
+static void
+drop_privileges(const struct options *o)
+{
+	struct passwd *pw;
+
+	if (o->user == NULL) {
+		if (geteuid() == 0)
+			log_warnx("running as root: consider --user");
+		return;
+	}
+	if ((pw = getpwnam(o->user)) == NULL)
+		fatalx("--user %s: no such user", o->user);
+	if (transcript_chown_dir(pw->pw_uid, pw->pw_gid) != 0)
+		fatal("log directory %s: chown to %s", o->log_dir, o->user);
+	if (o->events != NULL && strcmp(o->events, "-") != 0 &&
+	    chown(o->events, pw->pw_uid, pw->pw_gid) != 0)
+		fatal("events file %s: chown to %s", o->events, o->user);
+	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+	    setuid(pw->pw_uid) != 0)
+		fatal("dropping privileges to %s", o->user);
+	if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0))
+		fatalx("dropping privileges to %s: root could be regained", o->user);
+	log_info("running as %s (uid %u)", o->user, (unsigned)pw->pw_uid);
+}
+
 static void
 add_signals(struct event *ev[3])
 {
@@ -120,8 +148,7 @@ main(int argc, char **argv)
 		if (listener_add(&proxy, opts.listen_tls[i], 1) != 0)
 			fatal("--listen-tls %s", opts.listen_tls[i]);
 	add_signals(signals);
-	if (getuid() == 0)
-		log_warnx("running as root");
+	drop_privileges(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
 	event_base_dispatch(proxy.base);
 	log_info("exiting");

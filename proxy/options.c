@@ -31,6 +31,8 @@ enum {
 	OPT_UPSTREAM_NAME,
 	OPT_TLS_MIN_VERSION,
 	OPT_BARE_NEWLINE,
+	OPT_USER,
+	OPT_ON_LOG_FAILURE,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -57,6 +59,8 @@ static const struct option long_options[] = {
     {"upstream-name", required_argument, NULL, OPT_UPSTREAM_NAME},
     {"tls-min-version", required_argument, NULL, OPT_TLS_MIN_VERSION},
     {"bare-newline", required_argument, NULL, OPT_BARE_NEWLINE},
+    {"user", required_argument, NULL, OPT_USER},
+    {"on-log-failure", required_argument, NULL, OPT_ON_LOG_FAILURE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -85,6 +89,9 @@ static const char usage_text[] =
     "  --upstream-verify none|ca|name  server certificate check (default name)\n"
     "  --upstream-name NAME     name checked and sent as SNI (default the --upstream host)\n"
     "  --tls-min-version 1.2|1.3  oldest TLS accepted on both legs (default 1.2)\n"
+    "  --user NAME              drop root for NAME once the listeners are bound\n"
+    "  --on-log-failure continue|tempfail  when transcripts can't be written: relay\n"
+    "                           unrecorded, or answer new sessions 451 4.3.0 (default continue)\n"
     "  --syslog                 log to syslog instead of stderr\n"
     "  -v, --verbose            debug logging\n"
     "  --help, --version\n";
@@ -188,6 +195,7 @@ options_tls(struct options *o, int ch, const char *arg)
 	static const char *const verify[] = {"none", "ca", "name", NULL};
 	static const char *const versions[] = {"1.2", "1.3", NULL};
 	static const char *const bare[] = {"normalize", "reject", "pass", NULL};
+	static const char *const logfail[] = {"continue", "tempfail", NULL};
 
 	switch (ch) {
 	case OPT_TLS_CERT:
@@ -214,6 +222,15 @@ options_tls(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_UPSTREAM_NAME:
 		o->upstream_name = arg;
+		break;
+	case OPT_USER:
+		if (arg[0] == '\0')
+			options_die("--user", "empty user name", NULL);
+		o->user = arg;
+		break;
+	case OPT_ON_LOG_FAILURE:
+		o->log_failure_tempfail = options_word("--on-log-failure", arg, logfail,
+						       "expected continue or tempfail, not");
 		break;
 	case OPT_BARE_NEWLINE:
 		o->bare_newline = options_word("--bare-newline", arg, bare,

@@ -39,6 +39,8 @@ struct options {
 	enum upstream_verify upstream_verify;
 	const char *upstream_name;
 	int tls_min_version; /* 12 or 13 */
+	const char *user;
+	int log_failure_tempfail; /* --on-log-failure tempfail */
 	int use_syslog;
 	int verbose;
 	char hostname[256];

@@ -557,6 +557,19 @@ session_open_transcript(struct session *s)
 	return 0;
 }
 
+/* --on-log-failure tempfail: a session that can't be recorded doesn't happen. */
+static void
+session_unrecorded(struct session *s)
+{
+	char reply[512];
+
+	snprintf(reply, sizeof(reply),
+		 "451 4.3.0 %s Session cannot be recorded, try again later\r\n",
+		 s->px->opts->hostname);
+	session_reply(s, reply);
+	session_close(s, "log_failure");
+}
+
 static int
 session_connect(struct session *s)
 {
@@ -610,7 +623,11 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;
-	session_open_transcript(s);
+	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
+	    px->opts->log_failure_tempfail) {
+		session_unrecorded(s);
+		return s;
+	}
 	log_debug("session=%s connect client=%s", s->id, s->client_addr);
 	s->upstream_setup = px->opts->tls_mode != TLS_PASSTHROUGH &&
 			    (px->opts->upstream_tls == UPSTREAM_STARTTLS ||

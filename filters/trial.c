@@ -1,0 +1,524 @@
+/*
+ * The --test-rules mode: replay a recorded transcript through the rules.  The scopes of each
+ * line are inferred the way the proxy tracks a session: commands by verb, the message between
+ * a 354 and its ".", headers up to the first empty line (folded ones joined), the first reply
+ * as the banner, the lines after the first of an EHLO reply as capabilities.
+ */
+#include "filters/trial.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "filters/rules.h"
+#include "logs/escape.h"
+
+#define TRIAL_PENDING 64 /* commands awaiting a reply, more than any pipelined group */
+
+enum trial_mode { MODE_COMMAND, MODE_HEADER, MODE_BODY };
+
+/* A growable octet string. */
+struct bytes {
+	unsigned char *p;
+	size_t len, size;
+};
+
+struct trial {
+	const struct ruleset *rs;
+	struct rule_outcome out;
+	const char *name;
+	unsigned long lineno;
+
+	/* The logical line being assembled from a record and its "+" pieces. */
+	struct bytes line;
+	char kind; /* 'C', 'S', 'P', or 0 when none */
+	unsigned long line_at;
+
+	/* Client side. */
+	enum trial_mode mode;
+	int sasl; /* the last reply was a 334: the next client line is SASL data */
+	struct bytes header;
+	unsigned long header_at;
+	const char *msg_reply; /* a header or body rule refused the message */
+	char pending[TRIAL_PENDING][8];
+	int phead, pcount;
+
+	/* Server side. */
+	int greeted;
+	int in_reply; /* inside a multi-line reply */
+	int reply_is_ehlo;
+	int reply_lines, reply_ignored;
+
+	unsigned long ntried, nhits;
+};
+
+static int
+bytes_put(struct bytes *b, const void *p, size_t n)
+{
+	unsigned char *q;
+	size_t size;
+
+	if (b->len + n + 1 > b->size) {
+		size = (b->len + n + 1) * 2;
+		if ((q = realloc(b->p, size)) == NULL)
+			return -1;
+		b->p = q;
+		b->size = size;
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+static void
+trial_error(struct trial *t, const char *msg)
+{
+	fprintf(stderr, "%s:%lu: %s\n", t->name, t->lineno, msg);
+}
+
+/* Prints a line as the transcript has it, with the record it came from. */
+static void
+trial_print_line(struct trial *t, unsigned long at, const char *kind, const unsigned char *p,
+                 size_t n)
+{
+	char *e = escape_strdup(p, n);
+
+	printf("%s:%lu: %s %s\n", t->name, at, kind, e != NULL ? e : "?");
+	free(e);
+}
+
+static void
+trial_print_hit(const struct rule_hit *h)
+{
+	char *e = NULL;
+
+	printf("\t%s:%u: %s %s", h->file, h->line, rules_scope_name(h->scope),
+	       rules_action_name(h->action));
+	if (h->failed) {
+		printf(" failed, rule skipped: %s\n", h->text);
+		return;
+	}
+	switch (h->action) {
+	case ACT_REWRITE:
+		e = escape_strdup(h->repl, h->repl_len);
+		printf(": %s\n", e != NULL ? e : "?");
+		free(e);
+		break;
+	case ACT_IGNORE:
+		printf(": line removed\n");
+		break;
+	case ACT_PASS:
+		printf(": no further rule\n");
+		break;
+	default:
+		printf("%s%s\n", h->text != NULL ? ": " : "", h->text != NULL ? h->text : "");
+	}
+}
+
+/* Runs one logical line through the rules of its scopes and prints what they did. */
+static int
+trial_run(struct trial *t, const enum rule_scope *scopes, int nscopes, unsigned long at,
+          const char *kind, const unsigned char *p, size_t n)
+{
+	size_t i;
+	int v;
+
+	t->ntried++;
+	if ((v = rules_apply(t->rs, scopes, nscopes, p, n, &t->out)) == -1) {
+		fprintf(stderr, "smtptap: --test-rules: %s\n", strerror(ENOMEM));
+		return -1;
+	}
+	if (t->out.nhits == 0)
+		return v;
+	trial_print_line(t, at, kind, p, n);
+	for (i = 0; i < t->out.nhits; i++)
+		trial_print_hit(&t->out.hits[i]);
+	t->nhits += t->out.nhits;
+	return v;
+}
+
+static void
+trial_push(struct trial *t, const unsigned char *p, size_t n)
+{
+	char *v;
+	size_t i;
+
+	if (t->pcount == TRIAL_PENDING) {
+		t->phead = (t->phead + 1) % TRIAL_PENDING;
+		t->pcount--;
+	}
+	v = t->pending[(t->phead + t->pcount++) % TRIAL_PENDING];
+	for (i = 0; i < n && i < 7 && p[i] != ' '; i++)
+		v[i] = (char)p[i];
+	v[i] = '\0';
+}
+
+static const char *
+trial_peek(const struct trial *t)
+{
+	return t->pcount > 0 ? t->pending[t->phead] : "";
+}
+
+static void
+trial_pop(struct trial *t)
+{
+	if (t->pcount == 0)
+		return;
+	t->phead = (t->phead + 1) % TRIAL_PENDING;
+	t->pcount--;
+}
+
+/* A client command: its verb picks the scopes, and it waits for its reply. */
+static int
+trial_command(struct trial *t, const unsigned char *p, size_t n)
+{
+	enum rule_scope scopes[2] = {SCOPE_COMMAND, SCOPE_COMMAND};
+	char verb[8];
+	size_t i;
+
+	for (i = 0; i < n && i < 5 && p[i] != ' '; i++)
+		verb[i] = (char)p[i];
+	verb[i] = '\0';
+	if (strcasecmp(verb, "HELO") == 0 || strcasecmp(verb, "EHLO") == 0 ||
+	    strcasecmp(verb, "LHLO") == 0)
+		scopes[0] = SCOPE_HELO;
+	else if (strcasecmp(verb, "MAIL") == 0)
+		scopes[0] = SCOPE_MAIL;
+	else if (strcasecmp(verb, "RCPT") == 0)
+		scopes[0] = SCOPE_RCPT;
+	trial_push(t, p, n);
+	return trial_run(t, scopes, 2, t->line_at, "C:", p, n) == -1 ? -1 : 0;
+}
+
+/* Ends the header being assembled, if any, and runs it through the header rules. */
+static int
+trial_header_flush(struct trial *t)
+{
+	enum rule_scope scope = SCOPE_HEADER;
+	int v;
+
+	if (t->header.len == 0)
+		return 0;
+	v = trial_run(t, &scope, 1, t->header_at, "C:", t->header.p, t->header.len);
+	t->header.len = 0;
+	if (v == -1)
+		return -1;
+	if ((v == ACT_REJECT || v == ACT_DISCONNECT) && t->msg_reply == NULL)
+		t->msg_reply = t->out.reply;
+	return 0;
+}
+
+/* A line of the message: a header (folded ones joined with their CRLF) or a body line. */
+static int
+trial_message(struct trial *t, const unsigned char *p, size_t n)
+{
+	enum rule_scope scope = SCOPE_BODY;
+	int v;
+
+	if (n == 1 && p[0] == '.') {
+		if (trial_header_flush(t) == -1)
+			return -1;
+		if (t->msg_reply != NULL)
+			printf("%s:%lu: end of message: refused with \"%s\", never sent upstream\n",
+			       t->name, t->line_at, t->msg_reply);
+		t->msg_reply = NULL;
+		t->mode = MODE_COMMAND;
+		/* The end of data waits for its reply like a command. */
+		trial_push(t, p, n);
+		return 0;
+	}
+	if (t->mode == MODE_HEADER) {
+		if (n > 0 && (p[0] == ' ' || p[0] == '\t') && t->header.len > 0)
+			return bytes_put(&t->header, "\r\n", 2) == -1 ? -1
+			                                              : bytes_put(&t->header, p, n);
+		if (trial_header_flush(t) == -1)
+			return -1;
+		if (n == 0) {
+			t->mode = MODE_BODY;
+			return 0;
+		}
+		t->header_at = t->line_at;
+		return bytes_put(&t->header, p, n);
+	}
+	/* Rules see the body line with its dot-stuffing removed. */
+	if (n > 0 && p[0] == '.') {
+		p++;
+		n--;
+	}
+	if ((v = trial_run(t, &scope, 1, t->line_at, "C:", p, n)) == -1)
+		return -1;
+	if ((v == ACT_REJECT || v == ACT_DISCONNECT) && t->msg_reply == NULL)
+		t->msg_reply = t->out.reply;
+	return 0;
+}
+
+static int
+trial_client(struct trial *t, const unsigned char *p, size_t n)
+{
+	if (t->mode != MODE_COMMAND)
+		return trial_message(t, p, n);
+	if (t->sasl) {
+		/* SASL data answering a 334: no rule sees it. */
+		t->sasl = 0;
+		return 0;
+	}
+	return trial_command(t, p, n);
+}
+
+/* Follows replies (server's or proxy's own) to learn the banner, EHLO, 334 and 354. */
+static void
+trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
+{
+	if (t->reply_lines > 0 && t->reply_ignored == t->reply_lines)
+		printf("%s:%lu: every line of this reply removed: the last one is kept, with a "
+		       "warning\n",
+		       t->name, t->line_at);
+	t->in_reply = 0;
+	if (!t->greeted) {
+		t->greeted = 1;
+		return;
+	}
+	if (n >= 3 && memcmp(p, "334", 3) == 0) {
+		t->sasl = 1;
+		return;
+	}
+	if (n >= 3 && memcmp(p, "354", 3) == 0) {
+		t->mode = MODE_HEADER;
+		t->header.len = 0;
+		t->msg_reply = NULL;
+	}
+	trial_pop(t);
+}
+
+static int
+trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
+{
+	enum rule_scope scopes[2] = {SCOPE_REPLY, SCOPE_REPLY};
+	int v = ACT_NONE;
+
+	if (!t->in_reply) {
+		t->in_reply = 1;
+		t->reply_lines = t->reply_ignored = 0;
+		t->reply_is_ehlo = t->greeted && strcasecmp(trial_peek(t), "EHLO") == 0;
+	}
+	if (!own) {
+		if (!t->greeted)
+			scopes[0] = SCOPE_BANNER;
+		else if (t->reply_is_ehlo && t->reply_lines > 0)
+			scopes[0] = SCOPE_CAPABILITY;
+		if ((v = trial_run(t, scopes, 2, t->line_at, "S:", p, n)) == -1)
+			return -1;
+		t->reply_lines++;
+		if (v == ACT_IGNORE)
+			t->reply_ignored++;
+	}
+	if (n < 4 || p[3] != '-')
+		trial_reply_end(t, p, n);
+	return 0;
+}
+
+/* Handles the logical line assembled so far, once no further "+" piece can follow. */
+static int
+trial_flush(struct trial *t)
+{
+	unsigned char *p = t->line.p;
+	size_t n = t->line.len;
+	char kind = t->kind;
+
+	t->kind = 0;
+	if (kind == 0)
+		return 0;
+	/* A line that ended in a bare LF carries it; the rules see the line without it. */
+	if (n > 0 && p[n - 1] == '\n')
+		n--;
+	if (kind == 'C')
+		return trial_client(t, p, n);
+	return trial_server(t, p, n, kind == 'P');
+}
+
+static int
+trial_hex(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/* Undoes the transcript's escaping ("\\" and "\xHH") in place; -1 on a bad escape. */
+static int
+trial_unescape(unsigned char *p, size_t n, size_t *outlen)
+{
+	size_t i, o = 0;
+	int hi, lo;
+
+	for (i = 0; i < n; i++) {
+		if (p[i] != '\\') {
+			p[o++] = p[i];
+			continue;
+		}
+		if (i + 1 < n && p[i + 1] == '\\') {
+			p[o++] = '\\';
+			i++;
+			continue;
+		}
+		if (i + 3 >= n || p[i + 1] != 'x' || (hi = trial_hex(p[i + 2])) < 0 ||
+		    (lo = trial_hex(p[i + 3])) < 0)
+			return -1;
+		p[o++] = (unsigned char)(hi * 16 + lo);
+		i += 3;
+	}
+	*outlen = o;
+	return 0;
+}
+
+/* Parses one record "TIMESTAMP KIND TEXT"; header lines and events are skipped. */
+static int
+trial_record(struct trial *t, unsigned char *s, size_t n)
+{
+	unsigned char *sp, *text;
+	size_t tlen;
+	char kind[3];
+
+	if (n == 0 || s[0] == '#')
+		return 0;
+	if ((sp = memchr(s, ' ', n)) == NULL || sp == s || (size_t)(sp - s) + 3 > n) {
+		trial_error(t, "not a transcript record");
+		return -1;
+	}
+	memcpy(kind, sp + 1, 2);
+	kind[2] = '\0';
+	if (kind[0] == '*')
+		return 0;
+	text = sp + 3;
+	if (text < s + n && *text == ' ')
+		text++;
+	else if (text != s + n) {
+		trial_error(t, "not a transcript record");
+		return -1;
+	}
+	if (strchr("CSP", kind[0]) == NULL || (kind[1] != ':' && kind[1] != '+')) {
+		trial_error(t, "unknown record kind");
+		return -1;
+	}
+	if (trial_unescape(text, (size_t)(s + n - text), &tlen) == -1) {
+		trial_error(t, "bad escape in a line");
+		return -1;
+	}
+	if (kind[1] == '+' && t->kind == kind[0])
+		return bytes_put(&t->line, text, tlen);
+	if (trial_flush(t) == -1)
+		return -1;
+	t->kind = kind[0];
+	t->line_at = t->lineno;
+	t->line.len = 0;
+	return bytes_put(&t->line, text, tlen);
+}
+
+static int
+trial_read(struct trial *t, FILE *fp)
+{
+	unsigned char *buf = NULL;
+	size_t size = 0, len;
+	ssize_t n;
+	int rc = 0;
+
+	while (rc == 0 && (n = getline((char **)&buf, &size, fp)) != -1) {
+		t->lineno++;
+		len = (size_t)n;
+		if (len > 0 && buf[len - 1] == '\n')
+			len--;
+		rc = trial_record(t, buf, len);
+	}
+	if (rc == 0 && ferror(fp)) {
+		fprintf(stderr, "%s: %s\n", t->name, strerror(errno));
+		rc = -1;
+	}
+	if (rc == 0)
+		rc = trial_flush(t);
+	if (rc == 0)
+		rc = trial_header_flush(t);
+	free(buf);
+	return rc;
+}
+
+/* Sorts argv into rule files and the transcript; -1 (reported) on a usage error. */
+static int
+trial_args(int argc, char **argv, const char **files, int *nfiles, const char **transcript)
+{
+	int i;
+
+	*nfiles = 0;
+	*transcript = NULL;
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--transcript") == 0 && i + 1 < argc)
+			*transcript = argv[++i];
+		else if (strncmp(argv[i], "--transcript=", 13) == 0)
+			*transcript = argv[i] + 13;
+		else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
+			files[(*nfiles)++] = argv[++i];
+		else if (argv[i][0] == '-' && argv[i][1] != '\0') {
+			fprintf(stderr, "smtptap: --test-rules: unknown option '%s'\n", argv[i]);
+			return -1;
+		} else
+			files[(*nfiles)++] = argv[i];
+	}
+	if (*nfiles == 0 || *transcript == NULL) {
+		fprintf(stderr, "usage: smtptap --test-rules FILE... --transcript TRANSCRIPT\n");
+		return -1;
+	}
+	return 0;
+}
+
+/* Loads the rules, replays the transcript, prints the summary. */
+static int
+trial_start(struct trial *t, const char **files, int nfiles)
+{
+	struct ruleset *rs;
+	FILE *fp;
+	int rc;
+
+	if ((rs = rules_load(files, nfiles, stderr)) == NULL)
+		return 1;
+	if ((fp = fopen(t->name, "r")) == NULL) {
+		fprintf(stderr, "%s: %s\n", t->name, strerror(errno));
+		rules_free(rs);
+		return 1;
+	}
+	t->rs = rs;
+	rc = trial_read(t, fp);
+	fclose(fp);
+	if (rc == 0)
+		printf("%lu line%s tried, %lu rule hit%s\n", t->ntried, t->ntried == 1 ? "" : "s",
+		       t->nhits, t->nhits == 1 ? "" : "s");
+	rules_free(rs);
+	return rc == 0 && fflush(stdout) == 0 ? 0 : 1;
+}
+
+int
+rules_trial_main(int argc, char **argv)
+{
+	struct trial t;
+	const char **files;
+	int nfiles, rc;
+
+	if ((files = calloc(argc > 0 ? (size_t)argc : 1, sizeof(*files))) == NULL) {
+		fprintf(stderr, "smtptap: %s\n", strerror(ENOMEM));
+		return 1;
+	}
+	memset(&t, 0, sizeof(t));
+	if (trial_args(argc, argv, files, &nfiles, &t.name) == -1) {
+		free(files);
+		return 2;
+	}
+	rule_outcome_init(&t.out);
+	rc = trial_start(&t, files, nfiles);
+	rule_outcome_free(&t.out);
+	free(t.line.p);
+	free(t.header.p);
+	free(files);
+	return rc;
+}

@@ -586,18 +586,18 @@ session_connect(struct session *s)
 	return 0;
 }
 
-struct session *
-session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener,
-	    int implicit_tls)
+/* A session with its two buffer events, not yet connected anywhere. */
+static struct session *
+session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *listener,
+	       int server_fd)
 {
 	struct bufferevent *cb, *sb;
 	struct session *s;
 
-	(void)salen;
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return NULL;
 	cb = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
-	sb = bufferevent_socket_new(px->base, -1, BEV_OPT_CLOSE_ON_FREE);
+	sb = bufferevent_socket_new(px->base, server_fd, BEV_OPT_CLOSE_ON_FREE);
 	s->timer = evtimer_new(px->base, session_timer_cb, s);
 	if (cb == NULL || sb == NULL || s->timer == NULL) {
 		if (cb != NULL)
@@ -615,7 +615,10 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	s->last_activity = s->start.tv_sec;
 	pipeline_init(&s->pipeline);
 	TAILQ_INIT(&s->txs);
-	addr_format(sa, s->client_addr, sizeof(s->client_addr));
+	if (sa != NULL)
+		addr_format(sa, s->client_addr, sizeof(s->client_addr));
+	else
+		snprintf(s->client_addr, sizeof(s->client_addr), "local");
 	snprintf(s->listener_addr, sizeof(s->listener_addr), "%s", listener);
 	snprintf(s->upstream_addr, sizeof(s->upstream_addr), "%s", px->opts->upstream);
 	s->px_upstream = px->opts->upstream;
@@ -623,21 +626,46 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;
+	s->upstream_setup = px->opts->tls_mode != TLS_PASSTHROUGH &&
+			    (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
+			     px->opts->upstream_tls == UPSTREAM_REQUIRE);
+	return s;
+}
+
+struct session *
+session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener,
+	    int implicit_tls)
+{
+	struct session *s;
+
+	(void)salen;
+	if ((s = session_create(px, fd, sa, listener, -1)) == NULL)
+		return NULL;
 	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
 	    px->opts->log_failure_tempfail) {
 		session_unrecorded(s);
 		return s;
 	}
 	log_debug("session=%s connect client=%s", s->id, s->client_addr);
-	s->upstream_setup = px->opts->tls_mode != TLS_PASSTHROUGH &&
-			    (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
-			     px->opts->upstream_tls == UPSTREAM_REQUIRE);
 	/* Read the client from the start, to see an early talker and a client that leaves. */
-	bufferevent_enable(cb, EV_READ);
+	bufferevent_enable(s->client.bev, EV_READ);
 	if (implicit_tls && session_start_tls(s, &s->client) != 0) {
 		session_tls_failed(s, &s->client, "TLS set-up failed");
 		return s;
 	}
 	session_connect(s);
+	return s;
+}
+
+struct session *
+session_new_connected(struct proxy *px, int client_fd, int server_fd)
+{
+	struct session *s;
+
+	if ((s = session_create(px, client_fd, NULL, "local", server_fd)) == NULL)
+		return NULL;
+	session_open_transcript(s);
+	bufferevent_enable(s->client.bev, EV_READ);
+	session_upstream_connected(s);
 	return s;
 }

@@ -149,6 +149,9 @@ struct session {
 struct session *session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen,
 			    const char *listener, int implicit_tls);
 
+/* A session over two sockets already connected (tests and fuzzing: socketpairs). */
+struct session *session_new_connected(struct proxy *px, int client_fd, int server_fd);
+
 /* Layers TLS on a side (bufferevent_openssl filter) and sets its callbacks again. */
 int session_start_tls(struct session *s, struct side *x);
 

@@ -13,6 +13,9 @@
 #include <event2/dns.h>
 #include <event2/event.h>
 
+#include "filters/check.h"
+#include "filters/rules.h"
+#include "filters/trial.h"
 #include "logs/events.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
@@ -35,14 +38,52 @@ shutdown_cb(evutil_socket_t sig, short what, void *arg)
 	proxy_shutdown(arg);
 }
 
+/* Loads the rule files; NULL (with every error logged) when any is bad. */
+static struct ruleset *
+load_rules(const struct options *o, int at_start)
+{
+	struct ruleset *rs;
+	char *errors = NULL, *line, *save = NULL;
+	size_t size = 0;
+	FILE *mem;
+
+	if (at_start)
+		return rules_load(o->rules, o->nrules, stderr);
+	if ((mem = open_memstream(&errors, &size)) == NULL)
+		return NULL;
+	rs = rules_load(o->rules, o->nrules, mem);
+	fclose(mem);
+	for (line = strtok_r(errors, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save))
+		log_warnx("rules: %s", line);
+	free(errors);
+	return rs;
+}
+
+/* SIGHUP: new rules for sessions that start from now on, if every file is valid. */
+static void
+reload_rules(struct proxy *px)
+{
+	struct ruleset *rs;
+
+	if (px->opts->nrules == 0)
+		return;
+	if ((rs = load_rules(px->opts, 0)) == NULL) {
+		log_warnx("rules reload failed: keeping the old rules");
+		return;
+	}
+	rules_free(px->rules);
+	px->rules = rs;
+	log_info("rules reloaded: %d rules", rules_count(rs));
+}
+
 static void
 hup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)sig;
 	(void)what;
-	(void)arg;
 	events_reopen();
 	tls_reload();
+	reload_rules(arg);
 }
 
 /* Raises the descriptor limit to what --max-sessions needs, as far as allowed. */
@@ -127,6 +168,10 @@ main(int argc, char **argv)
 	struct event *signals[3];
 	int i;
 
+	if (argc > 1 && strcmp(argv[1], "--check-rules") == 0)
+		return rules_check_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
+		return rules_trial_main(argc - 1, argv + 1);
 	options_parse(argc, argv, &opts);
 	log_init(opts.use_syslog, opts.verbose);
 	raise_fd_limit(opts.max_sessions);
@@ -137,6 +182,8 @@ main(int argc, char **argv)
 	proxy.dns = evdns_base_new(proxy.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
 	if (proxy.dns == NULL)
 		fatalx("resolver set-up failed");
+	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
+		fatalx("rule files have errors");
 	umask(027);
 	open_outputs(&opts);
 	if (tls_init(&opts) != 0)
@@ -159,6 +206,7 @@ main(int argc, char **argv)
 	listener_close_all();
 	transcript_shutdown();
 	tls_cleanup();
+	rules_free(proxy.rules);
 	events_close();
 	evdns_base_free(proxy.dns, 0);
 	event_base_free(proxy.base);

@@ -32,6 +32,8 @@ enum {
 	OPT_TLS_MIN_VERSION,
 	OPT_BARE_NEWLINE,
 	OPT_USER,
+	OPT_RULES,
+	OPT_HOLD_MEMORY,
 	OPT_ON_LOG_FAILURE,
 	OPT_HELP,
 	OPT_VERSION,
@@ -60,6 +62,8 @@ static const struct option long_options[] = {
     {"tls-min-version", required_argument, NULL, OPT_TLS_MIN_VERSION},
     {"bare-newline", required_argument, NULL, OPT_BARE_NEWLINE},
     {"user", required_argument, NULL, OPT_USER},
+    {"rules", required_argument, NULL, OPT_RULES},
+    {"hold-memory", required_argument, NULL, OPT_HOLD_MEMORY},
     {"on-log-failure", required_argument, NULL, OPT_ON_LOG_FAILURE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
@@ -89,6 +93,10 @@ static const char usage_text[] =
     "  --upstream-verify none|ca|name  server certificate check (default name)\n"
     "  --upstream-name NAME     name checked and sent as SNI (default the --upstream host)\n"
     "  --tls-min-version 1.2|1.3  oldest TLS accepted on both legs (default 1.2)\n"
+    "  --rules FILE             PCRE2 filter rules (repeatable, read in order)\n"
+    "  --hold-memory BYTES      a held message's memory before a temp file (default 1048576)\n"
+    "  --check-rules FILE...    check rule files and exit (1 on any error)\n"
+    "  --test-rules FILE... --transcript T  show what the rules would do to a transcript\n"
     "  --user NAME              drop root for NAME once the listeners are bound\n"
     "  --on-log-failure continue|tempfail  when transcripts can't be written: relay\n"
     "                           unrecorded, or answer new sessions 451 4.3.0 (default continue)\n"
@@ -169,6 +177,7 @@ options_defaults(struct options *o)
 	o->idle_timeout = 300;
 	o->grace = 30;
 	o->upstream_verify = VERIFY_NAME;
+	o->hold_memory = 1048576;
 	o->upstream_tls = UPSTREAM_STARTTLS;
 	o->tls_min_version = 12;
 	if (gethostname(o->hostname, sizeof(o->hostname) - 1) != 0 || o->hostname[0] == '\0')
@@ -222,6 +231,16 @@ options_tls(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_UPSTREAM_NAME:
 		o->upstream_name = arg;
+		break;
+	case OPT_RULES:
+		if (o->nrules == (int)(sizeof(o->rules) / sizeof(o->rules[0])))
+			options_die("--rules", "too many rule files", NULL);
+		o->rules[o->nrules++] = arg;
+		break;
+	case OPT_HOLD_MEMORY:
+		o->hold_memory = options_number("--hold-memory",
+						"invalid size (bytes, 4096 to 1073741824)", arg,
+						4096, 1073741824);
 		break;
 	case OPT_USER:
 		if (arg[0] == '\0')

@@ -39,6 +39,9 @@ struct options {
 	enum upstream_verify upstream_verify;
 	const char *upstream_name;
 	int tls_min_version; /* 12 or 13 */
+	const char *rules[OPT_MAX_LISTEN * 4];
+	int nrules;
+	size_t hold_memory;
 	const char *user;
 	int log_failure_tempfail; /* --on-log-failure tempfail */
 	int use_syslog;

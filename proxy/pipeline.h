@@ -17,6 +17,7 @@ struct pending {
 	int last;	   /* BDAT ... LAST */
 	int rcpt_index;	   /* which RCPT of the transaction, or -1 */
 	char *local_reply; /* CRLF-terminated lines the proxy sends itself, or NULL */
+	int disconnect;	   /* the local reply is a rule's DISCONNECT: close after it */
 	int starttls;	   /* the local reply is our 220 to STARTTLS: the handshake follows */
 };
 

@@ -17,6 +17,7 @@ struct proxy {
 	unsigned nsessions;
 	int shutting_down;
 	struct event *grace_timer;
+	struct ruleset *rules; /* in force for sessions that start now */
 };
 
 /* Called by a session as it is freed: lets a shutdown end when the last one goes. */

@@ -16,6 +16,7 @@
 #include "logs/redact.h"
 #include "logs/transcript.h"
 #include "proxy/ehlo.h"
+#include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
@@ -142,6 +143,11 @@ relay_flush_local(struct session *s)
 
 	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
 		session_reply(s, head->local_reply);
+		if (head->disconnect) {
+			pipeline_pop(&s->pipeline);
+			session_close(s, "rule_disconnect");
+			return;
+		}
 		if (head->starttls) {
 			pipeline_pop(&s->pipeline);
 			relay_client_starttls(s);
@@ -352,41 +358,120 @@ relay_command_local(struct session *s, const struct unit *u, const struct smtp_c
 	return 1;
 }
 
-/* Tracks a client command, then relays it unchanged. */
+/* A refused MAIL or RCPT still shows in the event, with the proxy's reply code. */
 static void
-relay_command(struct session *s, const struct unit *u)
+relay_tx_refused(struct session *s, const struct smtp_command *cmd, int code)
 {
-	size_t n = smtp_line_len(u->data, u->len);
-	struct smtp_command cmd;
-	struct pending *p;
-	int rcpt = -1;
+	int i;
 
-	smtp_parse_command(u->data, n, &cmd);
-	if (relay_command_local(s, u, &cmd))
+	if (cmd->verb == VERB_MAIL) {
+		relay_tx_begin(s, cmd);
+		if (s->tx != NULL)
+			s->tx->mail_code = code;
+		s->tx = NULL;
+	} else if (cmd->verb == VERB_RCPT && (i = relay_tx_rcpt(s, cmd)) >= 0) {
+		s->tx->rcpts[i].code = code;
+	}
+}
+
+/* What the rules decided for a command that is not forwarded: REJECT or DISCONNECT. */
+static void
+relay_command_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd,
+		      int verdict)
+{
+	char reply[600];
+	struct pending *p;
+	uint64_t size;
+	int last;
+
+	snprintf(reply, sizeof(reply), "%s\r\n", s->outcome.reply);
+	side_discard(&s->client, u->len);
+	relay_tx_refused(s, cmd, atoi(reply));
+	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
+		session_close(s, "error");
 		return;
-	if (cmd.verb == VERB_AUTH)
-		relay_auth(s, &cmd);
-	else
-		side_record(&s->client, u);
-	switch (cmd.verb) {
+	}
+	if (verdict == ACT_DISCONNECT) {
+		p->disconnect = 1;
+		session_enter_state(s, ST_AWAIT);
+	} else if (cmd->verb == VERB_BDAT &&
+		   smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) == 0 && size > 0) {
+		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
+		s->chunk_left = size;
+		s->chunk_discard = 1;
+		session_enter_state(s, ST_CHUNK);
+	}
+	relay_flush_local(s);
+}
+
+/* Tracks what a command means for the session (HELO name, transaction). */
+static int
+relay_command_track(struct session *s, const struct smtp_command *cmd)
+{
+	switch (cmd->verb) {
 	case VERB_HELO:
 	case VERB_EHLO:
 	case VERB_LHLO:
-		relay_helo(s, &cmd);
+		relay_helo(s, cmd);
 		break;
 	case VERB_MAIL:
-		relay_tx_begin(s, &cmd);
+		relay_tx_begin(s, cmd);
 		break;
 	case VERB_RCPT:
-		rcpt = relay_tx_rcpt(s, &cmd);
-		break;
+		return relay_tx_rcpt(s, cmd);
 	case VERB_RSET:
 		s->tx = NULL;
 		break;
 	default:
 		break;
 	}
-	side_forward(&s->client, u->len);
+	return -1;
+}
+
+/* Sends the command on: the client's own octets, or the rules' rewrite of it. */
+static void
+relay_command_send(struct session *s, const struct unit *u)
+{
+	if (!s->outcome.rewritten || server_gone(s)) {
+		side_forward(&s->client, u->len);
+		return;
+	}
+	side_discard(&s->client, u->len);
+	evbuffer_add(bufferevent_get_output(s->server.bev), s->outcome.line, s->outcome.len);
+	evbuffer_add(bufferevent_get_output(s->server.bev), "\r\n", 2);
+}
+
+/* Tracks a client command, runs it through the rules, and relays it. */
+static void
+relay_command(struct session *s, const struct unit *u)
+{
+	size_t n = smtp_line_len(u->data, u->len);
+	enum rule_scope scopes[2];
+	struct smtp_command cmd;
+	struct pending *p;
+	int rcpt, verdict = ACT_NONE;
+
+	smtp_parse_command(u->data, n, &cmd);
+	if (relay_command_local(s, u, &cmd))
+		return;
+	rule_outcome_reset(&s->outcome);
+	if (cmd.verb == VERB_AUTH) {
+		/* SASL material never meets a rule: a hit would record the secret. */
+		relay_auth(s, &cmd);
+	} else {
+		side_record(&s->client, u);
+		verdict = filter_line(s, scopes, filter_command_scopes(cmd.verb, scopes), u->data, n);
+	}
+	if (verdict < 0)
+		return;
+	if (verdict == ACT_REJECT || verdict == ACT_DISCONNECT) {
+		relay_command_refused(s, u, &cmd, verdict);
+		return;
+	}
+	if (s->outcome.rewritten)
+		smtp_parse_command(s->outcome.line, s->outcome.len, &cmd);
+	rcpt = relay_command_track(s, &cmd);
+	relay_command_send(s, u);
 	if ((p = relay_expect(s, cmd.verb)) == NULL)
 		return;
 	p->rcpt_index = rcpt;
@@ -579,6 +664,17 @@ relay_chunk(struct session *s)
 	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
 	if (take == 0)
 		return 0;
+	if (s->chunk_discard) {
+		side_discard(&s->client, take);
+		s->chunk_left -= take;
+		if (s->chunk_left == 0) {
+			transcript_event(s->transcript, "refused bdat chunk discarded");
+			s->chunk_discard = 0;
+			session_enter_state(s, ST_COMMAND);
+			return 1;
+		}
+		return 0;
+	}
 	if (s->px->opts->record == RECORD_BODY && (p = evbuffer_pullup(in, (ev_ssize_t)take))) {
 		while (off < take) {
 			lf = memchr(p + off, '\n', take - off);
@@ -818,7 +914,7 @@ static void
 relay_ehlo_send(struct session *s)
 {
 	const struct options *o = s->px->opts;
-	const char *remove[4] = {"XCLIENT", "XFORWARD"};
+	const char *remove[6] = {"XCLIENT", "XFORWARD"};
 	struct ehlo_policy pol = {remove, 2, NULL};
 	struct evbuffer *notes = evbuffer_new();
 	size_t len = evbuffer_get_length(s->ehlo_reply);
@@ -827,6 +923,9 @@ relay_ehlo_send(struct session *s)
 
 	if (o->tls_mode == TLS_STRIP || (o->tls_mode == TLS_TERMINATE && s->client.tls))
 		remove[pol.nremove++] = "STARTTLS";
+	/* BDAT content is not split into lines: header and body rules could not see it. */
+	if (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))
+		remove[pol.nremove++] = "CHUNKING";
 	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
 		pol.add = "STARTTLS";
 	s->reply_hold = 0;

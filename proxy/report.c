@@ -7,6 +7,7 @@
 #include "logs/escape.h"
 #include "logs/events.h"
 #include "logs/transcript.h"
+#include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
@@ -145,6 +146,8 @@ report_write(struct session *s, const struct timeval *end)
 		return;
 	report_extras(s, o);
 	json_object_set_new(o, "transactions", report_transactions(s));
+	if (s->rules != NULL)
+		json_object_set_new(o, "rules", filter_report(s));
 	json_object_set_new(o, "client_octets", json_integer((json_int_t)s->client.octets));
 	json_object_set_new(o, "server_octets", json_integer((json_int_t)s->server.octets));
 	json_object_set_new(o, "reason", json_string(s->close_reason));

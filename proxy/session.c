@@ -23,6 +23,7 @@
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/addr.h"
+#include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/tls.h"
@@ -120,6 +121,7 @@ session_free(struct session *s)
 	if (s->timer != NULL)
 		event_free(s->timer);
 	transcript_close(s->transcript);
+	filter_session_free(s);
 	pipeline_clear(&s->pipeline);
 	while ((tx = TAILQ_FIRST(&s->txs)) != NULL) {
 		TAILQ_REMOVE(&s->txs, tx, entry);
@@ -626,6 +628,8 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;
+	if (filter_session_init(s, px->rules) != 0)
+		log_warnx("session=%s out of memory for rule counters", s->id);
 	s->upstream_setup = px->opts->tls_mode != TLS_PASSTHROUGH &&
 			    (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
 			     px->opts->upstream_tls == UPSTREAM_REQUIRE);

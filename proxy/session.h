@@ -7,6 +7,7 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "filters/rules.h"
 #include "proxy/pipeline.h"
 
 struct bufferevent;
@@ -109,6 +110,7 @@ struct session {
 	uint64_t msg_hidden_lines;
 	uint64_t msg_hidden_octets;
 	uint64_t chunk_left;
+	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
 	uint64_t skipped;
 
 	/* The reply being read. */
@@ -139,6 +141,11 @@ struct session {
 	int closing;
 	unsigned warnings;
 	const char *close_reason;
+
+	/* Rules: those in force as the session started (a reload doesn't change them). */
+	struct ruleset *rules;
+	struct rule_outcome outcome;
+	unsigned *rule_hits;
 
 	TAILQ_HEAD(, tx) txs;
 	struct tx *tx;

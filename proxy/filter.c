@@ -1,0 +1,136 @@
+/* The session's side of the rules: apply, record, count. */
+#include "proxy/filter.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "logs/escape.h"
+#include "logs/transcript.h"
+#include "proxy/session.h"
+#include "proxy/smtp.h"
+
+int
+filter_session_init(struct session *s, struct ruleset *rules)
+{
+	rule_outcome_init(&s->outcome);
+	if (rules == NULL || rules_count(rules) == 0)
+		return 0;
+	s->rules = rules_ref(rules);
+	s->rule_hits = calloc((size_t)rules_count(rules), sizeof(*s->rule_hits));
+	return s->rule_hits != NULL ? 0 : -1;
+}
+
+void
+filter_session_free(struct session *s)
+{
+	rule_outcome_free(&s->outcome);
+	rules_free(s->rules);
+	s->rules = NULL;
+	free(s->rule_hits);
+	s->rule_hits = NULL;
+}
+
+int
+filter_has(const struct session *s, enum rule_scope scope)
+{
+	return s->rules != NULL && rules_has_scope(s->rules, scope);
+}
+
+int
+filter_command_scopes(int verb, enum rule_scope scopes[2])
+{
+	switch (verb) {
+	case VERB_HELO:
+	case VERB_EHLO:
+	case VERB_LHLO:
+		scopes[0] = SCOPE_HELO;
+		break;
+	case VERB_MAIL:
+		scopes[0] = SCOPE_MAIL;
+		break;
+	case VERB_RCPT:
+		scopes[0] = SCOPE_RCPT;
+		break;
+	default:
+		scopes[0] = SCOPE_COMMAND;
+		return 1;
+	}
+	scopes[1] = SCOPE_COMMAND;
+	return 2;
+}
+
+/* Records one hit: which rule, what it did, the line before and after. */
+static void
+filter_record_hit(struct session *s, const struct rule_hit *h)
+{
+	char *orig = escape_strdup(h->orig, h->orig_len);
+	char *repl = h->repl != NULL ? escape_strdup(h->repl, h->repl_len) : NULL;
+	char *text = h->text != NULL ? escape_strdup((const unsigned char *)h->text,
+						     strlen(h->text))
+				     : NULL;
+
+	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s line=\"%s\"%s%s%s%s%s",
+			 h->file, h->line, rules_action_name(h->action),
+			 h->failed ? " (failed, skipped)" : "", rules_scope_name(h->scope),
+			 orig != NULL ? orig : "", repl != NULL ? " sent=\"" : "",
+			 repl != NULL ? repl : "", repl != NULL ? "\"" : "",
+			 text != NULL ? " text=" : "", text != NULL ? text : "");
+	free(orig);
+	free(repl);
+	free(text);
+	if (h->rule >= 0 && s->rule_hits != NULL)
+		s->rule_hits[h->rule]++;
+	if (h->action == ACT_WARN || h->failed)
+		s->warnings++;
+}
+
+int
+filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
+	    const unsigned char *line, size_t len)
+{
+	size_t i;
+	int v;
+
+	if (s->rules == NULL) {
+		rule_outcome_reset(&s->outcome);
+		s->outcome.verdict = ACT_NONE;
+		s->outcome.line = line;
+		s->outcome.len = len;
+		return ACT_NONE;
+	}
+	v = rules_apply(s->rules, scopes, nscopes, line, len, &s->outcome);
+	if (v < 0) {
+		session_close(s, "error");
+		return -1;
+	}
+	for (i = 0; i < s->outcome.nhits; i++)
+		filter_record_hit(s, &s->outcome.hits[i]);
+	return v;
+}
+
+json_t *
+filter_report(const struct session *s)
+{
+	json_t *a = json_array();
+	const char *file;
+	unsigned int line;
+	enum rule_scope scope;
+	enum rule_action action;
+	char where[512];
+	int i;
+
+	if (s->rules == NULL || s->rule_hits == NULL)
+		return a;
+	for (i = 0; i < rules_count(s->rules); i++) {
+		if (s->rule_hits[i] == 0)
+			continue;
+		rules_describe(s->rules, i, &file, &line, &scope, &action);
+		snprintf(where, sizeof(where), "%s:%u", file, line);
+		json_array_append_new(a, json_pack("{s:s,s:s,s:s,s:I}", "rule", where, "scope",
+						   rules_scope_name(scope), "action",
+						   rules_action_name(action), "hits",
+						   (json_int_t)s->rule_hits[i]));
+	}
+	return a;
+}

@@ -1,0 +1,35 @@
+#ifndef SMTPTAP_FILTER_H
+#define SMTPTAP_FILTER_H
+
+#include <stddef.h>
+
+#include <jansson.h>
+
+#include "filters/rules.h"
+
+struct session;
+
+/*
+ * The session's side of the rules: runs a line through the rules a session started with,
+ * records every hit in the transcript and counts it for the JSON event.
+ */
+
+/* Takes a reference to the rules in force as the session starts. */
+int filter_session_init(struct session *s, struct ruleset *rules);
+void filter_session_free(struct session *s);
+
+/* Whether the session's rules have any rule of this scope. */
+int filter_has(const struct session *s, enum rule_scope scope);
+
+/* Runs one line (without its line end) through the rules of its scopes; the outcome is in
+ * s->outcome.  Returns the verdict, or -1 when memory ran out (the session is closed). */
+int filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
+		const unsigned char *line, size_t len);
+
+/* The scopes a client command line is tried against. */
+int filter_command_scopes(int verb, enum rule_scope scopes[2]);
+
+/* Hits per rule, for the session's event: [{"rule":"FILE:LINE","action":..,"hits":N}]. */
+json_t *filter_report(const struct session *s);
+
+#endif

@@ -19,9 +19,12 @@
 #include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/reply_edit.h"
 #include "proxy/session.h"
 
 #define TX_MAX_RECORDED 1000
+/* Longest reply held whole for editing; a longer one is relayed as it comes. */
+#define REPLY_HOLD_MAX 65536
 
 static void relay_setup_step(struct session *s);
 static void relay_client_starttls(struct session *s);
@@ -909,41 +912,6 @@ relay_server_421(struct session *s)
 	session_close(s, "server_421");
 }
 
-/* Sends a held EHLO reply with its extensions edited: identity and TLS as we handle them. */
-static void
-relay_ehlo_send(struct session *s)
-{
-	const struct options *o = s->px->opts;
-	const char *remove[6] = {"XCLIENT", "XFORWARD"};
-	struct ehlo_policy pol = {remove, 2, NULL};
-	struct evbuffer *notes = evbuffer_new();
-	size_t len = evbuffer_get_length(s->ehlo_reply);
-	const unsigned char *reply = evbuffer_pullup(s->ehlo_reply, (ev_ssize_t)len);
-	char *line;
-
-	if (o->tls_mode == TLS_STRIP || (o->tls_mode == TLS_TERMINATE && s->client.tls))
-		remove[pol.nremove++] = "STARTTLS";
-	/* BDAT content is not split into lines: header and body rules could not see it. */
-	if (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))
-		remove[pol.nremove++] = "CHUNKING";
-	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
-		pol.add = "STARTTLS";
-	s->reply_hold = 0;
-	if (reply == NULL || notes == NULL) {
-		if (notes != NULL)
-			evbuffer_free(notes);
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->ehlo_reply);
-		return;
-	}
-	ehlo_edit(reply, len, &pol, bufferevent_get_output(s->client.bev), notes);
-	while ((line = evbuffer_readln(notes, NULL, EVBUFFER_EOL_CRLF)) != NULL) {
-		transcript_event(s->transcript, "ehlo reply edited: %s", line);
-		free(line);
-	}
-	evbuffer_free(notes);
-	evbuffer_drain(s->ehlo_reply, len);
-}
-
 static void
 relay_reply_done(struct session *s)
 {
@@ -959,8 +927,10 @@ relay_reply_done(struct session *s)
 		session_warn(s, "server sent a reply (%d) with no command pending", code);
 		return;
 	}
-	if (s->reply_hold)
-		relay_ehlo_send(s);
+	if (s->reply_hold) {
+		s->reply_hold = 0;
+		reply_edit_send(s, s->held_reply, head->verb, code);
+	}
 	relay_reply_effect(s, head, code);
 	if (s->closing)
 		return;
@@ -970,14 +940,17 @@ relay_reply_done(struct session *s)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
 
-/* Whether this reply is to be held whole: a 250 to EHLO/LHLO, whose extensions we edit. */
+/* Whether this reply is held whole: a 250 to EHLO/LHLO, or any reply rules may edit. */
 static int
 relay_holds_reply(struct session *s, int code)
 {
 	struct pending *head = pipeline_head(&s->pipeline);
 
-	return code == 250 && head != NULL && head->local_reply == NULL &&
-	       (head->verb == VERB_EHLO || head->verb == VERB_LHLO);
+	if (head == NULL || head->local_reply != NULL)
+		return 0;
+	if (reply_edit_wanted(s))
+		return 1;
+	return code == 250 && (head->verb == VERB_EHLO || head->verb == VERB_LHLO);
 }
 
 /* Where a server line goes: held (EHLO, 421, set-up), or on to the client at once. */
@@ -990,14 +963,13 @@ relay_reply_route(struct session *s, const struct unit *u)
 		hold = s->setup_reply;
 	else if (s->reply_code == 421)
 		hold = s->reply_copy;
-	else if (s->ehlo_reply != NULL && evbuffer_get_length(s->ehlo_reply) + u->len > 65536) {
-		/* Too big to be a real EHLO reply: stop holding, relay it as it is. */
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->ehlo_reply);
-		evbuffer_free(s->ehlo_reply);
-		s->ehlo_reply = NULL;
+	else if (s->reply_hold && evbuffer_get_length(s->held_reply) + u->len > REPLY_HOLD_MAX) {
+		/* Too big to be a real reply worth editing: relay it as it is, from here on. */
+		session_warn(s, "reply over %d octets relayed unedited", REPLY_HOLD_MAX);
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
 		s->reply_hold = 0;
 	} else if (s->reply_hold)
-		hold = s->ehlo_reply;
+		hold = s->held_reply;
 	side_record(&s->server, u);
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
@@ -1021,7 +993,7 @@ relay_reply_begin(struct session *s, int code)
 	else if (code == 421)
 		hold = &s->reply_copy;
 	else if (relay_holds_reply(s, code)) {
-		hold = &s->ehlo_reply;
+		hold = &s->held_reply;
 		s->reply_hold = 1;
 	}
 	if (hold == NULL)
@@ -1094,7 +1066,9 @@ relay_upstream_ready(struct session *s)
 
 	s->upstream_setup = 0;
 	if (s->greeting != NULL)
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->greeting);
+		reply_edit_send(s, s->greeting, VERB_GREETING, 220);
+	if (s->closing)
+		return;
 	if (head != NULL && head->verb == VERB_GREETING) {
 		relay_reply_effect(s, head, 220);
 		if (!s->closing)

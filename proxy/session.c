@@ -133,8 +133,8 @@ session_free(struct session *s)
 		evbuffer_free(s->setup_reply);
 	if (s->greeting != NULL)
 		evbuffer_free(s->greeting);
-	if (s->ehlo_reply != NULL)
-		evbuffer_free(s->ehlo_reply);
+	if (s->held_reply != NULL)
+		evbuffer_free(s->held_reply);
 	free(s->reply_text);
 	free(s->helo);
 	TAILQ_REMOVE(&px->sessions, s, entry);

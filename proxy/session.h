@@ -117,7 +117,7 @@ struct session {
 	int reply_open; /* lines of a reply seen, its last not yet */
 	int reply_code;
 	int reply_last_line; /* the current line ends the reply */
-	int reply_hold;	     /* the reply is an EHLO reply held whole */
+	int reply_hold;	     /* the reply is being held whole */
 	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
 	char *reply_text;	     /* text of the reply's last line */
 
@@ -132,7 +132,7 @@ struct session {
 	int upstream_setup; /* securing the upstream leg before the client sees the greeting */
 	struct evbuffer *setup_reply; /* the server's reply during that set-up */
 	struct evbuffer *greeting;    /* the greeting, held until the upstream leg is secured */
-	struct evbuffer *ehlo_reply;  /* an EHLO reply, held whole to edit its extensions */
+	struct evbuffer *held_reply;  /* a reply held whole, to edit it */
 	struct tls_info client_tls;
 	struct tls_info upstream_tls;
 	int early_talker;

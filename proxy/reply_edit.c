@@ -1,0 +1,182 @@
+/* Server replies held whole and edited: rules per line, then the EHLO extensions. */
+#include "proxy/reply_edit.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "logs/transcript.h"
+#include "proxy/ehlo.h"
+#include "proxy/filter.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
+#include "proxy/session.h"
+
+#define REPLY_MAX_LINES 256
+
+struct reply_lines {
+	const unsigned char *p[REPLY_MAX_LINES];
+	size_t len[REPLY_MAX_LINES];
+	int removed[REPLY_MAX_LINES];
+	unsigned char *own[REPLY_MAX_LINES]; /* rewritten copies we free */
+	size_t n;
+};
+
+int
+reply_edit_wanted(const struct session *s)
+{
+	return filter_has(s, SCOPE_REPLY) || filter_has(s, SCOPE_BANNER) ||
+	       filter_has(s, SCOPE_CAPABILITY);
+}
+
+/* Splits the held reply into lines without their line ends. */
+static int
+reply_split(const unsigned char *reply, size_t len, struct reply_lines *rl)
+{
+	size_t off = 0, n;
+	const unsigned char *lf;
+
+	memset(rl, 0, sizeof(*rl));
+	while (off < len) {
+		if (rl->n == REPLY_MAX_LINES)
+			return -1;
+		lf = memchr(reply + off, '\n', len - off);
+		n = lf != NULL ? (size_t)(lf - (reply + off)) + 1 : len - off;
+		rl->p[rl->n] = reply + off;
+		rl->len[rl->n] = smtp_line_len(reply + off, n);
+		rl->n++;
+		off += n;
+	}
+	return rl->n > 0 ? 0 : -1;
+}
+
+static int
+reply_scopes(enum smtp_verb answers, int code, size_t i, enum rule_scope scopes[2])
+{
+	if (answers == VERB_GREETING) {
+		scopes[0] = SCOPE_BANNER;
+		scopes[1] = SCOPE_REPLY;
+		return 2;
+	}
+	if ((answers == VERB_EHLO || answers == VERB_LHLO) && code == 250 && i > 0) {
+		scopes[0] = SCOPE_CAPABILITY;
+		scopes[1] = SCOPE_REPLY;
+		return 2;
+	}
+	scopes[0] = SCOPE_REPLY;
+	return 1;
+}
+
+/* Runs each line through the rules; returns -1 when the session had to close. */
+static int
+reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answers, int code)
+{
+	enum rule_scope scopes[2];
+	size_t i;
+	int v;
+
+	for (i = 0; i < rl->n; i++) {
+		v = filter_line(s, scopes, reply_scopes(answers, code, i, scopes), rl->p[i],
+				rl->len[i]);
+		if (v < 0)
+			return -1;
+		if (v == ACT_IGNORE) {
+			rl->removed[i] = 1;
+		} else if (s->outcome.rewritten) {
+			if ((rl->own[i] = malloc(s->outcome.len + 1)) == NULL)
+				return -1;
+			memcpy(rl->own[i], s->outcome.line, s->outcome.len);
+			rl->p[i] = rl->own[i];
+			rl->len[i] = s->outcome.len;
+		}
+	}
+	return 0;
+}
+
+static void
+reply_lines_free(struct reply_lines *rl)
+{
+	size_t i;
+
+	for (i = 0; i < rl->n; i++)
+		free(rl->own[i]);
+}
+
+/* The EHLO extensions we handle ourselves, edited whatever the server offered. */
+static void
+reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struct evbuffer *out)
+{
+	const struct options *o = s->px->opts;
+	const char *remove[6] = {"XCLIENT", "XFORWARD"};
+	struct ehlo_policy pol = {remove, 2, NULL};
+	struct evbuffer *notes = evbuffer_new();
+	char *line;
+
+	if (o->tls_mode == TLS_STRIP || (o->tls_mode == TLS_TERMINATE && s->client.tls))
+		remove[pol.nremove++] = "STARTTLS";
+	/* BDAT content is not split into lines: header and body rules could not see it. */
+	if (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))
+		remove[pol.nremove++] = "CHUNKING";
+	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
+		pol.add = "STARTTLS";
+	ehlo_edit(reply, len, &pol, out, notes);
+	while (notes != NULL && (line = evbuffer_readln(notes, NULL, EVBUFFER_EOL_CRLF)) != NULL) {
+		transcript_event(s->transcript, "ehlo reply edited: %s", line);
+		free(line);
+	}
+	if (notes != NULL)
+		evbuffer_free(notes);
+}
+
+/* Applies the rules to a held reply; returns the rebuilt reply (heap) or NULL to send as is. */
+static unsigned char *
+reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum smtp_verb answers,
+	      int code, size_t *outlen)
+{
+	struct reply_lines rl;
+	unsigned char *out = NULL;
+	int all_removed = 0;
+
+	if (!reply_edit_wanted(s) || reply_split(reply, len, &rl) != 0)
+		return NULL;
+	if (reply_apply_rules(s, &rl, answers, code) == 0) {
+		out = rules_fix_reply(rl.p, rl.len, rl.removed, rl.n, outlen, &all_removed);
+		if (all_removed)
+			session_warn(s, "rules would remove every line of a reply: its last line kept");
+	}
+	reply_lines_free(&rl);
+	return out;
+}
+
+void
+reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code)
+{
+	size_t len = evbuffer_get_length(held), outlen = 0;
+	const unsigned char *reply = evbuffer_pullup(held, (ev_ssize_t)len);
+	struct evbuffer *out;
+	unsigned char *rebuilt;
+
+	if (s->client.bev == NULL || s->closing) {
+		evbuffer_drain(held, len);
+		return;
+	}
+	out = bufferevent_get_output(s->client.bev);
+	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
+	if (s->closing) {
+		free(rebuilt);
+		evbuffer_drain(held, len);
+		return;
+	}
+	if (rebuilt != NULL) {
+		reply = rebuilt;
+		len = outlen;
+	}
+	if ((answers == VERB_EHLO || answers == VERB_LHLO) && code == 250 && reply != NULL)
+		reply_edit_ehlo(s, reply, len, out);
+	else if (reply != NULL)
+		evbuffer_add(out, reply, len);
+	free(rebuilt);
+	evbuffer_drain(held, evbuffer_get_length(held));
+}

@@ -1,0 +1,20 @@
+#ifndef SMTPTAP_REPLY_EDIT_H
+#define SMTPTAP_REPLY_EDIT_H
+
+#include "proxy/smtp.h"
+
+struct evbuffer;
+struct session;
+
+/*
+ * Sends a server reply that was held whole to the client, edited: reply, banner and
+ * capability rules line by line, the separators fixed after removals, and for an EHLO reply
+ * the extensions the proxy handles itself (XCLIENT, XFORWARD, STARTTLS, CHUNKING).
+ * answers is what the reply answers (VERB_GREETING, VERB_EHLO, ...).  Drains held.
+ */
+void reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code);
+
+/* Whether replies must be held whole because rules may edit them. */
+int reply_edit_wanted(const struct session *s);
+
+#endif

@@ -36,6 +36,9 @@ void transcript_event(struct transcript *t, const char *fmt, ...)
 /* Flushes and closes; t may be NULL. */
 void transcript_close(struct transcript *t);
 
+/* An unlinked temporary file in the log directory (held messages); -1 on error. */
+int transcript_tmpfile(void);
+
 /* Whether the latest transcript write or creation failed (disk full, permissions...). */
 int transcript_failing(void);
 

@@ -116,3 +116,21 @@ ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
 	}
 	return changes;
 }
+
+unsigned long long
+ehlo_size(const unsigned char *reply, size_t len)
+{
+	struct ehlo_line lines[EHLO_MAX_LINES];
+	size_t i, j, n = ehlo_split(reply, len, lines, EHLO_MAX_LINES);
+	unsigned long long v = 0;
+
+	for (i = 1; i < n; i++) {
+		if (!ehlo_keyword_is(&lines[i], "SIZE") || lines[i].len <= 9)
+			continue;
+		for (j = 9; j < lines[i].len && lines[i].p[j] >= '0' && lines[i].p[j] <= '9'; j++)
+			if (v < 1000000000000ULL)
+				v = v * 10 + (unsigned long long)(lines[i].p[j] - '0');
+		return v;
+	}
+	return 0;
+}

@@ -22,6 +22,9 @@ struct ehlo_policy {
 int ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
 	      struct evbuffer *out, struct evbuffer *notes);
 
+/* The SIZE limit the EHLO reply announces (RFC 1870), 0 when none. */
+unsigned long long ehlo_size(const unsigned char *reply, size_t len);
+
 /* Whether the EHLO reply offers keyword (any case). */
 int ehlo_offers(const unsigned char *reply, size_t len, const char *keyword);
 

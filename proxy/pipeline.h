@@ -19,6 +19,8 @@ struct pending {
 	char *local_reply; /* CRLF-terminated lines the proxy sends itself, or NULL */
 	int disconnect;	   /* the local reply is a rule's DISCONNECT: close after it */
 	int starttls;	   /* the local reply is our 220 to STARTTLS: the handshake follows */
+	int hold_decide;   /* a held DATA: at its turn, our 354 or the server's DATA */
+	int quiet;	   /* the server's reply to our own command: not for the client */
 };
 
 struct pipeline {

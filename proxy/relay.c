@@ -17,6 +17,7 @@
 #include "logs/transcript.h"
 #include "proxy/ehlo.h"
 #include "proxy/filter.h"
+#include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/reply_edit.h"
@@ -27,6 +28,10 @@
 #define REPLY_HOLD_MAX 65536
 
 static void relay_setup_step(struct session *s);
+static void relay_hold_decide(struct session *s);
+static void relay_resume_client(struct session *s);
+static void relay_send_upstream(struct session *s, const char *line);
+static void relay_message_start(struct session *s);
 static void relay_client_starttls(struct session *s);
 
 /* One unit of input: a whole line (complete) or a piece of an over-long one. */
@@ -145,6 +150,11 @@ relay_flush_local(struct session *s)
 	struct pending *head;
 
 	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
+		if (head->hold_decide) {
+			pipeline_pop(&s->pipeline);
+			relay_hold_decide(s);
+			return;
+		}
 		session_reply(s, head->local_reply);
 		if (head->disconnect) {
 			pipeline_pop(&s->pipeline);
@@ -444,6 +454,61 @@ relay_command_send(struct session *s, const struct unit *u)
 	evbuffer_add(bufferevent_get_output(s->server.bev), "\r\n", 2);
 }
 
+/*
+ * DATA while rules may refuse a message at its end: the proxy holds the message, so DATA
+ * waits for its turn among the pipelined replies, when the recipients' fate is known.
+ */
+static void
+relay_hold_data(struct session *s, const struct unit *u)
+{
+	struct pending *p;
+
+	side_discard(&s->client, u->len);
+	session_enter_state(s, ST_AWAIT);
+	if ((p = pipeline_push_local(&s->pipeline, "")) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	p->hold_decide = 1;
+	relay_flush_local(s);
+}
+
+static int
+relay_tx_accepted(const struct tx *tx)
+{
+	size_t i;
+
+	for (i = 0; tx != NULL && i < tx->nrcpt; i++)
+		if (tx->rcpts[i].code / 100 == 2)
+			return 1;
+	return 0;
+}
+
+/* A held DATA's turn: our own 354 when a recipient was accepted, else the server decides. */
+static void
+relay_hold_decide(struct session *s)
+{
+	struct pending *p;
+
+	if (!relay_tx_accepted(s->tx) || server_gone(s)) {
+		/* The server's own error (no valid recipients) reaches the client. */
+		if (!server_gone(s))
+			evbuffer_add(bufferevent_get_output(s->server.bev), "DATA\r\n", 6);
+		transcript_event(s->transcript, "no recipient accepted: DATA relayed to the server");
+		if ((p = relay_expect(s, VERB_DATA)) == NULL)
+			return;
+		return;
+	}
+	if (message_begin(s, 1) != 0) {
+		session_close(s, "error");
+		return;
+	}
+	transcript_event(s->transcript, "holding the message: rules may refuse it at its end");
+	session_reply(s, "354 End data with <CR><LF>.<CR><LF>\r\n");
+	relay_message_start(s);
+	relay_resume_client(s);
+}
+
 /* Tracks a client command, runs it through the rules, and relays it. */
 static void
 relay_command(struct session *s, const struct unit *u)
@@ -473,6 +538,10 @@ relay_command(struct session *s, const struct unit *u)
 	}
 	if (s->outcome.rewritten)
 		smtp_parse_command(s->outcome.line, s->outcome.len, &cmd);
+	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
+		relay_hold_data(s, u);
+		return;
+	}
 	rcpt = relay_command_track(s, &cmd);
 	relay_command_send(s, u);
 	if ((p = relay_expect(s, cmd.verb)) == NULL)
@@ -543,6 +612,52 @@ relay_record_content(struct session *s, const struct unit *u)
 		s->msg_in_headers = 0;
 }
 
+/* Our own command to the server, whose reply the client never sees. */
+static void
+relay_quiet_upstream(struct session *s, const char *line, enum smtp_verb verb)
+{
+	struct pending *p;
+
+	relay_send_upstream(s, line);
+	if ((p = relay_expect(s, verb)) != NULL)
+		p->quiet = 1;
+}
+
+/* The end of a held message: refused by the proxy, or handed to the server now. */
+static void
+relay_held_end(struct session *s)
+{
+	const char *reply;
+	char line[640];
+	enum message_verdict v = message_end(s, &reply);
+
+	if (v == MSG_ACCEPT) {
+		session_enter_state(s, ST_AWAIT);
+		relay_quiet_upstream(s, "DATA\r\n", VERB_DATA);
+		return;
+	}
+	snprintf(line, sizeof(line), "%s\r\n", reply);
+	if (s->tx != NULL) {
+		s->tx->code = atoi(reply);
+		free(s->tx->text);
+		s->tx->text = strdup(reply + (strlen(reply) > 4 ? 4 : strlen(reply)));
+		s->tx = NULL;
+	}
+	message_free(s);
+	transcript_event(s->transcript, "held message refused: nothing sent upstream");
+	if (v == MSG_DISCONNECT) {
+		session_reply(s, line);
+		session_close(s, "rule_disconnect");
+		return;
+	}
+	relay_answer_locally(s, line);
+	if (s->closing)
+		return;
+	/* The server forgets the transaction; its reply to our RSET is not the client's. */
+	relay_quiet_upstream(s, "RSET\r\n", VERB_RSET);
+	session_enter_state(s, ST_COMMAND);
+}
+
 static void
 relay_end_of_data(struct session *s, const struct unit *u)
 {
@@ -551,6 +666,12 @@ relay_end_of_data(struct session *s, const struct unit *u)
 				 (unsigned long long)s->msg_hidden_lines,
 				 (unsigned long long)s->msg_hidden_octets);
 	side_record(&s->client, u);
+	if (message_holding(s)) {
+		side_discard(&s->client, u->len);
+		relay_held_end(s);
+		return;
+	}
+	message_free(s);
 	side_forward(&s->client, u->len);
 	relay_expect(s, VERB_EOD);
 	if (!s->closing)
@@ -626,6 +747,8 @@ relay_content(struct session *s, const struct unit *u)
 	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
 		       u->data[0] == '.';
 
+	s->client.in_piece_before = s->client.in_piece;
+
 	if (at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0) {
 		relay_end_of_data(s, u);
 		return;
@@ -642,7 +765,13 @@ relay_content(struct session *s, const struct unit *u)
 	if (s->tx != NULL)
 		s->tx->size += u->len;
 	s->msg_line_start = end == END_CRLF;
-	if (bare == BARE_PASS || server_gone(s)) {
+	if (s->msg != NULL) {
+		if (u->complete && !s->client.in_piece_before)
+			message_line(s, u->data, u->len);
+		else
+			message_piece(s, u->data, u->len, !s->client.in_piece_before);
+		side_discard(&s->client, u->len);
+	} else if (bare == BARE_PASS || server_gone(s)) {
 		side_forward(&s->client, u->len);
 	} else if (end == END_BARE) {
 		relay_content_normalized(s, u);
@@ -842,6 +971,17 @@ relay_tx_reply(struct session *s, const struct pending *p, int code)
 	}
 }
 
+/* DATA was answered 354: message content follows. */
+static void
+relay_message_start(struct session *s)
+{
+	session_enter_state(s, ST_MESSAGE);
+	s->msg_line_start = 1;
+	s->msg_in_headers = 1;
+	s->msg_hidden_lines = s->msg_hidden_octets = 0;
+	s->msg_bare_seen = 0;
+}
+
 /* What a completed reply means for the command it answers. */
 static void
 relay_reply_effect(struct session *s, const struct pending *p, int code)
@@ -853,11 +993,15 @@ relay_reply_effect(struct session *s, const struct pending *p, int code)
 		relay_resume_client(s);
 		break;
 	case VERB_DATA:
-		session_enter_state(s, code == 354 ? ST_MESSAGE : ST_COMMAND);
-		s->msg_line_start = 1;
-		s->msg_in_headers = 1;
-		s->msg_hidden_lines = s->msg_hidden_octets = 0;
-		s->msg_bare_seen = 0;
+		if (code == 354)
+			relay_message_start(s);
+		else
+			session_enter_state(s, ST_COMMAND);
+		if (code == 354 && (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY)) &&
+		    message_begin(s, 0) != 0) {
+			session_close(s, "error");
+			return;
+		}
 		if (code == 354 && s->client_gone) {
 			session_close(s, "client_closed");
 			return;
@@ -880,6 +1024,13 @@ relay_reply_effect(struct session *s, const struct pending *p, int code)
 		break;
 	case VERB_QUIT:
 		s->quit_answered = 1;
+		break;
+	case VERB_EOD:
+		if (s->state == ST_AWAIT) {
+			/* A held message's final reply: the client may go on. */
+			session_enter_state(s, ST_COMMAND);
+			relay_resume_client(s);
+		}
 		break;
 	default:
 		break;
@@ -912,6 +1063,50 @@ relay_server_421(struct session *s)
 	session_close(s, "server_421");
 }
 
+/* The held message's DATA was refused: that reply is the client's answer to its dot. */
+static void
+relay_held_refused(struct session *s, int code)
+{
+	if (s->tx != NULL) {
+		s->tx->code = code;
+		free(s->tx->text);
+		s->tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+		s->tx = NULL;
+	}
+	evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+	message_free(s);
+	session_enter_state(s, ST_COMMAND);
+	relay_resume_client(s);
+}
+
+/* The reply to a command of our own (RSET, a held message's DATA): not relayed as such. */
+static void
+relay_quiet_done(struct session *s, int code)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+	enum smtp_verb verb = head->verb;
+
+	s->reply_quiet = 0;
+	pipeline_pop(&s->pipeline);
+	if (verb == VERB_DATA && code == 354) {
+		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+		if (message_send_held(s) != 0) {
+			session_close(s, "error");
+			return;
+		}
+		relay_expect(s, VERB_EOD);
+	} else if (verb == VERB_DATA) {
+		relay_held_refused(s, code);
+	} else {
+		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+	}
+	if (s->closing)
+		return;
+	relay_flush_local(s);
+	if (s->client_gone && s->pipeline.remote == 0)
+		session_close(s, s->quit_answered ? "quit" : "client_closed");
+}
+
 static void
 relay_reply_done(struct session *s)
 {
@@ -925,6 +1120,10 @@ relay_reply_done(struct session *s)
 	}
 	if (head == NULL || head->local_reply != NULL) {
 		session_warn(s, "server sent a reply (%d) with no command pending", code);
+		return;
+	}
+	if (s->reply_quiet) {
+		relay_quiet_done(s, code);
 		return;
 	}
 	if (s->reply_hold) {
@@ -963,6 +1162,8 @@ relay_reply_route(struct session *s, const struct unit *u)
 		hold = s->setup_reply;
 	else if (s->reply_code == 421)
 		hold = s->reply_copy;
+	else if (s->reply_quiet)
+		hold = s->held_reply;
 	else if (s->reply_hold && evbuffer_get_length(s->held_reply) + u->len > REPLY_HOLD_MAX) {
 		/* Too big to be a real reply worth editing: relay it as it is, from here on. */
 		session_warn(s, "reply over %d octets relayed unedited", REPLY_HOLD_MAX);
@@ -988,11 +1189,15 @@ relay_reply_begin(struct session *s, int code)
 	s->reply_code = code;
 	s->reply_open = 1;
 	s->reply_hold = 0;
+	s->reply_quiet = 0;
 	if (s->upstream_setup)
 		hold = &s->setup_reply;
 	else if (code == 421)
 		hold = &s->reply_copy;
-	else if (relay_holds_reply(s, code)) {
+	else if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->quiet) {
+		hold = &s->held_reply;
+		s->reply_quiet = 1;
+	} else if (relay_holds_reply(s, code)) {
 		hold = &s->held_reply;
 		s->reply_hold = 1;
 	}

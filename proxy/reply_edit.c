@@ -121,6 +121,7 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struc
 		remove[pol.nremove++] = "CHUNKING";
 	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
 		pol.add = "STARTTLS";
+	s->server_size = ehlo_size(reply, len);
 	ehlo_edit(reply, len, &pol, out, notes);
 	while (notes != NULL && (line = evbuffer_readln(notes, NULL, EVBUFFER_EOL_CRLF)) != NULL) {
 		transcript_event(s->transcript, "ehlo reply edited: %s", line);

@@ -24,6 +24,7 @@
 #include "logs/transcript.h"
 #include "proxy/addr.h"
 #include "proxy/filter.h"
+#include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/tls.h"
@@ -122,6 +123,7 @@ session_free(struct session *s)
 		event_free(s->timer);
 	transcript_close(s->transcript);
 	filter_session_free(s);
+	message_free(s);
 	pipeline_clear(&s->pipeline);
 	while ((tx = TAILQ_FIRST(&s->txs)) != NULL) {
 		TAILQ_REMOVE(&s->txs, tx, entry);

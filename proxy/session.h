@@ -32,6 +32,7 @@ struct side {
 	enum side_dir dir;
 	int paused;
 	int in_piece;	 /* the last record was part of a line longer than --max-line */
+	int in_piece_before; /* in_piece before the current unit was recorded */
 	size_t scanned;	 /* input octets already searched for a line end */
 	uint64_t octets; /* received from this side */
 	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
@@ -109,6 +110,8 @@ struct session {
 	int msg_bare_seen; /* a bare line end was normalized in this message */
 	uint64_t msg_hidden_lines;
 	uint64_t msg_hidden_octets;
+	struct message *msg; /* a message under header/body rules, or NULL */
+	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
 	uint64_t chunk_left;
 	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
 	uint64_t skipped;
@@ -117,6 +120,7 @@ struct session {
 	int reply_open; /* lines of a reply seen, its last not yet */
 	int reply_code;
 	int reply_last_line; /* the current line ends the reply */
+	int reply_quiet;     /* the reply answers our own command: held, not relayed */
 	int reply_hold;	     /* the reply is being held whole */
 	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
 	char *reply_text;	     /* text of the reply's last line */

@@ -1037,11 +1037,30 @@ relay_reply_effect(struct session *s, const struct pending *p, int code)
 	}
 }
 
+/*
+ * The server is going: every command the client still waits on gets a reply, the proxy's
+ * own where it has one, else the server's 421 (or ours); our own RSET needs none.
+ */
+static void
+relay_answer_pending(struct session *s, const char *reply)
+{
+	struct pending *p;
+
+	while ((p = pipeline_head(&s->pipeline)) != NULL) {
+		if (p->quiet && p->verb == VERB_RSET)
+			;
+		else if (p->local_reply != NULL && !p->hold_decide && !p->starttls)
+			session_reply(s, p->local_reply);
+		else
+			session_reply(s, reply);
+		pipeline_pop(&s->pipeline);
+	}
+}
+
 /* A 421 from the server: every pending command gets it, then the client is closed. */
 static void
 relay_server_421(struct session *s)
 {
-	struct pending *p;
 	char *copy;
 	size_t len = evbuffer_get_length(s->reply_copy);
 
@@ -1052,13 +1071,8 @@ relay_server_421(struct session *s)
 		evbuffer_copyout(s->reply_copy, copy, len);
 		copy[len] = '\0';
 	}
-	while ((p = pipeline_head(&s->pipeline)) != NULL) {
-		if (p->local_reply != NULL)
-			session_reply(s, p->local_reply);
-		else if (copy != NULL)
-			session_reply(s, copy);
-		pipeline_pop(&s->pipeline);
-	}
+	if (copy != NULL)
+		relay_answer_pending(s, copy);
 	free(copy);
 	session_close(s, "server_421");
 }
@@ -1389,7 +1403,6 @@ relay_client_secured(struct session *s)
 void
 relay_server_gone(struct session *s)
 {
-	struct pending *p;
 	char lost[512];
 
 	relay_server(s);
@@ -1403,10 +1416,7 @@ relay_server_gone(struct session *s)
 		 s->px->opts->hostname);
 	if (s->pipeline.count == 0)
 		session_reply(s, lost);
-	while ((p = pipeline_head(&s->pipeline)) != NULL) {
-		session_reply(s, p->local_reply != NULL ? p->local_reply : lost);
-		pipeline_pop(&s->pipeline);
-	}
+	relay_answer_pending(s, lost);
 	session_close(s, "server_closed");
 }
 

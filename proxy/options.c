@@ -111,7 +111,6 @@ options_die(const char *opt, const char *what, const char *value)
 		fprintf(stderr, "smtptap: %s: %s '%s'\n", opt, what, value);
 	else
 		fprintf(stderr, "smtptap: %s: %s\n", opt, what);
-	fprintf(stderr, "Try 'smtptap --help'.\n");
 	exit(2);
 }
 

@@ -662,7 +662,8 @@ static void
 relay_end_of_data(struct session *s, const struct unit *u)
 {
 	if (s->msg_hidden_octets > 0 || s->msg_hidden_lines > 0)
-		transcript_event(s->transcript, "message content not recorded lines=%llu octets=%llu",
+		transcript_event(s->transcript, "message %s not recorded lines=%llu octets=%llu",
+				 s->px->opts->record == RECORD_NONE ? "content" : "body",
 				 (unsigned long long)s->msg_hidden_lines,
 				 (unsigned long long)s->msg_hidden_octets);
 	side_record(&s->client, u);
@@ -1061,10 +1062,17 @@ relay_answer_pending(struct session *s, const char *reply)
 static void
 relay_server_421(struct session *s)
 {
-	char *copy;
 	size_t len = evbuffer_get_length(s->reply_copy);
+	char *copy;
+	struct pending *head = pipeline_head(&s->pipeline);
 
-	if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->local_reply == NULL)
+	/* The server's own 421 answers the head (or nothing, when idle), as it was sent. */
+	relay_flush_local(s);
+	head = pipeline_head(&s->pipeline);
+	if (s->client.bev != NULL && (head == NULL || !(head->quiet && head->verb == VERB_RSET)))
+		evbuffer_add(bufferevent_get_output(s->client.bev),
+			     evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len);
+	if (head != NULL)
 		pipeline_pop(&s->pipeline);
 	copy = malloc(len + 1);
 	if (copy != NULL) {

@@ -1,0 +1,104 @@
+/* Unit tests for proxy/ehlo.c: extensions removed and added, separators fixed. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+
+#include "proxy/ehlo.h"
+
+static const char reply[] = "250-mail.example\r\n"
+			    "250-PIPELINING\r\n"
+			    "250-SIZE 10240000\r\n"
+			    "250-XCLIENT NAME ADDR\r\n"
+			    "250 XFORWARD NAME\r\n";
+
+static void
+check_edit(const char *in, const char *const *remove, int nremove, const char *add,
+	   const char *want, int wantchanges)
+{
+	struct ehlo_policy pol = {remove, nremove, add};
+	struct evbuffer *out = evbuffer_new();
+	int changes;
+
+	assert_non_null(out);
+	changes = ehlo_edit((const unsigned char *)in, strlen(in), &pol, out, NULL);
+	assert_int_equal(changes, wantchanges);
+	assert_int_equal(evbuffer_get_length(out), strlen(want));
+	assert_memory_equal(evbuffer_pullup(out, -1), want, strlen(want));
+	evbuffer_free(out);
+}
+
+static void
+test_remove_last_lines(void **state)
+{
+	const char *rm[] = {"XCLIENT", "xforward"};
+
+	(void)state;
+	/* Removing the last line turns the new last one into "250 ". */
+	check_edit(reply, rm, 2, NULL,
+		   "250-mail.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n", 2);
+}
+
+static void
+test_add_keyword(void **state)
+{
+	const char *rm[] = {"XCLIENT", "XFORWARD"};
+
+	(void)state;
+	check_edit(reply, rm, 2, "STARTTLS",
+		   "250-mail.example\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n",
+		   3);
+	/* Already offered: not added twice. */
+	check_edit("250-x\r\n250 STARTTLS\r\n", NULL, 0, "STARTTLS", "250-x\r\n250 STARTTLS\r\n",
+		   0);
+}
+
+static void
+test_never_empty(void **state)
+{
+	const char *rm[] = {"PIPELINING"};
+
+	(void)state;
+	/* The first line (the server's name) always stays, so a reply keeps a line. */
+	check_edit("250-mail.example\r\n250 PIPELINING\r\n", rm, 1, NULL, "250 mail.example\r\n",
+		   1);
+	check_edit("250 mail.example\r\n", rm, 1, NULL, "250 mail.example\r\n", 0);
+}
+
+static void
+test_keyword_is_whole_word(void **state)
+{
+	const char *rm[] = {"SIZE"};
+
+	(void)state;
+	check_edit("250-x\r\n250-SIZEX 1\r\n250 SIZE\r\n", rm, 1, NULL, "250-x\r\n250 SIZEX 1\r\n",
+		   1);
+}
+
+static void
+test_offers_and_size(void **state)
+{
+	(void)state;
+	assert_true(ehlo_offers((const unsigned char *)reply, strlen(reply), "xclient"));
+	assert_false(ehlo_offers((const unsigned char *)reply, strlen(reply), "STARTTLS"));
+	/* The first line is the server's name, never an extension. */
+	assert_false(ehlo_offers((const unsigned char *)reply, strlen(reply), "mail.example"));
+	assert_int_equal(ehlo_size((const unsigned char *)reply, strlen(reply)), 10240000);
+	assert_int_equal(ehlo_size((const unsigned char *)"250 x\r\n", 7), 0);
+	assert_int_equal(ehlo_size((const unsigned char *)"250-x\r\n250 SIZE\r\n", 17), 0);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_remove_last_lines), cmocka_unit_test(test_add_keyword),
+	    cmocka_unit_test(test_never_empty),	      cmocka_unit_test(test_keyword_is_whole_word),
+	    cmocka_unit_test(test_offers_and_size),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

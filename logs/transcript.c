@@ -25,12 +25,16 @@
 
 #define TRANSCRIPT_FLUSH_AT (32 * 1024)
 
+/*
+ * A transcript holds no descriptor between flushes: ten thousand idle sessions must not
+ * need ten thousand more open files.  Each flush appends through a fresh open.
+ */
 struct transcript {
 	TAILQ_ENTRY(transcript) entry;
 	struct evbuffer *buf;
-	int fd;
 	int failed;
 	int dirty;
+	char path[96]; /* under the log directory: DAY/NAME */
 	char name[64];
 };
 
@@ -41,21 +45,41 @@ static uint64_t write_errors;
 static int failing; /* the latest write or create failed */
 
 static void
+transcript_write_failed(struct transcript *t)
+{
+	write_errors++;
+	failing = 1;
+	if (!t->failed)
+		log_warn("transcript %s: write failed, dropping its lines", t->name);
+	t->failed = 1;
+	evbuffer_drain(t->buf, evbuffer_get_length(t->buf));
+}
+
+static void
 transcript_flush(struct transcript *t)
 {
+	int fd;
+
 	t->dirty = 0;
+	if (evbuffer_get_length(t->buf) == 0)
+		return;
+	fd = openat(log_dir_fd, t->path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		transcript_write_failed(t);
+		return;
+	}
 	while (evbuffer_get_length(t->buf) > 0) {
-		if (evbuffer_write(t->buf, t->fd) < 0) {
+		if (evbuffer_write(t->buf, fd) < 0) {
 			if (errno == EINTR)
 				continue;
-			write_errors++;
-			failing = 1;
-			if (!t->failed)
-				log_warn("transcript %s: write failed, dropping its lines", t->name);
-			t->failed = 1;
-			evbuffer_drain(t->buf, evbuffer_get_length(t->buf));
+			transcript_write_failed(t);
+			close(fd);
 			return;
 		}
+	}
+	if (close(fd) != 0) {
+		transcript_write_failed(t);
+		return;
 	}
 	failing = 0;
 }
@@ -171,15 +195,15 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		errno = saved;
 		return NULL;
 	}
+	close(fd);
 	if ((t = calloc(1, sizeof(*t))) == NULL || (t->buf = evbuffer_new()) == NULL) {
 		free(t);
-		close(fd);
 		errno = ENOMEM;
 		return NULL;
 	}
-	t->fd = fd;
-	snprintf(relpath, relsize, "%04d-%02d-%02d/%s", tm.tm_year + 1900, tm.tm_mon + 1,
+	snprintf(t->path, sizeof(t->path), "%04d-%02d-%02d/%s", tm.tm_year + 1900, tm.tm_mon + 1,
 		 tm.tm_mday, name);
+	snprintf(relpath, relsize, "%s", t->path);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
 	transcript_header(t, id, start, client, listener, upstream);
@@ -254,10 +278,6 @@ transcript_close(struct transcript *t)
 		return;
 	transcript_flush(t);
 	TAILQ_REMOVE(&transcripts, t, entry);
-	if (close(t->fd) != 0 && !t->failed) {
-		write_errors++;
-		log_warn("transcript %s: close failed", t->name);
-	}
 	evbuffer_free(t->buf);
 	free(t);
 }

@@ -25,8 +25,8 @@
 #include "proxy/session.h"
 #include "proxy/tls.h"
 
-/* Each session holds a client socket, an upstream socket and its transcript. */
-#define FDS_PER_SESSION 3
+/* Each session holds a client socket and an upstream socket (transcripts open per flush). */
+#define FDS_PER_SESSION 2
 
 static struct proxy proxy;
 

@@ -78,7 +78,7 @@ report_transactions(const struct session *s)
 static json_t *
 report_tls_leg(const struct tls_info *t, int upstream)
 {
-	if (!t->up)
+	if (t == NULL || !t->up)
 		return json_null();
 	if (upstream)
 		return json_pack("{s:s,s:s,s:o,s:s}", "version", t->version, "cipher", t->cipher,
@@ -105,10 +105,10 @@ report_extras(const struct session *s, json_t *o)
 {
 	json_t *tls;
 
-	if (s->tls_passthrough || s->client_tls.up || s->upstream_tls.up) {
+	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL) {
 		tls = json_pack("{s:s,s:o,s:o}", "mode", report_tls_mode(s), "client",
-				report_tls_leg(&s->client_tls, 0), "upstream",
-				report_tls_leg(&s->upstream_tls, 1));
+				report_tls_leg(s->client_tls, 0), "upstream",
+				report_tls_leg(s->upstream_tls, 1));
 		if (s->tls_passthrough) {
 			json_object_set_new(tls, "client_octets",
 					    json_integer((json_int_t)s->client.raw_octets));

@@ -139,6 +139,8 @@ session_free(struct session *s)
 		evbuffer_free(s->held_reply);
 	free(s->reply_text);
 	free(s->helo);
+	free(s->client_tls);
+	free(s->upstream_tls);
 	TAILQ_REMOVE(&px->sessions, s, entry);
 	px->nsessions--;
 	free(s);
@@ -336,10 +338,16 @@ static void
 session_tls_done(struct session *s, struct side *x)
 {
 	SSL *ssl = bufferevent_openssl_get_ssl(x->bev);
-	struct tls_info *t = x->dir == SIDE_CLIENT ? &s->client_tls : &s->upstream_tls;
+	struct tls_info **tp = x->dir == SIDE_CLIENT ? &s->client_tls : &s->upstream_tls;
+	struct tls_info *t;
 	const char *sni;
 
 	x->tls = 1;
+	if (*tp == NULL && (*tp = calloc(1, sizeof(**tp))) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	t = *tp;
 	t->up = 1;
 	snprintf(t->version, sizeof(t->version), "%s", tls_version(ssl));
 	snprintf(t->cipher, sizeof(t->cipher), "%s", tls_cipher(ssl));
@@ -416,7 +424,8 @@ session_connected(struct session *s, struct side *x)
 {
 	if (x->dir == SIDE_CLIENT) {
 		session_tls_done(s, x);
-		relay_client_secured(s);
+		if (!s->closing)
+			relay_client_secured(s);
 		return;
 	}
 	if (s->state == ST_CONNECTING) {
@@ -424,7 +433,8 @@ session_connected(struct session *s, struct side *x)
 		return;
 	}
 	session_tls_done(s, x);
-	relay_upstream_secured(s);
+	if (!s->closing)
+		relay_upstream_secured(s);
 }
 
 static void

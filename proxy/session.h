@@ -137,8 +137,8 @@ struct session {
 	struct evbuffer *setup_reply; /* the server's reply during that set-up */
 	struct evbuffer *greeting;    /* the greeting, held until the upstream leg is secured */
 	struct evbuffer *held_reply;  /* a reply held whole, to edit it */
-	struct tls_info client_tls;
-	struct tls_info upstream_tls;
+	struct tls_info *client_tls;   /* allocated once a handshake is done: idle sessions */
+	struct tls_info *upstream_tls; /* stay small */
 	int early_talker;
 	int quit_answered;
 	int client_gone; /* the client closed its write half */

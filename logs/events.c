@@ -61,7 +61,8 @@ events_write(json_t *obj)
 
 	if (events_fd < 0)
 		return;
-	if ((line = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9))) == NULL)
+	if ((line = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9))) ==
+	    NULL)
 		return;
 	len = strlen(line);
 	/* One write per event, so concurrent appenders never interleave within a line. */

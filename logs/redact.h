@@ -22,7 +22,7 @@ struct evbuffer;
  * the space; XOAUTH2: "user=" field; OAUTHBEARER: "a=" field of the GS2 header), else 0.
  */
 int redact_sasl_user(const char *mech, int step, const char *b64, size_t len, char *user,
-		     size_t usersize);
+                     size_t usersize);
 
 /* Appends the marker "[redacted N octets]" or "[redacted N octets user=USER]" (USER escaped). */
 void redact_marker(struct evbuffer *out, size_t len, const char *user);

@@ -93,8 +93,8 @@ transcript_flush_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	TAILQ_FOREACH(t, &transcripts, entry)
-		if (t->dirty)
-			transcript_flush(t);
+	if (t->dirty)
+		transcript_flush(t);
 }
 
 int
@@ -155,20 +155,20 @@ transcript_day_dir(const struct tm *tm)
 
 static void
 transcript_header(struct transcript *t, const char *id, const struct timeval *start,
-		  const char *client, const char *listener, const char *upstream)
+                  const char *client, const char *listener, const char *upstream)
 {
 	char ts[32];
 
 	transcript_timestamp(start, ts, sizeof(ts));
 	evbuffer_add_printf(t->buf,
-			    "# smtptap %s transcript\n# session %s\n# start %s\n# client %s\n"
-			    "# listener %s\n# upstream %s\n",
-			    SMTPTAP_VERSION, id, ts, client, listener, upstream);
+	                    "# smtptap %s transcript\n# session %s\n# start %s\n# client %s\n"
+	                    "# listener %s\n# upstream %s\n",
+	                    SMTPTAP_VERSION, id, ts, client, listener, upstream);
 }
 
 struct transcript *
 transcript_open(const char *id, const struct timeval *start, const char *client,
-		const char *listener, const char *upstream, char *relpath, size_t relsize)
+                const char *listener, const char *upstream, char *relpath, size_t relsize)
 {
 	struct transcript *t;
 	struct tm tm;
@@ -202,7 +202,7 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		return NULL;
 	}
 	snprintf(t->path, sizeof(t->path), "%04d-%02d-%02d/%s", tm.tm_year + 1900, tm.tm_mon + 1,
-		 tm.tm_mday, name);
+	         tm.tm_mday, name);
 	snprintf(relpath, relsize, "%s", t->path);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
@@ -247,7 +247,7 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 
 void
 transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
-		    const char *user)
+                    const char *user)
 {
 	if (t == NULL)
 		return;

@@ -18,16 +18,16 @@ void transcript_shutdown(void);
  * O_NOFOLLOW, and writes its header.  relpath receives the name under the log directory.
  * Returns NULL (errno set) when the file can't be created.
  */
-struct transcript *transcript_open(const char *id, const struct timeval *start,
-				   const char *client, const char *listener,
-				   const char *upstream, char *relpath, size_t relsize);
+struct transcript *transcript_open(const char *id, const struct timeval *start, const char *client,
+                                   const char *listener, const char *upstream, char *relpath,
+                                   size_t relsize);
 
 /* Records one line as it crossed ("C:", "S:", "P:", "C+", "S+"), CRLF stripped. */
 void transcript_data(struct transcript *t, const char *kind, const unsigned char *line, size_t n);
 
 /* Records kind, then verbatim text, then the redaction marker for len secret octets. */
 void transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
-			 const char *user);
+                         const char *user);
 
 /* Records an event line, marked "*". */
 void transcript_event(struct transcript *t, const char *fmt, ...)

@@ -79,7 +79,7 @@ ehlo_emit(struct evbuffer *out, const unsigned char *p, size_t len, int last)
 
 int
 ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
-	  struct evbuffer *out, struct evbuffer *notes)
+          struct evbuffer *out, struct evbuffer *notes)
 {
 	struct ehlo_line lines[EHLO_MAX_LINES];
 	size_t i, n = ehlo_split(reply, len, lines, EHLO_MAX_LINES), kept = 0, lastkept = 0;
@@ -95,7 +95,8 @@ ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
 			changes++;
 			if (notes != NULL) {
 				evbuffer_add(notes, "removed ", 8);
-				evbuffer_add(notes, lines[i].p + 4, lines[i].len > 4 ? lines[i].len - 4 : 0);
+				evbuffer_add(notes, lines[i].p + 4,
+				             lines[i].len > 4 ? lines[i].len - 4 : 0);
 			}
 		}
 		if (keep[i]) {

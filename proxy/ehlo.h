@@ -20,7 +20,7 @@ struct ehlo_policy {
  * change as "removed KEYWORD..." / "added ..." lines into notes (may be NULL).  Returns the
  * number of changes. */
 int ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
-	      struct evbuffer *out, struct evbuffer *notes);
+              struct evbuffer *out, struct evbuffer *notes);
 
 /* The SIZE limit the EHLO reply announces (RFC 1870), 0 when none. */
 unsigned long long ehlo_size(const unsigned char *reply, size_t len);

@@ -66,16 +66,15 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 {
 	char *orig = escape_strdup(h->orig, h->orig_len);
 	char *repl = h->repl != NULL ? escape_strdup(h->repl, h->repl_len) : NULL;
-	char *text = h->text != NULL ? escape_strdup((const unsigned char *)h->text,
-						     strlen(h->text))
-				     : NULL;
+	char *text =
+	    h->text != NULL ? escape_strdup((const unsigned char *)h->text, strlen(h->text)) : NULL;
 
-	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s line=\"%s\"%s%s%s%s%s",
-			 h->file, h->line, rules_action_name(h->action),
-			 h->failed ? " (failed, skipped)" : "", rules_scope_name(h->scope),
-			 orig != NULL ? orig : "", repl != NULL ? " sent=\"" : "",
-			 repl != NULL ? repl : "", repl != NULL ? "\"" : "",
-			 text != NULL ? " text=" : "", text != NULL ? text : "");
+	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s line=\"%s\"%s%s%s%s%s", h->file,
+	                 h->line, rules_action_name(h->action),
+	                 h->failed ? " (failed, skipped)" : "", rules_scope_name(h->scope),
+	                 orig != NULL ? orig : "", repl != NULL ? " sent=\"" : "",
+	                 repl != NULL ? repl : "", repl != NULL ? "\"" : "",
+	                 text != NULL ? " text=" : "", text != NULL ? text : "");
 	free(orig);
 	free(repl);
 	free(text);
@@ -87,7 +86,7 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 
 int
 filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
-	    const unsigned char *line, size_t len)
+            const unsigned char *line, size_t len)
 {
 	size_t i;
 	int v;
@@ -128,9 +127,9 @@ filter_report(const struct session *s)
 		rules_describe(s->rules, i, &file, &line, &scope, &action);
 		snprintf(where, sizeof(where), "%s:%u", file, line);
 		json_array_append_new(a, json_pack("{s:s,s:s,s:s,s:I}", "rule", where, "scope",
-						   rules_scope_name(scope), "action",
-						   rules_action_name(action), "hits",
-						   (json_int_t)s->rule_hits[i]));
+		                                   rules_scope_name(scope), "action",
+		                                   rules_action_name(action), "hits",
+		                                   (json_int_t)s->rule_hits[i]));
 	}
 	return a;
 }

@@ -24,7 +24,7 @@ int filter_has(const struct session *s, enum rule_scope scope);
 /* Runs one line (without its line end) through the rules of its scopes; the outcome is in
  * s->outcome.  Returns the verdict, or -1 when memory ran out (the session is closed). */
 int filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
-		const unsigned char *line, size_t len);
+                const unsigned char *line, size_t len);
 
 /* The scopes a client command line is tried against. */
 int filter_command_scopes(int verb, enum rule_scope scopes[2]);

@@ -42,8 +42,7 @@ listener_refuse(struct proxy *px, evutil_socket_t fd, const char *client)
 	char reply[512];
 	ssize_t n;
 
-	snprintf(reply, sizeof(reply), "421 4.3.2 %s Too many connections\r\n",
-		 px->opts->hostname);
+	snprintf(reply, sizeof(reply), "421 4.3.2 %s Too many connections\r\n", px->opts->hostname);
 	n = write(fd, reply, strlen(reply));
 	(void)n;
 	shutdown(fd, SHUT_WR);
@@ -52,8 +51,8 @@ listener_refuse(struct proxy *px, evutil_socket_t fd, const char *client)
 }
 
 static void
-listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
-		   int salen, void *arg)
+listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                   void *arg)
 {
 	struct listener *l = arg;
 	struct proxy *px = l->px;
@@ -91,7 +90,7 @@ listener_error_cb(struct evconnlistener *lev, void *arg)
 	(void)lev;
 	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
 		log_warnx("accept on %s: %s; pausing accepts for %d ms", l->name, strerror(err),
-			  ACCEPT_PAUSE_MSECS);
+		          ACCEPT_PAUSE_MSECS);
 		evconnlistener_disable(l->lev);
 		event_add(l->resume, &pause);
 		return;
@@ -120,7 +119,7 @@ listener_add(struct proxy *px, const char *addr, int implicit_tls)
 	l->px = px;
 	l->implicit_tls = implicit_tls;
 	l->lev = evconnlistener_new_bind(px->base, listener_accept_cb, l, flags, 4096,
-					 (struct sockaddr *)&ss, len);
+	                                 (struct sockaddr *)&ss, len);
 	if (l->lev == NULL) {
 		free(l);
 		return -1;

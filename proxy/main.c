@@ -104,8 +104,8 @@ raise_fd_limit(unsigned max_sessions)
 	setrlimit(RLIMIT_NOFILE, &rl);
 	if (rl.rlim_cur < want)
 		log_warnx("file descriptor limit %llu is below the %llu that --max-sessions %u "
-			  "needs",
-			  (unsigned long long)rl.rlim_cur, (unsigned long long)want, max_sessions);
+		          "needs",
+		          (unsigned long long)rl.rlim_cur, (unsigned long long)want, max_sessions);
 }
 
 static void
@@ -141,8 +141,7 @@ drop_privileges(const struct options *o)
 	if (o->events != NULL && strcmp(o->events, "-") != 0 &&
 	    chown(o->events, pw->pw_uid, pw->pw_gid) != 0)
 		fatal("events file %s: chown to %s", o->events, o->user);
-	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
-	    setuid(pw->pw_uid) != 0)
+	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
 		fatal("dropping privileges to %s", o->user);
 	if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0))
 		fatalx("dropping privileges to %s: root could be regained", o->user);

@@ -22,10 +22,10 @@ struct message {
 	enum message_verdict verdict;
 	char reply[600];
 	struct evbuffer *header; /* the logical header being gathered (physical lines, CRLF) */
-	struct evbuffer *held;	 /* held content, in memory */
-	int held_fd;		 /* held content beyond --hold-memory, or -1 */
-	size_t held_file;	 /* octets in held_fd */
-	size_t size;		 /* octets held in all */
+	struct evbuffer *held;   /* held content, in memory */
+	int held_fd;             /* held content beyond --hold-memory, or -1 */
+	size_t held_file;        /* octets in held_fd */
+	size_t size;             /* octets held in all */
 };
 
 int
@@ -162,7 +162,7 @@ message_filter(struct session *s, enum rule_scope scope, const unsigned char *li
 		return;
 	for (i = 0; i < s->outcome.nprepend; i++)
 		message_out_lines(s, (const unsigned char *)s->outcome.prepend[i],
-				  strlen(s->outcome.prepend[i]));
+		                  strlen(s->outcome.prepend[i]));
 	if (v == ACT_REJECT || v == ACT_DISCONNECT) {
 		if (s->msg->holding)
 			message_refuse(s, v);

@@ -117,7 +117,7 @@ options_die(const char *opt, const char *what, const char *value)
 /* Parses a whole non-negative decimal number within [min, max]. */
 static unsigned long long
 options_number(const char *opt, const char *what, const char *s, unsigned long long min,
-	       unsigned long long max)
+               unsigned long long max)
 {
 	unsigned long long v;
 	char *end;
@@ -214,19 +214,19 @@ options_tls(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_TLS_MODE:
 		o->tls_mode = options_word("--tls-mode", arg, modes,
-					   "expected terminate, passthrough or strip, not");
+		                           "expected terminate, passthrough or strip, not");
 		o->tls_mode_set = 1;
 		break;
 	case OPT_UPSTREAM_TLS:
 		o->upstream_tls = options_word("--upstream-tls", arg, up,
-					       "expected starttls, require, implicit or none, not");
+		                               "expected starttls, require, implicit or none, not");
 		break;
 	case OPT_UPSTREAM_CA:
 		o->upstream_ca = arg;
 		break;
 	case OPT_UPSTREAM_VERIFY:
 		o->upstream_verify = options_word("--upstream-verify", arg, verify,
-						  "expected none, ca or name, not");
+		                                  "expected none, ca or name, not");
 		break;
 	case OPT_UPSTREAM_NAME:
 		o->upstream_name = arg;
@@ -237,9 +237,9 @@ options_tls(struct options *o, int ch, const char *arg)
 		o->rules[o->nrules++] = arg;
 		break;
 	case OPT_HOLD_MEMORY:
-		o->hold_memory = options_number("--hold-memory",
-						"invalid size (bytes, 4096 to 1073741824)", arg,
-						4096, 1073741824);
+		o->hold_memory =
+		    options_number("--hold-memory", "invalid size (bytes, 4096 to 1073741824)", arg,
+		                   4096, 1073741824);
 		break;
 	case OPT_USER:
 		if (arg[0] == '\0')
@@ -248,15 +248,17 @@ options_tls(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_ON_LOG_FAILURE:
 		o->log_failure_tempfail = options_word("--on-log-failure", arg, logfail,
-						       "expected continue or tempfail, not");
+		                                       "expected continue or tempfail, not");
 		break;
 	case OPT_BARE_NEWLINE:
 		o->bare_newline = options_word("--bare-newline", arg, bare,
-					       "expected normalize, reject or pass, not");
+		                               "expected normalize, reject or pass, not");
 		break;
 	case OPT_TLS_MIN_VERSION:
 		o->tls_min_version = options_word("--tls-min-version", arg, versions,
-						  "expected 1.2 or 1.3, not") == 0 ? 12 : 13;
+		                                  "expected 1.2 or 1.3, not") == 0
+		                         ? 12
+		                         : 13;
 		break;
 	}
 }
@@ -267,7 +269,7 @@ options_check_tls(struct options *o)
 {
 	if ((o->tls_cert == NULL) != (o->tls_key == NULL))
 		options_die(o->tls_cert ? "--tls-key" : "--tls-cert",
-			    "needed too (a certificate and its key go together)", NULL);
+		            "needed too (a certificate and its key go together)", NULL);
 	if (!o->tls_mode_set)
 		o->tls_mode = o->tls_cert != NULL ? TLS_TERMINATE : TLS_PASSTHROUGH;
 	if (o->tls_mode == TLS_TERMINATE && o->tls_cert == NULL)
@@ -321,23 +323,23 @@ options_one(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_MAX_LINE:
 		o->max_line = options_number("--max-line", "invalid size (bytes, 1024 to 16777216)",
-					     arg, 1024, 16777216);
+		                             arg, 1024, 16777216);
 		break;
 	case OPT_MAX_SESSIONS:
 		o->max_sessions = options_number("--max-sessions", "invalid count (1 to 1000000)",
-						 arg, 1, 1000000);
+		                                 arg, 1, 1000000);
 		break;
 	case OPT_CONNECT_TIMEOUT:
-		o->connect_timeout = options_number("--connect-timeout",
-						    "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
+		o->connect_timeout = options_number(
+		    "--connect-timeout", "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
 		break;
 	case OPT_IDLE_TIMEOUT:
-		o->idle_timeout = options_number("--idle-timeout",
-						 "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
+		o->idle_timeout = options_number(
+		    "--idle-timeout", "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
 		break;
 	case OPT_GRACE:
 		o->grace = options_number("--grace", "invalid duration (seconds, 0 to 86400)", arg,
-					  0, 86400);
+		                          0, 86400);
 		break;
 	case OPT_SYSLOG:
 		o->use_syslog = 1;
@@ -376,7 +378,7 @@ options_parse(int argc, char **argv, struct options *o)
 	while ((ch = getopt_long(argc, argv, ":v", long_options, NULL)) != -1) {
 		if (ch == '?')
 			options_die(optopt ? (char[]){'-', (char)optopt, '\0'} : argv[optind - 1],
-				    "unknown option", NULL);
+			            "unknown option", NULL);
 		if (ch == ':')
 			options_die(argv[optind - 1], "missing value", NULL);
 		options_one(o, ch, optarg);

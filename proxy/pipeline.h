@@ -14,13 +14,13 @@
 struct pending {
 	TAILQ_ENTRY(pending) entry;
 	enum smtp_verb verb;
-	int last;	   /* BDAT ... LAST */
-	int rcpt_index;	   /* which RCPT of the transaction, or -1 */
+	int last;          /* BDAT ... LAST */
+	int rcpt_index;    /* which RCPT of the transaction, or -1 */
 	char *local_reply; /* CRLF-terminated lines the proxy sends itself, or NULL */
-	int disconnect;	   /* the local reply is a rule's DISCONNECT: close after it */
-	int starttls;	   /* the local reply is our 220 to STARTTLS: the handshake follows */
+	int disconnect;    /* the local reply is a rule's DISCONNECT: close after it */
+	int starttls;      /* the local reply is our 220 to STARTTLS: the handshake follows */
 	int hold_decide;   /* a held DATA: at its turn, our 354 or the server's DATA */
-	int quiet;	   /* the server's reply to our own command: not for the client */
+	int quiet;         /* the server's reply to our own command: not for the client */
 };
 
 struct pipeline {

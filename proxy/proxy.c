@@ -39,8 +39,7 @@ proxy_shutdown(struct proxy *px)
 		return;
 	px->shutting_down = 1;
 	listener_close_all();
-	log_info("listeners closed, %u sessions open, grace %u s", px->nsessions,
-		 px->opts->grace);
+	log_info("listeners closed, %u sessions open, grace %u s", px->nsessions, px->opts->grace);
 	if (px->nsessions == 0) {
 		event_base_loopexit(px->base, NULL);
 		return;
@@ -48,4 +47,3 @@ proxy_shutdown(struct proxy *px)
 	px->grace_timer = evtimer_new(px->base, grace_over_cb, px);
 	event_add(px->grace_timer, &grace);
 }
-

@@ -79,7 +79,7 @@ reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answ
 
 	for (i = 0; i < rl->n; i++) {
 		v = filter_line(s, scopes, reply_scopes(answers, code, i, scopes), rl->p[i],
-				rl->len[i]);
+		                rl->len[i]);
 		if (v < 0)
 			return -1;
 		if (v == ACT_IGNORE) {
@@ -134,7 +134,7 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struc
 /* Applies the rules to a held reply; returns the rebuilt reply (heap) or NULL to send as is. */
 static unsigned char *
 reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum smtp_verb answers,
-	      int code, size_t *outlen)
+              int code, size_t *outlen)
 {
 	struct reply_lines rl;
 	unsigned char *out = NULL;
@@ -145,7 +145,8 @@ reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum sm
 	if (reply_apply_rules(s, &rl, answers, code) == 0) {
 		out = rules_fix_reply(rl.p, rl.len, rl.removed, rl.n, outlen, &all_removed);
 		if (all_removed)
-			session_warn(s, "rules would remove every line of a reply: its last line kept");
+			session_warn(
+			    s, "rules would remove every line of a reply: its last line kept");
 	}
 	reply_lines_free(&rl);
 	return out;

@@ -11,19 +11,7 @@
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
-
-void
-tx_free(struct tx *tx)
-{
-	size_t i;
-
-	for (i = 0; i < tx->nrcpt; i++)
-		free(tx->rcpts[i].to);
-	free(tx->rcpts);
-	free(tx->mail_from);
-	free(tx->text);
-	free(tx);
-}
+#include "proxy/tx.h"
 
 /* Peer text goes into JSON escaped as in transcripts, so it is always valid UTF-8. */
 static json_t *
@@ -54,13 +42,13 @@ report_tx(const struct tx *tx)
 	size_t i;
 
 	for (i = 0; i < tx->nrcpt; i++)
-		json_array_append_new(rcpts, json_pack("{s:o,s:o}", "to",
-						       report_string(tx->rcpts[i].to), "code",
-						       report_code(tx->rcpts[i].code)));
+		json_array_append_new(rcpts,
+		                      json_pack("{s:o,s:o}", "to", report_string(tx->rcpts[i].to),
+		                                "code", report_code(tx->rcpts[i].code)));
 	o = json_pack("{s:o,s:o,s:o,s:I,s:o,s:o}", "mail_from", report_string(tx->mail_from),
-		      "mail_code", report_code(tx->mail_code), "rcpt", rcpts, "size",
-		      (json_int_t)tx->size, "code", report_code(tx->code), "text",
-		      report_string(tx->code > 0 ? tx->text : NULL));
+	              "mail_code", report_code(tx->mail_code), "rcpt", rcpts, "size",
+	              (json_int_t)tx->size, "code", report_code(tx->code), "text",
+	              report_string(tx->code > 0 ? tx->text : NULL));
 	return o;
 }
 
@@ -71,7 +59,7 @@ report_transactions(const struct session *s)
 	struct tx *tx;
 
 	TAILQ_FOREACH(tx, &s->txs, entry)
-		json_array_append_new(a, report_tx(tx));
+	json_array_append_new(a, report_tx(tx));
 	return a;
 }
 
@@ -82,9 +70,9 @@ report_tls_leg(const struct tls_info *t, int upstream)
 		return json_null();
 	if (upstream)
 		return json_pack("{s:s,s:s,s:o,s:s}", "version", t->version, "cipher", t->cipher,
-				 "subject", report_string(t->subject), "verify", t->verify);
+		                 "subject", report_string(t->subject), "verify", t->verify);
 	return json_pack("{s:s,s:s,s:o}", "version", t->version, "cipher", t->cipher, "sni",
-			 report_string(t->sni[0] ? t->sni : NULL));
+	                 report_string(t->sni[0] ? t->sni : NULL));
 }
 
 static const char *
@@ -107,22 +95,22 @@ report_extras(const struct session *s, json_t *o)
 
 	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL) {
 		tls = json_pack("{s:s,s:o,s:o}", "mode", report_tls_mode(s), "client",
-				report_tls_leg(s->client_tls, 0), "upstream",
-				report_tls_leg(s->upstream_tls, 1));
+		                report_tls_leg(s->client_tls, 0), "upstream",
+		                report_tls_leg(s->upstream_tls, 1));
 		if (s->tls_passthrough) {
 			json_object_set_new(tls, "client_octets",
-					    json_integer((json_int_t)s->client.raw_octets));
+			                    json_integer((json_int_t)s->client.raw_octets));
 			json_object_set_new(tls, "server_octets",
-					    json_integer((json_int_t)s->server.raw_octets));
+			                    json_integer((json_int_t)s->server.raw_octets));
 		}
 		json_object_set_new(o, "tls", tls);
 	}
 	if (s->auth_used)
 		json_object_set_new(o, "auth",
-				    json_pack("{s:o,s:o,s:o}", "mechanism",
-					      report_string(s->auth_mech), "user",
-					      report_string(s->auth_user[0] ? s->auth_user : NULL),
-					      "code", report_code(s->auth_code)));
+		                    json_pack("{s:o,s:o,s:o}", "mechanism",
+		                              report_string(s->auth_mech), "user",
+		                              report_string(s->auth_user[0] ? s->auth_user : NULL),
+		                              "code", report_code(s->auth_code)));
 }
 
 void
@@ -135,13 +123,13 @@ report_write(struct session *s, const struct timeval *end)
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));
 	transcript_timestamp(end, end_ts, sizeof(end_ts));
 	duration = (double)(end->tv_sec - s->start.tv_sec) +
-		   (double)(end->tv_usec - s->start.tv_usec) / 1e6;
+	           (double)(end->tv_usec - s->start.tv_usec) / 1e6;
 	o = json_pack("{s:s,s:s,s:s,s:f,s:s,s:s,s:s,s:s,s:o,s:o,s:b}", "session", s->id, "start",
-		      start_ts, "end", end_ts, "duration", duration, "client", s->client_addr,
-		      "listener", s->listener_addr, "upstream", s->px_upstream,
-		      "upstream_address", s->upstream_addr, "transcript",
-		      s->transcript_path[0] ? json_string(s->transcript_path) : json_null(),
-		      "helo", report_string(s->helo), "early_talker", s->early_talker);
+	              start_ts, "end", end_ts, "duration", duration, "client", s->client_addr,
+	              "listener", s->listener_addr, "upstream", s->px_upstream, "upstream_address",
+	              s->upstream_addr, "transcript",
+	              s->transcript_path[0] ? json_string(s->transcript_path) : json_null(), "helo",
+	              report_string(s->helo), "early_talker", s->early_talker);
 	if (o == NULL)
 		return;
 	report_extras(s, o);

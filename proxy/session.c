@@ -28,6 +28,7 @@
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/tls.h"
+#include "proxy/tx.h"
 
 /* How long a closing session may take to hand its last replies to the client. */
 #define CLOSE_LINGER_SECS 10
@@ -40,11 +41,19 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 static void session_upstream_connected(struct session *s);
 
 static const char *state_names[] = {
-    [ST_CONNECTING] = "connecting", [ST_GREETING] = "greeting", [ST_COMMAND] = "command",
-    [ST_AWAIT] = "await-reply",	    [ST_SASL] = "sasl",		[ST_MESSAGE] = "message",
-    [ST_CHUNK] = "chunk",	    [ST_SKIP] = "skip",		[ST_RAW] = "raw",
-    [ST_CLOSING] = "closing",	    [ST_UPSTREAM_EHLO] = "upstream-ehlo",
-    [ST_UPSTREAM_STARTTLS] = "upstream-starttls", [ST_UPSTREAM_TLS] = "upstream-tls",
+    [ST_CONNECTING] = "connecting",
+    [ST_GREETING] = "greeting",
+    [ST_COMMAND] = "command",
+    [ST_AWAIT] = "await-reply",
+    [ST_SASL] = "sasl",
+    [ST_MESSAGE] = "message",
+    [ST_CHUNK] = "chunk",
+    [ST_SKIP] = "skip",
+    [ST_RAW] = "raw",
+    [ST_CLOSING] = "closing",
+    [ST_UPSTREAM_EHLO] = "upstream-ehlo",
+    [ST_UPSTREAM_STARTTLS] = "upstream-starttls",
+    [ST_UPSTREAM_TLS] = "upstream-tls",
     [ST_CLIENT_TLS] = "client-tls",
 };
 
@@ -104,7 +113,7 @@ session_reply(struct session *s, const char *reply)
 		end = strchr(line, '\n');
 		end = end != NULL ? end + 1 : line + strlen(line);
 		transcript_data(s->transcript, "P:", (const unsigned char *)line,
-				(size_t)(end - line));
+		                (size_t)(end - line));
 		line = end;
 	}
 }
@@ -185,10 +194,10 @@ session_close(struct session *s, const char *reason)
 	s->close_reason = reason;
 	session_enter_state(s, ST_CLOSING);
 	gettimeofday(&now, NULL);
-	transcript_event(s->transcript,
-			 "close reason=%s client_octets=%llu server_octets=%llu%s", reason,
-			 (unsigned long long)s->client.octets, (unsigned long long)s->server.octets,
-			 s->tls_passthrough ? " (tls passthrough)" : "");
+	transcript_event(s->transcript, "close reason=%s client_octets=%llu server_octets=%llu%s",
+	                 reason, (unsigned long long)s->client.octets,
+	                 (unsigned long long)s->server.octets,
+	                 s->tls_passthrough ? " (tls passthrough)" : "");
 	report_write(s, &now);
 	log_info("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	if (s->server.bev != NULL) {
@@ -219,7 +228,7 @@ session_shutdown(struct session *s)
 	if (s->closing)
 		return;
 	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down\r\n",
-		 s->px->opts->hostname);
+	         s->px->opts->hostname);
 	session_reply(s, reply);
 	session_close(s, "shutdown");
 }
@@ -254,8 +263,8 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (s->state == ST_CONNECTING) {
 		snprintf(reply, sizeof(reply),
-			 "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
-			 s->px->opts->hostname);
+		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
+		         s->px->opts->hostname);
 		transcript_event(s->transcript, "upstream failed reason=\"connect timeout\"");
 		session_reply(s, reply);
 		session_close(s, "connect_timeout");
@@ -265,7 +274,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	limit = session_idle_limit(s);
 	if (idle >= (time_t)limit) {
 		snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection\r\n",
-			 s->px->opts->hostname);
+		         s->px->opts->hostname);
 		transcript_event(s->transcript, "idle timeout after %u seconds", limit);
 		session_reply(s, reply);
 		session_close(s, "idle_timeout");
@@ -355,14 +364,14 @@ session_tls_done(struct session *s, struct side *x)
 		sni = tls_sni(ssl);
 		snprintf(t->sni, sizeof(t->sni), "%s", sni != NULL ? sni : "");
 		transcript_event(s->transcript, "tls client started version=%s cipher=%s sni=%s",
-				 t->version, t->cipher, t->sni[0] ? t->sni : "-");
+		                 t->version, t->cipher, t->sni[0] ? t->sni : "-");
 		return;
 	}
 	tls_peer_subject(ssl, t->subject, sizeof(t->subject));
 	snprintf(t->verify, sizeof(t->verify), "%s", tls_verify_result(ssl));
 	transcript_event(s->transcript,
-			 "tls upstream started version=%s cipher=%s subject=\"%s\" verify=\"%s\"",
-			 t->version, t->cipher, t->subject, t->verify);
+	                 "tls upstream started version=%s cipher=%s subject=\"%s\" verify=\"%s\"",
+	                 t->version, t->cipher, t->subject, t->verify);
 }
 
 /* A handshake failed: record OpenSSL's reason, tell the client where it can still hear. */
@@ -386,7 +395,7 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 		why = X509_verify_cert_error_string(verify);
 	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
 	snprintf(reply, sizeof(reply), "421 4.7.0 %s TLS with the upstream server failed\r\n",
-		 s->px->opts->hostname);
+	         s->px->opts->hostname);
 	session_reply(s, reply);
 	session_close(s, "upstream_tls_failed");
 }
@@ -399,10 +408,10 @@ session_start_tls(struct session *s, struct side *x)
 
 	if (ssl == NULL)
 		return -1;
-	tlsbev = bufferevent_openssl_filter_new(
-	    s->px->base, x->bev, ssl,
-	    x->dir == SIDE_CLIENT ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING,
-	    BEV_OPT_CLOSE_ON_FREE);
+	tlsbev = bufferevent_openssl_filter_new(s->px->base, x->bev, ssl,
+	                                        x->dir == SIDE_CLIENT ? BUFFEREVENT_SSL_ACCEPTING
+	                                                              : BUFFEREVENT_SSL_CONNECTING,
+	                                        BEV_OPT_CLOSE_ON_FREE);
 	if (tlsbev == NULL) {
 		SSL_free(ssl);
 		return -1;
@@ -471,7 +480,7 @@ session_upstream_failed(struct session *s, const char *why)
 
 	transcript_event(s->transcript, "upstream failed reason=\"%s\"", why);
 	snprintf(reply, sizeof(reply), "421 4.4.1 %s Upstream unreachable: %s\r\n",
-		 s->px->opts->hostname, why);
+	         s->px->opts->hostname, why);
 	session_reply(s, reply);
 	session_close(s, "upstream_unreachable");
 }
@@ -514,12 +523,12 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (x->dir == SIDE_CLIENT) {
 		if (what & BEV_EVENT_ERROR)
 			transcript_event(s->transcript, "client error reason=\"%s\"",
-					 session_error_reason(bev, what));
+			                 session_error_reason(bev, what));
 		relay_client_gone(s);
 	} else {
 		if (what & BEV_EVENT_ERROR)
 			transcript_event(s->transcript, "server error reason=\"%s\"",
-					 session_error_reason(bev, what));
+			                 session_error_reason(bev, what));
 		relay_server_gone(s);
 	}
 }
@@ -552,8 +561,8 @@ session_open_transcript(struct session *s)
 
 	for (tries = 0; tries < 3; tries++) {
 		s->transcript = transcript_open(s->id, &s->start, s->client_addr, s->listener_addr,
-						s->px->opts->upstream, s->transcript_path,
-						sizeof(s->transcript_path));
+		                                s->px->opts->upstream, s->transcript_path,
+		                                sizeof(s->transcript_path));
 		if (s->transcript != NULL || errno != EEXIST)
 			break;
 		session_make_id(s);
@@ -567,7 +576,7 @@ session_open_transcript(struct session *s)
 	}
 	warned = 0;
 	transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
-			 s->listener_addr);
+	                 s->listener_addr);
 	return 0;
 }
 
@@ -578,8 +587,8 @@ session_unrecorded(struct session *s)
 	char reply[512];
 
 	snprintf(reply, sizeof(reply),
-		 "451 4.3.0 %s Session cannot be recorded, try again later\r\n",
-		 s->px->opts->hostname);
+	         "451 4.3.0 %s Session cannot be recorded, try again later\r\n",
+	         s->px->opts->hostname);
 	session_reply(s, reply);
 	session_close(s, "log_failure");
 }
@@ -592,7 +601,7 @@ session_connect(struct session *s)
 
 	event_add(s->timer, &tv);
 	if (bufferevent_socket_connect_hostname(s->server.bev, s->px->dns, AF_UNSPEC,
-						o->upstream_host, atoi(o->upstream_port)) != 0) {
+	                                        o->upstream_host, atoi(o->upstream_port)) != 0) {
 		if (!s->closing)
 			session_upstream_failed(s, "connect failed");
 		return -1;
@@ -603,7 +612,7 @@ session_connect(struct session *s)
 /* A session with its two buffer events, not yet connected anywhere. */
 static struct session *
 session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *listener,
-	       int server_fd)
+               int server_fd)
 {
 	struct bufferevent *cb, *sb;
 	struct session *s;
@@ -642,15 +651,15 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	px->nsessions++;
 	if (filter_session_init(s, px->rules) != 0)
 		log_warnx("session=%s out of memory for rule counters", s->id);
-	s->upstream_setup = px->opts->tls_mode != TLS_PASSTHROUGH &&
-			    (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
-			     px->opts->upstream_tls == UPSTREAM_REQUIRE);
+	s->upstream_setup =
+	    px->opts->tls_mode != TLS_PASSTHROUGH && (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
+	                                              px->opts->upstream_tls == UPSTREAM_REQUIRE);
 	return s;
 }
 
 struct session *
 session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener,
-	    int implicit_tls)
+            int implicit_tls)
 {
 	struct session *s;
 

@@ -22,8 +22,8 @@ enum side_dir { SIDE_CLIENT, SIDE_SERVER };
 
 /* Why reading from a side is paused (a bitmask: reading resumes when it is empty). */
 #define PAUSE_PEER_FULL 0x01 /* the peer's output is above the high mark */
-#define PAUSE_WAIT 0x02	     /* the client waits for a reply before it may go on */
-#define PAUSE_EOF 0x04	     /* the side has closed its write half */
+#define PAUSE_WAIT 0x02      /* the client waits for a reply before it may go on */
+#define PAUSE_EOF 0x04       /* the side has closed its write half */
 
 /* One direction of a session (relayd's ctl_relay_event). */
 struct side {
@@ -31,12 +31,12 @@ struct side {
 	struct bufferevent *bev;
 	enum side_dir dir;
 	int paused;
-	int in_piece;	 /* the last record was part of a line longer than --max-line */
+	int in_piece;        /* the last record was part of a line longer than --max-line */
 	int in_piece_before; /* in_piece before the current unit was recorded */
-	size_t scanned;	 /* input octets already searched for a line end */
-	uint64_t octets; /* received from this side */
+	size_t scanned;      /* input octets already searched for a line end */
+	uint64_t octets;     /* received from this side */
 	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
-	int tls;	     /* TLS is up on this leg */
+	int tls;             /* TLS is up on this leg */
 };
 
 /* What the transcript and the event say of a leg's TLS. */
@@ -51,19 +51,19 @@ struct tls_info {
 
 /* The SMTP state of a session; changed only through session_enter_state(). */
 enum smtp_state {
-	ST_CONNECTING, /* connecting upstream */
-	ST_GREETING,   /* waiting for the server's greeting */
-	ST_COMMAND,    /* client lines are commands */
-	ST_AWAIT,      /* the client waits for the reply to DATA, AUTH, STARTTLS or SASL */
-	ST_SASL,       /* the next client line answers a 334 */
-	ST_MESSAGE,    /* DATA content, until <CRLF>.<CRLF> */
-	ST_CHUNK,      /* BDAT content: exactly chunk_left octets */
-	ST_SKIP,       /* discarding the rest of an over-long command line */
-	ST_RAW,	       /* after STARTTLS without a certificate: bytes both ways */
+	ST_CONNECTING,        /* connecting upstream */
+	ST_GREETING,          /* waiting for the server's greeting */
+	ST_COMMAND,           /* client lines are commands */
+	ST_AWAIT,             /* the client waits for the reply to DATA, AUTH, STARTTLS or SASL */
+	ST_SASL,              /* the next client line answers a 334 */
+	ST_MESSAGE,           /* DATA content, until <CRLF>.<CRLF> */
+	ST_CHUNK,             /* BDAT content: exactly chunk_left octets */
+	ST_SKIP,              /* discarding the rest of an over-long command line */
+	ST_RAW,               /* after STARTTLS without a certificate: bytes both ways */
 	ST_UPSTREAM_EHLO,     /* our own EHLO to the server, before its STARTTLS */
 	ST_UPSTREAM_STARTTLS, /* our own STARTTLS to the server */
 	ST_UPSTREAM_TLS,      /* handshake with the server */
-	ST_CLIENT_TLS,	      /* handshake with the client after its STARTTLS */
+	ST_CLIENT_TLS,        /* handshake with the client after its STARTTLS */
 	ST_CLOSING,
 };
 
@@ -110,7 +110,7 @@ struct session {
 	int msg_bare_seen; /* a bare line end was normalized in this message */
 	uint64_t msg_hidden_lines;
 	uint64_t msg_hidden_octets;
-	struct message *msg; /* a message under header/body rules, or NULL */
+	struct message *msg;  /* a message under header/body rules, or NULL */
 	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
 	uint64_t chunk_left;
 	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
@@ -119,11 +119,11 @@ struct session {
 	/* The reply being read. */
 	int reply_open; /* lines of a reply seen, its last not yet */
 	int reply_code;
-	int reply_last_line; /* the current line ends the reply */
-	int reply_quiet;     /* the reply answers our own command: held, not relayed */
-	int reply_hold;	     /* the reply is being held whole */
+	int reply_last_line;         /* the current line ends the reply */
+	int reply_quiet;             /* the reply answers our own command: held, not relayed */
+	int reply_hold;              /* the reply is being held whole */
 	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
-	char *reply_text;	     /* text of the reply's last line */
+	char *reply_text;            /* text of the reply's last line */
 
 	/* AUTH (never the secret itself). */
 	char auth_mech[32];
@@ -134,9 +134,9 @@ struct session {
 
 	int tls_passthrough;
 	int upstream_setup; /* securing the upstream leg before the client sees the greeting */
-	struct evbuffer *setup_reply; /* the server's reply during that set-up */
-	struct evbuffer *greeting;    /* the greeting, held until the upstream leg is secured */
-	struct evbuffer *held_reply;  /* a reply held whole, to edit it */
+	struct evbuffer *setup_reply;  /* the server's reply during that set-up */
+	struct evbuffer *greeting;     /* the greeting, held until the upstream leg is secured */
+	struct evbuffer *held_reply;   /* a reply held whole, to edit it */
 	struct tls_info *client_tls;   /* allocated once a handshake is done: idle sessions */
 	struct tls_info *upstream_tls; /* stay small */
 	int early_talker;
@@ -158,7 +158,7 @@ struct session {
 
 /* Accepts a client on fd: connects upstream and starts recording. */
 struct session *session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen,
-			    const char *listener, int implicit_tls);
+                            const char *listener, int implicit_tls);
 
 /* A session over two sockets already connected (tests and fuzzing: socketpairs). */
 struct session *session_new_connected(struct proxy *px, int client_fd, int server_fd);
@@ -197,6 +197,5 @@ void relay_client_secured(struct session *s);
 
 /* report.c: the session's JSON event. */
 void report_write(struct session *s, const struct timeval *end);
-void tx_free(struct tx *tx);
 
 #endif

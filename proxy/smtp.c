@@ -8,11 +8,11 @@ static const struct {
 	const char *name;
 	enum smtp_verb verb;
 } smtp_verbs[] = {
-    {"HELO", VERB_HELO},	 {"EHLO", VERB_EHLO},	  {"LHLO", VERB_LHLO},
-    {"MAIL", VERB_MAIL},	 {"RCPT", VERB_RCPT},	  {"DATA", VERB_DATA},
-    {"BDAT", VERB_BDAT},	 {"RSET", VERB_RSET},	  {"QUIT", VERB_QUIT},
-    {"NOOP", VERB_NOOP},	 {"AUTH", VERB_AUTH},	  {"STARTTLS", VERB_STARTTLS},
-    {"VRFY", VERB_VRFY},	 {"EXPN", VERB_EXPN},	  {"HELP", VERB_HELP},
+    {"HELO", VERB_HELO},       {"EHLO", VERB_EHLO},         {"LHLO", VERB_LHLO},
+    {"MAIL", VERB_MAIL},       {"RCPT", VERB_RCPT},         {"DATA", VERB_DATA},
+    {"BDAT", VERB_BDAT},       {"RSET", VERB_RSET},         {"QUIT", VERB_QUIT},
+    {"NOOP", VERB_NOOP},       {"AUTH", VERB_AUTH},         {"STARTTLS", VERB_STARTTLS},
+    {"VRFY", VERB_VRFY},       {"EXPN", VERB_EXPN},         {"HELP", VERB_HELP},
     {"XCLIENT", VERB_XCLIENT}, {"XFORWARD", VERB_XFORWARD},
 };
 
@@ -46,7 +46,8 @@ smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *c
 		verblen++;
 	for (i = 0; i < sizeof(smtp_verbs) / sizeof(smtp_verbs[0]); i++) {
 		const char *name = smtp_verbs[i].name;
-		if (strlen(name) == verblen && strncasecmp(name, (const char *)line, verblen) == 0) {
+		if (strlen(name) == verblen &&
+		    strncasecmp(name, (const char *)line, verblen) == 0) {
 			cmd->verb = smtp_verbs[i].verb;
 			break;
 		}
@@ -122,6 +123,5 @@ smtp_verb_name(enum smtp_verb verb)
 int
 smtp_verb_awaits_reply(enum smtp_verb verb)
 {
-	return verb == VERB_DATA || verb == VERB_AUTH || verb == VERB_STARTTLS ||
-	       verb == VERB_SASL;
+	return verb == VERB_DATA || verb == VERB_AUTH || verb == VERB_STARTTLS || verb == VERB_SASL;
 }

@@ -39,8 +39,8 @@ struct smtp_command {
 };
 
 struct smtp_reply_line {
-	int code;   /* 100..599, or 0 when the line is not a reply line */
-	int last;   /* "250 " or "250" ends a reply; "250-" continues it */
+	int code; /* 100..599, or 0 when the line is not a reply line */
+	int last; /* "250 " or "250" ends a reply; "250-" continues it */
 	const unsigned char *text;
 	size_t textlen;
 };

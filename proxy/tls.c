@@ -79,10 +79,9 @@ tls_load_client_ctx(void)
 	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
 		tls_log_errors("system CA store");
 	}
-	SSL_CTX_set_verify(ctx,
-			   tls_opts->upstream_verify == VERIFY_NONE ? SSL_VERIFY_NONE
-								    : SSL_VERIFY_PEER,
-			   NULL);
+	SSL_CTX_set_verify(
+	    ctx, tls_opts->upstream_verify == VERIFY_NONE ? SSL_VERIFY_NONE : SSL_VERIFY_PEER,
+	    NULL);
 	return ctx;
 }
 

@@ -1,0 +1,679 @@
+/*
+ * The client's direction: commands (with their rules, AUTH redaction and the commands the
+ * proxy answers itself), SASL data, DATA content up to <CRLF>.<CRLF> only, BDAT chunks.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "logs/log.h"
+#include "logs/redact.h"
+#include "logs/transcript.h"
+#include "proxy/ehlo.h"
+#include "proxy/filter.h"
+#include "proxy/message.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
+#include "proxy/relay.h"
+#include "proxy/reply_edit.h"
+#include "proxy/session.h"
+#include "proxy/tx.h"
+
+/* Our 220 to STARTTLS is on its way: drop what the client pipelined after it, then TLS. */
+void
+client_starttls(struct session *s)
+{
+	size_t stale = evbuffer_get_length(side_input(&s->client));
+
+	/* CVE-2011-0411: plaintext sent before the handshake is never acted on. */
+	if (stale > 0) {
+		session_warn(s,
+		             "discarded %zu octets the client sent after STARTTLS before the "
+		             "handshake",
+		             stale);
+		side_discard(&s->client, stale);
+	}
+	session_enter_state(s, ST_CLIENT_TLS);
+	if (session_start_tls(s, &s->client) != 0) {
+		transcript_event(s->transcript, "tls client failed reason=\"TLS set-up failed\"");
+		session_close(s, "client_tls_failed");
+	}
+}
+
+/* Records a SASL response (initial or after a 334) as a marker that keeps only the user. */
+static void
+client_record_sasl(struct session *s, const char *prefix, const unsigned char *b64, size_t len)
+{
+	char user[REDACT_USER_MAX];
+
+	user[0] = '\0';
+	if (s->auth_user[0] == '\0' &&
+	    redact_sasl_user(s->auth_mech, s->auth_step, (const char *)b64, len, user,
+	                     sizeof(user)) == 1)
+		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+	transcript_redacted(s->transcript, "C:", prefix, len, user[0] != '\0' ? user : NULL);
+	s->auth_step++;
+}
+
+static void
+client_auth(struct session *s, const struct smtp_command *cmd)
+{
+	size_t mlen = 0, off;
+	char prefix[64];
+
+	while (cmd->arg != NULL && mlen < cmd->arglen && cmd->arg[mlen] != ' ')
+		mlen++;
+	if (mlen >= sizeof(s->auth_mech))
+		mlen = sizeof(s->auth_mech) - 1;
+	memcpy(s->auth_mech, cmd->arg != NULL ? (const char *)cmd->arg : "", mlen);
+	s->auth_mech[mlen] = '\0';
+	s->auth_user[0] = '\0';
+	s->auth_step = 0;
+	s->auth_used = 1;
+	off = mlen;
+	while (cmd->arg != NULL && off < cmd->arglen && cmd->arg[off] == ' ')
+		off++;
+	if (cmd->arg == NULL || off >= cmd->arglen) {
+		snprintf(prefix, sizeof(prefix), "AUTH %s", s->auth_mech);
+		transcript_data(s->transcript, "C:", (const unsigned char *)prefix, strlen(prefix));
+		return;
+	}
+	snprintf(prefix, sizeof(prefix), "AUTH %s ", s->auth_mech);
+	client_record_sasl(s, prefix, cmd->arg + off, cmd->arglen - off);
+}
+
+/* A BDAT command: the chunk that follows is exactly its size, never lines. */
+static void
+client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
+{
+	uint64_t size;
+	int last;
+
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
+		return; /* the server will refuse it; no chunk follows */
+	p->last = last;
+	if (s->tx != NULL)
+		s->tx->size += size;
+	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
+	                 last ? "yes" : "no");
+	s->chunk_left = size;
+	if (size > 0)
+		session_enter_state(s, ST_CHUNK);
+}
+
+/* Answers a local reply for a command that must not reach the server. */
+static void
+client_refuse(struct session *s, const struct unit *u, const char *reply)
+{
+	side_record(&s->client, u);
+	side_discard(&s->client, u->len);
+	relay_answer_locally(s, reply);
+}
+
+/*
+ * Commands the proxy answers itself: a client's XCLIENT/XFORWARD (it must not claim
+ * another identity to the server) and STARTTLS when we terminate or strip TLS.  Returns 1
+ * when the command was handled here.
+ */
+static int
+client_command_local(struct session *s, const struct unit *u, const struct smtp_command *cmd)
+{
+	const struct options *o = s->px->opts;
+	struct pending *p;
+
+	if (cmd->verb == VERB_XCLIENT || cmd->verb == VERB_XFORWARD) {
+		session_warn(s, "client's own %s refused", smtp_verb_name(cmd->verb));
+		client_refuse(s, u, "550 5.7.0 Command not permitted\r\n");
+		return 1;
+	}
+	if (cmd->verb != VERB_STARTTLS || o->tls_mode == TLS_PASSTHROUGH)
+		return 0;
+	if (o->tls_mode == TLS_STRIP) {
+		client_refuse(s, u, "454 4.7.0 TLS not available\r\n");
+		return 1;
+	}
+	if (s->client.tls) {
+		client_refuse(s, u, "503 5.5.1 TLS already active\r\n");
+		return 1;
+	}
+	side_record(&s->client, u);
+	side_discard(&s->client, u->len);
+	session_enter_state(s, ST_AWAIT);
+	if ((p = pipeline_push_local(&s->pipeline, "220 2.0.0 Ready to start TLS\r\n")) == NULL) {
+		session_close(s, "error");
+		return 1;
+	}
+	p->starttls = 1;
+	relay_flush_local(s);
+	return 1;
+}
+
+/* What the rules decided for a command that is not forwarded: REJECT or DISCONNECT. */
+static void
+client_command_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd,
+                       int verdict)
+{
+	char reply[600];
+	struct pending *p;
+	uint64_t size;
+	int last;
+
+	snprintf(reply, sizeof(reply), "%s\r\n", s->outcome.reply);
+	side_discard(&s->client, u->len);
+	tx_refused(s, cmd, atoi(reply));
+	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	if (verdict == ACT_DISCONNECT) {
+		p->disconnect = 1;
+		session_enter_state(s, ST_AWAIT);
+	} else if (cmd->verb == VERB_BDAT &&
+	           smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) == 0 && size > 0) {
+		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
+		s->chunk_left = size;
+		s->chunk_discard = 1;
+		session_enter_state(s, ST_CHUNK);
+	}
+	relay_flush_local(s);
+}
+
+/* Tracks what a command means for the session (HELO name, transaction). */
+static int
+client_command_track(struct session *s, const struct smtp_command *cmd)
+{
+	switch (cmd->verb) {
+	case VERB_HELO:
+	case VERB_EHLO:
+	case VERB_LHLO:
+		tx_helo(s, cmd);
+		break;
+	case VERB_MAIL:
+		tx_begin(s, cmd);
+		break;
+	case VERB_RCPT:
+		return tx_rcpt(s, cmd);
+	case VERB_RSET:
+		s->tx = NULL;
+		break;
+	default:
+		break;
+	}
+	return -1;
+}
+
+/* Sends the command on: the client's own octets, or the rules' rewrite of it. */
+static void
+client_command_send(struct session *s, const struct unit *u)
+{
+	if (!s->outcome.rewritten || relay_no_server(s)) {
+		side_forward(&s->client, u->len);
+		return;
+	}
+	side_discard(&s->client, u->len);
+	evbuffer_add(bufferevent_get_output(s->server.bev), s->outcome.line, s->outcome.len);
+	evbuffer_add(bufferevent_get_output(s->server.bev), "\r\n", 2);
+}
+
+/*
+ * DATA while rules may refuse a message at its end: the proxy holds the message, so DATA
+ * waits for its turn among the pipelined replies, when the recipients' fate is known.
+ */
+static void
+client_hold_data(struct session *s, const struct unit *u)
+{
+	struct pending *p;
+
+	side_discard(&s->client, u->len);
+	session_enter_state(s, ST_AWAIT);
+	if ((p = pipeline_push_local(&s->pipeline, "")) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	p->hold_decide = 1;
+	relay_flush_local(s);
+}
+
+/* A held DATA's turn: our own 354 when a recipient was accepted, else the server decides. */
+void
+client_hold_decide(struct session *s)
+{
+	struct pending *p;
+
+	if (!tx_accepted(s->tx) || relay_no_server(s)) {
+		/* The server's own error (no valid recipients) reaches the client. */
+		if (!relay_no_server(s))
+			evbuffer_add(bufferevent_get_output(s->server.bev), "DATA\r\n", 6);
+		transcript_event(s->transcript,
+		                 "no recipient accepted: DATA relayed to the server");
+		if ((p = relay_expect(s, VERB_DATA)) == NULL)
+			return;
+		return;
+	}
+	if (message_begin(s, 1) != 0) {
+		session_close(s, "error");
+		return;
+	}
+	transcript_event(s->transcript, "holding the message: rules may refuse it at its end");
+	session_reply(s, "354 End data with <CR><LF>.<CR><LF>\r\n");
+	relay_message_start(s);
+	relay_resume_client(s);
+}
+
+/* Tracks a client command, runs it through the rules, and relays it. */
+static void
+client_command(struct session *s, const struct unit *u)
+{
+	size_t n = smtp_line_len(u->data, u->len);
+	enum rule_scope scopes[2];
+	struct smtp_command cmd;
+	struct pending *p;
+	int rcpt, verdict = ACT_NONE;
+
+	smtp_parse_command(u->data, n, &cmd);
+	if (client_command_local(s, u, &cmd))
+		return;
+	rule_outcome_reset(&s->outcome);
+	if (cmd.verb == VERB_AUTH) {
+		/* SASL material never meets a rule: a hit would record the secret. */
+		client_auth(s, &cmd);
+	} else {
+		side_record(&s->client, u);
+		verdict =
+		    filter_line(s, scopes, filter_command_scopes(cmd.verb, scopes), u->data, n);
+	}
+	if (verdict < 0)
+		return;
+	if (verdict == ACT_REJECT || verdict == ACT_DISCONNECT) {
+		client_command_refused(s, u, &cmd, verdict);
+		return;
+	}
+	if (s->outcome.rewritten)
+		smtp_parse_command(s->outcome.line, s->outcome.len, &cmd);
+	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
+		client_hold_data(s, u);
+		return;
+	}
+	rcpt = client_command_track(s, &cmd);
+	client_command_send(s, u);
+	if ((p = relay_expect(s, cmd.verb)) == NULL)
+		return;
+	p->rcpt_index = rcpt;
+	if (cmd.verb == VERB_BDAT)
+		client_bdat(s, &cmd, p);
+	else if (smtp_verb_awaits_reply(cmd.verb))
+		session_enter_state(s, ST_AWAIT);
+}
+
+/* A command line longer than --max-line: not forwarded, answered 500 in its turn. */
+static void
+client_line_too_long(struct session *s, const struct unit *u)
+{
+	transcript_event(s->transcript,
+	                 "warning command line longer than %zu octets: not forwarded, answered 500",
+	                 s->px->opts->max_line);
+	s->warnings++;
+	s->skipped = u->len;
+	side_discard(&s->client, u->len);
+	relay_answer_locally(s, "500 5.5.2 Line too long\r\n");
+	s->skip_return = s->state;
+	session_enter_state(s, ST_SKIP);
+}
+
+static void
+client_skip(struct session *s, const struct unit *u)
+{
+	s->skipped += u->len;
+	side_discard(&s->client, u->len);
+	if (u->complete) {
+		transcript_event(s->transcript, "discarded over-long line octets=%llu",
+		                 (unsigned long long)s->skipped);
+		session_enter_state(s, s->skip_return);
+	}
+}
+
+static void
+client_sasl(struct session *s, const struct unit *u)
+{
+	size_t n = smtp_line_len(u->data, u->len);
+
+	if (n == 1 && u->data[0] == '*')
+		side_record(&s->client, u);
+	else
+		client_record_sasl(s, "", u->data, n);
+	side_forward(&s->client, u->len);
+	if (relay_expect(s, VERB_SASL) != NULL)
+		session_enter_state(s, ST_AWAIT);
+}
+
+/* Records a content line as far as --record allows; counts what it leaves out. */
+static void
+client_record_content(struct session *s, const struct unit *u)
+{
+	enum record_level level = s->px->opts->record;
+	int blank = u->complete && !s->client.in_piece && smtp_line_len(u->data, u->len) == 0;
+
+	if (level == RECORD_BODY || (level == RECORD_HEADERS && s->msg_in_headers)) {
+		side_record(&s->client, u);
+	} else {
+		s->msg_hidden_lines += u->complete;
+		s->msg_hidden_octets += u->len;
+		s->client.in_piece = !u->complete;
+	}
+	if (blank)
+		s->msg_in_headers = 0;
+}
+
+/* The end of a held message: refused by the proxy, or handed to the server now. */
+static void
+client_held_end(struct session *s)
+{
+	const char *reply;
+	char line[640];
+	enum message_verdict v = message_end(s, &reply);
+
+	if (v == MSG_ACCEPT) {
+		session_enter_state(s, ST_AWAIT);
+		relay_quiet_upstream(s, "DATA\r\n", VERB_DATA);
+		return;
+	}
+	snprintf(line, sizeof(line), "%s\r\n", reply);
+	if (s->tx != NULL) {
+		s->tx->code = atoi(reply);
+		free(s->tx->text);
+		s->tx->text = strdup(reply + (strlen(reply) > 4 ? 4 : strlen(reply)));
+		s->tx = NULL;
+	}
+	message_free(s);
+	transcript_event(s->transcript, "held message refused: nothing sent upstream");
+	if (v == MSG_DISCONNECT) {
+		session_reply(s, line);
+		session_close(s, "rule_disconnect");
+		return;
+	}
+	relay_answer_locally(s, line);
+	if (s->closing)
+		return;
+	/* The server forgets the transaction; its reply to our RSET is not the client's. */
+	relay_quiet_upstream(s, "RSET\r\n", VERB_RSET);
+	session_enter_state(s, ST_COMMAND);
+}
+
+static void
+client_end_of_data(struct session *s, const struct unit *u)
+{
+	if (s->msg_hidden_octets > 0 || s->msg_hidden_lines > 0)
+		transcript_event(s->transcript, "message %s not recorded lines=%llu octets=%llu",
+		                 s->px->opts->record == RECORD_NONE ? "content" : "body",
+		                 (unsigned long long)s->msg_hidden_lines,
+		                 (unsigned long long)s->msg_hidden_octets);
+	side_record(&s->client, u);
+	if (message_holding(s)) {
+		side_discard(&s->client, u->len);
+		client_held_end(s);
+		return;
+	}
+	message_free(s);
+	side_forward(&s->client, u->len);
+	relay_expect(s, VERB_EOD);
+	if (!s->closing)
+		session_enter_state(s, ST_COMMAND);
+}
+
+/* How a content line ends: CRLF, a bare LF or CR, or not at all (a piece). */
+enum line_end { END_CRLF, END_BARE, END_NONE };
+
+static enum line_end
+client_line_end(const struct unit *u)
+{
+	if (!u->complete)
+		return END_NONE;
+	if (u->data[u->len - 1] == '\n' && u->len >= 2 && u->data[u->len - 2] == '\r')
+		return END_CRLF;
+	return END_BARE;
+}
+
+/*
+ * Under --bare-newline normalize or reject, a bare CR inside a content line ends a line
+ * too (SMTP smuggling hides "\r.\r" there): shorten the unit to end at it.
+ */
+static void
+client_split_bare_cr(struct unit *u)
+{
+	const unsigned char *cr;
+	size_t off = 0, i;
+
+	while (off < u->len && (cr = memchr(u->data + off, '\r', u->len - off)) != NULL) {
+		i = (size_t)(cr - u->data);
+		if (i + 1 == u->len)
+			return; /* CR last in a piece: whether LF follows is not known yet */
+		if (u->data[i + 1] != '\n') {
+			u->len = i + 1;
+			u->complete = 1;
+			return;
+		}
+		off = i + 1;
+	}
+}
+
+/* A content line that ended bare: relayed with CRLF, a lone "." stuffed so it stays content. */
+static void
+client_content_normalized(struct session *s, const struct unit *u)
+{
+	struct evbuffer *out = bufferevent_get_output(s->server.bev);
+	size_t n = u->len - 1;
+
+	if (n == 1 && u->data[0] == '.')
+		evbuffer_add(out, ".", 1);
+	evbuffer_add(out, u->data, n);
+	evbuffer_add(out, "\r\n", 2);
+	side_discard(&s->client, u->len);
+}
+
+/* A bare line end under --bare-newline reject: nothing of the message is delivered. */
+static void
+client_bare_reject(struct session *s)
+{
+	session_warn(s, "bare CR or LF in message content: rejected, upstream closed");
+	session_reply(s, "550 5.5.2 Bare CR or LF in message content not accepted\r\n");
+	session_close(s, "bare_newline");
+}
+
+/* A line of DATA content; the end is only <CRLF>.<CRLF>. */
+static void
+client_content(struct session *s, const struct unit *u)
+{
+	int at_start = s->msg_line_start && !s->client.in_piece;
+	enum bare_newline bare = s->px->opts->bare_newline;
+	enum line_end end = client_line_end(u);
+	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
+	               u->data[0] == '.';
+
+	s->client.in_piece_before = s->client.in_piece;
+
+	if (at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0) {
+		client_end_of_data(s, u);
+		return;
+	}
+	if (end == END_BARE && bare == BARE_REJECT) {
+		client_bare_reject(s);
+		return;
+	}
+	if (end == END_BARE && bare == BARE_NORMALIZE && !s->msg_bare_seen) {
+		s->msg_bare_seen = 1;
+		session_warn(s, "bare CR or LF in message content: relayed as CRLF");
+	}
+	client_record_content(s, u);
+	if (s->tx != NULL)
+		s->tx->size += u->len;
+	s->msg_line_start = end == END_CRLF;
+	if (s->msg != NULL) {
+		if (u->complete && !s->client.in_piece_before)
+			message_line(s, u->data, u->len);
+		else
+			message_piece(s, u->data, u->len, !s->client.in_piece_before);
+		side_discard(&s->client, u->len);
+	} else if (bare == BARE_PASS || relay_no_server(s)) {
+		side_forward(&s->client, u->len);
+	} else if (end == END_BARE) {
+		client_content_normalized(s, u);
+	} else if (lone_dot) {
+		/* ".\r\n" after a bare line end is content here, so it must be upstream too. */
+		evbuffer_add(bufferevent_get_output(s->server.bev), ".", 1);
+		side_forward(&s->client, u->len);
+	} else {
+		side_forward(&s->client, u->len);
+	}
+}
+
+/* BDAT content: relayed raw; recorded (under body) as the lines it happens to hold. */
+static int
+client_chunk(struct session *s)
+{
+	struct evbuffer *in = side_input(&s->client);
+	size_t avail = evbuffer_get_length(in), take, off = 0;
+	const unsigned char *p, *lf;
+	struct unit u;
+
+	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
+	if (take == 0)
+		return 0;
+	if (s->chunk_discard) {
+		side_discard(&s->client, take);
+		s->chunk_left -= take;
+		if (s->chunk_left == 0) {
+			transcript_event(s->transcript, "refused bdat chunk discarded");
+			s->chunk_discard = 0;
+			session_enter_state(s, ST_COMMAND);
+			return 1;
+		}
+		return 0;
+	}
+	if (s->px->opts->record == RECORD_BODY && (p = evbuffer_pullup(in, (ev_ssize_t)take))) {
+		while (off < take) {
+			lf = memchr(p + off, '\n', take - off);
+			u.data = p + off;
+			u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
+			u.complete = lf != NULL;
+			side_record(&s->client, &u);
+			off += u.len;
+		}
+	}
+	side_forward(&s->client, take);
+	s->chunk_left -= take;
+	if (s->chunk_left > 0)
+		return 0;
+	s->client.in_piece = 0;
+	session_enter_state(s, ST_COMMAND);
+	return 1;
+}
+
+/* Handles one client unit in a line-based state. */
+static void
+client_unit(struct session *s, struct unit *u)
+{
+	switch (s->state) {
+	case ST_COMMAND:
+		if (u->complete)
+			client_command(s, u);
+		else
+			client_line_too_long(s, u);
+		break;
+	case ST_SASL:
+		if (u->complete)
+			client_sasl(s, u);
+		else
+			client_line_too_long(s, u);
+		break;
+	case ST_SKIP:
+		client_skip(s, u);
+		break;
+	case ST_MESSAGE:
+		if (s->px->opts->bare_newline != BARE_PASS)
+			client_split_bare_cr(u);
+		client_content(s, u);
+		break;
+	default:
+		break;
+	}
+}
+
+void
+relay_client(struct session *s)
+{
+	struct unit u;
+
+	while (!s->closing && s->client.bev != NULL) {
+		switch (s->state) {
+		case ST_CLIENT_TLS:
+			return;
+		case ST_CONNECTING:
+		case ST_GREETING:
+		case ST_UPSTREAM_EHLO:
+		case ST_UPSTREAM_STARTTLS:
+		case ST_UPSTREAM_TLS:
+			if (!s->early_talker && evbuffer_get_length(side_input(&s->client)) > 0) {
+				s->early_talker = 1;
+				session_warn(s,
+				             "early talker: client sent %zu octets before the "
+				             "greeting",
+				             evbuffer_get_length(side_input(&s->client)));
+			}
+			side_pause(&s->client, PAUSE_WAIT);
+			return;
+		case ST_AWAIT:
+			side_pause(&s->client, PAUSE_WAIT);
+			return;
+		case ST_RAW:
+			relay_raw(&s->client);
+			return;
+		case ST_CHUNK:
+			if (!client_chunk(s))
+				return;
+			break;
+		case ST_CLOSING:
+			return;
+		default:
+			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
+				return;
+			client_unit(s, &u);
+			break;
+		}
+	}
+}
+
+void
+relay_client_secured(struct session *s)
+{
+	if (s->state != ST_CLIENT_TLS)
+		return; /* implicit TLS: the session goes on as it is */
+	/* RFC 3207 4.2: everything learnt before TLS is forgotten; the client starts again. */
+	free(s->helo);
+	s->helo = NULL;
+	s->tx = NULL;
+	session_enter_state(s, ST_COMMAND);
+	relay_resume_client(s);
+}
+
+void
+relay_client_gone(struct session *s)
+{
+	s->client_gone = 1;
+	side_pause(&s->client, PAUSE_EOF);
+	if (s->state == ST_MESSAGE || s->state == ST_CHUNK) {
+		/* Never let a partial message end: closing upstream makes the server drop it. */
+		session_warn(s, "client closed during the message: upstream closed, nothing "
+		                "delivered");
+		session_close(s, "client_closed");
+		return;
+	}
+	if (s->state == ST_RAW || s->pipeline.remote == 0 || s->state == ST_CONNECTING) {
+		session_close(s, s->quit_answered ? "quit" : "client_closed");
+		return;
+	}
+	/* Commands are pending (a QUIT, say): their replies still go to the client. */
+}

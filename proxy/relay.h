@@ -1,0 +1,52 @@
+#ifndef SMTPTAP_RELAY_H
+#define SMTPTAP_RELAY_H
+
+/*
+ * Internal to the relay (relay.c, client.c, server.c, upstream.c): the plumbing both
+ * directions share.  Other modules use the entry points declared in session.h.
+ */
+
+#include <stddef.h>
+
+#include "proxy/smtp.h"
+
+struct evbuffer;
+struct pending;
+struct session;
+struct side;
+
+/* One unit of input: a whole line (complete) or a piece of an over-long one. */
+struct unit {
+	size_t len;   /* octets, line end included */
+	int complete; /* ends with LF */
+	const unsigned char *data;
+};
+
+struct evbuffer *side_input(struct side *x);
+int side_next_unit(struct side *x, size_t max, struct unit *u);
+void side_forward(struct side *x, size_t len);
+int relay_no_server(const struct session *s);
+void side_discard(struct side *x, size_t len);
+void side_record(struct side *x, const struct unit *u);
+void relay_flush_local(struct session *s);
+void relay_answer_locally(struct session *s, const char *reply);
+struct pending *relay_expect(struct session *s, enum smtp_verb verb);
+char *relay_strndup(const unsigned char *p, size_t n);
+void relay_raw(struct side *x);
+void relay_resume_client(struct session *s);
+void relay_send_upstream(struct session *s, const char *line);
+void relay_quiet_upstream(struct session *s, const char *line, enum smtp_verb verb);
+void relay_message_start(struct session *s);
+void relay_answer_pending(struct session *s, const char *reply);
+
+/* client.c */
+void client_hold_decide(struct session *s);
+void client_starttls(struct session *s);
+
+/* server.c */
+void server_reply_effect(struct session *s, const struct pending *p, int code);
+
+/* upstream.c */
+void upstream_setup_step(struct session *s);
+
+#endif

@@ -1,0 +1,348 @@
+/*
+ * The server's direction: replies, matched to pending commands in order (RFC 2920), held
+ * whole where they are edited, a 421 answering everything pending, and our own commands'
+ * replies kept from the client.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "logs/log.h"
+#include "logs/redact.h"
+#include "logs/transcript.h"
+#include "proxy/ehlo.h"
+#include "proxy/filter.h"
+#include "proxy/message.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
+#include "proxy/relay.h"
+#include "proxy/reply_edit.h"
+#include "proxy/session.h"
+#include "proxy/tx.h"
+
+/* Longest reply held whole for editing; a longer one is relayed as it comes. */
+#define REPLY_HOLD_MAX 65536
+
+/* STARTTLS accepted without a certificate of ours: from here on, bytes both ways. */
+static void
+server_start_passthrough(struct session *s)
+{
+	size_t stale_c = evbuffer_get_length(side_input(&s->client));
+	size_t stale_s = evbuffer_get_length(side_input(&s->server));
+
+	s->tls_passthrough = 1;
+	transcript_event(s->transcript,
+	                 "starttls passthrough: bytes after this point are relayed unparsed");
+	/* CVE-2011-0411: plaintext sent before the handshake is never relayed into it. */
+	if (stale_c > 0) {
+		session_warn(s,
+		             "discarded %zu octets the client sent after STARTTLS before the 220",
+		             stale_c);
+		side_discard(&s->client, stale_c);
+	}
+	if (stale_s > 0) {
+		session_warn(s, "discarded %zu octets the server sent after its 220 to STARTTLS",
+		             stale_s);
+		side_discard(&s->server, stale_s);
+	}
+	session_enter_state(s, ST_RAW);
+	relay_resume_client(s);
+}
+
+/* What a completed reply means for the command it answers. */
+void
+server_reply_effect(struct session *s, const struct pending *p, int code)
+{
+	tx_reply(s, p, code);
+	switch (p->verb) {
+	case VERB_GREETING:
+		session_enter_state(s, ST_COMMAND);
+		relay_resume_client(s);
+		break;
+	case VERB_DATA:
+		if (code == 354)
+			relay_message_start(s);
+		else
+			session_enter_state(s, ST_COMMAND);
+		if (code == 354 && (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY)) &&
+		    message_begin(s, 0) != 0) {
+			session_close(s, "error");
+			return;
+		}
+		if (code == 354 && s->client_gone) {
+			session_close(s, "client_closed");
+			return;
+		}
+		relay_resume_client(s);
+		break;
+	case VERB_AUTH:
+	case VERB_SASL:
+		s->auth_code = code;
+		session_enter_state(s, code == 334 ? ST_SASL : ST_COMMAND);
+		relay_resume_client(s);
+		break;
+	case VERB_STARTTLS:
+		if (code == 220) {
+			server_start_passthrough(s);
+			break;
+		}
+		session_enter_state(s, ST_COMMAND);
+		relay_resume_client(s);
+		break;
+	case VERB_QUIT:
+		s->quit_answered = 1;
+		break;
+	case VERB_EOD:
+		if (s->state == ST_AWAIT) {
+			/* A held message's final reply: the client may go on. */
+			session_enter_state(s, ST_COMMAND);
+			relay_resume_client(s);
+		}
+		break;
+	default:
+		break;
+	}
+}
+
+/* A 421 from the server: every pending command gets it, then the client is closed. */
+static void
+server_421(struct session *s)
+{
+	size_t len = evbuffer_get_length(s->reply_copy);
+	char *copy;
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	/* The server's own 421 answers the head (or nothing, when idle), as it was sent. */
+	relay_flush_local(s);
+	head = pipeline_head(&s->pipeline);
+	if (s->client.bev != NULL && (head == NULL || !(head->quiet && head->verb == VERB_RSET)))
+		evbuffer_add(bufferevent_get_output(s->client.bev),
+		             evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len);
+	if (head != NULL)
+		pipeline_pop(&s->pipeline);
+	copy = malloc(len + 1);
+	if (copy != NULL) {
+		evbuffer_copyout(s->reply_copy, copy, len);
+		copy[len] = '\0';
+	}
+	if (copy != NULL)
+		relay_answer_pending(s, copy);
+	free(copy);
+	session_close(s, "server_421");
+}
+
+/* The held message's DATA was refused: that reply is the client's answer to its dot. */
+static void
+server_held_refused(struct session *s, int code)
+{
+	if (s->tx != NULL) {
+		s->tx->code = code;
+		free(s->tx->text);
+		s->tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+		s->tx = NULL;
+	}
+	evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+	message_free(s);
+	session_enter_state(s, ST_COMMAND);
+	relay_resume_client(s);
+}
+
+/* The reply to a command of our own (RSET, a held message's DATA): not relayed as such. */
+static void
+server_quiet_done(struct session *s, int code)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+	enum smtp_verb verb = head->verb;
+
+	s->reply_quiet = 0;
+	pipeline_pop(&s->pipeline);
+	if (verb == VERB_DATA && code == 354) {
+		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+		if (message_send_held(s) != 0) {
+			session_close(s, "error");
+			return;
+		}
+		relay_expect(s, VERB_EOD);
+	} else if (verb == VERB_DATA) {
+		server_held_refused(s, code);
+	} else {
+		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+	}
+	if (s->closing)
+		return;
+	relay_flush_local(s);
+	if (s->client_gone && s->pipeline.remote == 0)
+		session_close(s, s->quit_answered ? "quit" : "client_closed");
+}
+
+static void
+server_reply_done(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+	int code = s->reply_code;
+
+	s->reply_open = 0;
+	if (code == 421) {
+		server_421(s);
+		return;
+	}
+	if (head == NULL || head->local_reply != NULL) {
+		session_warn(s, "server sent a reply (%d) with no command pending", code);
+		return;
+	}
+	if (s->reply_quiet) {
+		server_quiet_done(s, code);
+		return;
+	}
+	if (s->reply_hold) {
+		s->reply_hold = 0;
+		reply_edit_send(s, s->held_reply, head->verb, code);
+	}
+	server_reply_effect(s, head, code);
+	if (s->closing)
+		return;
+	pipeline_pop(&s->pipeline);
+	relay_flush_local(s);
+	if (s->client_gone && s->pipeline.remote == 0)
+		session_close(s, s->quit_answered ? "quit" : "client_closed");
+}
+
+/* Whether this reply is held whole: a 250 to EHLO/LHLO, or any reply rules may edit. */
+static int
+server_holds_reply(struct session *s, int code)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	if (head == NULL || head->local_reply != NULL)
+		return 0;
+	if (reply_edit_wanted(s))
+		return 1;
+	return code == 250 && (head->verb == VERB_EHLO || head->verb == VERB_LHLO);
+}
+
+/* Where a server line goes: held (EHLO, 421, set-up), or on to the client at once. */
+static void
+server_reply_route(struct session *s, const struct unit *u)
+{
+	struct evbuffer *hold = NULL;
+
+	if (s->upstream_setup)
+		hold = s->setup_reply;
+	else if (s->reply_code == 421)
+		hold = s->reply_copy;
+	else if (s->reply_quiet)
+		hold = s->held_reply;
+	else if (s->reply_hold && evbuffer_get_length(s->held_reply) + u->len > REPLY_HOLD_MAX) {
+		/* Too big to be a real reply worth editing: relay it as it is, from here on. */
+		session_warn(s, "reply over %d octets relayed unedited", REPLY_HOLD_MAX);
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+		s->reply_hold = 0;
+	} else if (s->reply_hold)
+		hold = s->held_reply;
+	side_record(&s->server, u);
+	if (hold == NULL) {
+		side_forward(&s->server, u->len);
+		return;
+	}
+	evbuffer_add(hold, u->data, u->len);
+	side_discard(&s->server, u->len);
+}
+
+/* Starts a reply on its first line: where its lines will be held, if anywhere. */
+static int
+server_reply_begin(struct session *s, int code)
+{
+	struct evbuffer **hold = NULL;
+
+	s->reply_code = code;
+	s->reply_open = 1;
+	s->reply_hold = 0;
+	s->reply_quiet = 0;
+	if (s->upstream_setup)
+		hold = &s->setup_reply;
+	else if (code == 421)
+		hold = &s->reply_copy;
+	else if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->quiet) {
+		hold = &s->held_reply;
+		s->reply_quiet = 1;
+	} else if (server_holds_reply(s, code)) {
+		hold = &s->held_reply;
+		s->reply_hold = 1;
+	}
+	if (hold == NULL)
+		return 0;
+	if (*hold == NULL && (*hold = evbuffer_new()) == NULL) {
+		session_close(s, "error");
+		return -1;
+	}
+	evbuffer_drain(*hold, evbuffer_get_length(*hold));
+	return 0;
+}
+
+/* One server line: a reply line, or a further piece of an over-long one. */
+static void
+server_reply_unit(struct session *s, const struct unit *u)
+{
+	struct smtp_reply_line r;
+
+	if (!s->server.in_piece) {
+		if (smtp_parse_reply(u->data, smtp_line_len(u->data, u->len), &r) != 0)
+			session_warn(s, "malformed reply line from the server");
+		if (!s->reply_open && server_reply_begin(s, r.code) != 0)
+			return;
+		if (r.last) {
+			free(s->reply_text);
+			s->reply_text = relay_strndup(r.text, r.textlen);
+		}
+		s->reply_last_line = r.last;
+	}
+	server_reply_route(s, u);
+	if (u->complete && s->reply_last_line) {
+		if (s->upstream_setup)
+			upstream_setup_step(s);
+		else
+			server_reply_done(s);
+	}
+}
+
+void
+relay_server(struct session *s)
+{
+	struct unit u;
+
+	while (!s->closing && s->server.bev != NULL) {
+		if (s->state == ST_RAW) {
+			relay_raw(&s->server);
+			return;
+		}
+		if (s->state == ST_UPSTREAM_TLS)
+			return;
+		if (!side_next_unit(&s->server, s->px->opts->max_line, &u))
+			return;
+		server_reply_unit(s, &u);
+	}
+}
+
+void
+relay_server_gone(struct session *s)
+{
+	char lost[512];
+
+	relay_server(s);
+	if (s->closing)
+		return;
+	if (s->state == ST_RAW || (s->quit_answered && s->pipeline.remote == 0)) {
+		session_close(s, s->quit_answered ? "quit" : "server_closed");
+		return;
+	}
+	snprintf(lost, sizeof(lost), "421 4.4.2 %s Connection to upstream lost\r\n",
+	         s->px->opts->hostname);
+	if (s->pipeline.count == 0)
+		session_reply(s, lost);
+	relay_answer_pending(s, lost);
+	session_close(s, "server_closed");
+}

@@ -1,0 +1,124 @@
+"""BDAT (RFC 3030): a chunk is exactly N octets, relayed raw, never parsed as lines.
+
+A real Postfix smtpd offers CHUNKING (smtp-sink does not); it hands each message to an
+smtp-sink whose dump shows what arrived.  The scripted server checks the exact octets.
+"""
+
+
+import pytest
+
+from harness import SmtpClient, SmtpServerScript
+
+# Content that would mean something if it were parsed as lines: an end-of-data sequence,
+# commands, a dot line.  With CRLF line ends (Postfix reads BDAT content as lines).
+CHUNK1 = (b"Subject: bdat through smtptap\r\n"
+          b"\r\n"
+          b".hidden\r\n"
+          b"..\r\n"
+          b".\r\n"
+          b"QUIT\r\n"
+          b"RSET\r\n"
+          b"MAIL FROM:<smuggled@evil.example>\r\n")
+CHUNK2 = (b"nul\x00 and 8-bit \xc3\xa9 \xff\r\n"
+          b"BDAT 5 LAST\r\n"
+          b"last line\r\n")
+
+
+@pytest.mark.limit(40)
+def test_bdat_session_relayed_to_postfix(tap_factory, postfix):
+    pf, psink = postfix
+    tap = tap_factory(pf.port)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert b"250-CHUNKING\r\n" in r or b"250 CHUNKING\r\n" in r, "CHUNKING not relayed: %r" % r
+    # Pipelined, as RFC 3030 allows: MAIL, RCPT and both chunks in one write.
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
+           b"BDAT %d\r\n" % len(CHUNK1) + CHUNK1 +
+           b"BDAT %d LAST\r\n" % len(CHUNK2) + CHUNK2)
+    replies = [c.reply() for _ in range(4)]
+    assert [x[-1][:3] for x in replies] == [b"250"] * 4, replies
+    c.expect("NOOP", 250)  # the chunks' "QUIT" did not end anything
+    c.expect("QUIT", 221)
+
+    (m,) = psink.wait_messages(1, timeout=10)
+    assert m.mail_from.startswith("<a@example.com>")
+    assert m.rcpts[0].startswith("<b@example.net>")
+    # Postfix puts its own Received: header first.
+    expected = (CHUNK1 + CHUNK2).replace(b"\r\n", b"\n")
+    assert m.content.startswith(b"Received: ")
+    assert m.content.endswith(expected), m.content[-400:]
+
+    t = tap.transcript()
+    bdat = [e for e in t.events() if e.startswith("bdat chunk")]
+    assert bdat == ["bdat chunk octets=%d last=no" % len(CHUNK1),
+                    "bdat chunk octets=%d last=yes" % len(CHUNK2)], t.events()
+    assert "smuggled@evil.example" in t.text, "chunk content not recorded under --record body"
+    cmds = t.client_lines()
+    assert "BDAT %d" % len(CHUNK1) in cmds and "BDAT %d LAST" % len(CHUNK2) in cmds
+    ev = tap.event()
+    (tx,) = ev["transactions"]
+    assert tx["mail_from"] == "<a@example.com>"
+    assert tx["size"] == len(CHUNK1) + len(CHUNK2)
+    assert tx["code"] == 250
+    assert ev["reason"] == "quit"
+
+
+@pytest.mark.limit(30)
+def test_bdat_octets_exact_with_scripted_server(tap_factory, fake_server):
+    """Chunk boundaries inside a CRLF, bare LF and CR, '\\r\\n.\\r\\n', a 1 MiB chunk, BDAT 0 LAST:
+    the server receives exactly the chunks sent."""
+    srv = fake_server(SmtpServerScript(chunking=True))
+    tap = tap_factory(srv.port)
+    big = bytes(range(256)) * 4096
+    chunks = [b"Subject: x\r", b"\n\r\n.\r\nbare\nLF bare\rCR\r\n.\r\n", big, b""]
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    for i, ch in enumerate(chunks):
+        last = i == len(chunks) - 1
+        c.send(b"BDAT %d%s\r\n" % (len(ch), b" LAST" if last else b"") + ch)
+        r = c.reply()
+        assert r and r[-1].startswith(b"250 "), r
+    c.expect("QUIT", 221)
+    srv.join()
+    srv.check()
+    (msg,) = srv.conns[0].messages
+    assert msg["chunks"] == chunks
+    assert [x.rstrip(b"\r\n") for x in srv.conns[0].commands] == [
+        b"EHLO client.example", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.net>",
+        b"BDAT 11", b"BDAT %d" % len(chunks[1]), b"BDAT %d" % len(big), b"BDAT 0 LAST", b"QUIT"]
+    ev = tap.event()
+    assert ev["transactions"][0]["size"] == sum(len(x) for x in chunks)
+    assert ev["transactions"][0]["code"] == 250
+    t = tap.transcript()
+    assert len([e for e in t.events() if e.startswith("bdat chunk")]) == 4
+
+
+@pytest.mark.limit(20)
+def test_bdat_chunk_after_refused_command_still_relayed_raw(tap_factory, fake_server):
+    """The server refuses MAIL; the pipelined BDAT's chunk must still be relayed as octets (the
+    server reads and discards it), never read by the proxy as commands."""
+    def mail(conn, line):
+        conn.send("550 5.7.1 Sender refused\r\n")
+        return True
+
+    srv = fake_server(SmtpServerScript(chunking=True, hooks={"MAIL": mail}))
+    tap = tap_factory(srv.port)
+    chunk = b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<x@example.org>\r\n"
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO client.example", 250)
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nBDAT %d LAST\r\n" % len(chunk) + chunk)
+    codes = [int(c.reply()[-1][:3]) for _ in range(3)]
+    assert codes[0] == 550 and codes[2] == 503, codes
+    c.expect("QUIT", 221)
+    srv.join()
+    cmds = [x.rstrip(b"\r\n") for x in srv.conns[0].commands]
+    assert b"MAIL FROM:<evil@example.org>" not in cmds
+    assert cmds[-1] == b"QUIT"
+    ev = tap.event()
+    assert all("evil" not in (tx.get("mail_from") or "") for tx in ev["transactions"])
+    assert ev["reason"] == "quit"

@@ -1,0 +1,283 @@
+"""Recording: the transcript file (name, mode, header, records, escaping) and the event line."""
+
+import datetime
+import time
+import json
+import os
+import re
+import stat
+
+import pytest
+
+import harness
+from harness import (SmtpClient, SmtpServerScript, TRANSCRIPT_NAME_RE, TS_RE, escape, unescape)
+
+
+def parse_ts(s):
+    assert re.fullmatch(TS_RE, s), "not a UTC timestamp to the microsecond: %r" % s
+    return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+
+
+def full_session(port):
+    """EHLO, two transactions (two recipients in the first), QUIT.  Returns the client."""
+    c = SmtpClient(port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("RCPT TO:<c@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: one\r\n\r\n..dot\r\nbody\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("MAIL FROM:<>", 250)
+    c.expect("RCPT TO:<d@example.org>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: two\r\n\r\nsecond\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    assert c.read_until_eof(5) == b""
+    return c
+
+
+@pytest.mark.limit(20)
+def test_event_line_has_every_field(tap, sink):
+    c = full_session(tap.port)
+    raw = tap.wait_events(1) and tap.event_lines()
+    assert len(raw) == 1
+    ev = json.loads(raw[0])
+    assert re.fullmatch(r"[0-9a-f]{8}", ev["session"])
+    start, end = parse_ts(ev["start"]), parse_ts(ev["end"])
+    assert start <= end
+    assert isinstance(ev["duration"], (int, float))
+    assert abs(ev["duration"] - (end - start).total_seconds()) < 0.001
+    assert ev["client"] == "127.0.0.1:%d" % c.local_port
+    assert ev["listener"] == "127.0.0.1:%d" % tap.port
+    assert ev["upstream"] == "127.0.0.1:%d" % sink.port
+    assert ev["upstream_address"] == "127.0.0.1:%d" % sink.port
+    assert TRANSCRIPT_NAME_RE.match(ev["transcript"]), ev["transcript"]
+    assert os.path.isfile(os.path.join(tap.log_dir, ev["transcript"]))
+    assert ev["helo"] == "client.example"
+    assert ev["early_talker"] is False
+    assert "tls" not in ev and "auth" not in ev
+    assert ev["transactions"] == [
+        {"mail_from": "<a@example.com>", "mail_code": 250,
+         "rcpt": [{"to": "<b@example.net>", "code": 250}, {"to": "<c@example.net>", "code": 250}],
+         "size": len(b"Subject: one\r\n\r\n..dot\r\nbody\r\n"), "code": 250, "text": "2.0.0 Ok"},
+        {"mail_from": "<>", "mail_code": 250,
+         "rcpt": [{"to": "<d@example.org>", "code": 250}],
+         "size": len(b"Subject: two\r\n\r\nsecond\r\n"), "code": 250, "text": "2.0.0 Ok"},
+    ]
+    assert ev["client_octets"] == len(c.sent)
+    # Octets received from the server: what the client got plus what the proxy removed from
+    # the EHLO reply (XCLIENT, XFORWARD); the transcript holds every server line.
+    t = tap.transcript()
+    assert ev["server_octets"] == sum(len(unescape(l)) + 2 for l in t.server_lines())
+    assert ev["server_octets"] >= len(c.received)
+    assert ev["reason"] == "quit"
+    assert ev["warnings"] == 0
+    expected = {"session", "start", "end", "duration", "client", "listener", "upstream",
+                "upstream_address", "transcript", "helo", "early_talker", "transactions",
+                "client_octets", "server_octets", "reason", "warnings"}
+    assert expected <= set(ev), "missing: %s" % (expected - set(ev))
+
+
+@pytest.mark.limit(20)
+def test_transcript_name_mode_header_and_records(tap, sink):
+    c = full_session(tap.port)
+    t = tap.transcript()
+    ev = tap.event()
+    m = TRANSCRIPT_NAME_RE.match(t.relpath)
+    assert m, "transcript name %r does not match LOGDIR/YYYY-MM-DD/HHMMSS.uuuuuu-ID.log" % t.relpath
+    assert t.relpath == ev["transcript"]
+    st = os.stat(t.path)
+    assert stat.S_IMODE(st.st_mode) == 0o640, oct(st.st_mode)
+    assert stat.S_IMODE(os.stat(os.path.dirname(t.path)).st_mode) == 0o750
+    assert stat.S_IMODE(os.stat(tap.log_dir).st_mode) == 0o750  # created by smtptap
+
+    assert t.header_lines[0] == "# smtptap 0.1.0 transcript"
+    assert t.header["session"] == m.group(4) == ev["session"]
+    assert t.header["start"] == ev["start"]
+    start = parse_ts(t.header["start"])
+    assert m.group(1) == start.strftime("%Y-%m-%d")
+    assert "%s.%s" % (m.group(2), m.group(3)) == start.strftime("%H%M%S.%f")
+    assert t.header["client"] == "127.0.0.1:%d" % c.local_port
+    assert t.header["listener"] == "127.0.0.1:%d" % tap.port
+    assert t.header["upstream"] == "127.0.0.1:%d" % sink.port
+
+    stamps = [parse_ts(r.ts) for r in t.records]
+    assert stamps == sorted(stamps), "records are not in time order"
+    assert stamps[0] >= start
+    assert t.records[0].kind == "*" and t.records[0].text.startswith("connect ")
+    assert "client=127.0.0.1:%d" % c.local_port in t.records[0].text
+    assert any(e == "upstream connected address=127.0.0.1:%d" % sink.port for e in t.events())
+
+    # Every line that crossed, in order, each once.
+    assert t.client_lines() == ["EHLO client.example", "MAIL FROM:<a@example.com>",
+                                "RCPT TO:<b@example.net>", "RCPT TO:<c@example.net>", "DATA",
+                                "Subject: one", "", "..dot", "body", ".",
+                                "MAIL FROM:<>", "RCPT TO:<d@example.org>", "DATA",
+                                "Subject: two", "", "second", ".", "QUIT"]
+    got_server = [l.decode() for l in c.received.split(b"\r\n")[:-1]]
+    identity = ("250-XCLIENT ", "250-XFORWARD ")
+    assert [l for l in t.server_lines() if not l.startswith(identity)] == got_server
+    assert t.records[-1].kind == "*" and t.records[-1].text.startswith("close ")
+    f = t.close_fields()
+    assert f["reason"] == "quit"
+    assert int(f["client_octets"]) == len(c.sent) == ev["client_octets"]
+    assert int(f["server_octets"]) == ev["server_octets"]
+
+
+@pytest.mark.limit(20)
+def test_transcript_escaping(tap_factory, fake_server):
+    """NUL, invalid UTF-8, bare LF, bare CR, backslash, tab, C0/C1 controls, DEL, overlong and
+    surrogate encodings; valid UTF-8 kept.  The server's lines are escaped the same way."""
+    ehlo_reply = b"250-fake.example\r\n250-X-ODD \xff\x01 caps\\\r\n250 PIPELINING\r\n"
+
+    def ehlo_hook(conn, line):
+        conn.send(ehlo_reply)
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"EHLO": ehlo_hook}))
+    # pass: bare CR and LF stay inside the content as sent (the default normalizes them).
+    tap = tap_factory(srv.port, "--bare-newline", "pass")
+    lines = [b"nul\x00byte", b"bad utf8 \xff\xfe end", b"back\\slash", b"tab\tkept",
+             "\u00e9 \u20ac \U0001F600 ok".encode(), b"c1 \xc2\x85 ctl", b"esc \x1b[31m red",
+             b"del \x7f", b"cr\rinside", b"overlong \xc0\xaf", b"surrogate \xed\xa0\x80",
+             b"trunc \xe2\x82 x", b"bell\x07"]
+    content = b"Subject: escapes\r\n\r\n" + b"".join(l + b"\r\n" for l in lines) + b"bare\nlf\r\n"
+    c = SmtpClient(tap.port)
+    c.reply()
+    ehlo = c.cmd("EHLO client.example")
+    assert b"".join(ehlo) == ehlo_reply
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(content + b".\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    t = tap.transcript()  # also checks: valid UTF-8, no raw control characters
+    recs = t.client_lines()
+    for l in lines:
+        assert escape(l) in recs, "%r not recorded as %r" % (l, escape(l))
+    assert "nul\\x00byte" in recs
+    assert "bad utf8 \\xff\\xfe end" in recs
+    assert "back\\\\slash" in recs
+    assert "tab\tkept" in recs
+    assert "\u00e9 \u20ac \U0001F600 ok" in recs
+    assert "c1 \\xc2\\x85 ctl" in recs
+    assert "cr\\x0dinside" in recs
+    i = recs.index("bare\\x0a")
+    assert recs[i + 1] == "lf", "a bare-LF line is not recorded with \\x0a and split there"
+    for r in recs:
+        assert unescape(r) is not None
+    assert "250-X-ODD \\xff\\x01 caps\\\\" in t.server_lines()
+
+
+@pytest.mark.limit(20)
+@pytest.mark.parametrize("level", ["headers", "none"])
+def test_record_level_limits_message_content(tap_factory, sink, level):
+    tap = tap_factory(sink.port, "--record", level)
+    body = b"Subject: levels\r\nX-Marker: header-seen\r\n\r\nbody-secret-1\r\nbody-secret-2\r\n"
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(body + b".\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    (m,) = sink.wait_messages(1)
+    assert m.content == body.replace(b"\r\n", b"\n")
+    t = tap.transcript()
+    assert "body-secret" not in t.text
+    assert "MAIL FROM:<a@example.com>" in t.client_lines()
+    assert "QUIT" in t.client_lines()
+    if level == "headers":
+        assert "X-Marker: header-seen" in t.client_lines()
+        hidden = "body not recorded lines=2 octets=30"  # the body after the empty line
+    else:
+        assert "header-seen" not in t.text
+        hidden = "content not recorded lines=5 octets=72"  # all the content
+    assert "message %s" % hidden in t.events(), t.events()
+    ev = tap.event()
+    assert ev["transactions"][0]["size"] == len(body)
+
+
+@pytest.mark.limit(20)
+def test_events_to_stdout(tap_factory, sink):
+    tap = tap_factory(sink.port, start=False)
+    tap.events_path = "-"
+    tap.start()
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("QUIT", 221)
+    harness.wait_until(lambda: tap.stdout().endswith("\n"), 5, what="an event line on stdout")
+    (line,) = tap.stdout().splitlines()
+    ev = json.loads(line)
+    assert ev["reason"] == "quit"
+
+
+@pytest.mark.limit(20)
+def test_transcript_flushed_while_session_is_open(tap, sink):
+    """Buffered per session but flushed at least once a second: an open session is on disk."""
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO flush.example", 250)
+
+    def on_disk():
+        paths = tap.transcript_paths()
+        if len(paths) != 1:
+            return False
+        with open(paths[0], "rb") as f:
+            return b" C: EHLO flush.example\n" in f.read()
+
+    harness.wait_until(on_disk, 2.5, what="the open session's EHLO in its transcript")
+    c.expect("QUIT", 221)
+
+
+@pytest.mark.limit(20)
+def test_events_write_error_logged_once_relaying_goes_on(tap_factory, sink):
+    """--events /dev/full: every write fails (ENOSPC); mail still flows, the error is logged
+    once, not once per session."""
+    tap = tap_factory(sink.port, start=False)
+    tap.events_path = "/dev/full"
+    tap.start()
+    for i in range(3):
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("HELO client.example", 250)
+        c.expect("MAIL FROM:<a@example.com>", 250)
+        c.expect("RCPT TO:<b@example.net>", 250)
+        c.expect("DATA", 354)
+        c.send(b"Subject: %d\r\n\r\nbody\r\n.\r\n" % i)
+        assert c.code() == 250
+        c.expect("QUIT", 221)
+        c.read_until_eof(3)
+    sink.wait_messages(3)
+    tap.wait_transcripts(3)
+    time.sleep(1.2)  # past a flush
+    assert tap.alive()
+    err = [l for l in tap.stderr().splitlines() if "events" in l.lower() or "/dev/full" in l]
+    assert len(err) == 1, "expected one logged events write error, got %r" % err
+
+
+@pytest.mark.limit(20)
+def test_peer_data_escaped_in_own_log_and_event(tap_factory, sink):
+    """A HELO name with terminal escapes: not raw in stderr (-v), the transcript, or the event."""
+    tap = tap_factory(sink.port, "--verbose")
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.cmd(b"EHLO evil\x1b[2J\x07name\xff")
+    c.expect("QUIT", 221)
+    ev = tap.event()
+    t = tap.transcript()
+    assert "EHLO evil\\x1b[2J\\x07name\\xff" in t.client_lines()
+    tap.stop()
+    with open(tap.stderr_path, "rb") as f:
+        err = f.read()
+    assert b"\x1b" not in err and b"\x07" not in err, "raw control characters in the program's log"
+    with open(tap.events_path, "rb") as f:
+        raw = f.read()
+    assert b"\x1b" not in raw and b"\x07" not in raw
+    assert ev["helo"].startswith("evil")

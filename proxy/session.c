@@ -194,10 +194,18 @@ session_close(struct session *s, const char *reason)
 	s->close_reason = reason;
 	session_enter_state(s, ST_CLOSING);
 	gettimeofday(&now, NULL);
-	transcript_event(s->transcript, "close reason=%s client_octets=%llu server_octets=%llu%s",
-	                 reason, (unsigned long long)s->client.octets,
-	                 (unsigned long long)s->server.octets,
-	                 s->tls_passthrough ? " (tls passthrough)" : "");
+	if (s->tls_passthrough)
+		transcript_event(s->transcript,
+		                 "close reason=%s client_octets=%llu server_octets=%llu "
+		                 "tls_client_octets=%llu tls_server_octets=%llu",
+		                 reason, (unsigned long long)s->client.octets,
+		                 (unsigned long long)s->server.octets,
+		                 (unsigned long long)s->client.raw_octets,
+		                 (unsigned long long)s->server.raw_octets);
+	else
+		transcript_event(s->transcript, "close reason=%s client_octets=%llu server_octets=%llu",
+		                 reason, (unsigned long long)s->client.octets,
+		                 (unsigned long long)s->server.octets);
 	report_write(s, &now);
 	log_info("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	if (s->server.bev != NULL) {

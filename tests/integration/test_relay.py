@@ -661,3 +661,7 @@ def test_starttls_passthrough(tap_factory, fake_server, tls_context):
     ev = tap.event()
     assert ev["tls"]["mode"] == "passthrough"
     assert ev["tls"]["client_octets"] > 0 and ev["tls"]["server_octets"] > 0
+    # The transcript's close record carries the same counts.
+    close = [e for e in t.events() if e.startswith("close ")][-1]
+    assert "tls_client_octets=%d" % ev["tls"]["client_octets"] in close, close
+    assert "tls_server_octets=%d" % ev["tls"]["server_octets"] in close, close

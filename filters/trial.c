@@ -16,6 +16,7 @@
 #include "logs/escape.h"
 
 #define TRIAL_PENDING 64 /* commands awaiting a reply, more than any pipelined group */
+#define TRIAL_OWN "(own)"  /* a command the proxy itself sent upstream */
 
 enum trial_mode { MODE_COMMAND, MODE_HEADER, MODE_BODY };
 
@@ -155,6 +156,26 @@ trial_push(struct trial *t, const unsigned char *p, size_t n)
 	v[i] = '\0';
 }
 
+/*
+ * A command the proxy itself sent upstream ("U:"): its reply is not the client's.  After a
+ * held message's end of data, our DATA goes before the "." that waits for the final reply.
+ */
+static void
+trial_push_own(struct trial *t)
+{
+	char *last;
+
+	if (t->pcount > 0 && t->pcount < TRIAL_PENDING) {
+		last = t->pending[(t->phead + t->pcount - 1) % TRIAL_PENDING];
+		if (strcmp(last, ".") == 0) {
+			strcpy(last, TRIAL_OWN);
+			trial_push(t, (const unsigned char *)".", 1);
+			return;
+		}
+	}
+	trial_push(t, (const unsigned char *)TRIAL_OWN, strlen(TRIAL_OWN));
+}
+
 static const char *
 trial_peek(const struct trial *t)
 {
@@ -280,6 +301,10 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 		t->greeted = 1;
 		return;
 	}
+	if (strcmp(trial_peek(t), TRIAL_OWN) == 0) {
+		trial_pop(t);
+		return;
+	}
 	if (n >= 3 && memcmp(p, "334", 3) == 0) {
 		t->sasl = 1;
 		return;
@@ -303,6 +328,9 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 		t->reply_lines = t->reply_ignored = 0;
 		t->reply_is_ehlo = t->greeted && strcasecmp(trial_peek(t), "EHLO") == 0;
 	}
+	/* The reply to our own command upstream never reached the client: no rule saw it. */
+	if (t->greeted && strcmp(trial_peek(t), TRIAL_OWN) == 0)
+		own = 1;
 	if (!own) {
 		if (!t->greeted)
 			scopes[0] = SCOPE_BANNER;
@@ -335,6 +363,10 @@ trial_flush(struct trial *t)
 		n--;
 	if (kind == 'C')
 		return trial_client(t, p, n);
+	if (kind == 'U') {
+		trial_push_own(t);
+		return 0;
+	}
 	return trial_server(t, p, n, kind == 'P');
 }
 
@@ -400,7 +432,7 @@ trial_record(struct trial *t, unsigned char *s, size_t n)
 		trial_error(t, "not a transcript record");
 		return -1;
 	}
-	if (strchr("CSP", kind[0]) == NULL || (kind[1] != ':' && kind[1] != '+')) {
+	if (strchr("CSPU", kind[0]) == NULL || (kind[1] != ':' && kind[1] != '+')) {
 		trial_error(t, "unknown record kind");
 		return -1;
 	}

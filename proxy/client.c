@@ -155,14 +155,14 @@ client_command_local(struct session *s, const struct unit *u, const struct smtp_
 /* What the rules decided for a command that is not forwarded: REJECT or DISCONNECT. */
 static void
 client_command_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd,
-                       int verdict)
+                       int verdict, const char *text)
 {
 	char reply[600];
 	struct pending *p;
 	uint64_t size;
 	int last;
 
-	snprintf(reply, sizeof(reply), "%s\r\n", s->outcome.reply);
+	snprintf(reply, sizeof(reply), "%s\r\n", text);
 	side_discard(&s->client, u->len);
 	tx_refused(s, cmd, atoi(reply));
 	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
@@ -208,15 +208,34 @@ client_command_track(struct session *s, const struct smtp_command *cmd)
 
 /* Sends the command on: the client's own octets, or the rules' rewrite of it. */
 static void
-client_command_send(struct session *s, const struct unit *u)
+client_command_send(struct session *s, const struct unit *u, const unsigned char *tail,
+                    size_t taillen)
 {
+	struct evbuffer *out;
+
 	if (!s->outcome.rewritten || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
 		return;
 	}
+	out = bufferevent_get_output(s->server.bev);
+	evbuffer_add(out, s->outcome.line, s->outcome.len);
+	evbuffer_add(out, tail, taillen);
+	evbuffer_add(out, "\r\n", 2);
 	side_discard(&s->client, u->len);
-	evbuffer_add(bufferevent_get_output(s->server.bev), s->outcome.line, s->outcome.len);
-	evbuffer_add(bufferevent_get_output(s->server.bev), "\r\n", 2);
+}
+
+/* The part of an AUTH line rules may see: "AUTH MECHANISM", never the initial response. */
+static size_t
+client_auth_visible(const unsigned char *line, size_t n, const struct smtp_command *cmd)
+{
+	size_t end;
+
+	if (cmd->arg == NULL)
+		return n;
+	end = (size_t)(cmd->arg - line);
+	while (end < n && line[end] != ' ')
+		end++;
+	return end;
 }
 
 /*
@@ -235,16 +254,17 @@ client_hold_data(struct session *s, const struct unit *u)
 		return;
 	}
 	p->hold_decide = 1;
+	p->tx = s->tx;
 	relay_flush_local(s);
 }
 
 /* A held DATA's turn: our own 354 when a recipient was accepted, else the server decides. */
 void
-client_hold_decide(struct session *s)
+client_hold_decide(struct session *s, struct tx *tx)
 {
 	struct pending *p;
 
-	if (!tx_accepted(s->tx) || relay_no_server(s)) {
+	if (!tx_accepted(tx) || relay_no_server(s)) {
 		/* The server's own error (no valid recipients) reaches the client. */
 		if (!relay_no_server(s))
 			evbuffer_add(bufferevent_get_output(s->server.bev), "DATA\r\n", 6);
@@ -272,34 +292,41 @@ client_command(struct session *s, const struct unit *u)
 	enum rule_scope scopes[2];
 	struct smtp_command cmd;
 	struct pending *p;
-	int rcpt, verdict = ACT_NONE;
+	size_t seen = n; /* what the rules see of the line */
+	int rcpt, verdict;
 
 	smtp_parse_command(u->data, n, &cmd);
 	if (client_command_local(s, u, &cmd))
 		return;
-	rule_outcome_reset(&s->outcome);
 	if (cmd.verb == VERB_AUTH) {
 		/* SASL material never meets a rule: a hit would record the secret. */
 		client_auth(s, &cmd);
+		seen = client_auth_visible(u->data, n, &cmd);
 	} else {
 		side_record(&s->client, u);
-		verdict =
-		    filter_line(s, scopes, filter_command_scopes(cmd.verb, scopes), u->data, n);
 	}
+	verdict = filter_line(s, scopes, filter_command_scopes(cmd.verb, scopes), u->data, seen);
 	if (verdict < 0)
 		return;
 	if (verdict == ACT_REJECT || verdict == ACT_DISCONNECT) {
-		client_command_refused(s, u, &cmd, verdict);
+		client_command_refused(s, u, &cmd, verdict, s->outcome.reply);
 		return;
 	}
-	if (s->outcome.rewritten)
+	if (cmd.verb == VERB_BDAT && (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))) {
+		/* CHUNKING is hidden while message rules apply: BDAT would slip past them. */
+		session_warn(s, "BDAT refused: header and body rules can't see chunks");
+		client_command_refused(s, u, &cmd, ACT_REJECT,
+		                       "502 5.5.1 BDAT not available: CHUNKING not offered");
+		return;
+	}
+	if (s->outcome.rewritten && cmd.verb != VERB_AUTH)
 		smtp_parse_command(s->outcome.line, s->outcome.len, &cmd);
 	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
 		client_hold_data(s, u);
 		return;
 	}
 	rcpt = client_command_track(s, &cmd);
-	client_command_send(s, u);
+	client_command_send(s, u, u->data + seen, n - seen);
 	if ((p = relay_expect(s, cmd.verb)) == NULL)
 		return;
 	p->rcpt_index = rcpt;

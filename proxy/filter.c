@@ -7,6 +7,8 @@
 
 #include "logs/escape.h"
 #include "logs/transcript.h"
+#include "proxy/options.h"
+#include "proxy/proxy.h"
 #include "proxy/session.h"
 #include "proxy/smtp.h"
 
@@ -61,20 +63,32 @@ filter_command_scopes(int verb, enum rule_scope scopes[2])
 }
 
 /* Records one hit: which rule, what it did, the line before and after. */
+/* Whether --record keeps this scope's lines out of the transcript, rule hits included. */
+static int
+filter_content_hidden(const struct session *s, enum rule_scope scope)
+{
+	enum record_level level = s->px->opts->record;
+
+	return (scope == SCOPE_HEADER && level == RECORD_NONE) ||
+	       (scope == SCOPE_BODY && level != RECORD_BODY);
+}
+
 static void
 filter_record_hit(struct session *s, const struct rule_hit *h)
 {
-	char *orig = escape_strdup(h->orig, h->orig_len);
-	char *repl = h->repl != NULL ? escape_strdup(h->repl, h->repl_len) : NULL;
+	int hidden = filter_content_hidden(s, h->scope);
+	char *orig = hidden ? NULL : escape_strdup(h->orig, h->orig_len);
+	char *repl = !hidden && h->repl != NULL ? escape_strdup(h->repl, h->repl_len) : NULL;
 	char *text =
 	    h->text != NULL ? escape_strdup((const unsigned char *)h->text, strlen(h->text)) : NULL;
 
-	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s line=\"%s\"%s%s%s%s%s", h->file,
+	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s %s%s%s%s%s%s%s%s", h->file,
 	                 h->line, rules_action_name(h->action),
 	                 h->failed ? " (failed, skipped)" : "", rules_scope_name(h->scope),
-	                 orig != NULL ? orig : "", repl != NULL ? " sent=\"" : "",
-	                 repl != NULL ? repl : "", repl != NULL ? "\"" : "",
-	                 text != NULL ? " text=" : "", text != NULL ? text : "");
+	                 hidden ? "(line not recorded)" : "line=\"", orig != NULL ? orig : "",
+	                 hidden ? "" : "\"", repl != NULL ? " sent=\"" : "", repl != NULL ? repl : "",
+	                 repl != NULL ? "\"" : "", text != NULL ? " text=" : "",
+	                 text != NULL ? text : "");
 	free(orig);
 	free(repl);
 	free(text);

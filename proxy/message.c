@@ -25,7 +25,8 @@ struct message {
 	struct evbuffer *held;   /* held content, in memory */
 	int held_fd;             /* held content beyond --hold-memory, or -1 */
 	size_t held_file;        /* octets in held_fd */
-	size_t size;             /* octets held in all */
+	size_t size; /* the message's size as RFC 1870 counts it */
+	size_t wire; /* octets held, dot-stuffing included */
 };
 
 int
@@ -92,7 +93,7 @@ message_spill(struct session *s, struct message *m)
 
 /* Where finished content goes: upstream now, or the hold. */
 static void
-message_out(struct session *s, const void *p, size_t len)
+message_out_counted(struct session *s, const void *p, size_t len, int counted)
 {
 	struct message *m = s->msg;
 
@@ -103,7 +104,10 @@ message_out(struct session *s, const void *p, size_t len)
 	}
 	if (m->verdict != MSG_ACCEPT)
 		return; /* refused already: nothing more is kept */
-	m->size += len;
+	/* RFC 1870: the size counts CRLFs but not the dots of dot-stuffing. */
+	if (counted)
+		m->size += len;
+	m->wire += len;
 	if (s->server_size > 0 && m->size > s->server_size) {
 		m->verdict = MSG_TOO_BIG;
 		snprintf(m->reply, sizeof(m->reply), "552 5.3.4 Message size exceeds fixed limit");
@@ -113,6 +117,12 @@ message_out(struct session *s, const void *p, size_t len)
 	evbuffer_add(m->held, p, len);
 	if (evbuffer_get_length(m->held) > s->px->opts->hold_memory)
 		message_spill(s, m);
+}
+
+static void
+message_out(struct session *s, const void *p, size_t len)
+{
+	message_out_counted(s, p, len, 1);
 }
 
 /* Writes text as lines, each stuffed and ended with CRLF (text's own breaks may be any). */
@@ -127,7 +137,7 @@ message_out_lines(struct session *s, const unsigned char *text, size_t len)
 		for (n = 0; off + n < len && p[n] != '\r' && p[n] != '\n'; n++)
 			;
 		if (n > 0 && p[0] == '.')
-			message_out(s, ".", 1);
+			message_out_counted(s, ".", 1, 0);
 		message_out(s, p, n);
 		message_out(s, "\r\n", 2);
 		brk = off + n < len ? 1 : 0;
@@ -172,6 +182,11 @@ message_filter(struct session *s, enum rule_scope scope, const unsigned char *li
 	}
 	if (v == ACT_IGNORE)
 		return;
+	if (scope == SCOPE_HEADER && s->outcome.len == 0) {
+		/* An empty line would end the header section early: the header goes instead. */
+		session_warn(s, "a header rewritten to nothing was removed");
+		return;
+	}
 	message_out_lines(s, s->outcome.line, s->outcome.len);
 }
 
@@ -273,7 +288,8 @@ message_send_held(struct session *s)
 	}
 	evbuffer_add_buffer(out, m->held);
 	evbuffer_add(out, ".\r\n", 3);
-	transcript_event(s->transcript, "held message sent upstream octets=%zu", m->size);
+	transcript_event(s->transcript, "held message sent upstream octets=%zu size=%zu", m->wire,
+	                 m->size);
 	message_free(s);
 	return 0;
 }

@@ -6,6 +6,8 @@
 
 #include "proxy/smtp.h"
 
+struct tx;
+
 /*
  * The queue of commands awaiting a reply (RFC 2920).  Server replies answer its head in
  * order; a reply the proxy makes itself waits in the queue for its turn, so it never overtakes
@@ -16,6 +18,7 @@ struct pending {
 	enum smtp_verb verb;
 	int last;          /* BDAT ... LAST */
 	int rcpt_index;    /* which RCPT of the transaction, or -1 */
+	struct tx *tx;     /* the transaction the command belongs to, or NULL */
 	char *local_reply; /* CRLF-terminated lines the proxy sends itself, or NULL */
 	int disconnect;    /* the local reply is a rule's DISCONNECT: close after it */
 	int starttls;      /* the local reply is our 220 to STARTTLS: the handshake follows */

@@ -114,8 +114,10 @@ relay_flush_local(struct session *s)
 
 	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
 		if (head->hold_decide) {
+			struct tx *tx = head->tx;
+
 			pipeline_pop(&s->pipeline);
-			client_hold_decide(s);
+			client_hold_decide(s, tx);
 			return;
 		}
 		session_reply(s, head->local_reply);
@@ -150,6 +152,8 @@ relay_expect(struct session *s, enum smtp_verb verb)
 
 	if (p == NULL)
 		session_close(s, "error");
+	else
+		p->tx = s->tx;
 	return p;
 }
 

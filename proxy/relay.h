@@ -14,6 +14,7 @@ struct evbuffer;
 struct pending;
 struct session;
 struct side;
+struct tx;
 
 /* One unit of input: a whole line (complete) or a piece of an over-long one. */
 struct unit {
@@ -40,7 +41,7 @@ void relay_message_start(struct session *s);
 void relay_answer_pending(struct session *s, const char *reply);
 
 /* client.c */
-void client_hold_decide(struct session *s);
+void client_hold_decide(struct session *s, struct tx *tx);
 void client_starttls(struct session *s);
 
 /* server.c */

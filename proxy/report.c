@@ -134,6 +134,8 @@ report_write(struct session *s, const struct timeval *end)
 		return;
 	report_extras(s, o);
 	json_object_set_new(o, "transactions", report_transactions(s));
+	if (s->tx_unrecorded > 0)
+		json_object_set_new(o, "transactions_unrecorded", json_integer(s->tx_unrecorded));
 	if (s->rules != NULL)
 		json_object_set_new(o, "rules", filter_report(s));
 	json_object_set_new(o, "client_octets", json_integer((json_int_t)s->client.octets));

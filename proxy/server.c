@@ -145,7 +145,7 @@ server_held_refused(struct session *s, int code)
 		s->tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
 		s->tx = NULL;
 	}
-	evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+	reply_edit_send(s, s->held_reply, VERB_DATA, code);
 	message_free(s);
 	session_enter_state(s, ST_COMMAND);
 	relay_resume_client(s);

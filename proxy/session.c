@@ -138,6 +138,7 @@ session_free(struct session *s)
 		TAILQ_REMOVE(&s->txs, tx, entry);
 		tx_free(tx);
 	}
+	tx_free(s->tx_spare);
 	if (s->reply_copy != NULL)
 		evbuffer_free(s->reply_copy);
 	if (s->setup_reply != NULL)

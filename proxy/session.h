@@ -152,8 +152,10 @@ struct session {
 	unsigned *rule_hits;
 
 	TAILQ_HEAD(, tx) txs;
-	struct tx *tx;
+	struct tx *tx;       /* the transaction commands now belong to, or NULL */
+	struct tx *tx_spare; /* reused for transactions beyond what an event records */
 	unsigned ntx;
+	unsigned tx_unrecorded;
 };
 
 /* Accepts a client on fd: connects upstream and starts recording. */

@@ -38,13 +38,44 @@ tx_path(const struct smtp_command *cmd)
 	return relay_strndup(cmd->arg + off, cmd->arglen - off);
 }
 
+/* Empties a transaction for reuse. */
+static void
+tx_clear(struct tx *tx)
+{
+	size_t i;
+
+	for (i = 0; i < tx->nrcpt; i++)
+		free(tx->rcpts[i].to);
+	free(tx->rcpts);
+	free(tx->mail_from);
+	free(tx->text);
+	memset(tx, 0, sizeof(*tx));
+}
+
+/* The one transaction struct reused for those beyond what an event records. */
+static struct tx *
+tx_spare(struct session *s)
+{
+	if (s->tx_spare == NULL)
+		s->tx_spare = calloc(1, sizeof(*s->tx_spare));
+	else
+		tx_clear(s->tx_spare);
+	return s->tx_spare;
+}
+
 void
 tx_begin(struct session *s, const struct smtp_command *cmd)
 {
 	struct tx *tx;
 
 	s->tx = NULL;
-	if (s->ntx >= TX_MAX_RECORDED || (tx = calloc(1, sizeof(*tx))) == NULL)
+	if (s->ntx >= TX_MAX_RECORDED) {
+		/* Not recorded, but followed all the same: rules depend on its recipients. */
+		s->tx = tx_spare(s);
+		s->tx_unrecorded++;
+		return;
+	}
+	if ((tx = calloc(1, sizeof(*tx))) == NULL)
 		return;
 	tx->mail_from = tx_path(cmd);
 	tx->mail_code = 0;
@@ -112,7 +143,7 @@ tx_accepted(const struct tx *tx)
 void
 tx_reply(struct session *s, const struct pending *p, int code)
 {
-	struct tx *tx = s->tx;
+	struct tx *tx = p->tx;
 
 	if (tx == NULL)
 		return;
@@ -131,7 +162,8 @@ tx_reply(struct session *s, const struct pending *p, int code)
 		tx->code = code;
 		free(tx->text);
 		tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
-		s->tx = NULL;
+		if (s->tx == tx)
+			s->tx = NULL;
 		break;
 	default:
 		break;
@@ -141,12 +173,8 @@ tx_reply(struct session *s, const struct pending *p, int code)
 void
 tx_free(struct tx *tx)
 {
-	size_t i;
-
-	for (i = 0; i < tx->nrcpt; i++)
-		free(tx->rcpts[i].to);
-	free(tx->rcpts);
-	free(tx->mail_from);
-	free(tx->text);
+	if (tx == NULL)
+		return;
+	tx_clear(tx);
 	free(tx);
 }

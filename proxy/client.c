@@ -683,6 +683,9 @@ relay_client_secured(struct session *s)
 	s->helo = NULL;
 	s->tx = NULL;
 	session_enter_state(s, ST_COMMAND);
+	/* The server must forget too: a transaction begun in clear does not go on in TLS. */
+	if (!relay_no_server(s))
+		relay_quiet_upstream(s, "RSET\r\n", VERB_RSET);
 	relay_resume_client(s);
 }
 

@@ -93,10 +93,13 @@ report_extras(const struct session *s, json_t *o)
 {
 	json_t *tls;
 
-	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL) {
+	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL ||
+	    s->client_tls_error != NULL) {
 		tls = json_pack("{s:s,s:o,s:o}", "mode", report_tls_mode(s), "client",
 		                report_tls_leg(s->client_tls, 0), "upstream",
 		                report_tls_leg(s->upstream_tls, 1));
+		if (s->client_tls_error != NULL)
+			json_object_set_new(tls, "client_error", report_string(s->client_tls_error));
 		if (s->tls_passthrough) {
 			json_object_set_new(tls, "client_octets",
 			                    json_integer((json_int_t)s->client.raw_octets));

@@ -32,6 +32,9 @@
 
 /* How long a closing session may take to hand its last replies to the client. */
 #define CLOSE_LINGER_SECS 10
+/* How often a closing session checks that its last octets have left (a TLS filter's socket
+ * buffer has no callback of ours). */
+#define CLOSE_POLL_USECS 20000
 /* RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end of data. */
 #define EOD_REPLY_SECS 600
 
@@ -150,6 +153,7 @@ session_free(struct session *s)
 	free(s->reply_text);
 	free(s->helo);
 	free(s->client_tls);
+	free(s->client_tls_error);
 	free(s->upstream_tls);
 	TAILQ_REMOVE(&px->sessions, s, entry);
 	px->nsessions--;
@@ -176,18 +180,48 @@ session_free_later(struct session *s)
 	event_add(s->timer, &now);
 }
 
-static void
-session_linger_expired(struct session *s)
+/* Octets still on their way to the client: ours, and a TLS filter's socket buffer. */
+static size_t
+session_client_pending(struct session *s)
 {
-	log_debug("session=%s client did not take its last replies in time", s->id);
-	session_free(s);
+	struct bufferevent *under = bufferevent_get_underlying(s->client.bev);
+	size_t n = evbuffer_get_length(bufferevent_get_output(s->client.bev));
+
+	if (under != NULL)
+		n += evbuffer_get_length(bufferevent_get_output(under));
+	return n;
+}
+
+/* Whether the client's TLS handshake has begun and not finished. */
+static int
+session_client_handshaking(struct session *s)
+{
+	return s->client.bev != NULL && !s->client.tls &&
+	       bufferevent_openssl_get_ssl(s->client.bev) != NULL;
+}
+
+/* A closing session: free it once the client has its last octets, or the linger is over. */
+static void
+session_linger_check(struct session *s)
+{
+	struct timeval poll = {0, CLOSE_POLL_USECS};
+
+	if (s->client.bev == NULL || session_client_pending(s) == 0) {
+		session_free(s);
+		return;
+	}
+	if (time(NULL) >= s->linger_until) {
+		log_debug("session=%s client did not take its last replies in time", s->id);
+		session_free(s);
+		return;
+	}
+	event_add(s->timer, &poll);
 }
 
 void
 session_close(struct session *s, const char *reason)
 {
-	struct timeval now, linger = {CLOSE_LINGER_SECS, 0};
-	struct evbuffer *out;
+	struct timeval now, poll = {0, CLOSE_POLL_USECS};
 
 	if (s->closing)
 		return;
@@ -217,16 +251,22 @@ session_close(struct session *s, const char *reason)
 		session_free_later(s);
 		return;
 	}
-	bufferevent_disable(s->client.bev, EV_READ);
-	out = bufferevent_get_output(s->client.bev);
-	if (evbuffer_get_length(out) == 0) {
+	if (session_client_handshaking(s) && strcmp(reason, "idle_timeout") == 0) {
+		session_free_later(s); /* a stalled handshake can be told nothing */
+		return;
+	}
+	/* A handshake in progress must read to finish, so that our reply can reach the client. */
+	if (!session_client_handshaking(s))
+		bufferevent_disable(s->client.bev, EV_READ);
+	if (session_client_pending(s) == 0) {
 		session_free_later(s);
 		return;
 	}
-	/* Deliver what is pending to the client first; the write callback frees. */
+	/* Deliver what is pending to the client first; the write callback or the poll frees. */
 	bufferevent_setwatermark(s->client.bev, EV_WRITE, 0, 0);
+	s->linger_until = time(NULL) + CLOSE_LINGER_SECS;
 	event_del(s->timer);
-	event_add(s->timer, &linger);
+	event_add(s->timer, &poll);
 }
 
 void
@@ -267,7 +307,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	if (s->state == ST_CLOSING) {
-		session_linger_expired(s);
+		session_linger_check(s);
 		return;
 	}
 	if (s->state == ST_CONNECTING) {
@@ -284,8 +324,11 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	if (idle >= (time_t)limit) {
 		snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection\r\n",
 		         s->px->opts->hostname);
-		transcript_event(s->transcript, "idle timeout after %u seconds", limit);
-		session_reply(s, reply);
+		transcript_event(s->transcript, "idle timeout after %u seconds%s", limit,
+		                 session_client_handshaking(s) ? " in the client's TLS handshake"
+		                                               : "");
+		if (!session_client_handshaking(s))
+			session_reply(s, reply);
 		session_close(s, "idle_timeout");
 		return;
 	}
@@ -335,8 +378,9 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	struct session *s = x->s;
 	struct side *peer = session_peer(x);
 
+	(void)bev;
 	if (s->closing) {
-		if (x->dir == SIDE_CLIENT && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		if (x->dir == SIDE_CLIENT && session_client_pending(s) == 0)
 			session_free_later(s);
 		return;
 	}
@@ -397,6 +441,8 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 	}
 	if (x->dir == SIDE_CLIENT) {
 		transcript_event(s->transcript, "tls client failed reason=\"%s\"", why);
+		free(s->client_tls_error);
+		s->client_tls_error = strdup(why);
 		session_close(s, "client_tls_failed");
 		return;
 	}
@@ -429,7 +475,8 @@ session_start_tls(struct session *s, struct side *x)
 	/* The new buffer event has none of the old one's settings: set them again. */
 	x->bev = tlsbev;
 	bufferevent_setcb(tlsbev, session_read_cb, session_write_cb, session_event_cb, x);
-	bufferevent_setwatermark(tlsbev, EV_WRITE, SIDE_HIGH_MARK / 2, 0);
+	/* The high mark also stops the TLS filter from filling the socket's buffer without end. */
+	bufferevent_setwatermark(tlsbev, EV_WRITE, SIDE_HIGH_MARK / 2, SIDE_HIGH_MARK);
 	x->paused &= ~PAUSE_WAIT;
 	if (x->paused == 0)
 		bufferevent_enable(tlsbev, EV_READ | EV_WRITE);
@@ -512,8 +559,12 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 	struct side *x = arg;
 	struct session *s = x->s;
 
-	if (s->closing)
+	if (s->closing) {
+		/* A client finishing its handshake while we close: it will get our last reply. */
+		if ((what & BEV_EVENT_CONNECTED) && x->dir == SIDE_CLIENT && !x->tls)
+			session_tls_done(s, x);
 		return;
+	}
 	if (what & BEV_EVENT_CONNECTED) {
 		session_connected(s, x);
 		return;
@@ -549,7 +600,7 @@ side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferev
 	x->dir = dir;
 	x->bev = bev;
 	bufferevent_setcb(bev, session_read_cb, session_write_cb, session_event_cb, x);
-	bufferevent_setwatermark(bev, EV_WRITE, SIDE_HIGH_MARK / 2, 0);
+	bufferevent_setwatermark(bev, EV_WRITE, SIDE_HIGH_MARK / 2, SIDE_HIGH_MARK);
 }
 
 static void

@@ -139,10 +139,12 @@ struct session {
 	struct evbuffer *held_reply;   /* a reply held whole, to edit it */
 	struct tls_info *client_tls;   /* allocated once a handshake is done: idle sessions */
 	struct tls_info *upstream_tls; /* stay small */
+	char *client_tls_error;        /* why the client's handshake failed */
 	int early_talker;
 	int quit_answered;
 	int client_gone; /* the client closed its write half */
 	int closing;
+	time_t linger_until; /* a closing session is freed by then at the latest */
 	unsigned warnings;
 	const char *close_reason;
 

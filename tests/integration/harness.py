@@ -26,7 +26,7 @@ POSTFIX = "/usr/sbin/postfix"
 IS_ROOT = os.geteuid() == 0
 
 TS_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
-RECORD_RE = re.compile(r"^(" + TS_RE + r") (C:|S:|\*|C\+|S\+|P:)(?: (.*))?$", re.S)
+RECORD_RE = re.compile(r"^(" + TS_RE + r") (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$", re.S)
 TRANSCRIPT_NAME_RE = re.compile(r"^(\d{4}-\d\d-\d\d)/(\d{6})\.(\d{6})-([0-9a-f]{8})\.log$")
 
 

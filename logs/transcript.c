@@ -35,6 +35,7 @@ struct transcript {
 	int failed;
 	int dirty;
 	char path[96]; /* under the log directory: DAY/NAME */
+	char day[16];  /* DAY */
 	char name[64];
 };
 
@@ -55,6 +56,22 @@ transcript_write_failed(struct transcript *t)
 	evbuffer_drain(t->buf, evbuffer_get_length(t->buf));
 }
 
+/* Opens the transcript to append, following no symlink at either level of its path. */
+static int
+transcript_reopen(const struct transcript *t)
+{
+	int dirfd, fd, saved;
+
+	dirfd = openat(log_dir_fd, t->day, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dirfd < 0)
+		return -1;
+	fd = openat(dirfd, t->name, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+	saved = errno;
+	close(dirfd);
+	errno = saved;
+	return fd;
+}
+
 static void
 transcript_flush(struct transcript *t)
 {
@@ -63,7 +80,7 @@ transcript_flush(struct transcript *t)
 	t->dirty = 0;
 	if (evbuffer_get_length(t->buf) == 0)
 		return;
-	fd = openat(log_dir_fd, t->path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+	fd = transcript_reopen(t);
 	if (fd < 0) {
 		transcript_write_failed(t);
 		return;
@@ -204,6 +221,7 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	snprintf(t->path, sizeof(t->path), "%04d-%02d-%02d/%s", tm.tm_year + 1900, tm.tm_mon + 1,
 	         tm.tm_mday, name);
 	snprintf(relpath, relsize, "%s", t->path);
+	strftime(t->day, sizeof(t->day), "%Y-%m-%d", &tm);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
 	transcript_header(t, id, start, client, listener, upstream);

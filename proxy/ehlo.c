@@ -135,3 +135,21 @@ ehlo_size(const unsigned char *reply, size_t len)
 	}
 	return 0;
 }
+
+int
+ehlo_line_removed(const unsigned char *line, size_t len, const struct ehlo_policy *pol)
+{
+	struct ehlo_line l = {line, len};
+
+	return ehlo_removed(&l, pol);
+}
+
+void
+ehlo_line_emit(struct evbuffer *out, const unsigned char *line, size_t len, int last)
+{
+	if (len < 3) {
+		evbuffer_add(out, line, len);
+		return;
+	}
+	ehlo_emit(out, line, len, last);
+}

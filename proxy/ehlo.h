@@ -22,6 +22,11 @@ struct ehlo_policy {
 int ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
               struct evbuffer *out, struct evbuffer *notes);
 
+/* Whether one reply line (line end included) is an extension the policy removes. */
+int ehlo_line_removed(const unsigned char *line, size_t len, const struct ehlo_policy *pol);
+/* Writes one reply line with the separator its place needs ("250-" or, last, "250 "). */
+void ehlo_line_emit(struct evbuffer *out, const unsigned char *line, size_t len, int last);
+
 /* The SIZE limit the EHLO reply announces (RFC 1870), 0 when none. */
 unsigned long long ehlo_size(const unsigned char *reply, size_t len);
 

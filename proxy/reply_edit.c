@@ -106,21 +106,33 @@ reply_lines_free(struct reply_lines *rl)
 
 /* The EHLO extensions we handle ourselves, edited whatever the server offered. */
 static void
-reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struct evbuffer *out)
+reply_edit_policy(struct session *s, struct ehlo_policy *pol, const char *remove[6])
 {
 	const struct options *o = s->px->opts;
-	const char *remove[6] = {"XCLIENT", "XFORWARD"};
-	struct ehlo_policy pol = {remove, 2, NULL};
+
+	remove[0] = "XCLIENT";
+	remove[1] = "XFORWARD";
+	pol->remove = remove;
+	pol->nremove = 2;
+	pol->add = NULL;
+	if (o->tls_mode == TLS_STRIP || (o->tls_mode == TLS_TERMINATE && s->client.tls))
+		remove[pol->nremove++] = "STARTTLS";
+	/* BDAT content is not split into lines: header and body rules could not see it. */
+	if (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))
+		remove[pol->nremove++] = "CHUNKING";
+	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
+		pol->add = "STARTTLS";
+}
+
+static void
+reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struct evbuffer *out)
+{
+	const char *remove[6];
+	struct ehlo_policy pol;
 	struct evbuffer *notes = evbuffer_new();
 	char *line;
 
-	if (o->tls_mode == TLS_STRIP || (o->tls_mode == TLS_TERMINATE && s->client.tls))
-		remove[pol.nremove++] = "STARTTLS";
-	/* BDAT content is not split into lines: header and body rules could not see it. */
-	if (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))
-		remove[pol.nremove++] = "CHUNKING";
-	if (o->tls_mode == TLS_TERMINATE && !s->client.tls)
-		pol.add = "STARTTLS";
+	reply_edit_policy(s, &pol, remove);
 	s->server_size = ehlo_size(reply, len);
 	ehlo_edit(reply, len, &pol, out, notes);
 	while (notes != NULL && (line = evbuffer_readln(notes, NULL, EVBUFFER_EOL_CRLF)) != NULL) {
@@ -181,4 +193,62 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		evbuffer_add(out, reply, len);
 	free(rebuilt);
 	evbuffer_drain(held, evbuffer_get_length(held));
+}
+
+/*
+ * An EHLO reply too long to hold whole (over 64 KiB: a hostile server) is still edited,
+ * line by line, keeping one line back so the separators can be set right at its end.
+ */
+void
+reply_edit_stream_begin(struct session *s)
+{
+	size_t len = evbuffer_get_length(s->held_reply), off = 0, n;
+	const unsigned char *p = evbuffer_pullup(s->held_reply, (ev_ssize_t)len);
+	struct evbuffer *pending = evbuffer_new();
+	const unsigned char *lf;
+
+	s->reply_stream = 1;
+	if (p == NULL || pending == NULL) {
+		if (pending != NULL)
+			evbuffer_free(pending);
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+		return;
+	}
+	while (off < len) {
+		lf = memchr(p + off, '\n', len - off);
+		n = lf != NULL ? (size_t)(lf - (p + off)) + 1 : len - off;
+		reply_edit_stream_line(s, p + off, n, 0, pending);
+		off += n;
+	}
+	evbuffer_drain(s->held_reply, len);
+	evbuffer_add_buffer(s->held_reply, pending);
+	evbuffer_free(pending);
+}
+
+void
+reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
+                       struct evbuffer *kept)
+{
+	struct evbuffer *out = bufferevent_get_output(s->client.bev);
+	const char *remove[6];
+	struct ehlo_policy pol;
+	size_t plen = evbuffer_get_length(kept);
+	int removed;
+
+	reply_edit_policy(s, &pol, remove);
+	removed = ehlo_line_removed(line, len, &pol);
+	if (removed)
+		transcript_event(s->transcript, "ehlo reply edited: removed a line of a long reply");
+	if (!removed && plen > 0)
+		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 0);
+	if (!removed) {
+		evbuffer_drain(kept, plen);
+		evbuffer_add(kept, line, len);
+		plen = len;
+	}
+	if (last) {
+		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 1);
+		evbuffer_drain(kept, plen);
+		s->reply_stream = 0;
+	}
 }

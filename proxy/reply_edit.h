@@ -14,6 +14,12 @@ struct session;
  */
 void reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code);
 
+/* An EHLO reply over the hold limit: edited line by line from here on (one line kept back
+ * in held_reply).  stream_line takes each further complete line; last ends the reply. */
+void reply_edit_stream_begin(struct session *s);
+void reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
+                            struct evbuffer *kept);
+
 /* Whether replies must be held whole because rules may edit them. */
 int reply_edit_wanted(const struct session *s);
 

@@ -29,6 +29,18 @@ report_string(const char *s)
 	return j != NULL ? j : json_null();
 }
 
+/* Text stored already escaped (peer octets, NUL included, made safe as they arrived). */
+static json_t *
+report_escaped(const char *s)
+{
+	json_t *j;
+
+	if (s == NULL)
+		return json_null();
+	j = json_string(s);
+	return j != NULL ? j : json_null();
+}
+
 static json_t *
 report_code(int code)
 {
@@ -43,12 +55,12 @@ report_tx(const struct tx *tx)
 
 	for (i = 0; i < tx->nrcpt; i++)
 		json_array_append_new(rcpts,
-		                      json_pack("{s:o,s:o}", "to", report_string(tx->rcpts[i].to),
+		                      json_pack("{s:o,s:o}", "to", report_escaped(tx->rcpts[i].to),
 		                                "code", report_code(tx->rcpts[i].code)));
-	o = json_pack("{s:o,s:o,s:o,s:I,s:o,s:o}", "mail_from", report_string(tx->mail_from),
+	o = json_pack("{s:o,s:o,s:o,s:I,s:o,s:o}", "mail_from", report_escaped(tx->mail_from),
 	              "mail_code", report_code(tx->mail_code), "rcpt", rcpts, "size",
 	              (json_int_t)tx->size, "code", report_code(tx->code), "text",
-	              report_string(tx->code > 0 ? tx->text : NULL));
+	              report_escaped(tx->code > 0 ? tx->text : NULL));
 	return o;
 }
 
@@ -132,7 +144,7 @@ report_write(struct session *s, const struct timeval *end)
 	              "listener", s->listener_addr, "upstream", s->px_upstream, "upstream_address",
 	              s->upstream_addr, "transcript",
 	              s->transcript_path[0] ? json_string(s->transcript_path) : json_null(), "helo",
-	              report_string(s->helo), "early_talker", s->early_talker);
+	              report_escaped(s->helo), "early_talker", s->early_talker);
 	if (o == NULL)
 		return;
 	report_extras(s, o);

@@ -11,6 +11,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "logs/escape.h"
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
@@ -26,6 +27,8 @@
 
 /* Longest reply held whole for editing; a longer one is relayed as it comes. */
 #define REPLY_HOLD_MAX 65536
+
+static void server_protocol_error(struct session *s, const char *why);
 
 /* STARTTLS accepted without a certificate of ours: from here on, bytes both ways. */
 static void
@@ -119,6 +122,18 @@ server_421(struct session *s)
 	/* The server's own 421 answers the head (or nothing, when idle), as it was sent. */
 	relay_flush_local(s);
 	head = pipeline_head(&s->pipeline);
+	if (s->reply_421_relayed) {
+		/* Too long to copy: the head had it as it came, the rest get ours. */
+		char lost[512];
+
+		if (head != NULL)
+			pipeline_pop(&s->pipeline);
+		snprintf(lost, sizeof(lost), "421 4.4.2 %s Connection to upstream lost\r\n",
+		         s->px->opts->hostname);
+		relay_answer_pending(s, lost);
+		session_close(s, "server_421");
+		return;
+	}
 	if (s->client.bev != NULL && (head == NULL || !(head->quiet && head->verb == VERB_RSET)))
 		evbuffer_add(bufferevent_get_output(s->client.bev),
 		             evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len);
@@ -225,25 +240,95 @@ server_holds_reply(struct session *s, int code)
 }
 
 /* Where a server line goes: held (EHLO, 421, set-up), or on to the client at once. */
+/* Where the lines of the reply being read are held, or NULL when they go on at once. */
+static struct evbuffer *
+server_hold(struct session *s)
+{
+	if (s->upstream_setup && !(s->state == ST_GREETING && s->greeting_relayed))
+		return s->setup_reply;
+	if (s->reply_code == 421 && !s->reply_421_relayed)
+		return s->reply_copy;
+	if (s->reply_quiet || s->reply_hold)
+		return s->held_reply;
+	return NULL;
+}
+
+/*
+ * A held reply passed the hold limit (a hostile server): an EHLO reply is edited line by
+ * line from here on, a 421 or a reply rules would edit goes to the client as it comes, and
+ * a reply the client was never to see (the set-up, our own commands) ends the session.
+ * Returns where to hold the line now, NULL to relay it.
+ */
+static struct evbuffer *
+server_hold_overflow(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	session_warn(s, "reply over %d octets", REPLY_HOLD_MAX);
+	if (s->upstream_setup && s->state == ST_GREETING) {
+		/* The client may read the greeting now; it still may not talk until the
+		 * upstream leg is secured. */
+		s->greeting_relayed = 1;
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->setup_reply);
+		return NULL;
+	}
+	if (s->upstream_setup || s->reply_quiet) {
+		server_protocol_error(s, "reply too long");
+		return NULL;
+	}
+	if (s->reply_code == 421) {
+		s->reply_421_relayed = 1;
+		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->reply_copy);
+		return NULL;
+	}
+	s->reply_hold = 0;
+	if (head != NULL && (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
+	    s->reply_code == 250) {
+		reply_edit_stream_begin(s);
+		return NULL;
+	}
+	evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+	return NULL;
+}
+
+/* The server broke the protocol beyond relaying: what is pending gets 421, then close. */
+static void
+server_protocol_error(struct session *s, const char *why)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "upstream protocol error: %s", why);
+	snprintf(reply, sizeof(reply), "421 4.4.2 %s Upstream protocol error\r\n",
+	         s->px->opts->hostname);
+	relay_flush_local(s);
+	if (pipeline_head(&s->pipeline) == NULL)
+		session_reply(s, reply);
+	relay_answer_pending(s, reply);
+	session_close(s, "upstream_error");
+}
+
 static void
 server_reply_route(struct session *s, const struct unit *u)
 {
-	struct evbuffer *hold = NULL;
+	struct evbuffer *hold = server_hold(s);
+	int cont = s->server.in_piece;
 
-	if (s->upstream_setup)
-		hold = s->setup_reply;
-	else if (s->reply_code == 421)
-		hold = s->reply_copy;
-	else if (s->reply_quiet)
-		hold = s->held_reply;
-	else if (s->reply_hold && evbuffer_get_length(s->held_reply) + u->len > REPLY_HOLD_MAX) {
-		/* Too big to be a real reply worth editing: relay it as it is, from here on. */
-		session_warn(s, "reply over %d octets relayed unedited", REPLY_HOLD_MAX);
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
-		s->reply_hold = 0;
-	} else if (s->reply_hold)
-		hold = s->held_reply;
+	if (hold != NULL && evbuffer_get_length(hold) + u->len > REPLY_HOLD_MAX &&
+	    (hold = server_hold_overflow(s)) == NULL && s->closing)
+		return;
 	side_record(&s->server, u);
+	if (s->reply_stream && !cont && u->complete) {
+		reply_edit_stream_line(s, u->data, u->len, s->reply_last_line, s->held_reply);
+		side_discard(&s->server, u->len);
+		return;
+	}
+	if (s->reply_stream && evbuffer_get_length(s->held_reply) > 0) {
+		/* A line too long to edit: the line kept back goes first, then it, as it came. */
+		size_t n = evbuffer_get_length(s->held_reply);
+		ehlo_line_emit(bufferevent_get_output(s->client.bev),
+		               evbuffer_pullup(s->held_reply, (ev_ssize_t)n), n, 0);
+		evbuffer_drain(s->held_reply, n);
+	}
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
 		return;
@@ -262,6 +347,8 @@ server_reply_begin(struct session *s, int code)
 	s->reply_open = 1;
 	s->reply_hold = 0;
 	s->reply_quiet = 0;
+	s->reply_stream = 0;
+	s->reply_421_relayed = 0;
 	if (s->upstream_setup)
 		hold = &s->setup_reply;
 	else if (code == 421)
@@ -296,7 +383,7 @@ server_reply_unit(struct session *s, const struct unit *u)
 			return;
 		if (r.last) {
 			free(s->reply_text);
-			s->reply_text = relay_strndup(r.text, r.textlen);
+			s->reply_text = escape_strdup(r.text, r.textlen);
 		}
 		s->reply_last_line = r.last;
 	}

@@ -218,6 +218,30 @@ session_linger_check(struct session *s)
 	event_add(s->timer, &poll);
 }
 
+/*
+ * What the client sent that was never relayed (an unfinished last line, commands left
+ * behind a 421): recorded and counted all the same, since the transcript is the record of
+ * what each side said.
+ */
+static void
+session_record_unrelayed(struct session *s)
+{
+	struct evbuffer *in;
+	const unsigned char *p;
+	size_t n;
+
+	if (s->client.bev == NULL)
+		return;
+	in = bufferevent_get_input(s->client.bev);
+	if ((n = evbuffer_get_length(in)) == 0)
+		return;
+	transcript_event(s->transcript, "client input not relayed octets=%zu", n);
+	if ((p = evbuffer_pullup(in, (ev_ssize_t)n)) != NULL)
+		transcript_data(s->transcript, s->client.in_piece ? "C+" : "C:", p, n);
+	s->client.octets += n;
+	evbuffer_drain(in, n);
+}
+
 void
 session_close(struct session *s, const char *reason)
 {
@@ -227,6 +251,7 @@ session_close(struct session *s, const char *reason)
 		return;
 	s->closing = 1;
 	s->close_reason = reason;
+	session_record_unrelayed(s);
 	session_enter_state(s, ST_CLOSING);
 	gettimeofday(&now, NULL);
 	if (s->tls_passthrough)

@@ -121,6 +121,9 @@ struct session {
 	int reply_code;
 	int reply_last_line;         /* the current line ends the reply */
 	int reply_quiet;             /* the reply answers our own command: held, not relayed */
+	int reply_stream;     /* a long EHLO reply edited line by line */
+	int reply_421_relayed; /* a 421 too long to hold went to the client as it came */
+	int greeting_relayed;  /* a greeting too long to hold went to the client as it came */
 	int reply_hold;              /* the reply is being held whole */
 	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
 	char *reply_text;            /* text of the reply's last line */

@@ -23,6 +23,13 @@ static const char *smtp_extra_names[] = {
     [VERB_LOCAL] = "local",
 };
 
+/* The white space that separates SMTP words for real servers: space, tab, VT, FF, CR. */
+static int
+smtp_is_space(unsigned char c)
+{
+	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
+}
+
 size_t
 smtp_line_len(const unsigned char *line, size_t len)
 {
@@ -37,23 +44,26 @@ smtp_line_len(const unsigned char *line, size_t len)
 void
 smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *cmd)
 {
-	size_t i, verblen = 0;
+	size_t i, start = 0, verblen = 0;
 
 	cmd->verb = VERB_UNKNOWN;
 	cmd->arg = NULL;
 	cmd->arglen = 0;
-	while (verblen < len && line[verblen] != ' ' && line[verblen] != '\t')
+	/* Split as servers do (Postfix's smtpd_token): " XCLIENT" is XCLIENT to them. */
+	while (start < len && smtp_is_space(line[start]))
+		start++;
+	while (start + verblen < len && !smtp_is_space(line[start + verblen]))
 		verblen++;
 	for (i = 0; i < sizeof(smtp_verbs) / sizeof(smtp_verbs[0]); i++) {
 		const char *name = smtp_verbs[i].name;
 		if (strlen(name) == verblen &&
-		    strncasecmp(name, (const char *)line, verblen) == 0) {
+		    strncasecmp(name, (const char *)line + start, verblen) == 0) {
 			cmd->verb = smtp_verbs[i].verb;
 			break;
 		}
 	}
-	i = verblen;
-	while (i < len && (line[i] == ' ' || line[i] == '\t'))
+	i = start + verblen;
+	while (i < len && smtp_is_space(line[i]))
 		i++;
 	if (i < len) {
 		cmd->arg = line + i;

@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "logs/escape.h"
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
@@ -35,7 +36,7 @@ tx_path(const struct smtp_command *cmd)
 	off = colon != NULL ? (size_t)(colon - cmd->arg) + 1 : 0;
 	while (off < cmd->arglen && cmd->arg[off] == ' ')
 		off++;
-	return relay_strndup(cmd->arg + off, cmd->arglen - off);
+	return escape_strdup(cmd->arg + off, cmd->arglen - off);
 }
 
 /* Empties a transaction for reuse. */
@@ -109,7 +110,7 @@ tx_helo(struct session *s, const struct smtp_command *cmd)
 	while (cmd->arg != NULL && n < cmd->arglen && cmd->arg[n] != ' ')
 		n++;
 	free(s->helo);
-	s->helo = relay_strndup(cmd->arg != NULL ? cmd->arg : (const unsigned char *)"", n);
+	s->helo = escape_strdup(cmd->arg != NULL ? cmd->arg : (const unsigned char *)"", n);
 	s->tx = NULL;
 }
 

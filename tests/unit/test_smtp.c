@@ -47,6 +47,11 @@ test_verbs(void **state)
 	check_verb("", VERB_UNKNOWN, NULL);
 	check_verb("MAIL", VERB_MAIL, NULL);
 	check_verb("NOOP   ", VERB_NOOP, NULL);
+	/* Leading white space and VT, FF, CR separate words for servers: so here too. */
+	check_verb(" XCLIENT ADDR=1.2.3.4", VERB_XCLIENT, "ADDR=1.2.3.4");
+	check_verb("\tXFORWARD ADDR=1.2.3.4", VERB_XFORWARD, "ADDR=1.2.3.4");
+	check_verb("XCLIENT\vADDR=1.2.3.4", VERB_XCLIENT, "ADDR=1.2.3.4");
+	check_verb("\fXCLIENT\rADDR=1", VERB_XCLIENT, "ADDR=1");
 }
 
 static void

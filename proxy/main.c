@@ -197,6 +197,9 @@ main(int argc, char **argv)
 	drop_privileges(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
 	event_base_dispatch(proxy.base);
+	if (transcript_write_errors() > 0)
+		log_warnx("transcript write errors since start: %llu",
+		          (unsigned long long)transcript_write_errors());
 	log_info("exiting");
 	for (i = 0; i < 3; i++)
 		event_free(signals[i]);

@@ -148,12 +148,28 @@ transcript_timestamp(const struct timeval *tv, char *buf, size_t size)
 	static char cached[24];
 	struct tm tm;
 
+	long usec = (long)tv->tv_usec;
+	int i;
+
+	/* Every recorded line has one: the date is formatted once a second, not per line. */
 	if (tv->tv_sec != cached_sec) {
 		gmtime_r(&tv->tv_sec, &tm);
 		strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
 		cached_sec = tv->tv_sec;
 	}
-	snprintf(buf, size, "%s.%06ldZ", cached, (long)tv->tv_usec);
+	if (size < 28) {
+		if (size > 0)
+			buf[0] = '\0';
+		return;
+	}
+	memcpy(buf, cached, 19);
+	buf[19] = '.';
+	for (i = 25; i >= 20; i--) {
+		buf[i] = (char)('0' + usec % 10);
+		usec /= 10;
+	}
+	buf[26] = 'Z';
+	buf[27] = '\0';
 }
 
 /* Opens the day's directory under the log directory, refusing a planted symlink. */
@@ -239,7 +255,10 @@ transcript_begin(struct transcript *t, const char *kind)
 
 	gettimeofday(&now, NULL);
 	transcript_timestamp(&now, ts, sizeof(ts));
-	evbuffer_add_printf(t->buf, "%s %s ", ts, kind);
+	ts[27] = ' ';
+	evbuffer_add(t->buf, ts, 28);
+	evbuffer_add(t->buf, kind, strlen(kind));
+	evbuffer_add(t->buf, " ", 1);
 }
 
 static void

@@ -6,6 +6,8 @@
 #include "proxy/session.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -527,6 +529,16 @@ session_connected(struct session *s, struct side *x)
 		relay_upstream_secured(s);
 }
 
+/* Replies and commands are small and must not wait for Nagle (nginx's tcp_nodelay). */
+static void
+session_nodelay(evutil_socket_t fd)
+{
+	int one = 1;
+
+	if (fd >= 0)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
 static void
 session_upstream_connected(struct session *s)
 {
@@ -534,6 +546,7 @@ session_upstream_connected(struct session *s)
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 
+	session_nodelay(bufferevent_getfd(s->server.bev));
 	if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
@@ -751,6 +764,7 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	(void)salen;
 	if ((s = session_create(px, fd, sa, listener, -1)) == NULL)
 		return NULL;
+	session_nodelay(fd);
 	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
 	    px->opts->log_failure_tempfail) {
 		session_unrecorded(s);

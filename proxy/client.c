@@ -163,8 +163,11 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	int last;
 
 	snprintf(reply, sizeof(reply), "%s\r\n", text);
-	side_discard(&s->client, u->len);
+	/* cmd points into the client's input: use it before the line is drained. */
 	tx_refused(s, cmd, atoi(reply));
+	if (cmd->verb != VERB_BDAT || smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
+		size = 0;
+	side_discard(&s->client, u->len);
 	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
 		session_close(s, "error");
 		return;
@@ -172,8 +175,7 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	if (verdict == ACT_DISCONNECT) {
 		p->disconnect = 1;
 		session_enter_state(s, ST_AWAIT);
-	} else if (cmd->verb == VERB_BDAT &&
-	           smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) == 0 && size > 0) {
+	} else if (size > 0) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
 		s->chunk_left = size;
 		s->chunk_discard = 1;

@@ -69,6 +69,10 @@ ehlo_removed(const struct ehlo_line *l, const struct ehlo_policy *pol)
 static void
 ehlo_emit(struct evbuffer *out, const unsigned char *p, size_t len, int last)
 {
+	if (len < 3) {
+		evbuffer_add(out, p, len); /* not a reply line: as it came */
+		return;
+	}
 	evbuffer_add(out, p, 3);
 	evbuffer_add(out, last ? " " : "-", 1);
 	if (len > 4)
@@ -104,7 +108,7 @@ ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
 			lastkept = i;
 		}
 	}
-	add = pol->add != NULL && !ehlo_offers(reply, len, pol->add);
+	add = pol->add != NULL && lines[0].len >= 3 && !ehlo_offers(reply, len, pol->add);
 	for (i = 0; i < n; i++)
 		if (keep[i])
 			ehlo_emit(out, lines[i].p, lines[i].len, !add && i == lastkept);

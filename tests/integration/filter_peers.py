@@ -106,41 +106,11 @@ class VerboseSink(harness.SmtpSink):
 
 
 # --------------------------------------------------------------------------------------------
-# Transcripts with "U:" records
-
-
-RECORD_RE = re.compile(r"^(" + harness.TS_RE + r") (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$", re.S)
+# Transcripts: the rule hits they record
 
 
 class Transcript(harness.Transcript):
-    """harness.Transcript, also accepting "U:" records: lines the proxy itself sent upstream
-    (a held message's DATA, the RSET after a refused one)."""
-
-    def __init__(self, path, log_dir):  # same checks as harness.Transcript, one more kind
-        self.path = path
-        self.relpath = os.path.relpath(path, log_dir)
-        with open(path, "rb") as f:
-            self.raw = f.read()
-        self.text = self.raw.decode("utf-8")
-        bad = [ch for ch in self.text if (ord(ch) < 0x20 and ch not in "\t\n") or 0x7F <= ord(ch) <= 0x9F]
-        assert not bad, "transcript %s holds raw control characters %r" % (path, bad[:10])
-        assert self.text.endswith("\n"), "transcript %s does not end with a line end" % path
-        self.header = {}
-        self.header_lines = []
-        self.records = []
-        for line in self.text[:-1].split("\n"):
-            if line.startswith("# "):
-                assert not self.records, "header line after records in %s: %r" % (path, line)
-                self.header_lines.append(line)
-                key, _, value = line[2:].partition(" ")
-                self.header[key] = value
-                continue
-            m = RECORD_RE.match(line)
-            assert m, "transcript %s: line matches no record format: %r" % (path, line)
-            self.records.append(harness.Record(m.group(1), m.group(2), m.group(3) or ""))
-
-    def upstream_lines(self):
-        return self.texts("U:")
+    """harness.Transcript with the readers the filter tests use (rule hits)."""
 
     def rule_hits(self):
         """The "* rule ..." events, parsed."""

@@ -247,6 +247,10 @@ class Transcript:
     def server_lines(self):
         return self.texts("S:")
 
+    def upstream_lines(self):
+        """Lines the proxy itself sent to the server ("U:")."""
+        return self.texts("U:")
+
     def proxy_lines(self):
         return self.texts("P:")
 

@@ -944,7 +944,7 @@ class FakeConn:
     def wait_eof(self, timeout=5.0):
         """True if the peer closes within timeout (data read meanwhile is kept)."""
         deadline = time.monotonic() + timeout
-        while not self.eof:
+        while not self.eof and not self.closed:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -952,6 +952,12 @@ class FakeConn:
                 self._fill(left)
             except socket.timeout:
                 return False
+            except OSError:
+                # The server's own thread closed the socket once it saw EOF: a race with
+                # this reader, not a failure.
+                if self.closed:
+                    return True
+                raise
         return True
 
     def close(self):

@@ -11,8 +11,6 @@ struct ehlo_line {
 	size_t len; /* with its line end */
 };
 
-#define EHLO_MAX_LINES 256
-
 /* The keyword of an extension line "250-SIZE 100": its text up to a space. */
 static int
 ehlo_keyword_is(const struct ehlo_line *l, const char *keyword)
@@ -26,30 +24,29 @@ ehlo_keyword_is(const struct ehlo_line *l, const char *keyword)
 	return n == klen && strncasecmp((const char *)l->p + 4, keyword, klen) == 0;
 }
 
-static size_t
-ehlo_split(const unsigned char *reply, size_t len, struct ehlo_line *lines, size_t max)
+/* The next line of a reply from *off (any number of them: no fixed table); 0 at the end. */
+static int
+ehlo_next(const unsigned char *reply, size_t len, size_t *off, struct ehlo_line *l)
 {
-	size_t n = 0, off = 0;
 	const unsigned char *lf;
 
-	while (off < len && n < max) {
-		lf = memchr(reply + off, '\n', len - off);
-		lines[n].p = reply + off;
-		lines[n].len = lf != NULL ? (size_t)(lf - (reply + off)) + 1 : len - off;
-		off += lines[n].len;
-		n++;
-	}
-	return n;
+	if (*off >= len)
+		return 0;
+	lf = memchr(reply + *off, '\n', len - *off);
+	l->p = reply + *off;
+	l->len = lf != NULL ? (size_t)(lf - (reply + *off)) + 1 : len - *off;
+	*off += l->len;
+	return 1;
 }
 
 int
 ehlo_offers(const unsigned char *reply, size_t len, const char *keyword)
 {
-	struct ehlo_line lines[EHLO_MAX_LINES];
-	size_t i, n = ehlo_split(reply, len, lines, EHLO_MAX_LINES);
+	struct ehlo_line l;
+	size_t off = 0, i;
 
-	for (i = 1; i < n; i++)
-		if (ehlo_keyword_is(&lines[i], keyword))
+	for (i = 0; ehlo_next(reply, len, &off, &l); i++)
+		if (i > 0 && ehlo_keyword_is(&l, keyword))
 			return 1;
 	return 0;
 }
@@ -85,35 +82,33 @@ int
 ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
           struct evbuffer *out, struct evbuffer *notes)
 {
-	struct ehlo_line lines[EHLO_MAX_LINES];
-	size_t i, n = ehlo_split(reply, len, lines, EHLO_MAX_LINES), kept = 0, lastkept = 0;
-	int keep[EHLO_MAX_LINES], changes = 0, add;
+	struct ehlo_line l, first;
+	size_t off = 0, i, lastkept = 0;
+	int changes = 0, add;
 
-	if (n == 0 || len < 3) {
+	if (len < 3 || !ehlo_next(reply, len, &off, &first)) {
 		evbuffer_add(out, reply, len);
 		return 0;
 	}
-	for (i = 0; i < n; i++) {
-		keep[i] = i == 0 || !ehlo_removed(&lines[i], pol);
-		if (!keep[i]) {
-			changes++;
-			if (notes != NULL) {
-				evbuffer_add(notes, "removed ", 8);
-				evbuffer_add(notes, lines[i].p + 4,
-				             lines[i].len > 4 ? lines[i].len - 4 : 0);
-			}
-		}
-		if (keep[i]) {
-			kept++;
+	/* First pass: which kept line is the last (the first line, the server's name, stays). */
+	for (i = 1; ehlo_next(reply, len, &off, &l); i++) {
+		if (!ehlo_removed(&l, pol)) {
 			lastkept = i;
+			continue;
+		}
+		changes++;
+		if (notes != NULL) {
+			evbuffer_add(notes, "removed ", 8);
+			evbuffer_add(notes, l.p + 4, l.len > 4 ? l.len - 4 : 0);
 		}
 	}
-	add = pol->add != NULL && lines[0].len >= 3 && !ehlo_offers(reply, len, pol->add);
-	for (i = 0; i < n; i++)
-		if (keep[i])
-			ehlo_emit(out, lines[i].p, lines[i].len, !add && i == lastkept);
+	add = pol->add != NULL && first.len >= 3 && !ehlo_offers(reply, len, pol->add);
+	/* Second pass: the kept lines, each with the separator its new place needs. */
+	for (off = 0, i = 0; ehlo_next(reply, len, &off, &l); i++)
+		if (i == 0 || !ehlo_removed(&l, pol))
+			ehlo_emit(out, l.p, l.len, !add && i == lastkept);
 	if (add) {
-		evbuffer_add(out, lines[0].p, 3);
+		evbuffer_add(out, first.p, 3);
 		evbuffer_add_printf(out, " %s\r\n", pol->add);
 		if (notes != NULL)
 			evbuffer_add_printf(notes, "added %s\r\n", pol->add);
@@ -125,16 +120,16 @@ ehlo_edit(const unsigned char *reply, size_t len, const struct ehlo_policy *pol,
 unsigned long long
 ehlo_size(const unsigned char *reply, size_t len)
 {
-	struct ehlo_line lines[EHLO_MAX_LINES];
-	size_t i, j, n = ehlo_split(reply, len, lines, EHLO_MAX_LINES);
+	struct ehlo_line l;
+	size_t off = 0, i, j;
 	unsigned long long v = 0;
 
-	for (i = 1; i < n; i++) {
-		if (!ehlo_keyword_is(&lines[i], "SIZE") || lines[i].len <= 9)
+	for (i = 0; ehlo_next(reply, len, &off, &l); i++) {
+		if (i == 0 || !ehlo_keyword_is(&l, "SIZE") || l.len <= 9)
 			continue;
-		for (j = 9; j < lines[i].len && lines[i].p[j] >= '0' && lines[i].p[j] <= '9'; j++)
+		for (j = 9; j < l.len && l.p[j] >= '0' && l.p[j] <= '9'; j++)
 			if (v < 1000000000000ULL)
-				v = v * 10 + (unsigned long long)(lines[i].p[j] - '0');
+				v = v * 10 + (unsigned long long)(l.p[j] - '0');
 		return v;
 	}
 	return 0;

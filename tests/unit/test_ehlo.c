@@ -92,13 +92,40 @@ test_offers_and_size(void **state)
 	assert_int_equal(ehlo_size((const unsigned char *)"250-x\r\n250 SIZE\r\n", 17), 0);
 }
 
+static void
+test_many_lines(void **state)
+{
+	const char *rm[] = {"XCLIENT"};
+	struct ehlo_policy pol = {rm, 1, NULL};
+	struct evbuffer *in = evbuffer_new(), *out = evbuffer_new();
+	size_t i, lines = 0;
+	const char *p;
+
+	(void)state;
+	/* No fixed table: a reply of 600 lines keeps all 600 but the removed one. */
+	evbuffer_add_printf(in, "250-mail.example\r\n");
+	for (i = 0; i < 598; i++)
+		evbuffer_add_printf(in, "250-X-EXT-%zu\r\n", i);
+	evbuffer_add_printf(in, "250 XCLIENT ADDR\r\n");
+	assert_int_equal(ehlo_edit(evbuffer_pullup(in, -1), evbuffer_get_length(in), &pol, out,
+	                           NULL),
+	                 1);
+	p = (const char *)evbuffer_pullup(out, -1);
+	for (i = 0; i < evbuffer_get_length(out); i++)
+		lines += p[i] == '\n';
+	assert_int_equal(lines, 599);
+	assert_memory_equal(p + evbuffer_get_length(out) - 15, "250 X-EXT-597\r\n", 15);
+	evbuffer_free(in);
+	evbuffer_free(out);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_remove_last_lines), cmocka_unit_test(test_add_keyword),
 	    cmocka_unit_test(test_never_empty),	      cmocka_unit_test(test_keyword_is_whole_word),
-	    cmocka_unit_test(test_offers_and_size),
+	    cmocka_unit_test(test_offers_and_size),   cmocka_unit_test(test_many_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

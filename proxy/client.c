@@ -264,16 +264,13 @@ client_hold_data(struct session *s, const struct unit *u)
 void
 client_hold_decide(struct session *s, struct tx *tx)
 {
-	struct pending *p;
-
 	if (!tx_accepted(tx) || relay_no_server(s)) {
 		/* The server's own error (no valid recipients) reaches the client. */
 		if (!relay_no_server(s))
 			evbuffer_add(bufferevent_get_output(s->server.bev), "DATA\r\n", 6);
 		transcript_event(s->transcript,
 		                 "no recipient accepted: DATA relayed to the server");
-		if ((p = relay_expect(s, VERB_DATA)) == NULL)
-			return;
+		relay_expect(s, VERB_DATA);
 		return;
 	}
 	if (message_begin(s, 1) != 0) {
@@ -342,10 +339,8 @@ client_command(struct session *s, const struct unit *u)
 static void
 client_line_too_long(struct session *s, const struct unit *u)
 {
-	transcript_event(s->transcript,
-	                 "warning command line longer than %zu octets: not forwarded, answered 500",
-	                 s->px->opts->max_line);
-	s->warnings++;
+	session_warn(s, "command line longer than %zu octets: not forwarded, answered 500",
+	             s->px->opts->max_line);
 	s->skipped = u->len;
 	side_discard(&s->client, u->len);
 	relay_answer_locally(s, "500 5.5.2 Line too long\r\n");

@@ -157,18 +157,6 @@ relay_expect(struct session *s, enum smtp_verb verb)
 	return p;
 }
 
-char *
-relay_strndup(const unsigned char *p, size_t n)
-{
-	char *s = malloc(n + 1);
-
-	if (s != NULL) {
-		memcpy(s, p, n);
-		s[n] = '\0';
-	}
-	return s;
-}
-
 void
 relay_raw(struct side *x)
 {

@@ -32,7 +32,6 @@ void side_record(struct side *x, const struct unit *u);
 void relay_flush_local(struct session *s);
 void relay_answer_locally(struct session *s, const char *reply);
 struct pending *relay_expect(struct session *s, enum smtp_verb verb);
-char *relay_strndup(const unsigned char *p, size_t n);
 void relay_raw(struct side *x);
 void relay_resume_client(struct session *s);
 void relay_send_upstream(struct session *s, const char *line);

@@ -123,34 +123,11 @@ class Transcript(harness.Transcript):
 
 def wait_transcripts(tap, n=1, timeout=5.0):
     """tap.wait_transcripts() with this module's Transcript."""
-
-    def ready():
-        paths = tap.transcript_paths()
-        if len(paths) < n:
-            return None
-        ts = []
-        for p in paths:
-            try:
-                t = Transcript(p, tap.log_dir)
-            except (AssertionError, UnicodeDecodeError):
-                return None
-            if t.close_event() is None:
-                return None
-            ts.append(t)
-        return ts
-
-    try:
-        return harness.wait_until(ready, timeout, what="%d closed transcript(s)" % n)
-    except TimeoutError:
-        ts = [Transcript(p, tap.log_dir) for p in tap.transcript_paths()]
-        raise AssertionError("expected %d closed transcript(s) within %.1fs, have %d: %s" % (
-            n, timeout, len(ts), [(t.relpath, t.close_event()) for t in ts]))
+    return tap.wait_transcripts(n, timeout, cls=Transcript)
 
 
 def transcript(tap, timeout=5.0):
-    ts = wait_transcripts(tap, 1, timeout)
-    assert len(ts) == 1, "expected exactly one transcript, found %s" % [t.relpath for t in ts]
-    return ts[0]
+    return tap.transcript(timeout, cls=Transcript)
 
 
 HIT_RE = re.compile(r'^rule (?P<file>.+?):(?P<line>\d+) (?P<action>[A-Z]+)(?P<failed> \(failed, skipped\))?'

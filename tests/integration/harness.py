@@ -368,11 +368,14 @@ class Smtptap:
                     out.append(os.path.join(root, fn))
         return sorted(out, key=lambda p: os.path.relpath(p, self.log_dir))
 
-    def transcripts(self):
-        return [Transcript(p, self.log_dir) for p in self.transcript_paths()]
+    def transcripts(self, cls=None):
+        cls = cls or Transcript
+        return [cls(p, self.log_dir) for p in self.transcript_paths()]
 
-    def wait_transcripts(self, n=1, timeout=5.0, closed=True):
-        """Waits for n transcripts (each with its close event when closed) and returns them."""
+    def wait_transcripts(self, n=1, timeout=5.0, closed=True, cls=None):
+        """Waits for n transcripts (each with its close event when closed) and returns them,
+        parsed by cls (a Transcript subclass with more readers, for instance)."""
+        cls = cls or Transcript
 
         def ready():
             paths = self.transcript_paths()
@@ -381,7 +384,7 @@ class Smtptap:
             ts = []
             for p in paths:
                 try:
-                    t = Transcript(p, self.log_dir)
+                    t = cls(p, self.log_dir)
                 except (AssertionError, UnicodeDecodeError):
                     # A flush may be under way: retry, and let the final read report it.
                     return None
@@ -394,13 +397,13 @@ class Smtptap:
             return wait_until(ready, timeout, what="%d closed transcript(s)" % n)
         except TimeoutError:
             # Parse once more without tolerance, so a format error is reported as such.
-            ts = self.transcripts()
+            ts = self.transcripts(cls)
             raise AssertionError("expected %d closed transcript(s) within %.1fs, have %d: %s" % (
                 n, timeout, len(ts), [(t.relpath, t.close_event()) for t in ts]))
 
-    def transcript(self, timeout=5.0):
+    def transcript(self, timeout=5.0, cls=None):
         """The only transcript, once it is closed."""
-        ts = self.wait_transcripts(1, timeout)
+        ts = self.wait_transcripts(1, timeout, cls=cls)
         assert len(ts) == 1, "expected exactly one transcript, found %s" % [t.relpath for t in ts]
         return ts[0]
 

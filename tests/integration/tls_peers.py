@@ -159,39 +159,16 @@ class TlsTranscript(harness.Transcript):
 
 
 def transcripts(tap):
-    return [TlsTranscript(p, tap.log_dir) for p in tap.transcript_paths()]
+    return tap.transcripts(TlsTranscript)
 
 
 def wait_transcripts(tap, n=1, timeout=5.0):
     """Waits for n closed transcripts of tap (each with its close event)."""
-
-    def ready():
-        paths = tap.transcript_paths()
-        if len(paths) < n:
-            return None
-        ts = []
-        for p in paths:
-            try:
-                t = TlsTranscript(p, tap.log_dir)
-            except (AssertionError, UnicodeDecodeError):
-                return None
-            if t.close_event() is None:
-                return None
-            ts.append(t)
-        return ts
-
-    try:
-        return harness.wait_until(ready, timeout, what="%d closed transcript(s)" % n)
-    except TimeoutError:
-        ts = transcripts(tap)
-        raise AssertionError("expected %d closed transcript(s) within %.1fs, have %d: %s" % (
-            n, timeout, len(ts), [(t.relpath, t.close_event()) for t in ts]))
+    return tap.wait_transcripts(n, timeout, cls=TlsTranscript)
 
 
 def transcript(tap, timeout=5.0):
-    ts = wait_transcripts(tap, 1, timeout)
-    assert len(ts) == 1, "expected exactly one transcript, found %s" % [t.relpath for t in ts]
-    return ts[0]
+    return tap.transcript(timeout, cls=TlsTranscript)
 
 
 # --------------------------------------------------------------------------------------------

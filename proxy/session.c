@@ -43,6 +43,7 @@
 static void session_read_cb(struct bufferevent *bev, void *arg);
 static void session_write_cb(struct bufferevent *bev, void *arg);
 static void session_event_cb(struct bufferevent *bev, short what, void *arg);
+static void session_event(struct side *x, struct bufferevent *bev, short what);
 static void session_upstream_connected(struct session *s);
 
 static const char *state_names[] = {
@@ -81,16 +82,57 @@ void
 side_pause(struct side *x, int why)
 {
 	x->paused |= why;
-	if (x->bev != NULL)
-		bufferevent_disable(x->bev, EV_READ);
+	if (x->bev == NULL)
+		return;
+	/*
+	 * A client waiting for a reply usually sends nothing meanwhile: it stops being read only
+	 * once it does (session_read_cb), which saves two epoll_ctl calls per DATA.
+	 */
+	if (why == PAUSE_WAIT && evbuffer_get_length(bufferevent_get_input(x->bev)) == 0)
+		return;
+	bufferevent_disable(x->bev, EV_READ);
 }
 
 void
 side_resume(struct side *x, int why)
 {
 	x->paused &= ~why;
-	if (x->paused == 0 && x->bev != NULL && !x->s->closing)
+	if (x->paused == 0 && x->bev != NULL && !x->s->closing &&
+	    !(bufferevent_get_enabled(x->bev) & EV_READ))
 		bufferevent_enable(x->bev, EV_READ);
+}
+
+/*
+ * A plain socket's output is written at once, by the callback that produced it, as HAProxy
+ * does: waiting for the loop to report the socket writable costs two epoll_ctl calls per
+ * reply.  Only what the kernel does not take (or an error) is left to the buffer event's
+ * own write path, whose callback turns it off again once the output is empty.
+ */
+static void
+side_flush(struct side *x)
+{
+	struct evbuffer *out;
+
+	if (x->bev == NULL || !x->direct || (bufferevent_get_enabled(x->bev) & EV_WRITE))
+		return;
+	out = bufferevent_get_output(x->bev);
+	if (evbuffer_get_length(out) == 0)
+		return;
+	/* A buffer event keeps its output's front frozen but while it writes itself. */
+	evbuffer_unfreeze(out, 1);
+	(void)evbuffer_write(out, bufferevent_getfd(x->bev));
+	evbuffer_freeze(out, 1);
+	if (evbuffer_get_length(out) > 0)
+		bufferevent_enable(x->bev, EV_WRITE);
+}
+
+static void
+session_flush(struct session *s)
+{
+	if (s->closing)
+		return;
+	side_flush(&s->client);
+	side_flush(&s->server);
 }
 
 void
@@ -285,12 +327,14 @@ session_close(struct session *s, const char *reason)
 	/* A handshake in progress must read to finish, so that our reply can reach the client. */
 	if (!session_client_handshaking(s))
 		bufferevent_disable(s->client.bev, EV_READ);
+	side_flush(&s->client);
 	if (session_client_pending(s) == 0) {
 		session_free_later(s);
 		return;
 	}
 	/* Deliver what is pending to the client first; the write callback or the poll frees. */
 	bufferevent_setwatermark(s->client.bev, EV_WRITE, 0, 0);
+	bufferevent_enable(s->client.bev, EV_WRITE);
 	s->linger_until = time(NULL) + CLOSE_LINGER_SECS;
 	event_del(s->timer);
 	event_add(s->timer, &poll);
@@ -387,15 +431,19 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	struct side *x = arg;
 	struct session *s = x->s;
 
-	(void)bev;
 	if (s->closing)
 		return;
+	if (x->paused) {
+		bufferevent_disable(bev, EV_READ); /* paused lazily by side_pause */
+		return;
+	}
 	s->last_activity = time(NULL);
 	if (x->dir == SIDE_CLIENT)
 		relay_client(s);
 	else
 		relay_server(s);
 	side_check_backpressure(x);
+	session_flush(s);
 }
 
 static void
@@ -405,12 +453,13 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	struct session *s = x->s;
 	struct side *peer = session_peer(x);
 
-	(void)bev;
 	if (s->closing) {
 		if (x->dir == SIDE_CLIENT && session_client_pending(s) == 0)
 			session_free_later(s);
 		return;
 	}
+	if (x->direct && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+		bufferevent_disable(bev, EV_WRITE); /* side_flush writes again */
 	if (peer->paused & PAUSE_PEER_FULL) {
 		side_resume(peer, PAUSE_PEER_FULL);
 		/* What the peer sent while paused is already buffered: go on with it. */
@@ -420,6 +469,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
 			relay_server(s);
 		side_check_backpressure(peer);
 	}
+	session_flush(s);
 }
 
 /* Records a leg's TLS parameters once its handshake is done. */
@@ -490,6 +540,10 @@ session_start_tls(struct session *s, struct side *x)
 
 	if (ssl == NULL)
 		return -1;
+	/* The filter writes through the socket's buffer event, which must write on its own. */
+	side_flush(x);
+	x->direct = 0;
+	bufferevent_enable(x->bev, EV_WRITE);
 	tlsbev = bufferevent_openssl_filter_new(s->px->base, x->bev, ssl,
 	                                        x->dir == SIDE_CLIENT ? BUFFEREVENT_SSL_ACCEPTING
 	                                                              : BUFFEREVENT_SSL_CONNECTING,
@@ -547,6 +601,8 @@ session_upstream_connected(struct session *s)
 	socklen_t len = sizeof(ss);
 
 	session_nodelay(bufferevent_getfd(s->server.bev));
+	s->server.direct = 1;
+	bufferevent_disable(s->server.bev, EV_WRITE);
 	if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
@@ -595,6 +651,14 @@ static void
 session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct side *x = arg;
+
+	session_event(x, bev, what);
+	session_flush(x->s);
+}
+
+static void
+session_event(struct side *x, struct bufferevent *bev, short what)
+{
 	struct session *s = x->s;
 
 	if (s->closing) {
@@ -698,6 +762,14 @@ session_connect(struct session *s)
 	struct timeval tv = {(time_t)o->connect_timeout, 0};
 
 	event_add(s->timer, &tv);
+	if (s->px->upstream_salen > 0) {
+		if (bufferevent_socket_connect(s->server.bev, (struct sockaddr *)&s->px->upstream_sa,
+		                               (int)s->px->upstream_salen) == 0)
+			return 0;
+		if (!s->closing)
+			session_upstream_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		return -1;
+	}
 	if (bufferevent_socket_connect_hostname(s->server.bev, s->px->dns, AF_UNSPEC,
 	                                        o->upstream_host, atoi(o->upstream_port)) != 0) {
 		if (!s->closing)
@@ -744,6 +816,8 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	snprintf(s->upstream_addr, sizeof(s->upstream_addr), "%s", px->opts->upstream);
 	s->px_upstream = px->opts->upstream;
 	side_setup(s, &s->client, SIDE_CLIENT, cb);
+	s->client.direct = 1;
+	bufferevent_disable(cb, EV_WRITE);
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;

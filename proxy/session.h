@@ -37,6 +37,7 @@ struct side {
 	uint64_t octets;     /* received from this side */
 	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
 	int tls;             /* TLS is up on this leg */
+	int direct;          /* a plain connected socket: its output is written at once */
 };
 
 /* What the transcript and the event say of a leg's TLS. */

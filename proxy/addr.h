@@ -2,10 +2,12 @@
 #define SMTPTAP_ADDR_H
 
 #include <stddef.h>
-
-struct sockaddr;
+#include <sys/socket.h>
 
 /* Writes "1.2.3.4:25" or "[::1]:25". */
 void addr_format(const struct sockaddr *sa, char *buf, size_t size);
+
+/* The address of a numeric host and port, with its length; 0 for a name (or a bad port). */
+socklen_t addr_numeric(const char *host, const char *port, struct sockaddr_storage *ss);
 
 #endif

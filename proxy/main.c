@@ -19,6 +19,7 @@
 #include "logs/events.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
+#include "proxy/addr.h"
 #include "proxy/listener.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
@@ -181,6 +182,7 @@ main(int argc, char **argv)
 	proxy.dns = evdns_base_new(proxy.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
 	if (proxy.dns == NULL)
 		fatalx("resolver set-up failed");
+	proxy.upstream_salen = addr_numeric(opts.upstream_host, opts.upstream_port, &proxy.upstream_sa);
 	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
 		fatalx("rule files have errors");
 	umask(027);

@@ -2,6 +2,7 @@
 #define SMTPTAP_PROXY_H
 
 #include <sys/queue.h>
+#include <sys/socket.h>
 
 struct event_base;
 struct evdns_base;
@@ -12,6 +13,9 @@ struct session;
 struct proxy {
 	struct event_base *base;
 	struct evdns_base *dns;
+	/* A numeric --upstream, parsed once: only a name needs the resolver per session. */
+	struct sockaddr_storage upstream_sa;
+	socklen_t upstream_salen;
 	const struct options *opts;
 	TAILQ_HEAD(, session) sessions;
 	unsigned nsessions;

@@ -7,7 +7,7 @@
 
 #include <event2/buffer.h>
 
-/* Where the escaped text goes: an evbuffer, or a heap string sized for the worst case. */
+/* Where the escaped text goes: an evbuffer, or memory sized for the worst case. */
 struct escape_sink {
 	struct evbuffer *buf;
 	char *s;
@@ -121,16 +121,24 @@ escape_append(struct evbuffer *out, const unsigned char *p, size_t n)
 	escape_run(&k, p, n);
 }
 
+size_t
+escape_into(char *dst, const unsigned char *p, size_t n)
+{
+	struct escape_sink k = {.buf = NULL, .s = dst};
+
+	escape_run(&k, p, n);
+	return k.off;
+}
+
 char *
 escape_strdup(const unsigned char *p, size_t n)
 {
-	struct escape_sink k = {.buf = NULL};
+	char *s;
 
 	if (n > (SIZE_MAX - 1) / 4)
 		return NULL;
-	if ((k.s = malloc(n * 4 + 1)) == NULL)
+	if ((s = malloc(n * 4 + 1)) == NULL)
 		return NULL;
-	escape_run(&k, p, n);
-	k.s[k.off] = '\0';
-	return k.s;
+	s[escape_into(s, p, n)] = '\0';
+	return s;
 }

@@ -12,6 +12,9 @@ struct evbuffer;
  */
 void escape_append(struct evbuffer *out, const unsigned char *p, size_t n);
 
+/* Same, into dst, which has room for 4 * n octets; returns the length written. */
+size_t escape_into(char *dst, const unsigned char *p, size_t n);
+
 /* Same, into a NUL-terminated heap string (for JSON and the program's log); NULL on ENOMEM. */
 char *escape_strdup(const unsigned char *p, size_t n);
 

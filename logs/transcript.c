@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,14 +25,26 @@
 #include "logs/redact.h"
 
 #define TRANSCRIPT_FLUSH_AT (32 * 1024)
+/* At most this many transcripts keep the descriptor they were created with (see below). */
+#define TRANSCRIPT_KEEP_OPEN_MAX 256
 
 /*
  * A transcript holds no descriptor between flushes: ten thousand idle sessions must not
- * need ten thousand more open files.  Each flush appends through a fresh open.
+ * need ten thousand more open files.  Each flush appends through a fresh open.  Only the
+ * descriptor a transcript was created with stays open until the next once-a-second flush,
+ * for a few hundred transcripts at most: a session of a few milliseconds (one message, then
+ * QUIT) then writes its whole transcript without opening its file twice.
  */
 struct transcript {
 	TAILQ_ENTRY(transcript) entry;
-	struct evbuffer *buf;
+	/*
+	 * Records waiting for the next flush: flat memory, written with one write(2).  Freed at
+	 * each flush, so that an idle session holds none.
+	 */
+	char *buf;
+	size_t len;
+	size_t cap;
+	int fd; /* the creation's descriptor, until the next flush tick; else -1 */
 	int failed;
 	int dirty;
 	char path[96]; /* under the log directory: DAY/NAME */
@@ -42,6 +55,12 @@ struct transcript {
 static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts);
 static struct event *flush_timer;
 static int log_dir_fd = -1;
+static int kept_open; /* transcripts holding their creation's descriptor */
+/* The day directory last opened, reused while its name still leads to it. */
+static int day_fd = -1;
+static char day_name[16];
+static dev_t day_dev;
+static ino_t day_ino;
 static uint64_t write_errors;
 static int failing; /* the latest write or create failed */
 
@@ -53,52 +72,160 @@ transcript_write_failed(struct transcript *t)
 	if (!t->failed)
 		log_warn("transcript %s: write failed, dropping its lines", t->name);
 	t->failed = 1;
-	evbuffer_drain(t->buf, evbuffer_get_length(t->buf));
+	t->len = 0;
+}
+
+/* Room for n more octets in the buffer; 0, or -1 when memory is short (the record is lost). */
+static int
+transcript_reserve(struct transcript *t, size_t n)
+{
+	size_t cap = t->cap < 2048 ? 2048 : t->cap;
+	char *p;
+
+	if (t->len + n <= t->cap)
+		return 0;
+	while (cap < t->len + n)
+		cap *= 2;
+	if ((p = realloc(t->buf, cap)) == NULL)
+		return -1;
+	t->buf = p;
+	t->cap = cap;
+	return 0;
+}
+
+static void
+transcript_put(struct transcript *t, const void *p, size_t n)
+{
+	if (transcript_reserve(t, n) != 0)
+		return;
+	memcpy(t->buf + t->len, p, n);
+	t->len += n;
+}
+
+static void
+transcript_vprintf(struct transcript *t, const char *fmt, va_list ap)
+{
+	va_list again;
+	int n;
+
+	va_copy(again, ap);
+	n = vsnprintf(t->buf != NULL ? t->buf + t->len : NULL, t->cap - t->len, fmt, ap);
+	if (n >= 0 && t->len + (size_t)n >= t->cap && transcript_reserve(t, (size_t)n + 1) == 0)
+		n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, again);
+	va_end(again);
+	if (n >= 0 && t->len + (size_t)n < t->cap)
+		t->len += (size_t)n;
+}
+
+static void __attribute__((format(printf, 2, 3)))
+transcript_printf(struct transcript *t, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	transcript_vprintf(t, fmt, ap);
+	va_end(ap);
+}
+
+/* Writes it all, going on after a partial write; -1 on error. */
+static int
+transcript_write(int fd, const char *p, size_t n)
+{
+	ssize_t w;
+
+	while (n > 0) {
+		if ((w = write(fd, p, n)) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/*
+ * The day's directory under the log directory, refusing a planted symlink (O_NOFOLLOW).  The
+ * one opened last is reused as long as its name still leads to it: one fstatat instead of
+ * mkdirat, openat and close for every file.  Holding it open never follows a symlink either.
+ */
+static int
+transcript_day_fd(const char *day, int create)
+{
+	struct stat st;
+	int fd;
+
+	if (day_fd >= 0 && strcmp(day, day_name) == 0 &&
+	    fstatat(log_dir_fd, day, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
+	    st.st_dev == day_dev && st.st_ino == day_ino)
+		return day_fd;
+	if (create && mkdirat(log_dir_fd, day, 0750) != 0 && errno != EEXIST)
+		return -1;
+	fd = openat(log_dir_fd, day, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (fstat(fd, &st) != 0) {
+		close(fd);
+		return -1;
+	}
+	if (day_fd >= 0)
+		close(day_fd);
+	day_fd = fd;
+	snprintf(day_name, sizeof(day_name), "%s", day);
+	day_dev = st.st_dev;
+	day_ino = st.st_ino;
+	return day_fd;
 }
 
 /* Opens the transcript to append, following no symlink at either level of its path. */
 static int
 transcript_reopen(const struct transcript *t)
 {
-	int dirfd, fd, saved;
+	int dirfd = transcript_day_fd(t->day, 0);
 
-	dirfd = openat(log_dir_fd, t->day, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (dirfd < 0)
 		return -1;
-	fd = openat(dirfd, t->name, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
-	saved = errno;
-	close(dirfd);
-	errno = saved;
-	return fd;
+	return openat(dirfd, t->name, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+}
+
+/* Gives back the creation's descriptor, if the transcript still holds it. */
+static int
+transcript_release(struct transcript *t)
+{
+	int fd = t->fd;
+
+	if (fd < 0)
+		return 0;
+	t->fd = -1;
+	kept_open--;
+	return close(fd);
 }
 
 static void
 transcript_flush(struct transcript *t)
 {
-	int fd;
+	int fd = t->fd, ok;
 
 	t->dirty = 0;
-	if (evbuffer_get_length(t->buf) == 0)
+	if (t->len == 0)
 		return;
-	fd = transcript_reopen(t);
-	if (fd < 0) {
+	if (fd < 0 && (fd = transcript_reopen(t)) < 0) {
 		transcript_write_failed(t);
 		return;
 	}
-	while (evbuffer_get_length(t->buf) > 0) {
-		if (evbuffer_write(t->buf, fd) < 0) {
-			if (errno == EINTR)
-				continue;
-			transcript_write_failed(t);
-			close(fd);
-			return;
-		}
-	}
-	if (close(fd) != 0) {
+	ok = transcript_write(fd, t->buf, t->len) == 0;
+	if (fd != t->fd && close(fd) != 0)
+		ok = 0;
+	if (!ok) {
 		transcript_write_failed(t);
 		return;
 	}
 	failing = 0;
+	t->len = 0;
+	free(t->buf);
+	t->buf = NULL;
+	t->cap = 0;
 }
 
 static void
@@ -110,8 +237,12 @@ transcript_flush_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	TAILQ_FOREACH(t, &transcripts, entry)
-	if (t->dirty)
-		transcript_flush(t);
+	{
+		if (t->dirty)
+			transcript_flush(t);
+		if (transcript_release(t) != 0)
+			transcript_write_failed(t);
+	}
 }
 
 int
@@ -136,6 +267,9 @@ transcript_shutdown(void)
 	if (flush_timer != NULL)
 		event_free(flush_timer);
 	flush_timer = NULL;
+	if (day_fd >= 0)
+		close(day_fd);
+	day_fd = -1;
 	if (log_dir_fd >= 0)
 		close(log_dir_fd);
 	log_dir_fd = -1;
@@ -172,20 +306,6 @@ transcript_timestamp(const struct timeval *tv, char *buf, size_t size)
 	buf[27] = '\0';
 }
 
-/* Opens the day's directory under the log directory, refusing a planted symlink. */
-static int
-transcript_day_dir(const struct tm *tm)
-{
-	char day[16];
-	int fd;
-
-	strftime(day, sizeof(day), "%Y-%m-%d", tm);
-	if (mkdirat(log_dir_fd, day, 0750) != 0 && errno != EEXIST)
-		return -1;
-	fd = openat(log_dir_fd, day, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	return fd;
-}
-
 static void
 transcript_header(struct transcript *t, const char *id, const struct timeval *start,
                   const char *client, const char *listener, const char *upstream)
@@ -193,10 +313,10 @@ transcript_header(struct transcript *t, const char *id, const struct timeval *st
 	char ts[32];
 
 	transcript_timestamp(start, ts, sizeof(ts));
-	evbuffer_add_printf(t->buf,
-	                    "# smtptap %s transcript\n# session %s\n# start %s\n# client %s\n"
-	                    "# listener %s\n# upstream %s\n",
-	                    SMTPTAP_VERSION, id, ts, client, listener, upstream);
+	transcript_printf(t,
+	                  "# smtptap %s transcript\n# session %s\n# start %s\n# client %s\n"
+	                  "# listener %s\n# upstream %s\n",
+	                  SMTPTAP_VERSION, id, ts, client, listener, upstream);
 }
 
 struct transcript *
@@ -205,7 +325,7 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 {
 	struct transcript *t;
 	struct tm tm;
-	char name[64];
+	char day[16], name[64];
 	int dirfd, fd, saved;
 
 	if (log_dir_fd < 0) {
@@ -213,60 +333,68 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		return NULL;
 	}
 	gmtime_r(&start->tv_sec, &tm);
-	if ((dirfd = transcript_day_dir(&tm)) < 0) {
+	strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+	if ((dirfd = transcript_day_fd(day, 1)) < 0) {
 		failing = 1;
 		return NULL;
 	}
 	strftime(name, sizeof(name), "%H%M%S", &tm);
 	snprintf(name + 6, sizeof(name) - 6, ".%06ld-%s.log", (long)start->tv_usec, id);
-	fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0640);
-	saved = errno;
-	close(dirfd);
+	fd = openat(dirfd, name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	            0640);
 	if (fd < 0) {
-		if (saved != EEXIST)
+		if (errno != EEXIST)
 			failing = 1;
-		errno = saved;
 		return NULL;
 	}
-	close(fd);
-	if ((t = calloc(1, sizeof(*t))) == NULL || (t->buf = evbuffer_new()) == NULL) {
-		free(t);
+	if ((t = calloc(1, sizeof(*t))) == NULL) {
+		close(fd);
 		errno = ENOMEM;
 		return NULL;
 	}
-	snprintf(t->path, sizeof(t->path), "%04d-%02d-%02d/%s", tm.tm_year + 1900, tm.tm_mon + 1,
-	         tm.tm_mday, name);
+	t->fd = fd;
+	kept_open++;
+	snprintf(t->path, sizeof(t->path), "%s/%s", day, name);
 	snprintf(relpath, relsize, "%s", t->path);
-	strftime(t->day, sizeof(t->day), "%Y-%m-%d", &tm);
+	snprintf(t->day, sizeof(t->day), "%s", day);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
 	transcript_header(t, id, start, client, listener, upstream);
 	/* Written at once: each session start tells whether transcripts can be written. */
 	transcript_flush(t);
+	saved = errno;
+	if (kept_open > TRANSCRIPT_KEEP_OPEN_MAX && transcript_release(t) != 0)
+		transcript_write_failed(t);
+	errno = saved;
 	return t;
 }
 
-/* Starts a record: timestamp, kind, space. */
-static void
-transcript_begin(struct transcript *t, const char *kind)
+/* Starts a record: timestamp, kind, space; with room for extra octets after them. */
+static int
+transcript_begin(struct transcript *t, const char *kind, size_t extra)
 {
+	size_t klen = strlen(kind);
 	struct timeval now;
-	char ts[32];
+	char *p;
 
+	if (transcript_reserve(t, 28 + klen + 1 + extra + 1) != 0)
+		return -1;
+	p = t->buf + t->len;
 	gettimeofday(&now, NULL);
-	transcript_timestamp(&now, ts, sizeof(ts));
-	ts[27] = ' ';
-	evbuffer_add(t->buf, ts, 28);
-	evbuffer_add(t->buf, kind, strlen(kind));
-	evbuffer_add(t->buf, " ", 1);
+	transcript_timestamp(&now, p, 28);
+	p[27] = ' ';
+	memcpy(p + 28, kind, klen);
+	p[28 + klen] = ' ';
+	t->len += 28 + klen + 1;
+	return 0;
 }
 
 static void
 transcript_end(struct transcript *t)
 {
-	evbuffer_add(t->buf, "\n", 1);
+	transcript_put(t, "\n", 1);
 	t->dirty = 1;
-	if (evbuffer_get_length(t->buf) >= TRANSCRIPT_FLUSH_AT)
+	if (t->len >= TRANSCRIPT_FLUSH_AT)
 		transcript_flush(t);
 }
 
@@ -277,8 +405,9 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 		return;
 	if (n >= 2 && line[n - 2] == '\r' && line[n - 1] == '\n')
 		n -= 2;
-	transcript_begin(t, kind);
-	escape_append(t->buf, line, n);
+	if (n > (SIZE_MAX - 64) / 4 || transcript_begin(t, kind, 4 * n) != 0)
+		return;
+	t->len += escape_into(t->buf + t->len, line, n);
 	transcript_end(t);
 }
 
@@ -286,12 +415,20 @@ void
 transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
                     const char *user)
 {
-	if (t == NULL)
+	struct evbuffer *tmp;
+	size_t n;
+
+	if (t == NULL || (tmp = evbuffer_new()) == NULL)
 		return;
-	transcript_begin(t, kind);
-	escape_append(t->buf, (const unsigned char *)text, strlen(text));
-	redact_marker(t->buf, len, user);
-	transcript_end(t);
+	escape_append(tmp, (const unsigned char *)text, strlen(text));
+	redact_marker(tmp, len, user);
+	n = evbuffer_get_length(tmp);
+	if (transcript_begin(t, kind, n) == 0) {
+		evbuffer_remove(tmp, t->buf + t->len, n);
+		t->len += n;
+		transcript_end(t);
+	}
+	evbuffer_free(tmp);
 }
 
 void
@@ -299,11 +436,10 @@ transcript_event(struct transcript *t, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (t == NULL)
+	if (t == NULL || transcript_begin(t, "*", 0) != 0)
 		return;
-	transcript_begin(t, "*");
 	va_start(ap, fmt);
-	evbuffer_add_vprintf(t->buf, fmt, ap);
+	transcript_vprintf(t, fmt, ap);
 	va_end(ap);
 	transcript_end(t);
 }
@@ -314,8 +450,10 @@ transcript_close(struct transcript *t)
 	if (t == NULL)
 		return;
 	transcript_flush(t);
+	if (transcript_release(t) != 0)
+		transcript_write_failed(t);
 	TAILQ_REMOVE(&transcripts, t, entry);
-	evbuffer_free(t->buf);
+	free(t->buf);
 	free(t);
 }
 

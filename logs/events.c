@@ -52,26 +52,13 @@ events_reopen(void)
 	return 0;
 }
 
-void
-events_write(json_t *obj)
+/* Writes it all, going on after a partial write. */
+static void
+events_put(const char *line, size_t len)
 {
-	char *line, *withnl;
-	size_t len, off = 0;
+	size_t off = 0;
 	ssize_t n;
 
-	if (events_fd < 0)
-		return;
-	if ((line = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9))) ==
-	    NULL)
-		return;
-	len = strlen(line);
-	/* One write per event, so concurrent appenders never interleave within a line. */
-	if ((withnl = realloc(line, len + 2)) == NULL) {
-		free(line);
-		return;
-	}
-	line = withnl;
-	line[len++] = '\n';
 	while (off < len) {
 		n = write(events_fd, line + off, len - off);
 		if (n < 0 && errno == EINTR)
@@ -80,11 +67,40 @@ events_write(json_t *obj)
 			if (!events_failing)
 				log_warn("events file %s: write failed", events_path);
 			events_failing = 1;
-			break;
+			return;
 		}
 		off += (size_t)n;
 	}
-	free(line);
+}
+
+void
+events_write(json_t *obj)
+{
+	/* Most events fit here: no allocation per session for the dump. */
+	static char line[16384];
+	const size_t flags = JSON_COMPACT | JSON_ENSURE_ASCII | JSON_REAL_PRECISION(9);
+	size_t len;
+	char *big, *withnl;
+
+	if (events_fd < 0)
+		return;
+	len = json_dumpb(obj, line, sizeof(line) - 1, flags);
+	if (len > 0 && len < sizeof(line) - 1) {
+		/* One write per event, so concurrent appenders never interleave within a line. */
+		line[len++] = '\n';
+		events_put(line, len);
+		return;
+	}
+	if ((big = json_dumps(obj, flags)) == NULL)
+		return;
+	len = strlen(big);
+	if ((withnl = realloc(big, len + 1)) == NULL) {
+		free(big);
+		return;
+	}
+	withnl[len] = '\n';
+	events_put(withnl, len + 1);
+	free(withnl);
 }
 
 void

@@ -527,7 +527,7 @@ def report(res):
     lines += ["", "NOOP round trip (%d per connection, median of %d connections)"
               % (c["noop"], c["reps"]),
               "%-*s | %10s %10s %10s" % (w, "path", "median us", "p99 us", "added us")]
-    for path in c["paths"]:
+    for path in c["paths"] if res["noop"] else []:
         r = res["noop"][path]
         lines.append("%-*s | %10.1f %10.1f %10s" % (w, path, r["median_us"], r["p99_us"],
                                                      fmt(r.get("added_us"), "%+.1f")))
@@ -665,7 +665,7 @@ def main():
         log("ports: %s; smtp-sink upstream %d" % (ports, sink))
         recorded = {}
         res["throughput"] = bench_throughput(ports, pids, tools, logdirs, recorded)
-        res["noop"] = bench_noop(ports)
+        res["noop"] = bench_noop(ports) if CONF["noop"] > 0 else {}
         for name in taps + ["haproxy", "smtp-sink"]:
             rc = procs.stop(name)
             if name in taps:
@@ -678,7 +678,8 @@ def main():
         for tap in taps:
             tally_transcripts(logdirs[tap], recorded.setdefault(tap, {}), False)
         res["recorded"] = recorded
-        res["idle"] = bench_idle(procs, tools, args.smtptap, paths, args.logs)
+        res["idle"] = (bench_idle(procs, tools, args.smtptap, paths, args.logs)
+                       if CONF["idle"] > 0 else {"sessions": 0, "paths": {}})
     finally:
         procs.stop_all()
     res["seconds"] = round(time.monotonic() - t0, 1)

@@ -516,10 +516,26 @@ client_content(struct session *s, const struct unit *u)
 	enum line_end end = client_line_end(u);
 	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
 	               u->data[0] == '.';
+	int eod = at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0;
+	int plain = !eod && end != END_BARE && !lone_dot && s->msg == NULL &&
+	            bare != BARE_PASS && !relay_no_server(s);
 
+	struct unit moved;
+
+	/* Lines relayed unchanged wait to be moved together; anything else goes after them. */
+	if (!plain && s->client.relayed > 0) {
+		side_commit(&s->client);
+		moved = *u; /* now at the head of the input */
+		moved.data = evbuffer_pullup(side_input(&s->client), (ev_ssize_t)u->len);
+		if (moved.data == NULL) {
+			session_close(s, "error");
+			return;
+		}
+		u = &moved;
+	}
 	s->client.in_piece_before = s->client.in_piece;
 
-	if (at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0) {
+	if (eod) {
 		client_end_of_data(s, u);
 		return;
 	}
@@ -550,7 +566,7 @@ client_content(struct session *s, const struct unit *u)
 		evbuffer_add(bufferevent_get_output(s->server.bev), ".", 1);
 		side_forward(&s->client, u->len);
 	} else {
-		side_forward(&s->client, u->len);
+		side_forward_later(&s->client, u->len);
 	}
 }
 
@@ -626,8 +642,8 @@ client_unit(struct session *s, struct unit *u)
 	}
 }
 
-void
-relay_client(struct session *s)
+static void
+relay_client_units(struct session *s)
 {
 	struct unit u;
 
@@ -668,6 +684,13 @@ relay_client(struct session *s)
 			break;
 		}
 	}
+}
+
+void
+relay_client(struct session *s)
+{
+	relay_client_units(s);
+	side_commit(&s->client);
 }
 
 void

@@ -24,9 +24,11 @@
 #include "proxy/session.h"
 #include "proxy/tx.h"
 
+/* What a side sent and the relay has not dealt with yet. */
 struct evbuffer *
 side_input(struct side *x)
 {
+	side_commit(x);
 	return bufferevent_get_input(x->bev);
 }
 
@@ -34,23 +36,42 @@ side_input(struct side *x)
  * Finds the next line in a side's input, capped at --max-line before it is read: returns 1
  * with a line or a max-line piece, 0 when more input is needed.
  */
+/* Where the first LF is in a side's input, searching [from, lim): -1 when there is none. */
+static ev_ssize_t
+side_find_lf(struct evbuffer *in, size_t from, size_t lim)
+{
+	struct evbuffer_ptr start, eol;
+	const unsigned char *p, *q;
+	size_t eol_len;
+
+	if (from >= lim)
+		return -1;
+	/* Most lines lie in the first chunk: a memchr there, no evbuffer_ptr walk. */
+	if (evbuffer_get_contiguous_space(in) >= lim) {
+		p = evbuffer_pullup(in, (ev_ssize_t)lim);
+		q = memchr(p + from, '\n', lim - from);
+		return q != NULL ? q - p : -1;
+	}
+	evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET);
+	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
+	return eol.pos >= 0 && (size_t)eol.pos < lim ? eol.pos : -1;
+}
+
 int
 side_next_unit(struct side *x, size_t max, struct unit *u)
 {
-	struct evbuffer *in = side_input(x);
-	size_t avail = evbuffer_get_length(in);
-	struct evbuffer_ptr start, eol;
-	size_t eol_len;
+	/* Units relayed but not yet moved stay at the head: the next one starts after them. */
+	struct evbuffer *in = bufferevent_get_input(x->bev);
+	size_t skip = x->relayed, avail = evbuffer_get_length(in) - skip;
+	size_t lim = avail < max ? avail : max;
+	const unsigned char *p;
+	ev_ssize_t lf;
 
 	if (avail == 0)
 		return 0;
-	if (x->scanned > 0 && x->scanned < avail)
-		evbuffer_ptr_set(in, &start, x->scanned, EVBUFFER_PTR_SET);
-	else
-		evbuffer_ptr_set(in, &start, 0, EVBUFFER_PTR_SET);
-	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
-	if (eol.pos >= 0 && (size_t)eol.pos < max) {
-		u->len = (size_t)eol.pos + 1;
+	lf = side_find_lf(in, skip + (x->scanned < avail ? x->scanned : 0), skip + lim);
+	if (lf >= 0) {
+		u->len = (size_t)lf - skip + 1;
 		u->complete = 1;
 	} else if (avail >= max) {
 		u->len = max;
@@ -60,8 +81,39 @@ side_next_unit(struct side *x, size_t max, struct unit *u)
 		return 0;
 	}
 	x->scanned = 0;
-	u->data = evbuffer_pullup(in, (ev_ssize_t)u->len);
-	return u->data != NULL;
+	if ((p = evbuffer_pullup(in, (ev_ssize_t)(skip + u->len))) == NULL)
+		return 0;
+	u->data = p + skip;
+	return 1;
+}
+
+/*
+ * Message lines relayed unchanged are moved to the peer together, once the relay stops
+ * for input or meets a line it must treat otherwise: one evbuffer move (and its callbacks)
+ * per read instead of one per line.
+ */
+void
+side_forward_later(struct side *x, size_t len)
+{
+	x->octets += len;
+	x->relayed += len;
+}
+
+void
+side_commit(struct side *x)
+{
+	struct session *s = x->s;
+	struct side *peer = x->dir == SIDE_CLIENT ? &s->server : &s->client;
+	size_t len = x->relayed;
+
+	if (len == 0 || x->bev == NULL)
+		return;
+	x->relayed = 0;
+	if (peer->bev == NULL)
+		evbuffer_drain(bufferevent_get_input(x->bev), len);
+	else
+		evbuffer_remove_buffer(bufferevent_get_input(x->bev),
+		                       bufferevent_get_output(peer->bev), len);
 }
 
 /* Moves the unit to the peer, unchanged, and counts it. */

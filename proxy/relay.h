@@ -26,6 +26,10 @@ struct unit {
 struct evbuffer *side_input(struct side *x);
 int side_next_unit(struct side *x, size_t max, struct unit *u);
 void side_forward(struct side *x, size_t len);
+/* Relays the unit with the units before it, in one move by side_commit (message lines). */
+void side_forward_later(struct side *x, size_t len);
+/* Moves what side_forward_later relayed to the peer: the input is then whole again. */
+void side_commit(struct side *x);
 int relay_no_server(const struct session *s);
 void side_discard(struct side *x, size_t len);
 void side_record(struct side *x, const struct unit *u);

@@ -90,6 +90,31 @@ escape_octet(struct escape_sink *k, unsigned char c)
 	escape_sink_add(k, e, sizeof(e));
 }
 
+/*
+ * The end of a run of octets that need no escape, from i: eight at a time while all are
+ * printable ASCII other than backslash (the bulk of any transcript), then one by one.
+ */
+static size_t
+escape_plain_end(const unsigned char *p, size_t i, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+	uint64_t w, bs, below, above, backslash;
+
+	while (i + 8 <= n) {
+		memcpy(&w, p + i, sizeof(w));
+		bs = w ^ (ones * '\\');
+		below = (w - ones * 0x20) & ~w & highs;        /* an octet < 0x20 */
+		above = ((w + ones * (127 - 0x7e)) | w) & highs; /* an octet > 0x7e */
+		backslash = (bs - ones) & ~bs & highs;          /* an octet == '\\' */
+		if (below | above | backslash)
+			break;
+		i += 8;
+	}
+	while (i < n && escape_plain[p[i]])
+		i++;
+	return i;
+}
+
 /* Copies runs of octets that need no escape in one piece, and escapes the rest one by one. */
 static void
 escape_run(struct escape_sink *k, const unsigned char *p, size_t n)
@@ -99,8 +124,7 @@ escape_run(struct escape_sink *k, const unsigned char *p, size_t n)
 	while (i < n) {
 		start = i;
 		for (;;) {
-			while (i < n && escape_plain[p[i]])
-				i++;
+			i = escape_plain_end(p, i, n);
 			if (i < n && p[i] >= 0xc2 && (len = escape_utf8_len(p + i, n - i)) > 0)
 				i += len;
 			else

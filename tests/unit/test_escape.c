@@ -186,6 +186,41 @@ test_every_octet(void **state)
 	}
 }
 
+/*
+ * Plain ASCII is scanned eight octets at a time: every octet value at every position of a
+ * 24-octet run of letters is escaped exactly as it is alone (tab kept, backslash doubled,
+ * 0x1f, 0x7f and 0x80 at the edges of the printable range escaped).
+ */
+static void
+test_every_octet_in_every_lane(void **state)
+{
+	char in[24], want[24 + 8], *p;
+	size_t pos;
+	int c;
+
+	(void)state;
+	for (pos = 0; pos < sizeof(in); pos++) {
+		for (c = 0; c < 256; c++) {
+			if (c >= 0xc2 && c <= 0xf4)
+				continue; /* a UTF-8 lead octet: its fate depends on what follows */
+			memset(in, 'a', sizeof(in));
+			in[pos] = (char)c;
+			p = want;
+			memset(p, 'a', pos);
+			p += pos;
+			if (c == '\\')
+				p += sprintf(p, "\\\\");
+			else if (c == '\t' || (c >= 0x20 && c <= 0x7e))
+				*p++ = (char)c;
+			else
+				p += sprintf(p, "\\x%02x", c);
+			memset(p, 'a', sizeof(in) - pos - 1);
+			p[sizeof(in) - pos - 1] = '\0';
+			check(in, sizeof(in), want);
+		}
+	}
+}
+
 /* Appending adds to what is already in the buffer. */
 static void
 test_appends(void **state)
@@ -213,6 +248,7 @@ main(void)
 	    cmocka_unit_test(test_surrogate),   cmocka_unit_test(test_above_max),
 	    cmocka_unit_test(test_truncated),   cmocka_unit_test(test_mixed_line),
 	    cmocka_unit_test(test_every_octet), cmocka_unit_test(test_appends),
+	    cmocka_unit_test(test_every_octet_in_every_lane),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

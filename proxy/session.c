@@ -665,6 +665,9 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 		/* A client finishing its handshake while we close: it will get our last reply. */
 		if ((what & BEV_EVENT_CONNECTED) && x->dir == SIDE_CLIENT && !x->tls)
 			session_tls_done(s, x);
+		/* A client gone (in its handshake, say) can be told nothing more: no linger. */
+		else if (x->dir == SIDE_CLIENT && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+			session_free_later(s);
 		return;
 	}
 	if (what & BEV_EVENT_CONNECTED) {

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import threading
@@ -1468,3 +1469,32 @@ def test_load_sessions_tls_both_legs(tap_factory, tls_counter, certs):
         t = TlsTranscript(path, tap.log_dir)
         assert t.index("*", "tls upstream started") < t.index("*", "tls client started") < \
             t.index("C:", "MAIL FROM:<load"), t.excerpt()
+
+
+@pytest.mark.limit(40)
+def test_client_gone_in_its_handshake_frees_the_session_at_once(tap_factory, certs):
+    """--max-sessions 1, an implicit-TLS listener, the upstream down.  A client connects to the
+    TLS listener and never starts its handshake: the proxy's 421 waits in the TLS layer,
+    which cannot send it.  The client then closes.
+
+    proxy: the session ends when the client goes (it can be told nothing more), so the one
+    session slot is free again at once: a plain client that follows gets the upstream's
+    421 4.4.1, not "421 4.3.2 Too many connections" (which it got for the 10 s the proxy used
+    to linger for a client already gone)."""
+    tap = tls_tap(tap_factory, harness.free_port(), certs, "--max-sessions", "1")
+    stalled = socket.create_connection(("127.0.0.1", tap.tls_port), timeout=5)
+    ev = tap.event()
+    assert ev["reason"] == "upstream_unreachable", ev
+    stalled.close()
+    deadline = time.monotonic() + 4
+    replies = []
+    while time.monotonic() < deadline:
+        c = SmtpClient(tap.port)
+        r = c.reply()
+        c.sock.close()
+        replies.append(r[0] if r else b"")
+        if r and r[0].startswith(b"421 4.4.1 "):
+            break
+        time.sleep(0.2)
+    assert replies and replies[-1].startswith(b"421 4.4.1 "), \
+        "the slot of a client gone in its handshake stayed taken: %r" % replies[-3:]

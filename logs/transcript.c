@@ -53,6 +53,7 @@ struct transcript {
 };
 
 static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts);
+static struct event_base *loop_base;
 static struct event *flush_timer;
 static int log_dir_fd = -1;
 static int kept_open; /* transcripts holding their creation's descriptor */
@@ -252,6 +253,7 @@ transcript_init(struct event_base *base, const char *log_dir)
 
 	if (mkdir(log_dir, 0750) != 0 && errno != EEXIST)
 		return -1;
+	loop_base = base;
 	log_dir_fd = open(log_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (log_dir_fd < 0)
 		return -1;
@@ -267,6 +269,7 @@ transcript_shutdown(void)
 	if (flush_timer != NULL)
 		event_free(flush_timer);
 	flush_timer = NULL;
+	loop_base = NULL;
 	if (day_fd >= 0)
 		close(day_fd);
 	day_fd = -1;
@@ -369,19 +372,38 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	return t;
 }
 
+/*
+ * A record's time: when the loop woke for the event that brought the line (libevent's cached
+ * time, taken once per loop pass), else now.  The lines of one read share it, and it is
+ * formatted once for all of them.
+ */
+static const char *
+transcript_now(void)
+{
+	static struct timeval last = {-1, 0};
+	static char formatted[32];
+	struct timeval now;
+
+	if (loop_base == NULL || event_base_gettimeofday_cached(loop_base, &now) != 0)
+		gettimeofday(&now, NULL);
+	if (now.tv_sec != last.tv_sec || now.tv_usec != last.tv_usec) {
+		transcript_timestamp(&now, formatted, sizeof(formatted));
+		last = now;
+	}
+	return formatted;
+}
+
 /* Starts a record: timestamp, kind, space; with room for extra octets after them. */
 static int
 transcript_begin(struct transcript *t, const char *kind, size_t extra)
 {
 	size_t klen = strlen(kind);
-	struct timeval now;
 	char *p;
 
 	if (transcript_reserve(t, 28 + klen + 1 + extra + 1) != 0)
 		return -1;
 	p = t->buf + t->len;
-	gettimeofday(&now, NULL);
-	transcript_timestamp(&now, p, 28);
+	memcpy(p, transcript_now(), 27);
 	p[27] = ' ';
 	memcpy(p + 28, kind, klen);
 	p[28 + klen] = ' ';

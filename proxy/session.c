@@ -807,7 +807,8 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	}
 	s->px = px;
 	session_make_id(s);
-	gettimeofday(&s->start, NULL);
+	/* The loop's time, as the transcript's records use: the connect record never precedes it. */
+	event_base_gettimeofday_cached(px->base, &s->start);
 	s->last_activity = s->start.tv_sec;
 	pipeline_init(&s->pipeline);
 	TAILQ_INIT(&s->txs);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -32,6 +33,8 @@
 #include "proxy/tls.h"
 #include "proxy/tx.h"
 
+/* A plain socket's read: a 4 KiB message and its headers in one. */
+#define SIDE_READ_SIZE 16384
 /* How long a closing session may take to hand its last replies to the client. */
 #define CLOSE_LINGER_SECS 10
 /* How often a closing session checks that its last octets have left (a TLS filter's socket
@@ -45,6 +48,7 @@ static void session_write_cb(struct bufferevent *bev, void *arg);
 static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 static void session_event(struct side *x, struct bufferevent *bev, short what);
 static void session_upstream_connected(struct session *s);
+static int side_direct(struct session *s, struct side *x);
 
 static const char *state_names[] = {
     [ST_CONNECTING] = "connecting",
@@ -78,6 +82,33 @@ session_enter_state(struct session *s, enum smtp_state state)
 	s->state = state;
 }
 
+/* Whether a side is being read now. */
+static int
+side_reading(struct side *x)
+{
+	if (x->rd != NULL)
+		return event_pending(x->rd, EV_READ, NULL);
+	return (bufferevent_get_enabled(x->bev) & EV_READ) != 0;
+}
+
+static void
+side_read_on(struct side *x)
+{
+	if (x->rd != NULL)
+		event_add(x->rd, NULL);
+	else
+		bufferevent_enable(x->bev, EV_READ);
+}
+
+static void
+side_read_off(struct side *x)
+{
+	if (x->rd != NULL)
+		event_del(x->rd);
+	else
+		bufferevent_disable(x->bev, EV_READ);
+}
+
 void
 side_pause(struct side *x, int why)
 {
@@ -90,16 +121,15 @@ side_pause(struct side *x, int why)
 	 */
 	if (why == PAUSE_WAIT && evbuffer_get_length(bufferevent_get_input(x->bev)) == 0)
 		return;
-	bufferevent_disable(x->bev, EV_READ);
+	side_read_off(x);
 }
 
 void
 side_resume(struct side *x, int why)
 {
 	x->paused &= ~why;
-	if (x->paused == 0 && x->bev != NULL && !x->s->closing &&
-	    !(bufferevent_get_enabled(x->bev) & EV_READ))
-		bufferevent_enable(x->bev, EV_READ);
+	if (x->paused == 0 && x->bev != NULL && !x->s->closing && !side_reading(x))
+		side_read_on(x);
 }
 
 /*
@@ -165,16 +195,26 @@ session_reply(struct session *s, const char *reply)
 	}
 }
 
+/* Closes a side's socket, and its read event first. */
+static void
+side_release(struct side *x)
+{
+	if (x->rd != NULL)
+		event_free(x->rd);
+	x->rd = NULL;
+	if (x->bev != NULL)
+		bufferevent_free(x->bev);
+	x->bev = NULL;
+}
+
 static void
 session_free(struct session *s)
 {
 	struct proxy *px = s->px;
 	struct tx *tx;
 
-	if (s->client.bev != NULL)
-		bufferevent_free(s->client.bev);
-	if (s->server.bev != NULL)
-		bufferevent_free(s->server.bev);
+	side_release(&s->client);
+	side_release(&s->server);
 	if (s->timer != NULL)
 		event_free(s->timer);
 	transcript_close(s->transcript);
@@ -312,10 +352,7 @@ session_close(struct session *s, const char *reason)
 		                 (unsigned long long)s->server.octets);
 	report_write(s, &now);
 	log_info("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
-	if (s->server.bev != NULL) {
-		bufferevent_free(s->server.bev);
-		s->server.bev = NULL;
-	}
+	side_release(&s->server);
 	if (s->client.bev == NULL) {
 		session_free_later(s);
 		return;
@@ -326,7 +363,7 @@ session_close(struct session *s, const char *reason)
 	}
 	/* A handshake in progress must read to finish, so that our reply can reach the client. */
 	if (!session_client_handshaking(s))
-		bufferevent_disable(s->client.bev, EV_READ);
+		side_read_off(&s->client);
 	side_flush(&s->client);
 	if (session_client_pending(s) == 0) {
 		session_free_later(s);
@@ -433,8 +470,9 @@ session_read_cb(struct bufferevent *bev, void *arg)
 
 	if (s->closing)
 		return;
+	(void)bev;
 	if (x->paused) {
-		bufferevent_disable(bev, EV_READ); /* paused lazily by side_pause */
+		side_read_off(x); /* paused lazily by side_pause */
 		return;
 	}
 	s->last_activity = time(NULL);
@@ -543,6 +581,10 @@ session_start_tls(struct session *s, struct side *x)
 	/* The filter writes through the socket's buffer event, which must write on its own. */
 	side_flush(x);
 	x->direct = 0;
+	if (x->rd != NULL) {
+		event_free(x->rd); /* the socket's buffer event reads for the filter */
+		x->rd = NULL;
+	}
 	bufferevent_enable(x->bev, EV_WRITE);
 	tlsbev = bufferevent_openssl_filter_new(s->px->base, x->bev, ssl,
 	                                        x->dir == SIDE_CLIENT ? BUFFEREVENT_SSL_ACCEPTING
@@ -601,8 +643,10 @@ session_upstream_connected(struct session *s)
 	socklen_t len = sizeof(ss);
 
 	session_nodelay(bufferevent_getfd(s->server.bev));
-	s->server.direct = 1;
-	bufferevent_disable(s->server.bev, EV_WRITE);
+	if (side_direct(s, &s->server) != 0) {
+		session_close(s, "error");
+		return;
+	}
 	if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
@@ -620,7 +664,7 @@ session_upstream_connected(struct session *s)
 		return;
 	}
 	session_enter_state(s, ST_GREETING);
-	bufferevent_enable(s->server.bev, EV_READ);
+	side_read_on(&s->server);
 }
 
 static void
@@ -677,6 +721,14 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
 		return;
 	if (x->dir == SIDE_SERVER && s->state == ST_CONNECTING) {
+		/* Accepted, then reset before the loop saw the connection complete: the server
+		 * closed before its greeting, as when the reset comes a moment later. */
+		if ((what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == ECONNRESET) {
+			transcript_event(s->transcript, "server error reason=\"%s\" before the greeting",
+			                 session_error_reason(bev, what));
+			relay_server_gone(s);
+			return;
+		}
 		session_upstream_failed(s, session_error_reason(bev, what));
 		return;
 	}
@@ -696,6 +748,65 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 			                 session_error_reason(bev, what));
 		relay_server_gone(s);
 	}
+}
+
+/*
+ * Reads a plain socket with one read(2) of up to SIDE_READ_SIZE octets.  The buffer event's
+ * own read asks FIONREAD first and takes 4 KiB at most (libevent 2.1's EVBUFFER_MAX_READ):
+ * two system calls per 4 KiB instead of one per read.
+ */
+static void
+side_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct side *x = arg;
+	struct evbuffer *in = bufferevent_get_input(x->bev);
+	struct evbuffer_iovec v[2];
+	struct iovec iov[2];
+	ssize_t n = -1;
+	size_t left;
+	int i, nv, saved;
+
+	(void)what;
+	/* A buffer event keeps its input's end frozen but while it reads itself. */
+	evbuffer_unfreeze(in, 0);
+	nv = evbuffer_reserve_space(in, SIDE_READ_SIZE, v, 2);
+	for (i = 0; i < nv; i++) {
+		iov[i].iov_base = v[i].iov_base;
+		iov[i].iov_len = v[i].iov_len;
+	}
+	if (nv > 0)
+		n = readv(fd, iov, nv);
+	saved = errno;
+	if (n > 0) {
+		for (i = 0, left = (size_t)n; i < nv; i++) {
+			v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
+			left -= v[i].iov_len;
+		}
+		evbuffer_commit_space(in, v, v[nv - 1].iov_len > 0 ? nv : 1);
+	}
+	evbuffer_freeze(in, 0);
+	if (n > 0) {
+		session_read_cb(x->bev, x);
+		return;
+	}
+	if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK || saved == EINTR))
+		return;
+	side_read_off(x);
+	errno = saved;
+	session_event_cb(x->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), x);
+}
+
+/* A plain connected socket: read by side_read_cb, written by side_flush. */
+static int
+side_direct(struct session *s, struct side *x)
+{
+	x->rd = event_new(s->px->base, bufferevent_getfd(x->bev), EV_READ | EV_PERSIST,
+	                  side_read_cb, x);
+	if (x->rd == NULL)
+		return -1;
+	x->direct = 1;
+	bufferevent_disable(x->bev, EV_READ | EV_WRITE);
+	return 0;
 }
 
 static void
@@ -792,20 +903,17 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return NULL;
+	s->px = px;
 	cb = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	sb = bufferevent_socket_new(px->base, server_fd, BEV_OPT_CLOSE_ON_FREE);
 	s->timer = evtimer_new(px->base, session_timer_cb, s);
-	if (cb == NULL || sb == NULL || s->timer == NULL) {
-		if (cb != NULL)
-			bufferevent_free(cb);
-		if (sb != NULL)
-			bufferevent_free(sb);
-		if (s->timer != NULL)
-			event_free(s->timer);
-		free(s);
-		return NULL;
+	if (cb != NULL) {
+		side_setup(s, &s->client, SIDE_CLIENT, cb);
+		if (side_direct(s, &s->client) != 0)
+			goto fail;
 	}
-	s->px = px;
+	if (cb == NULL || sb == NULL || s->timer == NULL)
+		goto fail;
 	session_make_id(s);
 	/* The loop's time, as the transcript's records use: the connect record never precedes it. */
 	event_base_gettimeofday_cached(px->base, &s->start);
@@ -819,9 +927,6 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	snprintf(s->listener_addr, sizeof(s->listener_addr), "%s", listener);
 	snprintf(s->upstream_addr, sizeof(s->upstream_addr), "%s", px->opts->upstream);
 	s->px_upstream = px->opts->upstream;
-	side_setup(s, &s->client, SIDE_CLIENT, cb);
-	s->client.direct = 1;
-	bufferevent_disable(cb, EV_WRITE);
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;
@@ -831,6 +936,22 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	    px->opts->tls_mode != TLS_PASSTHROUGH && (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
 	                                              px->opts->upstream_tls == UPSTREAM_REQUIRE);
 	return s;
+fail:
+	/* The caller still owns the sockets: freeing the buffer events must not close them. */
+	if (s->client.rd != NULL)
+		event_free(s->client.rd);
+	if (cb != NULL) {
+		bufferevent_setfd(cb, -1);
+		bufferevent_free(cb);
+	}
+	if (sb != NULL) {
+		bufferevent_setfd(sb, -1);
+		bufferevent_free(sb);
+	}
+	if (s->timer != NULL)
+		event_free(s->timer);
+	free(s);
+	return NULL;
 }
 
 struct session *
@@ -850,7 +971,7 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	}
 	log_debug("session=%s connect client=%s", s->id, s->client_addr);
 	/* Read the client from the start, to see an early talker and a client that leaves. */
-	bufferevent_enable(s->client.bev, EV_READ);
+	side_read_on(&s->client);
 	if (implicit_tls && session_start_tls(s, &s->client) != 0) {
 		session_tls_failed(s, &s->client, "TLS set-up failed");
 		return s;
@@ -867,7 +988,7 @@ session_new_connected(struct proxy *px, int client_fd, int server_fd)
 	if ((s = session_create(px, client_fd, NULL, "local", server_fd)) == NULL)
 		return NULL;
 	session_open_transcript(s);
-	bufferevent_enable(s->client.bev, EV_READ);
+	side_read_on(&s->client);
 	session_upstream_connected(s);
 	return s;
 }

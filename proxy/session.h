@@ -39,6 +39,7 @@ struct side {
 	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
 	int tls;             /* TLS is up on this leg */
 	int direct;          /* a plain connected socket: its output is written at once */
+	struct event *rd;    /* reads a plain socket (session.c), or NULL: the buffer event does */
 };
 
 /* What the transcript and the event say of a leg's TLS. */

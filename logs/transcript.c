@@ -80,7 +80,7 @@ transcript_write_failed(struct transcript *t)
 static int
 transcript_reserve(struct transcript *t, size_t n)
 {
-	size_t cap = t->cap < 2048 ? 2048 : t->cap;
+	size_t cap = t->cap < 512 ? 512 : t->cap;
 	char *p;
 
 	if (t->len + n <= t->cap)

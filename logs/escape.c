@@ -2,6 +2,9 @@
 #include "logs/escape.h"
 
 #include <stdint.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,29 +93,71 @@ escape_octet(struct escape_sink *k, unsigned char c)
 	escape_sink_add(k, e, sizeof(e));
 }
 
+/* Octet by octet (a tab is plain too). */
+static size_t
+escape_plain_scalar(const unsigned char *p, size_t i, size_t n)
+{
+	while (i < n && escape_plain[p[i]])
+		i++;
+	return i;
+}
+
+#ifdef __SSE2__
+/* A bit per octet of p[0..15]: set for printable ASCII other than backslash. */
+static unsigned
+escape_plain_mask(const unsigned char *p)
+{
+	const __m128i space = _mm_set1_epi8(0x1f), del = _mm_set1_epi8(0x7f),
+	              backslash = _mm_set1_epi8('\\');
+	__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p), plain;
+
+	/* Signed: 0x80-0xff are negative, so "> 0x1f and < 0x7f" is 0x20-0x7e. */
+	plain = _mm_and_si128(_mm_cmpgt_epi8(v, space), _mm_cmplt_epi8(v, del));
+	plain = _mm_andnot_si128(_mm_cmpeq_epi8(v, backslash), plain);
+	return (unsigned)_mm_movemask_epi8(plain);
+}
+#endif
+
 /*
- * The end of a run of octets that need no escape, from i: eight at a time while all are
- * printable ASCII other than backslash (the bulk of any transcript), then one by one.
+ * The end of a run of octets that need no escape, from i: sixteen (SSE2) or eight at a
+ * time while all are printable ASCII other than backslash (the bulk of any transcript),
+ * then one by one.
  */
 static size_t
 escape_plain_end(const unsigned char *p, size_t i, size_t n)
 {
+#ifdef __SSE2__
+	size_t base;
+	unsigned mask;
+
+	while (i + 16 <= n) {
+		mask = escape_plain_mask(p + i);
+		if (mask != 0xffff)
+			return escape_plain_scalar(p, i + (size_t)__builtin_ctz(~mask), n);
+		i += 16;
+	}
+	/* The last octets: one more load ending at n, its lanes before i known plain. */
+	if (i < n && n >= 16) {
+		base = n - 16;
+		mask = escape_plain_mask(p + base) | ((1u << (i - base)) - 1);
+		i = mask == 0xffff ? n : base + (size_t)__builtin_ctz(~mask);
+	}
+#else
 	const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
 	uint64_t w, bs, below, above, backslash;
 
 	while (i + 8 <= n) {
 		memcpy(&w, p + i, sizeof(w));
 		bs = w ^ (ones * '\\');
-		below = (w - ones * 0x20) & ~w & highs;        /* an octet < 0x20 */
+		below = (w - ones * 0x20) & ~w & highs;          /* an octet < 0x20 */
 		above = ((w + ones * (127 - 0x7e)) | w) & highs; /* an octet > 0x7e */
-		backslash = (bs - ones) & ~bs & highs;          /* an octet == '\\' */
+		backslash = (bs - ones) & ~bs & highs;            /* an octet == '\\' */
 		if (below | above | backslash)
 			break;
 		i += 8;
 	}
-	while (i < n && escape_plain[p[i]])
-		i++;
-	return i;
+#endif
+	return escape_plain_scalar(p, i, n);
 }
 
 /* Copies runs of octets that need no escape in one piece, and escapes the rest one by one. */

@@ -224,6 +224,14 @@ transcript_flush(struct transcript *t)
 	}
 	failing = 0;
 	t->len = 0;
+}
+
+/* The buffer's memory goes back at each flush tick: an idle session holds none. */
+static void
+transcript_shrink(struct transcript *t)
+{
+	if (t->len > 0)
+		return;
 	free(t->buf);
 	t->buf = NULL;
 	t->cap = 0;
@@ -241,6 +249,7 @@ transcript_flush_cb(evutil_socket_t fd, short what, void *arg)
 	{
 		if (t->dirty)
 			transcript_flush(t);
+		transcript_shrink(t);
 		if (transcript_release(t) != 0)
 			transcript_write_failed(t);
 	}

@@ -468,19 +468,18 @@ client_line_end(const struct unit *u)
 static void
 client_split_bare_cr(struct unit *u)
 {
-	const unsigned char *cr;
-	size_t off = 0, i;
+	const unsigned char *cr = memchr(u->data, '\r', u->len);
+	size_t i;
 
-	while (off < u->len && (cr = memchr(u->data + off, '\r', u->len - off)) != NULL) {
-		i = (size_t)(cr - u->data);
-		if (i + 1 == u->len)
-			return; /* CR last in a piece: whether LF follows is not known yet */
-		if (u->data[i + 1] != '\n') {
-			u->len = i + 1;
-			u->complete = 1;
-			return;
-		}
-		off = i + 1;
+	if (cr == NULL)
+		return;
+	i = (size_t)(cr - u->data);
+	if (i + 1 == u->len)
+		return; /* CR last in a piece: whether LF follows is not known yet */
+	/* CR LF can only be the line's end: a unit ends at its first LF. */
+	if (u->data[i + 1] != '\n') {
+		u->len = i + 1;
+		u->complete = 1;
 	}
 }
 

@@ -36,22 +36,27 @@ side_input(struct side *x)
  * Finds the next line in a side's input, capped at --max-line before it is read: returns 1
  * with a line or a max-line piece, 0 when more input is needed.
  */
-/* Where the first LF is in a side's input, searching [from, lim): -1 when there is none. */
+/*
+ * Where the first LF is in [from, lim) of a side's input: -1 when there is none.  *head is
+ * set to the input's first lim octets when they lie in its first chunk (most lines do: a
+ * memchr there, no evbuffer_ptr walk, no pullup), else to NULL.
+ */
 static ev_ssize_t
-side_find_lf(struct evbuffer *in, size_t from, size_t lim)
+side_find_lf(struct evbuffer *in, size_t from, size_t lim, const unsigned char **head)
 {
 	struct evbuffer_ptr start, eol;
-	const unsigned char *p, *q;
+	struct evbuffer_iovec v;
+	const unsigned char *q;
 	size_t eol_len;
 
+	*head = NULL;
+	if (evbuffer_peek(in, (ev_ssize_t)lim, NULL, &v, 1) == 1 && v.iov_len >= lim) {
+		*head = v.iov_base;
+		q = from < lim ? memchr(*head + from, '\n', lim - from) : NULL;
+		return q != NULL ? q - *head : -1;
+	}
 	if (from >= lim)
 		return -1;
-	/* Most lines lie in the first chunk: a memchr there, no evbuffer_ptr walk. */
-	if (evbuffer_get_contiguous_space(in) >= lim) {
-		p = evbuffer_pullup(in, (ev_ssize_t)lim);
-		q = memchr(p + from, '\n', lim - from);
-		return q != NULL ? q - p : -1;
-	}
 	evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET);
 	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
 	return eol.pos >= 0 && (size_t)eol.pos < lim ? eol.pos : -1;
@@ -69,7 +74,7 @@ side_next_unit(struct side *x, size_t max, struct unit *u)
 
 	if (avail == 0)
 		return 0;
-	lf = side_find_lf(in, skip + (x->scanned < avail ? x->scanned : 0), skip + lim);
+	lf = side_find_lf(in, skip + (x->scanned < avail ? x->scanned : 0), skip + lim, &p);
 	if (lf >= 0) {
 		u->len = (size_t)lf - skip + 1;
 		u->complete = 1;
@@ -81,7 +86,7 @@ side_next_unit(struct side *x, size_t max, struct unit *u)
 		return 0;
 	}
 	x->scanned = 0;
-	if ((p = evbuffer_pullup(in, (ev_ssize_t)(skip + u->len))) == NULL)
+	if (p == NULL && (p = evbuffer_pullup(in, (ev_ssize_t)(skip + u->len))) == NULL)
 		return 0;
 	u->data = p + skip;
 	return 1;

@@ -70,10 +70,13 @@ ehlo_emit(struct evbuffer *out, const unsigned char *p, size_t len, int last)
 		evbuffer_add(out, p, len); /* not a reply line: as it came */
 		return;
 	}
+	/* The old separator goes; a line without one ("250\r\n") keeps all it has. */
+	size_t rest = len > 3 && (p[3] == '-' || p[3] == ' ') ? 4 : 3;
+
 	evbuffer_add(out, p, 3);
 	evbuffer_add(out, last ? " " : "-", 1);
-	if (len > 4)
-		evbuffer_add(out, p + 4, len - 4);
+	if (len > rest)
+		evbuffer_add(out, p + rest, len - rest);
 	else
 		evbuffer_add(out, "\r\n", 2);
 }

@@ -43,6 +43,19 @@ test_remove_last_lines(void **state)
 		   "250-mail.example\r\n250-PIPELINING\r\n250 SIZE 10240000\r\n", 2);
 }
 
+/* A line without separator or text ("250\r\n") keeps its CRLF whatever its new place. */
+static void
+test_line_without_separator(void **state)
+{
+	const char *rm[] = {"XCLIENT"};
+
+	(void)state;
+	check_edit("250-mail.example\r\n250\r\n250-PIPELINING\r\n250 XCLIENT A\r\n", rm, 1, NULL,
+		   "250-mail.example\r\n250-\r\n250 PIPELINING\r\n", 1);
+	check_edit("250-mail.example\r\n250\r\n250 XCLIENT A\r\n", rm, 1, NULL,
+		   "250-mail.example\r\n250 \r\n", 1);
+}
+
 static void
 test_add_keyword(void **state)
 {
@@ -124,6 +137,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_remove_last_lines), cmocka_unit_test(test_add_keyword),
+	    cmocka_unit_test(test_line_without_separator),
 	    cmocka_unit_test(test_never_empty),	      cmocka_unit_test(test_keyword_is_whole_word),
 	    cmocka_unit_test(test_offers_and_size),   cmocka_unit_test(test_many_lines),
 	};

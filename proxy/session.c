@@ -555,6 +555,11 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 		why = reason;
 	}
 	if (x->dir == SIDE_CLIENT) {
+		/* Nothing more can go through a failed handshake (only its alert still leaves):
+		 * replies queued for the client would keep the session for the whole linger. */
+		if (x->bev != NULL && bufferevent_get_underlying(x->bev) != NULL)
+			evbuffer_drain(bufferevent_get_output(x->bev),
+			               evbuffer_get_length(bufferevent_get_output(x->bev)));
 		transcript_event(s->transcript, "tls client failed reason=\"%s\"", why);
 		free(s->client_tls_error);
 		s->client_tls_error = strdup(why);

@@ -15,6 +15,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "filters/prefilter.h"
+
 #define RULES_REPLY_MAX 510 /* RFC 5321 4.5.3.1.5: 512 octets with CRLF */
 #define RULES_JIT_STACK_MIN (32 * 1024)
 #define RULES_JIT_STACK_MAX (1024 * 1024)
@@ -27,7 +29,9 @@ struct rule {
 	enum rule_action action;
 	int negate;
 	int global;
+	int jit; /* pcre2_jit_match() may be called directly */
 	pcre2_code *code;
+	struct prefilter pf; /* the octets any match needs: lines without them skip PCRE2 */
 	char *text; /* reply, replacement, PREPEND or WARN text; NULL if none */
 	size_t textlen;
 };
@@ -40,6 +44,17 @@ struct ruleset {
 	int nfiles;
 	const struct rule **byscope[SCOPE_COUNT];
 	int nbyscope[SCOPE_COUNT];
+	/* Beside byscope: the prefilter's need of each rule a line without it may skip, else 0;
+	 * packed, so that skipping a rule touches no more than this. */
+	uint64_t *skipneed[SCOPE_COUNT];
+	/*
+	 * For a scope of at most 64 rules of which some may be skipped: bit i of cand[s][c] is
+	 * set for rule i filed under class c (its prefilter key), bit i of always[s] for a rule
+	 * never skipped.  A line is tried only against the rules filed under the classes of its
+	 * octets, and those always tried.  NULL for other scopes.
+	 */
+	uint64_t *cand[SCOPE_COUNT];
+	uint64_t always[SCOPE_COUNT];
 	int holds;
 	pcre2_match_data *md;
 	pcre2_match_context *mctx;
@@ -309,6 +324,23 @@ pattern_compile(struct loader *ld, const struct pattern *pat, uint32_t opts)
 	    groups > ld->maxgroups)
 		ld->maxgroups = groups;
 	return code;
+}
+
+/*
+ * Whether pcre2_jit_match() can stand in for pcre2_match(): the pattern has JIT code, and
+ * the one check it skips, of the subject's UTF-8, does not apply (a UTF pattern is always
+ * compiled to take invalid UTF; "(*UTF)" in a pattern without the u flag is not).
+ */
+static int
+jit_direct(const pcre2_code *code)
+{
+	size_t size = 0;
+	uint32_t opts = 0;
+
+	if (pcre2_pattern_info(code, PCRE2_INFO_JITSIZE, &size) != 0 || size == 0 ||
+	    pcre2_pattern_info(code, PCRE2_INFO_ALLOPTIONS, &opts) != 0)
+		return 0;
+	return !(opts & PCRE2_UTF) || (opts & PCRE2_MATCH_INVALID_UTF);
 }
 
 /* Checks an enhanced status code (RFC 3463: class.subject.detail) against the reply code. */
@@ -620,6 +652,10 @@ line_parse(struct loader *ld, const char *s, size_t len)
 	if (act != ACT_NONE)
 		text_check(ld, (enum rule_action)act, s, rl.action.off + rl.action.len, rl.text,
 		           r.code, rl.opts);
+	if (r.code != NULL) {
+		prefilter_learn(&r.pf, rl.pat.text, rl.pat.len, rl.opts);
+		r.jit = jit_direct(r.code);
+	}
 	pattern_free(&rl.pat);
 	if (ld->lineerrors > 0) {
 		pcre2_code_free(r.code);
@@ -692,6 +728,28 @@ rules_load_file(struct loader *ld, const char *name)
 	return rc;
 }
 
+/* Files the rules of a scope under their prefilter keys, when that is possible and useful. */
+static int
+rules_file_keys(struct ruleset *rs, int s)
+{
+	int i, any = 0;
+
+	if (rs->nbyscope[s] == 0 || rs->nbyscope[s] > 64)
+		return 0;
+	for (i = 0; i < rs->nbyscope[s]; i++)
+		any |= rs->skipneed[s][i] != 0;
+	if (!any)
+		return 0;
+	if ((rs->cand[s] = calloc(64, sizeof(uint64_t))) == NULL)
+		return -1;
+	for (i = 0; i < rs->nbyscope[s]; i++)
+		if (rs->skipneed[s][i] != 0)
+			rs->cand[s][prefilter_key(&rs->byscope[s][i]->pf)] |= 1ULL << i;
+		else
+			rs->always[s] |= 1ULL << i;
+	return 0;
+}
+
 /* Sorts the rules by scope, keeping file order, and notes whether messages must be held. */
 static int
 rules_index(struct ruleset *rs)
@@ -710,14 +768,21 @@ rules_index(struct ruleset *rs)
 		if (rs->nbyscope[s] == 0)
 			continue;
 		if ((rs->byscope[s] = calloc((size_t)rs->nbyscope[s], sizeof(*rs->byscope[s]))) ==
-		    NULL)
+		        NULL ||
+		    (rs->skipneed[s] = calloc((size_t)rs->nbyscope[s], sizeof(uint64_t))) == NULL)
 			return -1;
 		rs->nbyscope[s] = 0;
 	}
 	for (i = 0; i < rs->nrules; i++) {
 		r = &rs->rules[i];
+		/* A negated rule acts on lines it does not match: never skipped. */
+		if (r->pf.active && !r->negate)
+			rs->skipneed[r->scope][rs->nbyscope[r->scope]] = r->pf.need;
 		rs->byscope[r->scope][rs->nbyscope[r->scope]++] = r;
 	}
+	for (s = 0; s < SCOPE_COUNT; s++)
+		if (rules_file_keys(rs, s) == -1)
+			return -1;
 	return 0;
 }
 
@@ -794,8 +859,11 @@ rules_free(struct ruleset *rs)
 	for (i = 0; i < rs->nfiles; i++)
 		free(rs->files[i]);
 	free(rs->files);
-	for (i = 0; i < SCOPE_COUNT; i++)
+	for (i = 0; i < SCOPE_COUNT; i++) {
 		free(rs->byscope[i]);
+		free(rs->skipneed[i]);
+		free(rs->cand[i]);
+	}
 	pcre2_match_data_free(rs->md);
 	pcre2_match_context_free(rs->mctx);
 	pcre2_jit_stack_free(rs->jit);
@@ -1016,9 +1084,49 @@ rule_rewrite(const struct ruleset *rs, const struct rule *r, size_t skip, struct
 	return outcome_hit(out, r, ACT_REWRITE, NULL, 0, before, beforelen);
 }
 
+/* The octets of the current line, gathered when a rule first needs them. */
+struct linescan {
+	uint64_t octets;
+	int valid;
+};
+
+static inline uint64_t
+linescan_octets(struct linescan *ls, const struct rule_outcome *out)
+{
+	if (!ls->valid) {
+		ls->octets = prefilter_scan(out->line, out->len);
+		ls->valid = 1;
+	}
+	return ls->octets;
+}
+
+/*
+ * Whether the prefilter proves that r does not match the current line.  The octets of the
+ * whole line are those of the part a capability rule sees, and more: a safe superset.
+ */
+static inline int
+rule_cannot_match(const struct rule *r, const struct rule_outcome *out, struct linescan *ls)
+{
+	return r->pf.active && !prefilter_may_match(&r->pf, linescan_octets(ls, out));
+}
+
+/* Matches r against the current line: pcre2_match()'s result, or NOMATCH from the prefilter. */
+static int
+rule_match(const struct ruleset *rs, const struct rule *r, size_t skip,
+           const struct rule_outcome *out, struct linescan *ls)
+{
+	if (rule_cannot_match(r, out, ls))
+		return PCRE2_ERROR_NOMATCH;
+	if (r->jit)
+		return pcre2_jit_match(r->code, out->line + skip, out->len - skip, 0, 0, rs->md,
+		                       rs->mctx);
+	return pcre2_match(r->code, out->line + skip, out->len - skip, 0, 0, rs->md, rs->mctx);
+}
+
 /* Tries one rule on the current line: 1 when the evaluation ends, 0 to go on, -1 on ENOMEM. */
 static int
-rule_eval(const struct ruleset *rs, const struct rule *r, struct rule_outcome *out)
+rule_eval(const struct ruleset *rs, const struct rule *r, struct rule_outcome *out,
+          struct linescan *ls)
 {
 	size_t skip = 0;
 	int rc;
@@ -1026,13 +1134,14 @@ rule_eval(const struct ruleset *rs, const struct rule *r, struct rule_outcome *o
 	/* A capability rule sees the extension without "250-". */
 	if (r->scope == SCOPE_CAPABILITY)
 		skip = out->len < 4 ? out->len : 4;
-	rc = pcre2_match(r->code, out->line + skip, out->len - skip, 0, 0, rs->md, rs->mctx);
+	rc = rule_match(rs, r, skip, out, ls);
 	if (rc < 0 && rc != PCRE2_ERROR_NOMATCH)
 		return outcome_hit(out, r, r->action, pcre2_reason(rc), 1, out->line, out->len);
 	if ((rc >= 0) == r->negate)
 		return 0;
 	switch (r->action) {
 	case ACT_REWRITE:
+		ls->valid = 0; /* the line changes */
 		return rule_rewrite(rs, r, skip, out);
 	case ACT_PREPEND:
 		if (outcome_prepend(out, r->text) == -1)
@@ -1052,41 +1161,104 @@ rule_eval(const struct ruleset *rs, const struct rule *r, struct rule_outcome *o
 	}
 }
 
+/* The rules of scope s that a line with these octet classes may need to be tried against. */
+static uint64_t
+rules_candidates(const struct ruleset *rs, int s, uint64_t have)
+{
+	uint64_t m = rs->always[s];
+
+	for (; have != 0; have &= have - 1)
+		m |= rs->cand[s][__builtin_ctzll(have)];
+	return m;
+}
+
+/* Runs the line through the rules of one scope: the common case, made cheap. */
+static int
+apply_list(const struct ruleset *rs, int s, struct rule_outcome *out)
+{
+	const struct rule *const *list = rs->byscope[s];
+	const uint64_t *need = rs->skipneed[s];
+	struct linescan ls = {0, 0};
+	uint64_t m;
+	int i, rc;
+
+	if (rs->cand[s] == NULL) {
+		for (i = 0; i < rs->nbyscope[s]; i++) {
+			/* Most rules miss most lines: those the prefilter rules out cost little. */
+			if (need[i] != 0 && (need[i] & ~linescan_octets(&ls, out)) != 0)
+				continue;
+			if ((rc = rule_eval(rs, list[i], out, &ls)) != 0)
+				return rc;
+		}
+		return 0;
+	}
+	/* In file order, only the rules filed under a class the line has, and those always tried. */
+	m = rules_candidates(rs, s, linescan_octets(&ls, out));
+	while (m != 0) {
+		i = __builtin_ctzll(m);
+		m &= m - 1;
+		if ((need[i] & ~ls.octets) != 0)
+			continue;
+		if ((rc = rule_eval(rs, list[i], out, &ls)) != 0)
+			return rc;
+		/* Rewritten: the rules after this one see another line. */
+		if (!ls.valid)
+			m = rules_candidates(rs, s, linescan_octets(&ls, out)) & (~0ULL << i << 1);
+	}
+	return 0;
+}
+
+/* Runs the line through the rules of several scopes, merged by rule id (file order). */
+static int
+apply_merged(const struct ruleset *rs, const struct rule *const *const *list, const int *n,
+             int nlists, struct rule_outcome *out)
+{
+	struct linescan ls = {0, 0};
+	int pos[SCOPE_COUNT] = {0};
+	int k, best, rc;
+
+	for (;;) {
+		best = -1;
+		for (k = 0; k < nlists; k++)
+			if (pos[k] < n[k] &&
+			    (best < 0 || list[k][pos[k]]->id < list[best][pos[best]]->id))
+				best = k;
+		if (best < 0)
+			return 0;
+		if ((rc = rule_eval(rs, list[best][pos[best]++], out, &ls)) != 0)
+			return rc;
+	}
+}
+
 int
 rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes,
             const unsigned char *line, size_t len, struct rule_outcome *out)
 {
-	const struct rule *r;
-	int pos[SCOPE_COUNT], want[SCOPE_COUNT];
-	int i, s, best, rc;
+	const struct rule *const *list[SCOPE_COUNT];
+	unsigned int want = 0;
+	int n[SCOPE_COUNT];
+	int i, s = 0, nlists = 0, rc;
 
 	rule_outcome_reset(out);
 	out->line = line != NULL ? line : (const unsigned char *)"";
 	out->len = len;
 	if (rs == NULL)
 		return ACT_NONE;
-	memset(want, 0, sizeof(want));
-	memset(pos, 0, sizeof(pos));
-	for (i = 0; i < nscopes; i++)
-		if ((int)scopes[i] >= 0 && scopes[i] < SCOPE_COUNT)
-			want[scopes[i]] = 1;
-	/* Merge the scopes' lists by rule id, which is file order. */
-	for (;;) {
-		best = -1;
-		for (s = 0; s < SCOPE_COUNT; s++)
-			if (want[s] && pos[s] < rs->nbyscope[s] &&
-			    (best < 0 ||
-			     rs->byscope[s][pos[s]]->id < rs->byscope[best][pos[best]]->id))
-				best = s;
-		if (best < 0)
-			break;
-		r = rs->byscope[best][pos[best]++];
-		if ((rc = rule_eval(rs, r, out)) == -1)
-			return -1;
-		if (rc == 1)
-			break;
+	for (i = 0; i < nscopes; i++) {
+		if ((int)scopes[i] < 0 || scopes[i] >= SCOPE_COUNT || (want & SCOPE_BIT(scopes[i])))
+			continue;
+		want |= SCOPE_BIT(scopes[i]);
+		if (rs->nbyscope[scopes[i]] > 0) {
+			s = scopes[i];
+			list[nlists] = rs->byscope[s];
+			n[nlists++] = rs->nbyscope[s];
+		}
 	}
-	return out->verdict;
+	if (nlists == 0)
+		return ACT_NONE;
+	rc = nlists == 1 ? apply_list(rs, s, out)
+	                 : apply_merged(rs, list, n, nlists, out);
+	return rc == -1 ? -1 : (int)out->verdict;
 }
 
 /* Appends one reply line with its separator forced to sep ('-' or ' '), and CRLF. */

@@ -1,7 +1,8 @@
 /*
  * Unit tests for filters/rules.c (and the --check-rules and --test-rules modes): parsing,
  * every load error at its line and column, each scope, action and flag, substitution, the
- * reply-marker fix, and lines holding NUL or invalid UTF-8.
+ * reply-marker fix, lines holding NUL or invalid UTF-8, and the prefilter (filters/prefilter.c)
+ * against PCRE2 itself: it may never rule out a line that the pattern matches.
  */
 #include <fcntl.h>
 #include <setjmp.h>
@@ -15,7 +16,11 @@
 
 #include <cmocka.h>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include "filters/check.h"
+#include "filters/prefilter.h"
 #include "filters/rules.h"
 #include "filters/trial.h"
 
@@ -1075,6 +1080,550 @@ test_folded_header(void **state)
 	rules_free(rs);
 }
 
+/* ---- the prefilter: never "cannot match" for a line PCRE2 matches ---- */
+
+/* Flags as rule files write them, to PCRE2 options as rules.c compiles them. */
+static uint32_t
+pf_opts(const char *flags)
+{
+	uint32_t o = 0;
+
+	for (; *flags != '\0'; flags++)
+		switch (*flags) {
+		case 'i':
+			o |= PCRE2_CASELESS;
+			break;
+		case 'x':
+			o |= PCRE2_EXTENDED;
+			break;
+		case 's':
+			o |= PCRE2_DOTALL;
+			break;
+		case 'm':
+			o |= PCRE2_MULTILINE;
+			break;
+		case 'u':
+			o |= PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+			break;
+		}
+	return o;
+}
+
+/* pcre2_match() of a pattern compiled as rules.c does: 1 match, 0 none, -1 no pattern. */
+struct pf_case {
+	pcre2_code *code;
+	pcre2_match_data *md;
+	struct prefilter pf;
+};
+
+static int
+pf_case_init(struct pf_case *c, const char *pat, size_t len, const char *flags)
+{
+	pcre2_compile_context *cctx = pcre2_compile_context_create(NULL);
+	PCRE2_SIZE off;
+	int err;
+
+	assert_non_null(cctx);
+	pcre2_set_newline(cctx, PCRE2_NEWLINE_ANYCRLF);
+	c->code = pcre2_compile((PCRE2_SPTR)pat, len, pf_opts(flags), &err, &off, cctx);
+	pcre2_compile_context_free(cctx);
+	if (c->code == NULL)
+		return -1;
+	(void)pcre2_jit_compile(c->code, PCRE2_JIT_COMPLETE);
+	assert_non_null(c->md = pcre2_match_data_create_from_pattern(c->code, NULL));
+	prefilter_learn(&c->pf, pat, len, pf_opts(flags));
+	return 0;
+}
+
+static void
+pf_case_free(struct pf_case *c)
+{
+	pcre2_match_data_free(c->md);
+	pcre2_code_free(c->code);
+}
+
+/*
+ * Checks one pattern on one subject: when PCRE2 matches, the prefilter must say "may".
+ * Returns 1 when the prefilter ruled the subject out.
+ */
+static int
+pf_check(struct pf_case *c, const char *pat, const char *flags, const unsigned char *subj,
+         size_t n)
+{
+	int rc, may;
+
+	may = !c->pf.active || prefilter_may_match(&c->pf, prefilter_scan(subj, n));
+	rc = pcre2_match(c->code, subj, n, 0, 0, c->md, NULL);
+	if (rc >= 0 && !may) {
+		char shown[256];
+		size_t i, o = 0;
+
+		for (i = 0; i < n && o + 5 < sizeof(shown); i++)
+			o += (size_t)snprintf(shown + o, sizeof(shown) - o,
+			                      subj[i] >= 0x20 && subj[i] < 0x7f ? "%c" : "\\x%02x",
+			                      subj[i]);
+		fail_msg("prefilter ruled out a match: /%s/%s on \"%s\"", pat, flags, shown);
+	}
+	return !may;
+}
+
+struct pf_table {
+	const char *pat;
+	const char *flags;
+	int active; /* the prefilter must be active (1), inactive (0) */
+	const char *match[4]; /* subjects PCRE2 matches (checked too) */
+	const char *miss;     /* a subject the prefilter must rule out (active only), or NULL */
+};
+
+static void
+test_prefilter_cases(void **state)
+{
+	static const struct pf_table t[] = {
+	    {"\\bconfidential\\b", "i", 1, {"a CONFIDENTIAL b", "confidential"}, "1XXXXXXX"},
+	    {"confidential", "", 1, {"confidential"}, "confidentia"},
+	    {"colou?r", "", 1, {"color", "colour"}, "olu"},
+	    {"ab*c", "", 1, {"ac", "abbbc"}, "ab"},
+	    {"ab+c", "", 1, {"abc", "abbc"}, "ac"},
+	    {"ab++c", "", 1, {"abbc"}, "ac"},
+	    {"ab+?c", "", 1, {"abbc"}, "ac"},
+	    {"x*+y", "", 1, {"y", "xxy"}, "x"},
+	    {"a{0}b", "", 1, {"b"}, "a"},
+	    {"a{0,2}b", "", 1, {"b", "aab"}, "a"},
+	    {"x{2}y", "", 1, {"xxy"}, "xx"},
+	    {"a{2,}+b", "", 1, {"aab"}, "aa"},
+	    /* "{,2}" is a quantifier in newer PCRE2 and literal in older: both are kept. */
+	    {"a{,2}b", "", 1, {NULL}, NULL},
+	    {"a{x}", "", 1, {"a{x}"}, "a}"},
+	    {"a{}", "", 1, {"a{}"}, "{}"},
+	    {"a\\.?b", "", 1, {"ab", "a.b"}, "a."},
+	    {"\\d+\\.\\d+", "", 1, {"1.5"}, "15"},
+	    {"(?i)abc", "", 0, {"ABC"}, NULL},
+	    {"a(?i)b", "", 0, {"aB"}, NULL},
+	    {"(?i:abc)d", "", 1, {"ABCd"}, "ABC"},
+	    {"(?i-s:ab)c", "", 1, {"ABc"}, "AB"},
+	    {"abc|xyz", "", 0, {"xyz", "abc"}, NULL},
+	    {"(abc|xyz)q", "", 1, {"xyzq"}, "xyz"},
+	    {"(?|(a)|(b))c", "", 1, {"bc"}, "b"},
+	    {"a(?:b)?c", "", 1, {"ac", "abc"}, "ab"},
+	    {"(a(*ACCEPT))bcd", "", 0, {"a"}, NULL},
+	    {"(*UTF)abc", "", 0, {"abc"}, NULL},
+	    {"\\Qa.b\\E", "", 0, {"a.b"}, NULL},
+	    {"[]abc]x", "", 1, {"]x", "bx"}, "]"},
+	    {"[^]]z", "", 1, {"az"}, "a"},
+	    {"[\\]]z", "", 1, {"]z"}, "]"},
+	    {"[[:alpha:]]z", "", 0, {"qz"}, NULL},
+	    {"\\x41BC", "", 0, {"ABC"}, NULL},
+	    {"\\101BC", "", 0, {"ABC"}, NULL},
+	    {"\\cAx", "", 0, {"\x01x"}, NULL},
+	    {"a\\tb", "", 1, {"a\tb"}, "a\t"},
+	    {"(?#comment)abc", "", 0, {"abc"}, NULL},
+	    {"(?C\"a)x(\")c", "", 0, {"c"}, NULL},
+	    {"(?C1)abc", "", 0, {"abc"}, NULL},
+	    {"a b # comment", "x", 0, {"ab"}, NULL},
+	    {"(?x) a b", "", 0, {"ab"}, NULL},
+	    {"(a(?x) b )c", "", 0, {"abc"}, NULL},
+	    {"^abc$", "m", 1, {"x\r\nabc", "abc\r\ny"}, "ab"},
+	    {"\\Kabc", "", 1, {"abc"}, "ab"},
+	    {"(?<=x)abc", "", 1, {"xabc"}, "ab"},
+	    {"(?=abc)abc", "", 1, {"abc"}, "ab"},
+	    {"a(?R)?b", "", 0, {"ab", "aabb"}, NULL},
+	    {"(a(?1)?b)c", "", 1, {"aabbc"}, "ab"},
+	    {"k", "iu", 0, {"K", "\xe2\x84\xaa"}, NULL},
+	    {"s", "iu", 0, {"S", "\xc5\xbf"}, NULL},
+	    {"SECRET", "i", 1, {"secret", "SeCrEt"}, "secre"},
+	    {"\xc3\xa9?x", "u", 1, {"x", "\xc3\xa9x"}, "\xc3\xa9"},
+	    {"caf\xc3\xa9", "u", 1, {"caf\xc3\xa9", "\xff caf\xc3\xa9"}, "cfe"},
+	    {"\\\xc3\xa9?x", "u", 1, {"x"}, "\xc3\xa9"},
+	    {"^token-0:[A-Za-z0-9]{32}$", "", 1,
+	     {"token-0:abcdefghijklmnopqrstuvwxyz012345"}, "token0:"},
+	    {"\\N{U+0041}", "u", 0, {"A"}, NULL},
+	    {"a\\N+b", "", 1, {"axxb"}, "ax"},
+	    {"^MAIL FROM:<[^>]*@example\\.com>", "i", 1, {"mail from:<a@EXAMPLE.com>"},
+	     "MAIL FROM:<>"},
+	    {"^5\\d\\d .*internal-host-0", "i", 1, {"550 x INTERNAL-HOST-0"}, "250 2.1.0 Ok"},
+	    {"a/b", "", 1, {"a/b"}, "ab"},
+	    {"", "", 0, {"", "x"}, NULL},
+	    {".", "s", 0, {"\n"}, NULL},
+	};
+	/* Subjects read as a quantifier by one PCRE2 version and literally by another. */
+	static const char *const either[] = {"a{,2}b", "b", "aab", "a"};
+	struct pf_case c;
+	const char *subj;
+	size_t i, j;
+
+	(void)state;
+	assert_int_equal(pf_case_init(&c, "a{,2}b", 6, ""), 0);
+	for (j = 0; j < 4; j++)
+		pf_check(&c, "a{,2}b", "", (const unsigned char *)either[j], strlen(either[j]));
+	pf_case_free(&c);
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		if (pf_case_init(&c, t[i].pat, strlen(t[i].pat), t[i].flags) != 0)
+			fail_msg("/%s/%s does not compile", t[i].pat, t[i].flags);
+		if (c.pf.active != t[i].active)
+			fail_msg("/%s/%s: prefilter %s", t[i].pat, t[i].flags,
+			         c.pf.active ? "active" : "inactive");
+		for (j = 0; j < 4 && (subj = t[i].match[j]) != NULL; j++) {
+			if (pcre2_match(c.code, (PCRE2_SPTR)subj, strlen(subj), 0, 0, c.md, NULL) < 0)
+				fail_msg("/%s/%s should match \"%s\"", t[i].pat, t[i].flags, subj);
+			pf_check(&c, t[i].pat, t[i].flags, (const unsigned char *)subj,
+			         strlen(subj));
+		}
+		if (t[i].miss != NULL && !pf_check(&c, t[i].pat, t[i].flags,
+		                                   (const unsigned char *)t[i].miss,
+		                                   strlen(t[i].miss)))
+			fail_msg("/%s/%s: prefilter let \"%s\" through", t[i].pat, t[i].flags,
+			         t[i].miss);
+		pf_case_free(&c);
+	}
+}
+
+/* A small deterministic generator (xorshift), so that a failure is repeatable. */
+static uint32_t
+pf_rand(uint32_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 17;
+	*x ^= *x << 5;
+	return *x;
+}
+
+/* Pieces of patterns, tricky ones included; many combinations fail to compile. */
+static const char *const pf_pieces[] = {
+    "a", "b", "A", "B", "k", "s", "K", ".", " ", "-", "\\.", "\\d", "\\b", "\\w", "\\s",
+    "[ab]", "[^a]", "[]a]", "(ab)", "(?:a|b)", "(?i:ab)", "(?i)", "(a(?i)b)", "?", "*",
+    "+", "{2}", "{0,1}", "{1,}", "{,1}", "{", "}", "|", "^", "$", "\\x{41}", "\\Q.\\E",
+    "(?=a)", "(?!b)", "(?<=a)", "\\K", "\xc3\xa9", "\\N", "\\R", "(*ACCEPT)", "#", "\\A",
+    "\\z", "\\0", "\\1", "(?1)", "x", "y", "\\\xc3\xa9", "(?C1)", "(?#c)", "(?R)",
+};
+static const char *const pf_flags[] = {"", "i", "u", "iu", "m", "s", "x", "is", "mu"};
+/* Subject octets: letters of both cases, the non-ASCII case partners of k and s, NUL,
+ * CR, LF, an invalid UTF-8 octet. */
+static const char *const pf_octets[] = {"a", "b", "A", "B", "k", "K", "s", "S", ".", " ",
+                                     "-", "1", "x", "y", "\xe2\x84\xaa", "\xc5\xbf",
+                                     "\xc3\xa9", "\xc3\x89", "\0", "\r", "\n", "\xff",
+                                     "#", "{", "}"};
+
+static void
+test_prefilter_random(void **state)
+{
+	const size_t npieces = sizeof(pf_pieces) / sizeof(pf_pieces[0]);
+	const size_t noctets = sizeof(pf_octets) / sizeof(pf_octets[0]);
+	char pat[256];
+	unsigned char subj[64];
+	struct pf_case c;
+	uint32_t x = 2463534242u;
+	size_t plen, slen, n, k, len;
+	int i, j, active = 0, ruled_out = 0, matched = 0;
+	const char *f;
+
+	(void)state;
+	for (i = 0; i < 6000; i++) {
+		plen = 0;
+		n = 1 + pf_rand(&x) % 6;
+		for (k = 0; k < n; k++) {
+			const char *p = pf_pieces[pf_rand(&x) % npieces];
+
+			memcpy(pat + plen, p, strlen(p));
+			plen += strlen(p);
+		}
+		pat[plen] = '\0';
+		f = pf_flags[pf_rand(&x) % (sizeof(pf_flags) / sizeof(pf_flags[0]))];
+		if (pf_case_init(&c, pat, plen, f) != 0)
+			continue;
+		active += c.pf.active;
+		/* A rule is filed under a class it needs. */
+		if (c.pf.active)
+			assert_true(c.pf.need >> prefilter_key(&c.pf) & 1);
+		else
+			assert_int_equal(prefilter_key(&c.pf), -1);
+		for (j = 0; j < 40; j++) {
+			slen = 0;
+			n = pf_rand(&x) % 12;
+			for (k = 0; k < n; k++) {
+				const char *o = pf_octets[pf_rand(&x) % noctets];
+
+				len = o[0] == '\0' ? 1 : strlen(o);
+				memcpy(subj + slen, o, len);
+				slen += len;
+			}
+			/* Half the subjects start from the pattern itself: more of them match. */
+			if (pf_rand(&x) % 2 && plen < sizeof(subj) - slen) {
+				memmove(subj + plen, subj, slen);
+				memcpy(subj, pat, plen);
+				slen += plen;
+			}
+			if (pcre2_match(c.code, subj, slen, 0, 0, c.md, NULL) >= 0)
+				matched++;
+			ruled_out += pf_check(&c, pat, f, subj, slen);
+		}
+		pf_case_free(&c);
+	}
+	/* The test means something only if the prefilter was often active and useful. */
+	assert_true(active > 500);
+	assert_true(ruled_out > 5000);
+	assert_true(matched > 5000);
+}
+
+static void
+test_prefilter_rules(void **state)
+{
+	struct rule_outcome out;
+	struct ruleset *rs;
+
+	(void)state;
+	rule_outcome_init(&out);
+	/* Negated: a line the prefilter rules out is a line the pattern does not match. */
+	rs = load("body !/confidential/ WARN not confidential\n"
+	          "body /x/ REWRITE confidential\n"
+	          "body /confidential/ REJECT\n"
+	          "capability /^250/ WARN cap\n"
+	          "rcpt /@competitor\\.example>/i REJECT\n"
+	          "command /^RCPT/ WARN rcpt\n");
+	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("1XXXX"), &out), ACT_NONE);
+	assert_int_equal(out.nhits, 1);
+	assert_string_equal(out.hits[0].text, "not confidential");
+	/* A rewritten line is looked at afresh by the rules after. */
+	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("x"), &out), ACT_REJECT);
+	assert_int_equal(out.nhits, 3);
+	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("confidential"), &out), ACT_REJECT);
+	assert_int_equal(out.nhits, 1);
+	/* A capability rule sees the line without "250-"; its octets are looked for there. */
+	assert_int_equal(apply2(rs, SCOPE_CAPABILITY, SCOPE_REPLY, L("250-250X"), &out),
+	                 ACT_NONE);
+	assert_int_equal(out.nhits, 1);
+	assert_int_equal(apply2(rs, SCOPE_CAPABILITY, SCOPE_REPLY, L("250-X"), &out), ACT_NONE);
+	assert_int_equal(out.nhits, 0);
+	/* Two scopes merged, in file order, the first ruled out, the second not. */
+	assert_int_equal(apply2(rs, SCOPE_RCPT, SCOPE_COMMAND, L("RCPT TO:<a@b>"), &out),
+	                 ACT_NONE);
+	assert_int_equal(out.nhits, 1);
+	assert_string_equal(out.hits[0].text, "rcpt");
+	assert_int_equal(
+	    apply2(rs, SCOPE_RCPT, SCOPE_COMMAND, L("RCPT TO:<a@COMPETITOR.example>"), &out),
+	    ACT_REJECT);
+	assert_int_equal(out.nhits, 1);
+	/* NUL octets count as octets like any other. */
+	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("\0confidential\0"), &out),
+	                 ACT_REJECT);
+	rule_outcome_free(&out);
+	rules_free(rs);
+}
+
+/* One rule of a random ruleset, for the reference evaluation below. */
+struct pf_ref {
+	pcre2_code *code;
+	int negate;
+	enum rule_action act;
+	const char *repl;
+};
+
+/*
+ * rules_apply() as its documentation says, with PCRE2 on every line and no prefilter:
+ * the verdict, and the hits as rule indexes; -1 when a match failed (not compared).
+ */
+static int
+pf_ref_apply(const struct pf_ref *rr, int n, unsigned char *line, size_t *len, int *hits,
+             int *nhits)
+{
+	pcre2_match_data *md;
+	unsigned char buf[4096];
+	size_t outlen;
+	int k, rc, verdict = ACT_NONE;
+
+	*nhits = 0;
+	for (k = 0; k < n; k++) {
+		assert_non_null(md = pcre2_match_data_create_from_pattern(rr[k].code, NULL));
+		rc = pcre2_match(rr[k].code, line, *len, 0, 0, md, NULL);
+		if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) {
+			pcre2_match_data_free(md);
+			return -1;
+		}
+		if ((rc >= 0) == rr[k].negate) {
+			pcre2_match_data_free(md);
+			continue;
+		}
+		hits[(*nhits)++] = k;
+		if (rr[k].act == ACT_REWRITE) {
+			outlen = sizeof(buf);
+			rc = pcre2_substitute(rr[k].code, line, *len, 0,
+			                      PCRE2_SUBSTITUTE_OVERFLOW_LENGTH |
+			                          PCRE2_SUBSTITUTE_UNSET_EMPTY,
+			                      md, NULL, (PCRE2_SPTR)rr[k].repl, strlen(rr[k].repl), buf,
+			                      &outlen);
+			pcre2_match_data_free(md);
+			if (rc < 0 || outlen > 1024)
+				return -1;
+			memcpy(line, buf, outlen);
+			*len = outlen;
+			continue;
+		}
+		pcre2_match_data_free(md);
+		if (rr[k].act != ACT_WARN) {
+			verdict = rr[k].act;
+			break;
+		}
+	}
+	return verdict;
+}
+
+static void
+test_prefilter_apply_random(void **state)
+{
+	static const enum rule_action acts[] = {ACT_WARN, ACT_WARN, ACT_REWRITE, ACT_REWRITE,
+	                                        ACT_PASS, ACT_IGNORE, ACT_REJECT};
+	static const char *const repls[] = {"k", "zz", "Q x", ".", "ab"};
+	const size_t npieces = sizeof(pf_pieces) / sizeof(pf_pieces[0]);
+	const size_t noctets = sizeof(pf_octets) / sizeof(pf_octets[0]);
+	struct pf_ref rr[80];
+	struct rule_outcome out;
+	struct ruleset *rs;
+	const char *files[] = {"r.rules"};
+	char pats[80][64], *text, *errs, *p;
+	unsigned char line[1100];
+	size_t len, plen, k, j;
+	uint32_t x = 88172645u;
+	int set, n, i, l, v, ref, hits[80], nhits, compared = 0, acted = 0;
+	FILE *fp;
+
+	(void)state;
+	rule_outcome_init(&out);
+	for (set = 0; set < 120; set++) {
+		n = 1 + (int)(pf_rand(&x) % 80);
+		assert_non_null(text = malloc((size_t)n * 128));
+		p = text;
+		for (i = 0; i < n; i++) {
+			struct pf_case c;
+			const char *f;
+
+			do {
+				plen = 0;
+				for (k = 1 + pf_rand(&x) % 4; k > 0; k--) {
+					const char *q = pf_pieces[pf_rand(&x) % npieces];
+
+					memcpy(pats[i] + plen, q, strlen(q));
+					plen += strlen(q);
+				}
+				pats[i][plen] = '\0';
+				f = pf_flags[pf_rand(&x) % (sizeof(pf_flags) / sizeof(pf_flags[0]))];
+			} while (strchr(f, 'x') != NULL || pf_case_init(&c, pats[i], plen, f) != 0);
+			pcre2_match_data_free(c.md);
+			rr[i].code = c.code;
+			rr[i].act = acts[pf_rand(&x) % (sizeof(acts) / sizeof(acts[0]))];
+			rr[i].negate = rr[i].act != ACT_REWRITE && pf_rand(&x) % 4 == 0;
+			rr[i].repl = repls[pf_rand(&x) % (sizeof(repls) / sizeof(repls[0]))];
+			p += sprintf(p, "body %s/%s/%s %s%s%s\n", rr[i].negate ? "!" : "", pats[i], f,
+			             rules_action_name(rr[i].act), rr[i].act == ACT_REWRITE ? " " : "",
+			             rr[i].act == ACT_REWRITE ? rr[i].repl : "");
+		}
+		write_file("r.rules", text, (size_t)(p - text));
+		free(text);
+		assert_non_null(fp = open_memstream(&errs, &k));
+		rs = rules_load(files, 1, fp);
+		fclose(fp);
+		if (rs == NULL)
+			fail_msg("random rules did not load:\n%s", errs);
+		free(errs);
+		for (l = 0; l < 40; l++) {
+			unsigned char ref_line[1100];
+			size_t ref_len;
+
+			len = 0;
+			for (k = pf_rand(&x) % 10; k > 0; k--) {
+				const char *o = pf_octets[pf_rand(&x) % noctets];
+				size_t olen = o[0] == '\0' ? 1 : strlen(o);
+
+				memcpy(line + len, o, olen);
+				len += olen;
+			}
+			/* Some of a rule's own pattern, so that more rules match. */
+			if (pf_rand(&x) % 2) {
+				const char *q = pats[pf_rand(&x) % (uint32_t)n];
+
+				memcpy(line + len, q, strlen(q));
+				len += strlen(q);
+			}
+			memcpy(ref_line, line, len);
+			ref_len = len;
+			ref = pf_ref_apply(rr, n, ref_line, &ref_len, hits, &nhits);
+			v = rules_apply(rs, (enum rule_scope[]){SCOPE_BODY}, 1, line, len, &out);
+			assert_true(v >= 0);
+			for (j = 0; j < out.nhits; j++)
+				if (out.hits[j].failed)
+					ref = -1;
+			if (ref < 0)
+				continue;
+			compared++;
+			acted += nhits > 0;
+			assert_int_equal(v, ref);
+			assert_int_equal(out.nhits, nhits);
+			for (j = 0; j < out.nhits; j++)
+				assert_int_equal(out.hits[j].rule, hits[j]);
+			assert_int_equal(out.len, ref_len);
+			assert_memory_equal(out.line, ref_line, ref_len);
+		}
+		rules_free(rs);
+		for (i = 0; i < n; i++)
+			pcre2_code_free(rr[i].code);
+	}
+	rule_outcome_free(&out);
+	assert_true(compared > 4000);
+	assert_true(acted > 2000);
+}
+
+/*
+ * Rules filed by prefilter key (a scope of up to 64 rules) and tried one by one (more): the
+ * same hits, in file order, negated and rewriting rules included.
+ */
+static void
+many_rules(int nrules)
+{
+	struct rule_outcome out;
+	struct ruleset *rs;
+	char *text, *p;
+	size_t i;
+	int k, neg = nrules / 2;
+
+	assert_non_null(text = malloc((size_t)nrules * 64 + 256));
+	p = text;
+	for (k = 0; k < nrules; k++) {
+		if (k == neg)
+			p += sprintf(p, "body !/zzz/ WARN neg\n");
+		else if (k == neg + 1)
+			p += sprintf(p, "body /^rw$/ REWRITE w%dq w%dq\n", nrules - 1, neg + 3);
+		else
+			p += sprintf(p, "body /w%dq/ WARN %d\n", k, k);
+	}
+	rs = load(text);
+	free(text);
+	rule_outcome_init(&out);
+	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("w5q w3q"), &out), ACT_NONE);
+	assert_int_equal(out.nhits, 3);
+	assert_string_equal(out.hits[0].text, "3");
+	assert_string_equal(out.hits[1].text, "5");
+	assert_string_equal(out.hits[2].text, "neg");
+	/* A rewrite brings in rules after it, filed under classes the old line lacked. */
+	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("rw"), &out), ACT_NONE);
+	assert_int_equal(out.nhits, 4);
+	assert_string_equal(out.hits[0].text, "neg");
+	assert_int_equal(out.hits[1].action, ACT_REWRITE);
+	for (i = 2; i < 4; i++)
+		assert_int_equal(out.hits[i].action, ACT_WARN);
+	assert_int_equal(atoi(out.hits[2].text), neg + 3);
+	assert_int_equal(atoi(out.hits[3].text), nrules - 1);
+	rule_outcome_free(&out);
+	rules_free(rs);
+}
+
+static void
+test_prefilter_filed(void **state)
+{
+	(void)state;
+	many_rules(20);
+	many_rules(64);
+	many_rules(65);
+	many_rules(150);
+}
+
 /* ---- the reply-marker fix ---- */
 
 static char *
@@ -1376,6 +1925,11 @@ main(void)
 	    cmocka_unit_test(test_invalid_utf8),
 	    cmocka_unit_test(test_match_failure),
 	    cmocka_unit_test(test_folded_header),
+	    cmocka_unit_test(test_prefilter_cases),
+	    cmocka_unit_test(test_prefilter_random),
+	    cmocka_unit_test(test_prefilter_rules),
+	    cmocka_unit_test(test_prefilter_filed),
+	    cmocka_unit_test(test_prefilter_apply_random),
 	    cmocka_unit_test(test_fix_reply),
 	    cmocka_unit_test(test_check_main),
 	    cmocka_unit_test(test_trial_main),

@@ -2,6 +2,7 @@
 #include "proxy/message.h"
 
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,18 +17,27 @@
 #include "proxy/proxy.h"
 #include "proxy/session.h"
 
+/* Small enough for the whole struct to stay under 1 KiB: malloc's thread cache serves it. */
+#define MESSAGE_STAGE 832
+
 struct message {
 	int holding;
 	int in_headers;
 	enum message_verdict verdict;
-	char reply[600];
-	struct evbuffer *header; /* the logical header being gathered (physical lines, CRLF) */
-	struct evbuffer *held;   /* held content, in memory */
-	int held_fd;             /* held content beyond --hold-memory, or -1 */
-	size_t held_file;        /* octets in held_fd */
-	size_t size; /* the message's size as RFC 1870 counts it */
-	size_t wire; /* octets held, dot-stuffing included */
+	const char *reply; /* a refusal: static, or a rule's (the session holds its rules) */
+	unsigned char *header; /* the logical header being gathered (physical lines, CRLF) */
+	size_t headerlen, headersize;
+	struct evbuffer *held; /* held content, in memory */
+	int held_fd;           /* held content beyond --hold-memory, or -1 */
+	size_t held_file;      /* octets in held_fd */
+	size_t size;           /* the message's size as RFC 1870 counts it */
+	size_t wire;           /* octets held, dot-stuffing included */
+	/* Finished content gathered here and moved on in bulk: upstream at the end of each
+	 * line, or into the hold when full. */
+	size_t staged;
+	unsigned char stage[MESSAGE_STAGE];
 };
+_Static_assert(sizeof(struct message) <= 1024, "struct message outgrew malloc's thread cache");
 
 int
 message_holding(const struct session *s)
@@ -42,8 +52,7 @@ message_free(struct session *s)
 
 	if (m == NULL)
 		return;
-	if (m->header != NULL)
-		evbuffer_free(m->header);
+	free(m->header);
 	if (m->held != NULL)
 		evbuffer_free(m->held);
 	if (m->held_fd >= 0)
@@ -58,15 +67,17 @@ message_begin(struct session *s, int holding)
 	struct message *m;
 
 	message_free(s);
-	if ((m = calloc(1, sizeof(*m))) == NULL)
+	/* Not calloc: the stage needs no zeroing. */
+	if ((m = malloc(sizeof(*m))) == NULL)
 		return -1;
+	memset(m, 0, offsetof(struct message, stage));
+	m->reply = "";
 	m->holding = holding;
 	m->in_headers = 1;
 	m->held_fd = -1;
-	m->header = evbuffer_new();
 	m->held = holding ? evbuffer_new() : NULL;
 	s->msg = m;
-	if (m->header == NULL || (holding && m->held == NULL)) {
+	if (holding && m->held == NULL) {
 		message_free(s);
 		return -1;
 	}
@@ -91,9 +102,9 @@ message_spill(struct session *s, struct message *m)
 	}
 }
 
-/* Where finished content goes: upstream now, or the hold. */
+/* Hands finished content on: upstream, or into the hold (a file past --hold-memory). */
 static void
-message_out_counted(struct session *s, const void *p, size_t len, int counted)
+message_put(struct session *s, const void *p, size_t len)
 {
 	struct message *m = s->msg;
 
@@ -102,27 +113,119 @@ message_out_counted(struct session *s, const void *p, size_t len, int counted)
 			evbuffer_add(bufferevent_get_output(s->server.bev), p, len);
 		return;
 	}
+	evbuffer_add(m->held, p, len);
+	if (evbuffer_get_length(m->held) > s->px->opts->hold_memory)
+		message_spill(s, m);
+}
+
+/* Moves the staged content on. */
+static void
+message_flush(struct session *s)
+{
+	struct message *m = s->msg;
+	size_t n = m->staged;
+
+	if (n == 0)
+		return;
+	m->staged = 0;
+	message_put(s, m->stage, n);
+}
+
+/* Stages finished content; what is too big for the stage goes on behind what was staged. */
+static void
+message_stage(struct session *s, const void *p, size_t len)
+{
+	struct message *m = s->msg;
+
+	if (m->staged + len > sizeof(m->stage)) {
+		message_flush(s);
+		if (len > sizeof(m->stage)) {
+			message_put(s, p, len);
+			return;
+		}
+	}
+	memcpy(m->stage + m->staged, p, len);
+	m->staged += len;
+}
+
+/*
+ * Counts len octets of finished content against the message (and the server's SIZE) when
+ * it is held; whether they are to be kept.
+ */
+static int
+message_count(struct session *s, size_t len, int counted)
+{
+	struct message *m = s->msg;
+
+	if (!m->holding)
+		return 1;
 	if (m->verdict != MSG_ACCEPT)
-		return; /* refused already: nothing more is kept */
+		return 0; /* refused already: nothing more is kept */
 	/* RFC 1870: the size counts CRLFs but not the dots of dot-stuffing. */
 	if (counted)
 		m->size += len;
 	m->wire += len;
 	if (s->server_size > 0 && m->size > s->server_size) {
 		m->verdict = MSG_TOO_BIG;
-		snprintf(m->reply, sizeof(m->reply), "552 5.3.4 Message size exceeds fixed limit");
+		m->reply = "552 5.3.4 Message size exceeds fixed limit";
 		evbuffer_drain(m->held, evbuffer_get_length(m->held));
-		return;
+		m->staged = 0;
+		return 0;
 	}
-	evbuffer_add(m->held, p, len);
-	if (evbuffer_get_length(m->held) > s->px->opts->hold_memory)
-		message_spill(s, m);
+	return 1;
+}
+
+/* Where finished content goes: upstream now, or the hold. */
+static void
+message_out_counted(struct session *s, const void *p, size_t len, int counted)
+{
+	if (message_count(s, len, counted))
+		message_stage(s, p, len);
 }
 
 static void
 message_out(struct session *s, const void *p, size_t len)
 {
 	message_out_counted(s, p, len, 1);
+}
+
+/* The length of text up to its first CR or LF (all of it when there is none). */
+static size_t
+message_span(const unsigned char *p, size_t len)
+{
+	const unsigned char *lf = memchr(p, '\n', len), *cr;
+
+	if (lf != NULL)
+		len = (size_t)(lf - p);
+	if ((cr = memchr(p, '\r', len)) != NULL)
+		len = (size_t)(cr - p);
+	return len;
+}
+
+/* Writes one line (no CR or LF in it) stuffed and ended with CRLF. */
+static void
+message_out_line(struct session *s, const unsigned char *p, size_t n)
+{
+	struct message *m = s->msg;
+	size_t dot = n > 0 && p[0] == '.';
+
+	if (dot && !message_count(s, 1, 0))
+		return;
+	if (!message_count(s, n + 2, 1))
+		return;
+	if (m->staged + dot + n + 2 > sizeof(m->stage)) {
+		if (dot)
+			message_stage(s, ".", 1);
+		message_stage(s, p, n);
+		message_stage(s, "\r\n", 2);
+		return;
+	}
+	/* The common case: a line that fits goes to the stage in one piece. */
+	if (dot)
+		m->stage[m->staged] = '.';
+	memcpy(m->stage + m->staged + dot, p, n);
+	memcpy(m->stage + m->staged + dot + n, "\r\n", 2);
+	m->staged += dot + n + 2;
 }
 
 /* Writes text as lines, each stuffed and ended with CRLF (text's own breaks may be any). */
@@ -134,12 +237,8 @@ message_out_lines(struct session *s, const unsigned char *text, size_t len)
 
 	do {
 		p = text + off;
-		for (n = 0; off + n < len && p[n] != '\r' && p[n] != '\n'; n++)
-			;
-		if (n > 0 && p[0] == '.')
-			message_out_counted(s, ".", 1, 0);
-		message_out(s, p, n);
-		message_out(s, "\r\n", 2);
+		n = message_span(p, len - off);
+		message_out_line(s, p, n);
 		brk = off + n < len ? 1 : 0;
 		if (brk && p[n] == '\r' && off + n + 1 < len && p[n + 1] == '\n')
 			brk = 2;
@@ -156,9 +255,10 @@ message_refuse(struct session *s, int verdict)
 	if (m->verdict != MSG_ACCEPT)
 		return;
 	m->verdict = verdict == ACT_DISCONNECT ? MSG_DISCONNECT : MSG_REJECT;
-	snprintf(m->reply, sizeof(m->reply), "%s", s->outcome.reply);
+	m->reply = s->outcome.reply != NULL ? s->outcome.reply : RULES_REJECT_DEFAULT;
 	if (m->held != NULL)
 		evbuffer_drain(m->held, evbuffer_get_length(m->held));
+	m->staged = 0;
 }
 
 /* Runs a finished logical line (header or body, un-stuffed) through the rules and out. */
@@ -195,18 +295,38 @@ static void
 message_flush_header(struct session *s)
 {
 	struct message *m = s->msg;
-	size_t len = evbuffer_get_length(m->header);
-	const unsigned char *h;
+	size_t len = m->headerlen;
 
 	if (len == 0)
 		return;
-	h = evbuffer_pullup(m->header, (ev_ssize_t)len);
 	/* The logical line is given without its final line end. */
-	while (len > 0 && (h[len - 1] == '\n' || h[len - 1] == '\r'))
+	while (len > 0 && (m->header[len - 1] == '\n' || m->header[len - 1] == '\r'))
 		len--;
-	if (h != NULL)
-		message_filter(s, SCOPE_HEADER, h, len);
-	evbuffer_drain(m->header, evbuffer_get_length(m->header));
+	message_filter(s, SCOPE_HEADER, m->header, len);
+	m->headerlen = 0;
+}
+
+/* Adds a physical line (un-stuffed, without its end) and CRLF to the header gathered. */
+static void
+message_add_header(struct session *s, const unsigned char *text, size_t n)
+{
+	struct message *m = s->msg;
+	size_t size = m->headersize;
+	unsigned char *h;
+
+	if (m->headerlen + n + 2 > size) {
+		while (size < m->headerlen + n + 2)
+			size = size * 2 + 256;
+		if ((h = realloc(m->header, size)) == NULL) {
+			session_close(s, "error");
+			return;
+		}
+		m->header = h;
+		m->headersize = size;
+	}
+	memcpy(m->header + m->headerlen, text, n);
+	memcpy(m->header + m->headerlen + n, "\r\n", 2);
+	m->headerlen += n + 2;
 }
 
 /* Strips the line end and the stuffing dot: the line as the message holds it. */
@@ -222,8 +342,9 @@ message_unstuff(const unsigned char **line, size_t len)
 	return len;
 }
 
-void
-message_line(struct session *s, const unsigned char *line, size_t len)
+/* Gathers a content line into the message: a header line, or a body line through the rules. */
+static void
+message_take(struct session *s, const unsigned char *line, size_t len)
 {
 	struct message *m = s->msg;
 	const unsigned char *text = line;
@@ -233,9 +354,8 @@ message_line(struct session *s, const unsigned char *line, size_t len)
 		message_filter(s, SCOPE_BODY, text, n);
 		return;
 	}
-	if (n > 0 && (text[0] == ' ' || text[0] == '\t') && evbuffer_get_length(m->header) > 0) {
-		evbuffer_add(m->header, text, n);
-		evbuffer_add(m->header, "\r\n", 2);
+	if (n > 0 && (text[0] == ' ' || text[0] == '\t') && m->headerlen > 0) {
+		message_add_header(s, text, n);
 		return;
 	}
 	message_flush_header(s);
@@ -244,8 +364,16 @@ message_line(struct session *s, const unsigned char *line, size_t len)
 		message_out(s, "\r\n", 2);
 		return;
 	}
-	evbuffer_add(m->header, text, n);
-	evbuffer_add(m->header, "\r\n", 2);
+	message_add_header(s, text, n);
+}
+
+void
+message_line(struct session *s, const unsigned char *line, size_t len)
+{
+	message_take(s, line, len);
+	/* Streamed content leaves with each line, as if written directly. */
+	if (s->msg != NULL && !s->msg->holding)
+		message_flush(s);
 }
 
 void
@@ -259,6 +387,8 @@ message_piece(struct session *s, const unsigned char *piece, size_t len, int fir
 		session_warn(s, "message line over --max-line: relayed in pieces, unfiltered");
 	}
 	message_out(s, piece, len);
+	if (!m->holding)
+		message_flush(s);
 }
 
 enum message_verdict
@@ -267,6 +397,7 @@ message_end(struct session *s, const char **reply)
 	struct message *m = s->msg;
 
 	message_flush_header(s);
+	message_flush(s);
 	*reply = m->reply;
 	return m->verdict;
 }
@@ -280,6 +411,7 @@ message_send_held(struct session *s)
 	if (m == NULL || s->server.bev == NULL)
 		return -1;
 	out = bufferevent_get_output(s->server.bev);
+	message_flush(s);
 	if (m->held_fd >= 0) {
 		/* The file goes out by the kernel (sendfile) where it can. */
 		if (evbuffer_add_file(out, m->held_fd, 0, (ev_off_t)m->held_file) != 0)

@@ -22,6 +22,8 @@ struct reply_lines {
 	int removed[REPLY_MAX_LINES];
 	unsigned char *own[REPLY_MAX_LINES]; /* rewritten copies we free */
 	size_t n;
+	int changed; /* a rule rewrote or removed a line */
+	int crlf;    /* every line ends in CRLF */
 };
 
 int
@@ -38,14 +40,23 @@ reply_split(const unsigned char *reply, size_t len, struct reply_lines *rl)
 	size_t off = 0, n;
 	const unsigned char *lf;
 
-	memset(rl, 0, sizeof(*rl));
+	/* Only what is used is set: the arrays are large, replies mostly a line or two. */
+	rl->n = 0;
+	rl->changed = 0;
+	rl->crlf = 1;
 	while (off < len) {
-		if (rl->n == REPLY_MAX_LINES)
+		if (rl->n == REPLY_MAX_LINES) {
+			rl->n = 0; /* nothing to free */
 			return -1;
+		}
 		lf = memchr(reply + off, '\n', len - off);
 		n = lf != NULL ? (size_t)(lf - (reply + off)) + 1 : len - off;
 		rl->p[rl->n] = reply + off;
 		rl->len[rl->n] = smtp_line_len(reply + off, n);
+		rl->removed[rl->n] = 0;
+		rl->own[rl->n] = NULL;
+		if (rl->len[rl->n] + 2 != n || reply[off + n - 2] != '\r')
+			rl->crlf = 0;
 		rl->n++;
 		off += n;
 	}
@@ -84,7 +95,9 @@ reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answ
 			return -1;
 		if (v == ACT_IGNORE) {
 			rl->removed[i] = 1;
+			rl->changed = 1;
 		} else if (s->outcome.rewritten) {
+			rl->changed = 1;
 			if ((rl->own[i] = malloc(s->outcome.len + 1)) == NULL)
 				return -1;
 			memcpy(rl->own[i], s->outcome.line, s->outcome.len);
@@ -102,6 +115,30 @@ reply_lines_free(struct reply_lines *rl)
 
 	for (i = 0; i < rl->n; i++)
 		free(rl->own[i]);
+}
+
+/*
+ * Whether rules_fix_reply() would give back the reply as it came: every line ends in CRLF,
+ * and each "NNN" line has '-' after its code, the last ' ' (or nothing).
+ */
+static int
+reply_as_is(const struct reply_lines *rl)
+{
+	const unsigned char *p;
+	size_t i, len;
+
+	if (!rl->crlf)
+		return 0;
+	for (i = 0; i < rl->n; i++) {
+		p = rl->p[i];
+		len = rl->len[i];
+		if (len < 3 || p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9' || p[2] < '0' ||
+		    p[2] > '9' || (len > 3 && p[3] != '-' && p[3] != ' '))
+			continue; /* not "NNN": copied as it is */
+		if (i + 1 < rl->n ? len == 3 || p[3] != '-' : len > 3 && p[3] != ' ')
+			return 0;
+	}
+	return 1;
 }
 
 /* The EHLO extensions we handle ourselves, edited whatever the server offered. */
@@ -154,7 +191,7 @@ reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum sm
 
 	if (!reply_edit_wanted(s) || reply_split(reply, len, &rl) != 0)
 		return NULL;
-	if (reply_apply_rules(s, &rl, answers, code) == 0) {
+	if (reply_apply_rules(s, &rl, answers, code) == 0 && (rl.changed || !reply_as_is(&rl))) {
 		out = rules_fix_reply(rl.p, rl.len, rl.removed, rl.n, outlen, &all_removed);
 		if (all_removed)
 			session_warn(

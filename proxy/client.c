@@ -441,7 +441,13 @@ client_end_of_data(struct session *s, const struct unit *u)
 		client_held_end(s);
 		return;
 	}
-	message_free(s);
+	if (s->msg != NULL) {
+		const char *unused;
+
+		/* Streaming: a header still being gathered (no body) goes out before the end. */
+		(void)message_end(s, &unused);
+		message_free(s);
+	}
 	side_forward(&s->client, u->len);
 	relay_expect(s, VERB_EOD);
 	if (!s->closing)

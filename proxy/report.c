@@ -29,7 +29,10 @@ report_string(const char *s)
 	return j != NULL ? j : json_null();
 }
 
-/* Text stored already escaped (peer octets, NUL included, made safe as they arrived). */
+/*
+ * Text stored already escaped (peer octets, NUL included, made safe as they arrived): valid
+ * UTF-8 by construction, so jansson need not check it again.
+ */
 static json_t *
 report_escaped(const char *s)
 {
@@ -37,8 +40,15 @@ report_escaped(const char *s)
 
 	if (s == NULL)
 		return json_null();
-	j = json_string(s);
+	j = json_string_nocheck(s);
 	return j != NULL ? j : json_null();
+}
+
+/* Sets a key of ours (ASCII literals) without jansson's UTF-8 check and format parsing. */
+static void
+report_set(json_t *o, const char *key, json_t *value)
+{
+	json_object_set_new_nocheck(o, key, value);
 }
 
 static json_t *
@@ -47,20 +57,31 @@ report_code(int code)
 	return code > 0 ? json_integer(code) : json_null();
 }
 
+/* One transaction; built key by key, as a session may carry a thousand of them. */
 static json_t *
 report_tx(const struct tx *tx)
 {
-	json_t *rcpts = json_array(), *o;
+	json_t *rcpts = json_array(), *o = json_object(), *r;
 	size_t i;
 
-	for (i = 0; i < tx->nrcpt; i++)
-		json_array_append_new(rcpts,
-		                      json_pack("{s:o,s:o}", "to", report_escaped(tx->rcpts[i].to),
-		                                "code", report_code(tx->rcpts[i].code)));
-	o = json_pack("{s:o,s:o,s:o,s:I,s:o,s:o}", "mail_from", report_escaped(tx->mail_from),
-	              "mail_code", report_code(tx->mail_code), "rcpt", rcpts, "size",
-	              (json_int_t)tx->size, "code", report_code(tx->code), "text",
-	              report_escaped(tx->code > 0 ? tx->text : NULL));
+	if (rcpts == NULL || o == NULL) {
+		json_decref(rcpts);
+		json_decref(o);
+		return json_null();
+	}
+	for (i = 0; i < tx->nrcpt; i++) {
+		if ((r = json_object()) == NULL)
+			break;
+		report_set(r, "to", report_escaped(tx->rcpts[i].to));
+		report_set(r, "code", report_code(tx->rcpts[i].code));
+		json_array_append_new(rcpts, r);
+	}
+	report_set(o, "mail_from", report_escaped(tx->mail_from));
+	report_set(o, "mail_code", report_code(tx->mail_code));
+	report_set(o, "rcpt", rcpts);
+	report_set(o, "size", json_integer((json_int_t)tx->size));
+	report_set(o, "code", report_code(tx->code));
+	report_set(o, "text", report_escaped(tx->code > 0 ? tx->text : NULL));
 	return o;
 }
 

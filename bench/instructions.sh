@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# bench/instructions.sh [--rules FILE] one|many /abs/path/to/smtptap...
+#
+# User-space instructions per message under valgrind's callgrind: a figure that does not
+# move with the load of a shared machine, where msg/s and CPU time swing by 2x from run to
+# run.  For each build given, on loopback: smtp-sink upstream, smtptap under callgrind
+# (counters zeroed once it listens, so start-up is left out; shutdown stays in), then
+# Postfix's smtp-source: 400 sessions of one 4 KiB message (one), or 2,000 messages over
+# 20 sessions (many, -d).  Prints instructions per message; the profile of each run is
+# kept for callgrind_annotate.  Compare builds measured by the same command, never with
+# the kernel's share (strace -c counts the system calls; bench/run.sh the whole).
+set -euo pipefail
+
+rules=()
+if [ "${1:-}" = --rules ]; then
+	rules=(--rules "$2")
+	shift 2
+fi
+mode=${1:?usage: bench/instructions.sh [--rules FILE] one|many /abs/path/to/smtptap...}
+shift
+[ $# -gt 0 ] || { echo "bench: no smtptap build given" >&2; exit 2; }
+case $mode in
+one) msgs=400 opt= ;;
+many) msgs=2000 opt=-d ;;
+*) echo "bench: mode is one or many" >&2; exit 2 ;;
+esac
+for t in valgrind callgrind_control smtp-source smtp-sink python3 timeout; do
+	command -v "$t" >/dev/null || [ -x "/usr/sbin/$t" ] || {
+		echo "bench: missing $t; install: apt-get install valgrind postfix python3 coreutils" >&2
+		exit 1
+	}
+done
+PATH=$PATH:/usr/sbin
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/smtptap-instr.XXXXXX")
+pids=()
+cleanup() {
+	for pid in "${pids[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	wait 2>/dev/null || true
+	rm -rf "$tmp/logs"
+}
+trap cleanup EXIT
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_listening() {
+	for _ in $(seq 150); do
+		python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1).close()" \
+			2>/dev/null && return 0
+		sleep 0.2
+	done
+	echo "bench: nothing listens on port $1" >&2
+	return 1
+}
+
+sink_port=$(free_port)
+smtp-sink -u nobody "127.0.0.1:$sink_port" 1000 >/dev/null 2>&1 </dev/null &
+pids+=($!)
+wait_listening "$sink_port"
+
+for bin in "$@"; do
+	name=$(basename "$bin")
+	port=$(free_port)
+	out="$tmp/callgrind.$name.$mode.out"
+	rm -rf "$tmp/logs"
+	valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" \
+		--listen "127.0.0.1:$port" --upstream "127.0.0.1:$sink_port" --log-dir "$tmp/logs" \
+		--events "$tmp/events.jsonl" "${rules[@]}" >/dev/null 2>"$tmp/$name.err" </dev/null &
+	tap=$!
+	pids+=("$tap")
+	# The probe connection is a session too: it is left out with start-up.
+	wait_listening "$port"
+	sleep 0.5
+	callgrind_control -z "$tap" >/dev/null 2>&1
+	timeout 600 smtp-source $opt -m "$msgs" -s 20 -l 4096 "127.0.0.1:$port"
+	kill -TERM "$tap"
+	wait "$tap" || true
+	ir=$(awk '/^summary:/ { print $2; exit }' "$out")
+	printf '%-40s %s: %d instructions per message (%s in all)\n' "$bin" "$mode" \
+		$((ir / msgs)) "$ir"
+done
+echo "bench: profiles in $tmp (callgrind_annotate FILE)" >&2

@@ -181,3 +181,58 @@ def test_default_log_dir_and_events_file(tap_factory, sink, workdir):
     (ev,) = tap.wait_events(1)
     assert ev["reason"] == "quit"
     assert tap.transcript().relpath == ev["transcript"]
+
+
+SYSLOG_SETUP = r"""
+set -e
+# A private /dev in this mount namespace: the few nodes smtptap needs, and /dev/log a
+# datagram socket the test reads.  Nothing outside the namespace changes.
+mkdir -p "$W/olddev"
+mount --bind /dev "$W/olddev"
+mount -t tmpfs -o mode=755 none /dev
+for n in null zero urandom random; do
+    touch "/dev/$n"
+    mount --bind "$W/olddev/$n" "/dev/$n"
+done
+touch /dev/log
+mount --bind "$W/log.sock" /dev/log
+exec "$@"
+"""
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root (a mount namespace)")
+@pytest.mark.limit(30)
+def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
+    """--syslog, run in a mount namespace of its own whose /dev/log is a socket the test
+    reads.  syslog: datagrams from smtptap[PID] at facility mail: the listener, the session
+    closed with reason quit; stderr: empty."""
+    w = os.path.join(workdir, "syslog")
+    os.mkdir(w)
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    log.bind(os.path.join(w, "log.sock"))
+    log.settimeout(5)
+    port = harness.free_port()
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOG_SETUP, "sh",
+            smtptap_bin, "--syslog", "--listen", "127.0.0.1:%d" % port,
+            "--upstream", "127.0.0.1:%d" % sink.port, "--log-dir", os.path.join(w, "logs"),
+            "--events", os.path.join(w, "events.jsonl")]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, W=w))
+    try:
+        harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
+        c = SmtpClient(port)
+        assert c.code() == 220
+        c.expect("QUIT", 221)
+        got = []
+        while not any("closed reason=quit" in m for m in got):
+            got.append(log.recv(4096).decode("utf-8", "replace"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        log.close()
+    tag = "smtptap[%d]: " % proc.pid
+    assert all(m.startswith("<") and tag in m for m in got), got
+    assert all(int(m[1:m.index(">")]) >> 3 == 2 for m in got), "not facility mail: %r" % got
+    assert any("listening on 127.0.0.1:%d" % port in m for m in got), got
+    assert proc.returncode == 0, (proc.returncode, err)
+    assert err == b"" and out == b"", (out, err)

@@ -527,8 +527,11 @@ client_content(struct session *s, const struct unit *u)
 
 	struct unit moved;
 
-	/* Lines relayed unchanged wait to be moved together; anything else goes after them. */
-	if (!plain && s->client.relayed > 0) {
+	/*
+	 * Lines relayed unchanged wait to be moved together; anything else goes after them.
+	 * Lines waiting to be dropped need no such care: they go nowhere.
+	 */
+	if (!plain && s->client.relayed > 0 && !s->client.relayed_drop) {
 		side_commit(&s->client);
 		moved = *u; /* now at the head of the input */
 		moved.data = evbuffer_pullup(side_input(&s->client), (ev_ssize_t)u->len);
@@ -561,7 +564,7 @@ client_content(struct session *s, const struct unit *u)
 			message_line(s, u->data, u->len);
 		else
 			message_piece(s, u->data, u->len, !s->client.in_piece_before);
-		side_discard(&s->client, u->len);
+		side_discard_later(&s->client, u->len);
 	} else if (bare == BARE_PASS || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
 	} else if (end == END_BARE) {

@@ -100,6 +100,18 @@ side_next_unit(struct side *x, size_t max, struct unit *u)
 void
 side_forward_later(struct side *x, size_t len)
 {
+	if (x->relayed_drop)
+		side_commit(x);
+	x->octets += len;
+	x->relayed += len;
+}
+
+void
+side_discard_later(struct side *x, size_t len)
+{
+	if (x->relayed > 0 && !x->relayed_drop)
+		side_commit(x);
+	x->relayed_drop = 1;
 	x->octets += len;
 	x->relayed += len;
 }
@@ -110,11 +122,13 @@ side_commit(struct side *x)
 	struct session *s = x->s;
 	struct side *peer = x->dir == SIDE_CLIENT ? &s->server : &s->client;
 	size_t len = x->relayed;
+	int drop = x->relayed_drop;
 
+	x->relayed = 0;
+	x->relayed_drop = 0;
 	if (len == 0 || x->bev == NULL)
 		return;
-	x->relayed = 0;
-	if (peer->bev == NULL)
+	if (drop || peer->bev == NULL)
 		evbuffer_drain(bufferevent_get_input(x->bev), len);
 	else
 		evbuffer_remove_buffer(bufferevent_get_input(x->bev),

@@ -28,7 +28,10 @@ int side_next_unit(struct side *x, size_t max, struct unit *u);
 void side_forward(struct side *x, size_t len);
 /* Relays the unit with the units before it, in one move by side_commit (message lines). */
 void side_forward_later(struct side *x, size_t len);
-/* Moves what side_forward_later relayed to the peer: the input is then whole again. */
+/* Drops the unit with the units before it (a held or filtered message's original lines). */
+void side_discard_later(struct side *x, size_t len);
+/* Moves what side_forward_later relayed to the peer (or drops what side_discard_later
+ * dropped): the input is then whole again. */
 void side_commit(struct side *x);
 int relay_no_server(const struct session *s);
 void side_discard(struct side *x, size_t len);

@@ -34,7 +34,8 @@ struct side {
 	int in_piece;        /* the last record was part of a line longer than --max-line */
 	int in_piece_before; /* in_piece before the current unit was recorded */
 	size_t scanned;      /* input octets already searched for a line end */
-	size_t relayed;      /* input octets at the head relayed, not yet moved (side_commit) */
+	size_t relayed;      /* input octets at the head dealt with, not yet moved (side_commit) */
+	int relayed_drop;    /* ... and to be dropped, not moved */
 	uint64_t octets;     /* received from this side */
 	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
 	int tls;             /* TLS is up on this leg */

@@ -10,6 +10,7 @@ import stat
 import pytest
 
 import harness
+import hostile_peers as hp
 from harness import (SmtpClient, SmtpServerScript, TRANSCRIPT_NAME_RE, TS_RE, escape, unescape)
 
 
@@ -281,3 +282,32 @@ def test_peer_data_escaped_in_own_log_and_event(tap_factory, sink):
         raw = f.read()
     assert b"\x1b" not in raw and b"\x07" not in raw
     assert ev["helo"].startswith("evil")
+
+
+@pytest.mark.limit(30)
+def test_idle_sessions_hold_no_transcript_descriptor(tap_factory, sink):
+    """After one ordinary session (the day directory is then open, and stays so), five
+    sessions are greeted and left idle for 2.5 s, past the once-a-second flush.
+
+    proxy: two descriptors per session (client and upstream sockets) and no more: a
+    transcript gives back the descriptor it was created with at the flush.  transcripts:
+    still written afterwards (each reopened to append the NOOP and QUIT records)."""
+    tap = tap_factory(sink.port)
+    hp.normal_session(tap, sink=sink)
+    base = hp.fd_count(tap.pid)
+    clients = []
+    for _ in range(5):
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        clients.append(c)
+    time.sleep(2.5)
+    held = hp.fd_count(tap.pid) - base
+    assert held == 2 * len(clients), "%d descriptors for %d idle sessions" % (held, len(clients))
+    for c in clients:
+        c.expect("NOOP", 250)
+        c.expect("QUIT", 221)
+    evs = tap.wait_events(1 + len(clients), timeout=10)
+    assert [e["reason"] for e in evs[1:]] == ["quit"] * len(clients)
+    for path in tap.transcript_paths():
+        with open(path, "rb") as f:
+            assert b" C: QUIT" in f.read(), path

@@ -34,11 +34,43 @@ TRANSCRIPT_NAME_RE = re.compile(r"^(\d{4}-\d\d-\d\d)/(\d{6})\.(\d{6})-([0-9a-f]{
 # Small utilities
 
 
+# Ports are handed out from below the kernel's ephemeral range (32768 and up by default), so an
+# outgoing connection cannot take one between free_port() and the bind of the process that
+# gets it; each pytest-xdist worker has a slice of its own, and within a process no port is
+# handed out twice until its slice wraps.  (Asking the kernel for port 0 twice in a row can
+# answer the same port twice: CI once saw --listen and --listen-tls given one port.)
+_PORT_LOW, _PORT_HIGH = 20000, 32000
+
+
+def _port_slice():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    width = (_PORT_HIGH - _PORT_LOW) // count
+    low = _PORT_LOW + index * width
+    return low, width
+
+
+_port_next = None
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to right now and that this process has
+    not handed out before (see the note above)."""
+    global _port_next
+    low, width = _port_slice()
+    if _port_next is None:
+        _port_next = (os.getpid() * 7919) % width
+    for _ in range(width):
+        port = low + _port_next
+        _port_next = (_port_next + 1) % width
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d..%d" % (low, low + width - 1))
 
 
 def wait_port(port, timeout=5.0, host="127.0.0.1", alive=None):

@@ -402,6 +402,27 @@ message_end(struct session *s, const char **reply)
 	return m->verdict;
 }
 
+/*
+ * The held file joins the server's output mapped, not as a sendfile segment: the relay writes
+ * plain sockets itself from the output's memory (session.c's side_send).  The segment owns
+ * the descriptor from here on.
+ */
+static int
+message_add_held_file(struct evbuffer *out, struct message *m)
+{
+	struct evbuffer_file_segment *seg;
+	int rc;
+
+	seg = evbuffer_file_segment_new(m->held_fd, 0, (ev_off_t)m->held_file,
+	                                EVBUF_FS_CLOSE_ON_FREE | EVBUF_FS_DISABLE_SENDFILE);
+	if (seg == NULL)
+		return -1;
+	m->held_fd = -1;
+	rc = evbuffer_add_file_segment(out, seg, 0, (ev_off_t)m->held_file);
+	evbuffer_file_segment_free(seg);
+	return rc;
+}
+
 int
 message_send_held(struct session *s)
 {
@@ -412,12 +433,8 @@ message_send_held(struct session *s)
 		return -1;
 	out = bufferevent_get_output(s->server.bev);
 	message_flush(s);
-	if (m->held_fd >= 0) {
-		/* The file goes out by the kernel (sendfile) where it can. */
-		if (evbuffer_add_file(out, m->held_fd, 0, (ev_off_t)m->held_file) != 0)
-			return -1;
-		m->held_fd = -1;
-	}
+	if (m->held_fd >= 0 && message_add_held_file(out, m) != 0)
+		return -1;
 	evbuffer_add_buffer(out, m->held);
 	evbuffer_add(out, ".\r\n", 3);
 	transcript_event(s->transcript, "held message sent upstream octets=%zu size=%zu", m->wire,

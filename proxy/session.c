@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -35,6 +36,8 @@
 
 /* A plain socket's read: a 4 KiB message and its headers in one. */
 #define SIDE_READ_SIZE 16384
+/* Chains written by one sendmsg: a session's output rarely has more than a few. */
+#define SIDE_SEND_IOV 16
 /* How long a closing session may take to hand its last replies to the client. */
 #define CLOSE_LINGER_SECS 10
 /* How often a closing session checks that its last octets have left (a TLS filter's socket
@@ -133,6 +136,40 @@ side_resume(struct side *x, int why)
 }
 
 /*
+ * One sendmsg(2) of what the output holds (up to SIDE_SEND_IOV chains).  send and recv take
+ * a shorter way through the kernel than writev and readv, which go through the file layer
+ * first.  An error leaves the output as it is: the buffer event's own write meets it again
+ * and reports it.
+ */
+static void
+side_send(struct evbuffer *out, evutil_socket_t fd)
+{
+	struct evbuffer_iovec v[SIDE_SEND_IOV];
+	struct iovec iov[SIDE_SEND_IOV];
+	struct msghdr mh;
+	ssize_t n;
+	int i, nv;
+
+	nv = evbuffer_peek(out, -1, NULL, v, SIDE_SEND_IOV);
+	if (nv > SIDE_SEND_IOV)
+		nv = SIDE_SEND_IOV;
+	for (i = 0; i < nv; i++) {
+		iov[i].iov_base = v[i].iov_base;
+		iov[i].iov_len = v[i].iov_len;
+	}
+	memset(&mh, 0, sizeof(mh));
+	mh.msg_iov = iov;
+	mh.msg_iovlen = (size_t)nv;
+	n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (n > 0) {
+		/* A buffer event keeps its output's front frozen but while it writes itself. */
+		evbuffer_unfreeze(out, 1);
+		evbuffer_drain(out, (size_t)n);
+		evbuffer_freeze(out, 1);
+	}
+}
+
+/*
  * A plain socket's output is written at once, by the callback that produced it, as HAProxy
  * does: waiting for the loop to report the socket writable costs two epoll_ctl calls per
  * reply.  Only what the kernel does not take (or an error) is left to the buffer event's
@@ -148,10 +185,7 @@ side_flush(struct side *x)
 	out = bufferevent_get_output(x->bev);
 	if (evbuffer_get_length(out) == 0)
 		return;
-	/* A buffer event keeps its output's front frozen but while it writes itself. */
-	evbuffer_unfreeze(out, 1);
-	(void)evbuffer_write(out, bufferevent_getfd(x->bev));
-	evbuffer_freeze(out, 1);
+	side_send(out, bufferevent_getfd(x->bev));
 	if (evbuffer_get_length(out) > 0)
 		bufferevent_enable(x->bev, EV_WRITE);
 }
@@ -756,46 +790,38 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 }
 
 /*
- * Reads a plain socket with one read(2) of up to SIDE_READ_SIZE octets.  The buffer event's
- * own read asks FIONREAD first and takes 4 KiB at most (libevent 2.1's EVBUFFER_MAX_READ):
- * two system calls per 4 KiB instead of one per read.
+ * Reads a plain socket with one recv(2) of up to SIDE_READ_SIZE octets into a buffer shared
+ * by every session (the loop runs one callback at a time), then copies what came into the
+ * input.  The buffer event's own read asks FIONREAD first and takes 4 KiB at most (libevent
+ * 2.1's EVBUFFER_MAX_READ); reserving the space in the input instead allocates a 32 KiB chain
+ * for each read, where a reply of 20 octets needs a 1 KiB one.
  */
 static void
 side_read_cb(evutil_socket_t fd, short what, void *arg)
 {
+	static unsigned char buf[SIDE_READ_SIZE];
 	struct side *x = arg;
 	struct evbuffer *in = bufferevent_get_input(x->bev);
-	struct evbuffer_iovec v[2];
-	struct iovec iov[2];
-	ssize_t n = -1;
-	size_t left;
-	int i, nv, saved;
+	ssize_t n;
+	int rc, saved;
 
 	(void)what;
-	/* A buffer event keeps its input's end frozen but while it reads itself. */
-	evbuffer_unfreeze(in, 0);
-	nv = evbuffer_reserve_space(in, SIDE_READ_SIZE, v, 2);
-	for (i = 0; i < nv; i++) {
-		iov[i].iov_base = v[i].iov_base;
-		iov[i].iov_len = v[i].iov_len;
-	}
-	if (nv > 0)
-		n = readv(fd, iov, nv);
+	n = recv(fd, buf, sizeof(buf), 0);
 	saved = errno;
 	if (n > 0) {
-		for (i = 0, left = (size_t)n; i < nv; i++) {
-			v[i].iov_len = left < v[i].iov_len ? left : v[i].iov_len;
-			left -= v[i].iov_len;
+		/* A buffer event keeps its input's end frozen but while it reads itself. */
+		evbuffer_unfreeze(in, 0);
+		rc = evbuffer_add(in, buf, (size_t)n);
+		evbuffer_freeze(in, 0);
+		if (rc == 0) {
+			session_read_cb(x->bev, x);
+			return;
 		}
-		evbuffer_commit_space(in, v, v[nv - 1].iov_len > 0 ? nv : 1);
-	}
-	evbuffer_freeze(in, 0);
-	if (n > 0) {
-		session_read_cb(x->bev, x);
+		saved = ENOMEM;
+		n = -1;
+	} else if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK || saved == EINTR)) {
 		return;
 	}
-	if (n < 0 && (saved == EAGAIN || saved == EWOULDBLOCK || saved == EINTR))
-		return;
 	side_read_off(x);
 	errno = saved;
 	session_event_cb(x->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), x);

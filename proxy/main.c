@@ -161,6 +161,24 @@ add_signals(struct event *ev[3])
 	signal(SIGPIPE, SIG_IGN);
 }
 
+/*
+ * The loop's cached time stamps every transcript record, so it must be precise: libevent's
+ * default is the coarse monotonic clock, which moves in steps of milliseconds.
+ */
+static struct event_base *
+loop_new(void)
+{
+	struct event_config *cfg;
+	struct event_base *base;
+
+	if ((cfg = event_config_new()) == NULL)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+	base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -177,7 +195,7 @@ main(int argc, char **argv)
 	raise_fd_limit(opts.max_sessions);
 	proxy.opts = &opts;
 	TAILQ_INIT(&proxy.sessions);
-	if ((proxy.base = event_base_new()) == NULL)
+	if ((proxy.base = loop_new()) == NULL)
 		fatalx("event_base_new failed");
 	proxy.dns = evdns_base_new(proxy.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
 	if (proxy.dns == NULL)

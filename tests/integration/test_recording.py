@@ -129,6 +129,28 @@ def test_transcript_name_mode_header_and_records(tap, sink):
 
 
 @pytest.mark.limit(20)
+def test_record_times_are_precise_to_the_microsecond(tap, sink):
+    """A reply is recorded later than the command it answers: each record has its own loop
+    pass's time, from a precise clock.  (libevent's default cached clock is the coarse
+    monotonic one, which moves in steps of milliseconds: a command and its reply had the
+    same time to the microsecond.)"""
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    for _ in range(20):
+        c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    t = tap.transcript()
+    recs = [r for r in t.records if r.kind in ("C:", "S:")]
+    pairs = [(a, b) for a, b in zip(recs, recs[1:]) if a.kind == "C:" and a.text == "NOOP"]
+    assert len(pairs) == 20
+    for cmd, reply in pairs:
+        assert reply.kind == "S:" and reply.text.startswith("250"), (cmd, reply)
+        assert parse_ts(reply.ts) > parse_ts(cmd.ts), \
+            "NOOP and its reply recorded at the same time %s" % cmd.ts
+
+
+@pytest.mark.limit(20)
 def test_transcript_escaping(tap_factory, fake_server):
     """NUL, invalid UTF-8, bare LF, bare CR, backslash, tab, C0/C1 controls, DEL, overlong and
     surrogate encodings; valid UTF-8 kept.  The server's lines are escaped the same way."""

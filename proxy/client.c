@@ -650,6 +650,42 @@ client_unit(struct session *s, struct unit *u)
 	}
 }
 
+/*
+ * Message lines taken a run at a time from the input's first chain: one look into the buffer
+ * per read instead of one per line.  Each line goes through client_unit as it would one by
+ * one.  The run stops as soon as a line was not simply left in place, to be moved or dropped
+ * later (side_forward_later, side_discard_later): anything else may have changed the input,
+ * and then the count of octets left in place no longer matches the run's offset.  Returns the
+ * number of lines taken.
+ */
+static size_t
+client_content_run(struct session *s)
+{
+	struct side *x = &s->client;
+	size_t max = s->px->opts->max_line, off = x->relayed, lim, taken = 0;
+	struct evbuffer_iovec v;
+	const unsigned char *p, *lf;
+	struct unit u;
+
+	if (evbuffer_peek(bufferevent_get_input(x->bev), -1, NULL, &v, 1) < 1)
+		return 0;
+	p = v.iov_base;
+	while (off < v.iov_len && s->state == ST_MESSAGE && !s->closing && x->bev != NULL &&
+	       x->relayed == off) {
+		lim = v.iov_len - off < max ? v.iov_len - off : max;
+		if ((lf = memchr(p + off, '\n', lim)) == NULL)
+			break;
+		u.data = p + off;
+		u.len = (size_t)(lf - u.data) + 1;
+		u.complete = 1;
+		x->scanned = 0;
+		client_unit(s, &u);
+		off += u.len;
+		taken++;
+	}
+	return taken;
+}
+
 static void
 relay_client_units(struct session *s)
 {
@@ -686,6 +722,8 @@ relay_client_units(struct session *s)
 		case ST_CLOSING:
 			return;
 		default:
+			if (s->state == ST_MESSAGE && client_content_run(s) > 0)
+				break;
 			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
 				return;
 			client_unit(s, &u);

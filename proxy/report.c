@@ -149,6 +149,19 @@ report_extras(const struct session *s, json_t *o)
 		                              "code", report_code(s->auth_code)));
 }
 
+/* Text of ours (ids, addresses, times): ASCII, so jansson need not check it. */
+static json_t *
+report_ours(const char *s)
+{
+	json_t *j = json_string_nocheck(s);
+
+	return j != NULL ? j : json_null();
+}
+
+/*
+ * The event, built key by key: json_pack would parse its format and check every string
+ * again, once per session.
+ */
 void
 report_write(struct session *s, const struct timeval *end)
 {
@@ -156,28 +169,34 @@ report_write(struct session *s, const struct timeval *end)
 	double duration;
 	json_t *o;
 
+	if ((o = json_object()) == NULL)
+		return;
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));
 	transcript_timestamp(end, end_ts, sizeof(end_ts));
 	duration = (double)(end->tv_sec - s->start.tv_sec) +
 	           (double)(end->tv_usec - s->start.tv_usec) / 1e6;
-	o = json_pack("{s:s,s:s,s:s,s:f,s:s,s:s,s:s,s:s,s:o,s:o,s:b}", "session", s->id, "start",
-	              start_ts, "end", end_ts, "duration", duration, "client", s->client_addr,
-	              "listener", s->listener_addr, "upstream", s->px_upstream, "upstream_address",
-	              s->upstream_addr, "transcript",
-	              s->transcript_path[0] ? json_string(s->transcript_path) : json_null(), "helo",
-	              report_escaped(s->helo), "early_talker", s->early_talker);
-	if (o == NULL)
-		return;
+	report_set(o, "session", report_ours(s->id));
+	report_set(o, "start", report_ours(start_ts));
+	report_set(o, "end", report_ours(end_ts));
+	report_set(o, "duration", json_real(duration));
+	report_set(o, "client", report_ours(s->client_addr));
+	report_set(o, "listener", report_ours(s->listener_addr));
+	report_set(o, "upstream", report_string(s->px_upstream)); /* as the user gave it */
+	report_set(o, "upstream_address", report_ours(s->upstream_addr));
+	report_set(o, "transcript",
+	           s->transcript_path[0] ? report_ours(s->transcript_path) : json_null());
+	report_set(o, "helo", report_escaped(s->helo));
+	report_set(o, "early_talker", json_boolean(s->early_talker));
 	report_extras(s, o);
-	json_object_set_new(o, "transactions", report_transactions(s));
+	report_set(o, "transactions", report_transactions(s));
 	if (s->tx_unrecorded > 0)
-		json_object_set_new(o, "transactions_unrecorded", json_integer(s->tx_unrecorded));
+		report_set(o, "transactions_unrecorded", json_integer(s->tx_unrecorded));
 	if (s->rules != NULL)
-		json_object_set_new(o, "rules", filter_report(s));
-	json_object_set_new(o, "client_octets", json_integer((json_int_t)s->client.octets));
-	json_object_set_new(o, "server_octets", json_integer((json_int_t)s->server.octets));
-	json_object_set_new(o, "reason", json_string(s->close_reason));
-	json_object_set_new(o, "warnings", json_integer(s->warnings));
+		report_set(o, "rules", filter_report(s));
+	report_set(o, "client_octets", json_integer((json_int_t)s->client.octets));
+	report_set(o, "server_octets", json_integer((json_int_t)s->server.octets));
+	report_set(o, "reason", report_ours(s->close_reason));
+	report_set(o, "warnings", json_integer(s->warnings));
 	events_write(o);
 	json_decref(o);
 }

@@ -118,16 +118,6 @@ transcript_vprintf(struct transcript *t, const char *fmt, va_list ap)
 		t->len += (size_t)n;
 }
 
-static void __attribute__((format(printf, 2, 3)))
-transcript_printf(struct transcript *t, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	transcript_vprintf(t, fmt, ap);
-	va_end(ap);
-}
-
 /* Writes it all, going on after a partial write; -1 on error. */
 static int
 transcript_write(int fd, const char *p, size_t n)
@@ -324,11 +314,15 @@ transcript_header(struct transcript *t, const char *id, const struct timeval *st
 {
 	char ts[32];
 
+	const char *parts[] = {"# smtptap " SMTPTAP_VERSION " transcript\n# session ", id,
+	                       "\n# start ", ts, "\n# client ", client, "\n# listener ", listener,
+	                       "\n# upstream ", upstream, "\n"};
+	size_t i;
+
+	/* Pieces put one after the other: a printf here cost more than the rest of the open. */
 	transcript_timestamp(start, ts, sizeof(ts));
-	transcript_printf(t,
-	                  "# smtptap %s transcript\n# session %s\n# start %s\n# client %s\n"
-	                  "# listener %s\n# upstream %s\n",
-	                  SMTPTAP_VERSION, id, ts, client, listener, upstream);
+	for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		transcript_put(t, parts[i], strlen(parts[i]));
 }
 
 struct transcript *
@@ -462,12 +456,15 @@ transcript_redacted(struct transcript *t, const char *kind, const char *text, si
 	evbuffer_free(tmp);
 }
 
+/* Room reserved for an event's text: most fit, so it is formatted once. */
+#define EVENT_ROOM 160
+
 void
 transcript_event(struct transcript *t, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (t == NULL || transcript_begin(t, "*", 0) != 0)
+	if (t == NULL || transcript_begin(t, "*", EVENT_ROOM) != 0)
 		return;
 	va_start(ap, fmt);
 	transcript_vprintf(t, fmt, ap);

@@ -398,20 +398,26 @@ transcript_now(void)
 
 /* Starts a record: timestamp, kind, space; with room for extra octets after them. */
 static int
-transcript_begin(struct transcript *t, const char *kind, size_t extra)
+transcript_stamp(struct transcript *t, const char *now, const char *kind, size_t klen,
+                 size_t extra)
 {
-	size_t klen = strlen(kind);
 	char *p;
 
 	if (transcript_reserve(t, 28 + klen + 1 + extra + 1) != 0)
 		return -1;
 	p = t->buf + t->len;
-	memcpy(p, transcript_now(), 27);
+	memcpy(p, now, 27);
 	p[27] = ' ';
 	memcpy(p + 28, kind, klen);
 	p[28 + klen] = ' ';
 	t->len += 28 + klen + 1;
 	return 0;
+}
+
+static int
+transcript_begin(struct transcript *t, const char *kind, size_t extra)
+{
+	return transcript_stamp(t, transcript_now(), kind, strlen(kind), extra);
 }
 
 static void
@@ -434,6 +440,35 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 		return;
 	t->len += escape_into(t->buf + t->len, line, n);
 	transcript_end(t);
+}
+
+/*
+ * A run of complete lines, each ending in LF: one record each, as transcript_data makes, with
+ * the time and the kind looked up once for the run.
+ */
+void
+transcript_lines(struct transcript *t, const char *kind, const unsigned char *p, size_t n)
+{
+	const unsigned char *lf;
+	const char *now;
+	size_t klen, len, text;
+
+	if (t == NULL || n == 0)
+		return;
+	now = transcript_now();
+	klen = strlen(kind);
+	for (; n > 0; p += len, n -= len) {
+		lf = memchr(p, '\n', n);
+		len = lf != NULL ? (size_t)(lf - p) + 1 : n;
+		text = len >= 2 && p[len - 2] == '\r' && p[len - 1] == '\n' ? len - 2 : len;
+		if (text > (SIZE_MAX - 64) / 4 || transcript_stamp(t, now, kind, klen, 4 * text) != 0)
+			return;
+		t->len += escape_into(t->buf + t->len, p, text);
+		t->buf[t->len++] = '\n';
+	}
+	t->dirty = 1;
+	if (t->len >= TRANSCRIPT_FLUSH_AT)
+		transcript_flush(t);
 }
 
 void

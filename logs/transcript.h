@@ -24,6 +24,7 @@ struct transcript *transcript_open(const char *id, const struct timeval *start, 
 
 /* Records one line as it crossed ("C:", "S:", "P:", "C+", "S+"), CRLF stripped. */
 void transcript_data(struct transcript *t, const char *kind, const unsigned char *line, size_t n);
+void transcript_lines(struct transcript *t, const char *kind, const unsigned char *p, size_t n);
 
 /* Records kind, then verbatim text, then the redaction marker for len secret octets. */
 void transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,

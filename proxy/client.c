@@ -651,18 +651,42 @@ client_unit(struct session *s, struct unit *u)
 }
 
 /*
+ * Whether the next message lines may take the common way: streamed (nothing held, no rules
+ * on content), recorded whole, CR and LF checked (not --bare-newline pass), the last line
+ * ended with CRLF and nothing waits to be dropped.
+ */
+static int
+client_content_plain(const struct session *s)
+{
+	return s->state == ST_MESSAGE && !s->closing && s->msg == NULL && !relay_no_server(s) &&
+	       s->px->opts->bare_newline != BARE_PASS && s->px->opts->record == RECORD_BODY &&
+	       s->msg_line_start && !s->client.in_piece && !s->client.relayed_drop;
+}
+
+/* A line that goes upstream as it came: ends in CRLF, no other CR in it, not "." alone. */
+static int
+client_plain_line(const unsigned char *p, size_t len)
+{
+	if (len < 2 || p[len - 2] != '\r' || (len == 3 && p[0] == '.'))
+		return 0;
+	return memchr(p, '\r', len - 2) == NULL;
+}
+
+/*
  * Message lines taken a run at a time from the input's first chain: one look into the buffer
- * per read instead of one per line.  Each line goes through client_unit as it would one by
- * one.  The run stops as soon as a line was not simply left in place, to be moved or dropped
- * later (side_forward_later, side_discard_later): anything else may have changed the input,
- * and then the count of octets left in place no longer matches the run's offset.  Returns the
- * number of lines taken.
+ * per read instead of one per line.  Plain lines (the common case: client_content's `plain`)
+ * are counted, left in place to move together and recorded as one run; any other line goes
+ * through client_unit as ever, after the run before it is recorded.  The loop stops as soon
+ * as a line was not left in place, to be moved or dropped later (side_forward_later,
+ * side_discard_later): anything else may have changed the input, and then the octets left
+ * in place no longer match the run's offset.  Returns the number of lines taken.
  */
 static size_t
 client_content_run(struct session *s)
 {
 	struct side *x = &s->client;
-	size_t max = s->px->opts->max_line, off = x->relayed, lim, taken = 0;
+	size_t max = s->px->opts->max_line, off = x->relayed, lim, taken = 0, run = off;
+	int plain = client_content_plain(s);
 	struct evbuffer_iovec v;
 	const unsigned char *p, *lf;
 	struct unit u;
@@ -679,10 +703,25 @@ client_content_run(struct session *s)
 		u.len = (size_t)(lf - u.data) + 1;
 		u.complete = 1;
 		x->scanned = 0;
+		taken++;
+		if (plain && client_plain_line(u.data, u.len)) {
+			if (u.len == 2)
+				s->msg_in_headers = 0;
+			if (s->tx != NULL)
+				s->tx->size += u.len;
+			x->octets += u.len;
+			x->relayed += u.len;
+			off += u.len;
+			continue;
+		}
+		transcript_lines(s->transcript, "C:", p + run, off - run);
 		client_unit(s, &u);
 		off += u.len;
-		taken++;
+		run = off;
+		plain = client_content_plain(s);
 	}
+	if (off > run && x->relayed == off)
+		transcript_lines(s->transcript, "C:", p + run, off - run);
 	return taken;
 }
 

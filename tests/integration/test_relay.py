@@ -111,6 +111,50 @@ def test_data_stream_octets_unchanged_raw(tap_factory, fake_server):
     assert ev["reason"] == "quit"
 
 
+def content_units(data):
+    """The lines the proxy sees in DATA content by default (--bare-newline normalize): a unit
+    ends at LF, or at a CR that no LF follows."""
+    units, start = [], 0
+    for i, b in enumerate(data):
+        if b == 0x0A or (b == 0x0D and data[i + 1:i + 2] != b"\n"):
+            units.append(data[start:i + 1])
+            start = i + 1
+    return units
+
+
+@pytest.mark.limit(20)
+def test_message_in_one_write_recorded_line_by_line_in_order(tap_factory, fake_server):
+    """A whole message and the commands after it in one write: ordinary lines (taken a run
+    at a time) and lines that need care (bare LF and CR, stuffed dots, NUL, 8-bit, a blank
+    line) each get their record, in the order sent, and the server gets the content whole."""
+    srv = fake_server(SmtpServerScript())
+    tap = tap_factory(srv.port)
+    content = (b"Subject: runs\r\nX-One: 1\r\n\r\n" + b"plain\r\n" * 5 +
+               b"bare LF\nplain after\r\n..stuffed\r\nmid\rCR\r\n"
+               b"nul\x00 \xff\xc3\xa9\r\n\r\n" +
+               b"".join(b"line %03d\r\n" % i for i in range(200)))
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(content + b".\r\nNOOP\r\nQUIT\r\n")
+    assert c.code() == 250
+    assert c.code() == 250
+    assert c.code() == 221
+    srv.join()
+    (msg,) = srv.conns[0].messages
+    assert msg["data"] == content.replace(b"bare LF\n", b"bare LF\r\n").replace(
+        b"mid\rCR", b"mid\r\nCR") + b".\r\n"
+    want = [harness.escape(u[:-2] if u.endswith(b"\r\n") else u) for u in content_units(content)]
+    got = tap.transcript().client_lines()
+    i = got.index("DATA") + 1
+    assert got[i:i + len(want)] == want
+    assert got[i + len(want):] == [".", "NOOP", "QUIT"]
+    assert tap.event()["transactions"][0]["size"] == len(content)
+
+
 # Bare line ends hiding an end of data and a second transaction (SMTP smuggling).
 SMUGGLE = (b"Subject: smuggling\r\n\r\n"
            b"bare\nLF and bare\rCR\r\n"

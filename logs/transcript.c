@@ -47,6 +47,7 @@ struct transcript {
 	int fd; /* the creation's descriptor, until the next flush tick; else -1 */
 	int failed;
 	int dirty;
+	int recent; /* something was recorded since the last flush tick */
 	char path[96]; /* under the log directory: DAY/NAME */
 	char day[16];  /* DAY */
 	char name[64];
@@ -216,11 +217,14 @@ transcript_flush(struct transcript *t)
 	t->len = 0;
 }
 
-/* The buffer's memory goes back at each flush tick: an idle session holds none. */
+/*
+ * The buffer's memory goes back at a flush tick when nothing was recorded since the one
+ * before: an idle session holds none, and a busy one does not grow it again every second.
+ */
 static void
-transcript_shrink(struct transcript *t)
+transcript_shrink(struct transcript *t, int busy)
 {
-	if (t->len > 0)
+	if (t->len > 0 || busy)
 		return;
 	free(t->buf);
 	t->buf = NULL;
@@ -239,7 +243,8 @@ transcript_flush_cb(evutil_socket_t fd, short what, void *arg)
 	{
 		if (t->dirty)
 			transcript_flush(t);
-		transcript_shrink(t);
+		transcript_shrink(t, t->recent);
+		t->recent = 0;
 		if (transcript_release(t) != 0)
 			transcript_write_failed(t);
 	}
@@ -401,6 +406,7 @@ static int
 transcript_stamp(struct transcript *t, const char *now, const char *kind, size_t klen,
                  size_t extra)
 {
+	size_t i;
 	char *p;
 
 	if (transcript_reserve(t, 28 + klen + 1 + extra + 1) != 0)
@@ -408,7 +414,9 @@ transcript_stamp(struct transcript *t, const char *now, const char *kind, size_t
 	p = t->buf + t->len;
 	memcpy(p, now, 27);
 	p[27] = ' ';
-	memcpy(p + 28, kind, klen);
+	/* A kind is one or two octets: copied in place, not by a call to memcpy. */
+	for (i = 0; i < klen; i++)
+		p[28 + i] = kind[i];
 	p[28 + klen] = ' ';
 	t->len += 28 + klen + 1;
 	return 0;
@@ -425,6 +433,7 @@ transcript_end(struct transcript *t)
 {
 	transcript_put(t, "\n", 1);
 	t->dirty = 1;
+	t->recent = 1;
 	if (t->len >= TRANSCRIPT_FLUSH_AT)
 		transcript_flush(t);
 }
@@ -467,6 +476,7 @@ transcript_lines(struct transcript *t, const char *kind, const unsigned char *p,
 		t->buf[t->len++] = '\n';
 	}
 	t->dirty = 1;
+	t->recent = 1;
 	if (t->len >= TRANSCRIPT_FLUSH_AT)
 		transcript_flush(t);
 }

@@ -201,6 +201,9 @@ main(int argc, char **argv)
 	if (proxy.dns == NULL)
 		fatalx("resolver set-up failed");
 	proxy.upstream_salen = addr_numeric(opts.upstream_host, opts.upstream_port, &proxy.upstream_sa);
+	if (proxy.upstream_salen > 0)
+		addr_format((struct sockaddr *)&proxy.upstream_sa, proxy.upstream_sa_text,
+		            sizeof(proxy.upstream_sa_text));
 	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
 		fatalx("rule files have errors");
 	umask(027);

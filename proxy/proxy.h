@@ -16,6 +16,7 @@ struct proxy {
 	/* A numeric --upstream, parsed once: only a name needs the resolver per session. */
 	struct sockaddr_storage upstream_sa;
 	socklen_t upstream_salen;
+	char upstream_sa_text[64]; /* upstream_sa formatted: a session need not ask getpeername */
 	const struct options *opts;
 	TAILQ_HEAD(, session) sessions;
 	unsigned nsessions;

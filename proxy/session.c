@@ -686,7 +686,9 @@ session_upstream_connected(struct session *s)
 		session_close(s, "error");
 		return;
 	}
-	if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
+	if (s->px->upstream_salen > 0)
+		memcpy(s->upstream_addr, s->px->upstream_sa_text, sizeof(s->upstream_addr));
+	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
@@ -853,10 +855,14 @@ side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferev
 static void
 session_make_id(struct session *s)
 {
+	/* Drawn 64 at a time: one getrandom call per session was one system call in 25. */
+	static uint32_t pool[64];
+	static size_t left;
 	uint32_t r;
 
-	if (getrandom(&r, sizeof(r), 0) != sizeof(r))
-		r = (uint32_t)random();
+	if (left == 0 && getrandom(pool, sizeof(pool), 0) == (ssize_t)sizeof(pool))
+		left = sizeof(pool) / sizeof(pool[0]);
+	r = left > 0 ? pool[--left] : (uint32_t)random();
 	snprintf(s->id, sizeof(s->id), "%08x", r);
 }
 

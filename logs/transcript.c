@@ -370,9 +370,8 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	snprintf(t->day, sizeof(t->day), "%s", day);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
+	/* Written with the first records (transcript_sync writes it at once where it must). */
 	transcript_header(t, id, start, client, listener, upstream);
-	/* Written at once: each session start tells whether transcripts can be written. */
-	transcript_flush(t);
 	saved = errno;
 	if (kept_open > TRANSCRIPT_KEEP_OPEN_MAX && transcript_release(t) != 0)
 		transcript_write_failed(t);
@@ -515,6 +514,13 @@ transcript_event(struct transcript *t, const char *fmt, ...)
 	transcript_vprintf(t, fmt, ap);
 	va_end(ap);
 	transcript_end(t);
+}
+
+void
+transcript_sync(struct transcript *t)
+{
+	if (t != NULL)
+		transcript_flush(t);
 }
 
 void

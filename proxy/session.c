@@ -890,6 +890,12 @@ session_open_transcript(struct session *s)
 	warned = 0;
 	transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
 	                 s->listener_addr);
+	/*
+	 * Under tempfail, each session's start must tell whether transcripts can be written;
+	 * otherwise the header goes out with the first flush (one write fewer per session).
+	 */
+	if (s->px->opts->log_failure_tempfail)
+		transcript_sync(s->transcript);
 	return 0;
 }
 

@@ -14,11 +14,13 @@ events file mode (test_daemon.py::test_events_file_mode_and_append).
 """
 
 import datetime
+import json
 import os
 import pwd
 import signal
 import socket
 import stat
+import subprocess
 import time
 
 import pytest
@@ -644,3 +646,65 @@ def test_events_file_symlink_refused_on_sighup(tap_factory, sink, workdir):
     tap.signal(signal.SIGHUP)
     harness.wait_until(lambda: "reopened" in tap.stderr(), 5, what="the events file reopened")
     hp.normal_session(tap, sink=sink)
+
+
+# A log dir on a tmpfs of 64 KiB that a file already fills: a transcript can be created (an
+# inode) but not written (ENOSPC).  Private to the mount namespace of the proxy.
+FULL_DISK_SETUP = r"""
+set -e
+mkdir -p "$L"
+mount -t tmpfs -o size=64k,mode=750 none "$L"
+dd if=/dev/zero of="$L/filler" bs=4096 2>/dev/null || true
+exec "$@"
+"""
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("policy", ["continue", "tempfail"])
+def test_full_log_disk(sink, workdir, smtptap_bin, policy):
+    """Transcripts can be created but not written (disk full).  tempfail: the session's start
+    finds out at once, and the client gets 451 4.3.0 with nothing sent upstream.  continue:
+    the message is relayed, and the failed write is logged."""
+    if not harness.IS_ROOT:
+        pytest.skip("a tmpfs in a mount namespace needs root")
+    logs = os.path.join(workdir, "full")
+    port = harness.free_port()
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", FULL_DISK_SETUP, "sh",
+            smtptap_bin, "--listen", "127.0.0.1:%d" % port,
+            "--upstream", "127.0.0.1:%d" % sink.port, "--log-dir", logs,
+            "--events", os.path.join(workdir, "events.jsonl")]
+    if policy == "tempfail":
+        argv += ["--on-log-failure", "tempfail"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, L=logs))
+    try:
+        harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
+        c = SmtpClient(port)
+        if policy == "tempfail":
+            r = c.reply()
+            assert len(r) == 1 and r[0].startswith(b"451 4.3.0 "), r
+            assert c.read_until_eof(3) == b""
+        else:
+            assert c.code() == 220
+            c.expect("HELO client.example", 250)
+            c.expect("MAIL FROM:<a@example.com>", 250)
+            c.expect("RCPT TO:<b@example.net>", 250)
+            c.expect("DATA", 354)
+            c.send(b"Subject: unrecorded\r\n\r\nbody\r\n.\r\n")
+            assert c.code() == 250
+            c.expect("QUIT", 221)
+            sink.wait_messages(1)
+        harness.wait_until(lambda: os.path.getsize(os.path.join(workdir, "events.jsonl")) > 0,
+                           5, what="the event line")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    with open(os.path.join(workdir, "events.jsonl")) as f:
+        ev = json.loads(f.readline())
+    err = err.decode("utf-8", "replace")
+    assert "write failed" in err, err
+    if policy == "tempfail":
+        assert ev["reason"] == "log_failure", ev
+        assert sink.messages() == []
+    else:
+        assert ev["reason"] == "quit", ev

@@ -47,7 +47,7 @@ struct transcript {
 	int fd; /* the creation's descriptor, until the next flush tick; else -1 */
 	int failed;
 	int dirty;
-	int recent; /* something was recorded since the last flush tick */
+	int recent;    /* something was recorded since the last flush tick */
 	char path[96]; /* under the log directory: DAY/NAME */
 	char day[16];  /* DAY */
 	char name[64];
@@ -427,27 +427,46 @@ transcript_begin(struct transcript *t, const char *kind, size_t extra)
 	return transcript_stamp(t, transcript_now(), kind, strlen(kind), extra);
 }
 
+/* Records were added: the flush tick writes them, or now if the buffer has grown enough. */
 static void
-transcript_end(struct transcript *t)
+transcript_written(struct transcript *t)
 {
-	transcript_put(t, "\n", 1);
 	t->dirty = 1;
 	t->recent = 1;
 	if (t->len >= TRANSCRIPT_FLUSH_AT)
 		transcript_flush(t);
 }
 
+static void
+transcript_end(struct transcript *t)
+{
+	transcript_put(t, "\n", 1);
+	transcript_written(t);
+}
+
+/*
+ * One record of peer octets, without their CRLF; 0, or -1 when memory is short.  The caller
+ * marks the transcript written (transcript_written).
+ */
+static int
+transcript_record(struct transcript *t, const char *now, const char *kind, size_t klen,
+                  const unsigned char *p, size_t n)
+{
+	if (n >= 2 && p[n - 2] == '\r' && p[n - 1] == '\n')
+		n -= 2;
+	if (n > (SIZE_MAX - 64) / 4 || transcript_stamp(t, now, kind, klen, 4 * n) != 0)
+		return -1;
+	t->len += escape_into(t->buf + t->len, p, n);
+	t->buf[t->len++] = '\n';
+	return 0;
+}
+
 void
 transcript_data(struct transcript *t, const char *kind, const unsigned char *line, size_t n)
 {
-	if (t == NULL)
+	if (t == NULL || transcript_record(t, transcript_now(), kind, strlen(kind), line, n) != 0)
 		return;
-	if (n >= 2 && line[n - 2] == '\r' && line[n - 1] == '\n')
-		n -= 2;
-	if (n > (SIZE_MAX - 64) / 4 || transcript_begin(t, kind, 4 * n) != 0)
-		return;
-	t->len += escape_into(t->buf + t->len, line, n);
-	transcript_end(t);
+	transcript_written(t);
 }
 
 /*
@@ -459,7 +478,7 @@ transcript_lines(struct transcript *t, const char *kind, const unsigned char *p,
 {
 	const unsigned char *lf;
 	const char *now;
-	size_t klen, len, text;
+	size_t klen, len;
 
 	if (t == NULL || n == 0)
 		return;
@@ -468,16 +487,10 @@ transcript_lines(struct transcript *t, const char *kind, const unsigned char *p,
 	for (; n > 0; p += len, n -= len) {
 		lf = memchr(p, '\n', n);
 		len = lf != NULL ? (size_t)(lf - p) + 1 : n;
-		text = len >= 2 && p[len - 2] == '\r' && p[len - 1] == '\n' ? len - 2 : len;
-		if (text > (SIZE_MAX - 64) / 4 || transcript_stamp(t, now, kind, klen, 4 * text) != 0)
-			return;
-		t->len += escape_into(t->buf + t->len, p, text);
-		t->buf[t->len++] = '\n';
+		if (transcript_record(t, now, kind, klen, p, len) != 0)
+			break;
 	}
-	t->dirty = 1;
-	t->recent = 1;
-	if (t->len >= TRANSCRIPT_FLUSH_AT)
-		transcript_flush(t);
+	transcript_written(t);
 }
 
 void

@@ -512,6 +512,17 @@ client_bare_reject(struct session *s)
 	session_close(s, "bare_newline");
 }
 
+/*
+ * Whether a well-formed content line goes upstream as the client sent it: nothing held or
+ * filtered (no message rules), a server to take it, and line ends checked (not
+ * --bare-newline pass, where every line is forwarded at once).
+ */
+static int
+client_relays_as_sent(const struct session *s)
+{
+	return s->msg == NULL && s->px->opts->bare_newline != BARE_PASS && !relay_no_server(s);
+}
+
 /* A line of DATA content; the end is only <CRLF>.<CRLF>. */
 static void
 client_content(struct session *s, const struct unit *u)
@@ -522,8 +533,7 @@ client_content(struct session *s, const struct unit *u)
 	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
 	               u->data[0] == '.';
 	int eod = at_start && u->len == 3 && memcmp(u->data, ".\r\n", 3) == 0;
-	int plain = !eod && end != END_BARE && !lone_dot && s->msg == NULL &&
-	            bare != BARE_PASS && !relay_no_server(s);
+	int plain = !eod && end != END_BARE && !lone_dot && client_relays_as_sent(s);
 
 	struct unit moved;
 
@@ -651,16 +661,15 @@ client_unit(struct session *s, struct unit *u)
 }
 
 /*
- * Whether the next message lines may take the common way: streamed (nothing held, no rules
- * on content), recorded whole, CR and LF checked (not --bare-newline pass), the last line
- * ended with CRLF and nothing waits to be dropped.
+ * Whether the next message lines may take the common way: relayed as sent, recorded whole,
+ * the last line ended with CRLF and nothing waits to be dropped.
  */
 static int
 client_content_plain(const struct session *s)
 {
-	return s->state == ST_MESSAGE && !s->closing && s->msg == NULL && !relay_no_server(s) &&
-	       s->px->opts->bare_newline != BARE_PASS && s->px->opts->record == RECORD_BODY &&
-	       s->msg_line_start && !s->client.in_piece && !s->client.relayed_drop;
+	return s->state == ST_MESSAGE && !s->closing && client_relays_as_sent(s) &&
+	       s->px->opts->record == RECORD_BODY && s->msg_line_start && !s->client.in_piece &&
+	       !s->client.relayed_drop;
 }
 
 /* A line that goes upstream as it came: ends in CRLF, no other CR in it, not "." alone. */

@@ -16,6 +16,7 @@
 #include "filters/check.h"
 #include "filters/rules.h"
 #include "filters/trial.h"
+#include "logs/escape.h"
 #include "logs/events.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
@@ -162,6 +163,22 @@ add_signals(struct event *ev[3])
 }
 
 /*
+ * What every session needs of --upstream, worked out once: a numeric address parsed and
+ * formatted (only a name goes to the resolver per session), and the text for the event line.
+ */
+static void
+upstream_prepare(struct proxy *px, const struct options *o)
+{
+	px->upstream_salen = addr_numeric(o->upstream_host, o->upstream_port, &px->upstream_sa);
+	if (px->upstream_salen > 0)
+		addr_format((struct sockaddr *)&px->upstream_sa, px->upstream_sa_text,
+		            sizeof(px->upstream_sa_text));
+	px->upstream_text = escape_strdup((const unsigned char *)o->upstream, strlen(o->upstream));
+	if (px->upstream_text == NULL)
+		fatalx("out of memory");
+}
+
+/*
  * The loop's cached time stamps every transcript record, so it must be precise: libevent's
  * default is the coarse monotonic clock, which moves in steps of milliseconds.
  */
@@ -200,10 +217,7 @@ main(int argc, char **argv)
 	proxy.dns = evdns_base_new(proxy.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
 	if (proxy.dns == NULL)
 		fatalx("resolver set-up failed");
-	proxy.upstream_salen = addr_numeric(opts.upstream_host, opts.upstream_port, &proxy.upstream_sa);
-	if (proxy.upstream_salen > 0)
-		addr_format((struct sockaddr *)&proxy.upstream_sa, proxy.upstream_sa_text,
-		            sizeof(proxy.upstream_sa_text));
+	upstream_prepare(&proxy, &opts);
 	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
 		fatalx("rule files have errors");
 	umask(027);
@@ -235,5 +249,6 @@ main(int argc, char **argv)
 	events_close();
 	evdns_base_free(proxy.dns, 0);
 	event_base_free(proxy.base);
+	free(proxy.upstream_text);
 	return 0;
 }

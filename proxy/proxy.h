@@ -17,6 +17,7 @@ struct proxy {
 	struct sockaddr_storage upstream_sa;
 	socklen_t upstream_salen;
 	char upstream_sa_text[64]; /* upstream_sa formatted: a session need not ask getpeername */
+	char *upstream_text;       /* --upstream as given, escaped once for the event line */
 	const struct options *opts;
 	TAILQ_HEAD(, session) sessions;
 	unsigned nsessions;

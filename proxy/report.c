@@ -30,11 +30,12 @@ report_string(const char *s)
 }
 
 /*
- * Text stored already escaped (peer octets, NUL included, made safe as they arrived): valid
- * UTF-8 by construction, so jansson need not check it again.
+ * Text valid UTF-8 by construction, so jansson need not check it again: peer octets stored
+ * already escaped (NUL included, made safe as they arrived), or text of ours (ids, times,
+ * addresses: ASCII).  NULL gives null.
  */
 static json_t *
-report_escaped(const char *s)
+report_valid(const char *s)
 {
 	json_t *j;
 
@@ -72,16 +73,16 @@ report_tx(const struct tx *tx)
 	for (i = 0; i < tx->nrcpt; i++) {
 		if ((r = json_object()) == NULL)
 			break;
-		report_set(r, "to", report_escaped(tx->rcpts[i].to));
+		report_set(r, "to", report_valid(tx->rcpts[i].to));
 		report_set(r, "code", report_code(tx->rcpts[i].code));
 		json_array_append_new(rcpts, r);
 	}
-	report_set(o, "mail_from", report_escaped(tx->mail_from));
+	report_set(o, "mail_from", report_valid(tx->mail_from));
 	report_set(o, "mail_code", report_code(tx->mail_code));
 	report_set(o, "rcpt", rcpts);
 	report_set(o, "size", json_integer((json_int_t)tx->size));
 	report_set(o, "code", report_code(tx->code));
-	report_set(o, "text", report_escaped(tx->code > 0 ? tx->text : NULL));
+	report_set(o, "text", report_valid(tx->code > 0 ? tx->text : NULL));
 	return o;
 }
 
@@ -149,15 +150,6 @@ report_extras(const struct session *s, json_t *o)
 		                              "code", report_code(s->auth_code)));
 }
 
-/* Text of ours (ids, addresses, times): ASCII, so jansson need not check it. */
-static json_t *
-report_ours(const char *s)
-{
-	json_t *j = json_string_nocheck(s);
-
-	return j != NULL ? j : json_null();
-}
-
 /*
  * The event, built key by key: json_pack would parse its format and check every string
  * again, once per session.
@@ -175,17 +167,17 @@ report_write(struct session *s, const struct timeval *end)
 	transcript_timestamp(end, end_ts, sizeof(end_ts));
 	duration = (double)(end->tv_sec - s->start.tv_sec) +
 	           (double)(end->tv_usec - s->start.tv_usec) / 1e6;
-	report_set(o, "session", report_ours(s->id));
-	report_set(o, "start", report_ours(start_ts));
-	report_set(o, "end", report_ours(end_ts));
+	report_set(o, "session", report_valid(s->id));
+	report_set(o, "start", report_valid(start_ts));
+	report_set(o, "end", report_valid(end_ts));
 	report_set(o, "duration", json_real(duration));
-	report_set(o, "client", report_ours(s->client_addr));
-	report_set(o, "listener", report_ours(s->listener_addr));
-	report_set(o, "upstream", report_string(s->px_upstream)); /* as the user gave it */
-	report_set(o, "upstream_address", report_ours(s->upstream_addr));
+	report_set(o, "client", report_valid(s->client_addr));
+	report_set(o, "listener", report_valid(s->listener_addr));
+	report_set(o, "upstream", report_valid(s->px->upstream_text));
+	report_set(o, "upstream_address", report_valid(s->upstream_addr));
 	report_set(o, "transcript",
-	           s->transcript_path[0] ? report_ours(s->transcript_path) : json_null());
-	report_set(o, "helo", report_escaped(s->helo));
+	           report_valid(s->transcript_path[0] ? s->transcript_path : NULL));
+	report_set(o, "helo", report_valid(s->helo));
 	report_set(o, "early_talker", json_boolean(s->early_talker));
 	report_extras(s, o);
 	report_set(o, "transactions", report_transactions(s));
@@ -195,7 +187,7 @@ report_write(struct session *s, const struct timeval *end)
 		report_set(o, "rules", filter_report(s));
 	report_set(o, "client_octets", json_integer((json_int_t)s->client.octets));
 	report_set(o, "server_octets", json_integer((json_int_t)s->server.octets));
-	report_set(o, "reason", report_ours(s->close_reason));
+	report_set(o, "reason", report_valid(s->close_reason));
 	report_set(o, "warnings", json_integer(s->warnings));
 	events_write(o);
 	json_decref(o);

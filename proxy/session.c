@@ -969,7 +969,6 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 		snprintf(s->client_addr, sizeof(s->client_addr), "local");
 	snprintf(s->listener_addr, sizeof(s->listener_addr), "%s", listener);
 	snprintf(s->upstream_addr, sizeof(s->upstream_addr), "%s", px->opts->upstream);
-	s->px_upstream = px->opts->upstream;
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;

@@ -105,7 +105,6 @@ struct session {
 	char client_addr[64];
 	char listener_addr[64];
 	char upstream_addr[64];
-	const char *px_upstream; /* --upstream as given */
 	char *helo;
 
 	/* Message content. */

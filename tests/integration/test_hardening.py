@@ -429,6 +429,19 @@ def utc_day_names():
     return [(now + datetime.timedelta(days=d)).strftime("%Y-%m-%d") for d in (-1, 0, 1)]
 
 
+def relay_one_message(c, sink):
+    """From the greeting to QUIT: one message, accepted and delivered to the sink."""
+    assert c.code() == 220
+    c.expect("HELO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: unrecorded\r\n\r\nbody\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    sink.wait_messages(1)
+
+
 @pytest.mark.limit(30)
 @pytest.mark.parametrize("policy", ["continue", "tempfail"])
 def test_symlinked_date_dir_refused(tap_factory, sink, workdir, policy):
@@ -454,15 +467,7 @@ def test_symlinked_date_dir_refused(tap_factory, sink, workdir, policy):
     tap = tap_factory(sink.port, *extra)
     c = SmtpClient(tap.port)
     if policy == "continue":
-        assert c.code() == 220
-        c.expect("HELO client.example", 250)
-        c.expect("MAIL FROM:<a@example.com>", 250)
-        c.expect("RCPT TO:<b@example.net>", 250)
-        c.expect("DATA", 354)
-        c.send(b"Subject: unrecorded\r\n\r\nbody\r\n.\r\n")
-        assert c.code() == 250
-        c.expect("QUIT", 221)
-        sink.wait_messages(1)
+        relay_one_message(c, sink)
         ev = tap.event()
         assert ev["reason"] == "quit" and ev["transcript"] is None, ev
     else:
@@ -685,15 +690,7 @@ def test_full_log_disk(sink, workdir, smtptap_bin, policy):
             assert len(r) == 1 and r[0].startswith(b"451 4.3.0 "), r
             assert c.read_until_eof(3) == b""
         else:
-            assert c.code() == 220
-            c.expect("HELO client.example", 250)
-            c.expect("MAIL FROM:<a@example.com>", 250)
-            c.expect("RCPT TO:<b@example.net>", 250)
-            c.expect("DATA", 354)
-            c.send(b"Subject: unrecorded\r\n\r\nbody\r\n.\r\n")
-            assert c.code() == 250
-            c.expect("QUIT", 221)
-            sink.wait_messages(1)
+            relay_one_message(c, sink)
         harness.wait_until(lambda: os.path.getsize(os.path.join(workdir, "events.jsonl")) > 0,
                            5, what="the event line")
     finally:

@@ -67,14 +67,20 @@ def test_message_arrives_byte_identical_smtplib(tap, sink):
     assert [r["code"] for r in tx["rcpt"]] == [250, 250]
 
 
-def send_message(port, content, mail="a@example.com"):
-    """EHLO, MAIL, RCPT, DATA, content + '.', QUIT through the proxy; returns the final reply."""
+def open_data(port, mail="a@example.com"):
+    """Greeting, EHLO, MAIL, RCPT, DATA through the proxy; returns the client, at its 354."""
     c = SmtpClient(port)
     assert c.code() == 220
     c.expect("EHLO client.example", 250)
     c.expect("MAIL FROM:<%s>" % mail, 250)
     c.expect("RCPT TO:<b@example.net>", 250)
     c.expect("DATA", 354)
+    return c
+
+
+def send_message(port, content, mail="a@example.com"):
+    """EHLO, MAIL, RCPT, DATA, content + '.', QUIT through the proxy; returns the final reply."""
+    c = open_data(port, mail)
     c.send(content + b".\r\n")
     r = c.reply()
     c.expect("QUIT", 221)
@@ -133,12 +139,7 @@ def test_message_in_one_write_recorded_line_by_line_in_order(tap_factory, fake_s
                b"bare LF\nplain after\r\n..stuffed\r\nmid\rCR\r\n"
                b"nul\x00 \xff\xc3\xa9\r\n\r\n" +
                b"".join(b"line %03d\r\n" % i for i in range(200)))
-    c = SmtpClient(tap.port)
-    assert c.code() == 220
-    c.expect("EHLO client.example", 250)
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
+    c = open_data(tap.port)
     c.send(content + b".\r\nNOOP\r\nQUIT\r\n")
     assert c.code() == 250
     assert c.code() == 250

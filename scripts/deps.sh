@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(
 	build-essential pkg-config
-	libevent-dev libpcre2-dev libssl-dev libjansson-dev libcmocka-dev
+	libevent-dev libpcre2-dev libssl-dev libjansson-dev libcmocka-dev libmimalloc-dev
 	postfix swaks curl haproxy
 	python3 python3-pytest python3-pytest-xdist
 	openssl clang libclang-rt-14-dev valgrind

@@ -157,10 +157,15 @@ side_send(struct evbuffer *out, evutil_socket_t fd)
 		iov[i].iov_base = v[i].iov_base;
 		iov[i].iov_len = v[i].iov_len;
 	}
-	memset(&mh, 0, sizeof(mh));
-	mh.msg_iov = iov;
-	mh.msg_iovlen = (size_t)nv;
-	n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	if (nv == 1) {
+		/* The usual case, a reply or a read's worth: send(2) skips sendmsg's msghdr copy. */
+		n = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	} else {
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = iov;
+		mh.msg_iovlen = (size_t)nv;
+		n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
 	if (n > 0) {
 		/* A buffer event keeps its output's front frozen but while it writes itself. */
 		evbuffer_unfreeze(out, 1);

@@ -54,7 +54,6 @@ struct transcript {
 };
 
 static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts);
-static struct event_base *loop_base;
 static struct event *flush_timer;
 static int log_dir_fd = -1;
 static int kept_open; /* transcripts holding their creation's descriptor */
@@ -257,7 +256,6 @@ transcript_init(struct event_base *base, const char *log_dir)
 
 	if (mkdir(log_dir, 0750) != 0 && errno != EEXIST)
 		return -1;
-	loop_base = base;
 	log_dir_fd = open(log_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (log_dir_fd < 0)
 		return -1;
@@ -273,7 +271,6 @@ transcript_shutdown(void)
 	if (flush_timer != NULL)
 		event_free(flush_timer);
 	flush_timer = NULL;
-	loop_base = NULL;
 	if (day_fd >= 0)
 		close(day_fd);
 	day_fd = -1;
@@ -380,9 +377,9 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 }
 
 /*
- * A record's time: when the loop woke for the event that brought the line (libevent's cached
- * time, taken once per loop pass), else now.  The lines of one read share it, and it is
- * formatted once for all of them.
+ * A record's time, read from the clock (the vDSO's, no system call) for each record or run of
+ * lines: the lines of one run share it, and a time is formatted once however many use it.
+ * Not libevent's cached time: a precise one costs the loop a timerfd_settime call per pass.
  */
 static const char *
 transcript_now(void)
@@ -391,8 +388,7 @@ transcript_now(void)
 	static char formatted[32];
 	struct timeval now;
 
-	if (loop_base == NULL || event_base_gettimeofday_cached(loop_base, &now) != 0)
-		gettimeofday(&now, NULL);
+	gettimeofday(&now, NULL);
 	if (now.tv_sec != last.tv_sec || now.tv_usec != last.tv_usec) {
 		transcript_timestamp(&now, formatted, sizeof(formatted));
 		last = now;

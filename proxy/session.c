@@ -963,8 +963,8 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	if (cb == NULL || sb == NULL || s->timer == NULL)
 		goto fail;
 	session_make_id(s);
-	/* The loop's time, as the transcript's records use: the connect record never precedes it. */
-	event_base_gettimeofday_cached(px->base, &s->start);
+	/* The clock the transcript's records read: the connect record never precedes it. */
+	gettimeofday(&s->start, NULL);
 	s->last_activity = s->start.tv_sec;
 	pipeline_init(&s->pipeline);
 	TAILQ_INIT(&s->txs);

@@ -160,6 +160,12 @@ escape_plain_end(const unsigned char *p, size_t i, size_t n)
 	return escape_plain_scalar(p, i, n);
 }
 
+size_t
+escape_plain_span(const unsigned char *p, size_t n)
+{
+	return escape_plain_end(p, 0, n);
+}
+
 /* Copies runs of octets that need no escape in one piece, and escapes the rest one by one. */
 static void
 escape_run(struct escape_sink *k, const unsigned char *p, size_t n)

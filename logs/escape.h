@@ -15,6 +15,13 @@ void escape_append(struct evbuffer *out, const unsigned char *p, size_t n);
 /* Same, into dst, which has room for 4 * n octets; returns the length written. */
 size_t escape_into(char *dst, const unsigned char *p, size_t n);
 
+/*
+ * The length of p's leading run of octets that escaping leaves as they are (printable ASCII
+ * but backslash, and tab), looked at sixteen at a time: for a message line, where its CRLF
+ * starts when it needs no escaping, found in the one scan.
+ */
+size_t escape_plain_span(const unsigned char *p, size_t n);
+
 /* Same, into a NUL-terminated heap string (for JSON and the program's log); NULL on ENOMEM. */
 char *escape_strdup(const unsigned char *p, size_t n);
 

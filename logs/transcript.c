@@ -381,7 +381,7 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
  * lines: the lines of one run share it, and a time is formatted once however many use it.
  * Not libevent's cached time: a precise one costs the loop a timerfd_settime call per pass.
  */
-static const char *
+const char *
 transcript_now(void)
 {
 	static struct timeval last = {-1, 0};
@@ -465,27 +465,25 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 	transcript_written(t);
 }
 
-/*
- * A run of complete lines, each ending in LF: one record each, as transcript_data makes, with
- * the time and the kind looked up once for the run.
- */
 void
-transcript_lines(struct transcript *t, const char *kind, const unsigned char *p, size_t n)
+transcript_line(struct transcript *t, const char *now, const char *kind,
+                const unsigned char *line, size_t n, int as_is)
 {
-	const unsigned char *lf;
-	const char *now;
-	size_t klen, len;
+	size_t klen = strlen(kind);
 
-	if (t == NULL || n == 0)
+	if (t == NULL)
 		return;
-	now = transcript_now();
-	klen = strlen(kind);
-	for (; n > 0; p += len, n -= len) {
-		lf = memchr(p, '\n', n);
-		len = lf != NULL ? (size_t)(lf - p) + 1 : n;
-		if (transcript_record(t, now, kind, klen, p, len) != 0)
-			break;
+	if (!as_is) {
+		if (transcript_record(t, now, kind, klen, line, n) == 0)
+			transcript_written(t);
+		return;
 	}
+	n -= 2; /* as_is: it ends with CRLF */
+	if (transcript_stamp(t, now, kind, klen, n) != 0)
+		return;
+	memcpy(t->buf + t->len, line, n);
+	t->len += n;
+	t->buf[t->len++] = '\n';
 	transcript_written(t);
 }
 

@@ -24,7 +24,16 @@ struct transcript *transcript_open(const char *id, const struct timeval *start, 
 
 /* Records one line as it crossed ("C:", "S:", "P:", "C+", "S+"), CRLF stripped. */
 void transcript_data(struct transcript *t, const char *kind, const unsigned char *line, size_t n);
-void transcript_lines(struct transcript *t, const char *kind, const unsigned char *p, size_t n);
+
+/*
+ * The same for a line taken among many (a message's), stamped with now (transcript_now, read
+ * once for them all); as_is: the line before its CRLF needs no escaping (escape_plain_span).
+ */
+void transcript_line(struct transcript *t, const char *now, const char *kind,
+                     const unsigned char *line, size_t n, int as_is);
+
+/* The time now as records show it, in a buffer of the module's: valid until the next call. */
+const char *transcript_now(void);
 
 /* Records kind, then verbatim text, then the redaction marker for len secret octets. */
 void transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,

@@ -10,6 +10,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "logs/escape.h"
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
@@ -681,21 +682,36 @@ client_plain_line(const unsigned char *p, size_t len)
 	return memchr(p, '\r', len - 2) == NULL;
 }
 
+/* A plain message line taken by the run loop: counted as client_content would. */
+static void
+client_took_plain(struct session *s, size_t len)
+{
+	if (len == 2)
+		s->msg_in_headers = 0;
+	if (s->tx != NULL)
+		s->tx->size += len;
+	s->client.octets += len;
+	s->client.relayed += len;
+}
+
 /*
  * Message lines taken a run at a time from the input's first chain: one look into the buffer
  * per read instead of one per line.  Plain lines (the common case: client_content's `plain`)
- * are counted, left in place to move together and recorded as one run; any other line goes
- * through client_unit as ever, after the run before it is recorded.  The loop stops as soon
- * as a line was not left in place, to be moved or dropped later (side_forward_later,
- * side_discard_later): anything else may have changed the input, and then the octets left
- * in place no longer match the run's offset.  Returns the number of lines taken.
+ * are counted, recorded and left in place to move together; any other line goes through
+ * client_unit as ever.  One scan per line (escape_plain_span) finds where its CRLF is when
+ * it needs no escaping, the common case again; other lines are searched for their LF.
+ * The loop stops as soon as a line was not left in place, to be moved or dropped later
+ * (side_forward_later, side_discard_later): anything else may have changed the input, and
+ * then the octets left in place no longer match the run's offset.  Returns the number of
+ * lines taken.
  */
 static size_t
 client_content_run(struct session *s)
 {
 	struct side *x = &s->client;
-	size_t max = s->px->opts->max_line, off = x->relayed, lim, taken = 0, run = off;
-	int plain = client_content_plain(s);
+	size_t max = s->px->opts->max_line, off = x->relayed, lim, len, k, taken = 0;
+	int plain = client_content_plain(s), as_is;
+	const char *now = transcript_now();
 	struct evbuffer_iovec v;
 	const unsigned char *p, *lf;
 	struct unit u;
@@ -706,31 +722,30 @@ client_content_run(struct session *s)
 	while (off < v.iov_len && s->state == ST_MESSAGE && !s->closing && x->bev != NULL &&
 	       x->relayed == off) {
 		lim = v.iov_len - off < max ? v.iov_len - off : max;
-		if ((lf = memchr(p + off, '\n', lim)) == NULL)
+		k = escape_plain_span(p + off, lim);
+		as_is = k + 2 <= lim && p[off + k] == '\r' && p[off + k + 1] == '\n';
+		if (as_is)
+			len = k + 2;
+		else if ((lf = memchr(p + off + k, '\n', lim - k)) != NULL)
+			len = (size_t)(lf - (p + off)) + 1;
+		else
 			break;
-		u.data = p + off;
-		u.len = (size_t)(lf - u.data) + 1;
-		u.complete = 1;
 		x->scanned = 0;
 		taken++;
-		if (plain && client_plain_line(u.data, u.len)) {
-			if (u.len == 2)
-				s->msg_in_headers = 0;
-			if (s->tx != NULL)
-				s->tx->size += u.len;
-			x->octets += u.len;
-			x->relayed += u.len;
-			off += u.len;
+		if (plain && (as_is ? !(len == 3 && p[off] == '.') : client_plain_line(p + off, len))) {
+			client_took_plain(s, len);
+			transcript_line(s->transcript, now, "C:", p + off, len, as_is);
+			off += len;
 			continue;
 		}
-		transcript_lines(s->transcript, "C:", p + run, off - run);
+		u.data = p + off;
+		u.len = len;
+		u.complete = 1;
 		client_unit(s, &u);
-		off += u.len;
-		run = off;
+		off += len;
 		plain = client_content_plain(s);
+		now = transcript_now();
 	}
-	if (off > run && x->relayed == off)
-		transcript_lines(s->transcript, "C:", p + run, off - run);
 	return taken;
 }
 

@@ -53,6 +53,8 @@ struct transcript {
 	char name[64];
 };
 
+#define TS_DAY_LEN 10 /* "YYYY-MM-DD" */
+
 static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts);
 static struct event *flush_timer;
 static int log_dir_fd = -1;
@@ -311,20 +313,38 @@ transcript_timestamp(const struct timeval *tv, char *buf, size_t size)
 }
 
 static void
-transcript_header(struct transcript *t, const char *id, const struct timeval *start,
-                  const char *client, const char *listener, const char *upstream)
+transcript_header(struct transcript *t, const char *id, const char *ts, const char *client,
+                  const char *listener, const char *upstream)
 {
-	char ts[32];
-
 	const char *parts[] = {"# smtptap " SMTPTAP_VERSION " transcript\n# session ", id,
 	                       "\n# start ", ts, "\n# client ", client, "\n# listener ", listener,
 	                       "\n# upstream ", upstream, "\n"};
 	size_t i;
 
 	/* Pieces put one after the other: a printf here cost more than the rest of the open. */
-	transcript_timestamp(start, ts, sizeof(ts));
 	for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
 		transcript_put(t, parts[i], strlen(parts[i]));
+}
+
+/*
+ * The day's directory and the file's name, DAY/HHMMSS.uuuuuu-ID.log, cut from the start's
+ * record time ("YYYY-MM-DDTHH:MM:SS.uuuuuuZ", formatted once a second): no strftime or
+ * printf per session.  An id too long for the name is cut (ids are 8 hex digits).
+ */
+static void
+transcript_names(const char *ts, const char *id, char day[16], char name[64])
+{
+	size_t idlen = strnlen(id, 64 - sizeof("HHMMSS.uuuuuu-.log"));
+
+	memcpy(day, ts, TS_DAY_LEN);
+	day[TS_DAY_LEN] = '\0';
+	memcpy(name, ts + 11, 2);      /* HH */
+	memcpy(name + 2, ts + 14, 2);  /* MM */
+	memcpy(name + 4, ts + 17, 2);  /* SS */
+	memcpy(name + 6, ts + 19, 7);  /* .uuuuuu */
+	name[13] = '-';
+	memcpy(name + 14, id, idlen);
+	memcpy(name + 14 + idlen, ".log", 5);
 }
 
 struct transcript *
@@ -332,22 +352,19 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
                 const char *listener, const char *upstream, char *relpath, size_t relsize)
 {
 	struct transcript *t;
-	struct tm tm;
-	char day[16], name[64];
+	char ts[32], day[16], name[64];
 	int dirfd, fd, saved;
 
 	if (log_dir_fd < 0) {
 		errno = EBADF;
 		return NULL;
 	}
-	gmtime_r(&start->tv_sec, &tm);
-	strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+	transcript_timestamp(start, ts, sizeof(ts));
+	transcript_names(ts, id, day, name);
 	if ((dirfd = transcript_day_fd(day, 1)) < 0) {
 		failing = 1;
 		return NULL;
 	}
-	strftime(name, sizeof(name), "%H%M%S", &tm);
-	snprintf(name + 6, sizeof(name) - 6, ".%06ld-%s.log", (long)start->tv_usec, id);
 	fd = openat(dirfd, name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
 	            0640);
 	if (fd < 0) {
@@ -362,13 +379,18 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	}
 	t->fd = fd;
 	kept_open++;
-	snprintf(t->path, sizeof(t->path), "%s/%s", day, name);
-	snprintf(relpath, relsize, "%s", t->path);
-	snprintf(t->day, sizeof(t->day), "%s", day);
-	snprintf(t->name, sizeof(t->name), "%s", name);
+	memcpy(t->day, day, sizeof(t->day));
+	memcpy(t->name, name, sizeof(t->name));
+	memcpy(t->path, day, TS_DAY_LEN);
+	t->path[TS_DAY_LEN] = '/';
+	memcpy(t->path + TS_DAY_LEN + 1, name, strlen(name) + 1);
+	if (relsize > 0) {
+		strncpy(relpath, t->path, relsize - 1);
+		relpath[relsize - 1] = '\0';
+	}
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
 	/* Written with the first records (transcript_sync writes it at once where it must). */
-	transcript_header(t, id, start, client, listener, upstream);
+	transcript_header(t, id, ts, client, listener, upstream);
 	saved = errno;
 	if (kept_open > TRANSCRIPT_KEEP_OPEN_MAX && transcript_release(t) != 0)
 		transcript_write_failed(t);

@@ -1,4 +1,8 @@
-/* The events file: JSON lines written by jansson, one write(2) each, O_APPEND. */
+/*
+ * The events file: JSON lines written by jansson, O_APPEND.  The lines of the sessions that
+ * end in one pass of the event loop go out in one write(2), at the end of that pass: under
+ * load several sessions end together, and a write per line was a system call per session.
+ */
 #include "logs/events.h"
 
 #include <errno.h>
@@ -7,11 +11,19 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "logs/log.h"
+
+/* What is kept between passes at most; a longer pass (huge events) gives it back. */
+#define EVENTS_KEEP (64 * 1024)
 
 static char *events_path;
 static int events_fd = -1;
 static int events_failing;
+static struct event *flush_ev; /* made active when a line waits: runs later in the pass */
+static char *pending;
+static size_t pending_len, pending_cap;
 
 static int
 events_open_fd(const char *path)
@@ -21,11 +33,24 @@ events_open_fd(const char *path)
 	return open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0640);
 }
 
+static void events_flush(void);
+
+static void
+events_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	events_flush();
+}
+
 int
-events_open(const char *path)
+events_open(struct event_base *base, const char *path)
 {
 	int fd;
 
+	if ((flush_ev = event_new(base, -1, 0, events_flush_cb, NULL)) == NULL)
+		return -1;
 	if ((fd = events_open_fd(path)) < 0)
 		return -1;
 	free(events_path);
@@ -39,6 +64,7 @@ events_reopen(void)
 {
 	int fd;
 
+	events_flush(); /* what was written before the signal goes to the old file */
 	if (events_path == NULL || strcmp(events_path, "-") == 0)
 		return 0;
 	if ((fd = events_open_fd(events_path)) < 0) {
@@ -73,6 +99,44 @@ events_put(const char *line, size_t len)
 	}
 }
 
+/* Writes the pass's lines: whole lines in one write, so appenders never interleave in one. */
+static void
+events_flush(void)
+{
+	if (pending_len > 0)
+		events_put(pending, pending_len);
+	pending_len = 0;
+	if (pending_cap > EVENTS_KEEP) {
+		free(pending);
+		pending = NULL;
+		pending_cap = 0;
+	}
+}
+
+/* Queues a line (with its newline) for the end of the pass; written at once without memory. */
+static void
+events_queue(const char *line, size_t len)
+{
+	size_t cap = pending_cap > 0 ? pending_cap : 4096;
+	char *p;
+
+	while (cap < pending_len + len)
+		cap *= 2;
+	if (cap != pending_cap) {
+		if ((p = realloc(pending, cap)) == NULL) {
+			events_flush();
+			events_put(line, len);
+			return;
+		}
+		pending = p;
+		pending_cap = cap;
+	}
+	memcpy(pending + pending_len, line, len);
+	pending_len += len;
+	if (flush_ev != NULL)
+		event_active(flush_ev, EV_TIMEOUT, 1);
+}
+
 void
 events_write(json_t *obj)
 {
@@ -86,9 +150,8 @@ events_write(json_t *obj)
 		return;
 	len = json_dumpb(obj, line, sizeof(line) - 1, flags);
 	if (len > 0 && len < sizeof(line) - 1) {
-		/* One write per event, so concurrent appenders never interleave within a line. */
 		line[len++] = '\n';
-		events_put(line, len);
+		events_queue(line, len);
 		return;
 	}
 	if ((big = json_dumps(obj, flags)) == NULL)
@@ -99,13 +162,17 @@ events_write(json_t *obj)
 		return;
 	}
 	withnl[len] = '\n';
-	events_put(withnl, len + 1);
+	events_queue(withnl, len + 1);
 	free(withnl);
 }
 
 void
 events_close(void)
 {
+	events_flush();
+	if (flush_ev != NULL)
+		event_free(flush_ev);
+	flush_ev = NULL;
 	if (events_fd > STDERR_FILENO)
 		close(events_fd);
 	events_fd = -1;

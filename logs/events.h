@@ -3,11 +3,16 @@
 
 #include <jansson.h>
 
-/* The events file: one JSON object per finished session, "-" for standard output. */
-int events_open(const char *path);
+struct event_base;
+
+/*
+ * The events file: one JSON object per finished session, "-" for standard output.  Lines
+ * are written at the end of the loop pass that made them, and by events_close.
+ */
+int events_open(struct event_base *base, const char *path);
 /* Reopens the file after a rotation (SIGHUP); keeps the old one on failure. */
 int events_reopen(void);
-/* Writes obj as one line; write errors are logged once and counted. */
+/* Queues obj as one line; write errors are logged once and counted. */
 void events_write(json_t *obj);
 void events_close(void);
 

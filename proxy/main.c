@@ -121,7 +121,7 @@ open_outputs(struct options *o)
 		snprintf(events_default, sizeof(events_default), "%s/events.jsonl", o->log_dir);
 		o->events = events_default;
 	}
-	if (events_open(o->events) != 0)
+	if (events_open(proxy.base, o->events) != 0)
 		fatal("events file %s", o->events);
 }
 

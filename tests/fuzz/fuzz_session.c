@@ -210,7 +210,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	all_rules = load_rules();
 	if (transcript_init(px.base, logdir) != 0)
 		die(logdir);
-	if (events_open("/dev/null") != 0)
+	if (events_open(px.base, "/dev/null") != 0)
 		die("events /dev/null");
 	if (tls_init(&tls_opts) != 0)
 		die("tls_init");

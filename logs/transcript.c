@@ -338,10 +338,10 @@ transcript_names(const char *ts, const char *id, char day[16], char name[64])
 
 	memcpy(day, ts, TS_DAY_LEN);
 	day[TS_DAY_LEN] = '\0';
-	memcpy(name, ts + 11, 2);      /* HH */
-	memcpy(name + 2, ts + 14, 2);  /* MM */
-	memcpy(name + 4, ts + 17, 2);  /* SS */
-	memcpy(name + 6, ts + 19, 7);  /* .uuuuuu */
+	memcpy(name, ts + 11, 2);     /* HH */
+	memcpy(name + 2, ts + 14, 2); /* MM */
+	memcpy(name + 4, ts + 17, 2); /* SS */
+	memcpy(name + 6, ts + 19, 7); /* .uuuuuu */
 	name[13] = '-';
 	memcpy(name + 14, id, idlen);
 	memcpy(name + 14 + idlen, ".log", 5);
@@ -488,8 +488,8 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 }
 
 void
-transcript_line(struct transcript *t, const char *now, const char *kind,
-                const unsigned char *line, size_t n, int as_is)
+transcript_line(struct transcript *t, const char *now, const char *kind, const unsigned char *line,
+                size_t n, int as_is)
 {
 	size_t klen = strlen(kind);
 

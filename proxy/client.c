@@ -732,7 +732,8 @@ client_content_run(struct session *s)
 			break;
 		x->scanned = 0;
 		taken++;
-		if (plain && (as_is ? !(len == 3 && p[off] == '.') : client_plain_line(p + off, len))) {
+		if (plain &&
+		    (as_is ? !(len == 3 && p[off] == '.') : client_plain_line(p + off, len))) {
 			client_took_plain(s, len);
 			transcript_line(s->transcript, now, "C:", p + off, len, as_is);
 			off += len;

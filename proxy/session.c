@@ -158,7 +158,7 @@ side_send(struct evbuffer *out, evutil_socket_t fd)
 		iov[i].iov_len = v[i].iov_len;
 	}
 	if (nv == 1) {
-		/* The usual case, a reply or a read's worth: send(2) skips sendmsg's msghdr copy. */
+		/* The usual case (a reply, a read's worth): send(2), no msghdr to copy in. */
 		n = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
 	} else {
 		memset(&mh, 0, sizeof(mh));

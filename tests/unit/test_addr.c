@@ -83,8 +83,10 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ipv4),           cmocka_unit_test(test_ipv6_bracketed),
-	    cmocka_unit_test(test_small_buffer),   cmocka_unit_test(test_unknown_family),
+	    cmocka_unit_test(test_ipv4),
+	    cmocka_unit_test(test_ipv6_bracketed),
+	    cmocka_unit_test(test_small_buffer),
+	    cmocka_unit_test(test_unknown_family),
 	    cmocka_unit_test(test_numeric_rejects),
 	};
 

@@ -193,6 +193,14 @@ def proc_cpu(pid):
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
+def machine_ticks():
+    """(busy, total) clock ticks of all CPUs so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    idle = v[3] + v[4]  # idle and iowait
+    return sum(v) - idle, sum(v)
+
+
 def proc_status(pid, key):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -298,8 +306,12 @@ def bench_throughput(ports, pids, tools, logdirs, recorded):
             for path, port in ports.items():
                 pid = pids.get(path)
                 cpu0 = proc_cpu(pid) if pid else None
+                busy0, total0 = machine_ticks()
                 dt = run_source(tools, port, msgs, extra)
-                run = {"seconds": round(dt, 4), "msgs_per_s": round(msgs / dt, 1)}
+                busy1, total1 = machine_ticks()
+                run = {"seconds": round(dt, 4), "msgs_per_s": round(msgs / dt, 1),
+                       "machine_busy_pct": round(100.0 * (busy1 - busy0)
+                                                 / max(1, total1 - total0), 1)}
                 if pid:
                     cpu1 = proc_cpu(pid)
                     user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
@@ -318,7 +330,9 @@ def bench_throughput(ports, pids, tools, logdirs, recorded):
         res = {"label": label, "messages": msgs, "paths": {}}
         for path, rs in runs.items():
             r = {"runs": rs, "median_msgs_per_s": round(
-                statistics.median(x["msgs_per_s"] for x in rs), 1)}
+                statistics.median(x["msgs_per_s"] for x in rs), 1),
+                 "median_machine_busy_pct": round(
+                statistics.median(x["machine_busy_pct"] for x in rs), 1)}
             if path in pids:
                 for k in ("cpu", "cpu_user", "cpu_sys"):
                     r["median_%s_us_per_msg" % k] = round(
@@ -533,6 +547,14 @@ def report(res):
             row += " | %8.0f %8s %22s" % (r["median_msgs_per_s"],
                                           fmt(r.get("ratio_to_direct"), "%.2f"), cpu)
         lines.append(row)
+    # Why msg/s and CPU per message need not move together: a proxy that leaves the cores
+    # idle while source and sink wait on it loses msg/s without spending more CPU.
+    lines += ["", "Machine CPU busy during those runs (all processes, all %d CPUs; medians)"
+              % e["cpus"]]
+    for path in c["paths"]:
+        lines.append("%-*s | %s" % (w, path, "  ".join(
+            "%s %3.0f%%" % (mode, tp[mode]["paths"][path]["median_machine_busy_pct"])
+            for mode, _, _ in MODES)))
     lines += ["", "NOOP round trip (%d per connection, median of %d connections)"
               % (c["noop"], c["reps"]),
               "%-*s | %10s %10s %10s" % (w, "path", "median us", "p99 us", "added us")]

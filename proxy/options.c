@@ -9,6 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <event2/event.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <pcre2.h>
+
 enum {
 	OPT_LISTEN = 256,
 	OPT_UPSTREAM,
@@ -280,6 +286,30 @@ options_check_tls(struct options *o)
 		o->upstream_name = o->upstream_host;
 }
 
+
+/* mimalloc's, when it is the allocator (weak: absent from a MALLOC=libc build). */
+int mi_version(void) __attribute__((weak));
+
+/*
+ * The version, then what it runs on, as `nginx -V` and `haproxy -vv` tell it: a TLS or
+ * pattern problem report needs the library versions more than ours.
+ */
+static void
+print_version(void)
+{
+	char pcre[32] = "?";
+	int mi = mi_version != NULL ? mi_version() : 0;
+
+	pcre2_config(PCRE2_CONFIG_VERSION, pcre);
+	printf("smtptap %s\n", SMTPTAP_VERSION);
+	printf("libevent %s, %s, PCRE2 %s, jansson %s\n", event_get_version(),
+	       OpenSSL_version(OPENSSL_VERSION), pcre, jansson_version_str());
+	if (mi > 0)
+		printf("allocator: mimalloc %d.%d.%d\n", mi / 100, mi / 10 % 10, mi % 10);
+	else
+		printf("allocator: the C library's malloc\n");
+}
+
 static void
 options_one(struct options *o, int ch, const char *arg)
 {
@@ -363,7 +393,7 @@ options_one(struct options *o, int ch, const char *arg)
 		fputs(usage_text, stdout);
 		exit(0);
 	case OPT_VERSION:
-		printf("smtptap %s\n", SMTPTAP_VERSION);
+		print_version();
 		exit(0);
 	}
 }

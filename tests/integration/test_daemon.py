@@ -1,6 +1,7 @@
 """The program around the relay: options, signals, the events file."""
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -50,7 +51,15 @@ def test_missing_upstream_exits_2(smtptap_bin):
 @pytest.mark.limit(10)
 def test_version_and_help(smtptap_bin):
     r = run(smtptap_bin, "--version")
-    assert r.returncode == 0 and r.stdout == b"smtptap 0.1.0\n"
+    assert r.returncode == 0
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "smtptap 0.1.0"
+    # What it runs on, for a bug report: each library's version, then the allocator.
+    assert re.fullmatch(r"libevent 2\.\S+, OpenSSL 3\.\S+.*, PCRE2 10\.\S+.*, jansson 2\.\S+",
+                        lines[1]), lines
+    assert re.fullmatch(r"allocator: (mimalloc \d+\.\d+\.\d+|the C library's malloc)",
+                        lines[2]), lines
+    assert len(lines) == 3, lines
     r = run(smtptap_bin, "--help")
     assert r.returncode == 0
     for opt in ("--listen", "--upstream", "--log-dir", "--events", "--record", "--max-line",

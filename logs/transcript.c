@@ -284,6 +284,10 @@ transcript_shutdown(void)
 void
 transcript_timestamp(const struct timeval *tv, char *buf, size_t size)
 {
+	static const char digit_pairs[] = "00010203040506070809101112131415161718192021222324"
+	                                   "25262728293031323334353637383940414243444546474849"
+	                                   "50515253545556575859606162636465666768697071727374"
+	                                   "75767778798081828384858687888990919293949596979899";
 	static time_t cached_sec = -1;
 	static char cached[24];
 	struct tm tm;
@@ -304,9 +308,10 @@ transcript_timestamp(const struct timeval *tv, char *buf, size_t size)
 	}
 	memcpy(buf, cached, 19);
 	buf[19] = '.';
-	for (i = 25; i >= 20; i--) {
-		buf[i] = (char)('0' + usec % 10);
-		usec /= 10;
+	/* Two digits at a time: each record has its own microseconds. */
+	for (i = 24; i >= 20; i -= 2) {
+		memcpy(buf + i, digit_pairs + 2 * (usec % 100), 2);
+		usec /= 100;
 	}
 	buf[26] = 'Z';
 	buf[27] = '\0';

@@ -711,7 +711,7 @@ client_content_run(struct session *s)
 	struct side *x = &s->client;
 	size_t max = s->px->opts->max_line, off = x->relayed, lim, len, k, taken = 0;
 	int plain = client_content_plain(s), as_is;
-	const char *now = transcript_now();
+	const char *now = NULL; /* read when a plain line needs it, once per stretch of them */
 	struct evbuffer_iovec v;
 	const unsigned char *p, *lf;
 	struct unit u;
@@ -735,6 +735,8 @@ client_content_run(struct session *s)
 		if (plain &&
 		    (as_is ? !(len == 3 && p[off] == '.') : client_plain_line(p + off, len))) {
 			client_took_plain(s, len);
+			if (now == NULL)
+				now = transcript_now();
 			transcript_line(s->transcript, now, "C:", p + off, len, as_is);
 			off += len;
 			continue;
@@ -745,7 +747,7 @@ client_content_run(struct session *s)
 		client_unit(s, &u);
 		off += len;
 		plain = client_content_plain(s);
-		now = transcript_now();
+		now = NULL; /* client_unit's records took a later time */
 	}
 	return taken;
 }

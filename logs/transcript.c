@@ -384,11 +384,11 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	}
 	t->fd = fd;
 	kept_open++;
-	memcpy(t->day, day, sizeof(t->day));
-	memcpy(t->name, name, sizeof(t->name));
+	memcpy(t->day, day, TS_DAY_LEN + 1);
+	memcpy(t->name, name, strlen(name) + 1);
 	memcpy(t->path, day, TS_DAY_LEN);
 	t->path[TS_DAY_LEN] = '/';
-	memcpy(t->path + TS_DAY_LEN + 1, name, strlen(name) + 1);
+	memcpy(t->path + TS_DAY_LEN + 1, t->name, strlen(t->name) + 1);
 	if (relsize > 0) {
 		strncpy(relpath, t->path, relsize - 1);
 		relpath[relsize - 1] = '\0';

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/instructions.sh [--rules FILE] one|many /abs/path/to/smtptap...
+# bench/instructions.sh [--rules FILE] one|many /abs/path/to/smtptap|haproxy...
 #
 # User-space instructions per message under valgrind's callgrind: a figure that does not
 # move with the load of a shared machine, where msg/s and CPU time swing by 2x from run to
@@ -9,6 +9,9 @@
 # 20 sessions (many, -d).  Prints instructions per message; the profile of each run is
 # kept for callgrind_annotate.  Compare builds measured by the same command, never with
 # the kernel's share (strace -c counts the system calls; bench/run.sh the whole).
+# The word "haproxy" instead of a build measures HAProxy the same way (bench/haproxy.cfg.in,
+# one thread, as callgrind runs threads one at a time anyway): the relay that does nothing
+# but relay, for scale.
 set -euo pipefail
 
 rules=()
@@ -24,9 +27,11 @@ one) msgs=400 opt= ;;
 many) msgs=2000 opt=-d ;;
 *) echo "bench: mode is one or many" >&2; exit 2 ;;
 esac
-for t in valgrind callgrind_control smtp-source smtp-sink python3 timeout; do
+tools=(valgrind callgrind_control smtp-source smtp-sink python3 timeout)
+[[ " $* " == *" haproxy "* ]] && tools+=(haproxy)
+for t in "${tools[@]}"; do
 	command -v "$t" >/dev/null || [ -x "/usr/sbin/$t" ] || {
-		echo "bench: missing $t; install: apt-get install valgrind postfix python3 coreutils" >&2
+		echo "bench: missing $t; install: apt-get install valgrind postfix haproxy python3 coreutils" >&2
 		exit 1
 	}
 done
@@ -62,14 +67,28 @@ smtp-sink -u nobody "127.0.0.1:$sink_port" 1000 >/dev/null 2>&1 </dev/null &
 pids+=($!)
 wait_listening "$sink_port"
 
+here=$(cd "$(dirname "$0")" && pwd)
+# The command line of the relay under test, listening on port $1.
+relay_argv() {
+	if [ "$bin" = haproxy ]; then
+		sed -e "s/@MAXCONN@/1000/" -e "s/@NBTHREAD@/    nbthread 1/" \
+			-e "s/@LISTEN@/127.0.0.1:$1/" -e "s/@UPSTREAM@/127.0.0.1:$sink_port/" \
+			"$here/haproxy.cfg.in" >"$tmp/haproxy.cfg"
+		argv=("$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$tmp/haproxy.cfg")
+		return
+	fi
+	argv=("$bin" --listen "127.0.0.1:$1" --upstream "127.0.0.1:$sink_port" --log-dir "$tmp/logs"
+		--events "$tmp/events.jsonl" "${rules[@]}")
+}
+
 for bin in "$@"; do
 	name=$(basename "$bin")
 	port=$(free_port)
 	out="$tmp/callgrind.$name.$mode.out"
 	rm -rf "$tmp/logs"
-	valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" \
-		--listen "127.0.0.1:$port" --upstream "127.0.0.1:$sink_port" --log-dir "$tmp/logs" \
-		--events "$tmp/events.jsonl" "${rules[@]}" >/dev/null 2>"$tmp/$name.err" </dev/null &
+	relay_argv "$port"
+	valgrind --tool=callgrind --callgrind-out-file="$out" "${argv[@]}" \
+		>/dev/null 2>"$tmp/$name.err" </dev/null &
 	tap=$!
 	pids+=("$tap")
 	# The probe connection is a session too: it is left out with start-up.

@@ -5,7 +5,10 @@ BUILD    ?= build
 CC       ?= cc
 PKGS     := libevent libevent_openssl libpcre2-8 openssl jansson
 WARN     := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wformat=2 -Werror
-CFLAGS   ?= -O2 -g
+# Link-time optimisation: the hot path crosses modules (relay, transcript, escape) in small
+# functions; -flto lets them inline: 2% fewer instructions per one-message session, 5% per
+# message of a long one (bench/instructions.sh).
+CFLAGS   ?= -O2 -g -flto=auto
 SAN      ?=
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DSMTPTAP_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) $(SAN) \
 	-I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -32,7 +35,8 @@ all: $(BUILD)/$(PROG)
 $(BUILD)/$(PROG): $(OBJ) Makefile
 	$(CC) $(ALL_CFLAGS) -o $@ $(OBJ) $(LDLIBS)
 
-$(BUILD)/%.o: %.c
+# Compiled again when the Makefile changes: the flags may have.
+$(BUILD)/%.o: %.c Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
 

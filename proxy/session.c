@@ -857,6 +857,28 @@ side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferev
 	bufferevent_setwatermark(bev, EV_WRITE, SIDE_HIGH_MARK / 2, SIDE_HIGH_MARK);
 }
 
+/* The session id: eight hex digits and a NUL into id, without printf per session. */
+static void
+session_hex_id(char *id, uint32_t r)
+{
+	static const char hex[] = "0123456789abcdef";
+	int i;
+
+	for (i = 7; i >= 0; i--, r >>= 4)
+		id[i] = hex[r & 0xf];
+	id[8] = '\0';
+}
+
+/* src into dst of size octets, cut if need be, always NUL-terminated. */
+static void
+session_copy_text(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 static void
 session_make_id(struct session *s)
 {
@@ -868,7 +890,7 @@ session_make_id(struct session *s)
 	if (left == 0 && getrandom(pool, sizeof(pool), 0) == (ssize_t)sizeof(pool))
 		left = sizeof(pool) / sizeof(pool[0]);
 	r = left > 0 ? pool[--left] : (uint32_t)random();
-	snprintf(s->id, sizeof(s->id), "%08x", r);
+	session_hex_id(s->id, r);
 }
 
 static int
@@ -972,8 +994,8 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 		addr_format(sa, s->client_addr, sizeof(s->client_addr));
 	else
 		snprintf(s->client_addr, sizeof(s->client_addr), "local");
-	snprintf(s->listener_addr, sizeof(s->listener_addr), "%s", listener);
-	snprintf(s->upstream_addr, sizeof(s->upstream_addr), "%s", px->opts->upstream);
+	session_copy_text(s->listener_addr, sizeof(s->listener_addr), listener);
+	session_copy_text(s->upstream_addr, sizeof(s->upstream_addr), px->opts->upstream);
 	side_setup(s, &s->server, SIDE_SERVER, sb);
 	TAILQ_INSERT_TAIL(&px->sessions, s, entry);
 	px->nsessions++;

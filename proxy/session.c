@@ -1032,7 +1032,7 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	(void)salen;
 	if ((s = session_create(px, fd, sa, listener, -1)) == NULL)
 		return NULL;
-	session_nodelay(fd);
+	/* TCP_NODELAY: inherited from the listener (listener_add). */
 	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
 	    px->opts->log_failure_tempfail) {
 		session_unrecorded(s);

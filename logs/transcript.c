@@ -408,6 +408,22 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
  * lines: the lines of one run share it, and a time is formatted once however many use it.
  * Not libevent's cached time: a precise one costs the loop a timerfd_settime call per pass.
  */
+static int clock_held;  /* transcript_clock_hold: one reading serves until released */
+static int clock_fresh; /* ... and it has been taken */
+
+void
+transcript_clock_hold(void)
+{
+	clock_held = 1;
+	clock_fresh = 0;
+}
+
+void
+transcript_clock_release(void)
+{
+	clock_held = 0;
+}
+
 const char *
 transcript_now(void)
 {
@@ -415,6 +431,9 @@ transcript_now(void)
 	static char formatted[32];
 	struct timeval now;
 
+	if (clock_held && clock_fresh)
+		return formatted;
+	clock_fresh = clock_held;
 	gettimeofday(&now, NULL);
 	if (now.tv_sec != last.tv_sec || now.tv_usec != last.tv_usec) {
 		transcript_timestamp(&now, formatted, sizeof(formatted));
@@ -475,11 +494,18 @@ static int
 transcript_record(struct transcript *t, const char *now, const char *kind, size_t klen,
                   const unsigned char *p, size_t n)
 {
+	size_t plain;
+
 	if (n >= 2 && p[n - 2] == '\r' && p[n - 1] == '\n')
 		n -= 2;
 	if (n > (SIZE_MAX - 64) / 4 || transcript_stamp(t, now, kind, klen, 4 * n) != 0)
 		return -1;
-	t->len += escape_into(t->buf + t->len, p, n);
+	/* The plain start (most often the whole line) in one copy; escaping from where it ends. */
+	plain = escape_plain_span(p, n);
+	memcpy(t->buf + t->len, p, plain);
+	t->len += plain;
+	if (plain < n)
+		t->len += escape_into(t->buf + t->len, p + plain, n - plain);
 	t->buf[t->len++] = '\n';
 	return 0;
 }

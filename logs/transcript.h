@@ -35,6 +35,13 @@ void transcript_line(struct transcript *t, const char *now, const char *kind,
 /* The time now as records show it, in a buffer of the module's: valid until the next call. */
 const char *transcript_now(void);
 
+/*
+ * Between hold and release, records share the first clock reading: the lines of one read
+ * arrived together.  Outside, each record reads the clock.
+ */
+void transcript_clock_hold(void);
+void transcript_clock_release(void);
+
 /* Records kind, then verbatim text, then the redaction marker for len secret octets. */
 void transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
                          const char *user);

@@ -821,7 +821,9 @@ side_read_cb(evutil_socket_t fd, short what, void *arg)
 		rc = evbuffer_add(in, buf, (size_t)n);
 		evbuffer_freeze(in, 0);
 		if (rc == 0) {
+			transcript_clock_hold(); /* the records of one read share its time */
 			session_read_cb(x->bev, x);
+			transcript_clock_release();
 			return;
 		}
 		saved = ENOMEM;

@@ -722,8 +722,9 @@ client_content_run(struct session *s)
 	while (off < v.iov_len && s->state == ST_MESSAGE && !s->closing && x->bev != NULL &&
 	       x->relayed == off) {
 		lim = v.iov_len - off < max ? v.iov_len - off : max;
-		k = escape_plain_span(p + off, lim);
-		as_is = k + 2 <= lim && p[off + k] == '\r' && p[off + k + 1] == '\n';
+		/* The scan pays only where a plain line can be recorded as it is. */
+		k = plain ? escape_plain_span(p + off, lim) : 0;
+		as_is = plain && k + 2 <= lim && p[off + k] == '\r' && p[off + k + 1] == '\n';
 		if (as_is)
 			len = k + 2;
 		else if ((lf = memchr(p + off + k, '\n', lim - k)) != NULL)
@@ -732,8 +733,7 @@ client_content_run(struct session *s)
 			break;
 		x->scanned = 0;
 		taken++;
-		if (plain &&
-		    (as_is ? !(len == 3 && p[off] == '.') : client_plain_line(p + off, len))) {
+		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {
 			client_took_plain(s, len);
 			if (now == NULL)
 				now = transcript_now();

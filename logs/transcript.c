@@ -404,8 +404,8 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 }
 
 /*
- * A record's time, read from the clock (the vDSO's, no system call) for each record or run of
- * lines: the lines of one run share it, and a time is formatted once however many use it.
+ * A record's time, read from the clock (the vDSO's, no system call): once for all the records
+ * made while the clock is held (those of one read, session_read_cb), else once per record.
  * Not libevent's cached time: a precise one costs the loop a timerfd_settime call per pass.
  */
 static int clock_held;  /* transcript_clock_hold: one reading serves until released */
@@ -531,7 +531,11 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 			transcript_written(t);
 		return;
 	}
-	n -= 2; /* as_is: it ends with CRLF */
+	/*
+	 * As is, it ends with CRLF and the rest is plain: written here, not by transcript_record,
+	 * whose escape scan and reserve for escaping cost 2.5% of a long session's instructions.
+	 */
+	n -= 2;
 	if (transcript_stamp(t, now, kind, klen, n) != 0)
 		return;
 	memcpy(t->buf + t->len, line, n);

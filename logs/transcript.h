@@ -50,9 +50,9 @@ void transcript_redacted(struct transcript *t, const char *kind, const char *tex
 void transcript_event(struct transcript *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Flushes and closes; t may be NULL. */
 /* Writes what the transcript holds now, not at the next flush tick or at its close. */
 void transcript_sync(struct transcript *t);
+/* Flushes and closes; t may be NULL. */
 void transcript_close(struct transcript *t);
 
 /* An unlinked temporary file in the log directory (held messages); -1 on error. */

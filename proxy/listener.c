@@ -5,8 +5,6 @@
 #include "proxy/listener.h"
 
 #include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +106,6 @@ listener_add(struct proxy *px, const char *addr, int implicit_tls)
 	int len = sizeof(ss);
 	unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
 	struct listener *l;
-	int one = 1;
 
 	memset(&ss, 0, sizeof(ss));
 	if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) != 0) {
@@ -127,13 +124,8 @@ listener_add(struct proxy *px, const char *addr, int implicit_tls)
 		free(l);
 		return -1;
 	}
-	/*
-	 * Replies and commands are small and must not wait for Nagle (nginx's tcp_nodelay).
-	 * Accepted sockets inherit the option from the listener: one call here, not one per
-	 * session.
-	 */
-	if (setsockopt(evconnlistener_get_fd(l->lev), IPPROTO_TCP, TCP_NODELAY, &one,
-	               sizeof(one)) != 0)
+	/* Accepted sockets inherit TCP_NODELAY: one call here, not one per session. */
+	if (session_nodelay(evconnlistener_get_fd(l->lev)) != 0)
 		log_warn("listening on %s: TCP_NODELAY", addr);
 	addr_format((struct sockaddr *)&ss, l->name, sizeof(l->name));
 	l->resume = evtimer_new(px->base, listener_resume_cb, l);

@@ -286,7 +286,6 @@ options_check_tls(struct options *o)
 		o->upstream_name = o->upstream_host;
 }
 
-
 /* mimalloc's, when it is the allocator (weak: absent from a MALLOC=libc build). */
 int mi_version(void) __attribute__((weak));
 

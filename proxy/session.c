@@ -76,6 +76,28 @@ session_state_name(enum smtp_state state)
 	return state_names[state];
 }
 
+/* The session id: eight hex digits and a NUL into id, without printf per session. */
+static void
+session_hex_id(char *id, uint32_t r)
+{
+	static const char hex[] = "0123456789abcdef";
+	int i;
+
+	for (i = 7; i >= 0; i--, r >>= 4)
+		id[i] = hex[r & 0xf];
+	id[8] = '\0';
+}
+
+/* src into dst of size octets, cut if need be, always NUL-terminated. */
+static void
+session_copy_text(char *dst, size_t size, const char *src)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 void
 session_enter_state(struct session *s, enum smtp_state state)
 {
@@ -515,12 +537,15 @@ session_read_cb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	s->last_activity = time(NULL);
+	/* The records of one read, plain or TLS, share its time: its lines arrived together. */
+	transcript_clock_hold();
 	if (x->dir == SIDE_CLIENT)
 		relay_client(s);
 	else
 		relay_server(s);
 	side_check_backpressure(x);
 	session_flush(s);
+	transcript_clock_release();
 }
 
 static void
@@ -669,14 +694,16 @@ session_connected(struct session *s, struct side *x)
 		relay_upstream_secured(s);
 }
 
-/* Replies and commands are small and must not wait for Nagle (nginx's tcp_nodelay). */
-static void
-session_nodelay(evutil_socket_t fd)
+/*
+ * Replies and commands are small and must not wait for Nagle (nginx's tcp_nodelay).  A
+ * listener's accepted sockets inherit it: listener_add sets it once for all of them.
+ */
+int
+session_nodelay(int fd)
 {
 	int one = 1;
 
-	if (fd >= 0)
-		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd >= 0 ? setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) : -1;
 }
 
 static void
@@ -686,13 +713,14 @@ session_upstream_connected(struct session *s)
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
 
-	session_nodelay(bufferevent_getfd(s->server.bev));
+	(void)session_nodelay(bufferevent_getfd(s->server.bev));
 	if (side_direct(s, &s->server) != 0) {
 		session_close(s, "error");
 		return;
 	}
 	if (s->px->upstream_salen > 0)
-		memcpy(s->upstream_addr, s->px->upstream_sa_text, sizeof(s->upstream_addr));
+		session_copy_text(s->upstream_addr, sizeof(s->upstream_addr),
+		                  s->px->upstream_sa_text);
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
@@ -821,9 +849,7 @@ side_read_cb(evutil_socket_t fd, short what, void *arg)
 		rc = evbuffer_add(in, buf, (size_t)n);
 		evbuffer_freeze(in, 0);
 		if (rc == 0) {
-			transcript_clock_hold(); /* the records of one read share its time */
 			session_read_cb(x->bev, x);
-			transcript_clock_release();
 			return;
 		}
 		saved = ENOMEM;
@@ -857,28 +883,6 @@ side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferev
 	x->bev = bev;
 	bufferevent_setcb(bev, session_read_cb, session_write_cb, session_event_cb, x);
 	bufferevent_setwatermark(bev, EV_WRITE, SIDE_HIGH_MARK / 2, SIDE_HIGH_MARK);
-}
-
-/* The session id: eight hex digits and a NUL into id, without printf per session. */
-static void
-session_hex_id(char *id, uint32_t r)
-{
-	static const char hex[] = "0123456789abcdef";
-	int i;
-
-	for (i = 7; i >= 0; i--, r >>= 4)
-		id[i] = hex[r & 0xf];
-	id[8] = '\0';
-}
-
-/* src into dst of size octets, cut if need be, always NUL-terminated. */
-static void
-session_copy_text(char *dst, size_t size, const char *src)
-{
-	size_t n = strnlen(src, size - 1);
-
-	memcpy(dst, src, n);
-	dst[n] = '\0';
 }
 
 static void

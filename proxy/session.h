@@ -208,4 +208,7 @@ void relay_client_secured(struct session *s);
 /* report.c: the session's JSON event. */
 void report_write(struct session *s, const struct timeval *end);
 
+/* TCP_NODELAY on a socket (a listener's, or the upstream's); setsockopt's result. */
+int session_nodelay(int fd);
+
 #endif

@@ -130,10 +130,10 @@ def test_transcript_name_mode_header_and_records(tap, sink):
 
 @pytest.mark.limit(20)
 def test_record_times_are_precise_to_the_microsecond(tap, sink):
-    """A reply is recorded later than the command it answers: each record has its own loop
-    pass's time, from a precise clock.  (libevent's default cached clock is the coarse
-    monotonic one, which moves in steps of milliseconds: a command and its reply had the
-    same time to the microsecond.)"""
+    """A reply is recorded later than the command it answers: the records of each read take
+    their time from a precise clock, read for that read.  (libevent's default cached clock is
+    the coarse monotonic one, which moves in steps of milliseconds: a command and its reply
+    had the same time to the microsecond.)"""
     c = SmtpClient(tap.port)
     assert c.code() == 220
     c.expect("EHLO client.example", 250)

@@ -24,6 +24,7 @@ static int events_failing;
 static struct event *flush_ev; /* made active when a line waits: runs later in the pass */
 static char *pending;
 static size_t pending_len, pending_cap;
+static pthread_mutex_t *shared_lock; /* with worker processes */
 
 static int
 events_open_fd(const char *path)
@@ -78,6 +79,27 @@ events_reopen(void)
 	return 0;
 }
 
+void
+events_share_lock(pthread_mutex_t *lock)
+{
+	shared_lock = lock;
+}
+
+/* A worker killed while it held the lock leaves it to be taken over, not dead for all. */
+static void
+events_lock(void)
+{
+	if (shared_lock != NULL && pthread_mutex_lock(shared_lock) == EOWNERDEAD)
+		pthread_mutex_consistent(shared_lock);
+}
+
+static void
+events_unlock(void)
+{
+	if (shared_lock != NULL)
+		pthread_mutex_unlock(shared_lock);
+}
+
 /* Writes it all, going on after a partial write. */
 static void
 events_put(const char *line, size_t len)
@@ -85,6 +107,7 @@ events_put(const char *line, size_t len)
 	size_t off = 0;
 	ssize_t n;
 
+	events_lock();
 	while (off < len) {
 		n = write(events_fd, line + off, len - off);
 		if (n < 0 && errno == EINTR)
@@ -93,10 +116,11 @@ events_put(const char *line, size_t len)
 			if (!events_failing)
 				log_warn("events file %s: write failed", events_path);
 			events_failing = 1;
-			return;
+			break;
 		}
 		off += (size_t)n;
 	}
+	events_unlock();
 }
 
 /* Writes the pass's lines: whole lines in one write, so appenders never interleave in one. */

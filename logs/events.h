@@ -2,6 +2,7 @@
 #define SMTPTAP_EVENTS_H
 
 #include <jansson.h>
+#include <pthread.h>
 
 struct event_base;
 
@@ -10,6 +11,11 @@ struct event_base;
  * are written at the end of the loop pass that made them, and by events_close.
  */
 int events_open(struct event_base *base, const char *path);
+/*
+ * Worker processes append to one file (or pipe): each write is made under this lock, shared
+ * between processes, so that lines of two workers never interleave, even in a pipe.
+ */
+void events_share_lock(pthread_mutex_t *lock);
 /* Reopens the file after a rotation (SIGHUP); keeps the old one on failure. */
 int events_reopen(void);
 /* Queues obj as one line; write errors are logged once and counted. */

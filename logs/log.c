@@ -10,6 +10,7 @@
 
 static int log_syslog;
 static int log_verbose;
+static char log_tag[32];
 
 void
 log_init(int use_syslog, int verbose)
@@ -20,12 +21,23 @@ log_init(int use_syslog, int verbose)
 		openlog("smtptap", LOG_PID | LOG_NDELAY, LOG_MAIL);
 }
 
+void
+log_set_tag(const char *tag)
+{
+	if (tag == NULL)
+		log_tag[0] = '\0';
+	else
+		snprintf(log_tag, sizeof(log_tag), "%s: ", tag);
+}
+
 static void
 log_vwrite(int pri, const char *level, const char *fmt, va_list ap, const char *err)
 {
 	char msg[2048];
+	size_t tag = strlen(log_tag);
 
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	memcpy(msg, log_tag, tag);
+	vsnprintf(msg + tag, sizeof(msg) - tag, fmt, ap);
 	if (log_syslog) {
 		if (err)
 			syslog(pri, "%s: %s", msg, err);

@@ -3,6 +3,8 @@
 
 /* The program's own log: stderr by default, syslog on request. */
 void log_init(int use_syslog, int verbose);
+/* Names the process in every line from now on ("worker 2"); NULL for none. */
+void log_set_tag(const char *tag);
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warnx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -26,6 +26,7 @@
 #include "proxy/proxy.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
+#include "proxy/workers.h"
 
 /* Each session holds a client socket and an upstream socket (transcripts open per flush). */
 #define FDS_PER_SESSION 2
@@ -78,14 +79,21 @@ reload_rules(struct proxy *px)
 	log_info("rules reloaded: %d rules", rules_count(rs));
 }
 
+/* SIGHUP: a rotated events file, a renewed certificate, edited rules. */
+static void
+reload_all(struct proxy *px)
+{
+	events_reopen();
+	tls_reload();
+	reload_rules(px);
+}
+
 static void
 hup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)sig;
 	(void)what;
-	events_reopen();
-	tls_reload();
-	reload_rules(arg);
+	reload_all(arg);
 }
 
 /* Raises the descriptor limit to what --max-sessions needs, as far as allowed. */
@@ -159,7 +167,6 @@ add_signals(struct event *ev[3])
 	for (int i = 0; i < 3; i++)
 		if (ev[i] == NULL || event_add(ev[i], NULL) != 0)
 			fatalx("signal handlers");
-	signal(SIGPIPE, SIG_IGN);
 }
 
 /*
@@ -178,11 +185,31 @@ upstream_prepare(struct proxy *px, const struct options *o)
 		fatalx("out of memory");
 }
 
+/* The loop that serves sessions, in this process or in each worker. */
+static void
+serve(struct proxy *px)
+{
+	struct event *signals[3];
+
+	/* Made here, not before the workers fork: each resolver has its own socket. */
+	px->dns = evdns_base_new(px->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+	if (px->dns == NULL)
+		fatalx("resolver set-up failed");
+	add_signals(signals);
+	workers_signals_ready();
+	event_base_dispatch(px->base);
+	if (transcript_write_errors() > 0)
+		log_warnx("transcript write errors since start: %llu",
+		          (unsigned long long)transcript_write_errors());
+	for (int i = 0; i < 3; i++)
+		event_free(signals[i]);
+	evdns_base_free(px->dns, 0);
+}
+
 int
 main(int argc, char **argv)
 {
 	static struct options opts;
-	struct event *signals[3];
 	int i;
 
 	if (argc > 1 && strcmp(argv[1], "--check-rules") == 0)
@@ -201,9 +228,6 @@ main(int argc, char **argv)
 	 */
 	if ((proxy.base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
-	proxy.dns = evdns_base_new(proxy.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
-	if (proxy.dns == NULL)
-		fatalx("resolver set-up failed");
 	upstream_prepare(&proxy, &opts);
 	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
 		fatalx("rule files have errors");
@@ -212,21 +236,17 @@ main(int argc, char **argv)
 	if (tls_init(&opts) != 0)
 		fatalx("TLS set-up failed (certificate, key or CA file)");
 	for (i = 0; i < opts.nlisten; i++)
-		if (listener_add(&proxy, opts.listen[i], 0) != 0)
+		if (listener_add(&proxy, opts.listen[i], 0, opts.workers) != 0)
 			fatal("--listen %s", opts.listen[i]);
 	for (i = 0; i < opts.nlisten_tls; i++)
-		if (listener_add(&proxy, opts.listen_tls[i], 1) != 0)
+		if (listener_add(&proxy, opts.listen_tls[i], 1, opts.workers) != 0)
 			fatal("--listen-tls %s", opts.listen_tls[i]);
-	add_signals(signals);
+	signal(SIGPIPE, SIG_IGN);
 	drop_privileges(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
-	event_base_dispatch(proxy.base);
-	if (transcript_write_errors() > 0)
-		log_warnx("transcript write errors since start: %llu",
-		          (unsigned long long)transcript_write_errors());
+	if (opts.workers == 1 || workers_run(&proxy, opts.workers, reload_all) == WORKERS_IN_WORKER)
+		serve(&proxy);
 	log_info("exiting");
-	for (i = 0; i < 3; i++)
-		event_free(signals[i]);
 	if (proxy.grace_timer != NULL)
 		event_free(proxy.grace_timer);
 	listener_close_all();
@@ -234,7 +254,6 @@ main(int argc, char **argv)
 	tls_cleanup();
 	rules_free(proxy.rules);
 	events_close();
-	evdns_base_free(proxy.dns, 0);
 	event_base_free(proxy.base);
 	free(proxy.upstream_text);
 	return 0;

@@ -41,6 +41,7 @@ enum {
 	OPT_RULES,
 	OPT_HOLD_MEMORY,
 	OPT_ON_LOG_FAILURE,
+	OPT_WORKERS,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -71,6 +72,7 @@ static const struct option long_options[] = {
     {"rules", required_argument, NULL, OPT_RULES},
     {"hold-memory", required_argument, NULL, OPT_HOLD_MEMORY},
     {"on-log-failure", required_argument, NULL, OPT_ON_LOG_FAILURE},
+    {"workers", required_argument, NULL, OPT_WORKERS},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -90,6 +92,8 @@ static const char usage_text[] =
     "  --connect-timeout SECS   upstream connect limit (default 30)\n"
     "  --idle-timeout SECS      idle session limit (default 300)\n"
     "  --grace SECS             time sessions get to finish on SIGTERM (default 30)\n"
+    "  --workers N|auto         worker processes sharing the listeners (default 1;\n"
+    "                           auto: one per CPU)\n"
     "  --listen-tls ADDR:PORT   implicit-TLS listener, SMTPS (repeatable)\n"
     "  --tls-cert FILE --tls-key FILE  certificate (PEM, chain allowed) and key\n"
     "  --tls-mode terminate|passthrough|strip  client STARTTLS handling\n"
@@ -137,6 +141,21 @@ options_number(const char *opt, const char *what, const char *s, unsigned long l
 	return v;
 }
 
+/* --workers: a count, or "auto" for one per CPU online (as nginx's worker_processes). */
+static unsigned
+options_workers(const char *arg)
+{
+	long cpus;
+
+	if (strcmp(arg, "auto") != 0)
+		return (unsigned)options_number("--workers", "invalid count (1 to 64, or auto)",
+		                                arg, 1, OPT_MAX_WORKERS);
+	cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	if (cpus < 1)
+		return 1;
+	return cpus > OPT_MAX_WORKERS ? OPT_MAX_WORKERS : (unsigned)cpus;
+}
+
 int
 options_split_hostport(const char *s, char **host, char **port, const char **why)
 {
@@ -181,6 +200,7 @@ options_defaults(struct options *o)
 	o->connect_timeout = 30;
 	o->idle_timeout = 300;
 	o->grace = 30;
+	o->workers = 1;
 	o->upstream_verify = VERIFY_NAME;
 	o->hold_memory = 1048576;
 	o->upstream_tls = UPSTREAM_STARTTLS;
@@ -372,6 +392,9 @@ options_one(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_SYSLOG:
 		o->use_syslog = 1;
+		break;
+	case OPT_WORKERS:
+		o->workers = options_workers(arg);
 		break;
 	case OPT_LISTEN_TLS:
 		if (o->nlisten_tls == OPT_MAX_LISTEN)

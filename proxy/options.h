@@ -5,6 +5,7 @@
 #include <stdint.h>
 
 #define OPT_MAX_LISTEN 16
+#define OPT_MAX_WORKERS 64
 
 enum record_level { RECORD_BODY, RECORD_HEADERS, RECORD_NONE };
 enum bare_newline { BARE_NORMALIZE, BARE_REJECT, BARE_PASS };
@@ -30,6 +31,7 @@ struct options {
 	unsigned connect_timeout;
 	unsigned idle_timeout;
 	unsigned grace;
+	unsigned workers; /* processes; 1: this one serves the sessions itself */
 	const char *tls_cert;
 	const char *tls_key;
 	enum tls_mode tls_mode;

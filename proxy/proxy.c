@@ -1,4 +1,4 @@
-/* What all sessions share: shutdown with a grace period. */
+/* What all sessions share: places under --max-sessions, and shutdown with a grace period. */
 #include "proxy/proxy.h"
 
 #include <event2/event.h>
@@ -8,9 +8,35 @@
 #include "proxy/options.h"
 #include "proxy/session.h"
 
+int
+proxy_session_admit(struct proxy *px)
+{
+	unsigned max = px->opts->max_sessions;
+
+	if (px->shared == NULL)
+		return px->nsessions >= max ? -1 : 0;
+	/* A place is taken before it is checked: two workers can't both take the last one. */
+	if (atomic_fetch_add(&px->shared->total, 1) >= max) {
+		atomic_fetch_sub(&px->shared->total, 1);
+		return -1;
+	}
+	atomic_fetch_add(&px->shared->of_worker[px->worker], 1);
+	return 0;
+}
+
+void
+proxy_session_unadmit(struct proxy *px)
+{
+	if (px->shared == NULL)
+		return;
+	atomic_fetch_sub(&px->shared->of_worker[px->worker], 1);
+	atomic_fetch_sub(&px->shared->total, 1);
+}
+
 void
 proxy_session_gone(struct proxy *px)
 {
+	proxy_session_unadmit(px);
 	if (px->shutting_down && px->nsessions == 0)
 		event_base_loopexit(px->base, NULL);
 }

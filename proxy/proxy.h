@@ -1,6 +1,8 @@
 #ifndef SMTPTAP_PROXY_H
 #define SMTPTAP_PROXY_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 
@@ -8,6 +10,17 @@ struct event_base;
 struct evdns_base;
 struct options;
 struct session;
+
+/*
+ * What the worker processes share (--workers), in memory mapped before they are forked: the
+ * session counts, so that --max-sessions holds for all of them together and the supervisor can
+ * take back a dead worker's places, and the events file's lock.
+ */
+struct proxy_shared {
+	atomic_uint total;
+	atomic_uint of_worker[64]; /* OPT_MAX_WORKERS */
+	pthread_mutex_t events_lock;
+};
 
 /* What all sessions share: the loop, the resolver, the options and the session list. */
 struct proxy {
@@ -24,7 +37,14 @@ struct proxy {
 	int shutting_down;
 	struct event *grace_timer;
 	struct ruleset *rules; /* in force for sessions that start now */
+	struct proxy_shared *shared; /* NULL with one process */
+	unsigned worker;             /* this process's worker slot (0 with one process) */
 };
+
+/* Takes a place for a new session under --max-sessions: 0, or -1 when all are taken. */
+int proxy_session_admit(struct proxy *px);
+/* Gives back a place that admit took when no session came of it. */
+void proxy_session_unadmit(struct proxy *px);
 
 /* Called by a session as it is freed: lets a shutdown end when the last one goes. */
 void proxy_session_gone(struct proxy *px);

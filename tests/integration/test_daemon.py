@@ -29,6 +29,9 @@ def run(binary, *args, timeout=5):
     (["--max-sessions", "-3"], "--max-sessions"),
     (["--upstream", "no-port-here"], "--upstream"),
     (["--listen", "127.0.0.1:99999"], "--listen"),
+    (["--workers", "0"], "--workers"),
+    (["--workers", "many"], "--workers"),
+    (["--workers", "65"], "--workers"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bad_option_exits_2_with_one_line(smtptap_bin, args, named):
     argv = args if "--upstream" in args else ["--upstream", "127.0.0.1:25"] + args

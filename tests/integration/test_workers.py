@@ -1,0 +1,201 @@
+"""--workers N: worker processes sharing the listeners, under one supervisor."""
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import harness
+from harness import SmtpClient
+
+
+def children(pid):
+    """The PIDs of a process's children (the workers of a supervisor)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def pid_alive(pid):
+    """True while pid exists and is not a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def workers_of(tap, n):
+    return harness.wait_until(lambda: (lambda c: c if len(c) == n else None)(children(tap.pid)),
+                              5, what="%d workers" % n)
+
+
+def smtp_source(port, sessions, messages):
+    if not os.access(harness.SMTP_SOURCE, os.X_OK):
+        pytest.skip("smtp-source not installed (package postfix)")
+    r = subprocess.run([harness.SMTP_SOURCE, "-s", str(sessions), "-m", str(messages),
+                        "-l", "500", "-f", "a@example.com", "-t", "b@example.net",
+                        "127.0.0.1:%d" % port],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+    assert r.returncode == 0, r.stdout.decode()[-2000:]
+
+
+def one_session(port):
+    c = SmtpClient(port)
+    assert c.code() == 220
+    c.expect("QUIT", 221)
+    c.read_until_eof(3)
+
+
+@pytest.mark.limit(60)
+def test_two_workers_serve_and_record_every_session(tap_factory, sink):
+    tap = tap_factory(sink.port, "--workers", "2")
+    pids = workers_of(tap, 2)
+    smtp_source(tap.port, 20, 200)
+    sink.wait_messages(200, timeout=20)
+    evs = tap.wait_events(200, timeout=20)
+    assert len({e["session"] for e in evs}) == 200
+    assert all(e["reason"] == "quit" for e in evs)
+    assert len(tap.transcript_paths()) == 200
+    # Both took clients: the kernel spreads them over the workers' sockets.
+    err = tap.stderr()
+    for n, pid in enumerate(pids, 1):
+        assert "worker %d started (pid %d)" % (n, pid) in err or "(pid %d)" % pid in err
+    served = {n for n in (1, 2) if "worker %d: session=" % n in err}
+    assert served == {1, 2}, "sessions served by workers %s only" % served
+    assert tap.stop() == 0
+    assert not any(pid_alive(p) for p in pids), "a worker outlived the supervisor's exit"
+
+
+@pytest.mark.limit(30)
+def test_max_sessions_counts_all_workers(tap_factory, sink):
+    tap = tap_factory(sink.port, "--workers", "2", "--max-sessions", "4")
+    workers_of(tap, 2)
+    held = []
+    for _ in range(4):
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        held.append(c)
+    extra = SmtpClient(tap.port)
+    r = extra.reply()
+    assert r and r[0].startswith(b"421 4.3.2 "), r
+    # A place freed in either worker is free for all.
+    held.pop().expect("QUIT", 221)
+
+    def admitted():
+        c = SmtpClient(tap.port)
+        r = c.reply()
+        if r and r[0].startswith(b"220"):
+            held.append(c)
+            return True
+        return None
+
+    harness.wait_until(admitted, 5, interval=0.1, what="a place to come free")
+    for c in held:
+        c.expect("QUIT", 221)
+
+
+@pytest.mark.limit(30)
+def test_sigterm_lets_open_sessions_finish_then_all_exit(tap_factory, sink):
+    tap = tap_factory(sink.port, "--workers", "2")
+    pids = workers_of(tap, 2)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    tap.signal(signal.SIGTERM)
+    harness.wait_until(lambda: not harness.is_listening(tap.port), 2, what="the listeners to close")
+    assert harness.port_refuses(tap.port)
+    assert tap.alive(), "the supervisor exited with a session open"
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: shutdown\r\n\r\nstill delivered\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    assert tap.wait_exit(5) == 0
+    assert not any(pid_alive(p) for p in pids)
+    (m,) = sink.wait_messages(1)
+    assert m.content.endswith(b"still delivered\n")
+    assert "all workers ended" in tap.stderr()
+
+
+@pytest.mark.limit(40)
+def test_a_killed_worker_is_replaced_and_its_places_freed(tap_factory, sink):
+    tap = tap_factory(sink.port, "--workers", "2", "--max-sessions", "2")
+    old = workers_of(tap, 2)
+    held = [SmtpClient(tap.port) for _ in range(2)]
+    for c in held:
+        assert c.code() == 220
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    for c in held:
+        c.read_until_eof(5)
+    new = harness.wait_until(
+        lambda: (lambda c: c if len(c) == 2 and not set(c) & set(old) else None)(children(tap.pid)),
+        5, what="two new workers")
+    assert "killed by signal 9" in tap.stderr()
+    # The dead workers' two places are free again: two sessions are admitted.
+    assert all(pid_alive(p) for p in new)
+    again = [SmtpClient(tap.port) for _ in range(2)]
+    for c in again:
+        assert c.code() == 220
+        c.expect("QUIT", 221)
+    assert tap.stop() == 0
+
+
+@pytest.mark.limit(30)
+def test_workers_end_when_the_supervisor_is_killed(tap_factory, sink):
+    tap = tap_factory(sink.port, "--workers", "2")
+    pids = workers_of(tap, 2)
+    tap.signal(signal.SIGKILL)
+    tap.wait_exit(5)
+    harness.wait_until(lambda: not any(pid_alive(p) for p in pids), 5,
+                       what="the workers to end with their supervisor")
+    assert harness.port_refuses(tap.port)
+
+
+@pytest.mark.limit(30)
+def test_sighup_reopens_the_events_file_in_every_worker(tap_factory, sink):
+    tap = tap_factory(sink.port, "--workers", "2")
+    workers_of(tap, 2)
+    for _ in range(10):
+        one_session(tap.port)
+    first = tap.wait_events(10)
+    rotated = tap.events_path + ".1"
+    os.rename(tap.events_path, rotated)
+    tap.signal(signal.SIGHUP)
+    harness.wait_until(lambda: tap.stderr().count("events file %s reopened" % tap.events_path) >= 3,
+                       3, what="the supervisor and both workers to reopen")
+    for _ in range(10):
+        one_session(tap.port)
+    second = tap.wait_events(10)
+    assert len(tap.events(rotated)) == 10
+    assert not {e["session"] for e in first} & {e["session"] for e in second}
+
+
+@pytest.mark.limit(60)
+def test_event_lines_to_a_pipe_never_interleave(tap_factory, sink):
+    """--events - with two workers writing into one pipe: every line whole."""
+    tap = tap_factory(sink.port, "--workers", "2", start=False)
+    tap.events_path = "-"
+    tap.proc = subprocess.Popen(tap.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=open(tap.stderr_path, "wb"), cwd=tap.workdir)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.append(tap.proc.stdout.read()), daemon=True)
+    reader.start()
+    harness.wait_listening(tap.port, 5, alive=tap.alive)
+    smtp_source(tap.port, 40, 400)
+    sink.wait_messages(400, timeout=20)
+    assert tap.stop() == 0
+    reader.join(5)
+    lines = chunks[0].split(b"\n")
+    assert lines.pop() == b""
+    evs = [json.loads(l) for l in lines]
+    assert len(evs) == 400
+    assert len({e["session"] for e in evs}) == 400

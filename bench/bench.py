@@ -20,7 +20,10 @@ Knobs (environment): BENCH_REPS, BENCH_MSGS_ONE, BENCH_MSGS_MANY, BENCH_SESSIONS
 BENCH_MSGLEN, BENCH_NOOP, BENCH_IDLE, BENCH_HOLD (0: skip), BENCH_PATHS (comma
 list of direct,haproxy,smtptap,smtptap-rules,smtptap-disk; default the first four;
 smtptap-rules loads bench/rules100.rules: 100 rules, every scope, none matching),
-BENCH_HAPROXY_NBTHREAD (default: HAProxy's own).
+BENCH_HAPROXY_NBTHREAD (default: HAProxy's own), BENCH_SMTPTAP_WORKERS (--workers of every
+smtptap path but smtptap-1w; default auto, one per CPU, as HAProxy's threads).
+"smtptap-1w" is the same binary as one process (--workers 1), in the default paths.
+A proxy's CPU time, RSS and descriptors are those of its process and its children (workers).
 "smtptap" writes its transcripts under --logs (run.sh: tmpfs); "smtptap-disk" is
 the same binary writing under --tmp, to show what the file system costs.
 BENCH_SMTPTAP_B=/path/to/other/smtptap adds the path "smtptap-b": a second build
@@ -56,7 +59,9 @@ CONF = {
     "noop": env_int("BENCH_NOOP", 2000),
     "idle": env_int("BENCH_IDLE", 2000),
     "hold": env_int("BENCH_HOLD", 10000),
-    "paths": os.environ.get("BENCH_PATHS", "direct,haproxy,smtptap,smtptap-rules").split(","),
+    "paths": os.environ.get("BENCH_PATHS",
+                            "direct,haproxy,smtptap,smtptap-1w,smtptap-rules").split(","),
+    "workers": os.environ.get("BENCH_SMTPTAP_WORKERS", "auto"),
     "haproxy_nbthread": os.environ.get("BENCH_HAPROXY_NBTHREAD", ""),
     "warmup_msgs": 2000,
     "client_timeout": 300,
@@ -185,12 +190,30 @@ def wait_smtp(procs, name, port, seconds=10):
                      % (name, port, seconds, last, tail(procs.errfile(name))))
 
 
+def proc_children(pid):
+    """A process's children (smtptap's workers), from /proc."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def proc_tree(pid):
+    return [pid] + proc_children(pid)
+
+
 def proc_cpu(pid):
-    """(utime, stime) of a process, all its threads, in seconds."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rpartition(")")[2].split()
+    """(utime, stime) of a process and its children (workers), all threads, in seconds.
+    A child that ended during the run would be missed: the run checks the workers' PIDs."""
     tck = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tck, int(fields[12]) / tck
+    user = system = 0
+    for p in proc_tree(pid):
+        with open("/proc/%d/stat" % p) as f:
+            fields = f.read().rpartition(")")[2].split()
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / tck, system / tck
 
 
 def machine_ticks():
@@ -201,16 +224,19 @@ def machine_ticks():
     return sum(v) - idle, sum(v)
 
 
-def proc_status(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return None
+def proc_status(pid, key, tree=True):
+    """A /proc/PID/status figure, summed over the process and its children (workers)."""
+    total = None
+    for p in proc_tree(pid) if tree else [pid]:
+        with open("/proc/%d/status" % p) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    total = (total or 0) + int(line.split()[1])
+    return total
 
 
 def proc_fds(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
+    return sum(len(os.listdir("/proc/%d/fd" % p)) for p in proc_tree(pid))
 
 
 def start_sink(procs, tools):
@@ -254,7 +280,8 @@ def start_smtptap(procs, smtptap, name, upstream_port, logdir):
             "--upstream", "127.0.0.1:%d" % upstream_port,
             "--log-dir", logdir,
             "--events", os.path.join(d, "events.jsonl"),
-            "--max-sessions", "20000"]
+            "--max-sessions", "20000",
+            "--workers", "1" if name == "smtptap-1w" else CONF["workers"]]
     if name == "smtptap-rules":
         argv += ["--rules", RULES100]  # 100 rules across every scope, none matching
     procs.start(name, argv)
@@ -319,7 +346,7 @@ def bench_throughput(ports, pids, tools, logdirs, recorded):
                     run["cpu_user_us_per_msg"] = round(user / msgs * 1e6, 2)
                     run["cpu_sys_us_per_msg"] = round(system / msgs * 1e6, 2)
                 runs[path].append(run)
-                if path in ("smtptap", "smtptap-b"):
+                if path in ("smtptap", "smtptap-1w", "smtptap-b"):
                     # tmpfs: count and delete as we go so that RAM stays bounded.
                     # Not on disk: see the note on deleting files in run.sh.
                     tally_transcripts(logdirs[path], recorded.setdefault(path, {}), True)
@@ -446,10 +473,20 @@ def bench_idle(procs, tools, smtptap, paths, logbase):
     return out
 
 
+def fd_ceiling(pid, nofile, fds_per_session):
+    """About how many sessions the open-file limit leaves room for, over the serving processes."""
+    if not fds_per_session:
+        return None
+    serving = proc_children(pid) or [pid]
+    used = sum(len(os.listdir("/proc/%d/fd" % p)) for p in serving)
+    return int((len(serving) * nofile - used) / fds_per_session)
+
+
 def bench_hold(procs, name, port, pid, fds0, fds_per_session):
     """Open BENCH_HOLD sessions at once through smtptap; count the greetings."""
     wait_quiet(pid, fds0)
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = fd_ceiling(pid, nofile[0], fds_per_session)
     client = IdleClient(port, CONF["hold"], 60)
     time.sleep(1)
     alive = procs.live[name].poll() is None
@@ -458,8 +495,9 @@ def bench_hold(procs, name, port, pid, fds0, fds_per_session):
          "smtptap_fds": proc_fds(pid) if alive else None,
          "smtptap_rss_kib": proc_status(pid, "VmRSS") if alive else None,
          "rlimit_nofile": list(nofile),
-         "fd_ceiling_sessions": int((nofile[0] - fds0) / fds_per_session)
-         if fds_per_session else None}
+         "processes": len(proc_tree(pid)) if alive else None,
+         # Each serving process (each worker, or the one process) has its own table.
+         "fd_ceiling_sessions": ceiling}
     client.release()
     log("hold %d/%d sessions greeted through smtptap (fds %s, RSS %s KiB)"
         % (r["greeted"], r["requested"], r["smtptap_fds"], r["smtptap_rss_kib"]))
@@ -517,8 +555,10 @@ def report(res):
         "  %s; postfix %s smtp-source/smtp-sink; %s (tree %s)" % (
             (e["haproxy"] or "haproxy ?").split(" - ")[0], e["postfix"],
             e["smtptap"] or "smtptap not run", e.get("commit")),
-        "  haproxy: mode tcp, maxconn %s, %s threads; smtptap: --record body (full transcripts)"
-        % (res.get("haproxy_maxconn"), res.get("haproxy_threads")),
+        "  haproxy: mode tcp, maxconn %s, %s threads; smtptap: --record body (full transcripts),"
+        " --workers %s (%s processes with the supervisor); smtptap-1w: --workers 1"
+        % (res.get("haproxy_maxconn"), res.get("haproxy_threads"), c["workers"],
+           res.get("smtptap_processes", {}).get("smtptap", "?")),
         "  smtptap --log-dir on %s%s%s" % (
             res.get("logfs"), "; smtptap-disk: --log-dir on " + res.get("diskfs", "?")
             if "smtptap-disk" in c["paths"] else "",
@@ -575,10 +615,10 @@ def report(res):
     hold = idle.get("hold")
     if hold:
         lines += ["", "Concurrent sessions through smtptap: %d of %d greeted; smtptap %s, "
-                  "%s fds, RSS %s KiB" % (
+                  "%s fds, RSS %s KiB in %s processes" % (
                       hold["greeted"], hold["requested"],
                       "alive" if hold["smtptap_alive"] else "DEAD", hold["smtptap_fds"],
-                      hold["smtptap_rss_kib"]),
+                      hold["smtptap_rss_kib"], hold.get("processes")),
                   "  open-file limit %d (hard %d): room for about %s sessions at the fds/session above"
                   % (hold["rlimit_nofile"][0], hold["rlimit_nofile"][1],
                      fmt(hold["fd_ceiling_sessions"], "%d"))]
@@ -657,10 +697,11 @@ def main():
     args = ap.parse_args()
     if os.environ.get("BENCH_SMTPTAP_B") and "smtptap-b" not in CONF["paths"]:
         CONF["paths"].append("smtptap-b")
-    paths = [p for p in ("direct", "haproxy", "smtptap", "smtptap-rules", "smtptap-b",
+    paths = [p for p in ("direct", "haproxy", "smtptap", "smtptap-1w", "smtptap-rules", "smtptap-b",
                          "smtptap-disk") if p in CONF["paths"]]
     CONF["paths"] = paths
     binaries = {"smtptap": args.smtptap, "smtptap-disk": args.smtptap,
+                "smtptap-1w": args.smtptap,
                 "smtptap-rules": args.smtptap,
                 "smtptap-b": os.environ.get("BENCH_SMTPTAP_B")}
     taps = [p for p in paths if p.startswith("smtptap")]
@@ -677,6 +718,7 @@ def main():
     if "smtptap-b" in taps:
         res["env"]["smtptap_b"] = binaries["smtptap-b"]
     logdirs = {"smtptap": os.path.join(args.logs, "smtptap"),
+               "smtptap-1w": os.path.join(args.logs, "smtptap-1w"),
                "smtptap-b": os.path.join(args.logs, "smtptap-b"),
                "smtptap-rules": os.path.join(args.logs, "smtptap-rules"),
                "smtptap-disk": os.path.join(args.tmp, "smtptap-disk", "logs")}
@@ -687,16 +729,23 @@ def main():
         if "haproxy" in paths:
             ports["haproxy"], res["haproxy_maxconn"] = start_haproxy(procs, tools, "haproxy", sink)
             pids["haproxy"] = procs.live["haproxy"].pid
-            res["haproxy_threads"] = proc_status(pids["haproxy"], "Threads")
+            res["haproxy_threads"] = proc_status(pids["haproxy"], "Threads", tree=False)
         for tap in taps:
             ports[tap] = start_smtptap(procs, binaries[tap], tap, sink, logdirs[tap])
             pids[tap] = procs.live[tap].pid
+        time.sleep(0.5)
+        workers = {tap: proc_children(pids[tap]) for tap in taps}
+        res["smtptap_processes"] = {tap: 1 + len(w) for tap, w in workers.items()}
         ports = {p: ports[p] for p in paths}
         logdirs = {p: d for p, d in logdirs.items() if p in paths}
         log("ports: %s; smtp-sink upstream %d" % (ports, sink))
         recorded = {}
         res["throughput"] = bench_throughput(ports, pids, tools, logdirs, recorded)
         res["noop"] = bench_noop(ports) if CONF["noop"] > 0 else {}
+        for tap in taps:
+            if proc_children(pids[tap]) != workers[tap]:
+                raise BenchError("%s: a worker was replaced during the run (see %s): its CPU "
+                                 "time is lost" % (tap, procs.errfile(tap)))
         for name in taps + ["haproxy", "smtp-sink"]:
             rc = procs.stop(name)
             if name in taps:

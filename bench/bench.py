@@ -20,8 +20,9 @@ Knobs (environment): BENCH_REPS, BENCH_MSGS_ONE, BENCH_MSGS_MANY, BENCH_SESSIONS
 BENCH_MSGLEN, BENCH_NOOP, BENCH_IDLE, BENCH_HOLD (0: skip), BENCH_PATHS (comma
 list of direct,haproxy,smtptap,smtptap-rules,smtptap-disk; default the first four;
 smtptap-rules loads bench/rules100.rules: 100 rules, every scope, none matching),
-BENCH_HAPROXY_NBTHREAD (default: HAProxy's own), BENCH_SMTPTAP_WORKERS (--workers of every
-smtptap path but smtptap-1w; default auto, one per CPU, as HAProxy's threads).
+BENCH_HAPROXY_NBTHREAD (default: HAProxy's own), BENCH_SMTPTAP_ARGS (options of every
+smtptap path but smtptap-1w; default "--workers auto": a worker per CPU, as HAProxy's
+threads), BENCH_SMTPTAP_B_ARGS (options of smtptap-b instead: an A/B test of options).
 "smtptap-1w" is the same binary as one process (--workers 1), in the default paths.
 A proxy's CPU time, RSS and descriptors are those of its process and its children (workers).
 "smtptap" writes its transcripts under --logs (run.sh: tmpfs); "smtptap-disk" is
@@ -61,7 +62,8 @@ CONF = {
     "hold": env_int("BENCH_HOLD", 10000),
     "paths": os.environ.get("BENCH_PATHS",
                             "direct,haproxy,smtptap,smtptap-1w,smtptap-rules").split(","),
-    "workers": os.environ.get("BENCH_SMTPTAP_WORKERS", "auto"),
+    "smtptap_args": os.environ.get("BENCH_SMTPTAP_ARGS", "--workers auto").split(),
+    "smtptap_b_args": os.environ.get("BENCH_SMTPTAP_B_ARGS"),
     "haproxy_nbthread": os.environ.get("BENCH_HAPROXY_NBTHREAD", ""),
     "warmup_msgs": 2000,
     "client_timeout": 300,
@@ -280,8 +282,13 @@ def start_smtptap(procs, smtptap, name, upstream_port, logdir):
             "--upstream", "127.0.0.1:%d" % upstream_port,
             "--log-dir", logdir,
             "--events", os.path.join(d, "events.jsonl"),
-            "--max-sessions", "20000",
-            "--workers", "1" if name == "smtptap-1w" else CONF["workers"]]
+            "--max-sessions", "20000"]
+    if name == "smtptap-1w":
+        argv += ["--workers", "1"]
+    elif name == "smtptap-b" and CONF["smtptap_b_args"] is not None:
+        argv += CONF["smtptap_b_args"].split()
+    else:
+        argv += CONF["smtptap_args"]
     if name == "smtptap-rules":
         argv += ["--rules", RULES100]  # 100 rules across every scope, none matching
     procs.start(name, argv)
@@ -556,8 +563,8 @@ def report(res):
             (e["haproxy"] or "haproxy ?").split(" - ")[0], e["postfix"],
             e["smtptap"] or "smtptap not run", e.get("commit")),
         "  haproxy: mode tcp, maxconn %s, %s threads; smtptap: --record body (full transcripts),"
-        " --workers %s (%s processes with the supervisor); smtptap-1w: --workers 1"
-        % (res.get("haproxy_maxconn"), res.get("haproxy_threads"), c["workers"],
+        " %s (%s processes with the supervisor); smtptap-1w: --workers 1"
+        % (res.get("haproxy_maxconn"), res.get("haproxy_threads"), " ".join(c["smtptap_args"]),
            res.get("smtptap_processes", {}).get("smtptap", "?")),
         "  smtptap --log-dir on %s%s%s" % (
             res.get("logfs"), "; smtptap-disk: --log-dir on " + res.get("diskfs", "?")

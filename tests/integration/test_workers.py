@@ -11,6 +11,7 @@ import pytest
 
 import harness
 from harness import SmtpClient
+from tls_peers import certs  # noqa: F401  (fixture)
 
 
 def children(pid):
@@ -199,3 +200,51 @@ def test_event_lines_to_a_pipe_never_interleave(tap_factory, sink):
     evs = [json.loads(l) for l in lines]
     assert len(evs) == 400
     assert len({e["session"] for e in evs}) == 400
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root")
+@pytest.mark.limit(30)
+def test_workers_run_as_user_with_no_capability(tap_factory, sink):
+    """--user: root is dropped once, before the workers are forked; none of them is root."""
+    import pwd
+
+    import hostile_peers as hp
+
+    nobody = pwd.getpwnam("nobody")
+    tap = tap_factory(sink.port, "--workers", "2", "--user", "nobody")
+    pids = workers_of(tap, 2)
+    for pid in [tap.pid] + pids:
+        assert hp.uids(pid) == (nobody.pw_uid,) * 4, (pid, hp.proc_status(pid)["Uid"])
+        assert hp.gids(pid) == (nobody.pw_gid,) * 4, (pid, hp.proc_status(pid)["Gid"])
+        assert int(hp.proc_status(pid)["CapEff"], 16) == 0, pid
+    for _ in range(6):
+        hp.normal_session(tap, sink=sink)
+
+
+@pytest.mark.limit(40)
+def test_implicit_tls_in_every_worker(tap_factory, sink, certs):
+    """Each worker has its own socket of the --listen-tls address and its own TLS state."""
+    from tls_peers import client_context
+
+    tls_port = harness.free_port()
+    tap = tap_factory(sink.port, "--workers", "2", "--listen-tls", "127.0.0.1:%d" % tls_port,
+                      *certs.proxy_args("proxy"))
+    harness.wait_listening(tls_port, 5.0, alive=tap.alive)
+    workers_of(tap, 2)
+    ctx = client_context(certs.pem("proxy"), check_hostname=False)
+    for i in range(12):
+        c = SmtpClient(tls_port)
+        c.sock = ctx.wrap_socket(c.sock)
+        assert c.code() == 220
+        c.expect("EHLO client.example", 250)
+        c.expect("MAIL FROM:<a@example.com>", 250)
+        c.expect("RCPT TO:<b@example.net>", 250)
+        c.expect("DATA", 354)
+        c.send(b"Subject: tls %d\r\n\r\nover implicit TLS\r\n.\r\n" % i)
+        assert c.code() == 250
+        c.expect("QUIT", 221)
+    sink.wait_messages(12)
+    evs = tap.wait_events(12)
+    assert all(e["tls"]["client"]["version"].startswith("TLSv1.") for e in evs), evs[0]
+    err = tap.stderr()
+    assert {n for n in (1, 2) if "worker %d: session=" % n in err} == {1, 2}, err[-2000:]

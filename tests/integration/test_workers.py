@@ -248,3 +248,37 @@ def test_implicit_tls_in_every_worker(tap_factory, sink, certs):
     assert all(e["tls"]["client"]["version"].startswith("TLSv1.") for e in evs), evs[0]
     err = tap.stderr()
     assert {n for n in (1, 2) if "worker %d: session=" % n in err} == {1, 2}, err[-2000:]
+
+
+def noop_reply(port):
+    c = SmtpClient(port)
+    assert c.code() == 220
+    r = c.cmd("NOOP")
+    c.expect("QUIT", 221)
+    return r
+
+
+@pytest.mark.limit(40)
+def test_sighup_new_rules_in_every_worker_and_in_a_replacement(tap_factory, fake_server,
+                                                                workdir):
+    """Rules reloaded on SIGHUP apply in both workers, and in a worker started after it (the
+    supervisor reloads too, so a replacement does not come back with the first rules)."""
+    path = os.path.join(workdir, "policy.rules")
+    with open(path, "w") as f:
+        f.write("command /^NOOP/ REJECT 550 5.7.1 old rules\n")
+    srv = fake_server(harness.SmtpServerScript())
+    tap = tap_factory(srv.port, "--workers", "2", "--rules", path)
+    old = workers_of(tap, 2)
+    assert noop_reply(tap.port) == [b"550 5.7.1 old rules\r\n"]
+    with open(path, "w") as f:
+        f.write("command /^NOOP/ REJECT 550 5.7.1 new rules\n")
+    tap.signal(signal.SIGHUP)
+    harness.wait_until(lambda: tap.stderr().count("rules reloaded: 1 rules") >= 3, 5,
+                       what="the supervisor and both workers to reload")
+    assert {tuple(noop_reply(tap.port)) for _ in range(12)} == {(b"550 5.7.1 new rules\r\n",)}
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    harness.wait_until(
+        lambda: (lambda c: c if len(c) == 2 and not set(c) & set(old) else None)(children(tap.pid)),
+        5, what="two new workers")
+    assert {tuple(noop_reply(tap.port)) for _ in range(12)} == {(b"550 5.7.1 new rules\r\n",)}

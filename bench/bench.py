@@ -562,10 +562,12 @@ def report(res):
         "  %s; postfix %s smtp-source/smtp-sink; %s (tree %s)" % (
             (e["haproxy"] or "haproxy ?").split(" - ")[0], e["postfix"],
             e["smtptap"] or "smtptap not run", e.get("commit")),
-        "  haproxy: mode tcp, maxconn %s, %s threads; smtptap: --record body (full transcripts),"
-        " %s (%s processes with the supervisor); smtptap-1w: --workers 1"
-        % (res.get("haproxy_maxconn"), res.get("haproxy_threads"), " ".join(c["smtptap_args"]),
-           res.get("smtptap_processes", {}).get("smtptap", "?")),
+        "  haproxy: mode tcp, maxconn %s, %s threads; smtptap: --record body (full transcripts)%s%s"
+        % (res.get("haproxy_maxconn"), res.get("haproxy_threads"),
+           ", %s (%s processes with the supervisor)" % (
+               " ".join(c["smtptap_args"]), res["smtptap_processes"]["smtptap"])
+           if "smtptap" in res.get("smtptap_processes", {}) else "",
+           "; smtptap-1w: --workers 1" if "smtptap-1w" in c["paths"] else ""),
         "  smtptap --log-dir on %s%s%s" % (
             res.get("logfs"), "; smtptap-disk: --log-dir on " + res.get("diskfs", "?")
             if "smtptap-disk" in c["paths"] else "",

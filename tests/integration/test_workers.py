@@ -282,3 +282,16 @@ def test_sighup_new_rules_in_every_worker_and_in_a_replacement(tap_factory, fake
         lambda: (lambda c: c if len(c) == 2 and not set(c) & set(old) else None)(children(tap.pid)),
         5, what="two new workers")
     assert {tuple(noop_reply(tap.port)) for _ in range(12)} == {(b"550 5.7.1 new rules\r\n",)}
+
+
+@pytest.mark.limit(20)
+def test_workers_auto_starts_one_per_cpu(tap_factory, sink):
+    cpus = min(os.sysconf("SC_NPROCESSORS_ONLN"), 64)
+    tap = tap_factory(sink.port, "--workers", "auto")
+    if cpus > 1:
+        assert len(workers_of(tap, cpus)) == cpus
+    else:  # one process serves the sessions itself, without a supervisor
+        assert children(tap.pid) == []
+    one_session(tap.port)
+    tap.wait_events(1)
+    assert tap.stop() == 0

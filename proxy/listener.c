@@ -51,7 +51,7 @@ listener_refuse(struct proxy *px, evutil_socket_t fd, const char *client)
 	shutdown(fd, SHUT_WR);
 	evutil_closesocket(fd);
 	log_warnx("refused client=%s reason=max-sessions sessions=%u", client,
-	          px->shared != NULL ? atomic_load(&px->shared->total) : px->nsessions);
+	          proxy_sessions_total(px));
 }
 
 static void

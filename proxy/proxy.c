@@ -8,29 +8,41 @@
 #include "proxy/options.h"
 #include "proxy/session.h"
 
+unsigned
+proxy_sessions_total(const struct proxy *px)
+{
+	unsigned total = 0;
+
+	if (px->shared == NULL)
+		return px->nsessions;
+	for (unsigned i = 0; i < px->shared->nworkers; i++)
+		total += atomic_load(&px->shared->of_worker[i]);
+	return total;
+}
+
 int
 proxy_session_admit(struct proxy *px)
 {
-	unsigned max = px->opts->max_sessions;
-
 	if (px->shared == NULL)
-		return px->nsessions >= max ? -1 : 0;
-	/* A place is taken before it is checked: two workers can't both take the last one. */
-	if (atomic_fetch_add(&px->shared->total, 1) >= max) {
-		atomic_fetch_sub(&px->shared->total, 1);
+		return px->nsessions >= px->opts->max_sessions ? -1 : 0;
+	/*
+	 * The place is taken before the count is read: of two workers taking the last place at
+	 * once, at least one sees both and gives its place back.  (Both may, once: a client
+	 * turned away at the limit, never one let in beyond it.)
+	 */
+	atomic_fetch_add(&px->shared->of_worker[px->worker], 1);
+	if (proxy_sessions_total(px) > px->opts->max_sessions) {
+		atomic_fetch_sub(&px->shared->of_worker[px->worker], 1);
 		return -1;
 	}
-	atomic_fetch_add(&px->shared->of_worker[px->worker], 1);
 	return 0;
 }
 
 void
 proxy_session_unadmit(struct proxy *px)
 {
-	if (px->shared == NULL)
-		return;
-	atomic_fetch_sub(&px->shared->of_worker[px->worker], 1);
-	atomic_fetch_sub(&px->shared->total, 1);
+	if (px->shared != NULL)
+		atomic_fetch_sub(&px->shared->of_worker[px->worker], 1);
 }
 
 void

@@ -12,13 +12,14 @@ struct options;
 struct session;
 
 /*
- * What the worker processes share (--workers), in memory mapped before they are forked: the
- * session counts, so that --max-sessions holds for all of them together and the supervisor can
- * take back a dead worker's places, and the events file's lock.
+ * What the worker processes share (--workers), in memory mapped before they are forked: each
+ * worker's session count, so that --max-sessions holds for all of them together, and the
+ * events file's lock.  A count is one word that only its worker changes: when a worker dies,
+ * the supervisor sets it to 0 and nothing else is off, wherever the worker was killed.
  */
 struct proxy_shared {
-	atomic_uint total;
 	atomic_uint of_worker[64]; /* OPT_MAX_WORKERS */
+	unsigned nworkers;
 	pthread_mutex_t events_lock;
 };
 
@@ -36,13 +37,15 @@ struct proxy {
 	unsigned nsessions;
 	int shutting_down;
 	struct event *grace_timer;
-	struct ruleset *rules; /* in force for sessions that start now */
+	struct ruleset *rules;       /* in force for sessions that start now */
 	struct proxy_shared *shared; /* NULL with one process */
 	unsigned worker;             /* this process's worker slot (0 with one process) */
 };
 
 /* Takes a place for a new session under --max-sessions: 0, or -1 when all are taken. */
 int proxy_session_admit(struct proxy *px);
+/* Sessions open in all workers (in this process when there are none). */
+unsigned proxy_sessions_total(const struct proxy *px);
 /* Gives back a place that admit took when no session came of it. */
 void proxy_session_unadmit(struct proxy *px);
 

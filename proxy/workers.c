@@ -128,7 +128,6 @@ worker_gone(struct proxy *px, unsigned slot, int status)
 	unsigned held = atomic_exchange(&px->shared->of_worker[slot], 0);
 	time_t now = time(NULL);
 
-	atomic_fetch_sub(&px->shared->total, held);
 	if (stopping && WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		log_info("worker %u (pid %d) exited", slot + 1, (int)workers[slot].pid);
 	else if (WIFSIGNALED(status))
@@ -216,6 +215,7 @@ workers_run(struct proxy *px, unsigned n, void (*reload)(struct proxy *))
 	nworkers = n;
 	supervisor_pid = getpid();
 	px->shared = workers_share();
+	px->shared->nworkers = n;
 	events_share_lock(&px->shared->events_lock);
 	sigemptyset(&handled_mask);
 	sigaddset(&handled_mask, SIGTERM);

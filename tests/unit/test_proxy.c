@@ -47,6 +47,7 @@ test_workers_share_the_places(void **state)
 
 	(void)state;
 	memset(&shared, 0, sizeof(shared));
+	shared.nworkers = 2;
 	setup_proxy(&a, 3, &shared, 0);
 	setup_proxy(&b, 3, &shared, 1);
 	assert_int_equal(proxy_session_admit(&a), 0);
@@ -55,11 +56,12 @@ test_workers_share_the_places(void **state)
 	assert_int_equal(proxy_session_admit(&a), -1);
 	assert_int_equal(proxy_session_admit(&b), -1);
 	/* A refusal takes nothing: the counts are those of the three admitted. */
-	assert_int_equal(atomic_load(&shared.total), 3);
+	assert_int_equal(proxy_sessions_total(&a), 3);
 	assert_int_equal(atomic_load(&shared.of_worker[0]), 1);
 	assert_int_equal(atomic_load(&shared.of_worker[1]), 2);
 	proxy_session_unadmit(&b);
 	assert_int_equal(atomic_load(&shared.of_worker[1]), 1);
+	assert_int_equal(proxy_sessions_total(&b), 2);
 	assert_int_equal(proxy_session_admit(&a), 0);
 	assert_int_equal(atomic_load(&shared.of_worker[0]), 2);
 	assert_int_equal(proxy_session_admit(&b), -1);

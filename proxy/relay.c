@@ -135,26 +135,19 @@ side_commit(struct side *x)
 		                       bufferevent_get_output(peer->bev), len);
 }
 
-/*
- * Moves the unit to the peer, unchanged, and counts it.  A unit that is all the input holds
- * (a command or a one-line reply, read on its own: the common case) is sent from the input
- * when the peer is idle; the move would cost a sixth of the instructions of a message.
- */
+/* Moves the unit to the peer, unchanged, and counts it. */
 void
 side_forward(struct side *x, size_t len)
 {
 	struct session *s = x->s;
 	struct side *peer = x->dir == SIDE_CLIENT ? &s->server : &s->client;
-	struct evbuffer *in = side_input(x);
 
 	x->octets += len;
 	if (peer->bev == NULL) {
-		evbuffer_drain(in, len);
+		evbuffer_drain(side_input(x), len);
 		return;
 	}
-	if (len == evbuffer_get_length(in) && side_send_from(peer, in, len))
-		return;
-	evbuffer_remove_buffer(in, bufferevent_get_output(peer->bev), len);
+	evbuffer_remove_buffer(side_input(x), bufferevent_get_output(peer->bev), len);
 }
 
 int

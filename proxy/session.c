@@ -158,69 +158,42 @@ side_resume(struct side *x, int why)
 }
 
 /*
- * One sendmsg(2) of the first len octets of buf (-1: all of it; up to SIDE_SEND_IOV chains).
- * send and recv take a shorter way through the kernel than writev and readv, which go
- * through the file layer first.  Returns what send returned; buf is left as it is.
+ * One sendmsg(2) of what the output holds (up to SIDE_SEND_IOV chains).  send and recv take
+ * a shorter way through the kernel than writev and readv, which go through the file layer
+ * first.  An error leaves the output as it is: the buffer event's own write meets it again
+ * and reports it.
  */
-static ssize_t
-side_sendv(struct evbuffer *buf, ev_ssize_t len, evutil_socket_t fd)
+static void
+side_send(struct evbuffer *out, evutil_socket_t fd)
 {
 	struct evbuffer_iovec v[SIDE_SEND_IOV];
 	struct iovec iov[SIDE_SEND_IOV];
 	struct msghdr mh;
-	size_t left = len < 0 ? SIZE_MAX : (size_t)len;
+	ssize_t n;
 	int i, nv;
 
-	nv = evbuffer_peek(buf, len, NULL, v, SIDE_SEND_IOV);
+	nv = evbuffer_peek(out, -1, NULL, v, SIDE_SEND_IOV);
 	if (nv > SIDE_SEND_IOV)
 		nv = SIDE_SEND_IOV;
 	for (i = 0; i < nv; i++) {
 		iov[i].iov_base = v[i].iov_base;
-		iov[i].iov_len = v[i].iov_len < left ? v[i].iov_len : left;
-		left -= iov[i].iov_len;
+		iov[i].iov_len = v[i].iov_len;
 	}
-	if (nv == 1) /* the usual case (a reply, a read's worth): no msghdr to copy in */
-		return send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
-	memset(&mh, 0, sizeof(mh));
-	mh.msg_iov = iov;
-	mh.msg_iovlen = (size_t)nv;
-	return sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-}
-
-/* An error leaves the output as it is: the buffer event's own write meets it again. */
-static void
-side_send(struct evbuffer *out, evutil_socket_t fd)
-{
-	ssize_t n = side_sendv(out, -1, fd);
-
+	if (nv == 1) {
+		/* The usual case (a reply, a read's worth): send(2), no msghdr to copy in. */
+		n = send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	} else {
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = iov;
+		mh.msg_iovlen = (size_t)nv;
+		n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
 	if (n > 0) {
 		/* A buffer event keeps its output's front frozen but while it writes itself. */
 		evbuffer_unfreeze(out, 1);
 		evbuffer_drain(out, (size_t)n);
 		evbuffer_freeze(out, 1);
 	}
-}
-
-int
-side_send_from(struct side *peer, struct evbuffer *in, size_t len)
-{
-	ssize_t n;
-
-	if (peer->s->closing || peer->bev == NULL || !peer->direct ||
-	    (bufferevent_get_enabled(peer->bev) & EV_WRITE) ||
-	    evbuffer_get_length(bufferevent_get_output(peer->bev)) > 0)
-		return 0;
-	if ((n = side_sendv(in, (ev_ssize_t)len, bufferevent_getfd(peer->bev))) < 0) {
-		if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-			return 0; /* moved to the output, whose own write meets the error */
-		n = 0;
-	}
-	evbuffer_drain(in, (size_t)n);
-	if ((size_t)n < len) {
-		evbuffer_remove_buffer(in, bufferevent_get_output(peer->bev), len - (size_t)n);
-		bufferevent_enable(peer->bev, EV_WRITE);
-	}
-	return 1;
 }
 
 /*

@@ -186,13 +186,6 @@ void session_enter_state(struct session *s, enum smtp_state state);
 const char *session_state_name(enum smtp_state state);
 void side_pause(struct side *x, int why);
 void side_resume(struct side *x, int why);
-/*
- * Sends the first len octets of in (another side's input) to peer's socket now, when nothing
- * waits to go before them: no move into peer's output to send and drain there.  What the
- * kernel does not take goes to the output.  0 when they must be moved (TLS, a busy or closed
- * peer, an error for the output's own write to meet).
- */
-int side_send_from(struct side *peer, struct evbuffer *in, size_t len);
 
 /* Records a warning in the transcript and counts it. */
 void session_warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

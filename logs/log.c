@@ -24,10 +24,7 @@ log_init(int use_syslog, int verbose)
 void
 log_set_tag(const char *tag)
 {
-	if (tag == NULL)
-		log_tag[0] = '\0';
-	else
-		snprintf(log_tag, sizeof(log_tag), "%s: ", tag);
+	snprintf(log_tag, sizeof(log_tag), "%s: ", tag);
 }
 
 static void

@@ -3,7 +3,7 @@
 
 /* The program's own log: stderr by default, syslog on request. */
 void log_init(int use_syslog, int verbose);
-/* Names the process in every line from now on ("worker 2"); NULL for none. */
+/* Names the process in every line from now on ("worker 2"). */
 void log_set_tag(const char *tag);
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warnx(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

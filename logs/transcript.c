@@ -534,6 +534,8 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 	/*
 	 * As is, it ends with CRLF and the rest is plain: written here, not by transcript_record,
 	 * whose escape scan and reserve for escaping cost 2.5% of a long session's instructions.
+	 * (An as_is flag on transcript_record instead keeps this copy out, but the record is then
+	 * no longer inlined into the message loop: +4% instructions per message, measured.)
 	 */
 	n -= 2;
 	if (transcript_stamp(t, now, kind, klen, n) != 0)

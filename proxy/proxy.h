@@ -6,9 +6,10 @@
 #include <sys/queue.h>
 #include <sys/socket.h>
 
+#include "proxy/options.h"
+
 struct event_base;
 struct evdns_base;
-struct options;
 struct session;
 
 /*
@@ -18,7 +19,7 @@ struct session;
  * the supervisor sets it to 0 and nothing else is off, wherever the worker was killed.
  */
 struct proxy_shared {
-	atomic_uint of_worker[64]; /* OPT_MAX_WORKERS */
+	atomic_uint of_worker[OPT_MAX_WORKERS];
 	unsigned nworkers;
 	pthread_mutex_t events_lock;
 };
@@ -46,7 +47,7 @@ struct proxy {
 int proxy_session_admit(struct proxy *px);
 /* Sessions open in all workers (in this process when there are none). */
 unsigned proxy_sessions_total(const struct proxy *px);
-/* Gives back a place that admit took when no session came of it. */
+/* Gives back a place admit took: its session ended, or none came of it. */
 void proxy_session_unadmit(struct proxy *px);
 
 /* Called by a session as it is freed: lets a shutdown end when the last one goes. */

@@ -32,9 +32,19 @@ def pid_alive(pid):
         return False
 
 
-def workers_of(tap, n):
-    return harness.wait_until(lambda: (lambda c: c if len(c) == n else None)(children(tap.pid)),
-                              5, what="%d workers" % n)
+def workers_of(tap, n, replacing=()):
+    """The supervisor's n workers, once they run (none of them among the PIDs replacing)."""
+    def ready():
+        c = children(tap.pid)
+        return c if len(c) == n and not set(c) & set(replacing) else None
+
+    return harness.wait_until(ready, 5, what="%d workers" % n + (" new" if replacing else ""))
+
+
+def workers_that_served(tap):
+    """The worker numbers named in the log lines of closed sessions."""
+    err = tap.stderr()
+    return {n for n in range(1, 65) if "worker %d: session=" % n in err}
 
 
 def smtp_source(port, sessions, messages):
@@ -66,9 +76,9 @@ def test_two_workers_serve_and_record_every_session(tap_factory, sink):
     assert len(tap.transcript_paths()) == 200
     # Both took clients: the kernel spreads them over the workers' sockets.
     err = tap.stderr()
-    for n, pid in enumerate(pids, 1):
-        assert "worker %d started (pid %d)" % (n, pid) in err or "(pid %d)" % pid in err
-    served = {n for n in (1, 2) if "worker %d: session=" % n in err}
+    for pid in pids:
+        assert "started (pid %d)" % pid in err, err[-2000:]
+    served = workers_that_served(tap)
     assert served == {1, 2}, "sessions served by workers %s only" % served
     assert tap.stop() == 0
     assert not any(pid_alive(p) for p in pids), "a worker outlived the supervisor's exit"
@@ -137,9 +147,7 @@ def test_a_killed_worker_is_replaced_and_its_places_freed(tap_factory, sink):
         os.kill(pid, signal.SIGKILL)
     for c in held:
         c.read_until_eof(5)
-    new = harness.wait_until(
-        lambda: (lambda c: c if len(c) == 2 and not set(c) & set(old) else None)(children(tap.pid)),
-        5, what="two new workers")
+    new = workers_of(tap, 2, replacing=old)
     assert "killed by signal 9" in tap.stderr()
     # The dead workers' two places are free again: two sessions are admitted.
     assert all(pid_alive(p) for p in new)
@@ -148,6 +156,24 @@ def test_a_killed_worker_is_replaced_and_its_places_freed(tap_factory, sink):
         assert c.code() == 220
         c.expect("QUIT", 221)
     assert tap.stop() == 0
+
+
+@pytest.mark.limit(40)
+def test_a_worker_stuck_past_the_grace_period_is_killed(tap_factory, sink):
+    """SIGTERM: a worker that has not ended --grace + 10 seconds later is killed, and the
+    supervisor still exits 0.  (A stopped worker stands for one that hangs.)"""
+    tap = tap_factory(sink.port, "--workers", "2", "--grace", "1")
+    stuck, other = workers_of(tap, 2)
+    os.kill(stuck, signal.SIGSTOP)
+    t0 = time.monotonic()
+    tap.signal(signal.SIGTERM)
+    harness.wait_until(lambda: not pid_alive(other), 5, what="the other worker to end")
+    assert pid_alive(stuck)
+    assert tap.wait_exit(20) == 0
+    assert time.monotonic() - t0 >= 10, "killed before --grace + 10 seconds"
+    assert not pid_alive(stuck)
+    assert "1 workers still running: killing them" in tap.stderr()
+    assert "killed by signal 9" in tap.stderr()
 
 
 @pytest.mark.limit(30)
@@ -246,8 +272,7 @@ def test_implicit_tls_in_every_worker(tap_factory, sink, certs):
     sink.wait_messages(12)
     evs = tap.wait_events(12)
     assert all(e["tls"]["client"]["version"].startswith("TLSv1.") for e in evs), evs[0]
-    err = tap.stderr()
-    assert {n for n in (1, 2) if "worker %d: session=" % n in err} == {1, 2}, err[-2000:]
+    assert workers_that_served(tap) == {1, 2}, tap.stderr()[-2000:]
 
 
 def noop_reply(port):
@@ -278,9 +303,7 @@ def test_sighup_new_rules_in_every_worker_and_in_a_replacement(tap_factory, fake
     assert {tuple(noop_reply(tap.port)) for _ in range(12)} == {(b"550 5.7.1 new rules\r\n",)}
     for pid in old:
         os.kill(pid, signal.SIGKILL)
-    harness.wait_until(
-        lambda: (lambda c: c if len(c) == 2 and not set(c) & set(old) else None)(children(tap.pid)),
-        5, what="two new workers")
+    workers_of(tap, 2, replacing=old)
     assert {tuple(noop_reply(tap.port)) for _ in range(12)} == {(b"550 5.7.1 new rules\r\n",)}
 
 

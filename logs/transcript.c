@@ -29,11 +29,12 @@
 #define TRANSCRIPT_KEEP_OPEN_MAX 256
 
 /*
- * A transcript holds no descriptor between flushes: ten thousand idle sessions must not
- * need ten thousand more open files.  Each flush appends through a fresh open.  Only the
- * descriptor a transcript was created with stays open until the next once-a-second flush,
- * for a few hundred transcripts at most: a session of a few milliseconds (one message, then
- * QUIT) then writes its whole transcript without opening its file twice.
+ * A transcript holds no descriptor between flush ticks: ten thousand idle sessions must not
+ * need ten thousand more open files.  A descriptor, the one a transcript was created with or
+ * the one a flush opened, stays open until the next once-a-second tick, for a few hundred
+ * transcripts at most: a session of a few milliseconds (one message, then QUIT) writes its
+ * whole transcript without opening its file twice, and a busy one opens it once a second,
+ * not at every flush (three system calls in four messages of a long session).
  */
 struct transcript {
 	TAILQ_ENTRY(transcript) entry;
@@ -44,7 +45,7 @@ struct transcript {
 	char *buf;
 	size_t len;
 	size_t cap;
-	int fd; /* the creation's descriptor, until the next flush tick; else -1 */
+	int fd; /* kept open until the next flush tick; else -1 */
 	int failed;
 	int dirty;
 	int recent;    /* something was recorded since the last flush tick */
@@ -58,7 +59,7 @@ struct transcript {
 static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts);
 static struct event *flush_timer;
 static int log_dir_fd = -1;
-static int kept_open; /* transcripts holding their creation's descriptor */
+static int kept_open; /* transcripts holding a descriptor */
 /* The day directory last opened, reused while its name still leads to it. */
 static int day_fd = -1;
 static char day_name[16];
@@ -142,6 +143,8 @@ transcript_write(int fd, const char *p, size_t n)
  * The day's directory under the log directory, refusing a planted symlink (O_NOFOLLOW).  The
  * one opened last is reused as long as its name still leads to it: one fstatat instead of
  * mkdirat, openat and close for every file.  Holding it open never follows a symlink either.
+ * Checked for every file, not once a second: a day directory moved away or removed must not
+ * get even one more transcript, which its session's event line would point to wrongly.
  */
 static int
 transcript_day_fd(const char *day, int create)
@@ -208,8 +211,14 @@ transcript_flush(struct transcript *t)
 		return;
 	}
 	ok = transcript_write(fd, t->buf, t->len) == 0;
-	if (fd != t->fd && close(fd) != 0)
-		ok = 0;
+	if (fd != t->fd) {
+		if (ok && kept_open < TRANSCRIPT_KEEP_OPEN_MAX) {
+			t->fd = fd; /* until the next tick */
+			kept_open++;
+		} else if (close(fd) != 0) {
+			ok = 0;
+		}
+	}
 	if (!ok) {
 		transcript_write_failed(t);
 		return;

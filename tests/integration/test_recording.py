@@ -333,3 +333,60 @@ def test_idle_sessions_hold_no_transcript_descriptor(tap_factory, sink):
     for path in tap.transcript_paths():
         with open(path, "rb") as f:
             assert b" C: QUIT" in f.read(), path
+
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("what", ["removed", "moved"])
+def test_day_directory_gone_between_sessions(tap_factory, sink, what):
+    """After one session, the day directory is removed (as a clean-up of old logs would) or
+    moved away (an archive), and the next session starts at once.
+
+    transcript: in a new day directory of the same name, recorded whole, where the event line
+    says (the proxy holds the old directory open, but checks its name for every file); the
+    moved directory: only the first transcript."""
+    import shutil
+    tap = tap_factory(sink.port)
+    hp.normal_session(tap, sink=sink)
+    first = tap.transcript_paths()
+    assert len(first) == 1
+    day = os.path.dirname(first[0])
+    if what == "removed":
+        shutil.rmtree(day)
+    else:
+        os.rename(day, day + ".moved")
+    ev = hp.normal_session(tap, sink=sink)  # checks the transcript where the event says
+    assert os.path.dirname(os.path.join(tap.log_dir, ev["transcript"])) == day, ev
+    if what == "moved":
+        assert os.listdir(day + ".moved") == [os.path.basename(first[0])]
+
+
+@pytest.mark.limit(30)
+def test_busy_session_gives_back_its_transcript_descriptor(tap_factory, sink):
+    """A session left idle past a flush tick (its creation's descriptor given back), then
+    sending a 200 KiB message: its transcript is flushed several times through a descriptor
+    opened again and kept until the next tick.  Then idle for 2.5 s.
+
+    proxy: two descriptors for the session (client and upstream) and no more; the transcript
+    holds the whole message, in order."""
+    tap = tap_factory(sink.port)
+    hp.normal_session(tap, sink=sink)
+    base = hp.fd_count(tap.pid)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO busy.example", 250)
+    time.sleep(1.5)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    lines = [b"line %05d of a busy session's message" % i for i in range(5000)]
+    c.send(b"Subject: busy\r\n\r\n" + b"\r\n".join(lines) + b"\r\n.\r\n")
+    assert c.code() == 250
+    time.sleep(2.5)
+    held = hp.fd_count(tap.pid) - base
+    assert held == 2, "%d descriptors for one idle session" % held
+    c.expect("QUIT", 221)
+    ev = tap.wait_events(2, timeout=10)[1]
+    t = hp.transcript_of(tap, ev)
+    recorded = [l for l in t.client_lines() if l.startswith("line ")]
+    assert recorded == [l.decode() for l in lines]

@@ -645,7 +645,20 @@ def report(res):
         lines += ["", "Targets (reported, not asserted)"]
         for k, v in t.items():
             lines.append("  %-40s %s" % (k, v))
+        lines.append("  (x (low-high): smtptap's figure over the other's in the same rep, "
+                     "median and range over the reps)")
     return "\n".join(lines) + "\n"
+
+
+def paired_ratios(a, b, key):
+    """a's figure over b's, rep by rep (the two ran back to back, under the same load):
+    median, lowest and highest."""
+    rs = sorted(x[key] / y[key] for x, y in zip(a["runs"], b["runs"]) if y[key])
+    return (statistics.median(rs), rs[0], rs[-1]) if rs else None
+
+
+def fmt_paired(r):
+    return "-" if r is None else "%.2fx (%.2f-%.2f)" % r
 
 
 def targets(res):
@@ -654,12 +667,19 @@ def targets(res):
     if "smtptap" in paths and "haproxy" in paths:
         for mode, _, _ in MODES:
             s, h = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["haproxy"]
-            t["throughput >= haproxy, %s/session" % mode] = "%s (%.0f vs %.0f msg/s)" % (
+            t["throughput >= haproxy, %s/session" % mode] = "%s (%.0f vs %.0f msg/s; %s)" % (
                 met(s["median_msgs_per_s"] >= h["median_msgs_per_s"]),
-                s["median_msgs_per_s"], h["median_msgs_per_s"])
-            t["CPU/msg <= haproxy, %s/session" % mode] = "%s (%.1f vs %.1f us)" % (
+                s["median_msgs_per_s"], h["median_msgs_per_s"],
+                fmt_paired(paired_ratios(s, h, "msgs_per_s")))
+            t["CPU/msg <= haproxy, %s/session" % mode] = "%s (%.1f vs %.1f us; %s)" % (
                 met(s["median_cpu_us_per_msg"] <= h["median_cpu_us_per_msg"]),
-                s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"])
+                s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"],
+                fmt_paired(paired_ratios(s, h, "cpu_us_per_msg")))
+            if "smtptap-b" in paths:
+                b = tp[mode]["paths"]["smtptap-b"]
+                t["A/B: smtptap over smtptap-b, %s/session" % mode] = \
+                    "msg/s %s, CPU/msg %s" % (fmt_paired(paired_ratios(s, b, "msgs_per_s")),
+                                            fmt_paired(paired_ratios(s, b, "cpu_us_per_msg")))
     if "smtptap" in paths and "smtptap-rules" in paths:
         for mode, _, _ in MODES:
             s, r = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-rules"]

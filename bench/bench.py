@@ -675,11 +675,12 @@ def targets(res):
                 met(s["median_cpu_us_per_msg"] <= h["median_cpu_us_per_msg"]),
                 s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"],
                 fmt_paired(paired_ratios(s, h, "cpu_us_per_msg")))
-            if "smtptap-b" in paths:
-                b = tp[mode]["paths"]["smtptap-b"]
-                t["A/B: smtptap over smtptap-b, %s/session" % mode] = \
-                    "msg/s %s, CPU/msg %s" % (fmt_paired(paired_ratios(s, b, "msgs_per_s")),
-                                            fmt_paired(paired_ratios(s, b, "cpu_us_per_msg")))
+    if "smtptap" in paths and "smtptap-b" in paths:
+        for mode, _, _ in MODES:
+            s, b = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-b"]
+            t["A/B: smtptap over smtptap-b, %s/session" % mode] = "msg/s %s, CPU/msg %s" % (
+                fmt_paired(paired_ratios(s, b, "msgs_per_s")),
+                fmt_paired(paired_ratios(s, b, "cpu_us_per_msg")))
     if "smtptap" in paths and "smtptap-rules" in paths:
         for mode, _, _ in MODES:
             s, r = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-rules"]

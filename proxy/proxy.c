@@ -15,7 +15,7 @@ proxy_sessions_total(const struct proxy *px)
 
 	if (px->shared == NULL)
 		return px->nsessions;
-	for (unsigned i = 0; i < px->shared->nworkers; i++)
+	for (unsigned i = 0; i < OPT_MAX_WORKERS; i++)
 		total += atomic_load(&px->shared->of_worker[i]);
 	return total;
 }

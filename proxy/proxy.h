@@ -19,8 +19,7 @@ struct session;
  * the supervisor sets it to 0 and nothing else is off, wherever the worker was killed.
  */
 struct proxy_shared {
-	atomic_uint of_worker[OPT_MAX_WORKERS];
-	unsigned nworkers;
+	atomic_uint of_worker[OPT_MAX_WORKERS]; /* slots beyond --workers stay 0 */
 	pthread_mutex_t events_lock;
 };
 

@@ -213,7 +213,6 @@ workers_run(struct proxy *px, unsigned n, void (*reload)(struct proxy *))
 	nworkers = n;
 	supervisor_pid = getpid();
 	px->shared = workers_share();
-	px->shared->nworkers = n;
 	events_share_lock(&px->shared->events_lock);
 	sigemptyset(&handled_mask);
 	sigaddset(&handled_mask, SIGTERM);

@@ -47,7 +47,6 @@ test_workers_share_the_places(void **state)
 
 	(void)state;
 	memset(&shared, 0, sizeof(shared));
-	shared.nworkers = 2;
 	setup_proxy(&a, 3, &shared, 0);
 	setup_proxy(&b, 3, &shared, 1);
 	assert_int_equal(proxy_session_admit(&a), 0);

@@ -237,8 +237,12 @@ def proc_status(pid, key, tree=True):
     return total
 
 
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
 def proc_fds(pid):
-    return sum(len(os.listdir("/proc/%d/fd" % p)) for p in proc_tree(pid))
+    return sum(fd_count(p) for p in proc_tree(pid))
 
 
 def start_sink(procs, tools):
@@ -485,7 +489,7 @@ def fd_ceiling(pid, nofile, fds_per_session):
     if not fds_per_session:
         return None
     serving = proc_children(pid) or [pid]
-    used = sum(len(os.listdir("/proc/%d/fd" % p)) for p in serving)
+    used = sum(fd_count(p) for p in serving)
     return int((len(serving) * nofile - used) / fds_per_session)
 
 

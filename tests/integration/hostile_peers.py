@@ -7,6 +7,7 @@ Standard library only; reuses harness.py (not changed)."""
 
 import json
 import os
+import signal
 import socket
 import ssl
 import threading
@@ -217,6 +218,27 @@ def excerpt(t, n=60):
 
 
 _normal_serial = [0]
+
+
+def session_across_sigterm(tap, close_within):
+    """A session is open (greeted, EHLO) when SIGTERM comes.  Checks that the listeners close
+    within close_within seconds (watched in /proc, so that no probe connection becomes a
+    session of its own), that the proxy stays while the session is open, and that the session
+    goes on: its message gets its 250.  Returns the client, before its QUIT."""
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    tap.signal(signal.SIGTERM)
+    harness.wait_until(lambda: not harness.is_listening(tap.port), close_within,
+                       what="the listeners to close")
+    assert harness.port_refuses(tap.port)
+    assert tap.alive(), "smtptap exited with a session open"
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: during shutdown\r\n\r\nstill delivered\r\n.\r\n")
+    assert c.code() == 250
+    return c
 
 
 def normal_session(tap, sink=None, server=None, helo="normal.example"):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import harness
+import hostile_peers as hp
 from harness import SmtpClient
 
 
@@ -100,19 +101,7 @@ def test_signal_without_sessions_exits_0_at_once(tap, sig):
 @pytest.mark.limit(30)
 def test_sigterm_with_open_session(tap, sink):
     """Listeners close at once; the open session goes on to its end; then exit 0."""
-    c = SmtpClient(tap.port)
-    assert c.code() == 220
-    c.expect("EHLO client.example", 250)
-    tap.signal(signal.SIGTERM)
-    # Watched in /proc, so that no probe connection becomes a session of its own.
-    harness.wait_until(lambda: not harness.is_listening(tap.port), 1, what="the listener to close")
-    assert harness.port_refuses(tap.port)
-    assert tap.alive(), "smtptap exited with a session open"
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(b"Subject: during shutdown\r\n\r\nstill delivered\r\n.\r\n")
-    assert c.code() == 250
+    c = hp.session_across_sigterm(tap, 1)
     assert tap.alive()
     c.expect("QUIT", 221)
     assert tap.wait_exit(3) == 0, "smtptap did not exit 0 once the last session ended"

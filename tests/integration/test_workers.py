@@ -10,6 +10,7 @@ import time
 import pytest
 
 import harness
+import hostile_peers as hp
 from harness import SmtpClient
 from tls_peers import certs  # noqa: F401  (fixture)
 
@@ -116,18 +117,7 @@ def test_max_sessions_counts_all_workers(tap_factory, sink):
 def test_sigterm_lets_open_sessions_finish_then_all_exit(tap_factory, sink):
     tap = tap_factory(sink.port, "--workers", "2")
     pids = workers_of(tap, 2)
-    c = SmtpClient(tap.port)
-    assert c.code() == 220
-    c.expect("EHLO client.example", 250)
-    tap.signal(signal.SIGTERM)
-    harness.wait_until(lambda: not harness.is_listening(tap.port), 2, what="the listeners to close")
-    assert harness.port_refuses(tap.port)
-    assert tap.alive(), "the supervisor exited with a session open"
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(b"Subject: shutdown\r\n\r\nstill delivered\r\n.\r\n")
-    assert c.code() == 250
+    c = hp.session_across_sigterm(tap, 2)
     c.expect("QUIT", 221)
     assert tap.wait_exit(5) == 0
     assert not any(pid_alive(p) for p in pids)
@@ -233,8 +223,6 @@ def test_event_lines_to_a_pipe_never_interleave(tap_factory, sink):
 def test_workers_run_as_user_with_no_capability(tap_factory, sink):
     """--user: root is dropped once, before the workers are forked; none of them is root."""
     import pwd
-
-    import hostile_peers as hp
 
     nobody = pwd.getpwnam("nobody")
     tap = tap_factory(sink.port, "--workers", "2", "--user", "nobody")

@@ -125,6 +125,8 @@ open_outputs(struct options *o)
 
 	if (transcript_init(proxy.base, o->log_dir) != 0)
 		fatal("log directory %s", o->log_dir);
+	if (o->events_off)
+		return;
 	if (o->events == NULL) {
 		snprintf(events_default, sizeof(events_default), "%s/events.jsonl", o->log_dir);
 		o->events = events_default;

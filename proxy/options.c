@@ -27,6 +27,7 @@ enum {
 	OPT_IDLE_TIMEOUT,
 	OPT_GRACE,
 	OPT_SYSLOG,
+	OPT_NO_TRANSCRIPTS,
 	OPT_LISTEN_TLS,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
@@ -52,6 +53,7 @@ static const struct option long_options[] = {
     {"log-dir", required_argument, NULL, OPT_LOG_DIR},
     {"events", required_argument, NULL, OPT_EVENTS},
     {"record", required_argument, NULL, OPT_RECORD},
+    {"no-transcripts", no_argument, NULL, OPT_NO_TRANSCRIPTS},
     {"max-line", required_argument, NULL, OPT_MAX_LINE},
     {"max-sessions", required_argument, NULL, OPT_MAX_SESSIONS},
     {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
@@ -84,8 +86,9 @@ static const char usage_text[] =
     "  --listen ADDR:PORT       listen here (repeatable; default 127.0.0.1:2525)\n"
     "  --upstream HOST:PORT     the real SMTP server\n"
     "  --log-dir DIR            transcripts (default ./smtptap-logs)\n"
-    "  --events FILE            JSON line per session, - for stdout (default DIR/events.jsonl)\n"
+    "  --events FILE|none       JSON line per session, - for stdout (default DIR/events.jsonl)\n"
     "  --record body|headers|none  message content in transcripts (default body)\n"
+    "  --no-transcripts         write no transcripts (events and rules still apply)\n"
     "  --bare-newline normalize|reject|pass  bare CR or LF in a message (default normalize)\n"
     "  --max-line BYTES         longest line held (default 65536)\n"
     "  --max-sessions N         concurrent sessions (default 1000)\n"
@@ -358,7 +361,8 @@ options_one(struct options *o, int ch, const char *arg)
 	case OPT_EVENTS:
 		if (arg[0] == '\0')
 			options_die("--events", "empty file name", NULL);
-		o->events = arg;
+		o->events_off = strcmp(arg, "none") == 0;
+		o->events = o->events_off ? NULL : arg;
 		break;
 	case OPT_RECORD:
 		if (strcmp(arg, "body") == 0)
@@ -369,6 +373,9 @@ options_one(struct options *o, int ch, const char *arg)
 			o->record = RECORD_NONE;
 		else
 			options_die("--record", "expected body, headers or none, not", arg);
+		break;
+	case OPT_NO_TRANSCRIPTS:
+		o->no_transcripts = 1;
 		break;
 	case OPT_MAX_LINE:
 		o->max_line = options_number("--max-line", "invalid size (bytes, 1024 to 16777216)",
@@ -440,6 +447,9 @@ options_parse(int argc, char **argv, struct options *o)
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
 	options_check_tls(o);
+	if (o->no_transcripts && o->log_failure_tempfail)
+		options_die("--on-log-failure", "tempfail protects transcripts, and --no-transcripts "
+		            "writes none", NULL);
 	if (o->nlisten == 0 && o->nlisten_tls == 0)
 		o->listen[o->nlisten++] = "127.0.0.1:2525";
 }

@@ -23,7 +23,9 @@ struct options {
 	char *upstream_port;
 	const char *upstream; /* as given, HOST:PORT */
 	const char *log_dir;
-	const char *events;
+	const char *events; /* NULL: LOGDIR/events.jsonl, unless events_off */
+	int events_off;     /* --events none */
+	int no_transcripts; /* --no-transcripts: events (and the policy) only */
 	enum record_level record;
 	enum bare_newline bare_newline;
 	size_t max_line;

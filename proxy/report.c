@@ -161,7 +161,7 @@ report_write(struct session *s, const struct timeval *end)
 	double duration;
 	json_t *o;
 
-	if ((o = json_object()) == NULL)
+	if (s->px->opts->events_off || (o = json_object()) == NULL)
 		return;
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));
 	transcript_timestamp(end, end_ts, sizeof(end_ts));

@@ -905,6 +905,8 @@ session_open_transcript(struct session *s)
 	static int warned;
 	int tries;
 
+	if (s->px->opts->no_transcripts)
+		return 0; /* no file, and no "transcript" in the event */
 	for (tries = 0; tries < 3; tries++) {
 		s->transcript = transcript_open(s->id, &s->start, s->client_addr, s->listener_addr,
 		                                s->px->opts->upstream, s->transcript_path,

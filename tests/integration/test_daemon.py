@@ -33,6 +33,7 @@ def run(binary, *args, timeout=5):
     (["--workers", "0"], "--workers"),
     (["--workers", "many"], "--workers"),
     (["--workers", "65"], "--workers"),
+    (["--no-transcripts", "--on-log-failure", "tempfail"], "--on-log-failure"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_bad_option_exits_2_with_one_line(smtptap_bin, args, named):
     argv = args if "--upstream" in args else ["--upstream", "127.0.0.1:25"] + args

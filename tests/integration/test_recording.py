@@ -390,3 +390,68 @@ def test_busy_session_gives_back_its_transcript_descriptor(tap_factory, sink):
     t = hp.transcript_of(tap, ev)
     recorded = [l for l in t.client_lines() if l.startswith("line ")]
     assert recorded == [l.decode() for l in lines]
+
+
+def files_under(path):
+    """Every file below path, as paths relative to it."""
+    return sorted(os.path.relpath(os.path.join(root, fn), path)
+                  for root, _dirs, files in os.walk(path) for fn in files)
+
+
+@pytest.mark.limit(20)
+def test_no_transcripts_keeps_the_event_line(tap_factory, sink):
+    """--no-transcripts: the messages go through, the event line says everything it says
+    with transcripts, except that "transcript" is null, and the log directory stays empty."""
+    tap = tap_factory(sink.port, "--no-transcripts")
+    c = full_session(tap.port)
+    assert len(sink.wait_messages(2)) == 2
+    ev = tap.event()
+    assert ev["transcript"] is None
+    assert [t["mail_from"] for t in ev["transactions"]] == ["<a@example.com>", "<>"]
+    assert ev["client_octets"] == len(c.sent) and ev["reason"] == "quit"
+    assert tap.stop() == 0
+    assert files_under(tap.log_dir) == []
+
+
+@pytest.mark.limit(20)
+def test_events_none_writes_transcripts_only(tap_factory, sink):
+    """--events none: transcripts as always, and no events file, not even the default
+    LOGDIR/events.jsonl."""
+    tap = tap_factory(sink.port, "--events", "none", start=False)
+    tap.events_path = None
+    tap.start()
+    full_session(tap.port)
+    t = tap.transcript()
+    assert "MAIL FROM:<a@example.com>" in t.client_lines()
+    assert tap.stop() == 0
+    assert [p for p in files_under(tap.workdir) if "events" in p] == []
+    assert files_under(tap.log_dir) == [os.path.relpath(t.path, tap.log_dir)]
+
+
+@pytest.mark.limit(20)
+def test_policy_without_recording(tap_factory, sink, workdir):
+    """--no-transcripts --events none, with rules: a sender policy that records nothing.  The
+    rule still rejects, the other message is delivered, and nothing is written but the
+    proxy's own log."""
+    rules = os.path.join(workdir, "policy.rules")
+    with open(rules, "w") as f:
+        f.write("mail /@blocked\\.example>/ REJECT 550 5.7.1 Sender not permitted\n")
+    tap = tap_factory(sink.port, "--no-transcripts", "--events", "none", "--rules", rules,
+                      start=False)
+    tap.events_path = None
+    tap.start()
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    assert c.cmd("MAIL FROM:<x@blocked.example>") == [b"550 5.7.1 Sender not permitted\r\n"]
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: policy\r\n\r\nbody\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    (m,) = sink.wait_messages(1)
+    assert m.mail_from == "<a@example.com>"
+    assert tap.stop() == 0
+    assert files_under(tap.log_dir) == []
+    assert [p for p in files_under(tap.workdir) if "events" in p] == []

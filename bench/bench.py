@@ -18,12 +18,15 @@ Measured, each path in the same run, repeated and interleaved:
     holds.
 Knobs (environment): BENCH_REPS, BENCH_MSGS_ONE, BENCH_MSGS_MANY, BENCH_SESSIONS,
 BENCH_MSGLEN, BENCH_NOOP, BENCH_IDLE, BENCH_HOLD (0: skip), BENCH_PATHS (comma
-list of direct,haproxy,smtptap,smtptap-rules,smtptap-disk; default the first four;
+list of direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules,smtptap-disk;
+default all but smtptap-disk;
 smtptap-rules loads bench/rules100.rules: 100 rules, every scope, none matching),
 BENCH_HAPROXY_NBTHREAD (default: HAProxy's own), BENCH_SMTPTAP_ARGS (options of every
 smtptap path but smtptap-1w; default "--workers auto": a worker per CPU, as HAProxy's
 threads), BENCH_SMTPTAP_B_ARGS (options of smtptap-b instead: an A/B test of options).
 "smtptap-1w" is the same binary as one process (--workers 1), in the default paths.
+"smtptap-norec" is the same binary with --no-transcripts --events none: the relay and its
+SMTP tracking without the recording, to show what the recording costs.
 A proxy's CPU time, RSS and descriptors are those of its process and its children (workers).
 "smtptap" writes its transcripts under --logs (run.sh: tmpfs); "smtptap-disk" is
 the same binary writing under --tmp, to show what the file system costs.
@@ -61,7 +64,7 @@ CONF = {
     "idle": env_int("BENCH_IDLE", 2000),
     "hold": env_int("BENCH_HOLD", 10000),
     "paths": os.environ.get("BENCH_PATHS",
-                            "direct,haproxy,smtptap,smtptap-1w,smtptap-rules").split(","),
+                            "direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules").split(","),
     "smtptap_args": os.environ.get("BENCH_SMTPTAP_ARGS", "--workers auto").split(),
     "smtptap_b_args": os.environ.get("BENCH_SMTPTAP_B_ARGS"),
     "haproxy_nbthread": os.environ.get("BENCH_HAPROXY_NBTHREAD", ""),
@@ -293,6 +296,8 @@ def start_smtptap(procs, smtptap, name, upstream_port, logdir):
         argv += CONF["smtptap_b_args"].split()
     else:
         argv += CONF["smtptap_args"]
+    if name == "smtptap-norec":
+        argv += ["--no-transcripts", "--events", "none"]
     if name == "smtptap-rules":
         argv += ["--rules", RULES100]  # 100 rules across every scope, none matching
     procs.start(name, argv)
@@ -571,7 +576,9 @@ def report(res):
            ", %s (%s processes with the supervisor)" % (
                " ".join(c["smtptap_args"]), res["smtptap_processes"]["smtptap"])
            if "smtptap" in res.get("smtptap_processes", {}) else "",
-           "; smtptap-1w: --workers 1" if "smtptap-1w" in c["paths"] else ""),
+           ("; smtptap-1w: --workers 1" if "smtptap-1w" in c["paths"] else "") +
+           ("; smtptap-norec: --no-transcripts --events none"
+            if "smtptap-norec" in c["paths"] else "")),
         "  smtptap --log-dir on %s%s%s" % (
             res.get("logfs"), "; smtptap-disk: --log-dir on " + res.get("diskfs", "?")
             if "smtptap-disk" in c["paths"] else "",
@@ -679,6 +686,22 @@ def targets(res):
                 met(s["median_cpu_us_per_msg"] <= h["median_cpu_us_per_msg"]),
                 s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"],
                 fmt_paired(paired_ratios(s, h, "cpu_us_per_msg")))
+    if "smtptap-norec" in paths and "haproxy" in paths:
+        # The relay without the recording, against HAProxy; and what the recording adds.
+        for mode, _, _ in MODES:
+            n, h = tp[mode]["paths"]["smtptap-norec"], tp[mode]["paths"]["haproxy"]
+            s = tp[mode]["paths"].get("smtptap")
+            t["no recording: smtptap-norec over haproxy, %s" % mode] = (
+                "msg/s %s, CPU/msg %s (%.1f vs %.1f us)" % (
+                    fmt_paired(paired_ratios(n, h, "msgs_per_s")),
+                    fmt_paired(paired_ratios(n, h, "cpu_us_per_msg")),
+                    n["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"]))
+            if s is not None:
+                t["recording's cost: smtptap over smtptap-norec, %s" % mode] = (
+                    "CPU/msg %s (+%.1f us user, +%.1f us sys)" % (
+                        fmt_paired(paired_ratios(s, n, "cpu_us_per_msg")),
+                        s["median_cpu_user_us_per_msg"] - n["median_cpu_user_us_per_msg"],
+                        s["median_cpu_sys_us_per_msg"] - n["median_cpu_sys_us_per_msg"]))
     if "smtptap" in paths and "smtptap-b" in paths:
         for mode, _, _ in MODES:
             s, b = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-b"]
@@ -731,11 +754,11 @@ def main():
     args = ap.parse_args()
     if os.environ.get("BENCH_SMTPTAP_B") and "smtptap-b" not in CONF["paths"]:
         CONF["paths"].append("smtptap-b")
-    paths = [p for p in ("direct", "haproxy", "smtptap", "smtptap-1w", "smtptap-rules", "smtptap-b",
-                         "smtptap-disk") if p in CONF["paths"]]
+    paths = [p for p in ("direct", "haproxy", "smtptap", "smtptap-1w", "smtptap-norec",
+                         "smtptap-rules", "smtptap-b", "smtptap-disk") if p in CONF["paths"]]
     CONF["paths"] = paths
     binaries = {"smtptap": args.smtptap, "smtptap-disk": args.smtptap,
-                "smtptap-1w": args.smtptap,
+                "smtptap-1w": args.smtptap, "smtptap-norec": args.smtptap,
                 "smtptap-rules": args.smtptap,
                 "smtptap-b": os.environ.get("BENCH_SMTPTAP_B")}
     taps = [p for p in paths if p.startswith("smtptap")]
@@ -753,6 +776,7 @@ def main():
         res["env"]["smtptap_b"] = binaries["smtptap-b"]
     logdirs = {"smtptap": os.path.join(args.logs, "smtptap"),
                "smtptap-1w": os.path.join(args.logs, "smtptap-1w"),
+               "smtptap-norec": os.path.join(args.logs, "smtptap-norec"),
                "smtptap-b": os.path.join(args.logs, "smtptap-b"),
                "smtptap-rules": os.path.join(args.logs, "smtptap-rules"),
                "smtptap-disk": os.path.join(args.tmp, "smtptap-disk", "logs")}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/instructions.sh [--rules FILE] one|many /abs/path/to/smtptap|haproxy...
+# bench/instructions.sh [--rules FILE] [--args "OPTIONS"] one|many /abs/path/to/smtptap|haproxy...
 #
 # User-space instructions per message under valgrind's callgrind: a figure that does not
 # move with the load of a shared machine, where msg/s and CPU time swing by 2x from run to
@@ -7,19 +7,24 @@
 # (counters zeroed once it listens, so start-up is left out; shutdown stays in), then
 # Postfix's smtp-source: 400 sessions of one 4 KiB message (one), or 2,000 messages over
 # 20 sessions (many, -d).  Prints instructions per message; the profile of each run is
-# kept for callgrind_annotate.  Compare builds measured by the same command, never with
-# the kernel's share (strace -c counts the system calls; bench/run.sh the whole).
+# kept for callgrind_annotate.  --args adds smtptap options, for instance
+# "--no-transcripts --events none" for the relay without its recording.  Compare builds
+# measured by the same command, never with the kernel's share (strace -c counts the system calls; bench/run.sh the whole).
 # The word "haproxy" instead of a build measures HAProxy the same way (bench/haproxy.cfg.in,
 # one thread, as callgrind runs threads one at a time anyway): the relay that does nothing
 # but relay, for scale.
 set -euo pipefail
 
-rules=()
-if [ "${1:-}" = --rules ]; then
-	rules=(--rules "$2")
+extra=()
+while [ $# -gt 1 ]; do
+	case $1 in
+	--rules) extra+=(--rules "$2") ;;
+	--args) read -ra more <<<"$2" && extra+=("${more[@]}") ;;
+	*) break ;;
+	esac
 	shift 2
-fi
-mode=${1:?usage: bench/instructions.sh [--rules FILE] one|many /abs/path/to/smtptap...}
+done
+mode=${1:?usage: bench/instructions.sh [--rules FILE] [--args \"OPTIONS\"] one|many /abs/path/to/smtptap...}
 shift
 [ $# -gt 0 ] || { echo "bench: no smtptap build given" >&2; exit 2; }
 case $mode in
@@ -78,7 +83,7 @@ relay_argv() {
 		return
 	fi
 	argv=("$bin" --listen "127.0.0.1:$1" --upstream "127.0.0.1:$sink_port" --log-dir "$tmp/logs"
-		--events "$tmp/events.jsonl" "${rules[@]}")
+		--events "$tmp/events.jsonl" "${extra[@]}")
 }
 
 for bin in "$@"; do

@@ -831,6 +831,20 @@ class SmtpClient:
         assert r and r[-1].startswith(str(code).encode()), "%r: expected %s, got %r" % (line, code, r)
         return r
 
+    def transaction(self, mail_from, rcpts, content, final=250):
+        """MAIL FROM:mail_from, RCPT TO: each of rcpts, DATA, then content (dot-stuffed,
+        ending in CRLF) and the end of data, each command accepted; the reply to the end of
+        data must have the code final.  Returns that reply."""
+        self.expect("MAIL FROM:%s" % mail_from, 250)
+        for rcpt in rcpts:
+            self.expect("RCPT TO:%s" % rcpt, 250)
+        self.expect("DATA", 354)
+        self.send(content + b".\r\n")
+        r = self.reply()
+        assert r and r[-1].startswith(str(final).encode()), \
+            "end of data: expected %s, got %r" % (final, r)
+        return r
+
     def read_until_eof(self, timeout=5.0):
         """Reads everything until the peer closes; AssertionError if it doesn't within timeout."""
         deadline = time.monotonic() + timeout

@@ -24,17 +24,9 @@ def full_session(port):
     c = SmtpClient(port)
     assert c.code() == 220
     c.expect("EHLO client.example", 250)
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("RCPT TO:<c@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(b"Subject: one\r\n\r\n..dot\r\nbody\r\n.\r\n")
-    assert c.code() == 250
-    c.expect("MAIL FROM:<>", 250)
-    c.expect("RCPT TO:<d@example.org>", 250)
-    c.expect("DATA", 354)
-    c.send(b"Subject: two\r\n\r\nsecond\r\n.\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>", "<c@example.net>"],
+                  b"Subject: one\r\n\r\n..dot\r\nbody\r\n")
+    c.transaction("<>", ["<d@example.org>"], b"Subject: two\r\n\r\nsecond\r\n")
     c.expect("QUIT", 221)
     assert c.read_until_eof(5) == b""
     return c
@@ -172,11 +164,7 @@ def test_transcript_escaping(tap_factory, fake_server):
     c.reply()
     ehlo = c.cmd("EHLO client.example")
     assert b"".join(ehlo) == ehlo_reply
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(content + b".\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"], content)
     c.expect("QUIT", 221)
     t = tap.transcript()  # also checks: valid UTF-8, no raw control characters
     recs = t.client_lines()
@@ -204,11 +192,7 @@ def test_record_level_limits_message_content(tap_factory, sink, level):
     c = SmtpClient(tap.port)
     c.reply()
     c.expect("EHLO client.example", 250)
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(body + b".\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"], body)
     c.expect("QUIT", 221)
     (m,) = sink.wait_messages(1)
     assert m.content == body.replace(b"\r\n", b"\n")
@@ -270,11 +254,8 @@ def test_events_write_error_logged_once_relaying_goes_on(tap_factory, sink):
         c = SmtpClient(tap.port)
         assert c.code() == 220
         c.expect("HELO client.example", 250)
-        c.expect("MAIL FROM:<a@example.com>", 250)
-        c.expect("RCPT TO:<b@example.net>", 250)
-        c.expect("DATA", 354)
-        c.send(b"Subject: %d\r\n\r\nbody\r\n.\r\n" % i)
-        assert c.code() == 250
+        c.transaction("<a@example.com>", ["<b@example.net>"],
+                      b"Subject: %d\r\n\r\nbody\r\n" % i)
         c.expect("QUIT", 221)
         c.read_until_eof(3)
     sink.wait_messages(3)
@@ -376,12 +357,9 @@ def test_busy_session_gives_back_its_transcript_descriptor(tap_factory, sink):
     assert c.code() == 220
     c.expect("EHLO busy.example", 250)
     time.sleep(1.5)
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
     lines = [b"line %05d of a busy session's message" % i for i in range(5000)]
-    c.send(b"Subject: busy\r\n\r\n" + b"\r\n".join(lines) + b"\r\n.\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"],
+                  b"Subject: busy\r\n\r\n" + b"\r\n".join(lines) + b"\r\n")
     time.sleep(2.5)
     held = hp.fd_count(tap.pid) - base
     assert held == 2, "%d descriptors for one idle session" % held
@@ -444,11 +422,7 @@ def test_policy_without_recording(tap_factory, sink, workdir):
     assert c.code() == 220
     c.expect("EHLO client.example", 250)
     assert c.cmd("MAIL FROM:<x@blocked.example>") == [b"550 5.7.1 Sender not permitted\r\n"]
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(b"Subject: policy\r\n\r\nbody\r\n.\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"], b"Subject: policy\r\n\r\nbody\r\n")
     c.expect("QUIT", 221)
     (m,) = sink.wait_messages(1)
     assert m.mail_from == "<a@example.com>"

@@ -232,11 +232,7 @@ def test_empty_message_ends_at_first_dot(tap, sink):
     c = SmtpClient(tap.port)
     assert c.code() == 220
     c.expect("HELO client.example", 250)
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(b".\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"], b"")
     c.expect("QUIT", 221)
     ev = tap.event()
     assert ev["transactions"][0]["size"] == 0
@@ -527,11 +523,7 @@ def test_message_line_longer_than_max_line_relayed_in_pieces(tap_factory, fake_s
     c = SmtpClient(tap.port)
     c.reply()
     c.expect("EHLO client.example", 250)
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(content + b".\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"], content)
     c.expect("QUIT", 221)
     srv.join()
     assert srv.conns[0].messages[0]["data"] == content + b".\r\n"

@@ -246,6 +246,9 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	drop_privileges(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
+	if (opts.no_transcripts || opts.events_off) /* so that nobody looks for them in vain */
+		log_info("not recording:%s%s", opts.no_transcripts ? " no transcripts" : "",
+		         opts.events_off ? " no events" : "");
 	if (opts.workers == 1 || workers_run(&proxy, opts.workers, reload_all) == WORKERS_IN_WORKER)
 		serve(&proxy);
 	log_info("exiting");

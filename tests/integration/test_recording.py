@@ -389,6 +389,7 @@ def test_no_transcripts_keeps_the_event_line(tap_factory, sink):
     assert ev["client_octets"] == len(c.sent) and ev["reason"] == "quit"
     assert tap.stop() == 0
     assert files_under(tap.log_dir) == []
+    assert "not recording: no transcripts\n" in tap.stderr()
 
 
 @pytest.mark.limit(20)
@@ -404,6 +405,7 @@ def test_events_none_writes_transcripts_only(tap_factory, sink):
     assert tap.stop() == 0
     assert [p for p in files_under(tap.workdir) if "events" in p] == []
     assert files_under(tap.log_dir) == [os.path.relpath(t.path, tap.log_dir)]
+    assert "not recording: no events\n" in tap.stderr()
 
 
 @pytest.mark.limit(20)
@@ -429,3 +431,4 @@ def test_policy_without_recording(tap_factory, sink, workdir):
     assert tap.stop() == 0
     assert files_under(tap.log_dir) == []
     assert [p for p in files_under(tap.workdir) if "events" in p] == []
+    assert "not recording: no transcripts no events" in tap.stderr()

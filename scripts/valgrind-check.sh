@@ -21,7 +21,10 @@ TESTS=(tests/integration/test_relay.py tests/integration/test_auth.py
 	# SIGKILL a process: its log could not be complete.
 	tests/integration/test_workers.py::test_sigterm_lets_open_sessions_finish_then_all_exit
 	tests/integration/test_workers.py::test_sighup_reopens_the_events_file_in_every_worker
-	tests/integration/test_workers.py::test_max_sessions_counts_all_workers)
+	tests/integration/test_workers.py::test_max_sessions_counts_all_workers
+	# Sessions without a transcript, with rules: the paths that must take a NULL one.
+	tests/integration/test_recording.py::test_no_transcripts_keeps_the_event_line
+	tests/integration/test_recording.py::test_policy_without_recording)
 # RSS bounds mean nothing under memcheck (shadow memory, a 20 MB queue of freed blocks).
 DESELECT=(tests/integration/test_relay.py::test_backpressure_bounds_memory)
 

@@ -12,7 +12,7 @@
  *	r p	--bare-newline reject, pass	h n	--record headers, none
  *	s t	--tls-mode strip, terminate	u q i	--upstream-tls none, require, implicit
  *	l	--max-line 1024			m	--hold-memory 4096
- *	R	rules in every scope (below)
+ *	R	rules in every scope (below)	T E	--no-transcripts, --events none
  *
  * Each piece is written to the far end of its socketpair and the loop runs until the proxy
  * has done what it can; once both far ends have shut their write side the loop runs until the
@@ -269,6 +269,12 @@ pick_options(const uint8_t *data, size_t size)
 			break;
 		case 'R':
 			px.rules = all_rules;
+			break;
+		case 'T':
+			cur_opts.no_transcripts = 1;
+			break;
+		case 'E':
+			cur_opts.events_off = 1;
 			break;
 		default:
 			break;

@@ -443,7 +443,8 @@ def main():
 
     # The same dialogues under other options ("#!" first line, fuzz_session.c).
     for name, opts in [("dot-stuffing", "R"), ("pipelining", "Rlm"), ("starttls", "t"),
-                       ("bdat", "Rh"), ("refused", "rn"), ("starttls", "s"), ("auth-plain", "tq")]:
+                       ("bdat", "Rh"), ("refused", "rn"), ("starttls", "s"), ("auth-plain", "tq"),
+                       ("pipelining", "RTEm"), ("auth-plain", "T")]:
         write(os.path.join(outdir, "session", "%s.%s" % (name, opts)),
               b"#!" + opts.encode() + b"\n" + SEP.join(recs[name].pieces()))
 

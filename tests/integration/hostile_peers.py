@@ -233,11 +233,8 @@ def session_across_sigterm(tap, close_within):
                        what="the listeners to close")
     assert harness.port_refuses(tap.port)
     assert tap.alive(), "smtptap exited with a session open"
-    c.expect("MAIL FROM:<a@example.com>", 250)
-    c.expect("RCPT TO:<b@example.net>", 250)
-    c.expect("DATA", 354)
-    c.send(b"Subject: during shutdown\r\n\r\nstill delivered\r\n.\r\n")
-    assert c.code() == 250
+    c.transaction("<a@example.com>", ["<b@example.net>"],
+                  b"Subject: during shutdown\r\n\r\nstill delivered\r\n")
     return c
 
 

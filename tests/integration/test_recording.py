@@ -5,6 +5,8 @@ import time
 import json
 import os
 import re
+import shutil
+import signal
 import stat
 
 import pytest
@@ -316,7 +318,6 @@ def test_idle_sessions_hold_no_transcript_descriptor(tap_factory, sink):
             assert b" C: QUIT" in f.read(), path
 
 
-
 @pytest.mark.limit(30)
 @pytest.mark.parametrize("what", ["removed", "moved"])
 def test_day_directory_gone_between_sessions(tap_factory, sink, what):
@@ -326,7 +327,6 @@ def test_day_directory_gone_between_sessions(tap_factory, sink, what):
     transcript: in a new day directory of the same name, recorded whole, where the event line
     says (the proxy holds the old directory open, but checks its name for every file); the
     moved directory: only the first transcript."""
-    import shutil
     tap = tap_factory(sink.port)
     hp.normal_session(tap, sink=sink)
     first = tap.transcript_paths()
@@ -376,6 +376,19 @@ def files_under(path):
                   for root, _dirs, files in os.walk(path) for fn in files)
 
 
+def events_files(tap):
+    """Files in the tap's work directory (its log directory included) named like events."""
+    return [p for p in files_under(tap.workdir) if "events" in p]
+
+
+def tap_without_events_path(tap_factory, sink, *args):
+    """smtptap started with args and without the harness's --events FILE, so that nothing
+    but args decides where events go."""
+    tap = tap_factory(sink.port, *args, start=False)
+    tap.events_path = None
+    return tap.start()
+
+
 @pytest.mark.limit(20)
 def test_no_transcripts_keeps_the_event_line(tap_factory, sink):
     """--no-transcripts: the messages go through, the event line says everything it says
@@ -396,16 +409,27 @@ def test_no_transcripts_keeps_the_event_line(tap_factory, sink):
 def test_events_none_writes_transcripts_only(tap_factory, sink):
     """--events none: transcripts as always, and no events file, not even the default
     LOGDIR/events.jsonl."""
-    tap = tap_factory(sink.port, "--events", "none", start=False)
-    tap.events_path = None
-    tap.start()
+    tap = tap_without_events_path(tap_factory, sink, "--events", "none")
     full_session(tap.port)
     t = tap.transcript()
     assert "MAIL FROM:<a@example.com>" in t.client_lines()
     assert tap.stop() == 0
-    assert [p for p in files_under(tap.workdir) if "events" in p] == []
+    assert events_files(tap) == []
     assert files_under(tap.log_dir) == [os.path.relpath(t.path, tap.log_dir)]
     assert "not recording: no events\n" in tap.stderr()
+
+
+@pytest.mark.limit(20)
+def test_events_none_sighup_creates_nothing(tap_factory, sink):
+    """--events none, then SIGHUP (which reopens the events file): the proxy goes on, the
+    next session is recorded, and still no events file appears."""
+    tap = tap_without_events_path(tap_factory, sink, "--events", "none")
+    tap.signal(signal.SIGHUP)
+    full_session(tap.port)
+    (t,) = tap.wait_transcripts(1)
+    assert tap.stop() == 0
+    assert events_files(tap) == []
+    assert files_under(tap.log_dir) == [os.path.relpath(t.path, tap.log_dir)]
 
 
 @pytest.mark.limit(20)
@@ -416,10 +440,8 @@ def test_policy_without_recording(tap_factory, sink, workdir):
     rules = os.path.join(workdir, "policy.rules")
     with open(rules, "w") as f:
         f.write("mail /@blocked\\.example>/ REJECT 550 5.7.1 Sender not permitted\n")
-    tap = tap_factory(sink.port, "--no-transcripts", "--events", "none", "--rules", rules,
-                      start=False)
-    tap.events_path = None
-    tap.start()
+    tap = tap_without_events_path(tap_factory, sink, "--no-transcripts", "--events", "none",
+                                  "--rules", rules)
     c = SmtpClient(tap.port)
     assert c.code() == 220
     c.expect("EHLO client.example", 250)
@@ -430,5 +452,5 @@ def test_policy_without_recording(tap_factory, sink, workdir):
     assert m.mail_from == "<a@example.com>"
     assert tap.stop() == 0
     assert files_under(tap.log_dir) == []
-    assert [p for p in files_under(tap.workdir) if "events" in p] == []
+    assert events_files(tap) == []
     assert "not recording: no transcripts no events" in tap.stderr()

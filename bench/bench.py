@@ -63,8 +63,8 @@ CONF = {
     "noop": env_int("BENCH_NOOP", 2000),
     "idle": env_int("BENCH_IDLE", 2000),
     "hold": env_int("BENCH_HOLD", 10000),
-    "paths": os.environ.get("BENCH_PATHS",
-                            "direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules").split(","),
+    "paths": os.environ.get(
+        "BENCH_PATHS", "direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules").split(","),
     "smtptap_args": os.environ.get("BENCH_SMTPTAP_ARGS", "--workers auto").split(),
     "smtptap_b_args": os.environ.get("BENCH_SMTPTAP_B_ARGS"),
     "haproxy_nbthread": os.environ.get("BENCH_HAPROXY_NBTHREAD", ""),
@@ -279,6 +279,8 @@ def start_haproxy(procs, tools, name, upstream_port):
 
 
 RULES100 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules100.rules")
+# smtptap-norec: the same relay without its recording.
+NOREC_ARGS = ["--no-transcripts", "--events", "none"]
 
 
 def start_smtptap(procs, smtptap, name, upstream_port, logdir):
@@ -297,7 +299,7 @@ def start_smtptap(procs, smtptap, name, upstream_port, logdir):
     else:
         argv += CONF["smtptap_args"]
     if name == "smtptap-norec":
-        argv += ["--no-transcripts", "--events", "none"]
+        argv += NOREC_ARGS
     if name == "smtptap-rules":
         argv += ["--rules", RULES100]  # 100 rules across every scope, none matching
     procs.start(name, argv)
@@ -577,7 +579,7 @@ def report(res):
                " ".join(c["smtptap_args"]), res["smtptap_processes"]["smtptap"])
            if "smtptap" in res.get("smtptap_processes", {}) else "",
            ("; smtptap-1w: --workers 1" if "smtptap-1w" in c["paths"] else "") +
-           ("; smtptap-norec: --no-transcripts --events none"
+           ("; smtptap-norec: " + " ".join(NOREC_ARGS)
             if "smtptap-norec" in c["paths"] else "")),
         "  smtptap --log-dir on %s%s%s" % (
             res.get("logfs"), "; smtptap-disk: --log-dir on " + res.get("diskfs", "?")
@@ -757,11 +759,10 @@ def main():
     paths = [p for p in ("direct", "haproxy", "smtptap", "smtptap-1w", "smtptap-norec",
                          "smtptap-rules", "smtptap-b", "smtptap-disk") if p in CONF["paths"]]
     CONF["paths"] = paths
-    binaries = {"smtptap": args.smtptap, "smtptap-disk": args.smtptap,
-                "smtptap-1w": args.smtptap, "smtptap-norec": args.smtptap,
-                "smtptap-rules": args.smtptap,
-                "smtptap-b": os.environ.get("BENCH_SMTPTAP_B")}
     taps = [p for p in paths if p.startswith("smtptap")]
+    # Every smtptap path runs the build under test but smtptap-b.
+    binaries = {tap: os.environ.get("BENCH_SMTPTAP_B") if tap == "smtptap-b" else args.smtptap
+                for tap in taps}
     tools = {t: tool(t) for t in ("smtp-source", "smtp-sink", "haproxy")}
     for tap in taps:
         if not binaries[tap] or not os.access(binaries[tap], os.X_OK):
@@ -774,12 +775,9 @@ def main():
            "logfs": fs_type(args.logs), "diskfs": fs_type(args.tmp)}
     if "smtptap-b" in taps:
         res["env"]["smtptap_b"] = binaries["smtptap-b"]
-    logdirs = {"smtptap": os.path.join(args.logs, "smtptap"),
-               "smtptap-1w": os.path.join(args.logs, "smtptap-1w"),
-               "smtptap-norec": os.path.join(args.logs, "smtptap-norec"),
-               "smtptap-b": os.path.join(args.logs, "smtptap-b"),
-               "smtptap-rules": os.path.join(args.logs, "smtptap-rules"),
-               "smtptap-disk": os.path.join(args.tmp, "smtptap-disk", "logs")}
+    # Each logs under its name: on the --logs file system, smtptap-disk under --tmp.
+    logdirs = {tap: os.path.join(args.tmp, tap, "logs") if tap == "smtptap-disk"
+               else os.path.join(args.logs, tap) for tap in taps}
     t0 = time.monotonic()
     try:
         sink = start_sink(procs, tools)
@@ -795,7 +793,6 @@ def main():
         workers = {tap: proc_children(pids[tap]) for tap in taps}
         res["smtptap_processes"] = {tap: 1 + len(w) for tap, w in workers.items()}
         ports = {p: ports[p] for p in paths}
-        logdirs = {p: d for p, d in logdirs.items() if p in paths}
         log("ports: %s; smtp-sink upstream %d" % (ports, sink))
         recorded = {}
         res["throughput"] = bench_throughput(ports, pids, tools, logdirs, recorded)

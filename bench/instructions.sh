@@ -9,7 +9,8 @@
 # 20 sessions (many, -d).  Prints instructions per message; the profile of each run is
 # kept for callgrind_annotate.  --args adds smtptap options, for instance
 # "--no-transcripts --events none" for the relay without its recording.  Compare builds
-# measured by the same command, never with the kernel's share (strace -c counts the system calls; bench/run.sh the whole).
+# measured by the same command, never with the kernel's share (strace -c counts the
+# system calls; bench/run.sh the whole).
 # The word "haproxy" instead of a build measures HAProxy the same way (bench/haproxy.cfg.in,
 # one thread, as callgrind runs threads one at a time anyway): the relay that does nothing
 # but relay, for scale.
@@ -24,7 +25,8 @@ while [ $# -gt 1 ]; do
 	esac
 	shift 2
 done
-mode=${1:?usage: bench/instructions.sh [--rules FILE] [--args \"OPTIONS\"] one|many /abs/path/to/smtptap...}
+usage='usage: bench/instructions.sh [--rules FILE] [--args "OPTIONS"] one|many BUILD...'
+mode=${1:?$usage}
 shift
 [ $# -gt 0 ] || { echo "bench: no smtptap build given" >&2; exit 2; }
 case $mode in

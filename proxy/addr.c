@@ -2,6 +2,8 @@
 #include "proxy/addr.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,4 +82,53 @@ addr_numeric(const char *host, const char *port, struct sockaddr_storage *ss)
 		return sizeof(*in6);
 	}
 	return 0;
+}
+
+/* Whether sa is a loopback address or one of this host's interfaces' addresses. */
+static int
+addr_sa_is_local(const struct sockaddr *sa, const struct ifaddrs *ifs)
+{
+	const struct ifaddrs *i;
+
+	if (sa->sa_family == AF_INET &&
+	    (ntohl(((const struct sockaddr_in *)(const void *)sa)->sin_addr.s_addr) >> 24) == 127)
+		return 1;
+	if (sa->sa_family == AF_INET6 &&
+	    IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr))
+		return 1;
+	for (i = ifs; i != NULL; i = i->ifa_next) {
+		if (i->ifa_addr == NULL || i->ifa_addr->sa_family != sa->sa_family)
+			continue;
+		if (sa->sa_family == AF_INET &&
+		    memcmp(&((const struct sockaddr_in *)(const void *)sa)->sin_addr,
+		           &((const struct sockaddr_in *)(const void *)i->ifa_addr)->sin_addr, 4) == 0)
+			return 1;
+		if (sa->sa_family == AF_INET6 &&
+		    memcmp(&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+		           &((const struct sockaddr_in6 *)(const void *)i->ifa_addr)->sin6_addr,
+		           16) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+int
+addr_host_is_local(const char *host)
+{
+	struct addrinfo hints, *res = NULL, *r;
+	struct ifaddrs *ifs = NULL;
+	int local = 0;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host, NULL, &hints, &res) != 0)
+		return 0;
+	if (getifaddrs(&ifs) != 0)
+		ifs = NULL;
+	for (r = res; r != NULL && !local; r = r->ai_next)
+		local = addr_sa_is_local(r->ai_addr, ifs);
+	if (ifs != NULL)
+		freeifaddrs(ifs);
+	freeaddrinfo(res);
+	return local;
 }

@@ -10,4 +10,8 @@ void addr_format(const struct sockaddr *sa, char *buf, size_t size);
 /* The address of a numeric host and port, with its length; 0 for a name (or a bad port). */
 socklen_t addr_numeric(const char *host, const char *port, struct sockaddr_storage *ss);
 
+/* Whether host (a name or an address) is this host: loopback or an interface's address.
+ * Start-up only: it may ask the resolver. */
+int addr_host_is_local(const char *host);
+
 #endif

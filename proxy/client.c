@@ -116,9 +116,9 @@ client_refuse(struct session *s, const struct unit *u, const char *reply)
 }
 
 /*
- * Commands the proxy answers itself: a client's XCLIENT/XFORWARD (it must not claim
- * another identity to the server) and STARTTLS when we terminate or strip TLS.  Returns 1
- * when the command was handled here.
+ * Commands the proxy answers itself: a client's XCLIENT/XFORWARD/PROXY (it must not claim
+ * another identity to the server; a balancer's PROXY header is read before, by proxyin.c)
+ * and STARTTLS when we terminate or strip TLS.  Returns 1 when the command was handled here.
  */
 static int
 client_command_local(struct session *s, const struct unit *u, const struct smtp_command *cmd)
@@ -126,7 +126,7 @@ client_command_local(struct session *s, const struct unit *u, const struct smtp_
 	const struct options *o = s->px->opts;
 	struct pending *p;
 
-	if (cmd->verb == VERB_XCLIENT || cmd->verb == VERB_XFORWARD) {
+	if (cmd->verb == VERB_XCLIENT || cmd->verb == VERB_XFORWARD || cmd->verb == VERB_PROXY) {
 		session_warn(s, "client's own %s refused", smtp_verb_name(cmd->verb));
 		client_refuse(s, u, "550 5.7.0 Command not permitted\r\n");
 		return 1;
@@ -761,11 +761,17 @@ relay_client_units(struct session *s)
 		switch (s->state) {
 		case ST_CLIENT_TLS:
 			return;
+		case ST_PROXY_HEADER:
+			proxyin_read(s);
+			if (s->state == ST_PROXY_HEADER)
+				return;
+			break;
 		case ST_CONNECTING:
 		case ST_GREETING:
 		case ST_UPSTREAM_EHLO:
 		case ST_UPSTREAM_STARTTLS:
 		case ST_UPSTREAM_TLS:
+		case ST_UPSTREAM_XCLIENT:
 			if (!s->early_talker && evbuffer_get_length(side_input(&s->client)) > 0) {
 				s->early_talker = 1;
 				session_warn(s,
@@ -826,6 +832,10 @@ relay_client_gone(struct session *s)
 {
 	s->client_gone = 1;
 	side_pause(&s->client, PAUSE_EOF);
+	if (s->state == ST_PROXY_HEADER) {
+		proxyin_gone(s);
+		return;
+	}
 	if (s->state == ST_MESSAGE || s->state == ST_CHUNK) {
 		/* Never let a partial message end: closing upstream makes the server drop it. */
 		session_warn(s, "client closed during the message: upstream closed, nothing "

@@ -185,6 +185,13 @@ upstream_prepare(struct proxy *px, const struct options *o)
 	px->upstream_text = escape_strdup((const unsigned char *)o->upstream, strlen(o->upstream));
 	if (px->upstream_text == NULL)
 		fatalx("out of memory");
+	/* PITFALLS 20: a server that trusts its own host would relay for every client. */
+	if (o->forward_client == FORWARD_NONE && addr_host_is_local(o->upstream_host))
+		log_warnx("--upstream %s is on this host and --forward-client is none: the server "
+		          "sees every client as the proxy's own address (an open relay if it trusts "
+		          "local clients, as Postfix's default mynetworks does); use --forward-client "
+		          "xclient, proxy-v1 or proxy-v2",
+		          o->upstream);
 }
 
 /* The loop that serves sessions, in this process or in each worker. */

@@ -1,13 +1,18 @@
 /* Command-line options: getopt_long, strict values, exit 2 with one line on any mistake. */
 #include "proxy/options.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <netinet/in.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <event2/event.h>
@@ -43,6 +48,9 @@ enum {
 	OPT_HOLD_MEMORY,
 	OPT_ON_LOG_FAILURE,
 	OPT_WORKERS,
+	OPT_HELO_NAME,
+	OPT_FORWARD_CLIENT,
+	OPT_ACCEPT_PROXY,
 	OPT_HELP,
 	OPT_VERSION,
 };
@@ -75,6 +83,9 @@ static const struct option long_options[] = {
     {"hold-memory", required_argument, NULL, OPT_HOLD_MEMORY},
     {"on-log-failure", required_argument, NULL, OPT_ON_LOG_FAILURE},
     {"workers", required_argument, NULL, OPT_WORKERS},
+    {"helo-name", required_argument, NULL, OPT_HELO_NAME},
+    {"forward-client", required_argument, NULL, OPT_FORWARD_CLIENT},
+    {"accept-proxy", required_argument, NULL, OPT_ACCEPT_PROXY},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
@@ -106,6 +117,11 @@ static const char usage_text[] =
     "  --upstream-verify none|ca|name  server certificate check (default name)\n"
     "  --upstream-name NAME     name checked and sent as SNI (default the --upstream host)\n"
     "  --tls-min-version 1.2|1.3  oldest TLS accepted on both legs (default 1.2)\n"
+    "  --helo-name NAME         our EHLO to the server (default this host's full name)\n"
+    "  --forward-client none|xclient|proxy-v1|proxy-v2  tell the server the client's\n"
+    "                           address (default none: it sees the proxy's)\n"
+    "  --accept-proxy CIDR[,CIDR...]  balancers whose connections start with a PROXY\n"
+    "                           header (v1 or v2) naming the client\n"
     "  --rules FILE             PCRE2 filter rules (repeatable, read in order)\n"
     "  --hold-memory BYTES      a held message's memory before a temp file (default 1048576)\n"
     "  --check-rules FILE...    check rule files and exit (1 on any error)\n"
@@ -332,6 +348,116 @@ print_version(void)
 		printf("allocator: the C library's malloc\n");
 }
 
+/* One CIDR of --accept-proxy: "192.0.2.0/24", "2001:db8::/32", or an address alone. */
+static void
+options_cidr(struct options *o, const char *s, size_t n)
+{
+	char buf[INET6_ADDRSTRLEN + 8], *slash;
+	struct cidr *c;
+	unsigned max;
+
+	if (o->naccept_proxy == OPT_MAX_ACCEPT_PROXY)
+		options_die("--accept-proxy", "too many networks", NULL);
+	if (n == 0 || n >= sizeof(buf))
+		options_die("--accept-proxy", "expected ADDRESS[/PREFIX], not", s);
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	c = &o->accept_proxy[o->naccept_proxy];
+	if ((slash = strchr(buf, '/')) != NULL)
+		*slash++ = '\0';
+	if (inet_pton(AF_INET, buf, c->addr) == 1)
+		c->family = AF_INET, max = 32;
+	else if (inet_pton(AF_INET6, buf, c->addr) == 1)
+		c->family = AF_INET6, max = 128;
+	else
+		options_die("--accept-proxy", "expected a numeric ADDRESS[/PREFIX], not", buf);
+	c->prefix = slash != NULL ? (unsigned)options_number("--accept-proxy",
+	                                                     "invalid prefix length", slash, 0, max)
+	                          : max;
+	o->naccept_proxy++;
+}
+
+/* Whether the first bits of two addresses agree. */
+static int
+options_prefix_match(const unsigned char *a, const unsigned char *b, unsigned bits)
+{
+	unsigned whole = bits / 8, rest = bits % 8;
+
+	if (memcmp(a, b, whole) != 0)
+		return 0;
+	return rest == 0 || ((a[whole] ^ b[whole]) & (0xff00 >> rest) & 0xff) == 0;
+}
+
+int
+options_accept_proxy_from(const struct options *o, const struct sockaddr *sa)
+{
+	const unsigned char *a;
+	int family = sa->sa_family, i;
+
+	if (family == AF_INET)
+		a = (const unsigned char *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
+	else if (family == AF_INET6)
+		a = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+	else
+		return 0;
+	for (i = 0; i < o->naccept_proxy; i++)
+		if (o->accept_proxy[i].family == family &&
+		    options_prefix_match(a, o->accept_proxy[i].addr, o->accept_proxy[i].prefix))
+			return 1;
+	return 0;
+}
+
+/* The client's identity on both sides: --helo-name, --forward-client, --accept-proxy. */
+static int
+options_identity(struct options *o, int ch, const char *arg)
+{
+	static const char *const fwd[] = {"none", "xclient", "proxy-v1", "proxy-v2", NULL};
+	const char *p, *comma;
+
+	switch (ch) {
+	case OPT_HELO_NAME:
+		if (arg[0] == '\0' || strlen(arg) >= sizeof(o->helo_name) ||
+		    strcspn(arg, " \t\r\n\v\f") != strlen(arg))
+			options_die("--helo-name", "expected a host name, not", arg);
+		snprintf(o->helo_name, sizeof(o->helo_name), "%s", arg);
+		return 1;
+	case OPT_FORWARD_CLIENT:
+		o->forward_client = options_word("--forward-client", arg, fwd,
+		                                 "expected none, xclient, proxy-v1 or proxy-v2, not");
+		return 1;
+	case OPT_ACCEPT_PROXY:
+		for (p = arg;; p = comma + 1) {
+			comma = strchr(p, ',');
+			options_cidr(o, p, comma != NULL ? (size_t)(comma - p) : strlen(p));
+			if (comma == NULL)
+				break;
+		}
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* Postfix's smtp_helo_name default: this host's fully qualified name, else its short name. */
+static void
+options_default_helo(struct options *o)
+{
+	struct addrinfo hints, *res = NULL;
+
+	if (o->helo_name[0] != '\0')
+		return;
+	snprintf(o->helo_name, sizeof(o->helo_name), "%s", o->hostname);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_flags = AI_CANONNAME;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(o->hostname, NULL, &hints, &res) == 0 && res != NULL &&
+	    res->ai_canonname != NULL && res->ai_canonname[0] != '\0' &&
+	    strlen(res->ai_canonname) < sizeof(o->helo_name))
+		snprintf(o->helo_name, sizeof(o->helo_name), "%s", res->ai_canonname);
+	if (res != NULL)
+		freeaddrinfo(res);
+}
+
 static void
 options_one(struct options *o, int ch, const char *arg)
 {
@@ -413,7 +539,8 @@ options_one(struct options *o, int ch, const char *arg)
 		o->listen_tls[o->nlisten_tls++] = arg;
 		break;
 	default:
-		options_tls(o, ch, arg);
+		if (!options_identity(o, ch, arg))
+			options_tls(o, ch, arg);
 		break;
 	case 'v':
 		o->verbose = 1;
@@ -452,4 +579,5 @@ options_parse(int argc, char **argv, struct options *o)
 		            "writes none", NULL);
 	if (o->nlisten == 0 && o->nlisten_tls == 0)
 		o->listen[o->nlisten++] = "127.0.0.1:2525";
+	options_default_helo(o);
 }

@@ -4,6 +4,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct sockaddr;
+
 #define OPT_MAX_LISTEN 16
 #define OPT_MAX_WORKERS 64
 
@@ -12,6 +14,16 @@ enum bare_newline { BARE_NORMALIZE, BARE_REJECT, BARE_PASS };
 enum tls_mode { TLS_PASSTHROUGH, TLS_TERMINATE, TLS_STRIP };
 enum upstream_tls { UPSTREAM_STARTTLS, UPSTREAM_REQUIRE, UPSTREAM_IMPLICIT, UPSTREAM_NONE };
 enum upstream_verify { VERIFY_NONE, VERIFY_CA, VERIFY_NAME };
+enum forward_client { FORWARD_NONE, FORWARD_XCLIENT, FORWARD_PROXY_V1, FORWARD_PROXY_V2 };
+
+#define OPT_MAX_ACCEPT_PROXY 32
+
+/* One --accept-proxy network: family (AF_INET or AF_INET6), address and prefix length. */
+struct cidr {
+	int family;
+	unsigned char addr[16];
+	unsigned prefix;
+};
 
 /* Everything the command line sets; read-only once the proxy runs. */
 struct options {
@@ -51,6 +63,10 @@ struct options {
 	int use_syslog;
 	int verbose;
 	char hostname[256];
+	char helo_name[256];          /* --helo-name: our EHLO to the server */
+	enum forward_client forward_client;
+	struct cidr accept_proxy[OPT_MAX_ACCEPT_PROXY]; /* --accept-proxy: balancers */
+	int naccept_proxy;
 };
 
 /* Fills opts from argv; on a bad option prints one line naming it and exits 2. */
@@ -58,5 +74,8 @@ void options_parse(int argc, char **argv, struct options *opts);
 
 /* Splits "host:port", "[v6]:port" into parts; returns 0, or -1 with a reason in *why. */
 int options_split_hostport(const char *s, char **host, char **port, const char **why);
+
+/* Whether sa (a client's address) is in one of the --accept-proxy networks. */
+int options_accept_proxy_from(const struct options *o, const struct sockaddr *sa);
 
 #endif

@@ -11,6 +11,7 @@
 #include "proxy/smtp.h"
 
 struct evbuffer;
+struct options;
 struct pending;
 struct session;
 struct side;
@@ -55,5 +56,18 @@ void server_reply_effect(struct session *s, const struct pending *p, int code);
 
 /* upstream.c */
 void upstream_setup_step(struct session *s);
+/* Whether the upstream leg is set up (TLS, XCLIENT) before the client sees the greeting. */
+int upstream_setup_wanted(const struct options *o);
+/* --forward-client proxy-v1/v2: the PROXY header, first on the upstream connection; -1 when
+ * the session was closed instead. */
+int upstream_proxy_header(struct session *s);
+
+/* proxyin.c: reads a balancer's PROXY header (--accept-proxy); the session goes on, or
+ * closes, once it is whole. */
+void proxyin_read(struct session *s);
+/* proxyin.c: no whole header in time. */
+void proxyin_timeout(struct session *s);
+/* proxyin.c: the balancer closed before its header was whole. */
+void proxyin_gone(struct session *s);
 
 #endif

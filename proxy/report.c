@@ -179,6 +179,12 @@ report_write(struct session *s, const struct timeval *end)
 	           report_valid(s->transcript_path[0] ? s->transcript_path : NULL));
 	report_set(o, "helo", report_valid(s->helo));
 	report_set(o, "early_talker", json_boolean(s->early_talker));
+	if (s->forwarded != NULL)
+		report_set(o, "forwarded", report_valid(s->forwarded));
+	if (s->via[0] != '\0')
+		report_set(o, "via", report_valid(s->via));
+	if (s->proxy_local)
+		report_set(o, "local", json_true());
 	report_extras(s, o);
 	report_set(o, "transactions", report_transactions(s));
 	if (s->tx_unrecorded > 0)

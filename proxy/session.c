@@ -31,6 +31,7 @@
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/tls.h"
 #include "proxy/tx.h"
 
@@ -67,6 +68,8 @@ static const char *state_names[] = {
     [ST_UPSTREAM_EHLO] = "upstream-ehlo",
     [ST_UPSTREAM_STARTTLS] = "upstream-starttls",
     [ST_UPSTREAM_TLS] = "upstream-tls",
+    [ST_UPSTREAM_XCLIENT] = "upstream-xclient",
+    [ST_PROXY_HEADER] = "proxy-header",
     [ST_CLIENT_TLS] = "client-tls",
 };
 
@@ -479,6 +482,10 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		session_linger_check(s);
 		return;
 	}
+	if (s->state == ST_PROXY_HEADER) {
+		proxyin_timeout(s);
+		return;
+	}
 	if (s->state == ST_CONNECTING) {
 		snprintf(reply, sizeof(reply),
 		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
@@ -724,6 +731,8 @@ session_upstream_connected(struct session *s)
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	if (upstream_proxy_header(s) != 0)
+		return;
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
 		session_close(s, "error");
 		return;
@@ -899,7 +908,7 @@ session_make_id(struct session *s)
 	session_hex_id(s->id, r);
 }
 
-static int
+int
 session_open_transcript(struct session *s)
 {
 	static int warned;
@@ -923,8 +932,13 @@ session_open_transcript(struct session *s)
 		return -1;
 	}
 	warned = 0;
-	transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
-	                 s->listener_addr);
+	if (s->via[0] != '\0')
+		transcript_event(s->transcript, "connect client=%s listener=%s via=%s%s",
+		                 s->client_addr, s->listener_addr, s->via,
+		                 s->proxy_local ? " local=yes" : "");
+	else
+		transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
+		                 s->listener_addr);
 	/*
 	 * Under tempfail, each session's start must tell whether transcripts can be written;
 	 * otherwise the header goes out with the first flush (one write fewer per session).
@@ -1009,9 +1023,8 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	px->nsessions++;
 	if (filter_session_init(s, px->rules) != 0)
 		log_warnx("session=%s out of memory for rule counters", s->id);
-	s->upstream_setup =
-	    px->opts->tls_mode != TLS_PASSTHROUGH && (px->opts->upstream_tls == UPSTREAM_STARTTLS ||
-	                                              px->opts->upstream_tls == UPSTREAM_REQUIRE);
+	s->upstream_setup = upstream_setup_wanted(px->opts);
+	s->xclient_attrs = -1;
 	return s;
 fail:
 	/* The caller still owns the sockets: freeing the buffer events must not close them. */
@@ -1031,30 +1044,66 @@ fail:
 	return NULL;
 }
 
+/*
+ * The client's address and the listener's, for --forward-client and --accept-proxy (one
+ * getsockname(2) more per session, only when they are used).
+ */
+static void
+session_identify(struct session *s, int fd, const struct sockaddr *sa)
+{
+	const struct options *o = s->px->opts;
+	struct sockaddr_storage local;
+	socklen_t len = sizeof(local);
+
+	if (o->forward_client == FORWARD_NONE && o->naccept_proxy == 0)
+		return;
+	if (getsockname(fd, (struct sockaddr *)&local, &len) == 0)
+		(void)proxyproto_addrs_from(&s->peer, sa, (struct sockaddr *)&local);
+}
+
 struct session *
 session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, const char *listener,
             int implicit_tls)
 {
 	struct session *s;
+	struct timeval header_limit = {PROXY_HEADER_SECS, 0};
 
 	(void)salen;
 	if ((s = session_create(px, fd, sa, listener, -1)) == NULL)
 		return NULL;
+	session_identify(s, fd, sa);
+	if (sa != NULL && options_accept_proxy_from(px->opts, sa)) {
+		/* A balancer: its PROXY header names the client before anything else. */
+		s->proxy_implicit_tls = implicit_tls;
+		session_enter_state(s, ST_PROXY_HEADER);
+		event_add(s->timer, &header_limit);
+		side_read_on(&s->client);
+		return s;
+	}
+	session_begin(s, implicit_tls);
+	return s;
+}
+
+void
+session_begin(struct session *s, int implicit_tls)
+{
+	struct proxy *px = s->px;
+
+	session_enter_state(s, ST_CONNECTING);
 	/* TCP_NODELAY: inherited from the listener (listener_add). */
 	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
 	    px->opts->log_failure_tempfail) {
 		session_unrecorded(s);
-		return s;
+		return;
 	}
 	log_debug("session=%s connect client=%s", s->id, s->client_addr);
 	/* Read the client from the start, to see an early talker and a client that leaves. */
 	side_read_on(&s->client);
 	if (implicit_tls && session_start_tls(s, &s->client) != 0) {
 		session_tls_failed(s, &s->client, "TLS set-up failed");
-		return s;
+		return;
 	}
 	session_connect(s);
-	return s;
 }
 
 struct session *

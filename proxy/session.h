@@ -9,6 +9,7 @@
 
 #include "filters/rules.h"
 #include "proxy/pipeline.h"
+#include "proxy/proxyproto.h"
 
 struct bufferevent;
 struct event;
@@ -67,6 +68,8 @@ enum smtp_state {
 	ST_UPSTREAM_EHLO,     /* our own EHLO to the server, before its STARTTLS */
 	ST_UPSTREAM_STARTTLS, /* our own STARTTLS to the server */
 	ST_UPSTREAM_TLS,      /* handshake with the server */
+	ST_UPSTREAM_XCLIENT,  /* our own XCLIENT, naming the client to the server */
+	ST_PROXY_HEADER,      /* reading a balancer's PROXY header (--accept-proxy) */
 	ST_CLIENT_TLS,        /* handshake with the client after its STARTTLS */
 	ST_CLOSING,
 };
@@ -106,6 +109,15 @@ struct session {
 	char listener_addr[64];
 	char upstream_addr[64];
 	char *helo;
+
+	/* The client's identity: its and the listener's addresses (from the balancer's PROXY
+	 * header under --accept-proxy), and how it was told to the server. */
+	struct proxyproto_addrs peer;
+	char via[64];          /* the balancer's address, when a PROXY header named the client */
+	int proxy_local;       /* a v2 LOCAL header: the balancer's own session (health check) */
+	int xclient_attrs;     /* what the server's EHLO offered for XCLIENT, -1: no XCLIENT */
+	const char *forwarded; /* "xclient", "proxy-v1", "proxy-v2", or NULL */
+	int proxy_implicit_tls; /* TLS from the first byte after the PROXY header */
 
 	/* Message content. */
 	int msg_line_start; /* the previous content line ended in CRLF */
@@ -169,6 +181,15 @@ struct session {
 /* Accepts a client on fd: connects upstream and starts recording. */
 struct session *session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen,
                             const char *listener, int implicit_tls);
+
+/* How long a balancer (--accept-proxy) has to send its whole PROXY header. */
+#define PROXY_HEADER_SECS 5
+
+/* Records the session from here and connects upstream (after a PROXY header, if any). */
+void session_begin(struct session *s, int implicit_tls);
+
+/* Opens the session's transcript with its connect record; -1 when it can't be written. */
+int session_open_transcript(struct session *s);
 
 /* A session over two sockets already connected (tests and fuzzing: socketpairs). */
 struct session *session_new_connected(struct proxy *px, int client_fd, int server_fd);

@@ -14,6 +14,7 @@ static const struct {
     {"NOOP", VERB_NOOP},       {"AUTH", VERB_AUTH},         {"STARTTLS", VERB_STARTTLS},
     {"VRFY", VERB_VRFY},       {"EXPN", VERB_EXPN},         {"HELP", VERB_HELP},
     {"XCLIENT", VERB_XCLIENT}, {"XFORWARD", VERB_XFORWARD},
+    {"PROXY", VERB_PROXY},
 };
 
 static const char *smtp_extra_names[] = {

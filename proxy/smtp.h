@@ -25,6 +25,7 @@ enum smtp_verb {
 	VERB_HELP,
 	VERB_XCLIENT,
 	VERB_XFORWARD,
+	VERB_PROXY, /* a PROXY protocol line: only a balancer's, before anything else */
 	/* Not commands: what else a reply can answer. */
 	VERB_GREETING,
 	VERB_SASL,

@@ -10,6 +10,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "logs/escape.h"
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
@@ -18,6 +19,7 @@
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/proxyproto.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
 #include "proxy/session.h"
@@ -41,16 +43,67 @@ upstream_ready(struct session *s)
 	}
 }
 
+/* The upstream leg cannot be set up as required: 421 4.7.0, nothing relayed. */
 static void
-upstream_refused(struct session *s, const char *why)
+upstream_refused(struct session *s, const char *why, const char *text, const char *reason)
 {
 	char reply[512];
 
-	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
-	snprintf(reply, sizeof(reply), "421 4.7.0 %s Upstream server does not offer TLS\r\n",
-	         s->px->opts->hostname);
+	transcript_event(s->transcript, "upstream set-up failed reason=\"%s\"", why);
+	snprintf(reply, sizeof(reply), "421 4.7.0 %s %s\r\n", s->px->opts->hostname, text);
 	session_reply(s, reply);
-	session_close(s, "upstream_tls_failed");
+	session_close(s, reason);
+}
+
+static void
+upstream_tls_refused(struct session *s, const char *why)
+{
+	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+	upstream_refused(s, why, "Upstream server does not offer TLS", "upstream_tls_failed");
+}
+
+/* Whether the upstream leg is to be secured with STARTTLS before the greeting: in terminate
+ * and strip modes, and under require in any mode (the client's certificate has no part in it). */
+static int
+upstream_wants_tls(const struct options *o)
+{
+	if (o->upstream_tls == UPSTREAM_REQUIRE)
+		return 1;
+	return o->tls_mode != TLS_PASSTHROUGH && o->upstream_tls == UPSTREAM_STARTTLS;
+}
+
+int
+upstream_setup_wanted(const struct options *o)
+{
+	return upstream_wants_tls(o) || o->forward_client == FORWARD_XCLIENT;
+}
+
+/* After EHLO (and TLS when it came): name the client with XCLIENT, or greet the client. */
+static void
+upstream_identify(struct session *s)
+{
+	char cmd[256];
+
+	if (s->px->opts->forward_client != FORWARD_XCLIENT) {
+		upstream_ready(s);
+		return;
+	}
+	if (s->xclient_attrs < 0) {
+		session_warn(s, "the server does not offer XCLIENT: the client's address cannot be "
+		                "forwarded");
+		log_warnx("session=%s upstream %s does not offer XCLIENT (--forward-client xclient)",
+		          s->id, s->upstream_addr);
+		upstream_refused(s, "the server does not offer XCLIENT",
+		                 "Cannot forward the client's address", "xclient_refused");
+		return;
+	}
+	if (proxyproto_xclient(&s->peer, s->xclient_attrs, cmd, sizeof(cmd)) == 0) {
+		upstream_refused(s, "no client address to forward with XCLIENT (ADDR not offered?)",
+		                 "Cannot forward the client's address", "xclient_refused");
+		return;
+	}
+	relay_send_upstream(s, cmd);
+	session_enter_state(s, ST_UPSTREAM_XCLIENT);
 }
 
 /* TLS with the server could not be had: go on in clear, unless it is required. */
@@ -58,21 +111,102 @@ static void
 upstream_plain(struct session *s, const char *why)
 {
 	if (s->px->opts->upstream_tls == UPSTREAM_REQUIRE) {
-		upstream_refused(s, why);
+		upstream_tls_refused(s, why);
+		return;
+	}
+	transcript_event(s->transcript, "upstream leg stays in clear: %s", why);
+	upstream_identify(s);
+}
+
+/* The server refused our own EHLO: record its reply as the reason, and tell the operator. */
+static void
+upstream_ehlo_refused(struct session *s, const unsigned char *reply, size_t len)
+{
+	char *text = escape_strdup(reply, smtp_line_len(reply, len));
+	char why[600];
+
+	snprintf(why, sizeof(why), "the server refused our EHLO %s: %s", s->px->opts->helo_name,
+	         text != NULL ? text : "");
+	log_warnx("session=%s upstream %s refused EHLO %s: %s", s->id, s->upstream_addr,
+	          s->px->opts->helo_name, text != NULL ? text : "");
+	free(text);
+	s->xclient_attrs = -1;
+	if (s->px->opts->forward_client == FORWARD_XCLIENT) {
+		upstream_refused(s, why, "Cannot forward the client's address", "xclient_refused");
+		return;
+	}
+	if (!upstream_wants_tls(s->px->opts)) {
+		upstream_ready(s);
+		return;
+	}
+	if (s->px->opts->upstream_tls == UPSTREAM_REQUIRE) {
+		transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+		upstream_refused(s, why, "Upstream server refused EHLO, no TLS",
+		                 "upstream_tls_failed");
 		return;
 	}
 	transcript_event(s->transcript, "upstream leg stays in clear: %s", why);
 	upstream_ready(s);
 }
 
-/* A reply during the upstream set-up: greeting, then our EHLO, then our STARTTLS. */
+static void
+upstream_send_ehlo(struct session *s)
+{
+	char ehlo[300];
+
+	snprintf(ehlo, sizeof(ehlo), "EHLO %s\r\n", s->px->opts->helo_name);
+	relay_send_upstream(s, ehlo);
+	session_enter_state(s, ST_UPSTREAM_EHLO);
+}
+
+/* The server's reply to our EHLO: on to STARTTLS, to XCLIENT, or to the client. */
+static void
+upstream_ehlo_reply(struct session *s, const unsigned char *reply, size_t len, int code)
+{
+	if (code != 250) {
+		upstream_ehlo_refused(s, reply, len);
+		return;
+	}
+	s->xclient_attrs = proxyproto_xclient_offer(reply, len);
+	if (!upstream_wants_tls(s->px->opts) || s->server.tls) {
+		upstream_identify(s);
+		return;
+	}
+	if (!ehlo_offers(reply, len, "STARTTLS")) {
+		upstream_plain(s, "the server does not offer STARTTLS");
+		return;
+	}
+	relay_send_upstream(s, "STARTTLS\r\n");
+	session_enter_state(s, ST_UPSTREAM_STARTTLS);
+}
+
+/* The server's reply to our XCLIENT: a new greeting is the client's greeting. */
+static void
+upstream_xclient_reply(struct session *s, int code)
+{
+	char why[300];
+
+	if (code != 220) {
+		snprintf(why, sizeof(why), "the server refused XCLIENT (%d)", code);
+		session_warn(s, "%s", why);
+		log_warnx("session=%s upstream %s refused XCLIENT with %d", s->id, s->upstream_addr,
+		          code);
+		upstream_refused(s, why, "Cannot forward the client's address", "xclient_refused");
+		return;
+	}
+	evbuffer_drain(s->greeting, evbuffer_get_length(s->greeting));
+	evbuffer_add_buffer(s->greeting, s->setup_reply);
+	s->forwarded = "xclient";
+	upstream_ready(s);
+}
+
+/* A reply during the upstream set-up: greeting, our EHLO, STARTTLS, (EHLO again), XCLIENT. */
 void
 upstream_setup_step(struct session *s)
 {
 	size_t len = evbuffer_get_length(s->setup_reply), stale;
 	const unsigned char *reply = evbuffer_pullup(s->setup_reply, (ev_ssize_t)len);
 	int code = s->reply_code;
-	char ehlo[300];
 
 	s->reply_open = 0;
 	switch (s->state) {
@@ -83,22 +217,24 @@ upstream_setup_step(struct session *s)
 		}
 		evbuffer_add_buffer(s->greeting, s->setup_reply);
 		if (code != 220) {
-			upstream_plain(s, "the server refused the session");
+			/* The server refuses the session: its greeting goes to the client as it
+			 * is (no TLS, no XCLIENT to a server that takes no command). */
+			if (s->px->opts->upstream_tls == UPSTREAM_REQUIRE) {
+				upstream_tls_refused(s, "the server refused the session");
+			} else {
+				if (upstream_wants_tls(s->px->opts))
+					transcript_event(s->transcript, "upstream leg stays in clear: "
+					                                "the server refused the session");
+				upstream_ready(s);
+			}
 			if (code == 421 && !s->closing)
 				session_close(s, "server_421");
 			return;
 		}
-		snprintf(ehlo, sizeof(ehlo), "EHLO %s\r\n", s->px->opts->hostname);
-		relay_send_upstream(s, ehlo);
-		session_enter_state(s, ST_UPSTREAM_EHLO);
+		upstream_send_ehlo(s);
 		break;
 	case ST_UPSTREAM_EHLO:
-		if (code != 250 || !ehlo_offers(reply, len, "STARTTLS")) {
-			upstream_plain(s, "the server does not offer STARTTLS");
-			break;
-		}
-		relay_send_upstream(s, "STARTTLS\r\n");
-		session_enter_state(s, ST_UPSTREAM_STARTTLS);
+		upstream_ehlo_reply(s, reply, len, code);
 		break;
 	case ST_UPSTREAM_STARTTLS:
 		if (code != 220) {
@@ -114,22 +250,53 @@ upstream_setup_step(struct session *s)
 		}
 		session_enter_state(s, ST_UPSTREAM_TLS);
 		if (session_start_tls(s, &s->server) != 0)
-			upstream_refused(s, "TLS set-up failed");
+			upstream_tls_refused(s, "TLS set-up failed");
+		break;
+	case ST_UPSTREAM_XCLIENT:
+		upstream_xclient_reply(s, code);
 		break;
 	default:
 		break;
 	}
-	evbuffer_drain(s->setup_reply, evbuffer_get_length(s->setup_reply));
+	if (s->setup_reply != NULL)
+		evbuffer_drain(s->setup_reply, evbuffer_get_length(s->setup_reply));
 }
 
 void
 relay_upstream_secured(struct session *s)
 {
 	if (s->upstream_setup) {
-		upstream_ready(s);
+		/* RFC 3207 4.2: the server forgot our EHLO; XCLIENT needs it again. */
+		if (s->px->opts->forward_client == FORWARD_XCLIENT)
+			upstream_send_ehlo(s);
+		else
+			upstream_ready(s);
 		return;
 	}
 	/* Implicit TLS: the greeting comes now, over TLS. */
 	session_enter_state(s, ST_GREETING);
 	relay_server(s);
+}
+
+int
+upstream_proxy_header(struct session *s)
+{
+	int version = s->px->opts->forward_client == FORWARD_PROXY_V1 ? 1 : 2;
+	unsigned char hdr[PROXYPROTO_OUT_MAX];
+	size_t n;
+
+	if (s->px->opts->forward_client != FORWARD_PROXY_V1 &&
+	    s->px->opts->forward_client != FORWARD_PROXY_V2)
+		return 0;
+	if ((n = proxyproto_encode(version, &s->peer, hdr, sizeof(hdr))) == 0) {
+		/* Without it the server would take the proxy for the client: relay nothing. */
+		upstream_refused(s, "no client address for the PROXY header",
+		                 "Cannot forward the client's address", "proxy_header_failed");
+		return -1;
+	}
+	evbuffer_add(bufferevent_get_output(s->server.bev), hdr, n);
+	/* v1 is a text line like any we send; v2 is binary, recorded escaped all the same. */
+	transcript_data(s->transcript, "U:", hdr, n);
+	s->forwarded = version == 1 ? "proxy-v1" : "proxy-v2";
+	return 0;
 }

@@ -155,8 +155,15 @@ def tap(tap_factory, sink):
 
 
 @pytest.fixture
-def postfix(request, workdir):
-    """A private Postfix smtpd (it offers CHUNKING) that hands messages to an smtp-sink.
+def postfix_main():
+    """main.cf parameters the postfix fixture sets or replaces; a test parametrizes it."""
+    return {}
+
+
+@pytest.fixture
+def postfix(request, workdir, postfix_main):
+    """A private Postfix smtpd (it offers CHUNKING) that hands messages to an smtp-sink; its
+    main.cf takes the postfix_main fixture's parameters on top of its own.
 
     Returns (postfix, sink)."""
     if not harness.IS_ROOT:
@@ -166,7 +173,7 @@ def postfix(request, workdir):
     s = harness.SmtpSink(workdir, name="postfix-sink")
     _diag(request, "postfix's smtp-sink", s)
     s.start()
-    pf = harness.PostfixInstance(workdir, s.port)
+    pf = harness.PostfixInstance(workdir, s.port, main=postfix_main)
     _diag(request, "postfix", pf)
     try:
         pf.start()

@@ -646,7 +646,8 @@ class PostfixInstance:
     Needs root (master runs as root and drops to the postfix user).
     """
 
-    def __init__(self, workdir, sink_port):
+    def __init__(self, workdir, sink_port, main=None):
+        self.main_overrides = dict(main or {})  # main.cf parameters set (or replaced)
         self.base = os.path.join(workdir, "postfix")
         self.conf = os.path.join(self.base, "conf")
         self.queue = os.path.join(self.base, "queue")
@@ -682,6 +683,11 @@ smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 message_size_limit = 52428800
 """.format(q=self.queue, d=self.data, log=self.maillog, sink=self.sink_port)
+        for key, value in self.main_overrides.items():
+            line = "%s = %s\n" % (key, value)
+            main, n = re.subn(r"(?m)^%s = .*\n" % re.escape(key), lambda m: line, main)
+            if n == 0:
+                main += line
         master = """\
 127.0.0.1:{port} inet n - n - - smtpd
 postlog   unix-dgram n - n - 1 postlogd
@@ -758,9 +764,11 @@ discard   unix - - n - - discard
 class SmtpClient:
     """A plain socket speaking SMTP; replies are lists of raw lines (with their CRLF)."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=10.0, family=socket.AF_INET):
+    def __init__(self, port, host="127.0.0.1", timeout=10.0, family=socket.AF_INET, source=None):
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if source is not None:  # another loopback address (127.0.0.2): another client
+            self.sock.bind((source, 0))
         self.sock.connect((host, port))
         self.buf = bytearray()
         self.received = bytearray()  # everything read from the socket, in order

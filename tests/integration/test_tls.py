@@ -1312,9 +1312,14 @@ def test_upstream_refuses_ehlo(tap_factory, fake_server, certs, mode):
     srv = fake_server(SmtpServerScript(name="old.test", hooks={"EHLO": ehlo}))
     tap = tls_tap(tap_factory, srv.port, certs, "--upstream-tls", mode)
     c = SmtpClient(tap.port)
+    # Issue 13 item 12: the reason recorded is the server's refusal, not "no STARTTLS".
+    why = "the server refused our EHLO"
     if mode == "require":
-        expect_421_then_close(c, "Upstream server does not offer TLS")
+        expect_421_then_close(c, "Upstream server refused EHLO")
         assert tap.event()["reason"] == "upstream_tls_failed"
+        t = transcript(tap)
+        assert any(why in e and "502 5.5.2 Error: command not recognized" in e
+                   for e in t.events()), t.excerpt()
         return
     g = c.reply()
     assert g == [b"220 old.test ESMTP fake\r\n"], g
@@ -1324,7 +1329,10 @@ def test_upstream_refuses_ehlo(tap_factory, fake_server, certs, mode):
     c.expect("MAIL FROM:<%s>" % FROM, 250)
     c.expect("QUIT", 221)
     t = transcript(tap)
-    assert any(e.startswith("upstream leg stays in clear") for e in t.events()), t.excerpt()
+    assert any(e.startswith("upstream leg stays in clear: " + why) and "502 5.5.2" in e
+               for e in t.events()), t.excerpt()
+    assert not any("does not offer STARTTLS" in e for e in t.events()), t.excerpt()
+    assert "refused EHLO" in tap.stderr(), tap.stderr()
 
 
 @pytest.mark.limit(30)

@@ -400,6 +400,10 @@ options_accept_proxy_from(const struct options *o, const struct sockaddr *sa)
 		a = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
 	else
 		return 0;
+	if (family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)(const void *)a)) {
+		family = AF_INET; /* a dual-stack listener's IPv4 client */
+		a += 12;
+	}
 	for (i = 0; i < o->naccept_proxy; i++)
 		if (o->accept_proxy[i].family == family &&
 		    options_prefix_match(a, o->accept_proxy[i].addr, o->accept_proxy[i].prefix))

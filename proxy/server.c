@@ -265,9 +265,11 @@ server_hold_overflow(struct session *s)
 	struct pending *head = pipeline_head(&s->pipeline);
 
 	session_warn(s, "reply over %d octets", REPLY_HOLD_MAX);
-	if (s->upstream_setup && s->state == ST_GREETING) {
+	if (s->upstream_setup && s->state == ST_GREETING &&
+	    s->px->opts->forward_client != FORWARD_XCLIENT) {
 		/* The client may read the greeting now; it still may not talk until the
-		 * upstream leg is secured. */
+		 * upstream leg is secured.  (Under XCLIENT the greeting the client gets is a
+		 * later one: a greeting this long is an error.) */
 		s->greeting_relayed = 1;
 		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->setup_reply);
 		return NULL;

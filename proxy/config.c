@@ -100,7 +100,7 @@ config_line(struct config *cfg, char *line, size_t len, const char *where, FILE 
 }
 
 struct config *
-config_read(const char *path, FILE *err)
+config_read(const char *path, FILE *err, int *nerrors)
 {
 	struct config *cfg;
 	char *line = NULL, where[320];
@@ -111,11 +111,13 @@ config_read(const char *path, FILE *err)
 
 	if ((f = fopen(path, "r")) == NULL) {
 		fprintf(err, "%s: %s\n", path, strerror(errno));
+		++*nerrors;
 		return NULL;
 	}
 	if ((cfg = calloc(1, sizeof(*cfg))) == NULL) {
 		fclose(f);
 		fprintf(err, "%s: out of memory\n", path);
+		++*nerrors;
 		return NULL;
 	}
 	while ((len = getline(&line, &cap, f)) >= 0) {
@@ -135,10 +137,7 @@ config_read(const char *path, FILE *err)
 	}
 	free(line);
 	fclose(f);
-	if (errors > 0) {
-		config_free(cfg);
-		return NULL;
-	}
+	*nerrors += (int)errors;
 	return cfg;
 }
 

@@ -19,10 +19,11 @@ struct config {
 
 /*
  * Reads FILE: one setting a line (`name value`), blank lines and `#` comments skipped.
- * Returns the settings, or NULL with every problem written to err as `FILE:LINE: message`
- * (or `FILE: message` when it cannot be read).
+ * Returns the valid lines' settings (NULL when the file cannot be read); every problem is
+ * written to err as `FILE:LINE: message` (`FILE: message` for the file) and counted in
+ * *nerrors, so that a check reports a bad line and a bad value together.
  */
-struct config *config_read(const char *path, FILE *err);
+struct config *config_read(const char *path, FILE *err, int *nerrors);
 void config_free(struct config *cfg);
 
 #endif

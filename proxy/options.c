@@ -620,10 +620,8 @@ options_build(int argc, char **argv, struct options *o, FILE *err)
 	options_errors = 0;
 	o->config_file = options_find_config(argc, argv);
 	if (o->config_file != NULL) {
-		if ((o->config = config_read(o->config_file, err)) != NULL)
+		if ((o->config = config_read(o->config_file, err, &options_errors)) != NULL)
 			options_apply_file(o, o->config, err);
-		else
-			options_errors++;
 	}
 	while ((ch = getopt_long(argc, argv, ":vc:", long_options, NULL)) != -1) {
 		if (ch == '?') {

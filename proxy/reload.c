@@ -206,11 +206,11 @@ reload_config(struct proxy *px)
 	rules_free(px->rules);
 	px->rules = rs;
 	px->opts = n;
-	log_set_level(n->log_level);
 	if (opts_on_heap)
 		reload_retire(old);
 	opts_on_heap = 1;
 	log_info("configuration reloaded: %d rules, upstream %s", rules_count(rs), n->upstream);
+	log_set_level(n->log_level);
 	return 0;
 keep_free:
 	options_free(n);

@@ -194,10 +194,10 @@ report_log_line(const struct session *s, double duration)
 	report_append(line, sizeof(line), &len, "session=%s client=%s helo=<%s>", s->id,
 	              s->client_addr, report_or(s->helo, ""));
 	TAILQ_FOREACH(tx, &s->txs, entry) {
-		report_append(line, sizeof(line), &len, " from=<%s>", report_or(tx->mail_from, ""));
+		report_append(line, sizeof(line), &len, " from=%s", report_or(tx->mail_from, "<>"));
 		for (size_t i = 0; i < tx->nrcpt; i++)
-			report_append(line, sizeof(line), &len, " to=<%s>:%d",
-			              report_or(tx->rcpts[i].to, ""), tx->rcpts[i].code);
+			report_append(line, sizeof(line), &len, " to=%s:%d",
+			              report_or(tx->rcpts[i].to, "<>"), tx->rcpts[i].code);
 		report_append(line, sizeof(line), &len, " code=%d", tx->code);
 	}
 	report_append(line, sizeof(line), &len, " reason=%s duration=%.3f",

@@ -3,7 +3,7 @@ PROG     := smtptap
 VERSION  := 0.1.0
 BUILD    ?= build
 CC       ?= cc
-PKGS     := libevent libevent_openssl libpcre2-8 openssl jansson
+PKGS     := libevent libevent_openssl libpcre2-8 openssl jansson libsystemd
 WARN     := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wformat=2 -Werror
 # Link-time optimisation: the hot path crosses modules (relay, transcript, escape) in small
 # functions; -flto lets them inline: 2% fewer instructions per one-message session, 5% per
@@ -142,3 +142,4 @@ check-valgrind: deps
 # ---- end of fuzzing and memcheck ---------------------------------------------------------------
 
 -include $(OBJ:.o=.d)
+include dist/install.mk

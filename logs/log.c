@@ -10,6 +10,7 @@
 
 static int log_syslog;
 static int log_verbose;
+static int log_level = LOG_LEVEL_INFO;
 static char log_tag[32];
 
 void
@@ -19,6 +20,13 @@ log_init(int use_syslog, int verbose)
 	log_verbose = verbose;
 	if (use_syslog)
 		openlog("smtptap", LOG_PID | LOG_NDELAY, LOG_MAIL);
+}
+
+void
+log_set_level(int level)
+{
+	log_level = level;
+	log_verbose = level >= LOG_LEVEL_DEBUG;
 }
 
 void
@@ -54,6 +62,8 @@ log_warn(const char *fmt, ...)
 	const char *err = strerror(errno);
 	va_list ap;
 
+	if (log_level < LOG_LEVEL_WARNING)
+		return;
 	va_start(ap, fmt);
 	log_vwrite(LOG_WARNING, "warning", fmt, ap, err);
 	va_end(ap);
@@ -64,6 +74,8 @@ log_warnx(const char *fmt, ...)
 {
 	va_list ap;
 
+	if (log_level < LOG_LEVEL_WARNING)
+		return;
 	va_start(ap, fmt);
 	log_vwrite(LOG_WARNING, "warning", fmt, ap, NULL);
 	va_end(ap);
@@ -74,6 +86,8 @@ log_info(const char *fmt, ...)
 {
 	va_list ap;
 
+	if (log_level < LOG_LEVEL_INFO)
+		return;
 	va_start(ap, fmt);
 	log_vwrite(LOG_INFO, "info", fmt, ap, NULL);
 	va_end(ap);

@@ -21,9 +21,13 @@
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/addr.h"
+#include "proxy/checkconf.h"
 #include "proxy/listener.h"
+#include "proxy/notify.h"
 #include "proxy/options.h"
+#include "proxy/pidfile.h"
 #include "proxy/proxy.h"
+#include "proxy/reload.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
 #include "proxy/workers.h"
@@ -38,6 +42,7 @@ shutdown_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
 	log_info("signal %d received", (int)sig);
+	notify_stopping();
 	proxy_shutdown(arg);
 }
 
@@ -83,9 +88,15 @@ reload_rules(struct proxy *px)
 static void
 reload_all(struct proxy *px)
 {
+	notify_reloading();
 	events_reopen();
-	tls_reload();
-	reload_rules(px);
+	if (px->opts->config_file != NULL) {
+		reload_config(px); /* rules and certificates too, with the rest or not at all */
+	} else {
+		tls_reload();
+		reload_rules(px);
+	}
+	notify_ready();
 }
 
 static void
@@ -206,6 +217,8 @@ serve(struct proxy *px)
 		fatalx("resolver set-up failed");
 	add_signals(signals);
 	workers_signals_ready();
+	if (px->shared == NULL) /* one process: up now (the supervisor says it for workers) */
+		notify_started();
 	event_base_dispatch(px->base);
 	if (transcript_write_errors() > 0)
 		log_warnx("transcript write errors since start: %llu",
@@ -225,8 +238,15 @@ main(int argc, char **argv)
 		return rules_check_main(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
 		return rules_trial_main(argc - 1, argv + 1);
-	options_parse(argc, argv, &opts);
+	i = options_build(argc, argv, &opts, stderr);
+	if (opts.check_config)
+		return checkconf_main(&opts, i);
+	if (i > 0)
+		return 2;
 	log_init(opts.use_syslog, opts.verbose);
+	log_set_level(opts.log_level);
+	notify_init();
+	reload_init(argc, argv);
 	raise_fd_limit(opts.max_sessions);
 	proxy.opts = &opts;
 	TAILQ_INIT(&proxy.sessions);
@@ -251,6 +271,8 @@ main(int argc, char **argv)
 		if (listener_add(&proxy, opts.listen_tls[i], 1, opts.workers) != 0)
 			fatal("--listen-tls %s", opts.listen_tls[i]);
 	signal(SIGPIPE, SIG_IGN);
+	if (opts.pid_file != NULL && pidfile_open(opts.pid_file) != 0)
+		fatal("--pid-file %s", opts.pid_file);
 	drop_privileges(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
 	if (opts.no_transcripts || opts.events_off) /* so that nobody looks for them in vain */
@@ -259,6 +281,7 @@ main(int argc, char **argv)
 	if (opts.workers == 1 || workers_run(&proxy, opts.workers, reload_all) == WORKERS_IN_WORKER)
 		serve(&proxy);
 	log_info("exiting");
+	pidfile_remove();
 	if (proxy.grace_timer != NULL)
 		event_free(proxy.grace_timer);
 	listener_close_all();

@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <netdb.h>
 #include <limits.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,9 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <pcre2.h>
+
+#include "logs/log.h"
+#include "proxy/config.h"
 
 enum {
 	OPT_LISTEN = 256,
@@ -53,6 +57,9 @@ enum {
 	OPT_ACCEPT_PROXY,
 	OPT_HELP,
 	OPT_VERSION,
+	OPT_CHECK_CONFIG,
+	OPT_PID_FILE,
+	OPT_LOG_LEVEL,
 };
 
 static const struct option long_options[] = {
@@ -89,6 +96,10 @@ static const struct option long_options[] = {
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
+    {"config", required_argument, NULL, 'c'},
+    {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
+    {"pid-file", required_argument, NULL, OPT_PID_FILE},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {NULL, 0, NULL, 0},
 };
 
@@ -131,15 +142,29 @@ static const char usage_text[] =
     "                           unrecorded, or answer new sessions 451 4.3.0 (default continue)\n"
     "  --syslog                 log to syslog instead of stderr\n"
     "  -v, --verbose            debug logging\n"
+    "  -c, --config FILE        settings from FILE, one `name value` a line (the command\n"
+    "                           line overrides it)\n"
+    "  --check-config [-c FILE] [options]  check everything and exit (1 on any problem)\n"
+    "  --pid-file FILE          the process id, written once started, removed at exit\n"
+    "  --log-level error|warning|info|debug  the program's own log (default info)\n"
     "  --help, --version\n";
+
+static FILE *options_err;         /* where problems go (options_build's err) */
+static const char *options_where; /* "FILE:LINE" of the file's setting being applied */
+static jmp_buf *options_jmp;      /* set: a problem returns there instead of exiting */
 
 static void __attribute__((noreturn))
 options_die(const char *opt, const char *what, const char *value)
 {
+	FILE *err = options_err != NULL ? options_err : stderr;
+
+	fprintf(err, "%s: ", options_where != NULL ? options_where : "smtptap");
 	if (value != NULL)
-		fprintf(stderr, "smtptap: %s: %s '%s'\n", opt, what, value);
+		fprintf(err, "%s: %s '%s'\n", opt, what, value);
 	else
-		fprintf(stderr, "smtptap: %s: %s\n", opt, what);
+		fprintf(err, "%s: %s\n", opt, what);
+	if (options_jmp != NULL)
+		longjmp(*options_jmp, 1);
 	exit(2);
 }
 
@@ -224,6 +249,7 @@ options_defaults(struct options *o)
 	o->hold_memory = 1048576;
 	o->upstream_tls = UPSTREAM_STARTTLS;
 	o->tls_min_version = 12;
+	o->log_level = LOG_LEVEL_INFO;
 	if (gethostname(o->hostname, sizeof(o->hostname) - 1) != 0 || o->hostname[0] == '\0')
 		strcpy(o->hostname, "smtptap");
 }
@@ -461,6 +487,7 @@ options_default_helo(struct options *o)
 	if (res != NULL)
 		freeaddrinfo(res);
 }
+static void options_service(struct options *o, int ch, const char *arg);
 
 static void
 options_one(struct options *o, int ch, const char *arg)
@@ -479,6 +506,9 @@ options_one(struct options *o, int ch, const char *arg)
 		o->listen[o->nlisten++] = arg;
 		break;
 	case OPT_UPSTREAM:
+		free(o->upstream_host); /* the file's, which the command line overrides */
+		free(o->upstream_port);
+		o->upstream_host = o->upstream_port = NULL;
 		if (options_split_hostport(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
 			options_die("--upstream", why, arg);
 		o->upstream = arg;
@@ -548,6 +578,13 @@ options_one(struct options *o, int ch, const char *arg)
 		break;
 	case 'v':
 		o->verbose = 1;
+		o->log_level = LOG_LEVEL_DEBUG;
+		break;
+	case 'c':
+	case OPT_CHECK_CONFIG:
+	case OPT_PID_FILE:
+	case OPT_LOG_LEVEL:
+		options_service(o, ch, arg);
 		break;
 	case OPT_HELP:
 		fputs(usage_text, stdout);
@@ -558,30 +595,199 @@ options_one(struct options *o, int ch, const char *arg)
 	}
 }
 
-void
-options_parse(int argc, char **argv, struct options *o)
+/* The service options (issue 18): --config, --check-config, --pid-file, --log-level. */
+static void
+options_service(struct options *o, int ch, const char *arg)
 {
-	int ch;
+	static const char *const levels[] = {"error", "warning", "info", "debug", NULL};
 
-	options_defaults(o);
-	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":v", long_options, NULL)) != -1) {
-		if (ch == '?')
-			options_die(optopt ? (char[]){'-', (char)optopt, '\0'} : argv[optind - 1],
-			            "unknown option", NULL);
-		if (ch == ':')
-			options_die(argv[optind - 1], "missing value", NULL);
-		options_one(o, ch, optarg);
+	switch (ch) {
+	case 'c':
+		if (arg[0] == '\0')
+			options_die("--config", "empty file name", NULL);
+		o->config_file = arg; /* read by options_build before the command line */
+		break;
+	case OPT_CHECK_CONFIG:
+		o->check_config = 1;
+		break;
+	case OPT_PID_FILE:
+		if (arg[0] == '\0')
+			options_die("--pid-file", "empty file name", NULL);
+		o->pid_file = arg;
+		break;
+	case OPT_LOG_LEVEL:
+		o->log_level = options_word("--log-level", arg, levels,
+		                            "expected error, warning, info or debug, not");
+		o->verbose = o->log_level == LOG_LEVEL_DEBUG;
+		break;
 	}
-	if (optind < argc)
-		options_die(argv[optind], "unexpected argument", NULL);
+}
+
+static int options_errors;
+
+/* Applies one option; a problem is written and counted, and parsing goes on. */
+static void
+options_try(struct options *o, int ch, const char *arg, const char *where)
+{
+	jmp_buf jb;
+
+	options_where = where;
+	if (setjmp(jb) == 0) {
+		options_jmp = &jb;
+		options_one(o, ch, arg);
+	} else {
+		options_errors++;
+	}
+	options_jmp = NULL;
+	options_where = NULL;
+}
+
+/* A file's setting name: its option code and whether it takes a value; 0 when unknown. */
+static int
+options_lookup(const char *name, int *has_arg)
+{
+	static const char *const not_in_file[] = {"config", "check-config", "help", "version", NULL};
+
+	for (int i = 0; not_in_file[i] != NULL; i++)
+		if (strcmp(name, not_in_file[i]) == 0)
+			return 0;
+	for (const struct option *lo = long_options; lo->name != NULL; lo++)
+		if (strcmp(name, lo->name) == 0) {
+			*has_arg = lo->has_arg == required_argument;
+			return lo->val;
+		}
+	return 0;
+}
+
+static void
+options_apply_file(struct options *o, const struct config *cfg, FILE *err)
+{
+	for (size_t i = 0; i < cfg->n; i++) {
+		const struct config_entry *e = &cfg->entries[i];
+		int has_arg = 0, ch = options_lookup(e->name, &has_arg);
+
+		if (ch == 0)
+			fprintf(err, "%s: unknown setting '%s'\n", e->where, e->name);
+		else if (has_arg && e->value == NULL)
+			fprintf(err, "%s: %s: missing value\n", e->where, e->name);
+		else if (!has_arg && e->value != NULL)
+			fprintf(err, "%s: %s: takes no value, not '%s'\n", e->where, e->name, e->value);
+		else {
+			options_try(o, ch, e->value, e->where);
+			continue;
+		}
+		options_errors++;
+	}
+}
+
+/*
+ * On the command line, the first --listen, --listen-tls or --rules empties the list the
+ * file made: the command line's list replaces it rather than adding to it.
+ */
+static void
+options_cmdline_list(struct options *o, int ch, unsigned *seen)
+{
+	unsigned bit = ch == OPT_LISTEN ? 1 : ch == OPT_LISTEN_TLS ? 2 : ch == OPT_RULES ? 4 : 0;
+
+	if (bit == 0 || (*seen & bit))
+		return;
+	*seen |= bit;
+	if (ch == OPT_LISTEN)
+		o->nlisten = 0;
+	else if (ch == OPT_LISTEN_TLS)
+		o->nlisten_tls = 0;
+	else
+		o->nrules = 0;
+}
+
+/* The checks of options together, once all are read; the first problem. */
+static void
+options_finish(struct options *o)
+{
+	jmp_buf jb;
+
+	if (setjmp(jb) != 0) {
+		options_jmp = NULL;
+		options_errors++;
+		return;
+	}
+	options_jmp = &jb;
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
 	options_check_tls(o);
 	if (o->no_transcripts && o->log_failure_tempfail)
 		options_die("--on-log-failure", "tempfail protects transcripts, and --no-transcripts "
 		            "writes none", NULL);
+	options_jmp = NULL;
 	if (o->nlisten == 0 && o->nlisten_tls == 0)
 		o->listen[o->nlisten++] = "127.0.0.1:2525";
 	options_default_helo(o);
+}
+
+/* First pass over argv: only --config, which is read before the rest. */
+static const char *
+options_find_config(int argc, char **argv)
+{
+	const char *file = NULL;
+	int ch;
+
+	opterr = 0;
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, ":vc:", long_options, NULL)) != -1)
+		if (ch == 'c')
+			file = optarg;
+	optind = 0;
+	return file;
+}
+
+int
+options_build(int argc, char **argv, struct options *o, FILE *err)
+{
+	unsigned seen = 0;
+	int ch;
+
+	options_defaults(o);
+	options_err = err;
+	options_errors = 0;
+	o->config_file = options_find_config(argc, argv);
+	if (o->config_file != NULL) {
+		if ((o->config = config_read(o->config_file, err, &options_errors)) != NULL)
+			options_apply_file(o, o->config, err);
+	}
+	while ((ch = getopt_long(argc, argv, ":vc:", long_options, NULL)) != -1) {
+		if (ch == '?') {
+			fprintf(err, "smtptap: %s: unknown option\n",
+			        optopt ? (char[]){'-', (char)optopt, '\0'} : argv[optind - 1]);
+			options_errors++;
+		} else if (ch == ':') {
+			fprintf(err, "smtptap: %s: missing value\n", argv[optind - 1]);
+			options_errors++;
+		} else {
+			options_cmdline_list(o, ch, &seen);
+			options_try(o, ch, optarg, NULL);
+		}
+	}
+	for (; optind < argc; optind++, options_errors++)
+		fprintf(err, "smtptap: %s: unexpected argument\n", argv[optind]);
+	if (options_errors == 0)
+		options_finish(o);
+	options_err = NULL;
+	return options_errors;
+}
+
+void
+options_free(struct options *o)
+{
+	free(o->upstream_host);
+	free(o->upstream_port);
+	config_free(o->config);
+	o->upstream_host = o->upstream_port = NULL;
+	o->config = NULL;
+}
+
+void
+options_parse(int argc, char **argv, struct options *o)
+{
+	if (options_build(argc, argv, o, stderr) > 0)
+		exit(2);
 }

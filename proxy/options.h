@@ -3,6 +3,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+struct config;
 
 struct sockaddr;
 
@@ -67,10 +70,26 @@ struct options {
 	enum forward_client forward_client;
 	struct cidr accept_proxy[OPT_MAX_ACCEPT_PROXY]; /* --accept-proxy: balancers */
 	int naccept_proxy;
+	/* Service (issue 18): configuration file, check mode, pid file, log level. */
+	const char *config_file; /* --config / -c */
+	int check_config;        /* --check-config */
+	const char *pid_file;
+	int log_level;       /* enum log_level (logs/log.h); -v is debug */
+	struct config *config; /* the file's settings: the strings above point into it */
 };
 
 /* Fills opts from argv; on a bad option prints one line naming it and exits 2. */
 void options_parse(int argc, char **argv, struct options *opts);
+
+/*
+ * As options_parse, without exiting: --config's file first, then argv (which overrides it:
+ * a single value replaces the file's, and a repeatable option given on the command line
+ * replaces the file's whole list).  Every problem is written to err, a file's as
+ * `FILE:LINE: message`; returns how many there were.  --help and --version still exit.
+ */
+int options_build(int argc, char **argv, struct options *opts, FILE *err);
+/* Frees what options_build allocated (not opts itself). */
+void options_free(struct options *opts);
 
 /* Splits "host:port", "[v6]:port" into parts; returns 0, or -1 with a reason in *why. */
 int options_split_hostport(const char *s, char **host, char **port, const char **why);

@@ -1,4 +1,6 @@
 /* The session's JSON event, built with jansson when the session ends. */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -6,6 +8,7 @@
 
 #include "logs/escape.h"
 #include "logs/events.h"
+#include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/filter.h"
 #include "proxy/options.h"
@@ -150,6 +153,58 @@ report_extras(const struct session *s, json_t *o)
 		                              "code", report_code(s->auth_code)));
 }
 
+/* Appends to a bounded line; once full, it stays full (the log line ends with "..."). */
+static void __attribute__((format(printf, 4, 5)))
+report_append(char *buf, size_t size, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (*len >= size - 1)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(buf + *len, size - *len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= size - *len) {
+		*len = size - 1;
+		memcpy(buf + size - 4, "...", 4);
+	} else {
+		*len += (size_t)n;
+	}
+}
+
+static const char *
+report_or(const char *s, const char *none)
+{
+	return s != NULL && s[0] != '\0' ? s : none;
+}
+
+/*
+ * The session in one line of the program's log, Postfix-style, with what an operator greps
+ * for: client, HELO, each transaction's sender, recipients and final code, the reason it
+ * ended.  Peer text in it was escaped as it arrived.
+ */
+static void
+report_log_line(const struct session *s, double duration)
+{
+	char line[1800];
+	size_t len = 0;
+	const struct tx *tx;
+
+	report_append(line, sizeof(line), &len, "session=%s client=%s helo=<%s>", s->id,
+	              s->client_addr, report_or(s->helo, ""));
+	TAILQ_FOREACH(tx, &s->txs, entry) {
+		report_append(line, sizeof(line), &len, " from=%s", report_or(tx->mail_from, "<>"));
+		for (size_t i = 0; i < tx->nrcpt; i++)
+			report_append(line, sizeof(line), &len, " to=%s:%d",
+			              report_or(tx->rcpts[i].to, "<>"), tx->rcpts[i].code);
+		report_append(line, sizeof(line), &len, " code=%d", tx->code);
+	}
+	report_append(line, sizeof(line), &len, " reason=%s duration=%.3f",
+	              report_or(s->close_reason, "-"), duration);
+	log_info("%s", line);
+}
+
 /*
  * The event, built key by key: json_pack would parse its format and check every string
  * again, once per session.
@@ -158,15 +213,15 @@ void
 report_write(struct session *s, const struct timeval *end)
 {
 	char start_ts[32], end_ts[32];
-	double duration;
+	double duration = (double)(end->tv_sec - s->start.tv_sec) +
+	                  (double)(end->tv_usec - s->start.tv_usec) / 1e6;
 	json_t *o;
 
+	report_log_line(s, duration);
 	if (s->px->opts->events_off || (o = json_object()) == NULL)
 		return;
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));
 	transcript_timestamp(end, end_ts, sizeof(end_ts));
-	duration = (double)(end->tv_sec - s->start.tv_sec) +
-	           (double)(end->tv_usec - s->start.tv_usec) / 1e6;
 	report_set(o, "session", report_valid(s->id));
 	report_set(o, "start", report_valid(start_ts));
 	report_set(o, "end", report_valid(end_ts));

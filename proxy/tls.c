@@ -119,6 +119,27 @@ tls_reload(void)
 	return 0;
 }
 
+int
+tls_reconfigure(const struct options *o)
+{
+	const struct options *old = tls_opts;
+	SSL_CTX *srv = NULL, *cli = NULL;
+
+	tls_opts = o; /* what the loaders read */
+	if ((o->tls_cert != NULL && (srv = tls_load_server_ctx()) == NULL) ||
+	    (cli = tls_load_client_ctx()) == NULL) {
+		SSL_CTX_free(srv);
+		tls_opts = old;
+		return -1;
+	}
+	/* Running sessions hold their own references to the old contexts. */
+	SSL_CTX_free(server_ctx);
+	SSL_CTX_free(client_ctx);
+	server_ctx = srv;
+	client_ctx = cli;
+	return 0;
+}
+
 void
 tls_cleanup(void)
 {

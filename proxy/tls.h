@@ -13,6 +13,11 @@ int tls_init(const struct options *o);
 /* Loads the certificate and key again (SIGHUP); a broken pair keeps the old one. */
 int tls_reload(void);
 void tls_cleanup(void);
+/*
+ * SIGHUP with --config: both contexts built again from o (certificate, key, CA, versions,
+ * verification), and put in place together only when both could be; -1 keeps the old ones.
+ */
+int tls_reconfigure(const struct options *o);
 
 /* Whether a certificate of ours is loaded (STARTTLS can be terminated). */
 int tls_have_cert(void);

@@ -22,6 +22,7 @@
 #include "logs/events.h"
 #include "logs/log.h"
 #include "proxy/listener.h"
+#include "proxy/notify.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 
@@ -189,6 +190,7 @@ workers_supervise(struct proxy *px, void (*reload)(struct proxy *))
 		sig = sigtimedwait(&handled_mask, &info, &tick);
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_info("signal %d received: stopping %u workers", sig, workers_alive());
+			notify_stopping();
 			workers_stop(px, sig);
 		} else if (sig == SIGHUP) {
 			reload(px);
@@ -229,6 +231,7 @@ workers_run(struct proxy *px, unsigned n, void (*reload)(struct proxy *))
 			fatalx("could not start %u workers", n);
 		}
 	}
+	notify_started();
 	if (workers_supervise(px, reload) == 1)
 		return WORKERS_IN_WORKER;
 	log_info("all workers ended");

@@ -11,6 +11,7 @@ PKGS=(
 	python3 python3-pytest python3-pytest-xdist
 	openssl clang libclang-rt-14-dev valgrind
 	psmisc procps iproute2
+	libsystemd-dev systemd
 )
 
 die() {

@@ -556,16 +556,16 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 }
 
 void
-transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
-                    const char *user)
+transcript_redacted(struct transcript *t, const char *kind, const unsigned char *text,
+                    size_t textlen, const char *user)
 {
 	struct evbuffer *tmp;
 	size_t n;
 
 	if (t == NULL || (tmp = evbuffer_new()) == NULL)
 		return;
-	escape_append(tmp, (const unsigned char *)text, strlen(text));
-	redact_marker(tmp, len, user);
+	escape_append(tmp, text, textlen);
+	redact_marker(tmp, user);
 	n = evbuffer_get_length(tmp);
 	if (transcript_begin(t, kind, n) == 0) {
 		evbuffer_remove(tmp, t->buf + t->len, n);

@@ -31,6 +31,7 @@
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/tls.h"
 #include "proxy/tx.h"
 
@@ -382,7 +383,7 @@ session_record_unrelayed(struct session *s)
 		return;
 	transcript_event(s->transcript, "client input not relayed octets=%zu", n);
 	if ((p = evbuffer_pullup(in, (ev_ssize_t)n)) != NULL)
-		transcript_data(s->transcript, s->client.in_piece ? "C+" : "C:", p, n);
+		client_record_unrelayed(s, p, n);
 	s->client.octets += n;
 	evbuffer_drain(in, n);
 }

@@ -104,7 +104,7 @@ check_user(const char *mech, int step, const char *b64, size_t len, size_t users
 		abort(); /* always NUL-terminated within the buffer */
 	if (found && user[0] == '\0' && usersize > 1)
 		abort(); /* an empty name is not a name (a 1-octet buffer only holds the NUL) */
-	redact_marker(out, len, found ? user : NULL);
+	redact_marker(out, found ? user : NULL);
 	if (found)
 		check_escape((const unsigned char *)user, strlen(user));
 done:

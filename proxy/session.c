@@ -24,6 +24,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
+#include "logs/escape.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/addr.h"
@@ -583,6 +584,7 @@ session_tls_done(struct session *s, struct side *x)
 	struct tls_info **tp = x->dir == SIDE_CLIENT ? &s->client_tls : &s->upstream_tls;
 	struct tls_info *t;
 	const char *sni;
+	char *esc;
 
 	x->tls = 1;
 	if (*tp == NULL && (*tp = calloc(1, sizeof(**tp))) == NULL) {
@@ -596,8 +598,11 @@ session_tls_done(struct session *s, struct side *x)
 	if (x->dir == SIDE_CLIENT) {
 		sni = tls_sni(ssl);
 		snprintf(t->sni, sizeof(t->sni), "%s", sni != NULL ? sni : "");
+		/* The client's name is peer text: escaped (an ESC or a LF would forge records). */
+		esc = escape_strdup((const unsigned char *)t->sni, strlen(t->sni));
 		transcript_event(s->transcript, "tls client started version=%s cipher=%s sni=%s",
-		                 t->version, t->cipher, t->sni[0] ? t->sni : "-");
+		                 t->version, t->cipher, esc != NULL && esc[0] ? esc : "-");
+		free(esc);
 		return;
 	}
 	tls_peer_subject(ssl, t->subject, sizeof(t->subject));

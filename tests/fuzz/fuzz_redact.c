@@ -37,6 +37,11 @@ check_escaped(const unsigned char *e, size_t elen, const unsigned char *p, size_
 	int hi, lo;
 
 	while (i < elen) {
+		/* Bidirectional overrides and isolates (U+202A-E, U+2066-9) never stay raw. */
+		if (e[i] == 0xe2 && i + 2 < elen &&
+		    ((e[i + 1] == 0x80 && e[i + 2] >= 0xaa && e[i + 2] <= 0xae) ||
+		     (e[i + 1] == 0x81 && e[i + 2] >= 0xa6 && e[i + 2] <= 0xa9)))
+			abort();
 		if (e[i] < 0x20 && e[i] != '\t')
 			abort();
 		if (e[i] == 0x7f)

@@ -15,6 +15,7 @@ struct escape_sink {
 	struct evbuffer *buf;
 	char *s;
 	size_t off;
+	int keep_backslash; /* text escaped already in part (an event's): a backslash stays */
 };
 
 /* Octets 0x20-0x7e except backslash, and tab: copied as they are (0x80-0xff are 0). */
@@ -40,7 +41,21 @@ escape_sink_add(struct escape_sink *k, const void *p, size_t n)
 	k->off += n;
 }
 
-/* Length of the valid UTF-8 character at p (2-4), or 0 if it is invalid or a C1 control. */
+/*
+ * Whether the 3-octet character at p is a bidirectional override or isolate (U+202A-U+202E,
+ * U+2066-U+2069): printed raw, it reorders what a terminal or editor shows after it.
+ */
+static int
+escape_bidi(const unsigned char *p)
+{
+	return p[0] == 0xe2 && ((p[1] == 0x80 && p[2] >= 0xaa && p[2] <= 0xae) ||
+	                        (p[1] == 0x81 && p[2] >= 0xa6 && p[2] <= 0xa9));
+}
+
+/*
+ * Length of the valid UTF-8 character at p (2-4), or 0 if it is invalid, a C1 control or a
+ * bidirectional control.
+ */
 static size_t
 escape_utf8_len(const unsigned char *p, size_t n)
 {
@@ -73,6 +88,8 @@ escape_utf8_len(const unsigned char *p, size_t n)
 	for (i = 2; i < len; i++)
 		if (p[i] < 0x80 || p[i] > 0xbf)
 			return 0;
+	if (len == 3 && escape_bidi(p))
+		return 0;
 	return len;
 }
 
@@ -83,7 +100,7 @@ escape_octet(struct escape_sink *k, unsigned char c)
 	char e[4];
 
 	if (c == '\\') {
-		escape_sink_add(k, "\\\\", 2);
+		escape_sink_add(k, "\\\\", k->keep_backslash ? 1 : 2);
 		return;
 	}
 	e[0] = '\\';
@@ -200,6 +217,31 @@ size_t
 escape_into(char *dst, const unsigned char *p, size_t n)
 {
 	struct escape_sink k = {.buf = NULL, .s = dst};
+
+	escape_run(&k, p, n);
+	return k.off;
+}
+
+size_t
+escape_text_span(const unsigned char *p, size_t n)
+{
+	size_t i = 0, len;
+
+	for (;;) {
+		i = escape_plain_end(p, i, n);
+		if (i < n && p[i] == '\\')
+			i++;
+		else if (i < n && p[i] >= 0xc2 && (len = escape_utf8_len(p + i, n - i)) > 0)
+			i += len;
+		else
+			return i;
+	}
+}
+
+size_t
+escape_text_into(char *dst, const unsigned char *p, size_t n)
+{
+	struct escape_sink k = {.buf = NULL, .s = dst, .keep_backslash = 1};
 
 	escape_run(&k, p, n);
 	return k.off;

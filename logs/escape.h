@@ -8,7 +8,9 @@ struct evbuffer;
 /*
  * Appends n octets of p to out so that the result is safe to print on a terminal and still
  * says exactly which octets crossed: backslash becomes "\\", tab stays, other control
- * characters, C1 controls and octets that are not valid UTF-8 become "\xHH".
+ * characters, C1 controls, bidirectional overrides and isolates (U+202A-U+202E,
+ * U+2066-U+2069: they would reorder what is shown after them) and octets that are not valid
+ * UTF-8 become "\xHH".
  */
 void escape_append(struct evbuffer *out, const unsigned char *p, size_t n);
 
@@ -22,7 +24,16 @@ size_t escape_into(char *dst, const unsigned char *p, size_t n);
  */
 size_t escape_plain_span(const unsigned char *p, size_t n);
 
-/* Same, into a NUL-terminated heap string (for JSON and the program's log); NULL on ENOMEM. */
+/*
+ * For text made of parts escaped already and text of the proxy's own (an event's): what
+ * escape_into does, but a backslash stays as it is (it starts an escape there).  The span is
+ * the length of p's leading run left unchanged; into writes at most 4 * n octets.
+ */
+size_t escape_text_span(const unsigned char *p, size_t n);
+size_t escape_text_into(char *dst, const unsigned char *p, size_t n);
+
+/* As escape_append, into a NUL-terminated heap string (for JSON and the program's log); NULL
+ * on ENOMEM. */
 char *escape_strdup(const unsigned char *p, size_t n);
 
 #endif

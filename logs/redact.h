@@ -7,7 +7,8 @@ struct evbuffer;
 
 /*
  * Credentials never reach a log.  These helpers turn SASL material (RFC 4954) into a marker
- * that keeps only the length and, where it decodes, the user name.
+ * that keeps only, where it decodes, the user name: not even the length, which would tell
+ * an attacker how long a password is.
  */
 
 #define REDACT_USER_MAX 256
@@ -24,7 +25,7 @@ struct evbuffer;
 int redact_sasl_user(const char *mech, int step, const char *b64, size_t len, char *user,
                      size_t usersize);
 
-/* Appends the marker "[redacted N octets]" or "[redacted N octets user=USER]" (USER escaped). */
-void redact_marker(struct evbuffer *out, size_t len, const char *user);
+/* Appends the marker "[redacted]" or "[redacted user=USER]" (USER escaped). */
+void redact_marker(struct evbuffer *out, const char *user);
 
 #endif

@@ -556,16 +556,16 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 }
 
 void
-transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
-                    const char *user)
+transcript_redacted(struct transcript *t, const char *kind, const unsigned char *text,
+                    size_t textlen, const char *user)
 {
 	struct evbuffer *tmp;
 	size_t n;
 
 	if (t == NULL || (tmp = evbuffer_new()) == NULL)
 		return;
-	escape_append(tmp, (const unsigned char *)text, strlen(text));
-	redact_marker(tmp, len, user);
+	escape_append(tmp, text, textlen);
+	redact_marker(tmp, user);
 	n = evbuffer_get_length(tmp);
 	if (transcript_begin(t, kind, n) == 0) {
 		evbuffer_remove(tmp, t->buf + t->len, n);
@@ -578,16 +578,45 @@ transcript_redacted(struct transcript *t, const char *kind, const char *text, si
 /* Room reserved for an event's text: most fit, so it is formatted once. */
 #define EVENT_ROOM 160
 
+/*
+ * An event's text from start on, made safe as peer octets are: callers escape the peer text
+ * they pass (so its backslashes are doubled already), and whatever control octet or
+ * bidirectional override still got through (a TLS name, a server's capability line) is
+ * escaped here rather than written raw, where it could forge a record or hide one.
+ */
+static void
+transcript_event_escape(struct transcript *t, size_t start)
+{
+	size_t n = t->len - start, plain = escape_text_span((unsigned char *)t->buf + start, n);
+	unsigned char *rest;
+
+	if (plain == n)
+		return;
+	n -= plain;
+	if ((rest = malloc(n)) == NULL) {
+		t->len = start + plain;
+		return;
+	}
+	memcpy(rest, t->buf + start + plain, n);
+	t->len = start + plain;
+	if (n <= (SIZE_MAX - 1) / 4 && transcript_reserve(t, 4 * n + 1) == 0)
+		t->len += escape_text_into(t->buf + t->len, rest, n);
+	free(rest);
+}
+
 void
 transcript_event(struct transcript *t, const char *fmt, ...)
 {
 	va_list ap;
+	size_t start;
 
 	if (t == NULL || transcript_begin(t, "*", EVENT_ROOM) != 0)
 		return;
+	start = t->len;
 	va_start(ap, fmt);
 	transcript_vprintf(t, fmt, ap);
 	va_end(ap);
+	transcript_event_escape(t, start);
 	transcript_end(t);
 }
 

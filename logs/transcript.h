@@ -42,9 +42,9 @@ const char *transcript_now(void);
 void transcript_clock_hold(void);
 void transcript_clock_release(void);
 
-/* Records kind, then verbatim text, then the redaction marker for len secret octets. */
-void transcript_redacted(struct transcript *t, const char *kind, const char *text, size_t len,
-                         const char *user);
+/* Records kind, then n octets of text (escaped), then the redaction marker for a secret. */
+void transcript_redacted(struct transcript *t, const char *kind, const unsigned char *text,
+                         size_t n, const char *user);
 
 /* Records an event line, marked "*". */
 void transcript_event(struct transcript *t, const char *fmt, ...)

@@ -45,9 +45,13 @@ client_starttls(struct session *s)
 	}
 }
 
-/* Records a SASL response (initial or after a 334) as a marker that keeps only the user. */
+/*
+ * Records a SASL response (initial or after a 334) as a marker that keeps only the user:
+ * prefix (the AUTH line up to the response, as it crossed) and then "[redacted...]".
+ */
 static void
-client_record_sasl(struct session *s, const char *prefix, const unsigned char *b64, size_t len)
+client_record_sasl(struct session *s, const unsigned char *prefix, size_t prefixlen,
+                   const unsigned char *b64, size_t len)
 {
 	char user[REDACT_USER_MAX];
 
@@ -56,35 +60,56 @@ client_record_sasl(struct session *s, const char *prefix, const unsigned char *b
 	    redact_sasl_user(s->auth_mech, s->auth_step, (const char *)b64, len, user,
 	                     sizeof(user)) == 1)
 		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
-	transcript_redacted(s->transcript, "C:", prefix, len, user[0] != '\0' ? user : NULL);
+	transcript_redacted(s->transcript, "C:", prefix, prefixlen, user[0] != '\0' ? user : NULL);
 	s->auth_step++;
 }
 
-static void
-client_auth(struct session *s, const struct smtp_command *cmd)
+/*
+ * The part of an AUTH line rules may see: the verb and the mechanism (split as servers split
+ * it, on any white space), never the initial response.  A first word that is no SASL
+ * mechanism name may be the credential itself: then the verb alone.
+ */
+static size_t
+client_auth_visible(const unsigned char *line, size_t n, const struct smtp_command *cmd,
+                    const struct smtp_auth *a)
 {
-	size_t mlen = 0, off;
-	char prefix[64];
+	size_t end;
 
-	while (cmd->arg != NULL && mlen < cmd->arglen && cmd->arg[mlen] != ' ')
-		mlen++;
-	if (mlen >= sizeof(s->auth_mech))
-		mlen = sizeof(s->auth_mech) - 1;
-	memcpy(s->auth_mech, cmd->arg != NULL ? (const char *)cmd->arg : "", mlen);
+	if (cmd->arg == NULL)
+		return n;
+	if (smtp_sasl_name(a->mech, a->mechlen))
+		return (size_t)(a->mech + a->mechlen - line);
+	end = (size_t)(cmd->arg - line);
+	while (end > 0 && smtp_is_space(line[end - 1]))
+		end--;
+	return end;
+}
+
+/*
+ * An AUTH command: recorded as it crossed up to its initial response (whatever white space
+ * separates them), the response redacted.  Returns how much of the line rules may see.
+ */
+static size_t
+client_auth(struct session *s, const unsigned char *line, size_t n, const struct smtp_command *cmd)
+{
+	struct smtp_auth a;
+	size_t mlen;
+
+	smtp_parse_auth(cmd->arg, cmd->arglen, &a);
+	mlen = smtp_sasl_name(a.mech, a.mechlen) ? a.mechlen : 0;
+	memcpy(s->auth_mech, a.mech != NULL ? (const char *)a.mech : "", mlen);
 	s->auth_mech[mlen] = '\0';
 	s->auth_user[0] = '\0';
 	s->auth_step = 0;
 	s->auth_used = 1;
-	off = mlen;
-	while (cmd->arg != NULL && off < cmd->arglen && cmd->arg[off] == ' ')
-		off++;
-	if (cmd->arg == NULL || off >= cmd->arglen) {
-		snprintf(prefix, sizeof(prefix), "AUTH %s", s->auth_mech);
-		transcript_data(s->transcript, "C:", (const unsigned char *)prefix, strlen(prefix));
-		return;
-	}
-	snprintf(prefix, sizeof(prefix), "AUTH %s ", s->auth_mech);
-	client_record_sasl(s, prefix, cmd->arg + off, cmd->arglen - off);
+	s->auth_open = 1;
+	if (cmd->arg == NULL || (mlen > 0 && a.resp == NULL))
+		transcript_data(s->transcript, "C:", line, n);
+	else if (mlen > 0)
+		client_record_sasl(s, line, (size_t)(a.resp - line), a.resp, a.resp_word);
+	else
+		client_record_sasl(s, line, (size_t)(cmd->arg - line), NULL, 0);
+	return client_auth_visible(line, n, cmd, &a);
 }
 
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
@@ -227,20 +252,6 @@ client_command_send(struct session *s, const struct unit *u, const unsigned char
 	side_discard(&s->client, u->len);
 }
 
-/* The part of an AUTH line rules may see: "AUTH MECHANISM", never the initial response. */
-static size_t
-client_auth_visible(const unsigned char *line, size_t n, const struct smtp_command *cmd)
-{
-	size_t end;
-
-	if (cmd->arg == NULL)
-		return n;
-	end = (size_t)(cmd->arg - line);
-	while (end < n && line[end] != ' ')
-		end++;
-	return end;
-}
-
 /*
  * DATA while rules may refuse a message at its end: the proxy holds the message, so DATA
  * waits for its turn among the pipelined replies, when the recipients' fate is known.
@@ -284,6 +295,34 @@ client_hold_decide(struct session *s, struct tx *tx)
 	relay_resume_client(s);
 }
 
+/*
+ * Whether a command line may still be SASL data: after an AUTH, until the exchange is known
+ * to be over.  A client that pipelined its responses behind AUTH (AUTH LOGIN, user, password)
+ * sent them before it saw the server's reply; when that reply was not 334 they arrive here
+ * as commands.  A line of base64 octets that is no verb is taken as such a response; the
+ * first line that is a command ends the exchange.
+ */
+static int
+client_sasl_late(struct session *s, const unsigned char *line, size_t n,
+                 const struct smtp_command *cmd)
+{
+	if (!s->auth_open)
+		return 0;
+	if (cmd->verb == VERB_UNKNOWN && smtp_sasl_shaped(line, n))
+		return 1;
+	s->auth_open = 0;
+	return 0;
+}
+
+/* A SASL response that came too late for its exchange: redacted, relayed, never filtered. */
+static void
+client_sasl_relay_late(struct session *s, const struct unit *u, size_t n)
+{
+	client_record_sasl(s, NULL, 0, u->data, n);
+	side_forward(&s->client, u->len);
+	relay_expect(s, VERB_UNKNOWN);
+}
+
 /* Tracks a client command, runs it through the rules, and relays it. */
 static void
 client_command(struct session *s, const struct unit *u)
@@ -296,12 +335,15 @@ client_command(struct session *s, const struct unit *u)
 	int rcpt, verdict;
 
 	smtp_parse_command(u->data, n, &cmd);
+	if (client_sasl_late(s, u->data, n, &cmd)) {
+		client_sasl_relay_late(s, u, n);
+		return;
+	}
 	if (client_command_local(s, u, &cmd))
 		return;
 	if (cmd.verb == VERB_AUTH) {
 		/* SASL material never meets a rule: a hit would record the secret. */
-		client_auth(s, &cmd);
-		seen = client_auth_visible(u->data, n, &cmd);
+		seen = client_auth(s, u->data, n, &cmd);
 	} else {
 		side_record(&s->client, u);
 	}
@@ -334,6 +376,52 @@ client_command(struct session *s, const struct unit *u)
 		client_bdat(s, &cmd, p);
 	else if (smtp_verb_awaits_reply(cmd.verb))
 		session_enter_state(s, ST_AWAIT);
+}
+
+/* One line (or the unfinished last one) of unrelayed client input in a command state. */
+static void
+client_record_unrelayed_line(struct session *s, const unsigned char *line, size_t n, int sasl)
+{
+	struct smtp_command cmd;
+	size_t len = n;
+
+	/* An unfinished line's CR may be the start of its CRLF: not part of a response. */
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	smtp_parse_command(line, len, &cmd);
+	if (sasl ? !(len == 1 && line[0] == '*') : client_sasl_late(s, line, len, &cmd)) {
+		client_record_sasl(s, NULL, 0, line, len);
+		return;
+	}
+	if (cmd.verb == VERB_AUTH)
+		(void)client_auth(s, line, n, &cmd);
+	else
+		transcript_data(s->transcript, "C:", line, n);
+}
+
+void
+client_record_unrelayed(struct session *s, const unsigned char *p, size_t n)
+{
+	const unsigned char *lf;
+	size_t off = 0, len;
+	int sasl = s->state == ST_SASL;
+
+	if (s->state == ST_MESSAGE || s->state == ST_CHUNK || s->state == ST_RAW) {
+		transcript_data(s->transcript, s->client.in_piece ? "C+" : "C:", p, n);
+		return;
+	}
+	if (s->state == ST_SKIP) {
+		/* The rest of an over-long line: left out, as its start was. */
+		lf = memchr(p, '\n', n);
+		off = lf != NULL ? (size_t)(lf - p) + 1 : n;
+		sasl = s->skip_return == ST_SASL;
+	}
+	for (; off < n; off += len) {
+		lf = memchr(p + off, '\n', n - off);
+		len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : n - off;
+		client_record_unrelayed_line(s, p + off, smtp_line_len(p + off, len), sasl);
+		sasl = 0;
+	}
 }
 
 /* A command line longer than --max-line: not forwarded, answered 500 in its turn. */
@@ -369,7 +457,7 @@ client_sasl(struct session *s, const struct unit *u)
 	if (n == 1 && u->data[0] == '*')
 		side_record(&s->client, u);
 	else
-		client_record_sasl(s, "", u->data, n);
+		client_record_sasl(s, NULL, 0, u->data, n);
 	side_forward(&s->client, u->len);
 	if (relay_expect(s, VERB_SASL) != NULL)
 		session_enter_state(s, ST_AWAIT);

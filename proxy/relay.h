@@ -50,6 +50,12 @@ void relay_answer_pending(struct session *s, const char *reply);
 /* client.c */
 void client_hold_decide(struct session *s, struct tx *tx);
 void client_starttls(struct session *s);
+/*
+ * Records client input that will never be relayed (an unfinished last line, lines left
+ * behind a 421) as it would have been: commands as they are, AUTH lines and SASL responses,
+ * finished or not, redacted.
+ */
+void client_record_unrelayed(struct session *s, const unsigned char *p, size_t n);
 
 /* server.c */
 void server_reply_effect(struct session *s, const struct pending *p, int code);

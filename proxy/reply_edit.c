@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "logs/escape.h"
 #include "logs/transcript.h"
 #include "proxy/ehlo.h"
 #include "proxy/filter.h"
@@ -167,13 +168,17 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struc
 	const char *remove[6];
 	struct ehlo_policy pol;
 	struct evbuffer *notes = evbuffer_new();
-	char *line;
+	char *line, *esc;
+	size_t n;
 
 	reply_edit_policy(s, &pol, remove);
 	s->server_size = ehlo_size(reply, len);
 	ehlo_edit(reply, len, &pol, out, notes);
-	while (notes != NULL && (line = evbuffer_readln(notes, NULL, EVBUFFER_EOL_CRLF)) != NULL) {
-		transcript_event(s->transcript, "ehlo reply edited: %s", line);
+	while (notes != NULL && (line = evbuffer_readln(notes, &n, EVBUFFER_EOL_CRLF)) != NULL) {
+		/* A removed line is the server's text, maybe a hostile one's: escaped. */
+		esc = escape_strdup((const unsigned char *)line, n);
+		transcript_event(s->transcript, "ehlo reply edited: %s", esc != NULL ? esc : "");
+		free(esc);
 		free(line);
 	}
 	if (notes != NULL)

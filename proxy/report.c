@@ -148,7 +148,8 @@ report_extras(const struct session *s, json_t *o)
 	if (s->auth_used)
 		json_object_set_new(o, "auth",
 		                    json_pack("{s:o,s:o,s:o}", "mechanism",
-		                              report_string(s->auth_mech), "user",
+		                              report_string(s->auth_mech[0] ? s->auth_mech : NULL),
+		                              "user",
 		                              report_string(s->auth_user[0] ? s->auth_user : NULL),
 		                              "code", report_code(s->auth_code)));
 }

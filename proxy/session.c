@@ -24,6 +24,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
+#include "logs/escape.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/addr.h"
@@ -385,7 +386,7 @@ session_record_unrelayed(struct session *s)
 		return;
 	transcript_event(s->transcript, "client input not relayed octets=%zu", n);
 	if ((p = evbuffer_pullup(in, (ev_ssize_t)n)) != NULL)
-		transcript_data(s->transcript, s->client.in_piece ? "C+" : "C:", p, n);
+		client_record_unrelayed(s, p, n);
 	s->client.octets += n;
 	evbuffer_drain(in, n);
 }
@@ -589,6 +590,7 @@ session_tls_done(struct session *s, struct side *x)
 	struct tls_info **tp = x->dir == SIDE_CLIENT ? &s->client_tls : &s->upstream_tls;
 	struct tls_info *t;
 	const char *sni;
+	char *esc;
 
 	x->tls = 1;
 	if (*tp == NULL && (*tp = calloc(1, sizeof(**tp))) == NULL) {
@@ -602,8 +604,11 @@ session_tls_done(struct session *s, struct side *x)
 	if (x->dir == SIDE_CLIENT) {
 		sni = tls_sni(ssl);
 		snprintf(t->sni, sizeof(t->sni), "%s", sni != NULL ? sni : "");
+		/* The client's name is peer text: escaped (an ESC or a LF would forge records). */
+		esc = escape_strdup((const unsigned char *)t->sni, strlen(t->sni));
 		transcript_event(s->transcript, "tls client started version=%s cipher=%s sni=%s",
-		                 t->version, t->cipher, t->sni[0] ? t->sni : "-");
+		                 t->version, t->cipher, esc != NULL && esc[0] ? esc : "-");
+		free(esc);
 		return;
 	}
 	tls_peer_subject(ssl, t->subject, sizeof(t->subject));

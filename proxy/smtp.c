@@ -24,8 +24,7 @@ static const char *smtp_extra_names[] = {
     [VERB_LOCAL] = "local",
 };
 
-/* The white space that separates SMTP words for real servers: space, tab, VT, FF, CR. */
-static int
+int
 smtp_is_space(unsigned char c)
 {
 	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
@@ -70,6 +69,63 @@ smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *c
 		cmd->arg = line + i;
 		cmd->arglen = len - i;
 	}
+}
+
+void
+smtp_parse_auth(const unsigned char *arg, size_t len, struct smtp_auth *a)
+{
+	size_t i = 0, start;
+
+	memset(a, 0, sizeof(*a));
+	while (arg != NULL && i < len && smtp_is_space(arg[i]))
+		i++;
+	if (arg == NULL || i == len)
+		return;
+	start = i;
+	while (i < len && !smtp_is_space(arg[i]))
+		i++;
+	a->mech = arg + start;
+	a->mechlen = i - start;
+	while (i < len && smtp_is_space(arg[i]))
+		i++;
+	if (i == len)
+		return;
+	a->resp = arg + i;
+	a->resplen = len - i;
+	while (a->resp_word < a->resplen && !smtp_is_space(a->resp[a->resp_word]))
+		a->resp_word++;
+}
+
+int
+smtp_sasl_name(const unsigned char *name, size_t len)
+{
+	size_t i;
+
+	if (name == NULL || len == 0 || len > 20)
+		return 0;
+	for (i = 0; i < len; i++) {
+		unsigned char c = name[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '-' || c == '_'))
+			return 0;
+	}
+	return 1;
+}
+
+int
+smtp_sasl_shaped(const unsigned char *line, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		unsigned char c = line[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '+' || c == '/' || c == '='))
+			return 0;
+	}
+	return 1;
 }
 
 int

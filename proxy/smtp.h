@@ -46,11 +46,35 @@ struct smtp_reply_line {
 	size_t textlen;
 };
 
+/* An AUTH argument split as servers split it: "MECHANISM [initial-response]". */
+struct smtp_auth {
+	const unsigned char *mech; /* the first word (NULL when none), any white space around it */
+	size_t mechlen;
+	const unsigned char *resp; /* all after the mechanism and its white space; NULL if none */
+	size_t resplen;
+	size_t resp_word; /* the length of resp's first word: the initial response proper */
+};
+
+/* The white space that separates SMTP words for real servers: space, tab, VT, FF, CR. */
+int smtp_is_space(unsigned char c);
+
 /* Strips a CRLF or LF line end: the length of line without it. */
 size_t smtp_line_len(const unsigned char *line, size_t len);
 
 /* Sorts a client command line (without line end) by its verb. */
 void smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *cmd);
+
+/*
+ * Splits an AUTH command's argument (cmd->arg) as servers do (Postfix's smtpd_token: words
+ * part at any white space): AUTH PLAIN<TAB>secret is PLAIN with an initial response.
+ */
+void smtp_parse_auth(const unsigned char *arg, size_t len, struct smtp_auth *a);
+
+/* Whether name is a SASL mechanism name (RFC 4422 3.1: 1-20 of A-Z 0-9 - _, any case). */
+int smtp_sasl_name(const unsigned char *name, size_t len);
+
+/* Whether a line (without line end) could be a SASL response: base64 octets only. */
+int smtp_sasl_shaped(const unsigned char *line, size_t len);
 
 /* Parses a server reply line (without line end); returns 0, or -1 when it is malformed. */
 int smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *r);

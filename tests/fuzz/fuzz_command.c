@@ -1,7 +1,7 @@
 /*
- * libFuzzer target: the client command parser (smtp_parse_command) and the BDAT argument
- * parser (smtp_parse_bdat), on the input as one line and on each of its LF-terminated lines,
- * with the invariants the relay relies on checked.
+ * libFuzzer target: the client command parser (smtp_parse_command), the BDAT argument parser
+ * (smtp_parse_bdat) and the AUTH splitter (smtp_parse_auth), on the input as one line and on
+ * each of its LF-terminated lines, with the invariants the relay relies on checked.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -27,6 +27,44 @@ check_bdat(const unsigned char *arg, size_t len)
 	}
 }
 
+/*
+ * AUTH split as servers split it: the mechanism is one word with no white space in it, the
+ * response starts after white space and runs to the end, nothing of either lies outside.
+ */
+static void
+check_auth(const unsigned char *arg, size_t len)
+{
+	struct smtp_auth a;
+	size_t i;
+
+	smtp_parse_auth(arg, len, &a);
+	if (a.mech == NULL) {
+		if (a.resp != NULL || a.mechlen != 0)
+			abort();
+		for (i = 0; arg != NULL && i < len; i++)
+			if (!smtp_is_space(arg[i]))
+				abort();
+		return;
+	}
+	if (a.mech < arg || a.mechlen == 0 || a.mech + a.mechlen > arg + len)
+		abort();
+	for (i = 0; i < a.mechlen; i++)
+		if (smtp_is_space(a.mech[i]))
+			abort();
+	if (a.mech + a.mechlen < arg + len && !smtp_is_space(a.mech[a.mechlen]))
+		abort();
+	if (a.resp == NULL)
+		return;
+	if (a.resp <= a.mech + a.mechlen || a.resp + a.resplen != arg + len || a.resplen == 0 ||
+	    smtp_is_space(a.resp[0]) || !smtp_is_space(a.resp[-1]) || a.resp_word == 0 ||
+	    a.resp_word > a.resplen)
+		abort();
+	/* A mechanism name is never one a response could hide in: at most 20 plain octets. */
+	if (smtp_sasl_name(a.mech, a.mechlen) && a.mechlen > 20)
+		abort();
+	(void)smtp_sasl_shaped(a.resp, a.resplen);
+}
+
 static void
 check_line(const unsigned char *line, size_t len)
 {
@@ -46,6 +84,7 @@ check_line(const unsigned char *line, size_t len)
 	(void)smtp_verb_awaits_reply(cmd.verb);
 	if (cmd.verb == VERB_BDAT || cmd.arg != NULL)
 		check_bdat(cmd.arg, cmd.arglen);
+	check_auth(cmd.arg, cmd.arglen);
 }
 
 int

@@ -37,6 +37,11 @@ check_escaped(const unsigned char *e, size_t elen, const unsigned char *p, size_
 	int hi, lo;
 
 	while (i < elen) {
+		/* Bidirectional overrides and isolates (U+202A-E, U+2066-9) never stay raw. */
+		if (e[i] == 0xe2 && i + 2 < elen &&
+		    ((e[i + 1] == 0x80 && e[i + 2] >= 0xaa && e[i + 2] <= 0xae) ||
+		     (e[i + 1] == 0x81 && e[i + 2] >= 0xa6 && e[i + 2] <= 0xa9)))
+			abort();
 		if (e[i] < 0x20 && e[i] != '\t')
 			abort();
 		if (e[i] == 0x7f)
@@ -104,7 +109,7 @@ check_user(const char *mech, int step, const char *b64, size_t len, size_t users
 		abort(); /* always NUL-terminated within the buffer */
 	if (found && user[0] == '\0' && usersize > 1)
 		abort(); /* an empty name is not a name (a 1-octet buffer only holds the NUL) */
-	redact_marker(out, len, found ? user : NULL);
+	redact_marker(out, found ? user : NULL);
 	if (found)
 		check_escape((const unsigned char *)user, strlen(user));
 done:

@@ -185,8 +185,9 @@ def b64(data):
 
 def escape(data):
     """Transcript text for octets, as the spec writes it: backslash as \\\\, tab kept, other
-    controls (00-1F, 7F), C1 controls (U+0080-U+009F, octet by octet) and octets that are not
-    valid UTF-8 as \\xHH (lowercase), valid UTF-8 kept."""
+    controls (00-1F, 7F), C1 controls (U+0080-U+009F), bidirectional overrides and isolates
+    (U+202A-U+202E, U+2066-U+2069; octet by octet) and octets that are not valid UTF-8 as
+    \\xHH (lowercase), valid UTF-8 kept."""
     out = []
     for ch in data.decode("utf-8", "surrogateescape"):
         o = ord(ch)
@@ -198,7 +199,8 @@ def escape(data):
             out.append(ch)
         elif o < 0x20 or o == 0x7F:
             out.append("\\x%02x" % o)
-        elif 0x80 <= o <= 0x9F:
+        elif 0x80 <= o <= 0x9F or 0x202A <= o <= 0x202E or 0x2066 <= o <= 0x2069:
+            # C1 controls and bidirectional overrides and isolates, octet by octet
             out.append("".join("\\x%02x" % b for b in ch.encode("utf-8")))
         else:
             out.append(ch)
@@ -248,10 +250,11 @@ class Transcript:
         with open(path, "rb") as f:
             self.raw = f.read()
         # Safe on a terminal: valid UTF-8, no control characters but tab and the line ends,
-        # no C1 controls.
+        # no C1 controls, no bidirectional overrides or isolates.
         self.text = self.raw.decode("utf-8")  # raises on invalid UTF-8
-        bad = [ch for ch in self.text if (ord(ch) < 0x20 and ch not in "\t\n") or 0x7F <= ord(ch) <= 0x9F]
-        assert not bad, "transcript %s holds raw control characters %r" % (path, bad[:10])
+        bad = [ch for ch in self.text if (ord(ch) < 0x20 and ch not in "\t\n") or 0x7F <= ord(ch) <= 0x9F
+               or 0x202A <= ord(ch) <= 0x202E or 0x2066 <= ord(ch) <= 0x2069]
+        assert not bad, "transcript %s holds raw control or bidirectional characters %r" % (path, bad[:10])
         assert self.text.endswith("\n"), "transcript %s does not end with a line end" % path
         self.header = {}
         self.header_lines = []

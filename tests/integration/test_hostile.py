@@ -25,6 +25,7 @@ import pytest
 import harness
 import hostile_peers as hp
 from harness import SmtpClient, SmtpServerScript, escape, replies_from, unescape
+from tls_peers import certs, client_context  # noqa: F401  (certs: a fixture)
 
 MIB = 1024 * 1024
 
@@ -114,6 +115,106 @@ def test_nul_and_invalid_utf8_in_commands(tap_factory, fake_server):
     assert ev["helo"] == escape(helo), ev["helo"]
     assert ev["transactions"][0]["mail_from"] == escape(mail), ev["transactions"][0]
     assert ev["transactions"][0]["rcpt"][0]["to"] == escape(rcpt), ev["transactions"][0]
+
+
+# --------------------------------------------------------------------------------------------
+# Peer text inside "*" event records: escaped like any other record (issue 13)
+
+
+def raw_records(tap):
+    """The raw octets of the tap's one transcript once closed, split into lines (no parsing,
+    no checks)."""
+    def closed():
+        paths = tap.transcript_paths()
+        if len(paths) != 1:
+            return None
+        with open(paths[0], "rb") as f:
+            raw = f.read()
+        return raw if b" * close reason=" in raw else None
+
+    return harness.wait_until(closed, 5.0, what="a closed transcript").split(b"\n")
+
+
+def assert_safe_octets(lines):
+    """Every line is a header or a record, none holds a raw control octet or a bidirectional
+    override: nothing a peer sent can forge a record or reorder what a terminal shows."""
+    for line in lines:
+        assert not any(b < 0x20 and b != 0x09 for b in line), "raw control octet in %r" % line
+        assert b"\xe2\x80\xae" not in line and b"\xe2\x81\xa6" not in line, "raw bidi in %r" % line
+        assert line == b"" or line.startswith(b"# ") or harness.RECORD_RE.match(line.decode("utf-8")), \
+            "not a record: %r" % line
+
+
+@pytest.mark.limit(30)
+def test_hostile_sni_escaped_in_tls_event(tap_factory, fake_server, certs):
+    """A client's TLS server name holding ESC, CR and a LF followed by a forged "C:" record:
+    the "tls client started" event writes it escaped, on one line, and the session goes on.
+    The JSON event holds the name escaped the same way."""
+    srv = fake_server(SmtpServerScript())
+    tap = tap_factory(srv.port, *certs.proxy_args("proxy"))
+    sni = "evil\x1b[2J\rhost\n2026-01-01T00:00:00.000000Z C: MAIL FROM:<forged@example>"
+    c = greet_ehlo(tap.port)
+    c.expect("STARTTLS", 220)
+    c.sock = client_context(verify=False, check_hostname=False).wrap_socket(c.sock, server_hostname=sni)
+    c.expect("EHLO client.example", 250)
+    c.expect("QUIT", 221)
+    ev = tap.event()
+    lines = raw_records(tap)
+    assert_safe_octets(lines)
+    started = [l for l in lines if b" * tls client started " in l]
+    assert len(started) == 1 and started[0].endswith(b" sni=" + escape(sni.encode()).encode()), started
+    t = tap.transcript()
+    assert "MAIL FROM:<forged@example>" not in t.client_lines()
+    assert ev["tls"]["client"]["sni"] == escape(sni.encode()), ev["tls"]
+
+
+@pytest.mark.limit(30)
+def test_hostile_ehlo_capabilities_escaped_when_removed(tap_factory, fake_server):
+    """A hostile upstream's XCLIENT and XFORWARD lines, holding ESC, a bare CR, VT, a
+    backslash and bidirectional overrides, are removed from the EHLO reply: the "ehlo reply
+    edited" events that name them write them escaped, as the S: records do."""
+    xclient = b"XCLIENT NAME\x1b[31m\rADDR \x0bHELO \\x41 \xe2\x80\xae\xe2\x81\xa6gpj.exe"
+    xforward = b"XFORWARD \xe2\x80\xaaNAME\x1b]0;owned\x07"
+
+    def ehlo(conn, line):
+        conn.send(b"250-fake.example\r\n250-" + xclient + b"\r\n250-" + xforward + b"\r\n250 PIPELINING\r\n")
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"EHLO": ehlo}))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert r == [b"250-fake.example\r\n", b"250 PIPELINING\r\n"], r
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    tap.event()
+    assert_safe_octets(raw_records(tap))
+    t = tap.transcript()
+    edited = [e for e in t.events() if e.startswith("ehlo reply edited: ")]
+    assert edited == ["ehlo reply edited: removed " + escape(xclient),
+                      "ehlo reply edited: removed " + escape(xforward)], edited
+    assert "250-" + escape(xclient) in t.server_lines()
+
+
+@pytest.mark.limit(30)
+def test_bidi_overrides_escaped_in_records(tap_factory, fake_server):
+    """Bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069) in a client's
+    command and in a server's reply are recorded octet by octet as \\xHH: printed raw they
+    would reorder what a terminal shows after them.  Other UTF-8 stays as it is."""
+    srv = fake_server(SmtpServerScript())
+    tap = tap_factory(srv.port)
+    helo = "bidi.example \u202egpj.exe \u2066x\u2069 \u202a\u202b\u202c\u202d \u2067\u2068 caf\u00e9"
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("HELO " + helo, 250)
+    c.expect("QUIT", 221)
+    tap.event()
+    assert_safe_octets(raw_records(tap))
+    t = tap.transcript()
+    want = "HELO " + escape(helo.encode())
+    assert want in t.client_lines(), t.client_lines()
+    assert "\\xe2\\x80\\xae" in want and "\\xe2\\x81\\xa9" in want and "caf\u00e9" in want
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ check(const char *in, size_t n, const char *want)
 	free(s);
 }
 
+#define U(s) ((const unsigned char *)(s))
 #define CHECK(lit, want) check(lit, sizeof(lit) - 1, want)
 
 static void
@@ -105,6 +106,44 @@ test_c1_escaped(void **state)
 	CHECK("\xc2\x80", "\\xc2\\x80");
 	CHECK("a\xc2\x9bz", "a\\xc2\\x9bz");
 	CHECK("\xc2\x9f", "\\xc2\\x9f");
+}
+
+/* Bidirectional overrides and isolates would reorder what a terminal shows after them. */
+static void
+test_bidi_escaped(void **state)
+{
+	(void)state;
+	CHECK("\xe2\x80\xaa", "\\xe2\\x80\\xaa");     /* U+202A LRE */
+	CHECK("\xe2\x80\xab", "\\xe2\\x80\\xab");     /* U+202B RLE */
+	CHECK("\xe2\x80\xac", "\\xe2\\x80\\xac");     /* U+202C PDF */
+	CHECK("\xe2\x80\xad", "\\xe2\\x80\\xad");     /* U+202D LRO */
+	CHECK("a\xe2\x80\xaez", "a\\xe2\\x80\\xaez"); /* U+202E RLO */
+	CHECK("\xe2\x81\xa6", "\\xe2\\x81\\xa6");     /* U+2066 LRI */
+	CHECK("\xe2\x81\xa7", "\\xe2\\x81\\xa7");     /* U+2067 RLI */
+	CHECK("\xe2\x81\xa8", "\\xe2\\x81\\xa8");     /* U+2068 FSI */
+	CHECK("\xe2\x81\xa9", "\\xe2\\x81\\xa9");     /* U+2069 PDI */
+	/* Their neighbours are ordinary characters. */
+	CHECK("\xe2\x80\xa9", "\xe2\x80\xa9"); /* U+2029 */
+	CHECK("\xe2\x80\xaf", "\xe2\x80\xaf"); /* U+202F */
+	CHECK("\xe2\x81\xa5", "\xe2\x81\xa5"); /* U+2065 */
+	CHECK("\xe2\x81\xaa", "\xe2\x81\xaa"); /* U+206A */
+}
+
+/* Text with escaped parts (an event's): a backslash stays, everything else as ever. */
+static void
+test_text_keeps_backslash(void **state)
+{
+	static const char in[] = "sni=\\x1b a\x1b\r\nC: b \xe2\x80\xae caf\xc3\xa9\tz";
+	static const char want[] = "sni=\\x1b a\\x1b\\x0d\\x0aC: b \\xe2\\x80\\xae caf\xc3\xa9\tz";
+	char out[4 * sizeof(in)];
+	size_t n;
+
+	(void)state;
+	assert_int_equal(escape_text_span(U(in), sizeof(in) - 1), 10);
+	n = escape_text_into(out, U(in), sizeof(in) - 1);
+	assert_int_equal(n, sizeof(want) - 1);
+	assert_memory_equal(out, want, n);
+	assert_int_equal(escape_text_span(U(want), sizeof(want) - 1), sizeof(want) - 1);
 }
 
 static void
@@ -249,6 +288,7 @@ main(void)
 	    cmocka_unit_test(test_truncated),   cmocka_unit_test(test_mixed_line),
 	    cmocka_unit_test(test_every_octet), cmocka_unit_test(test_appends),
 	    cmocka_unit_test(test_every_octet_in_every_lane),
+	    cmocka_unit_test(test_bidi_escaped), cmocka_unit_test(test_text_keeps_backslash),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1787,7 +1787,7 @@ static const char trial_log[] =
     "2026-11-26T10:37:28.000006Z S: 250 SIZE 100\n"
     "2026-11-26T10:37:28.000007Z C: AUTH LOGIN\n"
     "2026-11-26T10:37:28.000008Z S: 334 VXNlcm5hbWU6\n"
-    "2026-11-26T10:37:28.000009Z C: [redacted 8 octets user=vrfy]\n"
+    "2026-11-26T10:37:28.000009Z C: [redacted user=vrfy]\n"
     "2026-11-26T10:37:28.000010Z S: 235 2.7.0 Ok\n"
     "2026-11-26T10:37:28.000011Z C: MAIL FROM:<a@evil.example>\n"
     "2026-11-26T10:37:28.000012Z C: RCPT TO:<b@example.com>\n"

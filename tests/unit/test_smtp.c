@@ -55,6 +55,54 @@ test_verbs(void **state)
 }
 
 static void
+check_auth(const char *arg, const char *mech, const char *resp, const char *word)
+{
+	struct smtp_auth a;
+
+	smtp_parse_auth(U(arg), strlen(arg), &a);
+	if (mech == NULL) {
+		assert_null(a.mech);
+		assert_null(a.resp);
+		return;
+	}
+	assert_int_equal(a.mechlen, strlen(mech));
+	assert_memory_equal(a.mech, mech, a.mechlen);
+	if (resp == NULL) {
+		assert_null(a.resp);
+		return;
+	}
+	assert_int_equal(a.resplen, strlen(resp));
+	assert_memory_equal(a.resp, resp, a.resplen);
+	assert_int_equal(a.resp_word, strlen(word));
+}
+
+/* AUTH splits as servers split: PLAIN<TAB>secret is PLAIN with a response, never a mechanism. */
+static void
+test_auth_split(void **state)
+{
+	(void)state;
+	check_auth("PLAIN AGFsaWNl", "PLAIN", "AGFsaWNl", "AGFsaWNl");
+	check_auth("PLAIN\tAGFsaWNl", "PLAIN", "AGFsaWNl", "AGFsaWNl");
+	check_auth("PLAIN\vAGFsaWNl", "PLAIN", "AGFsaWNl", "AGFsaWNl");
+	check_auth("PLAIN\fAGFsaWNl", "PLAIN", "AGFsaWNl", "AGFsaWNl");
+	check_auth("PLAIN\rAGFsaWNl", "PLAIN", "AGFsaWNl", "AGFsaWNl");
+	check_auth("LOGIN \t\v YWxp Y2U=\r", "LOGIN", "YWxp Y2U=\r", "YWxp");
+	check_auth("LOGIN", "LOGIN", NULL, NULL);
+	check_auth("LOGIN \t", "LOGIN", NULL, NULL);
+	check_auth("", NULL, NULL, NULL);
+	check_auth(" \t", NULL, NULL, NULL);
+	assert_true(smtp_sasl_name(U("CRAM-MD5"), 8));
+	assert_true(smtp_sasl_name(U("scram_sha_1"), 11));
+	assert_false(smtp_sasl_name(U("AGFsaWNlAHMzY3JldA=="), 20)); /* a credential */
+	assert_false(smtp_sasl_name(U("ABCDEFGHIJKLMNOPQRSTU"), 21));
+	assert_false(smtp_sasl_name(U(""), 0));
+	assert_true(smtp_sasl_shaped(U("AGFsaWNlAHMzY3JldA=="), 20));
+	assert_true(smtp_sasl_shaped(U("a+/9="), 5));
+	assert_false(smtp_sasl_shaped(U("MAIL FROM:<a@b>"), 15));
+	assert_false(smtp_sasl_shaped(U("*"), 1));
+}
+
+static void
 test_verb_with_nul(void **state)
 {
 	struct smtp_command cmd;
@@ -176,7 +224,7 @@ main(void)
 	    cmocka_unit_test(test_verbs),	  cmocka_unit_test(test_verb_with_nul),
 	    cmocka_unit_test(test_replies),	  cmocka_unit_test(test_line_len),
 	    cmocka_unit_test(test_bdat),	  cmocka_unit_test(test_pipeline_order),
-	    cmocka_unit_test(test_awaits),
+	    cmocka_unit_test(test_awaits),	  cmocka_unit_test(test_auth_split),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -124,14 +124,15 @@ static int
 client_command_local(struct session *s, const struct unit *u, const struct smtp_command *cmd)
 {
 	const struct options *o = s->px->opts;
+	enum smtp_handler h = smtp_verb_info(cmd->verb)->handler;
 	struct pending *p;
 
-	if (cmd->verb == VERB_XCLIENT || cmd->verb == VERB_XFORWARD) {
+	if (h == SMTP_HANDLE_REFUSE) {
 		session_warn(s, "client's own %s refused", smtp_verb_name(cmd->verb));
 		client_refuse(s, u, "550 5.7.0 Command not permitted\r\n");
 		return 1;
 	}
-	if (cmd->verb != VERB_STARTTLS || o->tls_mode == TLS_PASSTHROUGH)
+	if (h != SMTP_HANDLE_STARTTLS || o->tls_mode == TLS_PASSTHROUGH)
 		return 0;
 	if (o->tls_mode == TLS_STRIP) {
 		client_refuse(s, u, "454 4.7.0 TLS not available\r\n");
@@ -189,18 +190,16 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 static int
 client_command_track(struct session *s, const struct smtp_command *cmd)
 {
-	switch (cmd->verb) {
-	case VERB_HELO:
-	case VERB_EHLO:
-	case VERB_LHLO:
+	switch (smtp_verb_info(cmd->verb)->track) {
+	case SMTP_TRACK_HELO:
 		tx_helo(s, cmd);
 		break;
-	case VERB_MAIL:
+	case SMTP_TRACK_MAIL:
 		tx_begin(s, cmd);
 		break;
-	case VERB_RCPT:
+	case SMTP_TRACK_RCPT:
 		return tx_rcpt(s, cmd);
-	case VERB_RSET:
+	case SMTP_TRACK_RSET:
 		s->tx = NULL;
 		break;
 	default:

@@ -4,24 +4,49 @@
 #include <string.h>
 #include <strings.h>
 
-static const struct {
-	const char *name;
-	enum smtp_verb verb;
-} smtp_verbs[] = {
-    {"HELO", VERB_HELO},       {"EHLO", VERB_EHLO},         {"LHLO", VERB_LHLO},
-    {"MAIL", VERB_MAIL},       {"RCPT", VERB_RCPT},         {"DATA", VERB_DATA},
-    {"BDAT", VERB_BDAT},       {"RSET", VERB_RSET},         {"QUIT", VERB_QUIT},
-    {"NOOP", VERB_NOOP},       {"AUTH", VERB_AUTH},         {"STARTTLS", VERB_STARTTLS},
-    {"VRFY", VERB_VRFY},       {"EXPN", VERB_EXPN},         {"HELP", VERB_HELP},
-    {"XCLIENT", VERB_XCLIENT}, {"XFORWARD", VERB_XFORWARD},
+/*
+ * The command table: one row per verb, indexed by it.  The parser, the rules' scopes (for the
+ * proxy and --test-rules alike), the pipelining wait and the session's handling all read it.
+ */
+/* clang-format off */
+#define ROW(name, rules, awaits, handler, track) \
+	{name, SMTP_RULES_##rules, awaits, SMTP_HANDLE_##handler, SMTP_TRACK_##track}
+static const struct smtp_verb_info smtp_verbs[VERB_COUNT] = {
+	/*                   name           rules    awaits handler   track */
+	[VERB_UNKNOWN]  = ROW("unknown",     COMMAND, 0, RELAY,    NONE),
+	[VERB_HELO]     = ROW("HELO",        HELO,    0, RELAY,    HELO),
+	[VERB_EHLO]     = ROW("EHLO",        HELO,    0, RELAY,    HELO),
+	[VERB_LHLO]     = ROW("LHLO",        HELO,    0, RELAY,    HELO),
+	[VERB_MAIL]     = ROW("MAIL",        MAIL,    0, RELAY,    MAIL),
+	[VERB_RCPT]     = ROW("RCPT",        RCPT,    0, RELAY,    RCPT),
+	[VERB_DATA]     = ROW("DATA",        COMMAND, 1, DATA,     NONE),
+	[VERB_BDAT]     = ROW("BDAT",        COMMAND, 0, BDAT,     NONE),
+	[VERB_RSET]     = ROW("RSET",        COMMAND, 0, RELAY,    RSET),
+	[VERB_QUIT]     = ROW("QUIT",        COMMAND, 0, RELAY,    NONE),
+	[VERB_NOOP]     = ROW("NOOP",        COMMAND, 0, RELAY,    NONE),
+	[VERB_AUTH]     = ROW("AUTH",        COMMAND, 1, SASL,     NONE),
+	[VERB_STARTTLS] = ROW("STARTTLS",    COMMAND, 1, STARTTLS, NONE),
+	[VERB_VRFY]     = ROW("VRFY",        COMMAND, 0, RELAY,    NONE),
+	[VERB_EXPN]     = ROW("EXPN",        COMMAND, 0, RELAY,    NONE),
+	[VERB_HELP]     = ROW("HELP",        COMMAND, 0, RELAY,    NONE),
+	[VERB_XCLIENT]  = ROW("XCLIENT",     COMMAND, 0, REFUSE,   NONE),
+	[VERB_XFORWARD] = ROW("XFORWARD",    COMMAND, 0, REFUSE,   NONE),
+	/* Not commands: what else a reply can answer. */
+	[VERB_GREETING] = ROW("greeting",    COMMAND, 0, RELAY,    NONE),
+	[VERB_SASL]     = ROW("sasl",        COMMAND, 1, RELAY,    NONE),
+	[VERB_EOD]      = ROW("end-of-data", COMMAND, 0, RELAY,    NONE),
+	[VERB_LOCAL]    = ROW("local",       COMMAND, 0, RELAY,    NONE),
 };
+#undef ROW
+/* clang-format on */
 
-static const char *smtp_extra_names[] = {
-    [VERB_GREETING] = "greeting",
-    [VERB_SASL] = "sasl",
-    [VERB_EOD] = "end-of-data",
-    [VERB_LOCAL] = "local",
-};
+const struct smtp_verb_info *
+smtp_verb_info(enum smtp_verb verb)
+{
+	if ((unsigned int)verb >= VERB_COUNT)
+		verb = VERB_UNKNOWN;
+	return &smtp_verbs[verb];
+}
 
 /* The white space that separates SMTP words for real servers: space, tab, VT, FF, CR. */
 static int
@@ -54,11 +79,11 @@ smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *c
 		start++;
 	while (start + verblen < len && !smtp_is_space(line[start + verblen]))
 		verblen++;
-	for (i = 0; i < sizeof(smtp_verbs) / sizeof(smtp_verbs[0]); i++) {
+	for (i = VERB_FIRST_COMMAND; i <= VERB_LAST_COMMAND; i++) {
 		const char *name = smtp_verbs[i].name;
 		if (strlen(name) == verblen &&
 		    strncasecmp(name, (const char *)line + start, verblen) == 0) {
-			cmd->verb = smtp_verbs[i].verb;
+			cmd->verb = (enum smtp_verb)i;
 			break;
 		}
 	}
@@ -119,19 +144,11 @@ smtp_parse_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last)
 const char *
 smtp_verb_name(enum smtp_verb verb)
 {
-	size_t i;
-
-	for (i = 0; i < sizeof(smtp_verbs) / sizeof(smtp_verbs[0]); i++)
-		if (smtp_verbs[i].verb == verb)
-			return smtp_verbs[i].name;
-	if (verb < sizeof(smtp_extra_names) / sizeof(smtp_extra_names[0]) &&
-	    smtp_extra_names[verb] != NULL)
-		return smtp_extra_names[verb];
-	return "unknown";
+	return smtp_verb_info(verb)->name;
 }
 
 int
 smtp_verb_awaits_reply(enum smtp_verb verb)
 {
-	return verb == VERB_DATA || verb == VERB_AUTH || verb == VERB_STARTTLS || verb == VERB_SASL;
+	return smtp_verb_info(verb)->awaits_reply;
 }

@@ -30,6 +30,50 @@ enum smtp_verb {
 	VERB_SASL,
 	VERB_EOD,
 	VERB_LOCAL,
+	VERB_COUNT
+};
+
+/* The command verbs the parser knows lie between these (the rest are reply subjects). */
+#define VERB_FIRST_COMMAND VERB_HELO
+#define VERB_LAST_COMMAND VERB_XFORWARD
+
+/*
+ * The rules that see a command besides the "command" rules: a grammar-level name for it, so
+ * that the grammar does not depend on filters/ (rules_command_scopes() maps it to scopes).
+ */
+enum smtp_rule_class {
+	SMTP_RULES_COMMAND, /* only the "command" rules */
+	SMTP_RULES_HELO,
+	SMTP_RULES_MAIL,
+	SMTP_RULES_RCPT,
+};
+
+/* What the session does with a command: one kind of handling each (OpenSMTPD's commands[]). */
+enum smtp_handler {
+	SMTP_HANDLE_RELAY,    /* forwarded as it is (after the rules), its reply relayed */
+	SMTP_HANDLE_REFUSE,   /* never forwarded: the proxy refuses it (a client's XCLIENT) */
+	SMTP_HANDLE_STARTTLS, /* answered by the proxy or relayed, by --tls-mode; TLS follows */
+	SMTP_HANDLE_SASL,     /* SASL data follows each 334; its argument may be a secret */
+	SMTP_HANDLE_DATA,     /* message content follows its 354, up to <CRLF>.<CRLF> */
+	SMTP_HANDLE_BDAT,     /* a chunk of exactly the size it names follows, no lines */
+};
+
+/* What a command changes in the session's tracked state (and the event it leads to). */
+enum smtp_track {
+	SMTP_TRACK_NONE,
+	SMTP_TRACK_HELO, /* the client's name */
+	SMTP_TRACK_MAIL, /* a transaction begins */
+	SMTP_TRACK_RCPT, /* a recipient of the transaction */
+	SMTP_TRACK_RSET, /* the transaction is forgotten */
+};
+
+/* One row of the command table: everything smtptap decides by a verb, in one place. */
+struct smtp_verb_info {
+	const char *name; /* as sent ("MAIL"), or lower case for what is not a command */
+	enum smtp_rule_class rules;
+	int awaits_reply; /* the client must wait for the reply before sending more (RFC 2920) */
+	enum smtp_handler handler;
+	enum smtp_track track;
 };
 
 struct smtp_command {
@@ -56,6 +100,9 @@ int smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_li
 
 /* Parses a BDAT argument: "SIZE [LAST]"; returns 0, or -1 when malformed. */
 int smtp_parse_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last);
+
+/* The table's row for a verb (VERB_UNKNOWN's for one out of range); never NULL. */
+const struct smtp_verb_info *smtp_verb_info(enum smtp_verb verb);
 
 const char *smtp_verb_name(enum smtp_verb verb);
 

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -169,6 +170,55 @@ test_awaits(void **state)
 	assert_string_equal(smtp_verb_name(VERB_RCPT), "RCPT");
 }
 
+/* The command table: every command verb parses back to its own row, by its own name. */
+static void
+test_table(void **state)
+{
+	const struct smtp_verb_info *v;
+	int i;
+
+	(void)state;
+	for (i = VERB_FIRST_COMMAND; i <= VERB_LAST_COMMAND; i++) {
+		struct smtp_command cmd;
+		char line[32];
+
+		v = smtp_verb_info((enum smtp_verb)i);
+		snprintf(line, sizeof(line), "%s\targ", v->name);
+		smtp_parse_command(U(line), strlen(line), &cmd);
+		assert_int_equal(cmd.verb, i);
+		assert_int_equal(cmd.arglen, 3);
+	}
+	assert_int_equal(smtp_verb_info(VERB_MAIL)->rules, SMTP_RULES_MAIL);
+	assert_int_equal(smtp_verb_info(VERB_LHLO)->rules, SMTP_RULES_HELO);
+	assert_int_equal(smtp_verb_info(VERB_RCPT)->track, SMTP_TRACK_RCPT);
+	assert_int_equal(smtp_verb_info(VERB_XFORWARD)->handler, SMTP_HANDLE_REFUSE);
+	assert_int_equal(smtp_verb_info(VERB_BDAT)->handler, SMTP_HANDLE_BDAT);
+	assert_int_equal(smtp_verb_info(VERB_AUTH)->handler, SMTP_HANDLE_SASL);
+	assert_true(smtp_verb_awaits_reply(VERB_SASL));
+	/* Out of range: the unknown verb's row, never NULL. */
+	assert_string_equal(smtp_verb_info(VERB_COUNT)->name, "unknown");
+	assert_string_equal(smtp_verb_info((enum smtp_verb)(VERB_COUNT + 5))->name, "unknown");
+	/* A reply subject is not a command: "greeting" parses as unknown. */
+	{
+		struct smtp_command cmd;
+
+		smtp_parse_command(U("greeting x"), 10, &cmd);
+		assert_int_equal(cmd.verb, VERB_UNKNOWN);
+	}
+}
+
+/* Any server white space ends the verb: space, tab, VT, FF, CR. */
+static void
+test_verb_white_space(void **state)
+{
+	(void)state;
+	check_verb("MAIL\tFROM:<a@evil>", VERB_MAIL, "FROM:<a@evil>");
+	check_verb("MAIL\vFROM:<a>", VERB_MAIL, "FROM:<a>");
+	check_verb("MAIL\fFROM:<a>", VERB_MAIL, "FROM:<a>");
+	check_verb("RCPT\rTO:<a>", VERB_RCPT, "TO:<a>");
+	check_verb(" \tEHLO x", VERB_EHLO, "x");
+}
+
 int
 main(void)
 {
@@ -176,7 +226,8 @@ main(void)
 	    cmocka_unit_test(test_verbs),	  cmocka_unit_test(test_verb_with_nul),
 	    cmocka_unit_test(test_replies),	  cmocka_unit_test(test_line_len),
 	    cmocka_unit_test(test_bdat),	  cmocka_unit_test(test_pipeline_order),
-	    cmocka_unit_test(test_awaits),
+	    cmocka_unit_test(test_awaits),	  cmocka_unit_test(test_table),
+	    cmocka_unit_test(test_verb_white_space),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -96,6 +96,19 @@ smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *c
 	}
 }
 
+size_t
+smtp_auth_visible(const unsigned char *line, size_t len, const struct smtp_command *cmd)
+{
+	size_t end;
+
+	if (cmd->arg == NULL)
+		return len;
+	end = (size_t)(cmd->arg - line);
+	while (end < len && !smtp_is_space(line[end]))
+		end++;
+	return end;
+}
+
 int
 smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *r)
 {

@@ -95,6 +95,12 @@ size_t smtp_line_len(const unsigned char *line, size_t len);
 /* Sorts a client command line (without line end) by its verb. */
 void smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *cmd);
 
+/*
+ * The part of an AUTH command line (cmd parsed from it) that rules may see and a log may
+ * keep: the verb and the mechanism, never the initial response after them.
+ */
+size_t smtp_auth_visible(const unsigned char *line, size_t len, const struct smtp_command *cmd);
+
 /* Parses a server reply line (without line end); returns 0, or -1 when it is malformed. */
 int smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *r);
 

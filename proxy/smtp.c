@@ -1,8 +1,11 @@
 /* SMTP syntax: a table of verbs (OpenSMTPD's commands[]) and the reply-line grammar. */
 #include "proxy/smtp.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+
+#include <event2/buffer.h>
 
 /*
  * The command table: one row per verb, indexed by it.  The parser, the rules' scopes (for the
@@ -53,6 +56,76 @@ static int
 smtp_is_space(unsigned char c)
 {
 	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
+}
+
+static int
+smtp_is_digit(unsigned char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/*
+ * Where the first LF is in [from, lim) of in: -1 when there is none.  *head is set to the
+ * input's first lim octets when they lie in its first chunk (most lines do: a memchr there,
+ * no evbuffer_ptr walk, no pullup), else to NULL.
+ */
+static ev_ssize_t
+smtp_find_lf(struct evbuffer *in, size_t from, size_t lim, const unsigned char **head)
+{
+	struct evbuffer_ptr start, eol;
+	struct evbuffer_iovec v;
+	const unsigned char *q;
+	size_t eol_len;
+
+	*head = NULL;
+	if (evbuffer_peek(in, (ev_ssize_t)lim, NULL, &v, 1) == 1 && v.iov_len >= lim) {
+		*head = v.iov_base;
+		q = from < lim ? memchr(*head + from, '\n', lim - from) : NULL;
+		return q != NULL ? q - *head : -1;
+	}
+	if (from >= lim)
+		return -1;
+	if (evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET) != 0)
+		return -1;
+	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
+	return eol.pos >= 0 && (size_t)eol.pos < lim ? eol.pos : -1;
+}
+
+int
+smtp_line_next(struct evbuffer *in, size_t skip, size_t max, size_t *scanned, struct smtp_line *l)
+{
+	size_t total = evbuffer_get_length(in), avail, lim, from;
+	const unsigned char *p;
+	ev_ssize_t lf;
+	unsigned char last;
+
+	if (total <= skip || max == 0)
+		return 0;
+	avail = total - skip;
+	lim = avail < max ? avail : max;
+	from = scanned != NULL && *scanned < lim ? *scanned : 0;
+	lf = smtp_find_lf(in, skip + from, skip + lim, &p);
+	if (lf >= 0) {
+		l->len = (size_t)lf - skip + 1;
+		l->complete = 1;
+	} else if (avail >= max) {
+		l->len = max;
+		l->complete = 0;
+	} else {
+		if (scanned != NULL)
+			*scanned = avail;
+		return 0;
+	}
+	if (p == NULL && (p = evbuffer_pullup(in, (ev_ssize_t)(skip + l->len))) == NULL)
+		return 0;
+	last = p[skip + l->len - 1];
+	/* A CR that ends a piece goes with the next one, where its LF may follow. */
+	if (!l->complete && last == '\r' && l->len > 1)
+		l->len--;
+	if (scanned != NULL)
+		*scanned = 0;
+	l->data = p + skip;
+	return 1;
 }
 
 size_t
@@ -107,6 +180,66 @@ smtp_auth_visible(const unsigned char *line, size_t len, const struct smtp_comma
 	while (end < len && !smtp_is_space(line[end]))
 		end++;
 	return end;
+}
+
+/* Appends one reply line with its separator forced to sep ('-' or ' '), and CRLF. */
+static size_t
+smtp_reply_put(unsigned char *dst, const unsigned char *p, size_t len, int sep, int keep)
+{
+	size_t o = 0;
+
+	/* Only a well-formed "NNN" prefix has a separator to fix; the rest goes as it came. */
+	if (len >= 3 && smtp_is_digit(p[0]) && smtp_is_digit(p[1]) && smtp_is_digit(p[2]) &&
+	    !keep && (len == 3 || p[3] == '-' || p[3] == ' ')) {
+		memcpy(dst, p, 3);
+		dst[3] = (unsigned char)sep;
+		o = 4;
+		if (len > 4) {
+			memcpy(dst + 4, p + 4, len - 4);
+			o = len;
+		}
+	} else {
+		memcpy(dst, p, len);
+		o = len;
+	}
+	dst[o++] = '\r';
+	dst[o++] = '\n';
+	return o;
+}
+
+unsigned char *
+smtp_reply_rebuild(const unsigned char *const *lines, const size_t *lens, const int *removed,
+                   size_t n, size_t *outlen, int *all_removed)
+{
+	unsigned char *buf;
+	size_t i, last = 0, size = 0, o = 0;
+	int any = 0;
+
+	*all_removed = 0;
+	*outlen = 0;
+	for (i = 0; i < n; i++) {
+		size += lens[i] + 3;
+		if (!removed[i]) {
+			any = 1;
+			last = i;
+		}
+	}
+	if (n == 0 || (buf = malloc(size + 1)) == NULL)
+		return NULL;
+	if (!any) {
+		*all_removed = 1;
+		last = n - 1;
+	}
+	for (i = 0; i < n; i++) {
+		if (i == last)
+			/* A bare "250" that was already last stays as it came. */
+			o += smtp_reply_put(buf + o, lines[i], lens[i], ' ', lens[i] == 3);
+		else if (!removed[i])
+			o += smtp_reply_put(buf + o, lines[i], lens[i], '-', 0);
+	}
+	buf[o] = '\0';
+	*outlen = o;
+	return buf;
 }
 
 int

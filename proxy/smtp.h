@@ -89,6 +89,39 @@ struct smtp_reply_line {
 	size_t textlen;
 };
 
+struct evbuffer;
+
+/* A view of one line, or of a piece of an over-long one, at the head of an evbuffer. */
+struct smtp_line {
+	const unsigned char *data; /* valid until the buffer is changed */
+	size_t len;                /* octets, line end included */
+	int complete;              /* ends with LF */
+};
+
+/*
+ * The next line of in after its first skip octets, capped at max octets before it is read:
+ * returns 1 with a whole line (up to and with its LF) or, when max octets hold no LF, a piece
+ * of the line; 0 when more input is needed (or memory ran out).  A piece never ends in CR:
+ * it stops one short, so that a CR and the LF after it stay together in the next piece, one
+ * CRLF however the input was cut.  *scanned (may be NULL) carries across calls how far the
+ * search for LF already went in a partial line, so that a slow line is not searched again
+ * from its start; the caller zeroes it when it takes the line.
+ */
+int smtp_line_next(struct evbuffer *in, size_t skip, size_t max, size_t *scanned,
+                   struct smtp_line *l);
+
+/*
+ * Rebuilds one multi-line server reply after lines were removed or edited.  lines[i]
+ * (lens[i] octets, "250-SIZE 100", no line end) are the n >= 1 lines as they would go out,
+ * removed[i] set for those to drop.  Returns a heap buffer, length in *outlen, holding the
+ * kept lines each ending in CRLF, the last with "NNN " and the others with "NNN-" (a bare
+ * "NNN" already last stays so); a line that is not "NNN" followed by a separator or nothing
+ * is copied unchanged.  When every line is marked, the last one is kept and *all_removed is
+ * set, for the caller to record a warning.  NULL on ENOMEM.
+ */
+unsigned char *smtp_reply_rebuild(const unsigned char *const *lines, const size_t *lens,
+                                  const int *removed, size_t n, size_t *outlen, int *all_removed);
+
 /* Strips a CRLF or LF line end: the length of line without it. */
 size_t smtp_line_len(const unsigned char *line, size_t len);
 

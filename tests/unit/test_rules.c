@@ -23,6 +23,7 @@
 #include "filters/prefilter.h"
 #include "filters/rules.h"
 #include "filters/trial.h"
+#include "proxy/smtp.h"
 
 /* Tests run in a fresh directory, so that errors name "r.rules" whatever the machine. */
 static char tmpdir[] = "/tmp/test_rules.XXXXXX";
@@ -1634,7 +1635,7 @@ fix(const char *const *lines, const int *removed, size_t n, int *all)
 
 	for (i = 0; i < n; i++)
 		lens[i] = strlen(lines[i]);
-	r = rules_fix_reply((const unsigned char *const *)lines, lens, removed, n, &len, all);
+	r = smtp_reply_rebuild((const unsigned char *const *)lines, lens, removed, n, &len, all);
 	assert_non_null(r);
 	assert_int_equal(strlen((char *)r), len);
 	return (char *)r;

@@ -142,17 +142,6 @@ void rule_outcome_init(struct rule_outcome *);
 void rule_outcome_reset(struct rule_outcome *); /* forgets the last line, keeps buffers */
 void rule_outcome_free(struct rule_outcome *);
 
-/*
- * Rebuilds one multi-line server reply after rules removed some of its lines.  lines[i]
- * (lens[i] octets, "250-SIZE 100", no CRLF) are the n >= 1 lines as they would go out,
- * removed[i] set for those to drop.  Returns a heap buffer, length in *outlen, holding the
- * kept lines each ending in CRLF, the last with "NNN " and the others with "NNN-"; a line
- * already right is copied unchanged.  When every line is marked, the last one is kept and
- * *all_removed is set, for the caller to record a warning.  NULL on ENOMEM.
- */
-unsigned char *rules_fix_reply(const unsigned char *const *lines, const size_t *lens,
-                               const int *removed, size_t n, size_t *outlen, int *all_removed);
-
 /* Names as written in rule files ("capability", "REJECT"); "?" when out of range. */
 const char *rules_scope_name(enum rule_scope);
 const char *rules_action_name(enum rule_action);

@@ -13,10 +13,12 @@
 #include <strings.h>
 
 #include "filters/rules.h"
+#include "filters/scopes.h"
 #include "logs/escape.h"
+#include "proxy/smtp.h"
 
 #define TRIAL_PENDING 64 /* commands awaiting a reply, more than any pipelined group */
-#define TRIAL_OWN "(own)"  /* a command the proxy itself sent upstream */
+#define TRIAL_OWN (-1)   /* a command the proxy itself sent upstream */
 
 enum trial_mode { MODE_COMMAND, MODE_HEADER, MODE_BODY };
 
@@ -43,7 +45,7 @@ struct trial {
 	struct bytes header;
 	unsigned long header_at;
 	const char *msg_reply; /* a header or body rule refused the message */
-	char pending[TRIAL_PENDING][8];
+	int pending[TRIAL_PENDING]; /* enum smtp_verb, or TRIAL_OWN */
 	int phead, pcount;
 
 	/* Server side. */
@@ -141,19 +143,13 @@ trial_run(struct trial *t, const enum rule_scope *scopes, int nscopes, unsigned 
 }
 
 static void
-trial_push(struct trial *t, const unsigned char *p, size_t n)
+trial_push(struct trial *t, int verb)
 {
-	char *v;
-	size_t i;
-
 	if (t->pcount == TRIAL_PENDING) {
 		t->phead = (t->phead + 1) % TRIAL_PENDING;
 		t->pcount--;
 	}
-	v = t->pending[(t->phead + t->pcount++) % TRIAL_PENDING];
-	for (i = 0; i < n && i < 7 && p[i] != ' '; i++)
-		v[i] = (char)p[i];
-	v[i] = '\0';
+	t->pending[(t->phead + t->pcount++) % TRIAL_PENDING] = verb;
 }
 
 /*
@@ -163,23 +159,23 @@ trial_push(struct trial *t, const unsigned char *p, size_t n)
 static void
 trial_push_own(struct trial *t)
 {
-	char *last;
+	int *last;
 
 	if (t->pcount > 0 && t->pcount < TRIAL_PENDING) {
-		last = t->pending[(t->phead + t->pcount - 1) % TRIAL_PENDING];
-		if (strcmp(last, ".") == 0) {
-			strcpy(last, TRIAL_OWN);
-			trial_push(t, (const unsigned char *)".", 1);
+		last = &t->pending[(t->phead + t->pcount - 1) % TRIAL_PENDING];
+		if (*last == VERB_EOD) {
+			*last = TRIAL_OWN;
+			trial_push(t, VERB_EOD);
 			return;
 		}
 	}
-	trial_push(t, (const unsigned char *)TRIAL_OWN, strlen(TRIAL_OWN));
+	trial_push(t, TRIAL_OWN);
 }
 
-static const char *
+static int
 trial_peek(const struct trial *t)
 {
-	return t->pcount > 0 ? t->pending[t->phead] : "";
+	return t->pcount > 0 ? t->pending[t->phead] : VERB_UNKNOWN;
 }
 
 static void
@@ -191,26 +187,30 @@ trial_pop(struct trial *t)
 	t->pcount--;
 }
 
+int
+trial_command_scopes(const unsigned char *p, size_t n, enum rule_scope scopes[2], size_t *seen)
+{
+	struct smtp_command cmd;
+
+	/* The proxy's own parser and command table: split on any white space, as servers do. */
+	smtp_parse_command(p, n, &cmd);
+	*seen = cmd.verb == VERB_AUTH ? smtp_auth_visible(p, n, &cmd) : n;
+	scopes_command(cmd.verb, scopes);
+	return cmd.verb;
+}
+
 /* A client command: its verb picks the scopes, and it waits for its reply. */
 static int
 trial_command(struct trial *t, const unsigned char *p, size_t n)
 {
 	enum rule_scope scopes[2] = {SCOPE_COMMAND, SCOPE_COMMAND};
-	char verb[8];
-	size_t i;
+	int verb;
+	size_t seen;
 
-	for (i = 0; i < n && i < 5 && p[i] != ' '; i++)
-		verb[i] = (char)p[i];
-	verb[i] = '\0';
-	if (strcasecmp(verb, "HELO") == 0 || strcasecmp(verb, "EHLO") == 0 ||
-	    strcasecmp(verb, "LHLO") == 0)
-		scopes[0] = SCOPE_HELO;
-	else if (strcasecmp(verb, "MAIL") == 0)
-		scopes[0] = SCOPE_MAIL;
-	else if (strcasecmp(verb, "RCPT") == 0)
-		scopes[0] = SCOPE_RCPT;
-	trial_push(t, p, n);
-	return trial_run(t, scopes, 2, t->line_at, "C:", p, n) == -1 ? -1 : 0;
+	verb = trial_command_scopes(p, n, scopes, &seen);
+	trial_push(t, verb);
+	/* Both scopes are tried (a lone "command" twice is harmless): what the proxy does. */
+	return trial_run(t, scopes, 2, t->line_at, "C:", p, seen) == -1 ? -1 : 0;
 }
 
 /* Ends the header being assembled, if any, and runs it through the header rules. */
@@ -247,7 +247,7 @@ trial_message(struct trial *t, const unsigned char *p, size_t n)
 		t->msg_reply = NULL;
 		t->mode = MODE_COMMAND;
 		/* The end of data waits for its reply like a command. */
-		trial_push(t, p, n);
+		trial_push(t, VERB_EOD);
 		return 0;
 	}
 	if (t->mode == MODE_HEADER) {
@@ -301,7 +301,7 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 		t->greeted = 1;
 		return;
 	}
-	if (strcmp(trial_peek(t), TRIAL_OWN) == 0) {
+	if (trial_peek(t) == TRIAL_OWN) {
 		trial_pop(t);
 		return;
 	}
@@ -326,10 +326,13 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 	if (!t->in_reply) {
 		t->in_reply = 1;
 		t->reply_lines = t->reply_ignored = 0;
-		t->reply_is_ehlo = t->greeted && strcasecmp(trial_peek(t), "EHLO") == 0;
+		/* As the proxy: the lines after the first of a 250 to EHLO or LHLO. */
+		t->reply_is_ehlo = t->greeted &&
+		                   (trial_peek(t) == VERB_EHLO || trial_peek(t) == VERB_LHLO) &&
+		                   n >= 3 && memcmp(p, "250", 3) == 0;
 	}
 	/* The reply to our own command upstream never reached the client: no rule saw it. */
-	if (t->greeted && strcmp(trial_peek(t), TRIAL_OWN) == 0)
+	if (t->greeted && trial_peek(t) == TRIAL_OWN)
 		own = 1;
 	if (!own) {
 		if (!t->greeted)

@@ -1,6 +1,10 @@
 #ifndef SMTPTAP_TRIAL_H
 #define SMTPTAP_TRIAL_H
 
+#include <stddef.h>
+
+#include "filters/rules.h"
+
 /*
  * smtptap --test-rules FILE... --transcript TRANSCRIPT: runs the lines of a recorded session
  * through the rules, each line in the scopes the proxy would have given it, and prints on
@@ -15,5 +19,12 @@
  * did), 1 on a bad rule file or transcript, 2 on a usage error.
  */
 int rules_trial_main(int argc, char **argv);
+
+/*
+ * How --test-rules reads a recorded client command: its verb (an enum smtp_verb), the scopes
+ * of its rules (scopes_command()) and, in *seen, how much of the line the rules see (an AUTH
+ * line up to its mechanism).  The proxy's parser and command table, so the two agree.
+ */
+int trial_command_scopes(const unsigned char *p, size_t n, enum rule_scope scopes[2], size_t *seen);
 
 #endif

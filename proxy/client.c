@@ -65,27 +65,6 @@ client_record_sasl(struct session *s, const unsigned char *prefix, size_t prefix
 }
 
 /*
- * The part of an AUTH line rules may see: the verb and the mechanism (split as servers split
- * it, on any white space), never the initial response.  A first word that is no SASL
- * mechanism name may be the credential itself: then the verb alone.
- */
-static size_t
-client_auth_visible(const unsigned char *line, size_t n, const struct smtp_command *cmd,
-                    const struct smtp_auth *a)
-{
-	size_t end;
-
-	if (cmd->arg == NULL)
-		return n;
-	if (smtp_sasl_name(a->mech, a->mechlen))
-		return (size_t)(a->mech + a->mechlen - line);
-	end = (size_t)(cmd->arg - line);
-	while (end > 0 && smtp_is_space(line[end - 1]))
-		end--;
-	return end;
-}
-
-/*
  * An AUTH command: recorded as it crossed up to its initial response (whatever white space
  * separates them), the response redacted.  Returns how much of the line rules may see.
  */
@@ -109,7 +88,7 @@ client_auth(struct session *s, const unsigned char *line, size_t n, const struct
 		client_record_sasl(s, line, (size_t)(a.resp - line), a.resp, a.resp_word);
 	else
 		client_record_sasl(s, line, (size_t)(cmd->arg - line), NULL, 0);
-	return client_auth_visible(line, n, cmd, &a);
+	return smtp_auth_visible(line, n, cmd);
 }
 
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
@@ -149,14 +128,15 @@ static int
 client_command_local(struct session *s, const struct unit *u, const struct smtp_command *cmd)
 {
 	const struct options *o = s->px->opts;
+	enum smtp_handler h = smtp_verb_info(cmd->verb)->handler;
 	struct pending *p;
 
-	if (cmd->verb == VERB_XCLIENT || cmd->verb == VERB_XFORWARD || cmd->verb == VERB_PROXY) {
+	if (h == SMTP_HANDLE_REFUSE) {
 		session_warn(s, "client's own %s refused", smtp_verb_name(cmd->verb));
 		client_refuse(s, u, "550 5.7.0 Command not permitted\r\n");
 		return 1;
 	}
-	if (cmd->verb != VERB_STARTTLS || o->tls_mode == TLS_PASSTHROUGH)
+	if (h != SMTP_HANDLE_STARTTLS || o->tls_mode == TLS_PASSTHROUGH)
 		return 0;
 	if (o->tls_mode == TLS_STRIP) {
 		client_refuse(s, u, "454 4.7.0 TLS not available\r\n");
@@ -214,18 +194,16 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 static int
 client_command_track(struct session *s, const struct smtp_command *cmd)
 {
-	switch (cmd->verb) {
-	case VERB_HELO:
-	case VERB_EHLO:
-	case VERB_LHLO:
+	switch (smtp_verb_info(cmd->verb)->track) {
+	case SMTP_TRACK_HELO:
 		tx_helo(s, cmd);
 		break;
-	case VERB_MAIL:
+	case SMTP_TRACK_MAIL:
 		tx_begin(s, cmd);
 		break;
-	case VERB_RCPT:
+	case SMTP_TRACK_RCPT:
 		return tx_rcpt(s, cmd);
-	case VERB_RSET:
+	case SMTP_TRACK_RSET:
 		s->tx = NULL;
 		break;
 	default:

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "filters/scopes.h"
 #include "logs/escape.h"
 #include "logs/transcript.h"
 #include "proxy/options.h"
@@ -42,24 +43,7 @@ filter_has(const struct session *s, enum rule_scope scope)
 int
 filter_command_scopes(int verb, enum rule_scope scopes[2])
 {
-	switch (verb) {
-	case VERB_HELO:
-	case VERB_EHLO:
-	case VERB_LHLO:
-		scopes[0] = SCOPE_HELO;
-		break;
-	case VERB_MAIL:
-		scopes[0] = SCOPE_MAIL;
-		break;
-	case VERB_RCPT:
-		scopes[0] = SCOPE_RCPT;
-		break;
-	default:
-		scopes[0] = SCOPE_COMMAND;
-		return 1;
-	}
-	scopes[1] = SCOPE_COMMAND;
-	return 2;
+	return scopes_command(verb, scopes);
 }
 
 /* Records one hit: which rule, what it did, the line before and after. */

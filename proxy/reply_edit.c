@@ -119,7 +119,7 @@ reply_lines_free(struct reply_lines *rl)
 }
 
 /*
- * Whether rules_fix_reply() would give back the reply as it came: every line ends in CRLF,
+ * Whether smtp_reply_rebuild() would give back the reply as it came: every line ends in CRLF,
  * and each "NNN" line has '-' after its code, the last ' ' (or nothing).
  */
 static int
@@ -197,7 +197,7 @@ reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum sm
 	if (!reply_edit_wanted(s) || reply_split(reply, len, &rl) != 0)
 		return NULL;
 	if (reply_apply_rules(s, &rl, answers, code) == 0 && (rl.changed || !reply_as_is(&rl))) {
-		out = rules_fix_reply(rl.p, rl.len, rl.removed, rl.n, outlen, &all_removed);
+		out = smtp_reply_rebuild(rl.p, rl.len, rl.removed, rl.n, outlen, &all_removed);
 		if (all_removed)
 			session_warn(
 			    s, "rules would remove every line of a reply: its last line kept");

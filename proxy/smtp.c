@@ -1,33 +1,131 @@
 /* SMTP syntax: a table of verbs (OpenSMTPD's commands[]) and the reply-line grammar. */
 #include "proxy/smtp.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-static const struct {
-	const char *name;
-	enum smtp_verb verb;
-} smtp_verbs[] = {
-    {"HELO", VERB_HELO},       {"EHLO", VERB_EHLO},         {"LHLO", VERB_LHLO},
-    {"MAIL", VERB_MAIL},       {"RCPT", VERB_RCPT},         {"DATA", VERB_DATA},
-    {"BDAT", VERB_BDAT},       {"RSET", VERB_RSET},         {"QUIT", VERB_QUIT},
-    {"NOOP", VERB_NOOP},       {"AUTH", VERB_AUTH},         {"STARTTLS", VERB_STARTTLS},
-    {"VRFY", VERB_VRFY},       {"EXPN", VERB_EXPN},         {"HELP", VERB_HELP},
-    {"XCLIENT", VERB_XCLIENT}, {"XFORWARD", VERB_XFORWARD},
-    {"PROXY", VERB_PROXY},
-};
+#include <event2/buffer.h>
 
-static const char *smtp_extra_names[] = {
-    [VERB_GREETING] = "greeting",
-    [VERB_SASL] = "sasl",
-    [VERB_EOD] = "end-of-data",
-    [VERB_LOCAL] = "local",
+/*
+ * The command table: one row per verb, indexed by it.  The parser, the rules' scopes (for the
+ * proxy and --test-rules alike), the pipelining wait and the session's handling all read it.
+ */
+/* clang-format off */
+#define ROW(name, rules, awaits, handler, track) \
+	{name, SMTP_RULES_##rules, awaits, SMTP_HANDLE_##handler, SMTP_TRACK_##track}
+static const struct smtp_verb_info smtp_verbs[VERB_COUNT] = {
+	/*                   name           rules    awaits handler   track */
+	[VERB_UNKNOWN]  = ROW("unknown",     COMMAND, 0, RELAY,    NONE),
+	[VERB_HELO]     = ROW("HELO",        HELO,    0, RELAY,    HELO),
+	[VERB_EHLO]     = ROW("EHLO",        HELO,    0, RELAY,    HELO),
+	[VERB_LHLO]     = ROW("LHLO",        HELO,    0, RELAY,    HELO),
+	[VERB_MAIL]     = ROW("MAIL",        MAIL,    0, RELAY,    MAIL),
+	[VERB_RCPT]     = ROW("RCPT",        RCPT,    0, RELAY,    RCPT),
+	[VERB_DATA]     = ROW("DATA",        COMMAND, 1, DATA,     NONE),
+	[VERB_BDAT]     = ROW("BDAT",        COMMAND, 0, BDAT,     NONE),
+	[VERB_RSET]     = ROW("RSET",        COMMAND, 0, RELAY,    RSET),
+	[VERB_QUIT]     = ROW("QUIT",        COMMAND, 0, RELAY,    NONE),
+	[VERB_NOOP]     = ROW("NOOP",        COMMAND, 0, RELAY,    NONE),
+	[VERB_AUTH]     = ROW("AUTH",        COMMAND, 1, SASL,     NONE),
+	[VERB_STARTTLS] = ROW("STARTTLS",    COMMAND, 1, STARTTLS, NONE),
+	[VERB_VRFY]     = ROW("VRFY",        COMMAND, 0, RELAY,    NONE),
+	[VERB_EXPN]     = ROW("EXPN",        COMMAND, 0, RELAY,    NONE),
+	[VERB_HELP]     = ROW("HELP",        COMMAND, 0, RELAY,    NONE),
+	[VERB_XCLIENT]  = ROW("XCLIENT",     COMMAND, 0, REFUSE,   NONE),
+	[VERB_XFORWARD] = ROW("XFORWARD",    COMMAND, 0, REFUSE,   NONE),
+	[VERB_PROXY]    = ROW("PROXY",       COMMAND, 0, REFUSE,   NONE),
+	/* Not commands: what else a reply can answer. */
+	[VERB_GREETING] = ROW("greeting",    COMMAND, 0, RELAY,    NONE),
+	[VERB_SASL]     = ROW("sasl",        COMMAND, 1, RELAY,    NONE),
+	[VERB_EOD]      = ROW("end-of-data", COMMAND, 0, RELAY,    NONE),
+	[VERB_LOCAL]    = ROW("local",       COMMAND, 0, RELAY,    NONE),
 };
+#undef ROW
+/* clang-format on */
+
+const struct smtp_verb_info *
+smtp_verb_info(enum smtp_verb verb)
+{
+	if ((unsigned int)verb >= VERB_COUNT)
+		verb = VERB_UNKNOWN;
+	return &smtp_verbs[verb];
+}
 
 int
 smtp_is_space(unsigned char c)
 {
 	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
+}
+
+static int
+smtp_is_digit(unsigned char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+/*
+ * Where the first LF is in [from, lim) of in: -1 when there is none.  *head is set to the
+ * input's first lim octets when they lie in its first chunk (most lines do: a memchr there,
+ * no evbuffer_ptr walk, no pullup), else to NULL.
+ */
+static ev_ssize_t
+smtp_find_lf(struct evbuffer *in, size_t from, size_t lim, const unsigned char **head)
+{
+	struct evbuffer_ptr start, eol;
+	struct evbuffer_iovec v;
+	const unsigned char *q;
+	size_t eol_len;
+
+	*head = NULL;
+	if (evbuffer_peek(in, (ev_ssize_t)lim, NULL, &v, 1) == 1 && v.iov_len >= lim) {
+		*head = v.iov_base;
+		q = from < lim ? memchr(*head + from, '\n', lim - from) : NULL;
+		return q != NULL ? q - *head : -1;
+	}
+	if (from >= lim)
+		return -1;
+	if (evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET) != 0)
+		return -1;
+	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
+	return eol.pos >= 0 && (size_t)eol.pos < lim ? eol.pos : -1;
+}
+
+int
+smtp_line_next(struct evbuffer *in, size_t skip, size_t max, size_t *scanned, struct smtp_line *l)
+{
+	size_t total = evbuffer_get_length(in), avail, lim, from;
+	const unsigned char *p;
+	ev_ssize_t lf;
+	unsigned char last;
+
+	if (total <= skip || max == 0)
+		return 0;
+	avail = total - skip;
+	lim = avail < max ? avail : max;
+	from = scanned != NULL && *scanned < lim ? *scanned : 0;
+	lf = smtp_find_lf(in, skip + from, skip + lim, &p);
+	if (lf >= 0) {
+		l->len = (size_t)lf - skip + 1;
+		l->complete = 1;
+	} else if (avail >= max) {
+		l->len = max;
+		l->complete = 0;
+	} else {
+		if (scanned != NULL)
+			*scanned = avail;
+		return 0;
+	}
+	if (p == NULL && (p = evbuffer_pullup(in, (ev_ssize_t)(skip + l->len))) == NULL)
+		return 0;
+	last = p[skip + l->len - 1];
+	/* A CR that ends a piece goes with the next one, where its LF may follow. */
+	if (!l->complete && last == '\r' && l->len > 1)
+		l->len--;
+	if (scanned != NULL)
+		*scanned = 0;
+	l->data = p + skip;
+	return 1;
 }
 
 size_t
@@ -54,11 +152,11 @@ smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *c
 		start++;
 	while (start + verblen < len && !smtp_is_space(line[start + verblen]))
 		verblen++;
-	for (i = 0; i < sizeof(smtp_verbs) / sizeof(smtp_verbs[0]); i++) {
+	for (i = VERB_FIRST_COMMAND; i <= VERB_LAST_COMMAND; i++) {
 		const char *name = smtp_verbs[i].name;
 		if (strlen(name) == verblen &&
 		    strncasecmp(name, (const char *)line + start, verblen) == 0) {
-			cmd->verb = smtp_verbs[i].verb;
+			cmd->verb = (enum smtp_verb)i;
 			break;
 		}
 	}
@@ -128,6 +226,84 @@ smtp_sasl_shaped(const unsigned char *line, size_t len)
 	return 1;
 }
 
+size_t
+smtp_auth_visible(const unsigned char *line, size_t len, const struct smtp_command *cmd)
+{
+	struct smtp_auth a;
+	size_t end;
+
+	if (cmd->arg == NULL)
+		return len;
+	smtp_parse_auth(cmd->arg, cmd->arglen, &a);
+	if (smtp_sasl_name(a.mech, a.mechlen))
+		return (size_t)(a.mech + a.mechlen - line);
+	/* No mechanism name: the first word may be the credential itself. */
+	end = (size_t)(cmd->arg - line);
+	while (end > 0 && smtp_is_space(line[end - 1]))
+		end--;
+	return end;
+}
+
+/* Appends one reply line with its separator forced to sep ('-' or ' '), and CRLF. */
+static size_t
+smtp_reply_put(unsigned char *dst, const unsigned char *p, size_t len, int sep, int keep)
+{
+	size_t o = 0;
+
+	/* Only a well-formed "NNN" prefix has a separator to fix; the rest goes as it came. */
+	if (len >= 3 && smtp_is_digit(p[0]) && smtp_is_digit(p[1]) && smtp_is_digit(p[2]) &&
+	    !keep && (len == 3 || p[3] == '-' || p[3] == ' ')) {
+		memcpy(dst, p, 3);
+		dst[3] = (unsigned char)sep;
+		o = 4;
+		if (len > 4) {
+			memcpy(dst + 4, p + 4, len - 4);
+			o = len;
+		}
+	} else {
+		memcpy(dst, p, len);
+		o = len;
+	}
+	dst[o++] = '\r';
+	dst[o++] = '\n';
+	return o;
+}
+
+unsigned char *
+smtp_reply_rebuild(const unsigned char *const *lines, const size_t *lens, const int *removed,
+                   size_t n, size_t *outlen, int *all_removed)
+{
+	unsigned char *buf;
+	size_t i, last = 0, size = 0, o = 0;
+	int any = 0;
+
+	*all_removed = 0;
+	*outlen = 0;
+	for (i = 0; i < n; i++) {
+		size += lens[i] + 3;
+		if (!removed[i]) {
+			any = 1;
+			last = i;
+		}
+	}
+	if (n == 0 || (buf = malloc(size + 1)) == NULL)
+		return NULL;
+	if (!any) {
+		*all_removed = 1;
+		last = n - 1;
+	}
+	for (i = 0; i < n; i++) {
+		if (i == last)
+			/* A bare "250" that was already last stays as it came. */
+			o += smtp_reply_put(buf + o, lines[i], lens[i], ' ', lens[i] == 3);
+		else if (!removed[i])
+			o += smtp_reply_put(buf + o, lines[i], lens[i], '-', 0);
+	}
+	buf[o] = '\0';
+	*outlen = o;
+	return buf;
+}
+
 int
 smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *r)
 {
@@ -176,19 +352,11 @@ smtp_parse_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last)
 const char *
 smtp_verb_name(enum smtp_verb verb)
 {
-	size_t i;
-
-	for (i = 0; i < sizeof(smtp_verbs) / sizeof(smtp_verbs[0]); i++)
-		if (smtp_verbs[i].verb == verb)
-			return smtp_verbs[i].name;
-	if (verb < sizeof(smtp_extra_names) / sizeof(smtp_extra_names[0]) &&
-	    smtp_extra_names[verb] != NULL)
-		return smtp_extra_names[verb];
-	return "unknown";
+	return smtp_verb_info(verb)->name;
 }
 
 int
 smtp_verb_awaits_reply(enum smtp_verb verb)
 {
-	return verb == VERB_DATA || verb == VERB_AUTH || verb == VERB_STARTTLS || verb == VERB_SASL;
+	return smtp_verb_info(verb)->awaits_reply;
 }

@@ -31,6 +31,50 @@ enum smtp_verb {
 	VERB_SASL,
 	VERB_EOD,
 	VERB_LOCAL,
+	VERB_COUNT
+};
+
+/* The command verbs the parser knows lie between these (the rest are reply subjects). */
+#define VERB_FIRST_COMMAND VERB_HELO
+#define VERB_LAST_COMMAND VERB_PROXY
+
+/*
+ * The rules that see a command besides the "command" rules: a grammar-level name for it, so
+ * that the grammar does not depend on filters/ (rules_command_scopes() maps it to scopes).
+ */
+enum smtp_rule_class {
+	SMTP_RULES_COMMAND, /* only the "command" rules */
+	SMTP_RULES_HELO,
+	SMTP_RULES_MAIL,
+	SMTP_RULES_RCPT,
+};
+
+/* What the session does with a command: one kind of handling each (OpenSMTPD's commands[]). */
+enum smtp_handler {
+	SMTP_HANDLE_RELAY,    /* forwarded as it is (after the rules), its reply relayed */
+	SMTP_HANDLE_REFUSE,   /* never forwarded: the proxy refuses it (a client's XCLIENT) */
+	SMTP_HANDLE_STARTTLS, /* answered by the proxy or relayed, by --tls-mode; TLS follows */
+	SMTP_HANDLE_SASL,     /* SASL data follows each 334; its argument may be a secret */
+	SMTP_HANDLE_DATA,     /* message content follows its 354, up to <CRLF>.<CRLF> */
+	SMTP_HANDLE_BDAT,     /* a chunk of exactly the size it names follows, no lines */
+};
+
+/* What a command changes in the session's tracked state (and the event it leads to). */
+enum smtp_track {
+	SMTP_TRACK_NONE,
+	SMTP_TRACK_HELO, /* the client's name */
+	SMTP_TRACK_MAIL, /* a transaction begins */
+	SMTP_TRACK_RCPT, /* a recipient of the transaction */
+	SMTP_TRACK_RSET, /* the transaction is forgotten */
+};
+
+/* One row of the command table: everything smtptap decides by a verb, in one place. */
+struct smtp_verb_info {
+	const char *name; /* as sent ("MAIL"), or lower case for what is not a command */
+	enum smtp_rule_class rules;
+	int awaits_reply; /* the client must wait for the reply before sending more (RFC 2920) */
+	enum smtp_handler handler;
+	enum smtp_track track;
 };
 
 struct smtp_command {
@@ -58,6 +102,39 @@ struct smtp_auth {
 /* The white space that separates SMTP words for real servers: space, tab, VT, FF, CR. */
 int smtp_is_space(unsigned char c);
 
+struct evbuffer;
+
+/* A view of one line, or of a piece of an over-long one, at the head of an evbuffer. */
+struct smtp_line {
+	const unsigned char *data; /* valid until the buffer is changed */
+	size_t len;                /* octets, line end included */
+	int complete;              /* ends with LF */
+};
+
+/*
+ * The next line of in after its first skip octets, capped at max octets before it is read:
+ * returns 1 with a whole line (up to and with its LF) or, when max octets hold no LF, a piece
+ * of the line; 0 when more input is needed (or memory ran out).  A piece never ends in CR:
+ * it stops one short, so that a CR and the LF after it stay together in the next piece, one
+ * CRLF however the input was cut.  *scanned (may be NULL) carries across calls how far the
+ * search for LF already went in a partial line, so that a slow line is not searched again
+ * from its start; the caller zeroes it when it takes the line.
+ */
+int smtp_line_next(struct evbuffer *in, size_t skip, size_t max, size_t *scanned,
+                   struct smtp_line *l);
+
+/*
+ * Rebuilds one multi-line server reply after lines were removed or edited.  lines[i]
+ * (lens[i] octets, "250-SIZE 100", no line end) are the n >= 1 lines as they would go out,
+ * removed[i] set for those to drop.  Returns a heap buffer, length in *outlen, holding the
+ * kept lines each ending in CRLF, the last with "NNN " and the others with "NNN-" (a bare
+ * "NNN" already last stays so); a line that is not "NNN" followed by a separator or nothing
+ * is copied unchanged.  When every line is marked, the last one is kept and *all_removed is
+ * set, for the caller to record a warning.  NULL on ENOMEM.
+ */
+unsigned char *smtp_reply_rebuild(const unsigned char *const *lines, const size_t *lens,
+                                  const int *removed, size_t n, size_t *outlen, int *all_removed);
+
 /* Strips a CRLF or LF line end: the length of line without it. */
 size_t smtp_line_len(const unsigned char *line, size_t len);
 
@@ -76,11 +153,21 @@ int smtp_sasl_name(const unsigned char *name, size_t len);
 /* Whether a line (without line end) could be a SASL response: base64 octets only. */
 int smtp_sasl_shaped(const unsigned char *line, size_t len);
 
+/*
+ * The part of an AUTH command line (cmd parsed from it) that rules may see and a log may
+ * keep: the verb and the mechanism, never the initial response after them; the verb alone
+ * when the first word is no SASL mechanism name (it may be the credential itself).
+ */
+size_t smtp_auth_visible(const unsigned char *line, size_t len, const struct smtp_command *cmd);
+
 /* Parses a server reply line (without line end); returns 0, or -1 when it is malformed. */
 int smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *r);
 
 /* Parses a BDAT argument: "SIZE [LAST]"; returns 0, or -1 when malformed. */
 int smtp_parse_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last);
+
+/* The table's row for a verb (VERB_UNKNOWN's for one out of range); never NULL. */
+const struct smtp_verb_info *smtp_verb_info(enum smtp_verb verb);
 
 const char *smtp_verb_name(enum smtp_verb verb);
 

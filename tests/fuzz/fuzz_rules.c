@@ -4,7 +4,7 @@
  * one, a fixed set of sample lines is used.  The file is written to a temporary file and
  * loaded with rules_load (errors to /dev/null); every sample line goes through every scope
  * alone and through the scope sets the core uses; the lines are then rebuilt as one reply
- * with those a capability rule IGNOREs removed (rules_fix_reply); the ruleset is freed.
+ * with those a capability rule IGNOREs removed (smtp_reply_rebuild); the ruleset is freed.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "filters/rules.h"
+#include "proxy/smtp.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -114,7 +115,7 @@ apply_all(const struct ruleset *rs, const unsigned char *const *lines, const siz
 	rule_outcome_free(&out);
 	if (n == 0)
 		return;
-	reply = rules_fix_reply(lines, lens, removed, n, &outlen, &all_removed);
+	reply = smtp_reply_rebuild(lines, lens, removed, n, &outlen, &all_removed);
 	free(reply);
 }
 

@@ -1291,6 +1291,27 @@ def test_test_rules_on_a_recorded_transcript(tap_factory, fake_server, smtptap_b
         assert not [l for l, _ in blocks if l.endswith(harmless)], "%r shown as hit:\n%s" % (harmless, out)
 
 
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("space", ["\t", "\x0b", "\x0c"], ids=["tab", "vt", "ff"])
+def test_test_rules_splits_the_verb_as_the_proxy(tap_factory, vsink, workdir, smtptap_bin, space):
+    """Issue 15: --test-rules picks a command's verb with the proxy's parser (any white space
+    ends it), so a line the proxy rejected is shown as a hit, not as no hit."""
+    tap, path = start_tap(tap_factory, workdir, vsink.port, "mail /evil/ REJECT")
+    c = greeted(tap.port)
+    line = "MAIL%sFROM:<a@evil.example>" % space
+    assert code_of(c.cmd(line)) == 550  # the proxy's parser: a MAIL command, rule hit
+    c.expect("QUIT", 221)
+    t = transcript(tap)
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    blocks = trial_blocks(out)
+    hit = [hits for l, hits in blocks if "MAIL" in l and "evil.example" in l]
+    assert hit, "the proxy rejected %r, --test-rules shows no hit:\n%s" % (line, out)
+    assert any("%s:1: mail REJECT" % path in h for h in hit[0]), out
+    assert "1 rule hit" in out, out
+
+
 @pytest.mark.limit(20)
 def test_test_rules_exit_codes(smtptap_bin, workdir):
     tr = os.path.join(workdir, "t.log")

@@ -23,6 +23,7 @@
 #include "filters/prefilter.h"
 #include "filters/rules.h"
 #include "filters/trial.h"
+#include "proxy/smtp.h"
 
 /* Tests run in a fresh directory, so that errors name "r.rules" whatever the machine. */
 static char tmpdir[] = "/tmp/test_rules.XXXXXX";
@@ -628,66 +629,60 @@ test_escaped_slash(void **state)
 
 /* ---- load errors ---- */
 
-static void
-test_error_scope(void **state)
-{
-	(void)state;
-	load_bad("helox /a/ WARN\n", "r.rules:1:1: unknown scope 'helox'\n");
-	load_bad("  \tfoo\t/a/ WARN\n", "r.rules:1:4: unknown scope 'foo'\n");
-	load_bad("mail/a/ WARN\n", "r.rules:1:1: unknown scope 'mail/a/'\n"
-	                           "r.rules:1:9: expected '/' to start the pattern, not 'W'\n");
-}
+/*
+ * Load errors: a rule file and the exact error output, one row each.  Append rows here; one
+ * loop (test_load_errors) checks them all.
+ */
+static const struct load_error_case {
+	const char *text;
+	const char *errors;
+} load_errors[] = {
+    /* error_scope */
+    {"helox /a/ WARN\n", "r.rules:1:1: unknown scope 'helox'\n"},
+    {"  \tfoo\t/a/ WARN\n", "r.rules:1:4: unknown scope 'foo'\n"},
+    {"mail/a/ WARN\n", "r.rules:1:1: unknown scope 'mail/a/'\n"
+                       "r.rules:1:9: expected '/' to start the pattern, not 'W'\n"},
+    /* error_pattern_syntax */
+    {"mail\n", "r.rules:1:5: missing pattern: expected '/'\n"},
+    {"mail abc/ WARN\n", "r.rules:1:6: expected '/' to start the pattern, not 'a'\n"},
+    {"mail !abc/ WARN\n", "r.rules:1:7: expected '/' to start the pattern, not 'a'\n"},
+    {"mail /abc WARN\n", "r.rules:1:6: unterminated pattern: no closing '/'\n"},
+    {"mail /a\\/ WARN\n", "r.rules:1:6: unterminated pattern: no closing '/'\n"},
+    {"mail /a\\\n", "r.rules:1:6: unterminated pattern: no closing '/'\n"},
+    /* error_pcre2 */
+    /* PCRE2's message, at the column of its error offset. */
+    {"mail /a(b/ WARN\n", "r.rules:1:10: missing closing parenthesis\n"},
+    {"body /[z-a]/ WARN\n", "r.rules:1:10: range out of order in character class\n"},
+    {"body /a)/ WARN\n", "r.rules:1:8: unmatched closing parenthesis\n"},
+    {"body /*a/ WARN\n", "r.rules:1:7: quantifier does not follow a repeatable item\n"},
+    /* An escaped slash before the error does not shift the column. */
+    {"body /\\/\\/[z-a]/ WARN\n", "r.rules:1:14: range out of order in character class\n"},
+    {"body /x\xff/u WARN\n", "r.rules:1:8: UTF-8 error: illegal byte (0xfe or 0xff)\n"},
+    /* error_flags */
+    {"mail /a/iq WARN\n", "r.rules:1:10: unknown flag 'q' (flags are i x s m u g)\n"},
+    {"mail /a/I,x WARN\n", "r.rules:1:9: unknown flag 'I' (flags are i x s m u g)\n"
+                           "r.rules:1:10: unknown flag ',' (flags are i x s m u g)\n"},
+    {"mail /a/iREJECT\n", "r.rules:1:10: unknown flag 'R' (flags are i x s m u g)\n"
+                          "r.rules:1:11: unknown flag 'E' (flags are i x s m u g)\n"
+                          "r.rules:1:12: unknown flag 'J' (flags are i x s m u g)\n"
+                          "r.rules:1:13: unknown flag 'E' (flags are i x s m u g)\n"
+                          "r.rules:1:14: unknown flag 'C' (flags are i x s m u g)\n"
+                          "r.rules:1:15: unknown flag 'T' (flags are i x s m u g)\n"
+                          "r.rules:1:16: missing action\n"},
+    /* error_action */
+    {"mail /a/i\n", "r.rules:1:10: missing action\n"},
+    {"mail /a/ FOO\n", "r.rules:1:10: unknown action 'FOO'\n"},
+    {"mail /a/ NONE\n", "r.rules:1:10: unknown action 'NONE'\n"},
+};
 
 static void
-test_error_pattern_syntax(void **state)
+test_load_errors(void **state)
 {
-	(void)state;
-	load_bad("mail\n", "r.rules:1:5: missing pattern: expected '/'\n");
-	load_bad("mail abc/ WARN\n", "r.rules:1:6: expected '/' to start the pattern, not 'a'\n");
-	load_bad("mail !abc/ WARN\n", "r.rules:1:7: expected '/' to start the pattern, not 'a'\n");
-	load_bad("mail /abc WARN\n", "r.rules:1:6: unterminated pattern: no closing '/'\n");
-	load_bad("mail /a\\/ WARN\n", "r.rules:1:6: unterminated pattern: no closing '/'\n");
-	load_bad("mail /a\\\n", "r.rules:1:6: unterminated pattern: no closing '/'\n");
-}
+	size_t i;
 
-static void
-test_error_pcre2(void **state)
-{
 	(void)state;
-	/* PCRE2's message, at the column of its error offset. */
-	load_bad("mail /a(b/ WARN\n", "r.rules:1:10: missing closing parenthesis\n");
-	load_bad("body /[z-a]/ WARN\n", "r.rules:1:10: range out of order in character class\n");
-	load_bad("body /a)/ WARN\n", "r.rules:1:8: unmatched closing parenthesis\n");
-	load_bad("body /*a/ WARN\n", "r.rules:1:7: quantifier does not follow a repeatable item\n");
-	/* An escaped slash before the error does not shift the column. */
-	load_bad("body /\\/\\/[z-a]/ WARN\n",
-	         "r.rules:1:14: range out of order in character class\n");
-	load_bad("body /x\xff/u WARN\n", "r.rules:1:8: UTF-8 error: illegal byte (0xfe or 0xff)\n");
-}
-
-static void
-test_error_flags(void **state)
-{
-	(void)state;
-	load_bad("mail /a/iq WARN\n", "r.rules:1:10: unknown flag 'q' (flags are i x s m u g)\n");
-	load_bad("mail /a/I,x WARN\n", "r.rules:1:9: unknown flag 'I' (flags are i x s m u g)\n"
-	                               "r.rules:1:10: unknown flag ',' (flags are i x s m u g)\n");
-	load_bad("mail /a/iREJECT\n", "r.rules:1:10: unknown flag 'R' (flags are i x s m u g)\n"
-	                              "r.rules:1:11: unknown flag 'E' (flags are i x s m u g)\n"
-	                              "r.rules:1:12: unknown flag 'J' (flags are i x s m u g)\n"
-	                              "r.rules:1:13: unknown flag 'E' (flags are i x s m u g)\n"
-	                              "r.rules:1:14: unknown flag 'C' (flags are i x s m u g)\n"
-	                              "r.rules:1:15: unknown flag 'T' (flags are i x s m u g)\n"
-	                              "r.rules:1:16: missing action\n");
-}
-
-static void
-test_error_action(void **state)
-{
-	(void)state;
-	load_bad("mail /a/i\n", "r.rules:1:10: missing action\n");
-	load_bad("mail /a/ FOO\n", "r.rules:1:10: unknown action 'FOO'\n");
-	load_bad("mail /a/ NONE\n", "r.rules:1:10: unknown action 'NONE'\n");
+	for (i = 0; i < sizeof(load_errors) / sizeof(load_errors[0]); i++)
+		load_bad(load_errors[i].text, load_errors[i].errors);
 }
 
 static void
@@ -1634,7 +1629,7 @@ fix(const char *const *lines, const int *removed, size_t n, int *all)
 
 	for (i = 0; i < n; i++)
 		lens[i] = strlen(lines[i]);
-	r = rules_fix_reply((const unsigned char *const *)lines, lens, removed, n, &len, all);
+	r = smtp_reply_rebuild((const unsigned char *const *)lines, lens, removed, n, &len, all);
 	assert_non_null(r);
 	assert_int_equal(strlen((char *)r), len);
 	return (char *)r;
@@ -1907,11 +1902,7 @@ main(void)
 	    cmocka_unit_test(test_global),
 	    cmocka_unit_test(test_negation),
 	    cmocka_unit_test(test_escaped_slash),
-	    cmocka_unit_test(test_error_scope),
-	    cmocka_unit_test(test_error_pattern_syntax),
-	    cmocka_unit_test(test_error_pcre2),
-	    cmocka_unit_test(test_error_flags),
-	    cmocka_unit_test(test_error_action),
+	    cmocka_unit_test(test_load_errors),
 	    cmocka_unit_test(test_error_action_scope),
 	    cmocka_unit_test(test_error_reply),
 	    cmocka_unit_test(test_good_replies),

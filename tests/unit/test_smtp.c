@@ -3,9 +3,13 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
+
+#include <event2/buffer.h>
 
 #include "proxy/pipeline.h"
 #include "proxy/smtp.h"
@@ -217,14 +221,191 @@ test_awaits(void **state)
 	assert_string_equal(smtp_verb_name(VERB_RCPT), "RCPT");
 }
 
+/* The command table: every command verb parses back to its own row, by its own name. */
+static void
+test_table(void **state)
+{
+	const struct smtp_verb_info *v;
+	int i;
+
+	(void)state;
+	for (i = VERB_FIRST_COMMAND; i <= VERB_LAST_COMMAND; i++) {
+		struct smtp_command cmd;
+		char line[32];
+
+		v = smtp_verb_info((enum smtp_verb)i);
+		snprintf(line, sizeof(line), "%s\targ", v->name);
+		smtp_parse_command(U(line), strlen(line), &cmd);
+		assert_int_equal(cmd.verb, i);
+		assert_int_equal(cmd.arglen, 3);
+	}
+	assert_int_equal(smtp_verb_info(VERB_MAIL)->rules, SMTP_RULES_MAIL);
+	assert_int_equal(smtp_verb_info(VERB_LHLO)->rules, SMTP_RULES_HELO);
+	assert_int_equal(smtp_verb_info(VERB_RCPT)->track, SMTP_TRACK_RCPT);
+	assert_int_equal(smtp_verb_info(VERB_XFORWARD)->handler, SMTP_HANDLE_REFUSE);
+	assert_int_equal(smtp_verb_info(VERB_BDAT)->handler, SMTP_HANDLE_BDAT);
+	assert_int_equal(smtp_verb_info(VERB_AUTH)->handler, SMTP_HANDLE_SASL);
+	assert_true(smtp_verb_awaits_reply(VERB_SASL));
+	/* Out of range: the unknown verb's row, never NULL. */
+	assert_string_equal(smtp_verb_info(VERB_COUNT)->name, "unknown");
+	assert_string_equal(smtp_verb_info((enum smtp_verb)(VERB_COUNT + 5))->name, "unknown");
+	/* A reply subject is not a command: "greeting" parses as unknown. */
+	{
+		struct smtp_command cmd;
+
+		smtp_parse_command(U("greeting x"), 10, &cmd);
+		assert_int_equal(cmd.verb, VERB_UNKNOWN);
+	}
+}
+
+/* Any server white space ends the verb: space, tab, VT, FF, CR. */
+static void
+test_verb_white_space(void **state)
+{
+	(void)state;
+	check_verb("MAIL\tFROM:<a@evil>", VERB_MAIL, "FROM:<a@evil>");
+	check_verb("MAIL\vFROM:<a>", VERB_MAIL, "FROM:<a>");
+	check_verb("MAIL\fFROM:<a>", VERB_MAIL, "FROM:<a>");
+	check_verb("RCPT\rTO:<a>", VERB_RCPT, "TO:<a>");
+	check_verb(" \tEHLO x", VERB_EHLO, "x");
+}
+
+/* A buffer of pieces, each its own chunk (as reads leave it): lines may cross them. */
+static struct evbuffer *
+chunks(const char *const *pieces, size_t n)
+{
+	struct evbuffer *b = evbuffer_new(), *one;
+	size_t i;
+
+	assert_non_null(b);
+	for (i = 0; i < n; i++) {
+		assert_non_null(one = evbuffer_new());
+		evbuffer_add(one, pieces[i], strlen(pieces[i]));
+		evbuffer_add_buffer(b, one);
+		evbuffer_free(one);
+	}
+	return b;
+}
+
+static void
+expect_line(struct evbuffer *b, size_t max, const char *want, int complete)
+{
+	struct smtp_line l;
+	size_t scanned = 0;
+
+	assert_int_equal(smtp_line_next(b, 0, max, &scanned, &l), 1);
+	assert_int_equal(l.len, strlen(want));
+	assert_memory_equal(l.data, want, l.len);
+	assert_int_equal(l.complete, complete);
+	evbuffer_drain(b, l.len);
+}
+
+static void
+test_line_iterator(void **state)
+{
+	static const char *split_crlf[] = {"MAIL FROM:<a>\r", "\nRCPT TO:<b>\r\n", "DA", "TA\r\n"};
+	static const char *long_line[] = {"0123456\r", "\n"};
+	struct evbuffer *b;
+	struct smtp_line l;
+	size_t scanned = 0;
+
+	(void)state;
+	/* A CR at the end of one chunk and the LF at the start of the next: one CRLF. */
+	b = chunks(split_crlf, 4);
+	expect_line(b, 512, "MAIL FROM:<a>\r\n", 1);
+	expect_line(b, 512, "RCPT TO:<b>\r\n", 1);
+	expect_line(b, 512, "DATA\r\n", 1);
+	assert_int_equal(smtp_line_next(b, 0, 512, &scanned, &l), 0);
+	evbuffer_free(b);
+
+	/* Capped: a piece of max octets; a piece never ends in CR, which goes with its LF. */
+	b = chunks(long_line, 2);
+	expect_line(b, 8, "0123456", 0);
+	expect_line(b, 8, "\r\n", 1);
+	evbuffer_free(b);
+	b = chunks(long_line, 1); /* the LF not here yet */
+	expect_line(b, 8, "0123456", 0);
+	assert_int_equal(smtp_line_next(b, 0, 8, &scanned, &l), 0);
+	evbuffer_add(b, "\n", 1);
+	expect_line(b, 8, "\r\n", 1);
+	evbuffer_free(b);
+
+	/* A bare LF ends a line too; a partial line waits, remembering how far it was searched. */
+	assert_non_null(b = evbuffer_new());
+	evbuffer_add(b, "a\nbc", 4);
+	expect_line(b, 512, "a\n", 1);
+	scanned = 0;
+	assert_int_equal(smtp_line_next(b, 0, 512, &scanned, &l), 0);
+	assert_int_equal(scanned, 2);
+	evbuffer_add(b, "d\n", 2);
+	assert_int_equal(smtp_line_next(b, 0, 512, &scanned, &l), 1);
+	assert_int_equal(l.len, 4);
+	assert_int_equal(scanned, 0);
+	/* skip: octets at the head already taken and not yet moved. */
+	evbuffer_add(b, "e\r\n", 3);
+	assert_int_equal(smtp_line_next(b, 4, 512, NULL, &l), 1);
+	assert_int_equal(l.len, 3);
+	assert_memory_equal(l.data, "e\r\n", 3);
+	assert_int_equal(smtp_line_next(b, 7, 512, NULL, &l), 0);
+	evbuffer_free(b);
+}
+
+static void
+check_rebuild(const char *const *lines, const int *removed, size_t n, const char *want,
+              int want_all)
+{
+	size_t lens[8], i, len;
+	int all;
+	unsigned char *r;
+
+	for (i = 0; i < n; i++)
+		lens[i] = strlen(lines[i]);
+	r = smtp_reply_rebuild((const unsigned char *const *)lines, lens, removed, n, &len, &all);
+	assert_non_null(r);
+	assert_int_equal(len, strlen(want));
+	assert_memory_equal(r, want, len);
+	assert_int_equal(all, want_all);
+	free(r);
+}
+
+static void
+test_reply_rebuild(void **state)
+{
+	static const char *ehlo[] = {"250-mx", "250-XCLIENT NAME", "250 SIZE 10"};
+	static const char *tail[] = {"250-mx", "250-PIPELINING", "250 XCLIENT"};
+	static const char *bare[] = {"250-mx", "250"};
+	static const char *odd[] = {"250 mx", "hello", "250-x"};
+	static const int none[] = {0, 0, 0}, mid[] = {0, 1, 0}, last[] = {0, 0, 1},
+	                 all[] = {1, 1, 1};
+
+	(void)state;
+	check_rebuild(ehlo, none, 3, "250-mx\r\n250-XCLIENT NAME\r\n250 SIZE 10\r\n", 0);
+	check_rebuild(ehlo, mid, 3, "250-mx\r\n250 SIZE 10\r\n", 0);
+	/* The last line removed: the one before it now ends the reply. */
+	check_rebuild(tail, last, 3, "250-mx\r\n250 PIPELINING\r\n", 0);
+	/* Never a reply without a line: the last is kept, and the caller told. */
+	check_rebuild(tail, all, 3, "250 XCLIENT\r\n", 1);
+	check_rebuild(bare, none, 2, "250-mx\r\n250\r\n", 0);
+	/* Separators set on "NNN" lines only; other lines as they came. */
+	check_rebuild(odd, none, 3, "250-mx\r\nhello\r\n250 x\r\n", 0);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_verbs),	  cmocka_unit_test(test_verb_with_nul),
-	    cmocka_unit_test(test_replies),	  cmocka_unit_test(test_line_len),
-	    cmocka_unit_test(test_bdat),	  cmocka_unit_test(test_pipeline_order),
-	    cmocka_unit_test(test_awaits),	  cmocka_unit_test(test_auth_split),
+	    cmocka_unit_test(test_verbs),
+	    cmocka_unit_test(test_verb_with_nul),
+	    cmocka_unit_test(test_replies),
+	    cmocka_unit_test(test_line_len),
+	    cmocka_unit_test(test_bdat),
+	    cmocka_unit_test(test_pipeline_order),
+	    cmocka_unit_test(test_awaits),
+	    cmocka_unit_test(test_table),
+	    cmocka_unit_test(test_verb_white_space),
+	    cmocka_unit_test(test_line_iterator),
+	    cmocka_unit_test(test_reply_rebuild),
+	    cmocka_unit_test(test_auth_split),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1053,6 +1053,8 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 		session_tls_failed(s, &s->client, "TLS set-up failed");
 		return s;
 	}
+	if (filter_client(s) != 0)
+		return s; /* refused at connect: the server is never asked */
 	session_connect(s);
 	return s;
 }

@@ -249,7 +249,10 @@ test_each_scope(void **state)
 	          "body // WARN body\n"
 	          "banner // WARN banner\n"
 	          "reply // WARN reply\n"
-	          "capability // WARN capability\n");
+	          "capability // WARN capability\n"
+	          "sender // WARN sender\n"
+	          "recipient // WARN recipient\n"
+	          "client // WARN client\n");
 	for (s = 0; s < SCOPE_COUNT; s++)
 		assert_true(rules_has_scope(rs, (enum rule_scope)s));
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

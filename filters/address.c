@@ -75,11 +75,12 @@ address_skip_route(const unsigned char *p, size_t n)
 static size_t
 address_normalise(const unsigned char *p, size_t n, unsigned char *buf)
 {
-	size_t i, at = n, o;
+	size_t i, at, o;
 
 	i = address_skip_route(p, n);
 	p += i;
 	n -= i;
+	at = n;
 	for (i = 0; i < n;) {
 		if (p[i] == '"') {
 			i = address_skip_quoted(p, n, i);

@@ -50,6 +50,8 @@ test_forms(void **state)
 	check("FROM", "FROM:<> SIZE=100 BODY=8BITMIME", 1, "", "SIZE=100 BODY=8BITMIME");
 	/* Source routes are dropped. */
 	check("TO", "TO:<@a.example,@b.example:user@Host.Example>", 1, "user@host.example", "");
+	/* A route before a local part alone (found by fuzz_address: no '@' after the route). */
+	check("TO", "TO:<@a.example,@b.example:user> X=1", 1, "user", "X=1");
 	/* Quoted local parts keep their quotes; an '@' or '>' inside them is theirs. */
 	check("FROM", "FROM:<\"a b@c\"@example.com> SIZE=1", 1, "\"a b@c\"@example.com", "SIZE=1");
 	check("FROM", "FROM:<\"x>y\"@Example.com>", 1, "\"x>y\"@example.com", "");

@@ -18,9 +18,11 @@ Measured, each path in the same run, repeated and interleaved:
     holds.
 Knobs (environment): BENCH_REPS, BENCH_MSGS_ONE, BENCH_MSGS_MANY, BENCH_SESSIONS,
 BENCH_MSGLEN, BENCH_NOOP, BENCH_IDLE, BENCH_HOLD (0: skip), BENCH_PATHS (comma
-list of direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules,smtptap-disk;
+list of direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules,smtptap-table,
+smtptap-disk;
 default all but smtptap-disk;
-smtptap-rules loads bench/rules100.rules: 100 rules, every scope, none matching),
+smtptap-rules loads bench/rules100.rules: 100 rules, every scope, none matching;
+smtptap-table loads them and a sender and a recipient rule on a 100,000-domain table),
 BENCH_HAPROXY_NBTHREAD (default: HAProxy's own), BENCH_SMTPTAP_ARGS (options of every
 smtptap path but smtptap-1w; default "--workers auto": a worker per CPU, as HAProxy's
 threads), BENCH_SMTPTAP_B_ARGS (options of smtptap-b instead: an A/B test of options).
@@ -64,7 +66,8 @@ CONF = {
     "idle": env_int("BENCH_IDLE", 2000),
     "hold": env_int("BENCH_HOLD", 10000),
     "paths": os.environ.get(
-        "BENCH_PATHS", "direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules").split(","),
+        "BENCH_PATHS",
+        "direct,haproxy,smtptap,smtptap-1w,smtptap-norec,smtptap-rules,smtptap-table").split(","),
     "smtptap_args": os.environ.get("BENCH_SMTPTAP_ARGS", "--workers auto").split(),
     "smtptap_b_args": os.environ.get("BENCH_SMTPTAP_B_ARGS"),
     "haproxy_nbthread": os.environ.get("BENCH_HAPROXY_NBTHREAD", ""),
@@ -283,6 +286,21 @@ RULES100 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rules100.ru
 NOREC_ARGS = ["--no-transcripts", "--events", "none"]
 
 
+TABLE_ENTRIES = 100000
+
+
+def table_rules(d):
+    """A table of 100,000 domains (none of smtp-source's) and a rule file naming it twice."""
+    table = os.path.join(d, "domains100k")
+    with open(table, "w") as f:
+        for i in range(TABLE_ENTRIES):
+            f.write("blocked%d.example REJECT 550 5.7.1 Domain %d not permitted\n" % (i, i))
+    rules = os.path.join(d, "table.rules")
+    with open(rules, "w") as f:
+        f.write("sender table:%s REJECT\nrecipient table:%s REJECT\n" % (table, table))
+    return rules
+
+
 def start_smtptap(procs, smtptap, name, upstream_port, logdir):
     port = free_port()
     d = os.path.join(procs.tmp, name)
@@ -302,6 +320,9 @@ def start_smtptap(procs, smtptap, name, upstream_port, logdir):
         argv += NOREC_ARGS
     if name == "smtptap-rules":
         argv += ["--rules", RULES100]  # 100 rules across every scope, none matching
+    if name == "smtptap-table":
+        # The same 100 rules, and a sender and a recipient rule on a 100,000-domain table.
+        argv += ["--rules", RULES100, "--rules", table_rules(d)]
     procs.start(name, argv)
     try:
         wait_smtp(procs, name, port)
@@ -716,6 +737,13 @@ def targets(res):
             ratio = r["median_msgs_per_s"] / s["median_msgs_per_s"] if s["median_msgs_per_s"] else 0
             t["100 rules >= 0.9 x smtptap, %s/session" % mode] = "%s (%.2f: %.0f vs %.0f msg/s)" % (
                 met(ratio >= 0.9), ratio, r["median_msgs_per_s"], s["median_msgs_per_s"])
+    if "smtptap" in paths and "smtptap-table" in paths:
+        for mode, _, _ in MODES:
+            s, r = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-table"]
+            ratio = r["median_msgs_per_s"] / s["median_msgs_per_s"] if s["median_msgs_per_s"] else 0
+            t["100 rules + 100,000-domain table >= 0.95 x smtptap, %s/session" % mode] = \
+                "%s (%.2f: %.0f vs %.0f msg/s)" % (
+                    met(ratio >= 0.95), ratio, r["median_msgs_per_s"], s["median_msgs_per_s"])
     idle = res["idle"]["paths"].get("smtptap")
     if idle and idle["kib_per_session"] is not None:
         t["<= 8 KiB RSS per idle session"] = "%s (%.2f KiB)" % (
@@ -757,7 +785,8 @@ def main():
     if os.environ.get("BENCH_SMTPTAP_B") and "smtptap-b" not in CONF["paths"]:
         CONF["paths"].append("smtptap-b")
     paths = [p for p in ("direct", "haproxy", "smtptap", "smtptap-1w", "smtptap-norec",
-                         "smtptap-rules", "smtptap-b", "smtptap-disk") if p in CONF["paths"]]
+                         "smtptap-rules", "smtptap-table", "smtptap-b", "smtptap-disk")
+             if p in CONF["paths"]]
     CONF["paths"] = paths
     taps = [p for p in paths if p.startswith("smtptap")]
     # Every smtptap path runs the build under test but smtptap-b.

@@ -15,11 +15,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include "filters/address.h"
 #include "filters/prefilter.h"
+#include "filters/table.h"
 
 #define RULES_REPLY_MAX 510 /* RFC 5321 4.5.3.1.5: 512 octets with CRLF */
 #define RULES_JIT_STACK_MIN (32 * 1024)
 #define RULES_JIT_STACK_MAX (1024 * 1024)
+#define RULES_ENVELOPE_SYNTAX "501 5.1.7 Bad address syntax"
 
 struct rule {
 	int id;
@@ -34,6 +37,7 @@ struct rule {
 	struct prefilter pf; /* the octets any match needs: lines without them skip PCRE2 */
 	char *text; /* reply, replacement, PREPEND or WARN text; NULL if none */
 	size_t textlen;
+	struct table *table; /* a table:/cidr: rule: looked up instead of code */
 };
 
 struct ruleset {
@@ -72,6 +76,8 @@ struct loader {
 	const char *file;
 	unsigned int lineno;
 	int lineerrors;
+	int quoted; /* the text of the current line was quoted: "" is a text */
+	size_t tableoff; /* where the table of the current line is named */
 };
 
 /* A field of a rule line: offset and length within the line. */
@@ -81,7 +87,8 @@ struct field {
 };
 
 static const char *const scope_names[SCOPE_COUNT] = {
-    "helo", "mail", "rcpt", "command", "header", "body", "banner", "reply", "capability",
+    "helo",  "mail",       "rcpt",   "command",   "header", "body",
+    "banner", "reply", "capability", "sender", "recipient", "client",
 };
 
 static const char *const action_names[] = {
@@ -91,7 +98,7 @@ static const char *const action_names[] = {
 #define SCOPE_BIT(s) (1u << (s))
 #define SCOPES_COMMANDS                                                                            \
 	(SCOPE_BIT(SCOPE_HELO) | SCOPE_BIT(SCOPE_MAIL) | SCOPE_BIT(SCOPE_RCPT) |                   \
-	 SCOPE_BIT(SCOPE_COMMAND))
+	 SCOPE_BIT(SCOPE_COMMAND) | SCOPE_BIT(SCOPE_SENDER) | SCOPE_BIT(SCOPE_RECIPIENT))
 #define SCOPES_MESSAGE (SCOPE_BIT(SCOPE_HEADER) | SCOPE_BIT(SCOPE_BODY))
 #define SCOPES_SERVER                                                                              \
 	(SCOPE_BIT(SCOPE_BANNER) | SCOPE_BIT(SCOPE_REPLY) | SCOPE_BIT(SCOPE_CAPABILITY))
@@ -100,12 +107,12 @@ static const char *const action_names[] = {
 /* Where each action may appear: the table of issue 3. */
 static const unsigned int action_scopes[] = {
     [ACT_NONE] = 0,
-    [ACT_REJECT] = SCOPES_COMMANDS | SCOPES_MESSAGE,
-    [ACT_REWRITE] = SCOPES_ALL,
+    [ACT_REJECT] = SCOPES_COMMANDS | SCOPES_MESSAGE | SCOPE_BIT(SCOPE_CLIENT),
+    [ACT_REWRITE] = SCOPES_ALL & ~SCOPE_BIT(SCOPE_CLIENT),
     [ACT_IGNORE] = SCOPES_MESSAGE | SCOPES_SERVER,
     [ACT_PREPEND] = SCOPE_BIT(SCOPE_HEADER),
     [ACT_WARN] = SCOPES_ALL,
-    [ACT_DISCONNECT] = SCOPES_COMMANDS | SCOPES_MESSAGE,
+    [ACT_DISCONNECT] = SCOPES_COMMANDS | SCOPES_MESSAGE | SCOPE_BIT(SCOPE_CLIENT),
     [ACT_PASS] = SCOPES_ALL,
 };
 
@@ -510,7 +517,7 @@ text_check(struct loader *ld, enum rule_action act, const char *s, size_t actend
 			reply_check(ld, s, t);
 		break;
 	case ACT_REWRITE:
-		if (t.len == 0)
+		if (t.len == 0 && !ld->quoted)
 			load_error(ld, actend, "REWRITE needs a replacement text");
 		else
 			replacement_check(ld, code, opts, s, t);
@@ -536,6 +543,15 @@ text_check(struct loader *ld, enum rule_action act, const char *s, size_t actend
 	}
 }
 
+/* The reply of a REJECT or DISCONNECT that names none. */
+static const char *
+rules_default_reply(enum rule_scope scope, enum rule_action act)
+{
+	if (act == ACT_DISCONNECT)
+		return RULES_DISCONNECT_DEFAULT;
+	return scope == SCOPE_CLIENT ? RULES_CLIENT_REJECT_DEFAULT : RULES_REJECT_DEFAULT;
+}
+
 /* Appends a checked rule to the ruleset; the text is copied, NUL-terminated. */
 static int
 rule_add(struct loader *ld, struct rule *r, const char *text, size_t len)
@@ -549,10 +565,10 @@ rule_add(struct loader *ld, struct rule *r, const char *text, size_t len)
 		rs->rules = n;
 		ld->cap = ld->cap * 2 + 16;
 	}
-	if (len > 0 || r->action == ACT_REJECT || r->action == ACT_DISCONNECT) {
-		if (len == 0) {
-			text = r->action == ACT_REJECT ? RULES_REJECT_DEFAULT
-			                               : RULES_DISCONNECT_DEFAULT;
+	if (len > 0 || r->action == ACT_REJECT || r->action == ACT_DISCONNECT ||
+	    r->action == ACT_REWRITE) {
+		if (len == 0 && r->action != ACT_REWRITE) {
+			text = rules_default_reply(r->scope, r->action);
 			len = strlen(text);
 		}
 		if ((r->text = strndup(text, len)) == NULL)
@@ -568,10 +584,61 @@ rule_add(struct loader *ld, struct rule *r, const char *text, size_t len)
 struct ruleline {
 	struct field scope, action, text;
 	size_t bang; /* offset of '!', or SIZE_MAX */
+	int tablekind; /* TABLE_HASH or TABLE_CIDR for "table:PATH" or "cidr:PATH", else -1 */
+	struct field tablepath;
 	struct pattern pat;
 	uint32_t opts;
 	int global;
 };
+
+/* "table:PATH" or "cidr:PATH" at *i instead of a pattern: 1 (and *i after it), else 0. */
+static int
+line_table(const char *s, size_t len, size_t *i, struct ruleline *rl)
+{
+	static const struct {
+		const char *prefix;
+		int kind;
+	} kinds[] = {{"table:", TABLE_HASH}, {"cidr:", TABLE_CIDR}};
+	size_t k, n;
+
+	rl->tablekind = -1;
+	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		n = strlen(kinds[k].prefix);
+		if (len - *i >= n && memcmp(s + *i, kinds[k].prefix, n) == 0) {
+			rl->tablekind = kinds[k].kind;
+			rl->tablepath.off = *i + n;
+			*i = skip_word(s, len, *i + n);
+			rl->tablepath.len = *i - rl->tablepath.off;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Reads the action and the text from i; a text in double quotes loses them and keeps its
+ * leading and trailing spaces (issue 17).  0 when the action is missing (reported).
+ */
+static int
+line_action(struct loader *ld, const char *s, size_t len, size_t i, struct ruleline *rl)
+{
+	i = skip_blanks(s, len, i);
+	if (i == len) {
+		load_error(ld, i, "missing action");
+		return 0;
+	}
+	rl->action.off = i;
+	i = skip_word(s, len, i);
+	rl->action.len = i - rl->action.off;
+	rl->text.off = skip_blanks(s, len, i);
+	rl->text.len = len - rl->text.off;
+	ld->quoted = rl->text.len >= 2 && s[rl->text.off] == '"' && s[len - 1] == '"';
+	if (ld->quoted) {
+		rl->text.off++;
+		rl->text.len -= 2;
+	}
+	return 1;
+}
 
 /*
  * Splits the rest of a rule line, from i after the scope, into its fields; 0 when it cannot
@@ -587,6 +654,8 @@ line_split(struct loader *ld, const char *s, size_t len, size_t i, struct ruleli
 	rl->bang = SIZE_MAX;
 	if (i < len && s[i] == '!')
 		rl->bang = i++;
+	if (line_table(s, len, &i, rl))
+		return line_action(ld, s, len, i, rl);
 	if (i == len || s[i] != '/') {
 		if (i == len)
 			load_error(ld, i, "missing pattern: expected '/'");
@@ -598,17 +667,54 @@ line_split(struct loader *ld, const char *s, size_t len, size_t i, struct ruleli
 	if ((rc = pattern_scan(ld, s, len, &i, &rl->pat)) <= 0)
 		return rc;
 	rl->opts = flags_scan(ld, s, len, &i, &rl->global);
-	i = skip_blanks(s, len, i);
-	if (i == len) {
-		load_error(ld, i, "missing action");
+	return line_action(ld, s, len, i, rl);
+}
+
+/* An error of a table file, as "TABLE:LINE:COLUMN: message"; the rule's line when unreadable. */
+static void
+line_table_error_cb(void *arg, const char *file, unsigned int line, size_t col, const char *msg)
+{
+	struct loader *ld = arg;
+
+	if (line == 0) {
+		load_error(ld, ld->tableoff, "table %s: %s", file, msg);
+		return;
+	}
+	ld->nerrors++;
+	ld->lineerrors++;
+	if (ld->errors != NULL)
+		fprintf(ld->errors, "%s:%u:%zu: %s\n", file, line, col + 1, msg);
+}
+
+/*
+ * Loads the table a rule names, after checking that its scope can use it: table: for
+ * sender, recipient and client, cidr: for client.  0 when loaded or reported, -1 on ENOMEM.
+ */
+static int
+line_table_load(struct loader *ld, const char *s, const struct ruleline *rl, int scope,
+                struct rule *r)
+{
+	char *path;
+	int nomem;
+
+	ld->tableoff = rl->tablepath.off;
+	if (rl->tablepath.len == 0) {
+		load_error(ld, rl->tablepath.off, "missing table path");
 		return 0;
 	}
-	rl->action.off = i;
-	i = skip_word(s, len, i);
-	rl->action.len = i - rl->action.off;
-	rl->text.off = skip_blanks(s, len, i);
-	rl->text.len = len - rl->text.off;
-	return 1;
+	if (scope >= 0 && scope != SCOPE_CLIENT &&
+	    (rl->tablekind == TABLE_CIDR || (scope != SCOPE_SENDER && scope != SCOPE_RECIPIENT))) {
+		load_error(ld, rl->tablepath.off - (rl->tablekind == TABLE_CIDR ? 5 : 6),
+		           "%s tables are for the %s scopes only",
+		           rl->tablekind == TABLE_CIDR ? "cidr:" : "table:",
+		           rl->tablekind == TABLE_CIDR ? "client" : "sender, recipient and client");
+		return 0;
+	}
+	if ((path = strndup(s + rl->tablepath.off, rl->tablepath.len)) == NULL)
+		return -1;
+	r->table = table_load((enum table_kind)rl->tablekind, path, line_table_error_cb, ld, &nomem);
+	free(path);
+	return nomem ? -1 : 0;
 }
 
 /* Parses, checks and compiles one line of a rule file; 0 when fine or reported, -1 on ENOMEM. */
@@ -637,7 +743,12 @@ line_parse(struct loader *ld, const char *s, size_t len)
 		pattern_free(&rl.pat);
 		return rc;
 	}
-	r.code = pattern_compile(ld, &rl.pat, rl.opts);
+	if (rl.tablekind >= 0) {
+		if (line_table_load(ld, s, &rl, scope, &r) == -1)
+			return -1;
+	} else {
+		r.code = pattern_compile(ld, &rl.pat, rl.opts);
+	}
 	act = lookup_name(action_names + 1, ACT_PASS, s + rl.action.off, rl.action.len) + 1;
 	if (act == ACT_NONE)
 		load_error(ld, rl.action.off, "unknown action '%s'",
@@ -649,6 +760,9 @@ line_parse(struct loader *ld, const char *s, size_t len)
 		load_error(ld, rl.bang,
 		           "REWRITE cannot be negated: a line that does not match "
 		           "has nothing to replace");
+	if (rl.tablekind >= 0 && act != ACT_NONE && act != ACT_REJECT && act != ACT_DISCONNECT &&
+	    act != ACT_WARN && act != ACT_PASS)
+		load_error(ld, rl.action.off, "a table rule can only REJECT, DISCONNECT, WARN or PASS");
 	if (act != ACT_NONE)
 		text_check(ld, (enum rule_action)act, s, rl.action.off + rl.action.len, rl.text,
 		           r.code, rl.opts);
@@ -659,6 +773,7 @@ line_parse(struct loader *ld, const char *s, size_t len)
 	pattern_free(&rl.pat);
 	if (ld->lineerrors > 0) {
 		pcre2_code_free(r.code);
+		table_free(r.table);
 		return 0;
 	}
 	r.file = ld->file;
@@ -669,6 +784,7 @@ line_parse(struct loader *ld, const char *s, size_t len)
 	r.global = rl.global;
 	if (rule_add(ld, &r, s + rl.text.off, rl.text.len) == -1) {
 		pcre2_code_free(r.code);
+		table_free(r.table);
 		return -1;
 	}
 	return 0;
@@ -853,6 +969,7 @@ rules_free(struct ruleset *rs)
 		return;
 	for (i = 0; i < rs->nrules; i++) {
 		pcre2_code_free(rs->rules[i].code);
+		table_free(rs->rules[i].table);
 		free(rs->rules[i].text);
 	}
 	free(rs->rules);
@@ -943,6 +1060,7 @@ rule_outcome_free(struct rule_outcome *out)
 	free(out->prepend);
 	free(out->buf[0]);
 	free(out->buf[1]);
+	free(out->buf[2]);
 	rule_outcome_init(out);
 }
 
@@ -1123,6 +1241,35 @@ rule_match(const struct ruleset *rs, const struct rule *r, size_t skip,
 	return pcre2_match(r->code, out->line + skip, out->len - skip, 0, 0, rs->md, rs->mctx);
 }
 
+/*
+ * Tries a table rule: a key found (or, negated, none found) acts with the entry's action and
+ * text when it names them, else the rule's.  As rule_eval().
+ */
+static int
+rule_eval_table(const struct rule *r, struct rule_outcome *out)
+{
+	const struct table_entry *e;
+	enum rule_action act = r->action;
+	const char *text = r->text;
+
+	e = r->scope == SCOPE_CLIENT ? table_lookup_client(r->table, out->line, out->len)
+	                             : table_lookup_address(r->table, out->line, out->len);
+	if ((e != NULL) == r->negate)
+		return 0;
+	if (e != NULL && e->action != ACT_NONE) {
+		act = e->action;
+		text = e->text;
+		if (text == NULL && (act == ACT_REJECT || act == ACT_DISCONNECT))
+			text = rules_default_reply(r->scope, act);
+	}
+	if (act == ACT_WARN)
+		return outcome_hit(out, r, act, text, 0, out->line, out->len);
+	if (act == ACT_REJECT || act == ACT_DISCONNECT)
+		out->reply = text;
+	out->verdict = act;
+	return outcome_hit(out, r, act, text, 0, out->line, out->len) == -1 ? -1 : 1;
+}
+
 /* Tries one rule on the current line: 1 when the evaluation ends, 0 to go on, -1 on ENOMEM. */
 static int
 rule_eval(const struct ruleset *rs, const struct rule *r, struct rule_outcome *out,
@@ -1131,6 +1278,8 @@ rule_eval(const struct ruleset *rs, const struct rule *r, struct rule_outcome *o
 	size_t skip = 0;
 	int rc;
 
+	if (r->table != NULL)
+		return rule_eval_table(r, out);
 	/* A capability rule sees the extension without "250-". */
 	if (r->scope == SCOPE_CAPABILITY)
 		skip = out->len < 4 ? out->len : 4;
@@ -1230,16 +1379,19 @@ apply_merged(const struct ruleset *rs, const struct rule *const *const *list, co
 	}
 }
 
-int
-rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes,
-            const unsigned char *line, size_t len, struct rule_outcome *out)
+/* rules_apply() that keeps the hits and PREPENDs already in out. */
+static int
+rules_apply_more(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes,
+                 const unsigned char *line, size_t len, struct rule_outcome *out)
 {
 	const struct rule *const *list[SCOPE_COUNT];
 	unsigned int want = 0;
 	int n[SCOPE_COUNT];
 	int i, s = 0, nlists = 0, rc;
 
-	rule_outcome_reset(out);
+	out->verdict = ACT_NONE;
+	out->rewritten = 0;
+	out->reply = NULL;
 	out->line = line != NULL ? line : (const unsigned char *)"";
 	out->len = len;
 	if (rs == NULL)
@@ -1259,4 +1411,75 @@ rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes
 	rc = nlists == 1 ? apply_list(rs, s, out)
 	                 : apply_merged(rs, list, n, nlists, out);
 	return rc == -1 ? -1 : (int)out->verdict;
+}
+
+int
+rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes,
+            const unsigned char *line, size_t len, struct rule_outcome *out)
+{
+	rule_outcome_reset(out);
+	return rules_apply_more(rs, scopes, nscopes, line, len, out);
+}
+
+/* Rebuilds a MAIL or RCPT line around a rewritten address in buf[2]; -1 on ENOMEM. */
+static int
+envelope_rebuild(struct rule_outcome *out, const unsigned char *line, size_t len, size_t argoff,
+                 const struct address *a, size_t *outlen)
+{
+	size_t head = argoff + a->path_off, tail = argoff + a->path_off + a->path_len, o;
+
+	if (outcome_reserve(out, 2, head + out->len + 2 + (len - tail)) == -1)
+		return -1;
+	memcpy(out->buf[2], line, head);
+	o = head;
+	out->buf[2][o++] = '<';
+	memcpy(out->buf[2] + o, out->line, out->len);
+	o += out->len;
+	out->buf[2][o++] = '>';
+	memcpy(out->buf[2] + o, line + tail, len - tail);
+	*outlen = o + len - tail;
+	return 0;
+}
+
+int
+rules_apply_envelope(const struct ruleset *rs, enum rule_scope addrscope,
+                     const enum rule_scope *scopes, int nscopes, const unsigned char *line,
+                     size_t len, size_t argoff, struct rule_outcome *out)
+{
+	size_t arglen = argoff <= len ? len - argoff : 0;
+	struct address a;
+	int v, rewritten;
+
+	rule_outcome_reset(out);
+	if (!rules_has_scope(rs, addrscope) || argoff > len)
+		return rules_apply_more(rs, scopes, nscopes, line, len, out);
+	if (outcome_reserve(out, 2, arglen + 1) == -1)
+		return -1;
+	address_parse(line + argoff, arglen, addrscope == SCOPE_SENDER ? "FROM" : "TO", &a,
+	              out->buf[2]);
+	if ((v = rules_apply_more(rs, &addrscope, 1, out->buf[2], a.len, out)) == -1)
+		return -1;
+	if (v == ACT_REJECT || v == ACT_DISCONNECT)
+		return v;
+	if ((rewritten = out->rewritten)) {
+		if (!a.ok) {
+			/* No path to put the new address in: refuse, as the server would. */
+			out->verdict = ACT_REJECT;
+			out->reply = RULES_ENVELOPE_SYNTAX;
+			return ACT_REJECT;
+		}
+		if (envelope_rebuild(out, line, len, argoff, &a, &len) == -1)
+			return -1;
+		line = out->buf[2];
+	}
+	if (v == ACT_PASS) {
+		out->line = line;
+		out->len = len;
+		out->rewritten = rewritten;
+		return v;
+	}
+	if ((v = rules_apply_more(rs, scopes, nscopes, line, len, out)) == -1)
+		return -1;
+	out->rewritten |= rewritten;
+	return v;
 }

@@ -32,6 +32,9 @@ enum rule_scope {
 	SCOPE_BANNER,
 	SCOPE_REPLY,
 	SCOPE_CAPABILITY,
+	SCOPE_SENDER,    /* the address of MAIL FROM, parsed (filters/address.h) */
+	SCOPE_RECIPIENT, /* the address of RCPT TO, parsed */
+	SCOPE_CLIENT,    /* "ADDRESS NAME" of the client, once at connect */
 	SCOPE_COUNT
 };
 
@@ -48,6 +51,7 @@ enum rule_action {
 
 #define RULES_REJECT_DEFAULT "550 5.7.1 Rejected by policy"
 #define RULES_DISCONNECT_DEFAULT "421 4.7.0 Closing connection"
+#define RULES_CLIENT_REJECT_DEFAULT "554 5.7.1 Access denied"
 
 struct ruleset;
 
@@ -85,8 +89,8 @@ struct rule_outcome {
 	size_t nwarnings; /* hits that are WARN or failed */
 
 	/* private */
-	unsigned char *buf[2];
-	size_t bufsize[2];
+	unsigned char *buf[3]; /* two for REWRITEs, one for rules_apply_envelope() */
+	size_t bufsize[3];
 	size_t hitsize, prependsize;
 };
 
@@ -137,6 +141,18 @@ int rules_has_scope(const struct ruleset *, enum rule_scope);
  */
 int rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes,
                 const unsigned char *line, size_t len, struct rule_outcome *out);
+
+/*
+ * A MAIL or RCPT line: its address (parsed from arg, argoff octets into the line, as
+ * filters/address.h reads it) goes through the rules of addrscope (SCOPE_SENDER or
+ * SCOPE_RECIPIENT) first, then the line, rebuilt with the rewritten address if a REWRITE acted
+ * ("MAIL FROM:<new>" and the parameters as they came), through the line scopes.  A PASS or a
+ * refusal of the address ends the evaluation.  The hits of both are in out.  Returns as
+ * rules_apply().
+ */
+int rules_apply_envelope(const struct ruleset *rs, enum rule_scope addrscope,
+                         const enum rule_scope *scopes, int nscopes, const unsigned char *line,
+                         size_t len, size_t argoff, struct rule_outcome *out);
 
 void rule_outcome_init(struct rule_outcome *);
 void rule_outcome_reset(struct rule_outcome *); /* forgets the last line, keeps buffers */

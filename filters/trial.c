@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "filters/address.h"
 #include "filters/rules.h"
 #include "filters/scopes.h"
 #include "logs/escape.h"
@@ -120,16 +121,29 @@ trial_print_hit(const struct rule_hit *h)
 	}
 }
 
+static int trial_report(struct trial *t, int v, unsigned long at, const char *kind,
+                        const unsigned char *p, size_t n);
+
 /* Runs one logical line through the rules of its scopes and prints what they did. */
 static int
 trial_run(struct trial *t, const enum rule_scope *scopes, int nscopes, unsigned long at,
           const char *kind, const unsigned char *p, size_t n)
 {
-	size_t i;
 	int v;
 
+	v = rules_apply(t->rs, scopes, nscopes, p, n, &t->out);
+	return trial_report(t, v, at, kind, p, n);
+}
+
+/* Prints what the rules did to one line (v: their verdict, -1 on ENOMEM). */
+static int
+trial_report(struct trial *t, int v, unsigned long at, const char *kind, const unsigned char *p,
+             size_t n)
+{
+	size_t i;
+
 	t->ntried++;
-	if ((v = rules_apply(t->rs, scopes, nscopes, p, n, &t->out)) == -1) {
+	if (v == -1) {
 		fprintf(stderr, "smtptap: --test-rules: %s\n", strerror(ENOMEM));
 		return -1;
 	}
@@ -204,11 +218,19 @@ static int
 trial_command(struct trial *t, const unsigned char *p, size_t n)
 {
 	enum rule_scope scopes[2] = {SCOPE_COMMAND, SCOPE_COMMAND};
-	int verb;
+	struct smtp_command cmd;
 	size_t seen;
+	int verb, v;
 
 	verb = trial_command_scopes(p, n, scopes, &seen);
 	trial_push(t, verb);
+	smtp_parse_command(p, n, &cmd);
+	if ((verb == VERB_MAIL || verb == VERB_RCPT) && cmd.arg != NULL) {
+		/* The address first, as the proxy does (filter_command, rules_apply_envelope). */
+		v = rules_apply_envelope(t->rs, verb == VERB_MAIL ? SCOPE_SENDER : SCOPE_RECIPIENT,
+		                         scopes, 2, p, n, (size_t)(cmd.arg - p), &t->out);
+		return trial_report(t, v, t->line_at, "C:", p, n) == -1 ? -1 : 0;
+	}
 	/* Both scopes are tried (a lone "command" twice is harmless): what the proxy does. */
 	return trial_run(t, scopes, 2, t->line_at, "C:", p, seen) == -1 ? -1 : 0;
 }
@@ -410,6 +432,42 @@ trial_unescape(unsigned char *p, size_t n, size_t *outlen)
 	return 0;
 }
 
+/*
+ * An event record: "connect client=ADDR:PORT ..." runs the client rules on "ADDR unknown", as
+ * the proxy does at connect; other events are skipped.
+ */
+static int
+trial_event(struct trial *t, const unsigned char *p, size_t n)
+{
+	static const enum rule_scope scope = SCOPE_CLIENT;
+	static const char pre[] = "connect client=";
+	const unsigned char *a, *end;
+	char subject[128];
+	size_t alen;
+	int len;
+
+	while (n > 0 && *p == ' ') {
+		p++;
+		n--;
+	}
+	if (n < sizeof(pre) - 1 || memcmp(p, pre, sizeof(pre) - 1) != 0 ||
+	    !rules_has_scope(t->rs, SCOPE_CLIENT))
+		return 0;
+	a = p + sizeof(pre) - 1;
+	n -= sizeof(pre) - 1;
+	end = memchr(a, ' ', n);
+	alen = end != NULL ? (size_t)(end - a) : n;
+	if (alen > 0 && a[0] == '[' && (end = memchr(a, ']', alen)) != NULL) {
+		a++;
+		alen = (size_t)(end - a);
+	} else if ((end = memrchr(a, ':', alen)) != NULL) {
+		alen = (size_t)(end - a);
+	}
+	len = snprintf(subject, sizeof(subject), "%.*s unknown", (int)(alen > 64 ? 64 : alen), a);
+	return trial_run(t, &scope, 1, t->lineno, "client", (const unsigned char *)subject,
+	                 (size_t)len) == -1 ? -1 : 0;
+}
+
 /* Parses one record "TIMESTAMP KIND TEXT"; header lines and events are skipped. */
 static int
 trial_record(struct trial *t, unsigned char *s, size_t n)
@@ -427,7 +485,7 @@ trial_record(struct trial *t, unsigned char *s, size_t n)
 	memcpy(kind, sp + 1, 2);
 	kind[2] = '\0';
 	if (kind[0] == '*')
-		return 0;
+		return trial_event(t, sp + 3, (size_t)(s + n - (sp + 3)));
 	text = sp + 3;
 	if (text < s + n && *text == ' ')
 		text++;

@@ -306,7 +306,6 @@ static void
 client_command(struct session *s, const struct unit *u)
 {
 	size_t n = smtp_line_len(u->data, u->len);
-	enum rule_scope scopes[2];
 	struct smtp_command cmd;
 	struct pending *p;
 	size_t seen = n; /* what the rules see of the line */
@@ -325,7 +324,7 @@ client_command(struct session *s, const struct unit *u)
 	} else {
 		side_record(&s->client, u);
 	}
-	verdict = filter_line(s, scopes, filter_command_scopes(cmd.verb, scopes), u->data, seen);
+	verdict = filter_command(s, cmd.verb, cmd.arg, u->data, seen);
 	if (verdict < 0)
 		return;
 	if (verdict == ACT_REJECT || verdict == ACT_DISCONNECT) {

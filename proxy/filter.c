@@ -82,6 +82,74 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 		s->warnings++;
 }
 
+/* Records the hits of the last evaluation; the verdict, or -1 (session closed) on ENOMEM. */
+static int
+filter_record(struct session *s, int v)
+{
+	size_t i;
+
+	if (v < 0) {
+		session_close(s, "error");
+		return -1;
+	}
+	for (i = 0; i < s->outcome.nhits; i++)
+		filter_record_hit(s, &s->outcome.hits[i]);
+	return v;
+}
+
+int
+filter_command(struct session *s, int verb, const unsigned char *arg, const unsigned char *line,
+               size_t len)
+{
+	enum rule_scope scopes[2];
+	int n = filter_command_scopes(verb, scopes);
+	enum rule_scope addrscope = verb == VERB_MAIL ? SCOPE_SENDER : SCOPE_RECIPIENT;
+
+	if (s->rules == NULL || (verb != VERB_MAIL && verb != VERB_RCPT) || arg == NULL ||
+	    arg < line || arg > line + len)
+		return filter_line(s, scopes, n, line, len);
+	return filter_record(s, rules_apply_envelope(s->rules, addrscope, scopes, n, line, len,
+	                                             (size_t)(arg - line), &s->outcome));
+}
+
+/* The client as a client rule sees it: "ADDRESS NAME", the address without port or brackets.
+ * NAME is "unknown": smtptap looks up no reverse name (no DNS in the session path). */
+static size_t
+filter_client_subject(const struct session *s, char *buf, size_t size)
+{
+	const char *a = s->client_addr, *end;
+
+	if (a[0] == '[' && (end = strchr(a, ']')) != NULL)
+		a++;
+	else if ((end = strrchr(a, ':')) == NULL)
+		end = a + strlen(a);
+	return (size_t)snprintf(buf, size, "%.*s unknown", (int)(end - a), a);
+}
+
+int
+filter_client(struct session *s)
+{
+	static const enum rule_scope scope = SCOPE_CLIENT;
+	char subject[128], reply[640];
+	size_t n;
+	int v;
+
+	if (!filter_has(s, SCOPE_CLIENT))
+		return 0;
+	n = filter_client_subject(s, subject, sizeof(subject));
+	v = filter_line(s, &scope, 1, (const unsigned char *)subject, n < sizeof(subject) ? n : 0);
+	if (v < 0)
+		return -1;
+	if (v != ACT_REJECT && v != ACT_DISCONNECT)
+		return 0;
+	/* Postfix's smtpd_client_restrictions with smtpd_delay_reject=no: the greeting is the
+	 * refusal, and the server is never asked. */
+	snprintf(reply, sizeof(reply), "%s\r\n", s->outcome.reply);
+	session_reply(s, reply);
+	session_close(s, "client_rejected");
+	return 1;
+}
+
 int
 filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
             const unsigned char *line, size_t len)

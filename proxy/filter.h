@@ -29,6 +29,15 @@ int filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
 /* The scopes a client command line is tried against. */
 int filter_command_scopes(int verb, enum rule_scope scopes[2]);
 
+/* Runs a command line through its rules: for MAIL and RCPT, its address first (the sender and
+ * recipient scopes), then the line.  As filter_line(). */
+int filter_command(struct session *s, int verb, const unsigned char *arg, const unsigned char *line,
+                   size_t len);
+
+/* Runs the client ("ADDRESS NAME") through the client rules once, at connect.  Returns 1 when
+ * a rule refused it (answered and closed), 0 to go on, -1 when the session was closed. */
+int filter_client(struct session *s);
+
 /* Hits per rule, for the session's event: [{"rule":"FILE:LINE","action":..,"hits":N}]. */
 json_t *filter_report(const struct session *s);
 

@@ -1108,6 +1108,8 @@ session_begin(struct session *s, int implicit_tls)
 		session_tls_failed(s, &s->client, "TLS set-up failed");
 		return;
 	}
+	if (filter_client(s) != 0)
+		return; /* refused at connect: the server is never asked */
 	session_connect(s);
 }
 

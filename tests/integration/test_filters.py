@@ -650,7 +650,7 @@ def test_policy_only_senders_of_example_com(tap_factory, vsink):
     refused = [e for e in evs if any(x["mail_code"] == 550 for x in e["transactions"])]
     assert len(refused) == 2
     for e in refused:
-        assert event_rules(e)["%s:%d" % (POLICIES, line)] == ("mail", "REJECT", 1)
+        assert event_rules(e)["%s:%d" % (POLICIES, line)] == ("sender", "REJECT", 1)
 
 
 @pytest.mark.limit(30)
@@ -667,7 +667,7 @@ def test_policy_no_mail_to_competitor(tap_factory, vsink):
     (tx,) = ev["transactions"]
     assert [(x["to"], x["code"]) for x in tx["rcpt"]] == [
         ("<b@example.net>", 250), ("<Bob@Competitor.Example>", 550), ("<c@example.net>", 250)]
-    assert event_rules(ev)["%s:%d" % (POLICIES, line)] == ("rcpt", "REJECT", 1)
+    assert event_rules(ev)["%s:%d" % (POLICIES, line)] == ("recipient", "REJECT", 1)
 
 
 @pytest.mark.limit(30)
@@ -1211,11 +1211,11 @@ def test_check_rules_bad_file(smtptap_bin):
 @pytest.mark.limit(20)
 def test_check_rules_good_files(smtptap_bin, workdir):
     r = run_smtptap(smtptap_bin, ["--check-rules", POLICIES])
-    assert (r.returncode, r.stdout.decode(), r.stderr) == (0, "6 rules in 1 file OK\n", b"")
+    assert (r.returncode, r.stdout.decode(), r.stderr) == (0, "7 rules in 1 file OK\n", b"")
     other = write_rules(workdir, "# just a comment\n\n   \t\n  # indented comment\nbody /a\\/b/ WARN",
                         "other.rules")
     r = run_smtptap(smtptap_bin, ["--check-rules", POLICIES, other])
-    assert (r.returncode, r.stdout.decode(), r.stderr) == (0, "7 rules in 2 files OK\n", b"")
+    assert (r.returncode, r.stdout.decode(), r.stderr) == (0, "8 rules in 2 files OK\n", b"")
     empty = write_rules(workdir, "# nothing\n", "empty.rules")
     r = run_smtptap(smtptap_bin, ["--check-rules", empty])
     assert r.returncode == 0 and re.fullmatch(r"0 rules in 1 files? OK\n", r.stdout.decode()), r

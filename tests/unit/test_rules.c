@@ -250,7 +250,10 @@ test_each_scope(void **state)
 	          "body // WARN body\n"
 	          "banner // WARN banner\n"
 	          "reply // WARN reply\n"
-	          "capability // WARN capability\n");
+	          "capability // WARN capability\n"
+	          "sender // WARN sender\n"
+	          "recipient // WARN recipient\n"
+	          "client // WARN client\n");
 	for (s = 0; s < SCOPE_COUNT; s++)
 		assert_true(rules_has_scope(rs, (enum rule_scope)s));
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -847,6 +850,18 @@ test_error_many(void **state)
 	free(errs);
 }
 
+/* A MAIL or RCPT line through the address rules, then the line rules, as the proxy does. */
+static int
+envelope2(const struct ruleset *rs, const unsigned char *line, size_t len,
+          struct rule_outcome *out)
+{
+	int mail = line[0] == 'M';
+	enum rule_scope scopes[2] = {mail ? SCOPE_MAIL : SCOPE_RCPT, SCOPE_COMMAND};
+
+	return rules_apply_envelope(rs, mail ? SCOPE_SENDER : SCOPE_RECIPIENT, scopes, 2, line, len,
+	                            5, out);
+}
+
 static void
 test_readme_policies(void **state)
 {
@@ -862,19 +877,14 @@ test_readme_policies(void **state)
 	assert_string_equal(errs, "");
 	free(errs);
 	assert_non_null(rs);
-	assert_int_equal(rules_count(rs), 6);
+	assert_int_equal(rules_count(rs), 7);
 	assert_true(rules_holds_messages(rs));
 	rule_outcome_init(&out);
-	assert_int_equal(
-	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<a@example.org>"), &out),
-	    ACT_REJECT);
+	assert_int_equal(envelope2(rs, L("MAIL FROM:<a@example.org>"), &out), ACT_REJECT);
 	assert_string_equal(out.reply, "550 5.7.1 Sender domain not permitted");
-	assert_int_equal(
-	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<a@example.com> SIZE=9"), &out),
-	    ACT_NONE);
-	assert_int_equal(
-	    apply2(rs, SCOPE_RCPT, SCOPE_COMMAND, L("RCPT TO:<x@competitor.example>"), &out),
-	    ACT_REJECT);
+	assert_int_equal(envelope2(rs, L("MAIL FROM: <a@example.com> SIZE=9"), &out), ACT_NONE);
+	assert_int_equal(envelope2(rs, L("MAIL FROM:<>"), &out), ACT_PASS);
+	assert_int_equal(envelope2(rs, L("RCPT TO:x@competitor.example."), &out), ACT_REJECT);
 	assert_string_equal(out.reply, "550 5.7.1 Recipient not permitted");
 	assert_int_equal(apply2(rs, SCOPE_CAPABILITY, SCOPE_REPLY, L("250-STARTTLS"), &out),
 	                 ACT_IGNORE);

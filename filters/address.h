@@ -1,0 +1,36 @@
+#ifndef SMTPTAP_ADDRESS_H
+#define SMTPTAP_ADDRESS_H
+
+#include <stddef.h>
+
+/*
+ * The address of a MAIL FROM or RCPT TO argument, read as Postfix's smtpd reads it (issue 17):
+ * the keyword ("FROM" or "TO") and its colon, any white space (space, tab, VT, FF, CR), then the
+ * path with or without its angle brackets, then the ESMTP parameters.  The address keeps its
+ * local part as written (quotes included); a source route ("<@a,@b:user@host>") is dropped,
+ * the domain is lower-cased (IDNA left as it is) and loses its trailing dots.  "<>" is the
+ * empty address.  No I/O: unit-tested and fuzzed alone.
+ */
+struct address {
+	int ok;          /* the argument had the keyword, a colon and a readable path */
+	size_t path_off; /* the path in the argument: "<...>" or the bare address */
+	size_t path_len;
+	size_t params_off; /* the ESMTP parameters, after the path and its white space */
+	size_t params_len;
+	size_t len; /* the address, in the caller's buffer */
+};
+
+/*
+ * Parses arg (len octets, the command line after its verb and white space) into a, writing
+ * the address into buf, which holds at least len + 1 octets (the address is never longer than
+ * the argument; it is NUL-terminated).  When the argument cannot be read (no keyword, no
+ * closing bracket), a->ok is 0 and buf holds what follows the colon (or the whole argument),
+ * without its surrounding white space: a rule still sees something to match.
+ */
+void address_parse(const unsigned char *arg, size_t len, const char *keyword, struct address *a,
+                   unsigned char *buf);
+
+/* The white space Postfix's smtpd_token splits a command on. */
+int address_is_space(int c);
+
+#endif

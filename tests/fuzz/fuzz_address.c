@@ -1,0 +1,68 @@
+/*
+ * libFuzzer target: the MAIL FROM / RCPT TO address parser (filters/address.c), on the input
+ * with each keyword, with the invariants the rules rely on checked: the address is never longer
+ * than the argument, the path and the parameters lie inside it, a readable path keeps its
+ * brackets or has no white space, and a domain comes out lower-cased without a trailing dot.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "filters/address.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The last '@' outside quotes, as the parser sees it; len when none. */
+static size_t
+last_at(const unsigned char *a, size_t len)
+{
+	size_t i, at = len;
+	int q = 0;
+
+	for (i = 0; i < len; i++) {
+		if (a[i] == '\\' && q)
+			i++;
+		else if (a[i] == '"')
+			q = !q;
+		else if (a[i] == '@' && !q)
+			at = i;
+	}
+	return at;
+}
+
+static void
+check(const unsigned char *arg, size_t len, const char *kw)
+{
+	unsigned char *buf = malloc(len + 1);
+	struct address a;
+	size_t at, i;
+
+	if (buf == NULL)
+		return;
+	address_parse(arg, len, kw, &a, buf);
+	if (a.len > len || buf[a.len] != '\0')
+		abort();
+	if (a.ok) {
+		if (a.path_off + a.path_len > len || a.params_off + a.params_len != len ||
+		    a.params_off < a.path_off + a.path_len || a.path_len == 0)
+			abort();
+		if (arg[a.path_off] == '<' && arg[a.path_off + a.path_len - 1] != '>')
+			abort();
+		at = last_at(buf, a.len);
+		if (at < a.len && a.len > at + 1 && buf[a.len - 1] == '.')
+			abort();
+		for (i = at + 1; at < a.len && i < a.len; i++)
+			if (buf[i] >= 'A' && buf[i] <= 'Z')
+				abort();
+	}
+	free(buf);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	check(data, size, "FROM");
+	check(data, size, "TO");
+	return 0;
+}

@@ -1,0 +1,110 @@
+/*
+ * Unit tests for filters/address.c: MAIL FROM / RCPT TO arguments read as Postfix's smtpd
+ * reads them (issue 17).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "filters/address.h"
+
+/* Parses arg and checks the address, whether it was readable, and the parameters. */
+static void
+check(const char *kw, const char *arg, int ok, const char *addr, const char *params)
+{
+	unsigned char buf[256];
+	struct address a;
+
+	address_parse((const unsigned char *)arg, strlen(arg), kw, &a, buf);
+	if (a.ok != ok || strcmp((char *)buf, addr) != 0 || a.len != strlen(addr))
+		fail_msg("%s: ok=%d address '%s' (want ok=%d '%s')", arg, a.ok, buf, ok, addr);
+	if (ok && (a.params_len != strlen(params) ||
+	           memcmp(arg + a.params_off, params, a.params_len) != 0))
+		fail_msg("%s: parameters '%.*s' (want '%s')", arg, (int)a.params_len,
+		         arg + a.params_off, params);
+}
+
+static void
+test_forms(void **state)
+{
+	(void)state;
+	check("FROM", "FROM:<a@example.com>", 1, "a@example.com", "");
+	check("FROM", "from:<a@example.com>", 1, "a@example.com", "");
+	/* Spaces after the colon and no brackets: Postfix takes both. */
+	check("FROM", "FROM: <a@example.com>", 1, "a@example.com", "");
+	check("FROM", "FROM:\t\v\f\r<a@example.com>", 1, "a@example.com", "");
+	check("TO", "TO:x@competitor.example", 1, "x@competitor.example", "");
+	check("TO", "TO: x@competitor.example NOTIFY=NEVER", 1, "x@competitor.example",
+	      "NOTIFY=NEVER");
+	/* The trailing dot of the domain, and its case. */
+	check("TO", "TO:<x@competitor.example.>", 1, "x@competitor.example", "");
+	check("TO", "TO:<x@Competitor.EXAMPLE..>", 1, "x@competitor.example", "");
+	check("TO", "TO:<Bob@Competitor.Example>", 1, "Bob@competitor.example", "");
+	/* The null sender. */
+	check("FROM", "FROM:<>", 1, "", "");
+	check("FROM", "FROM:<> SIZE=100 BODY=8BITMIME", 1, "", "SIZE=100 BODY=8BITMIME");
+	/* Source routes are dropped. */
+	check("TO", "TO:<@a.example,@b.example:user@Host.Example>", 1, "user@host.example", "");
+	/* A route before a local part alone (found by fuzz_address: no '@' after the route). */
+	check("TO", "TO:<@a.example,@b.example:user> X=1", 1, "user", "X=1");
+	/* Quoted local parts keep their quotes; an '@' or '>' inside them is theirs. */
+	check("FROM", "FROM:<\"a b@c\"@example.com> SIZE=1", 1, "\"a b@c\"@example.com", "SIZE=1");
+	check("FROM", "FROM:<\"x>y\"@Example.com>", 1, "\"x>y\"@example.com", "");
+	check("FROM", "FROM:<\"a\\\"b\"@example.com>", 1, "\"a\\\"b\"@example.com", "");
+	/* A local part alone. */
+	check("TO", "TO:<postmaster>", 1, "postmaster", "");
+	/* Parameters right after the bracket, and trailing white space. */
+	check("FROM", "FROM:<a@example.com>SIZE=1", 1, "a@example.com", "SIZE=1");
+	check("FROM", "FROM:<a@example.com>  \t", 1, "a@example.com", "");
+	/* IDNA is left as it is, UTF-8 too. */
+	check("TO", "TO:<u@xn--bcher-kva.example>", 1, "u@xn--bcher-kva.example", "");
+	check("TO", "TO:<u@B\xc3\xbc" "cher.example>", 1, "u@b\xc3\xbc" "cher.example", "");
+}
+
+static void
+test_unreadable(void **state)
+{
+	(void)state;
+	/* What a rule sees of an argument it cannot read: the rest, trimmed. */
+	check("FROM", "FROM:<a@example.com", 0, "<a@example.com", "");
+	check("FROM", "FROM:", 0, "", "");
+	check("FROM", "FROM:   ", 0, "", "");
+	check("FROM", "a@example.com", 0, "a@example.com", "");
+	check("TO", "FROM:<a@example.com>", 0, "FROM:<a@example.com>", "");
+	check("TO", "TO :<a@b>", 0, "TO :<a@b>", "");
+	check("FROM", "", 0, "", "");
+}
+
+static void
+test_path_span(void **state)
+{
+	static const char arg[] = "TO: <x@y.example> NOTIFY=NEVER";
+	unsigned char buf[64];
+	struct address a;
+
+	(void)state;
+	address_parse((const unsigned char *)arg, strlen(arg), "TO", &a, buf);
+	assert_true(a.ok);
+	assert_int_equal(a.path_off, 4);
+	assert_int_equal(a.path_len, strlen("<x@y.example>"));
+	address_parse(NULL, 0, "TO", &a, buf);
+	assert_false(a.ok);
+	assert_int_equal(a.len, 0);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_forms),
+	    cmocka_unit_test(test_unreadable),
+	    cmocka_unit_test(test_path_span),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

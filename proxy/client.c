@@ -176,7 +176,7 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	if (verdict == ACT_DISCONNECT) {
 		p->disconnect = 1;
 		session_enter_state(s, ST_AWAIT);
-	} else if (size > 0) {
+	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
 		s->chunk_left = size;
 		s->chunk_discard = 1;
@@ -321,6 +321,13 @@ client_command(struct session *s, const struct unit *u)
 	}
 	if (s->outcome.rewritten && cmd.verb != VERB_AUTH)
 		smtp_parse_command(s->outcome.line, s->outcome.len, &cmd);
+	if (cmd.verb == VERB_BDAT && !s->server_chunking) {
+		/* The server would read the chunk as commands: so do we, and it gets none of it. */
+		session_warn(s, "BDAT refused: the server did not offer CHUNKING");
+		client_command_refused(s, u, &cmd, ACT_REJECT,
+		                       "502 5.5.1 BDAT not available: CHUNKING not offered");
+		return;
+	}
 	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
 		client_hold_data(s, u);
 		return;
@@ -814,6 +821,7 @@ relay_client_secured(struct session *s)
 	free(s->helo);
 	s->helo = NULL;
 	s->tx = NULL;
+	s->server_chunking = 0; /* offered again only in the reply to a new EHLO */
 	session_enter_state(s, ST_COMMAND);
 	/* The server must forget too: a transaction begun in clear does not go on in TLS. */
 	if (!relay_no_server(s))

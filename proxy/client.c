@@ -477,7 +477,8 @@ client_line_end(const struct unit *u)
 
 /*
  * Under --bare-newline normalize or reject, a bare CR inside a content line ends a line
- * too (SMTP smuggling hides "\r.\r" there): shorten the unit to end at it.
+ * too (SMTP smuggling hides "\r.\r" there): shorten the unit to end at it.  A CR last in a
+ * piece is bare as well: side_next_unit never ends a piece with the CR of a CRLF.
  */
 static void
 client_split_bare_cr(struct unit *u)
@@ -488,10 +489,8 @@ client_split_bare_cr(struct unit *u)
 	if (cr == NULL)
 		return;
 	i = (size_t)(cr - u->data);
-	if (i + 1 == u->len)
-		return; /* CR last in a piece: whether LF follows is not known yet */
 	/* CR LF can only be the line's end: a unit ends at its first LF. */
-	if (u->data[i + 1] != '\n') {
+	if (i + 1 == u->len || u->data[i + 1] != '\n') {
 		u->len = i + 1;
 		u->complete = 1;
 	}

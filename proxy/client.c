@@ -87,6 +87,8 @@ client_auth(struct session *s, const struct smtp_command *cmd)
 	client_record_sasl(s, prefix, cmd->arg + off, cmd->arglen - off);
 }
 
+static void client_chunk_unended(struct session *s);
+
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
 static void
 client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
@@ -102,8 +104,11 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
 	s->chunk_left = size;
+	s->chunk_last = last;
 	if (size > 0)
 		session_enter_state(s, ST_CHUNK);
+	else if (last)
+		client_chunk_unended(s);
 }
 
 /* Answers a local reply for a command that must not reach the server. */
@@ -296,6 +301,8 @@ client_command(struct session *s, const struct unit *u)
 	int rcpt, verdict;
 
 	smtp_parse_command(u->data, n, &cmd);
+	if (cmd.verb != VERB_BDAT)
+		client_chunk_unended(s);
 	if (client_command_local(s, u, &cmd))
 		return;
 	if (cmd.verb == VERB_AUTH) {
@@ -595,14 +602,53 @@ client_content(struct session *s, const struct unit *u)
 	}
 }
 
+/*
+ * BDAT content that ended mid-line with nothing to continue it (the LAST chunk's end, or a
+ * command after the chunk): its last record had no line end, which the transcript must say.
+ */
+static void
+client_chunk_unended(struct session *s)
+{
+	if (!s->chunk_in_piece)
+		return;
+	s->chunk_in_piece = 0;
+	transcript_event(s->transcript, "bdat content ends without a line end");
+}
+
+/*
+ * Records BDAT content as the lines it happens to hold.  A chunk or a read may end mid-line:
+ * the rest of that line, in the next read or chunk, is then a further piece ("C+"), as for a
+ * line over --max-line, so the records say exactly which octets crossed.
+ */
+static void
+client_chunk_record(struct session *s, const unsigned char *p, size_t take)
+{
+	size_t off = 0;
+	const unsigned char *lf;
+	struct unit u;
+
+	s->client.in_piece = s->chunk_in_piece;
+	while (off < take) {
+		lf = memchr(p + off, '\n', take - off);
+		u.data = p + off;
+		u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
+		u.complete = lf != NULL;
+		side_record(&s->client, &u);
+		off += u.len;
+	}
+	/* The command after the chunk is a record of its own, never a piece. */
+	s->chunk_in_piece = s->client.in_piece;
+	s->client.in_piece = 0;
+}
+
 /* BDAT content: relayed raw; recorded (under body) as the lines it happens to hold. */
 static int
 client_chunk(struct session *s)
 {
 	struct evbuffer *in = side_input(&s->client);
-	size_t avail = evbuffer_get_length(in), take, off = 0;
-	const unsigned char *p, *lf;
-	struct unit u;
+	size_t avail = evbuffer_get_length(in), take;
+	const unsigned char *p;
+	int record = s->px->opts->record == RECORD_BODY;
 
 	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
 	if (take == 0)
@@ -618,21 +664,18 @@ client_chunk(struct session *s)
 		}
 		return 0;
 	}
-	if (s->px->opts->record == RECORD_BODY && (p = evbuffer_pullup(in, (ev_ssize_t)take))) {
-		while (off < take) {
-			lf = memchr(p + off, '\n', take - off);
-			u.data = p + off;
-			u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
-			u.complete = lf != NULL;
-			side_record(&s->client, &u);
-			off += u.len;
-		}
+	if (record && (p = evbuffer_pullup(in, (ev_ssize_t)take)) != NULL) {
+		/* A CR last in a read, with more of the chunk to come, waits for its LF. */
+		if (take < s->chunk_left && p[take - 1] == '\r' && --take == 0)
+			return 0;
+		client_chunk_record(s, p, take);
 	}
 	side_forward(&s->client, take);
 	s->chunk_left -= take;
 	if (s->chunk_left > 0)
 		return 0;
-	s->client.in_piece = 0;
+	if (s->chunk_last)
+		client_chunk_unended(s);
 	session_enter_state(s, ST_COMMAND);
 	return 1;
 }

@@ -117,9 +117,11 @@ struct session {
 	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
 	uint64_t chunk_left;
 	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
+	int chunk_last;    /* the chunk is the message's last (BDAT ... LAST) */
 	/* BDAT is a chunk only where the server offered CHUNKING in its reply to this session's
 	 * EHLO (RFC 3030); elsewhere the server reads the octets as commands, and so do we. */
 	int server_chunking;
+	int chunk_in_piece; /* BDAT content recorded so far ends mid-line: more of it is "C+" */
 	uint64_t skipped;
 
 	/* The reply being read. */

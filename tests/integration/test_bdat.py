@@ -5,6 +5,7 @@ smtp-sink whose dump shows what arrived.  The scripted server checks the exact o
 """
 
 import os
+import time
 
 import pytest
 
@@ -206,3 +207,62 @@ def test_bdat_refused_in_helo_session_and_after_helo(tap_factory, fake_server):
                     b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.net>", b"BDAT 6",
                     b"HELO client.example", b"NOOP", b"QUIT"], cmds
     assert srv.conns[0].messages == [] or srv.conns[0].messages[0]["chunks"] == [b"RSET\r\n"]
+
+
+@pytest.mark.limit(30)
+def test_bdat_content_split_mid_line_recorded_as_pieces(tap_factory, fake_server):
+    """Chunks and reads that end mid-line: the rest of the line is a further piece ("C+"), a
+    CR at the end of a read goes with its LF (a CRLF recorded whole), and content that ends
+    without a line end says so, so the transcript tells exactly which octets crossed."""
+    srv = fake_server(SmtpServerScript(chunking=True))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    chunk1, chunk2 = b"Subject: split he", b"re\r\nbody li"
+    chunk3 = b"ne\r\nCR across reads\r\nno line end"
+    c.send(b"BDAT %d\r\n" % len(chunk1) + chunk1)
+    assert c.code() == 250
+    c.send(b"BDAT %d\r\n" % len(chunk2) + chunk2)
+    assert c.code() == 250
+    cut = chunk3.index(b"\r\nno") + 1
+    c.send(b"BDAT %d LAST\r\n" % len(chunk3) + chunk3[:cut])
+    time.sleep(0.3)
+    c.send(chunk3[cut:])
+    assert c.code() == 250
+    # A chunk that ends mid-line, then a command: the content ended there too.
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.send(b"BDAT 3\r\nxyz")
+    assert c.code() == 250
+    c.expect("RSET", 250)
+    c.expect("QUIT", 221)
+    srv.join()
+    assert srv.conns[0].messages[0]["chunks"] == [chunk1, chunk2, chunk3]
+
+    t = tap.transcript()
+    ended = "bdat content ends without a line end"
+    recs = [(r.kind, r.text) for r in t.records
+            if r.kind in ("C:", "C+") or (r.kind == "*" and r.text == ended)]
+    i = recs.index(("C:", "BDAT %d" % len(chunk1)))
+    assert recs[i:i + 17] == [
+        ("C:", "BDAT %d" % len(chunk1)),
+        ("C:", "Subject: split he"),
+        ("C:", "BDAT %d" % len(chunk2)),
+        ("C+", "re"),
+        ("C:", "body li"),
+        ("C:", "BDAT %d LAST" % len(chunk3)),
+        ("C+", "ne"),
+        ("C:", "CR across reads"),
+        ("C+", ""),  # its CRLF: the CR waited for the LF of the next read
+        ("C:", "no line end"),
+        ("*", ended),
+        ("C:", "MAIL FROM:<a@example.com>"),
+        ("C:", "RCPT TO:<b@example.net>"),
+        ("C:", "BDAT 3"),
+        ("C:", "xyz"),
+        ("*", ended),
+        ("C:", "RSET"),
+    ], recs[i:]

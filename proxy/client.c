@@ -319,7 +319,8 @@ client_command(struct session *s, const struct unit *u)
 		client_command_refused(s, u, &cmd, verdict, s->outcome.reply);
 		return;
 	}
-	if (cmd.verb == VERB_BDAT && (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))) {
+	if (cmd.verb == VERB_BDAT && s->server_chunking &&
+	    (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))) {
 		/* CHUNKING is hidden while message rules apply: BDAT would slip past them. */
 		session_warn(s, "BDAT refused: header and body rules can't see chunks");
 		client_command_refused(s, u, &cmd, ACT_REJECT,

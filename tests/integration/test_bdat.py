@@ -145,7 +145,9 @@ def test_bdat_refused_where_server_offers_no_chunking(tap_factory, sink, workdir
     smtptap answers BDAT itself (502, in its turn among the pipelined replies), relays none of
     it and reads on as commands, so the hidden MAIL meets the mail rule and never reaches the
     server."""
-    rules = write_rules(workdir, "mail /evil@/ REJECT 550 5.7.1 Sender refused\n")
+    # The body rule (CHUNKING would be hidden for it anyway) must not change the outcome.
+    rules = write_rules(workdir, "mail /evil@/ REJECT 550 5.7.1 Sender refused\n"
+                                 "body /never-in-these-messages/ REJECT\n")
     tap = tap_factory(sink.port, "--rules", rules)
     c = SmtpClient(tap.port)
     assert c.code() == 220
@@ -175,7 +177,7 @@ def test_bdat_refused_where_server_offers_no_chunking(tap_factory, sink, workdir
     evil, ok = ev["transactions"]
     assert (evil["mail_from"], evil["mail_code"], evil["code"]) == ("<evil@example.org>", 550, None)
     assert ok["mail_from"] == "<a@example.com>" and ok["code"] == 250
-    assert ev["rules"][0]["hits"] == 1
+    assert [r["hits"] for r in ev["rules"] if r["scope"] == "mail"] == [1]
 
 
 @pytest.mark.limit(30)

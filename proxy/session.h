@@ -129,12 +129,18 @@ struct session {
 	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
 	uint64_t chunk_left;
 	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
+	int chunk_last;    /* the chunk is the message's last (BDAT ... LAST) */
+	/* BDAT is a chunk only where the server offered CHUNKING in its reply to this session's
+	 * EHLO (RFC 3030); elsewhere the server reads the octets as commands, and so do we. */
+	int server_chunking;
+	int chunk_in_piece; /* BDAT content recorded so far ends mid-line: more of it is "C+" */
 	uint64_t skipped;
 
 	/* The reply being read. */
 	int reply_open; /* lines of a reply seen, its last not yet */
 	int reply_code;
 	int reply_last_line;         /* the current line ends the reply */
+	int reply_chunking;          /* an extension line of the reply is CHUNKING */
 	int reply_quiet;             /* the reply answers our own command: held, not relayed */
 	int reply_stream;     /* a long EHLO reply edited line by line */
 	int reply_421_relayed; /* a 421 too long to hold went to the client as it came */

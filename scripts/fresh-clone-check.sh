@@ -3,6 +3,7 @@
 # clones this repository into a temporary directory, removes one -dev package
 # (libjansson-dev, or $SMTPTAP_FRESH_PKG), and runs `make demo` in the clone, whose
 # `make deps` must install it again before anything is compiled or linked.
+# SMTPTAP_FRESH_REV checks out another revision in the clone (to see an old one fail).
 #
 # Root only (CI runs as root): it removes and installs a package.  The package's .deb is
 # fetched into apt's cache before it is removed, and it is installed again from that cache on
@@ -50,6 +51,7 @@ trap restore EXIT
 trap 'say "interrupted"; exit 143' INT TERM
 
 git clone -q --no-hardlinks "$REPO" "$DIR/smtptap"
+[ -z "${SMTPTAP_FRESH_REV:-}" ] || git -C "$DIR/smtptap" checkout -q "$SMTPTAP_FRESH_REV"
 say "clone of $(git -C "$DIR/smtptap" rev-parse --short HEAD) in $DIR/smtptap"
 
 if installed "$PKG"; then

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,7 @@ enum {
 	OPT_WORKERS,
 	OPT_HELP,
 	OPT_VERSION,
+	OPT_CHECK_RULES,
 };
 
 static const struct option long_options[] = {
@@ -77,6 +79,7 @@ static const struct option long_options[] = {
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
+    {"check-rules", no_argument, NULL, OPT_CHECK_RULES},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
 };
@@ -115,7 +118,7 @@ static const char usage_text[] =
     "                           unrecorded, or answer new sessions 451 4.3.0 (default continue)\n"
     "  --syslog                 log to syslog instead of stderr\n"
     "  -v, --verbose            debug logging\n"
-    "  --help, --version\n";
+    "  -h, --help, --version\n";
 
 static void __attribute__((noreturn))
 options_die(const char *opt, const char *what, const char *value)
@@ -418,12 +421,102 @@ options_one(struct options *o, int ch, const char *arg)
 	case 'v':
 		o->verbose = 1;
 		break;
+	case OPT_CHECK_RULES:
+		o->check_rules = 1;
+		break;
+	case 'h':
 	case OPT_HELP:
 		fputs(usage_text, stdout);
 		exit(0);
 	case OPT_VERSION:
 		print_version();
 		exit(0);
+	}
+}
+
+/* Edit distance between a and the first n octets of b (both short: option names). */
+static size_t
+options_distance(const char *a, const char *b, size_t n)
+{
+	size_t la = strlen(a), row[64], i, j, diag, up;
+
+	if (la >= sizeof(row) / sizeof(row[0]) || n >= sizeof(row) / sizeof(row[0]))
+		return SIZE_MAX;
+	for (j = 0; j <= n; j++)
+		row[j] = j;
+	for (i = 1; i <= la; i++) {
+		diag = row[0];
+		row[0] = i;
+		for (j = 1; j <= n; j++) {
+			up = row[j];
+			row[j] = a[i - 1] == b[j - 1] ? diag : 1 + (diag < up ? diag : up);
+			if (row[j - 1] + 1 < row[j])
+				row[j] = row[j - 1] + 1;
+			diag = up;
+		}
+	}
+	return row[n];
+}
+
+/* An unknown long option: one line, with the closest known one when it is close (git's way). */
+static void __attribute__((noreturn))
+options_unknown(const char *arg)
+{
+	const char *name = arg + 2, *eq = strchr(name, '='), *best = NULL;
+	size_t n = eq != NULL ? (size_t)(eq - name) : strlen(name), d, best_d = SIZE_MAX;
+	const struct option *opt;
+	char hint[128];
+	int prefixed = 0;
+
+	for (opt = long_options; opt->name != NULL; opt++)
+		prefixed += strncmp(opt->name, name, n) == 0;
+	if (prefixed > 1 && n > 0)
+		options_die(arg, "ambiguous option (more than one starts so)", NULL);
+	for (opt = long_options; opt->name != NULL; opt++) {
+		if (strlen(opt->name) == n && strncmp(opt->name, name, n) == 0) {
+			options_die(arg, opt->has_arg == no_argument ? "takes no value"
+			                                             : "unexpected value",
+			            NULL);
+		}
+		if ((d = options_distance(opt->name, name, n)) < best_d) {
+			best_d = d;
+			best = opt->name;
+		}
+	}
+	/* Up to a third of the name mistyped, and at least one slip allowed. */
+	if (best != NULL && best_d <= (n / 3 > 1 ? n / 3 : 1) + (n > 4)) {
+		snprintf(hint, sizeof(hint), "unknown option (did you mean --%s?)", best);
+		options_die(arg, hint, NULL);
+	}
+	options_die(arg, "unknown option (smtptap --help lists them)", NULL);
+}
+
+/* --user: looked up now, so that a wrong name stops smtptap before it binds anything. */
+static void
+options_user(struct options *o)
+{
+	struct passwd *pw;
+
+	if (o->user == NULL)
+		return;
+	errno = 0;
+	if ((pw = getpwnam(o->user)) == NULL) { /* a start-up failure (1), not a bad value (2) */
+		fprintf(stderr, "smtptap: --user %s: %s\n", o->user,
+		        errno != 0 ? strerror(errno) : "no such user");
+		exit(1);
+	}
+	o->user_uid = pw->pw_uid;
+	o->user_gid = pw->pw_gid;
+}
+
+/* --check-rules, wherever it stands: the rule files are the --rules ones and the arguments. */
+static void
+options_check_mode(int argc, char **argv, struct options *o)
+{
+	for (; optind < argc; optind++) {
+		if (o->nrules == (int)(sizeof(o->rules) / sizeof(o->rules[0])))
+			options_die("--check-rules", "too many rule files", NULL);
+		o->rules[o->nrules++] = argv[optind];
 	}
 }
 
@@ -434,7 +527,9 @@ options_parse(int argc, char **argv, struct options *o)
 
 	options_defaults(o);
 	opterr = 0;
-	while ((ch = getopt_long(argc, argv, ":v", long_options, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, ":vh", long_options, NULL)) != -1) {
+		if (ch == '?' && strncmp(argv[optind - 1], "--", 2) == 0)
+			options_unknown(argv[optind - 1]);
 		if (ch == '?')
 			options_die(optopt ? (char[]){'-', (char)optopt, '\0'} : argv[optind - 1],
 			            "unknown option", NULL);
@@ -442,8 +537,13 @@ options_parse(int argc, char **argv, struct options *o)
 			options_die(argv[optind - 1], "missing value", NULL);
 		options_one(o, ch, optarg);
 	}
+	if (o->check_rules) {
+		options_check_mode(argc, argv, o);
+		return;
+	}
 	if (optind < argc)
 		options_die(argv[optind], "unexpected argument", NULL);
+	options_user(o);
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
 	options_check_tls(o);

@@ -47,6 +47,7 @@ upstream_refused(struct session *s, const char *why)
 	char reply[512];
 
 	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+	log_warnx("session=%s TLS with %s failed: %s", s->id, s->px->upstream_text, why);
 	snprintf(reply, sizeof(reply), "421 4.7.0 %s Upstream server does not offer TLS\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);

@@ -51,7 +51,10 @@ static SLIST_HEAD(, listener) listeners = SLIST_HEAD_INITIALIZER(listeners);
  * make the next, without end).  The upstream socket's local address goes here, and the
  * listener closes a client from that address at once.
  */
-static struct sockaddr_storage loop_ring[LOOP_RING];
+struct loop_pair {
+	struct sockaddr_storage local, peer; /* a connection is known by both ends */
+};
+static struct loop_pair loop_ring[LOOP_RING];
 static unsigned loop_next, loop_count;
 
 /* Same family, address and port. */
@@ -144,15 +147,33 @@ listener_serving(const struct sockaddr *sa, int fd)
 void
 listener_loop_note(int fd)
 {
-	struct sockaddr_storage me;
-	socklen_t len = sizeof(me);
+	struct loop_pair p;
+	socklen_t len = sizeof(p.local), plen = sizeof(p.peer);
 
-	if (getsockname(fd, (struct sockaddr *)&me, &len) != 0)
+	if (getsockname(fd, (struct sockaddr *)&p.local, &len) != 0 ||
+	    getpeername(fd, (struct sockaddr *)&p.peer, &plen) != 0)
 		return;
-	loop_ring[loop_next] = me;
+	loop_ring[loop_next] = p;
 	loop_next = (loop_next + 1) % LOOP_RING;
 	if (loop_count < LOOP_RING)
 		loop_count++;
+}
+
+/*
+ * Whether the accepted connection fd from sa is the connection (local, peer) seen from the
+ * other end.  Two sockets may share a local address and port when their peers differ, so
+ * both ends are compared (the accepted socket's own address only when the rest matches).
+ */
+static int
+listener_same_conn(const struct sockaddr *local, const struct sockaddr *peer,
+                   const struct sockaddr *sa, int fd)
+{
+	struct sockaddr_storage me;
+	socklen_t len = sizeof(me);
+
+	return listener_same_addr(local, sa, 1) &&
+	       getsockname(fd, (struct sockaddr *)&me, &len) == 0 &&
+	       listener_same_addr(peer, (struct sockaddr *)&me, 1);
 }
 
 /* How many of the newest sessions a client from a local address is compared with. */
@@ -165,12 +186,12 @@ TAILQ_HEAD(listener_sessions, session); /* the layout of struct proxy's session 
  * the socket addresses, both are refused.  Only the newest sessions can still be connecting.
  */
 static int
-listener_loop_client(struct listener *l, const struct sockaddr *sa)
+listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_fd)
 {
 	struct listener_sessions *list = (struct listener_sessions *)&l->px->sessions;
-	struct sockaddr_storage me;
+	struct sockaddr_storage me, them;
 	struct session *s;
-	socklen_t len;
+	socklen_t len, tlen;
 	int n = 0, fd;
 
 	if (!listener_same_addr(sa, (struct sockaddr *)&l->ss, 0) && !listener_local(sa, -2))
@@ -181,8 +202,12 @@ listener_loop_client(struct listener *l, const struct sockaddr *sa)
 		    (fd = bufferevent_getfd(s->server.bev)) < 0)
 			continue;
 		len = sizeof(me);
+		tlen = sizeof(them);
 		if (getsockname(fd, (struct sockaddr *)&me, &len) == 0 &&
-		    listener_same_addr((struct sockaddr *)&me, sa, 1)) {
+		    listener_same_addr((struct sockaddr *)&me, sa, 1) &&
+		    getpeername(fd, (struct sockaddr *)&them, &tlen) == 0 &&
+		    listener_same_conn((struct sockaddr *)&me, (struct sockaddr *)&them, sa,
+		                       client_fd)) {
 			session_refuse_loop(s, l->name);
 			return 1;
 		}
@@ -192,10 +217,11 @@ listener_loop_client(struct listener *l, const struct sockaddr *sa)
 
 /* A client that is one of our own upstream connections: taken off the ring when found. */
 static int
-listener_loop_seen(const struct sockaddr *sa)
+listener_loop_seen(const struct sockaddr *sa, int fd)
 {
 	for (unsigned i = 0; i < loop_count; i++)
-		if (listener_same_addr((struct sockaddr *)&loop_ring[i], sa, 1)) {
+		if (listener_same_conn((struct sockaddr *)&loop_ring[i].local,
+		                       (struct sockaddr *)&loop_ring[i].peer, sa, fd)) {
 			memset(&loop_ring[i], 0, sizeof(loop_ring[i]));
 			return 1;
 		}
@@ -227,7 +253,7 @@ listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockad
 	char client[64];
 
 	(void)lev;
-	if ((loop_count > 0 && listener_loop_seen(sa)) || listener_loop_client(l, sa)) {
+	if ((loop_count > 0 && listener_loop_seen(sa, fd)) || listener_loop_client(l, sa, fd)) {
 		evutil_closesocket(fd);
 		return;
 	}

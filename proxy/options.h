@@ -62,6 +62,8 @@ struct options {
 	int nrules;
 	size_t hold_memory;
 	const char *user;
+	unsigned user_uid, user_gid; /* --user's, looked up before anything is bound */
+	int check_rules;             /* --check-rules: check the rule files and exit */
 	int log_failure_tempfail; /* --on-log-failure tempfail */
 	int use_syslog;
 	int verbose;

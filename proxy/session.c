@@ -30,6 +30,7 @@
 #include "proxy/addr.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
+#include "proxy/listener.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
@@ -492,6 +493,8 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
 		         s->px->opts->hostname);
 		transcript_event(s->transcript, "upstream failed reason=\"connect timeout\"");
+		log_warnx("session=%s connect to %s: timed out after %u s", s->id,
+		          s->px->upstream_text, s->px->opts->connect_timeout);
 		session_reply(s, reply);
 		session_close(s, "connect_timeout");
 		return;
@@ -645,6 +648,7 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 	if (verify != X509_V_OK)
 		why = X509_verify_cert_error_string(verify);
 	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+	log_warnx("session=%s TLS with %s failed: %s", s->id, s->px->upstream_text, why);
 	snprintf(reply, sizeof(reply), "421 4.7.0 %s TLS with the upstream server failed\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
@@ -718,6 +722,46 @@ session_nodelay(int fd)
 	return fd >= 0 ? setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) : -1;
 }
 
+/*
+ * The upstream connection came back to one of our own listeners (a name that resolves to us,
+ * a wildcard listener and a local address): refused, and the session it made there too.
+ */
+static int
+session_upstream_is_us(struct session *s)
+{
+	int fd = bufferevent_getfd(s->server.bev);
+	const struct sockaddr *peer = (const struct sockaddr *)&s->px->upstream_sa;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	const char *l;
+
+	if (s->px->upstream_salen == 0) {
+		if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+			return 0;
+		peer = (const struct sockaddr *)&ss;
+	}
+	if ((l = listener_serving(peer, fd)) == NULL)
+		return 0;
+	listener_loop_note(fd);
+	session_refuse_loop(s, l);
+	return 1;
+}
+
+void
+session_refuse_loop(struct session *s, const char *listener)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "upstream failed reason=\"it is our own listener %s\"",
+	                 listener);
+	log_warnx("session=%s connect to %s: it is smtptap's own listener %s", s->id,
+	          s->px->upstream_text, listener);
+	snprintf(reply, sizeof(reply), "421 4.3.0 %s Upstream is this proxy itself\r\n",
+	         s->px->opts->hostname);
+	session_reply(s, reply);
+	session_close(s, "upstream_loop");
+}
+
 static void
 session_upstream_connected(struct session *s)
 {
@@ -726,6 +770,8 @@ session_upstream_connected(struct session *s)
 	socklen_t len = sizeof(ss);
 
 	(void)session_nodelay(bufferevent_getfd(s->server.bev));
+	if (session_upstream_is_us(s))
+		return;
 	if (side_direct(s, &s->server) != 0) {
 		session_close(s, "error");
 		return;
@@ -761,6 +807,7 @@ session_upstream_failed(struct session *s, const char *why)
 	char reply[512];
 
 	transcript_event(s->transcript, "upstream failed reason=\"%s\"", why);
+	log_warnx("session=%s connect to %s: %s", s->id, s->px->upstream_text, why);
 	snprintf(reply, sizeof(reply), "421 4.4.1 %s Upstream unreachable: %s\r\n",
 	         s->px->opts->hostname, why);
 	session_reply(s, reply);

@@ -206,6 +206,8 @@ int session_start_tls(struct session *s, struct side *x);
 
 /* Every way out: records the end, closes upstream now, the client once its output is sent. */
 void session_close(struct session *s, const char *reason);
+/* Its upstream connection came back to our listener: 421 4.3.0 to the client, and close. */
+void session_refuse_loop(struct session *s, const char *listener);
 
 /* Sends a reply of the proxy's own to the client now, recorded as "P:". */
 void session_reply(struct session *s, const char *reply);

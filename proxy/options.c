@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <event2/event.h>
@@ -52,6 +54,7 @@ enum {
 	OPT_CHECK_CONFIG,
 	OPT_PID_FILE,
 	OPT_LOG_LEVEL,
+	OPT_METRICS,
 };
 
 static const struct option long_options[] = {
@@ -89,6 +92,7 @@ static const struct option long_options[] = {
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"pid-file", required_argument, NULL, OPT_PID_FILE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {NULL, 0, NULL, 0},
 };
 
@@ -131,6 +135,7 @@ static const char usage_text[] =
     "  --check-config [-c FILE] [options]  check everything and exit (1 on any problem)\n"
     "  --pid-file FILE          the process id, written once started, removed at exit\n"
     "  --log-level error|warning|info|debug  the program's own log (default info)\n"
+    "  --metrics ADDR:PORT      Prometheus metrics at http://ADDR:PORT/metrics (default off)\n"
     "  --help, --version\n";
 
 static FILE *options_err;         /* where problems go (options_build's err) */
@@ -454,6 +459,7 @@ options_one(struct options *o, int ch, const char *arg)
 	case OPT_CHECK_CONFIG:
 	case OPT_PID_FILE:
 	case OPT_LOG_LEVEL:
+	case OPT_METRICS:
 		options_service(o, ch, arg);
 		break;
 	case OPT_HELP:
@@ -463,6 +469,20 @@ options_one(struct options *o, int ch, const char *arg)
 		print_version();
 		exit(0);
 	}
+}
+
+/* --metrics: a numeric ADDR:PORT (nothing is resolved), as evhttp will bind it. */
+static void
+options_metrics(struct options *o, const char *arg)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (evutil_parse_sockaddr_port(arg, (struct sockaddr *)&ss, &len) != 0 ||
+	    ((struct sockaddr_in *)&ss)->sin_port == 0) /* same place in sockaddr_in6 */
+		options_die("--metrics", "expected a numeric ADDR:PORT, not", arg);
+	o->metrics = arg;
 }
 
 /* The service options (issue 18): --config, --check-config, --pid-file, --log-level. */
@@ -489,6 +509,9 @@ options_service(struct options *o, int ch, const char *arg)
 		o->log_level = options_word("--log-level", arg, levels,
 		                            "expected error, warning, info or debug, not");
 		o->verbose = o->log_level == LOG_LEVEL_DEBUG;
+		break;
+	case OPT_METRICS:
+		options_metrics(o, arg);
 		break;
 	}
 }

@@ -29,6 +29,7 @@
 #include "proxy/addr.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
+#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/tls.h"
@@ -724,6 +725,7 @@ session_upstream_connected(struct session *s)
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	metrics_upstream_connected(&s->start);
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
 		session_close(s, "error");
 		return;

@@ -518,9 +518,13 @@ options_service(struct options *o, int ch, const char *arg)
 
 static int options_errors;
 
-/* Applies one option; a problem is written and counted, and parsing goes on. */
+/*
+ * Applies one option; a problem is written and counted, and parsing goes on.  (The arguments
+ * are volatile for gcc's -Wclobbered, which a build without -flto, Debian's, turns on.)
+ */
 static void
-options_try(struct options *o, int ch, const char *arg, const char *where)
+options_try(struct options *volatile o, volatile int ch, const char *volatile arg,
+            const char *where)
 {
 	jmp_buf jb;
 

@@ -12,6 +12,7 @@ PKGS=(
 	openssl clang libclang-rt-14-dev valgrind
 	psmisc procps iproute2
 	libsystemd-dev systemd
+	debhelper devscripts lintian dpkg-dev python3-prometheus-client
 )
 
 die() {

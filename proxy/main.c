@@ -25,6 +25,7 @@
 #include "proxy/addr.h"
 #include "proxy/checkconf.h"
 #include "proxy/listener.h"
+#include "proxy/metrics.h"
 #include "proxy/notify.h"
 #include "proxy/options.h"
 #include "proxy/pidfile.h"
@@ -354,6 +355,8 @@ main(int argc, char **argv)
 	check_upstream_not_us(&proxy, &opts);
 	warn_identity_hidden(&opts);
 	listener_log_all();
+	if (opts.metrics != NULL && metrics_init(&proxy, opts.metrics, opts.workers) != 0)
+		fatal("--metrics %s", opts.metrics);
 	signal(SIGPIPE, SIG_IGN);
 	if (opts.pid_file != NULL && pidfile_open(opts.pid_file) != 0)
 		fatal("--pid-file %s", opts.pid_file);
@@ -367,6 +370,7 @@ main(int argc, char **argv)
 	if (proxy.grace_timer != NULL)
 		event_free(proxy.grace_timer);
 	listener_close_all();
+	metrics_free();
 	transcript_shutdown();
 	tls_cleanup();
 	rules_free(proxy.rules);

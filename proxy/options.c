@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <netinet/in.h>
 
@@ -62,6 +64,7 @@ enum {
 	OPT_PID_FILE,
 	OPT_LOG_LEVEL,
 	OPT_CHECK_RULES,
+	OPT_METRICS,
 };
 
 static const struct option long_options[] = {
@@ -103,6 +106,7 @@ static const struct option long_options[] = {
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"pid-file", required_argument, NULL, OPT_PID_FILE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {NULL, 0, NULL, 0},
 };
 
@@ -150,6 +154,7 @@ static const char usage_text[] =
     "  --check-config [-c FILE] [options]  check everything and exit (1 on any problem)\n"
     "  --pid-file FILE          the process id, written once started, removed at exit\n"
     "  --log-level error|warning|info|debug  the program's own log (default info)\n"
+    "  --metrics ADDR:PORT      Prometheus metrics at http://ADDR:PORT/metrics (default off)\n"
     "  -h, --help, --version\n";
 
 static FILE *options_err;         /* where problems go (options_build's err) */
@@ -587,6 +592,7 @@ options_one(struct options *o, int ch, const char *arg)
 	case OPT_CHECK_CONFIG:
 	case OPT_PID_FILE:
 	case OPT_LOG_LEVEL:
+	case OPT_METRICS:
 		options_service(o, ch, arg);
 		break;
 	case OPT_CHECK_RULES:
@@ -688,6 +694,20 @@ options_check_mode(int argc, char **argv, struct options *o)
 	}
 }
 
+/* --metrics: a numeric ADDR:PORT (nothing is resolved), as evhttp will bind it. */
+static void
+options_metrics(struct options *o, const char *arg)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (evutil_parse_sockaddr_port(arg, (struct sockaddr *)&ss, &len) != 0 ||
+	    ((struct sockaddr_in *)&ss)->sin_port == 0) /* same place in sockaddr_in6 */
+		options_die("--metrics", "expected a numeric ADDR:PORT, not", arg);
+	o->metrics = arg;
+}
+
 /* The service options (issue 18): --config, --check-config, --pid-file, --log-level. */
 static void
 options_service(struct options *o, int ch, const char *arg)
@@ -713,14 +733,21 @@ options_service(struct options *o, int ch, const char *arg)
 		                            "expected error, warning, info or debug, not");
 		o->verbose = o->log_level == LOG_LEVEL_DEBUG;
 		break;
+	case OPT_METRICS:
+		options_metrics(o, arg);
+		break;
 	}
 }
 
 static int options_errors;
 
-/* Applies one option; a problem is written and counted, and parsing goes on. */
+/*
+ * Applies one option; a problem is written and counted, and parsing goes on.  (The arguments
+ * are volatile for gcc's -Wclobbered, which a build without -flto, Debian's, turns on.)
+ */
 static void
-options_try(struct options *o, int ch, const char *arg, const char *where)
+options_try(struct options *volatile o, volatile int ch, const char *volatile arg,
+            const char *where)
 {
 	jmp_buf jb;
 

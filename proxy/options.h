@@ -78,6 +78,7 @@ struct options {
 	const char *pid_file;
 	int log_level;       /* enum log_level (logs/log.h); -v is debug */
 	struct config *config; /* the file's settings: the strings above point into it */
+	const char *metrics;   /* --metrics ADDR:PORT: Prometheus text at /metrics; NULL: off */
 };
 
 /* Fills opts from argv; on a bad option prints one line naming it and exits 2. */

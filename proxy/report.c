@@ -11,6 +11,7 @@
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/filter.h"
+#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
@@ -219,6 +220,7 @@ report_write(struct session *s, const struct timeval *end)
 	json_t *o;
 
 	report_log_line(s, duration);
+	metrics_session_end(s, duration);
 	if (s->px->opts->events_off || (o = json_object()) == NULL)
 		return;
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));

@@ -31,6 +31,7 @@
 #include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/listener.h"
+#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
@@ -782,6 +783,7 @@ session_upstream_connected(struct session *s)
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	metrics_upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)
 		return;
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {

@@ -12,6 +12,7 @@ PKGS=(
 	python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-prometheus-client
 	openssl clang libclang-rt-14-dev valgrind
 	psmisc procps iproute2 nftables jq systemd
+	debhelper devscripts lintian dpkg-dev
 )
 
 die() {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "logs/escape.h"
+#include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
@@ -84,9 +85,12 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 
 	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s %s%s%s%s%s%s%s%s", h->file,
 	                 h->line, rules_action_name(h->action),
-	                 h->failed ? " (failed, skipped)" : "", rules_scope_name(h->scope),
-	                 hidden ? "(line not recorded)" : "line=\"", orig != NULL ? orig : "",
-	                 hidden ? "" : "\"", repl != NULL ? " sent=\"" : "", repl != NULL ? repl : "",
+	                 !h->failed            ? ""
+	                 : s->outcome.tempfail ? " (failed, answered 451)"
+	                                       : " (failed, skipped)",
+	                 rules_scope_name(h->scope), hidden ? "(line not recorded)" : "line=\"",
+	                 orig != NULL ? orig : "", hidden ? "" : "\"",
+	                 repl != NULL ? " sent=\"" : "", repl != NULL ? repl : "",
 	                 repl != NULL ? "\"" : "", text != NULL ? " text=" : "",
 	                 text != NULL ? text : "");
 	free(orig);
@@ -96,6 +100,24 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 		s->rule_hits[h->rule]++;
 	if (h->action == ACT_WARN || h->failed)
 		s->warnings++;
+}
+
+/*
+ * A rule that could not be evaluated: a warning in the transcript, and in the log once per
+ * session (a client can send a hostile line a thousand times; the operator needs to hear of
+ * it once, with the rule to fix).
+ */
+static void
+filter_failed(struct session *s, const struct rule_hit *h)
+{
+	const char *what = s->outcome.tempfail ? "line answered 451 4.3.0" : "rule skipped";
+
+	session_warn(s, "rule %s:%u could not be evaluated (%s): %s", h->file, h->line,
+	             h->text != NULL ? h->text : "error", what);
+	s->warnings--; /* filter_record_hit counted it already */
+	if (s->rule_failures++ == 0)
+		log_warnx("session=%s rule %s:%u could not be evaluated (%s): %s", s->id, h->file,
+		          h->line, h->text != NULL ? h->text : "error", what);
 }
 
 int
@@ -117,8 +139,11 @@ filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
 		session_close(s, "error");
 		return -1;
 	}
-	for (i = 0; i < s->outcome.nhits; i++)
+	for (i = 0; i < s->outcome.nhits; i++) {
 		filter_record_hit(s, &s->outcome.hits[i]);
+		if (s->outcome.hits[i].failed)
+			filter_failed(s, &s->outcome.hits[i]);
+	}
 	return v;
 }
 

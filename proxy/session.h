@@ -158,6 +158,7 @@ struct session {
 	struct ruleset *rules;
 	struct rule_outcome outcome;
 	unsigned *rule_hits;
+	unsigned rule_failures; /* rules that could not be evaluated (logged once) */
 
 	TAILQ_HEAD(, tx) txs;
 	struct tx *tx;       /* the transaction commands now belong to, or NULL */

@@ -788,6 +788,9 @@ relay_client_units(struct session *s)
 		case ST_CLOSING:
 			return;
 		default:
+			/* Lines may bring replies of our own: not while the client takes none. */
+			if (session_client_full(s))
+				return;
 			if (s->state == ST_MESSAGE && client_content_run(s) > 0)
 				break;
 			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))

@@ -239,6 +239,41 @@ session_warn(struct session *s, const char *fmt, ...)
 	transcript_event(s->transcript, "warning %s", msg);
 }
 
+int
+session_client_full(struct session *s)
+{
+	struct side *c = &s->client;
+
+	if (c->paused & PAUSE_OWN_FULL)
+		return 1;
+	if (s->closing || c->bev == NULL)
+		return 0;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
+	    s->pipeline.count < PIPELINE_HIGH)
+		return 0;
+	side_pause(c, PAUSE_OWN_FULL);
+	return 1;
+}
+
+/*
+ * A client paused because of its own output (PITFALLS 16): read on once it has taken half
+ * of it and half the replies it waits on have gone, then go on with what it already sent.
+ */
+static void
+session_client_drained(struct session *s)
+{
+	struct side *c = &s->client;
+
+	if (!(c->paused & PAUSE_OWN_FULL) || s->closing || c->bev == NULL)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > SIDE_HIGH_MARK / 2 ||
+	    s->pipeline.count > PIPELINE_HIGH / 2)
+		return;
+	side_resume(c, PAUSE_OWN_FULL);
+	relay_client(s);
+	(void)session_client_full(s);
+}
+
 void
 session_reply(struct session *s, const char *reply)
 {
@@ -545,6 +580,11 @@ session_read_cb(struct bufferevent *bev, void *arg)
 		relay_server(s);
 	side_check_backpressure(x);
 	session_flush(s);
+	if (x->dir == SIDE_SERVER && !s->closing) {
+		session_client_drained(s); /* replies went to the client: it may go on */
+		session_flush(s);
+	}
+	(void)session_client_full(s);
 	transcript_clock_release();
 }
 
@@ -571,6 +611,8 @@ session_write_cb(struct bufferevent *bev, void *arg)
 			relay_server(s);
 		side_check_backpressure(peer);
 	}
+	if (x->dir == SIDE_CLIENT)
+		session_client_drained(s);
 	session_flush(s);
 }
 

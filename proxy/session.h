@@ -24,6 +24,11 @@ enum side_dir { SIDE_CLIENT, SIDE_SERVER };
 #define PAUSE_PEER_FULL 0x01 /* the peer's output is above the high mark */
 #define PAUSE_WAIT 0x02      /* the client waits for a reply before it may go on */
 #define PAUSE_EOF 0x04       /* the side has closed its write half */
+#define PAUSE_OWN_FULL 0x08  /* the client's own output (replies) is above the high mark */
+
+/* Past this many commands awaiting a reply, the client stops being read (our own replies
+ * queue behind a slow server's without bound otherwise). */
+#define PIPELINE_HIGH 1024
 
 /* One direction of a session (relayd's ctl_relay_event). */
 struct side {
@@ -182,6 +187,12 @@ void session_close(struct session *s, const char *reason);
 
 /* Sends a reply of the proxy's own to the client now, recorded as "P:". */
 void session_reply(struct session *s, const char *reply);
+
+/*
+ * Whether the client must not be read on: replies wait for it above the high mark, or too
+ * many commands wait for theirs.  Pauses it (PAUSE_OWN_FULL) when so.
+ */
+int session_client_full(struct session *s);
 
 void session_enter_state(struct session *s, enum smtp_state state);
 const char *session_state_name(enum smtp_state state);

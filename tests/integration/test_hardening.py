@@ -21,6 +21,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -705,3 +706,90 @@ def test_full_log_disk(sink, workdir, smtptap_bin, policy):
         assert sink.messages() == []
     else:
         assert ev["reason"] == "quit", ev
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded under abuse (issue 13 items 5 to 7)
+
+FLOOD_LINE = b"XCLIENT ADDR=192.0.2.1\r\n"  # answered by the proxy itself, 550
+FLOOD_REPLY = b"550 5.7.0 Command not permitted\r\n"
+
+
+def flood_without_reading(sock, line, seconds, limit):
+    """Sends line over and over without reading, until the proxy stops taking it for a second
+    (it stopped reading us), seconds have passed or limit octets are sent; returns the octets
+    sent."""
+    sock.setblocking(False)
+    chunk = line * (65536 // len(line))
+    sent = 0
+    pending = b""
+    deadline = time.monotonic() + seconds
+    stalled_since = None
+    while time.monotonic() < deadline and sent < limit:
+        if not pending:
+            pending = chunk
+        try:
+            n = sock.send(pending)
+        except BlockingIOError:
+            n = 0
+        if n == 0:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break
+            time.sleep(0.01)
+            continue
+        stalled_since = None
+        pending = pending[n:]
+        sent += n
+    # Whole lines only: the rest of the last one.
+    while pending and len(pending) % len(line) != 0:
+        try:
+            n = sock.send(pending[:len(pending) % len(line)])
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        pending = pending[n:]
+        sent += n
+    sock.setblocking(True)
+    return sent
+
+
+@pytest.mark.limit(60)
+def test_local_reply_flood_without_reading_stays_bounded(tap_factory, sink):
+    """A client floods a command the proxy answers itself and never reads (item 5): the proxy
+    stops reading it once its replies pile up, as for relayed output, so its memory stays
+    bounded (it grew to 1.2 GB); read at last, every line has its reply, in order, and the
+    transcript stays small against the input (the repeats are counted, not recorded)."""
+    tap = tap_factory(sink.port)
+    c = SmtpClient(tap.port, timeout=30)
+    assert c.reply()[0].startswith(b"220")
+    rss_before = harness.rss_kib(tap.pid)
+    sent = flood_without_reading(c.sock, FLOOD_LINE, 6.0, 1 << 30)
+    rss = harness.rss_kib(tap.pid)
+    assert rss < 64 * 1024, "smtptap grew from %d KiB to %d KiB (%d octets sent)" % (
+        rss_before, rss, sent)
+    assert sent % len(FLOOD_LINE) == 0
+    lines = sent // len(FLOOD_LINE)
+    # Now read: every line is answered, then QUIT (sent while reading: the proxy reads on only
+    # as its replies are taken).
+    quitter = threading.Thread(target=c.sock.sendall, args=(b"QUIT\r\n",), daemon=True)
+    quitter.start()
+    got = 0
+    while True:
+        line = c.readline()
+        assert line, "connection closed after %d of %d replies" % (got, lines)
+        if line == FLOOD_REPLY:
+            got += 1
+            continue
+        assert line.startswith(b"221 "), (line, got, lines)
+        break
+    assert got == lines
+    t = tap.transcript(timeout=15)
+    size = os.path.getsize(t.path)
+    assert size < sent / 4, "transcript %d octets for %d octets of input" % (size, sent)
+    repeats = [e for e in t.events() if e.startswith("repeated ")]
+    assert repeats, t.events()
+    counted = sum(int(e.split()[1]) for e in repeats)
+    recorded = t.client_lines().count(FLOOD_LINE[:-2].decode())
+    assert counted + recorded == lines, (counted, recorded, lines)
+    assert tap.event()["warnings"] == lines

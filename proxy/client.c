@@ -840,5 +840,7 @@ relay_client_gone(struct session *s)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 		return;
 	}
-	/* Commands are pending (a QUIT, say): their replies still go to the client. */
+	/* Commands are pending (a QUIT, say): their replies still go to the client, and the
+	 * server hears of the EOF (PITFALLS 9, 17). */
+	session_client_eof(s);
 }

@@ -154,6 +154,8 @@ struct session {
 	int early_talker;
 	int quit_answered;
 	int client_gone; /* the client closed its write half */
+	time_t client_gone_at;
+	int server_shut_pending; /* shut the server's write half once its output is sent */
 	int closing;
 	time_t linger_until; /* a closing session is freed by then at the latest */
 	unsigned warnings;
@@ -201,6 +203,13 @@ void side_resume(struct side *x, int why);
 
 /* Records a warning in the transcript and counts it. */
 void session_warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * The client closed its write half with commands still unanswered: the server's write half
+ * is shut too (it sees EOF), and the session ends when the server closes, when the last reply
+ * is in, or after a short linger.
+ */
+void session_client_eof(struct session *s);
 
 /* Tells a session the proxy is shutting down (the grace period has passed). */
 void session_shutdown(struct session *s);

@@ -3,6 +3,9 @@
 
 /* The program's own log: stderr by default, syslog on request. */
 void log_init(int use_syslog, int verbose);
+struct event_base;
+/* The loop that writes queued log lines once a full pipe takes them again. */
+void log_set_base(struct event_base *base);
 /* Names the process in every line from now on ("worker 2"). */
 void log_set_tag(const char *tag);
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -17,6 +17,8 @@ import datetime
 import json
 import os
 import pwd
+import re
+import select
 import signal
 import socket
 import stat
@@ -793,3 +795,88 @@ def test_local_reply_flood_without_reading_stays_bounded(tap_factory, sink):
     recorded = t.client_lines().count(FLOOD_LINE[:-2].decode())
     assert counted + recorded == lines, (counted, recorded, lines)
     assert tap.event()["warnings"] == lines
+
+
+def _greeted_and_quit(port):
+    c = SmtpClient(port, timeout=5)
+    try:
+        r = c.reply()
+        assert r and r[0].startswith(b"220"), r
+        assert c.cmd("QUIT")[0].startswith(b"221")
+    finally:
+        c.close()
+
+
+def _start_unread(smtptap_bin, workdir, upstream_port, stderr, extra=()):
+    """smtptap with --events - into a pipe nobody reads."""
+    port = harness.free_port()
+    argv = [smtptap_bin, "--listen", "127.0.0.1:%d" % port, "--upstream",
+            "127.0.0.1:%d" % upstream_port, "--log-dir", os.path.join(workdir, "logs"),
+            "--events", "-", "--no-transcripts"] + list(extra)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=stderr)
+    harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
+    return proc, port
+
+
+@pytest.mark.limit(90)
+def test_events_and_log_into_pipes_nobody_reads(smtptap_bin, workdir, sink):
+    """--events - and the program's log (-v: a line per state change) into pipes nobody reads
+    (item 7): every session still gets its greeting, and SIGTERM still stops the proxy at
+    once (the event loop never blocked on a write)."""
+    proc, port = _start_unread(smtptap_bin, workdir, sink.port, subprocess.PIPE, ["-v"])
+    try:
+        for _ in range(600):  # ~300 KiB of event lines, far more of debug log
+            _greeted_and_quit(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0
+
+
+@pytest.mark.limit(90)
+def test_event_lines_dropped_are_counted_and_logged(smtptap_bin, workdir, sink):
+    """When the events pipe's reader does not keep up, lines are dropped (the queue is
+    bounded) with a warning, and how many is said."""
+    SESSIONS = 1500  # event lines of some 300 octets: more than the pipe and the queue hold
+    err_path = os.path.join(workdir, "stderr")
+    with open(err_path, "wb") as err:
+        proc, port = _start_unread(smtptap_bin, workdir, sink.port, err)
+    try:
+        for _ in range(SESSIONS):
+            _greeted_and_quit(port)
+        harness.wait_until(lambda: "dropping event lines" in open(err_path).read(), 5,
+                           what="the drop warning")
+        # The reader catches up: what was queued is written, and the count of dropped lines
+        # is logged.
+        data = b""
+        while True:
+            r, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if not r:
+                break
+            chunk = os.read(proc.stdout.fileno(), 1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        log = open(err_path).read()
+        m = re.search(r"events file -: (\d+) event lines dropped", log)
+        assert m, log[-2000:]
+        dropped = int(m.group(1))
+        written = data.count(b"\n")
+        assert dropped > 0 and written + dropped == SESSIONS, (written, dropped)
+        for line in data.splitlines():
+            json.loads(line)  # whole lines only
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()

@@ -213,6 +213,9 @@ events_queue(const char *line, size_t len)
 	size_t cap = pending_cap > 0 ? pending_cap : 4096;
 	char *p;
 
+	/* Full: write now what the file takes (a regular file takes it all), drop if still full. */
+	if (pending_len + len > EVENTS_QUEUE_MAX)
+		events_flush();
 	if (pending_len + len > EVENTS_QUEUE_MAX) {
 		if (dropped++ == 0)
 			log_warnx("events file %s: its reader does not keep up: dropping event lines "

@@ -1,6 +1,8 @@
 #ifndef SMTPTAP_EVENTS_H
 #define SMTPTAP_EVENTS_H
 
+#include <stdint.h>
+
 #include <jansson.h>
 #include <pthread.h>
 
@@ -21,5 +23,8 @@ int events_reopen(void);
 /* Queues obj as one line; write errors are logged once and counted. */
 void events_write(json_t *obj);
 void events_close(void);
+
+/* Event lines dropped since start because the events file's reader did not keep up. */
+uint64_t events_dropped_total(void);
 
 #endif

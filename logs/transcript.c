@@ -52,7 +52,30 @@ struct transcript {
 	char path[96]; /* under the log directory: DAY/NAME */
 	char day[16];  /* DAY */
 	char name[64];
+
+	/*
+	 * Repeated exchanges (transcript_exchange_end): an exchange is the records up to and
+	 * including the last line of a reply of the proxy's own (P:).
+	 */
+	size_t last_rec;  /* where the latest record starts in buf */
+	size_t xstart;    /* where the records of the exchange under way start */
+	size_t pstart;    /* where the exchange before it starts, when pvalid */
+	int xplain;       /* the exchange under way holds only C:, * and P: records */
+	int pvalid;       /* buf holds that exchange whole, at [pstart, xstart) */
+	unsigned same;    /* exchanges in a row recorded identical */
+	uint64_t repeats; /* further identical exchanges, counted, not recorded */
+	char rtime[28];   /* the time of the last of them */
 };
+
+/*
+ * A client that floods a command the proxy answers itself (XCLIENT, a rule's REJECT, an
+ * over-long line) made the transcript 17 times its input.  The first REPEAT_KEEP identical
+ * exchanges are recorded, the rest counted: one "* repeated N times records=K" record then
+ * says that the K records above it came N more times, identical but for their times, the
+ * last at the record's own time.  Only exchanges of at most REPEAT_MAX octets count.
+ */
+#define REPEAT_KEEP 3
+#define REPEAT_MAX 2048
 
 #define TS_DAY_LEN 10 /* "YYYY-MM-DD" */
 
@@ -68,6 +91,14 @@ static ino_t day_ino;
 static uint64_t write_errors;
 static int failing; /* the latest write or create failed */
 
+/* The buffer is written or dropped: no exchange is in it any more. */
+static void
+transcript_exchange_reset(struct transcript *t)
+{
+	t->xstart = t->pstart = t->last_rec = 0;
+	t->pvalid = 0;
+}
+
 static void
 transcript_write_failed(struct transcript *t)
 {
@@ -77,6 +108,7 @@ transcript_write_failed(struct transcript *t)
 		log_warn("transcript %s: write failed, dropping its lines", t->name);
 	t->failed = 1;
 	t->len = 0;
+	transcript_exchange_reset(t);
 }
 
 /* Room for n more octets in the buffer; 0, or -1 when memory is short (the record is lost). */
@@ -198,12 +230,88 @@ transcript_release(struct transcript *t)
 	return close(fd);
 }
 
+/* Inserts the "* repeated" record of the counted exchanges before the exchange under way. */
+static void
+transcript_repeat_note(struct transcript *t)
+{
+	char note[128];
+	size_t k = 0, i;
+	int n;
+
+	if (t->repeats == 0)
+		return;
+	for (i = t->pstart; t->pvalid && i < t->xstart; i++)
+		k += t->buf[i] == '\n';
+	n = snprintf(note, sizeof(note), "%.27s * repeated %llu times records=%zu\n", t->rtime,
+	             (unsigned long long)t->repeats, k);
+	t->repeats = 0;
+	t->same = 0;
+	if (n <= 0 || (size_t)n >= sizeof(note) || transcript_reserve(t, (size_t)n) != 0)
+		return;
+	memmove(t->buf + t->xstart + n, t->buf + t->xstart, t->len - t->xstart);
+	memcpy(t->buf + t->xstart, note, (size_t)n);
+	t->len += (size_t)n;
+	t->last_rec += (size_t)n;
+	t->xstart += (size_t)n;
+}
+
+/* Whether two runs of records of n octets are the same but for their times. */
+static int
+transcript_records_same(const char *a, const char *b, size_t n)
+{
+	const char *end = a + n, *nl;
+	size_t len;
+
+	while (a < end) {
+		if ((nl = memchr(a, '\n', (size_t)(end - a))) == NULL)
+			return 0;
+		len = (size_t)(nl - a) + 1;
+		if (len < 28 || memchr(b, '\n', len) != b + len - 1 ||
+		    memcmp(a + 27, b + 27, len - 27) != 0)
+			return 0;
+		a += len;
+		b += len;
+	}
+	return 1;
+}
+
+/*
+ * A reply of the proxy's own has ended: the exchange it closes is kept, or, identical to the
+ * one before it for the REPEAT_KEEP-th time or more, taken back out of the buffer and counted.
+ */
+static void
+transcript_exchange_end(struct transcript *t)
+{
+	size_t xlen = t->len - t->xstart;
+	int small = t->xplain && xlen <= REPEAT_MAX;
+
+	if (small && t->pvalid && t->xstart - t->pstart == xlen &&
+	    transcript_records_same(t->buf + t->pstart, t->buf + t->xstart, xlen)) {
+		if (t->same >= REPEAT_KEEP) {
+			memcpy(t->rtime, t->buf + t->last_rec, 27);
+			t->len = t->xstart;
+			t->repeats++;
+			t->xplain = 1;
+			return;
+		}
+		t->same++;
+	} else {
+		transcript_repeat_note(t);
+		t->same = 1;
+	}
+	t->pstart = t->xstart;
+	t->pvalid = small;
+	t->xstart = t->len;
+	t->xplain = 1;
+}
+
 static void
 transcript_flush(struct transcript *t)
 {
 	int fd = t->fd, ok;
 
 	t->dirty = 0;
+	transcript_repeat_note(t);
 	if (t->len == 0)
 		return;
 	if (fd < 0 && (fd = transcript_reopen(t)) < 0) {
@@ -225,6 +333,7 @@ transcript_flush(struct transcript *t)
 	}
 	failing = 0;
 	t->len = 0;
+	transcript_exchange_reset(t);
 }
 
 /*
@@ -405,6 +514,8 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	TAILQ_INSERT_TAIL(&transcripts, t, entry);
 	/* Written with the first records (transcript_sync writes it at once where it must). */
 	transcript_header(t, id, ts, client, listener, upstream);
+	t->xstart = t->len;
+	t->xplain = 1;
 	saved = errno;
 	if (kept_open > TRANSCRIPT_KEEP_OPEN_MAX && transcript_release(t) != 0)
 		transcript_write_failed(t);
@@ -461,6 +572,10 @@ transcript_stamp(struct transcript *t, const char *now, const char *kind, size_t
 
 	if (transcript_reserve(t, 28 + klen + 1 + extra + 1) != 0)
 		return -1;
+	/* Exchanges that may repeat are made of the client's lines, events and our replies. */
+	if (klen != 1 && !(klen == 2 && kind[1] == ':' && (kind[0] == 'C' || kind[0] == 'P')))
+		t->xplain = 0;
+	t->last_rec = t->len;
 	p = t->buf + t->len;
 	memcpy(p, now, 27);
 	p[27] = ' ';
@@ -524,6 +639,9 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 {
 	if (t == NULL || transcript_record(t, transcript_now(), kind, strlen(kind), line, n) != 0)
 		return;
+	/* The last line of a reply of our own ends an exchange ("NNN-" lines go on). */
+	if (kind[0] == 'P' && !(n >= 4 && line[3] == '-'))
+		transcript_exchange_end(t);
 	transcript_written(t);
 }
 

@@ -909,6 +909,9 @@ relay_client_units(struct session *s)
 		case ST_CLOSING:
 			return;
 		default:
+			/* Lines may bring replies of our own: not while the client takes none. */
+			if (session_client_full(s))
+				return;
 			if (s->state == ST_MESSAGE && client_content_run(s) > 0)
 				break;
 			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
@@ -963,5 +966,7 @@ relay_client_gone(struct session *s)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 		return;
 	}
-	/* Commands are pending (a QUIT, say): their replies still go to the client. */
+	/* Commands are pending (a QUIT, say): their replies still go to the client, and the
+	 * server hears of the EOF (PITFALLS 9, 17). */
+	session_client_eof(s);
 }

@@ -339,6 +339,7 @@ main(int argc, char **argv)
 	 */
 	if ((proxy.base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
+	log_set_base(proxy.base);
 	upstream_prepare(&proxy, &opts);
 	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
 		fatalx("rule files have errors");
@@ -375,6 +376,7 @@ main(int argc, char **argv)
 	tls_cleanup();
 	rules_free(proxy.rules);
 	events_close();
+	log_set_base(NULL);
 	event_base_free(proxy.base);
 	free(proxy.upstream_text);
 	return 0;

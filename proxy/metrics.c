@@ -30,6 +30,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "filters/rules.h"
+#include "logs/events.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/proxy.h"
@@ -121,6 +122,7 @@ static struct evhttp_bound_socket *bound;
 static struct event_base *own_base; /* the supervisor's, with workers; else NULL */
 static int in_worker;
 static uint64_t journal_seen;     /* this process's transcript write errors already counted */
+static uint64_t dropped_seen;     /* ... and its dropped event lines */
 static struct rule_map maps[2];   /* the rules now in force and those of a reload before */
 static unsigned map_next;
 static int sigfd = -1;
@@ -305,7 +307,7 @@ void
 metrics_session_end(const struct session *s, double duration)
 {
 	struct metrics_counts *c;
-	uint64_t errors;
+	uint64_t errors, dropped;
 	int k;
 
 	if (shm == NULL)
@@ -328,6 +330,11 @@ metrics_session_end(const struct session *s, double duration)
 		count_add(&c->journal_errors, errors - journal_seen);
 		journal_seen = errors;
 	}
+	dropped = events_dropped_total();
+	if (dropped > dropped_seen) {
+		count_add(&c->events_dropped, dropped - dropped_seen);
+		dropped_seen = dropped;
+	}
 }
 
 void
@@ -341,13 +348,6 @@ metrics_upstream_connected(const struct timeval *start)
 	histogram_observe(&metrics_mine()->connect, connect_buckets,
 	                  (double)(now.tv_sec - start->tv_sec) +
 	                      (double)(now.tv_usec - start->tv_usec) / 1e6);
-}
-
-void
-metrics_event_dropped(void)
-{
-	if (shm != NULL)
-		count_add(&metrics_mine()->events_dropped, 1);
 }
 
 /* ---- The text format ------------------------------------------------------------------ */

@@ -24,7 +24,6 @@ void metrics_session_end(const struct session *s, double duration);
 /* The upstream connection is up: the time since the session started (accept). */
 void metrics_upstream_connected(const struct timeval *start);
 /* An event line could not be written and was dropped (for logs/events.c). */
-void metrics_event_dropped(void);
 
 /*
  * The supervisor's wait: sigtimedwait(2) for the signals of set, at most seconds, serving

@@ -47,6 +47,12 @@
 /* How often a closing session checks that its last octets have left (a TLS filter's socket
  * buffer has no callback of ours). */
 #define CLOSE_POLL_USECS 20000
+/*
+ * How long the server may take to answer what a client sent before it closed its write half
+ * (a QUIT's 221, say): a client that sends a line and closes must not hold a session (and a
+ * place under --max-sessions) for the whole idle timeout behind a slow server.
+ */
+#define CLIENT_EOF_LINGER_SECS 10
 /* RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end of data. */
 #define EOD_REPLY_SECS 600
 
@@ -56,6 +62,8 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 static void session_event(struct side *x, struct bufferevent *bev, short what);
 static void session_upstream_connected(struct session *s);
 static int side_direct(struct session *s, struct side *x);
+static unsigned session_idle_limit(struct session *s);
+static int session_awaits_eod(struct session *s);
 
 static const char *state_names[] = {
     [ST_CONNECTING] = "connecting",
@@ -243,6 +251,41 @@ session_warn(struct session *s, const char *fmt, ...)
 	va_end(ap);
 	s->warnings++;
 	transcript_event(s->transcript, "warning %s", msg);
+}
+
+int
+session_client_full(struct session *s)
+{
+	struct side *c = &s->client;
+
+	if (c->paused & PAUSE_OWN_FULL)
+		return 1;
+	if (s->closing || c->bev == NULL)
+		return 0;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
+	    s->pipeline.count < PIPELINE_HIGH)
+		return 0;
+	side_pause(c, PAUSE_OWN_FULL);
+	return 1;
+}
+
+/*
+ * A client paused because of its own output (PITFALLS 16): read on once it has taken half
+ * of it and half the replies it waits on have gone, then go on with what it already sent.
+ */
+static void
+session_client_drained(struct session *s)
+{
+	struct side *c = &s->client;
+
+	if (!(c->paused & PAUSE_OWN_FULL) || s->closing || c->bev == NULL)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > SIDE_HIGH_MARK / 2 ||
+	    s->pipeline.count > PIPELINE_HIGH / 2)
+		return;
+	side_resume(c, PAUSE_OWN_FULL);
+	relay_client(s);
+	(void)session_client_full(s);
 }
 
 void
@@ -444,6 +487,56 @@ session_close(struct session *s, const char *reason)
 	event_add(s->timer, &poll);
 }
 
+/* The server's write half, once all that is queued for it has gone (a plain socket only:
+ * a TLS leg would need its close_notify; the linger bounds that session instead). */
+static void
+session_shut_server(struct session *s)
+{
+	struct side *x = &s->server;
+
+	if (x->bev == NULL || !x->direct)
+		return;
+	side_flush(x);
+	if (evbuffer_get_length(bufferevent_get_output(x->bev)) > 0) {
+		s->server_shut_pending = 1;
+		return;
+	}
+	s->server_shut_pending = 0;
+	if (shutdown(bufferevent_getfd(x->bev), SHUT_WR) != 0)
+		log_debug("session=%s shutdown upstream: %s", s->id, strerror(errno));
+}
+
+void
+session_client_eof(struct session *s)
+{
+	struct timeval tv = {CLIENT_EOF_LINGER_SECS, 0};
+
+	s->client_gone_at = time(NULL);
+	transcript_event(s->transcript, "client closed its side: upstream shut for writing, "
+	                                "waiting %d seconds at most for its replies",
+	                 CLIENT_EOF_LINGER_SECS);
+	session_shut_server(s);
+	if (!session_awaits_eod(s) && session_idle_limit(s) > CLIENT_EOF_LINGER_SECS) {
+		event_del(s->timer);
+		event_add(s->timer, &tv);
+	}
+}
+
+/* The linger after the client's EOF is over, the server still owes replies: it ends here. */
+static void
+session_client_eof_expired(struct session *s)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "the server did not answer within %d seconds of the "
+	                                "client's close",
+	                 CLIENT_EOF_LINGER_SECS);
+	snprintf(reply, sizeof(reply), "421 4.4.2 %s No reply from the server, closing connection\r\n",
+	         s->px->opts->hostname);
+	relay_answer_pending(s, reply);
+	session_close(s, s->quit_answered ? "quit" : "client_closed");
+}
+
 void
 session_shutdown(struct session *s)
 {
@@ -457,15 +550,22 @@ session_shutdown(struct session *s)
 	session_close(s, "shutdown");
 }
 
+/* Whether the server works on a message's end: its reply may take minutes. */
+static int
+session_awaits_eod(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	return head != NULL && (head->verb == VERB_EOD || (head->verb == VERB_BDAT && head->last));
+}
+
 /* The idle limit in force now: longer while the server works on a message's end. */
 static unsigned
 session_idle_limit(struct session *s)
 {
-	struct pending *head = pipeline_head(&s->pipeline);
 	unsigned limit = s->px->opts->idle_timeout;
 
-	if (head != NULL && (head->verb == VERB_EOD || (head->verb == VERB_BDAT && head->last)) &&
-	    limit < EOD_REPLY_SECS)
+	if (session_awaits_eod(s) && limit < EOD_REPLY_SECS)
 		limit = EOD_REPLY_SECS;
 	return limit;
 }
@@ -502,6 +602,12 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	idle = now - s->last_activity;
 	limit = session_idle_limit(s);
+	/* After the client's EOF a short linger, but for the reply to a message's end. */
+	if (s->client_gone && !session_awaits_eod(s) &&
+	    now - s->client_gone_at >= CLIENT_EOF_LINGER_SECS) {
+		session_client_eof_expired(s);
+		return;
+	}
 	if (idle >= (time_t)limit) {
 		snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection\r\n",
 		         s->px->opts->hostname);
@@ -514,6 +620,9 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	tv.tv_sec = (time_t)limit - idle;
+	if (s->client_gone && !session_awaits_eod(s) &&
+	    tv.tv_sec > s->client_gone_at + CLIENT_EOF_LINGER_SECS - now)
+		tv.tv_sec = s->client_gone_at + CLIENT_EOF_LINGER_SECS - now;
 	event_add(s->timer, &tv);
 }
 
@@ -557,6 +666,11 @@ session_read_cb(struct bufferevent *bev, void *arg)
 		relay_server(s);
 	side_check_backpressure(x);
 	session_flush(s);
+	if (x->dir == SIDE_SERVER && !s->closing) {
+		session_client_drained(s); /* replies went to the client: it may go on */
+		session_flush(s);
+	}
+	(void)session_client_full(s);
 	transcript_clock_release();
 }
 
@@ -572,8 +686,11 @@ session_write_cb(struct bufferevent *bev, void *arg)
 			session_free_later(s);
 		return;
 	}
-	if (x->direct && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+	if (x->direct && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 		bufferevent_disable(bev, EV_WRITE); /* side_flush writes again */
+		if (x->dir == SIDE_SERVER && s->server_shut_pending)
+			session_shut_server(s);
+	}
 	if (peer->paused & PAUSE_PEER_FULL) {
 		side_resume(peer, PAUSE_PEER_FULL);
 		/* What the peer sent while paused is already buffered: go on with it. */
@@ -583,6 +700,8 @@ session_write_cb(struct bufferevent *bev, void *arg)
 			relay_server(s);
 		side_check_backpressure(peer);
 	}
+	if (x->dir == SIDE_CLIENT)
+		session_client_drained(s);
 	session_flush(s);
 }
 

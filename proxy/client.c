@@ -394,8 +394,8 @@ client_record_unrelayed_line(struct session *s, const unsigned char *line, size_
 void
 client_record_unrelayed(struct session *s, const unsigned char *p, size_t n)
 {
-	const unsigned char *lf;
-	size_t off = 0, len;
+	struct smtp_line l;
+	size_t off = 0;
 	int sasl = s->state == ST_SASL;
 
 	if (s->state == ST_MESSAGE || s->state == ST_CHUNK || s->state == ST_RAW) {
@@ -404,14 +404,13 @@ client_record_unrelayed(struct session *s, const unsigned char *p, size_t n)
 	}
 	if (s->state == ST_SKIP) {
 		/* The rest of an over-long line: left out, as its start was. */
-		lf = memchr(p, '\n', n);
-		off = lf != NULL ? (size_t)(lf - p) + 1 : n;
+		smtp_line_cut(p, n, &l);
+		off = l.len;
 		sasl = s->skip_return == ST_SASL;
 	}
-	for (; off < n; off += len) {
-		lf = memchr(p + off, '\n', n - off);
-		len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : n - off;
-		client_record_unrelayed_line(s, p + off, smtp_line_len(p + off, len), sasl);
+	for (; off < n; off += l.len) {
+		smtp_line_cut(p + off, n - off, &l);
+		client_record_unrelayed_line(s, l.data, smtp_line_len(l.data, l.len), sasl);
 		sasl = 0;
 	}
 }
@@ -556,17 +555,11 @@ client_line_end(const struct unit *u)
 static void
 client_split_bare_cr(struct unit *u)
 {
-	const unsigned char *cr = memchr(u->data, '\r', u->len);
-	size_t i;
+	struct smtp_line l;
 
-	if (cr == NULL)
-		return;
-	i = (size_t)(cr - u->data);
-	/* CR LF can only be the line's end: a unit ends at its first LF. */
-	if (i + 1 == u->len || u->data[i + 1] != '\n') {
-		u->len = i + 1;
-		u->complete = 1;
-	}
+	smtp_line_cut_any(u->data, u->len, &l);
+	u->len = l.len;
+	u->complete = l.complete;
 }
 
 /* A content line that ended bare: relayed with CRLF, a lone "." stuffed so it stays content. */
@@ -690,15 +683,15 @@ static void
 client_chunk_record(struct session *s, const unsigned char *p, size_t take)
 {
 	size_t off = 0;
-	const unsigned char *lf;
+	struct smtp_line l;
 	struct unit u;
 
 	s->client.in_piece = s->chunk_in_piece;
 	while (off < take) {
-		lf = memchr(p + off, '\n', take - off);
-		u.data = p + off;
-		u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
-		u.complete = lf != NULL;
+		smtp_line_cut(p + off, take - off, &l);
+		u.data = l.data;
+		u.len = l.len;
+		u.complete = l.complete;
 		side_record(&s->client, &u);
 		off += u.len;
 	}
@@ -828,7 +821,8 @@ client_content_run(struct session *s)
 	int plain = client_content_plain(s), as_is;
 	const char *now = NULL; /* read when a plain line needs it, once per stretch of them */
 	struct evbuffer_iovec v;
-	const unsigned char *p, *lf;
+	const unsigned char *p;
+	struct smtp_line l;
 	struct unit u;
 
 	if (evbuffer_peek(bufferevent_get_input(x->bev), -1, NULL, &v, 1) < 1)
@@ -840,12 +834,14 @@ client_content_run(struct session *s)
 		/* The scan pays only where a plain line can be recorded as it is. */
 		k = plain ? escape_plain_span(p + off, lim) : 0;
 		as_is = plain && k + 2 <= lim && p[off + k] == '\r' && p[off + k + 1] == '\n';
-		if (as_is)
+		if (as_is) {
 			len = k + 2;
-		else if ((lf = memchr(p + off + k, '\n', lim - k)) != NULL)
-			len = (size_t)(lf - (p + off)) + 1;
-		else
-			break;
+		} else {
+			smtp_line_cut(p + off + k, lim - k, &l);
+			if (!l.complete)
+				break;
+			len = k + l.len;
+		}
 		x->scanned = 0;
 		taken++;
 		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {

@@ -189,19 +189,6 @@ message_out(struct session *s, const void *p, size_t len)
 	message_out_counted(s, p, len, 1);
 }
 
-/* The length of text up to its first CR or LF (all of it when there is none). */
-static size_t
-message_span(const unsigned char *p, size_t len)
-{
-	const unsigned char *lf = memchr(p, '\n', len), *cr;
-
-	if (lf != NULL)
-		len = (size_t)(lf - p);
-	if ((cr = memchr(p, '\r', len)) != NULL)
-		len = (size_t)(cr - p);
-	return len;
-}
-
 /* Writes one line (no CR or LF in it) stuffed and ended with CRLF. */
 static void
 message_out_line(struct session *s, const unsigned char *p, size_t n)
@@ -232,17 +219,13 @@ message_out_line(struct session *s, const unsigned char *p, size_t n)
 static void
 message_out_lines(struct session *s, const unsigned char *text, size_t len)
 {
-	size_t off = 0, n, brk;
-	const unsigned char *p;
+	size_t off = 0;
+	struct smtp_line l;
 
 	do {
-		p = text + off;
-		n = message_span(p, len - off);
-		message_out_line(s, p, n);
-		brk = off + n < len ? 1 : 0;
-		if (brk && p[n] == '\r' && off + n + 1 < len && p[n + 1] == '\n')
-			brk = 2;
-		off += n + brk;
+		smtp_line_cut_any(text + off, len - off, &l);
+		message_out_line(s, l.data, smtp_line_text(&l));
+		off += l.len;
 	} while (off < len);
 }
 

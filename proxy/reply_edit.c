@@ -39,7 +39,7 @@ static int
 reply_split(const unsigned char *reply, size_t len, struct reply_lines *rl)
 {
 	size_t off = 0, n;
-	const unsigned char *lf;
+	struct smtp_line l;
 
 	/* Only what is used is set: the arrays are large, replies mostly a line or two. */
 	rl->n = 0;
@@ -50,8 +50,8 @@ reply_split(const unsigned char *reply, size_t len, struct reply_lines *rl)
 			rl->n = 0; /* nothing to free */
 			return -1;
 		}
-		lf = memchr(reply + off, '\n', len - off);
-		n = lf != NULL ? (size_t)(lf - (reply + off)) + 1 : len - off;
+		smtp_line_cut(reply + off, len - off, &l);
+		n = l.len;
 		rl->p[rl->n] = reply + off;
 		rl->len[rl->n] = smtp_line_len(reply + off, n);
 		rl->removed[rl->n] = 0;
@@ -247,7 +247,7 @@ reply_edit_stream_begin(struct session *s)
 	size_t len = evbuffer_get_length(s->held_reply), off = 0, n;
 	const unsigned char *p = evbuffer_pullup(s->held_reply, (ev_ssize_t)len);
 	struct evbuffer *pending = evbuffer_new();
-	const unsigned char *lf;
+	struct smtp_line l;
 
 	s->reply_stream = 1;
 	if (p == NULL || pending == NULL) {
@@ -257,9 +257,9 @@ reply_edit_stream_begin(struct session *s)
 		return;
 	}
 	while (off < len) {
-		lf = memchr(p + off, '\n', len - off);
-		n = lf != NULL ? (size_t)(lf - (p + off)) + 1 : len - off;
-		reply_edit_stream_line(s, p + off, n, 0, pending);
+		smtp_line_cut(p + off, len - off, &l);
+		n = l.len;
+		reply_edit_stream_line(s, l.data, n, 0, pending);
 		off += n;
 	}
 	evbuffer_drain(s->held_reply, len);

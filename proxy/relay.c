@@ -196,12 +196,12 @@ relay_raw(struct side *x)
 	side_forward(x, n);
 }
 
-/* The waiting client may go on: process what it already sent. */
+/* The waiting client may go on: what it already sent is processed from the loop. */
 void
 relay_resume_client(struct session *s)
 {
 	side_resume(&s->client, PAUSE_WAIT);
-	relay_client(s);
+	session_schedule_client(s);
 }
 
 /* Sends a line of the proxy's own to the server, recorded as "U:". */

@@ -106,6 +106,7 @@ struct session {
 	enum smtp_state skip_return; /* state to go back to after ST_SKIP */
 	struct pipeline pipeline;
 	struct event *timer; /* connect timeout, idle timeout or close linger, by state */
+	struct event *resume; /* goes on with the client's input from the loop (session_schedule_client) */
 	struct timeval start;
 	time_t last_activity;
 	struct transcript *transcript;
@@ -243,6 +244,12 @@ void session_client_eof(struct session *s);
 
 /* Tells a session the proxy is shutting down (the grace period has passed). */
 void session_shutdown(struct session *s);
+
+/*
+ * The client's input is processed from the loop, never from inside the server's callbacks
+ * (tmux's event_once): a nested call could drain a buffer under its caller's view of a line.
+ */
+void session_schedule_client(struct session *s);
 
 /* relay.c: consume what a side has sent, as far as the SMTP state allows. */
 void relay_client(struct session *s);

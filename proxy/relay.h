@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "proxy/session.h"
 #include "proxy/smtp.h"
 
 struct evbuffer;
@@ -59,6 +60,9 @@ void client_record_unrelayed(struct session *s, const unsigned char *p, size_t n
 
 /* server.c */
 void server_reply_effect(struct session *s, const struct pending *p, int code);
+/* Where the reply being read goes from here: the one way to change it, logged at debug. */
+void server_enter_mode(struct session *s, enum server_mode mode);
+const char *server_mode_name(enum server_mode mode);
 
 /* upstream.c */
 void upstream_setup_step(struct session *s);

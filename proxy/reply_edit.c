@@ -13,6 +13,7 @@
 #include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/session.h"
 
 #define REPLY_MAX_LINES 256
@@ -249,7 +250,7 @@ reply_edit_stream_begin(struct session *s)
 	struct evbuffer *pending = evbuffer_new();
 	struct smtp_line l;
 
-	s->reply_stream = 1;
+	server_enter_mode(s, SRV_STREAM);
 	if (p == NULL || pending == NULL) {
 		if (pending != NULL)
 			evbuffer_free(pending);
@@ -291,6 +292,5 @@ reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len,
 	if (last) {
 		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 1);
 		evbuffer_drain(kept, plen);
-		s->reply_stream = 0;
 	}
 }

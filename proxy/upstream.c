@@ -209,7 +209,7 @@ upstream_setup_step(struct session *s)
 	const unsigned char *reply = evbuffer_pullup(s->setup_reply, (ev_ssize_t)len);
 	int code = s->reply_code;
 
-	s->reply_open = 0;
+	server_enter_mode(s, SRV_NONE);
 	switch (s->state) {
 	case ST_GREETING:
 		if (s->greeting == NULL && (s->greeting = evbuffer_new()) == NULL) {

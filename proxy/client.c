@@ -222,16 +222,13 @@ static void
 client_command_send(struct session *s, const struct unit *u, const unsigned char *tail,
                     size_t taillen)
 {
-	struct evbuffer *out;
-
 	if (!s->outcome.rewritten || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
 		return;
 	}
-	out = bufferevent_get_output(s->server.bev);
-	evbuffer_add(out, s->outcome.line, s->outcome.len);
-	evbuffer_add(out, tail, taillen);
-	evbuffer_add(out, "\r\n", 2);
+	side_write(&s->server, s->outcome.line, s->outcome.len, NULL);
+	side_write(&s->server, tail, taillen, NULL);
+	side_write(&s->server, "\r\n", 2, NULL);
 	side_discard(&s->client, u->len);
 }
 
@@ -261,8 +258,7 @@ client_hold_decide(struct session *s, struct tx *tx)
 {
 	if (!tx_accepted(tx) || relay_no_server(s)) {
 		/* The server's own error (no valid recipients) reaches the client. */
-		if (!relay_no_server(s))
-			evbuffer_add(bufferevent_get_output(s->server.bev), "DATA\r\n", 6);
+		side_write(&s->server, "DATA\r\n", 6, NULL);
 		transcript_event(s->transcript,
 		                 "no recipient accepted: DATA relayed to the server");
 		relay_expect(s, VERB_DATA);
@@ -566,13 +562,12 @@ client_split_bare_cr(struct unit *u)
 static void
 client_content_normalized(struct session *s, const struct unit *u)
 {
-	struct evbuffer *out = bufferevent_get_output(s->server.bev);
 	size_t n = u->len - 1;
 
 	if (n == 1 && u->data[0] == '.')
-		evbuffer_add(out, ".", 1);
-	evbuffer_add(out, u->data, n);
-	evbuffer_add(out, "\r\n", 2);
+		side_write(&s->server, ".", 1, NULL);
+	side_write(&s->server, u->data, n, NULL);
+	side_write(&s->server, "\r\n", 2, NULL);
 	side_discard(&s->client, u->len);
 }
 
@@ -654,7 +649,7 @@ client_content(struct session *s, const struct unit *u)
 		client_content_normalized(s, u);
 	} else if (lone_dot) {
 		/* ".\r\n" after a bare line end is content here, so it must be upstream too. */
-		evbuffer_add(bufferevent_get_output(s->server.bev), ".", 1);
+		side_write(&s->server, ".", 1, NULL);
 		side_forward(&s->client, u->len);
 	} else {
 		side_forward_later(&s->client, u->len);

@@ -15,6 +15,7 @@
 #include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/session.h"
 
 /* Small enough for the whole struct to stay under 1 KiB: malloc's thread cache serves it. */
@@ -109,8 +110,7 @@ message_put(struct session *s, const void *p, size_t len)
 	struct message *m = s->msg;
 
 	if (!m->holding) {
-		if (s->server.bev != NULL)
-			evbuffer_add(bufferevent_get_output(s->server.bev), p, len);
+		side_write(&s->server, p, len, NULL);
 		return;
 	}
 	evbuffer_add(m->held, p, len);
@@ -412,14 +412,17 @@ message_send_held(struct session *s)
 	struct message *m = s->msg;
 	struct evbuffer *out;
 
-	if (m == NULL || s->server.bev == NULL)
+	if (m == NULL || s->server.bev == NULL || (out = evbuffer_new()) == NULL)
 		return -1;
-	out = bufferevent_get_output(s->server.bev);
 	message_flush(s);
-	if (m->held_fd >= 0 && message_add_held_file(out, m) != 0)
+	if (m->held_fd >= 0 && message_add_held_file(out, m) != 0) {
+		evbuffer_free(out);
 		return -1;
+	}
 	evbuffer_add_buffer(out, m->held);
 	evbuffer_add(out, ".\r\n", 3);
+	side_write_buffer(&s->server, out);
+	evbuffer_free(out);
 	transcript_event(s->transcript, "held message sent upstream octets=%zu size=%zu", m->wire,
 	                 m->size);
 	message_free(s);

@@ -122,6 +122,33 @@ side_discard(struct side *x, size_t len)
 	evbuffer_drain(side_input(x), len);
 }
 
+/*
+ * The one write point: octets onto a side's output, on their way to it, recorded as kind
+ * ("P:" a reply of the proxy's own, "U:" a line of its own upstream), or with kind NULL not
+ * again (what was recorded as it came in, "C:"/"S:", in the form it goes out).  Nothing goes
+ * to a side already closed, nor is recorded as if it had.
+ */
+void
+side_write(struct side *to, const void *p, size_t len, const char *kind)
+{
+	if (to->bev == NULL)
+		return;
+	evbuffer_add(bufferevent_get_output(to->bev), p, len);
+	if (kind != NULL)
+		transcript_data(to->s->transcript, kind, p, len);
+}
+
+/* All of buf onto a side's output (moved, not copied: file segments stay so), unrecorded. */
+void
+side_write_buffer(struct side *to, struct evbuffer *buf)
+{
+	if (to->bev == NULL) {
+		evbuffer_drain(buf, evbuffer_get_length(buf));
+		return;
+	}
+	evbuffer_add_buffer(bufferevent_get_output(to->bev), buf);
+}
+
 /* Records a unit, as "C:"/"S:" or, for a later piece of a long line, "C+"/"S+". */
 void
 side_record(struct side *x, const struct unit *u)
@@ -208,8 +235,7 @@ relay_resume_client(struct session *s)
 void
 relay_send_upstream(struct session *s, const char *line)
 {
-	evbuffer_add(bufferevent_get_output(s->server.bev), line, strlen(line));
-	transcript_data(s->transcript, "U:", (const unsigned char *)line, strlen(line));
+	side_write(&s->server, line, strlen(line), "U:");
 }
 
 /* Our own command to the server, whose reply the client never sees. */

@@ -38,6 +38,8 @@ void side_commit(struct side *x);
 int relay_no_server(const struct session *s);
 void side_discard(struct side *x, size_t len);
 void side_record(struct side *x, const struct unit *u);
+void side_write(struct side *to, const void *p, size_t len, const char *kind);
+void side_write_buffer(struct side *to, struct evbuffer *buf);
 void relay_flush_local(struct session *s);
 void relay_answer_locally(struct session *s, const char *reply);
 struct pending *relay_expect(struct session *s, enum smtp_verb verb);

@@ -219,11 +219,12 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		evbuffer_drain(held, len);
 		return;
 	}
-	out = bufferevent_get_output(s->client.bev);
 	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
-	if (s->closing) {
+	if (s->closing || (out = evbuffer_new()) == NULL) {
 		free(rebuilt);
 		evbuffer_drain(held, len);
+		if (!s->closing)
+			session_close(s, "error");
 		return;
 	}
 	if (rebuilt != NULL) {
@@ -236,6 +237,8 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		evbuffer_add(out, reply, len);
 	free(rebuilt);
 	evbuffer_drain(held, evbuffer_get_length(held));
+	side_write_buffer(&s->client, out);
+	evbuffer_free(out);
 }
 
 /*
@@ -254,7 +257,7 @@ reply_edit_stream_begin(struct session *s)
 	if (p == NULL || pending == NULL) {
 		if (pending != NULL)
 			evbuffer_free(pending);
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+		side_write_buffer(&s->client, s->held_reply);
 		return;
 	}
 	while (off < len) {
@@ -272,25 +275,35 @@ void
 reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
                        struct evbuffer *kept)
 {
-	struct evbuffer *out = bufferevent_get_output(s->client.bev);
 	const char *remove[6];
 	struct ehlo_policy pol;
-	size_t plen = evbuffer_get_length(kept);
 	int removed;
 
 	reply_edit_policy(s, &pol, remove);
 	removed = ehlo_line_removed(line, len, &pol);
 	if (removed)
 		transcript_event(s->transcript, "ehlo reply edited: removed a line of a long reply");
-	if (!removed && plen > 0)
-		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 0);
 	if (!removed) {
-		evbuffer_drain(kept, plen);
+		if (evbuffer_get_length(kept) > 0)
+			reply_edit_emit_kept(s, kept, 0);
 		evbuffer_add(kept, line, len);
-		plen = len;
 	}
-	if (last) {
-		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 1);
-		evbuffer_drain(kept, plen);
+	if (last)
+		reply_edit_emit_kept(s, kept, 1);
+}
+
+void
+reply_edit_emit_kept(struct session *s, struct evbuffer *kept, int last)
+{
+	size_t n = evbuffer_get_length(kept);
+	struct evbuffer *line = evbuffer_new();
+
+	if (line == NULL) {
+		session_close(s, "error");
+		return;
 	}
+	ehlo_line_emit(line, evbuffer_pullup(kept, (ev_ssize_t)n), n, last);
+	evbuffer_drain(kept, n);
+	side_write_buffer(&s->client, line);
+	evbuffer_free(line);
 }

@@ -19,6 +19,8 @@ void reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb an
 void reply_edit_stream_begin(struct session *s);
 void reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
                             struct evbuffer *kept);
+/* The line kept back (all of kept) goes to the client with the separator its place needs. */
+void reply_edit_emit_kept(struct session *s, struct evbuffer *kept, int last);
 
 /* Whether replies must be held whole because rules may edit them. */
 int reply_edit_wanted(const struct session *s);

@@ -168,9 +168,8 @@ server_421(struct session *s, int relayed)
 		session_close(s, "server_421");
 		return;
 	}
-	if (s->client.bev != NULL && (head == NULL || !(head->quiet && head->verb == VERB_RSET)))
-		evbuffer_add(bufferevent_get_output(s->client.bev),
-		             evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len);
+	if (head == NULL || !(head->quiet && head->verb == VERB_RSET))
+		side_write(&s->client, evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len, NULL);
 	if (head != NULL)
 		pipeline_pop(&s->pipeline);
 	copy = malloc(len + 1);
@@ -306,7 +305,7 @@ server_hold_overflow(struct session *s)
 		 * upstream leg is secured.  (Under XCLIENT the greeting the client gets is a
 		 * later one: a greeting this long is an error.) */
 		server_enter_mode(s, SRV_RELAY);
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->setup_reply);
+		side_write_buffer(&s->client, s->setup_reply);
 		return NULL;
 	}
 	if (s->server_mode == SRV_SETUP || s->server_mode == SRV_QUIET) {
@@ -315,7 +314,7 @@ server_hold_overflow(struct session *s)
 	}
 	server_enter_mode(s, SRV_RELAY);
 	if (s->reply_code == 421) {
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->reply_copy);
+		side_write_buffer(&s->client, s->reply_copy);
 		return NULL;
 	}
 	if (head != NULL && (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
@@ -323,7 +322,7 @@ server_hold_overflow(struct session *s)
 		reply_edit_stream_begin(s);
 		return NULL;
 	}
-	evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+	side_write_buffer(&s->client, s->held_reply);
 	return NULL;
 }
 
@@ -358,13 +357,9 @@ server_reply_route(struct session *s, const struct unit *u)
 		side_discard(&s->server, u->len);
 		return;
 	}
-	if (s->server_mode == SRV_STREAM && evbuffer_get_length(s->held_reply) > 0) {
+	if (s->server_mode == SRV_STREAM && evbuffer_get_length(s->held_reply) > 0)
 		/* A line too long to edit: the line kept back goes first, then it, as it came. */
-		size_t n = evbuffer_get_length(s->held_reply);
-		ehlo_line_emit(bufferevent_get_output(s->client.bev),
-		               evbuffer_pullup(s->held_reply, (ev_ssize_t)n), n, 0);
-		evbuffer_drain(s->held_reply, n);
-	}
+		reply_edit_emit_kept(s, s->held_reply, 0);
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
 		return;

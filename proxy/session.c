@@ -290,17 +290,13 @@ session_client_drained(struct session *s)
 void
 session_reply(struct session *s, const char *reply)
 {
-	const char *line = reply, *end;
+	size_t len = strlen(reply), off;
+	struct smtp_line l;
 
-	if (s->client.bev == NULL)
-		return;
-	evbuffer_add(bufferevent_get_output(s->client.bev), reply, strlen(reply));
-	while (*line != '\0') {
-		end = strchr(line, '\n');
-		end = end != NULL ? end + 1 : line + strlen(line);
-		transcript_data(s->transcript, "P:", (const unsigned char *)line,
-		                (size_t)(end - line));
-		line = end;
+	/* A record a line, as the client reads them. */
+	for (off = 0; off < len; off += l.len) {
+		smtp_line_cut((const unsigned char *)reply + off, len - off, &l);
+		side_write(&s->client, l.data, l.len, "P:");
 	}
 }
 

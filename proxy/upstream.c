@@ -295,9 +295,8 @@ upstream_proxy_header(struct session *s)
 		                 "Cannot forward the client's address", "proxy_header_failed");
 		return -1;
 	}
-	evbuffer_add(bufferevent_get_output(s->server.bev), hdr, n);
 	/* v1 is a text line like any we send; v2 is binary, recorded escaped all the same. */
-	transcript_data(s->transcript, "U:", hdr, n);
+	side_write(&s->server, hdr, n, "U:");
 	s->forwarded = version == 1 ? "proxy-v1" : "proxy-v2";
 	return 0;
 }

@@ -120,7 +120,8 @@ struct session {
 	enum smtp_state skip_return; /* state to go back to after ST_SKIP */
 	struct pipeline pipeline;
 	struct event *timer; /* connect timeout, idle timeout or close linger, by state */
-	struct event *resume; /* goes on with the client's input from the loop (session_schedule_client) */
+	/* Goes on with the client's input from the loop (session_schedule_client). */
+	struct event *resume;
 	struct timeval start;
 	time_t last_activity;
 	struct transcript *transcript;

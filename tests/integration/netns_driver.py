@@ -68,8 +68,9 @@ def setup_tproxy():
     nft("add rule ip tp out ip daddr %s tcp dport 25 meta mark != %#x meta mark set 1"
         % (DEST, MARK))
     nft('add chain ip tp pre { type filter hook prerouting priority -150; }')
-    nft("add rule ip tp pre ip daddr %s tcp dport 25 meta mark 1 tproxy to 127.0.0.1:%d accept"
-        % (DEST, TAP_PORT))
+    # As README's: smtptap's own connections (MARK) arrive from lo too, and are left alone.
+    nft("add rule ip tp pre ip daddr %s tcp dport 25 meta mark != %#x tproxy to 127.0.0.1:%d "
+        "meta mark set 1 accept" % (DEST, MARK, TAP_PORT))
 
 
 def send_message(dest):

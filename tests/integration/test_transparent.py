@@ -34,6 +34,8 @@ def netns(mode, smtptap_bin, workdir):
     result = json.loads(r.stdout.decode().strip().splitlines()[-1])
     assert "setup_failed" not in result, result
     assert "exception" not in result, result
+    for bad in ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer"):
+        assert bad not in result.get("stderr", ""), result["stderr"]
     return result
 
 

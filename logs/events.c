@@ -171,6 +171,15 @@ events_queue(const char *line, size_t len)
 }
 
 void
+events_write_line(const char *line, size_t len)
+{
+	if (events_fd < 0)
+		return;
+	events_queue(line, len);
+	events_queue("\n", 1);
+}
+
+void
 events_write(json_t *obj)
 {
 	/* Most events fit here: no allocation per session for the dump. */

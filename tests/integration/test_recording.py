@@ -1,5 +1,6 @@
 """Recording: the transcript file (name, mode, header, records, escaping) and the event line."""
 
+import base64
 import datetime
 import time
 import json
@@ -57,13 +58,18 @@ def test_event_line_has_every_field(tap, sink):
     assert ev["early_talker"] is False
     assert "tls" not in ev and "auth" not in ev
     assert ev["transactions"] == [
-        {"mail_from": "<a@example.com>", "mail_code": 250,
-         "rcpt": [{"to": "<b@example.net>", "code": 250}, {"to": "<c@example.net>", "code": 250}],
-         "size": len(b"Subject: one\r\n\r\n..dot\r\nbody\r\n"), "code": 250, "text": "2.0.0 Ok"},
-        {"mail_from": "<>", "mail_code": 250,
-         "rcpt": [{"to": "<d@example.org>", "code": 250}],
-         "size": len(b"Subject: two\r\n\r\nsecond\r\n"), "code": 250, "text": "2.0.0 Ok"},
+        {"mail_from": "<a@example.com>", "mail_params": [], "mail_code": 250, "mail_text": "2.1.0 Ok",
+         "rcpt": [{"to": "<b@example.net>", "code": 250, "text": "2.1.5 Ok"},
+                  {"to": "<c@example.net>", "code": 250, "text": "2.1.5 Ok"}],
+         "size": len(b"Subject: one\r\n\r\n..dot\r\nbody\r\n"), "code": 250, "text": "2.0.0 Ok",
+         "queue_id": None},
+        {"mail_from": "<>", "mail_params": [], "mail_code": 250, "mail_text": "2.1.0 Ok",
+         "rcpt": [{"to": "<d@example.org>", "code": 250, "text": "2.1.5 Ok"}],
+         "size": len(b"Subject: two\r\n\r\nsecond\r\n"), "code": 250, "text": "2.0.0 Ok",
+         "queue_id": None},
     ]
+    host, port = ev["upstream_local"].rsplit(":", 1)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536 and int(port) != sink.port
     assert ev["client_octets"] == len(c.sent)
     # Octets received from the server: what the client got plus what the proxy removed from
     # the EHLO reply (XCLIENT, XFORWARD); the transcript holds every server line.
@@ -73,7 +79,7 @@ def test_event_line_has_every_field(tap, sink):
     assert ev["reason"] == "quit"
     assert ev["warnings"] == 0
     expected = {"session", "start", "end", "duration", "client", "listener", "upstream",
-                "upstream_address", "transcript", "helo", "early_talker", "transactions",
+                "upstream_address", "upstream_local", "transcript", "helo", "early_talker", "transactions",
                 "client_octets", "server_octets", "reason", "warnings"}
     assert expected <= set(ev), "missing: %s" % (expected - set(ev))
 
@@ -501,3 +507,52 @@ def test_policy_without_recording(tap_factory, sink, workdir):
     assert files_under(tap.log_dir) == []
     assert events_files(tap) == []
     assert "not recording: no transcripts no events" in tap.stderr()
+
+
+@pytest.mark.limit(30)
+def test_event_answers_the_usual_questions(tap_factory, fake_server):
+    """AUTH, then a transaction with ESMTP parameters, one recipient accepted and one refused,
+    delivered with a queue id; then a transaction whose only recipient is refused, so that
+    DATA is refused too.
+
+    event: mail_from is the address alone, its parameters in mail_params; MAIL, each RCPT and
+    AUTH carry their reply text; the final reply's queue id (Postfix's form, as the fake
+    server says it); size null for the transaction that never reached DATA; the upstream
+    connection's local address is the one the server saw."""
+    seen = {}
+
+    def ehlo_hook(conn, line):
+        seen["peer"] = "%s:%d" % conn.sock.getpeername()[:2]
+        return False
+
+    srv = fake_server(SmtpServerScript(auth={"alice": "s3cret"},
+                                       rcpt_code=lambda a: 550 if "nobody" in a else 250,
+                                       hooks={"EHLO": ehlo_hook}))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret").decode(), 235)
+    c.expect("MAIL FROM:<a@example.com> SIZE=100\tBODY=8BITMIME", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("RCPT TO:<nobody@example.net>", 550)
+    c.expect("DATA", 354)
+    c.send(b"Subject: q\r\n\r\nbody\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("MAIL FROM:<>", 250)
+    c.expect("RCPT TO:<nobody@example.org>", 550)
+    c.expect("DATA", 554)
+    c.expect("QUIT", 221)
+    ev = tap.event()
+    one, two = ev["transactions"]
+    assert one["mail_from"] == "<a@example.com>"
+    assert one["mail_params"] == ["SIZE=100", "BODY=8BITMIME"]
+    assert one["mail_text"] == "2.1.0 Ok"
+    assert one["rcpt"] == [{"to": "<b@example.net>", "code": 250, "text": "2.1.5 Ok"},
+                           {"to": "<nobody@example.net>", "code": 550, "text": "5.1.1 No such user"}]
+    assert one["size"] == len(b"Subject: q\r\n\r\nbody\r\n")
+    assert one["text"] == "2.0.0 Ok: queued as FAKE1" and one["queue_id"] == "FAKE1"
+    assert two["mail_from"] == "<>" and two["mail_params"] == []
+    assert two["size"] is None and two["code"] is None and two["queue_id"] is None
+    assert ev["auth"]["code"] == 235 and ev["auth"]["text"].startswith("2.7.0")
+    assert ev["upstream_local"] == seen["peer"]

@@ -36,6 +36,7 @@
 static struct journal days[JOURNAL_DAYS];
 static char *dir_path;
 static int dir_fd = -1;
+static int dir_nofollow; /* the log directory was no symlink at start-up: never one later */
 static dev_t dir_dev;
 static ino_t dir_ino;
 static struct event *tick;
@@ -81,7 +82,13 @@ journal_dir_open(void)
 
 	if (mkdir(dir_path, 0750) != 0 && errno != EEXIST)
 		return -1;
-	if ((fd = open(dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+	/*
+	 * Opened again by its name after it was removed or replaced: a symlink planted in its
+	 * place must not lead the journal elsewhere (a log dir that was a symlink at start-up,
+	 * an administrator's choice, is followed).
+	 */
+	fd = open(dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (dir_nofollow ? O_NOFOLLOW : 0));
+	if (fd < 0)
 		return -1;
 	if (fstat(fd, &st) != 0) {
 		close(fd);
@@ -440,6 +447,7 @@ int
 journal_init(struct event_base *base, const char *log_dir, int keep_days)
 {
 	struct timeval second = {1, 0};
+	struct stat st;
 
 	for (int i = 0; i < JOURNAL_DAYS; i++) {
 		days[i].day = -1;
@@ -449,6 +457,7 @@ journal_init(struct event_base *base, const char *log_dir, int keep_days)
 	free(dir_path);
 	if ((dir_path = strdup(log_dir)) == NULL || journal_dir_open() != 0)
 		return -1;
+	dir_nofollow = !(lstat(log_dir, &st) == 0 && S_ISLNK(st.st_mode));
 	keep = keep_days;
 	pruned_today = journal_today();
 	journal_prune(pruned_today, keep);

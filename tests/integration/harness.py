@@ -243,7 +243,8 @@ def journal_files(log_dir):
         names = os.listdir(log_dir)
     except FileNotFoundError:
         return []
-    return [os.path.join(log_dir, n) for n in sorted(names) if JOURNAL_NAME_RE.match(n)]
+    return [os.path.join(log_dir, n) for n in sorted(names)
+            if JOURNAL_NAME_RE.match(n) and os.path.isfile(os.path.join(log_dir, n))]
 
 
 class JournalSession:

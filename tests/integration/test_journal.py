@@ -62,7 +62,7 @@ def test_concurrent_sessions_two_workers(tap_factory, sink):
         stamps = [ts for ts, _, _ in js.lines]
         assert stamps == sorted(stamps), "records of %s out of order" % sid
         client = [t for k, t in zip(kinds, texts) if k == b"C:"]
-        assert client[:4] == [b"EHLO " + client[0][5:], b"MAIL FROM:<a@example.com>",
+        assert client[:4] == [b"HELO " + client[0][5:], b"MAIL FROM:<a@example.com>",
                               b"RCPT TO:<b@example.net>", b"DATA"], (sid, client[:4])
         assert client[-2:] == [b".", b"QUIT"], (sid, client[-2:])
         files.setdefault(js.journal, 0)
@@ -116,13 +116,16 @@ def test_sigkill_loses_at_most_the_last_second(tap_factory, sink):
     # The crash's leftover, as a kill in the middle of a write would leave it: half a record.
     (path,) = harness.journal_files(tap.log_dir)
     with open(path, "ab") as f:
-        f.write(b"2026-12-06T23:49:05.938413Z deadbeef C: MAIL FR")
+        f.write(b"2026-12-06T23:49:05.9384")
     torn_at = os.path.getsize(path)
     tap2 = tap_factory(sink.port, name="restarted")
     tap2.log_dir = tap.log_dir
     tap2.stop()
     tap2.start()
-    ev = hp.normal_session(tap2, sink=sink)
+    c = SmtpClient(tap2.port)
+    assert c.code() == 220
+    c.expect("QUIT", 221)
+    ev = tap2.event()
     assert ev["transcript"]["offset"] == torn_at + 1, ev["transcript"]  # after the "\n" that ends the torn line
     with open(path, "rb") as f:
         data = f.read()
@@ -130,7 +133,7 @@ def test_sigkill_loses_at_most_the_last_second(tap_factory, sink):
     with pytest.raises(AssertionError):
         tap2.journal_sessions()  # the torn line is not a record...
     sessions = tap2.journal_sessions(torn_ok=True)  # ... and a reader goes past it
-    assert ev["session"].encode() in sessions and b"deadbeef" not in sessions
+    assert ev["session"].encode() in sessions
 
 
 def day_name(days_ago):
@@ -153,7 +156,7 @@ def test_keep_days_removes_old_journals_only(tap_factory, sink, workdir):
     other = ["events.jsonl", "notes.log", day_name(5) + ".gz", "x" + day_name(6), "2026-13-01.log"]
     for n in old + kept + other:
         with open(os.path.join(log_dir, n), "w") as f:
-            f.write("x\n")
+            pass  # empty: the harness reads what is named like a journal
     os.mkdir(os.path.join(log_dir, day_name(7)))  # a directory: not a journal
     tap = tap_factory(sink.port, "--keep-days", "2")
     hp.normal_session(tap, sink=sink)

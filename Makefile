@@ -12,7 +12,10 @@ CFLAGS   ?= -O2 -g -flto=auto
 SAN      ?=
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DSMTPTAP_VERSION='"$(VERSION)"' $(WARN) $(CFLAGS) $(SAN) \
 	-I. $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+# Read when make parses this file: a target that first installs the libraries (make deps) builds
+# through a second make, which parses it again and finds them (issue 13 item 16).
 DEPLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+SUBMAKE  := $(MAKE) --no-print-directory
 # The allocator.  mimalloc (Debian's libmimalloc-dev) by default: a session makes some
 # hundred small allocations (libevent, jansson, OpenSSL and ours), and glibc's malloc was a
 # sixth of the relay's user time.  MALLOC=libc builds with glibc's, as the ASan, fuzz and
@@ -33,6 +36,7 @@ all: $(BUILD)/$(PROG)
 
 # Linked again when the Makefile changes: MALLOC or the libraries may have.
 $(BUILD)/$(PROG): $(OBJ) Makefile
+	@[ -n "$(DEPLIBS)" ] || { echo "smtptap: pkg-config finds not all of $(PKGS): run make deps" >&2; exit 1; }
 	$(CC) $(ALL_CFLAGS) -o $@ $(OBJ) $(LDLIBS)
 
 # Compiled again when the Makefile changes: the flags may have.
@@ -47,17 +51,20 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJ)
 deps:
 	@scripts/deps.sh
 
-unit: deps $(UNIT_BIN)
+unit: deps
+	@$(SUBMAKE) $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
-integration: deps $(BUILD)/$(PROG)
+integration: deps
+	@$(SUBMAKE) $(BUILD)/$(PROG)
 	SMTPTAP=$(abspath $(BUILD)/$(PROG)) $(PYTEST) -q tests/integration $(PYTEST_ARGS)
 
 test: deps
 	$(MAKE) unit
 	$(MAKE) integration
 
-demo: deps $(BUILD)/$(PROG)
+demo: deps
+	@$(SUBMAKE) $(BUILD)/$(PROG)
 	@scripts/demo.sh $(abspath $(BUILD)/$(PROG))
 
 # check-asan: built with clang, whose one sanitizer runtime writes ASan, LeakSanitizer and UBSan
@@ -83,7 +90,8 @@ check-asan: deps
 	fi; \
 	exit $$rc
 
-bench: deps $(BUILD)/$(PROG)
+bench: deps
+	@$(SUBMAKE) $(BUILD)/$(PROG)
 	@bench/run.sh $(abspath $(BUILD)/$(PROG))
 
 format:
@@ -123,7 +131,8 @@ $(FUZZ_LIB): $(FUZZ_OBJ)
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -MMD -MP -o $@ $< $(FUZZ_LIB) $(DEPLIBS)
 
-fuzz-build: deps $(FUZZ_BIN)
+fuzz-build: deps
+	@$(SUBMAKE) $(FUZZ_BIN)
 
 fuzz: fuzz-build
 	tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_TARGETS)

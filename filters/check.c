@@ -46,7 +46,7 @@ rules_check_main(int argc, char **argv)
 		free(files);
 		return 2;
 	}
-	rs = rules_load(files, n, stderr);
+	rs = rules_load_warn(files, n, stderr, stderr);
 	free(files);
 	if (rs == NULL)
 		return 1;

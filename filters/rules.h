@@ -62,7 +62,7 @@ struct rule_hit {
 	unsigned int line;
 	enum rule_scope scope;
 	enum rule_action action;
-	int failed;                /* the rule could not be evaluated (match limit, ...): skipped */
+	int failed; /* the rule could not be evaluated (match limit, ...): see tempfail */
 	const char *text;          /* reply, WARN or PREPEND text, or why it failed; may be NULL */
 	const unsigned char *orig; /* the whole line as this rule saw it */
 	size_t orig_len;
@@ -82,6 +82,7 @@ struct rule_outcome {
 	size_t len;
 	int rewritten;        /* line differs from the caller's (a REWRITE acted) */
 	const char *reply;    /* REJECT/DISCONNECT: the reply, without CRLF */
+	int tempfail;         /* REJECT because a rule failed on a client's line: reply is 451 */
 	const char **prepend; /* PREPEND lines to insert before this one, in order */
 	size_t nprepend;
 	struct rule_hit *hits; /* every rule that acted, in order */
@@ -101,6 +102,9 @@ struct rule_outcome {
  * 0: an empty ruleset.  The ruleset is reference counted, starting at 1.
  */
 struct ruleset *rules_load(const char *const *files, int nfiles, FILE *errors);
+/* The same, and warnings (nested quantifiers...) to warnings if not NULL: --check-rules. */
+struct ruleset *rules_load_warn(const char *const *files, int nfiles, FILE *errors,
+                                FILE *warnings);
 
 /* Takes one more reference (a session keeps the rules it started with across a reload). */
 struct ruleset *rules_ref(struct ruleset *);

@@ -101,7 +101,12 @@ trial_print_hit(const struct rule_hit *h)
 	printf("\t%s:%u: %s %s", h->file, h->line, rules_scope_name(h->scope),
 	       rules_action_name(h->action));
 	if (h->failed) {
-		printf(" failed, rule skipped: %s\n", h->text);
+		/* As the proxy does: a client's line is answered 451, a server's rule skipped. */
+		if (h->scope == SCOPE_BANNER || h->scope == SCOPE_REPLY ||
+		    h->scope == SCOPE_CAPABILITY)
+			printf(" failed, rule skipped: %s\n", h->text);
+		else
+			printf(" failed, line answered 451 4.3.0: %s\n", h->text);
 		return;
 	}
 	switch (h->action) {

@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -17,22 +18,56 @@
 
 /* What is kept between passes at most; a longer pass (huge events) gives it back. */
 #define EVENTS_KEEP (64 * 1024)
+/*
+ * Lines waiting for a reader that does not keep up (a pipe nobody reads): beyond this they
+ * are dropped and counted, as Postfix's log service drops rather than blocks mail.  The
+ * loop never waits on the events file (PITFALLS 18).
+ */
+#define EVENTS_QUEUE_MAX (256 * 1024)
 
 static char *events_path;
 static int events_fd = -1;
 static int events_failing;
 static struct event *flush_ev; /* made active when a line waits: runs later in the pass */
+static struct event *write_ev; /* a pipe or socket that was full: flush when writable */
+static struct event_base *events_base;
+static uint64_t dropped;       /* lines dropped since the queue last emptied */
+static uint64_t dropped_total; /* lines dropped since start (the metrics read it) */
 static char *pending;
 static size_t pending_len, pending_cap;
 static pthread_mutex_t *shared_lock; /* with worker processes */
 static void (*before_write)(void);   /* writes what the lines point at (the journal) */
 
+/*
+ * A pipe or socket written without blocking.  Standard output that is a pipe is opened again
+ * through /proc, so that O_NONBLOCK is set on a description of our own, not on the one the
+ * shell that started us shares.
+ */
+static int
+events_nonblock(int fd)
+{
+	struct stat st;
+	int own, fl;
+
+	if (fstat(fd, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		return fd;
+	if (fd == STDOUT_FILENO && S_ISFIFO(st.st_mode) &&
+	    (own = open("/proc/self/fd/1", O_WRONLY | O_NONBLOCK | O_CLOEXEC)) >= 0)
+		return own;
+	if ((fl = fcntl(fd, F_GETFL)) >= 0)
+		(void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	return fd;
+}
+
 static int
 events_open_fd(const char *path)
 {
+	int fd;
+
 	if (strcmp(path, "-") == 0)
-		return STDOUT_FILENO;
-	return open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0640);
+		return events_nonblock(STDOUT_FILENO);
+	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0640);
+	return fd >= 0 ? events_nonblock(fd) : fd;
 }
 
 static void events_flush(void);
@@ -55,6 +90,7 @@ events_open(struct event_base *base, const char *path)
 		return -1;
 	if ((fd = events_open_fd(path)) < 0)
 		return -1;
+	events_base = base;
 	free(events_path);
 	events_path = strdup(path);
 	events_fd = fd;
@@ -73,7 +109,11 @@ events_reopen(void)
 		log_warn("events file %s: reopen failed, keeping the old one", events_path);
 		return -1;
 	}
-	close(events_fd);
+	if (write_ev != NULL)
+		event_free(write_ev);
+	write_ev = NULL;
+	if (events_fd > STDERR_FILENO)
+		close(events_fd);
 	events_fd = fd;
 	events_failing = 0;
 	log_info("events file %s reopened", events_path);
@@ -107,8 +147,23 @@ events_unlock(void)
 		pthread_mutex_unlock(shared_lock);
 }
 
-/* Writes it all, going on after a partial write. */
+/* The reader takes no more: go on when it does, from the loop. */
 static void
+events_wait_writable(void)
+{
+	if (write_ev == NULL && events_base != NULL)
+		write_ev = event_new(events_base, events_fd, EV_WRITE, events_flush_cb, NULL);
+	if (write_ev != NULL)
+		event_add(write_ev, NULL);
+}
+
+/*
+ * Writes what it can of the queue without blocking; the rest stays queued.  Returns the
+ * octets written.  (Between workers, a line is whole in the file as long as the reader
+ * keeps up; a line cut by a full pipe goes on at the next write, which another worker's
+ * line may precede.)
+ */
+static size_t
 events_put(const char *line, size_t len)
 {
 	size_t off = 0;
@@ -119,27 +174,42 @@ events_put(const char *line, size_t len)
 		n = write(events_fd, line + off, len - off);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			events_wait_writable();
+			break;
+		}
 		if (n <= 0) {
 			if (!events_failing)
 				log_warn("events file %s: write failed", events_path);
 			events_failing = 1;
+			off = len; /* lost */
 			break;
 		}
 		off += (size_t)n;
 	}
 	events_unlock();
+	return off;
 }
 
 /* Writes the pass's lines: whole lines in one write, so appenders never interleave in one. */
 static void
 events_flush(void)
 {
+	size_t n;
+
 	if (pending_len > 0 && before_write != NULL)
 		before_write();
-	if (pending_len > 0)
-		events_put(pending, pending_len);
-	pending_len = 0;
-	if (pending_cap > EVENTS_KEEP) {
+	if (pending_len > 0) {
+		n = events_put(pending, pending_len);
+		memmove(pending, pending + n, pending_len - n);
+		pending_len -= n;
+	}
+	if (pending_len == 0 && dropped > 0) {
+		log_warnx("events file %s: %llu event lines dropped: its reader did not keep up",
+		          events_path, (unsigned long long)dropped);
+		dropped = 0;
+	}
+	if (pending_len == 0 && pending_cap > EVENTS_KEEP) {
 		free(pending);
 		pending = NULL;
 		pending_cap = 0;
@@ -153,12 +223,23 @@ events_queue(const char *line, size_t len)
 	size_t cap = pending_cap > 0 ? pending_cap : 4096;
 	char *p;
 
+	/* Full: write now what the file takes (a regular file takes it all), drop if still full. */
+	if (pending_len + len > EVENTS_QUEUE_MAX)
+		events_flush();
+	if (pending_len + len > EVENTS_QUEUE_MAX) {
+		dropped_total++;
+		if (dropped++ == 0)
+			log_warnx("events file %s: its reader does not keep up: dropping event lines "
+			          "(counted)",
+			          events_path);
+		return;
+	}
 	while (cap < pending_len + len)
 		cap *= 2;
 	if (cap != pending_cap) {
 		if ((p = realloc(pending, cap)) == NULL) {
-			events_flush();
-			events_put(line, len);
+			dropped++;
+			dropped_total++;
 			return;
 		}
 		pending = p;
@@ -212,6 +293,14 @@ void
 events_close(void)
 {
 	events_flush();
+	/* A reader that takes nothing must not keep us from exiting: the rest is dropped. */
+	if (pending_len > 0)
+		log_warnx("events file %s: %zu octets of event lines not written at exit",
+		          events_path, pending_len);
+	pending_len = 0;
+	if (write_ev != NULL)
+		event_free(write_ev);
+	write_ev = NULL;
 	if (flush_ev != NULL)
 		event_free(flush_ev);
 	flush_ev = NULL;
@@ -220,4 +309,10 @@ events_close(void)
 	events_fd = -1;
 	free(events_path);
 	events_path = NULL;
+}
+
+uint64_t
+events_dropped_total(void)
+{
+	return dropped_total;
 }

@@ -1,6 +1,8 @@
 #ifndef SMTPTAP_EVENTS_H
 #define SMTPTAP_EVENTS_H
 
+#include <stdint.h>
+
 #include <jansson.h>
 #include <pthread.h>
 
@@ -28,5 +30,8 @@ void events_write(json_t *obj);
 /* Queues a line (without its line end) made elsewhere (the event line's own JSON writer). */
 void events_write_line(const char *line, size_t len);
 void events_close(void);
+
+/* Event lines dropped since start because the events file's reader did not keep up. */
+uint64_t events_dropped_total(void);
 
 #endif

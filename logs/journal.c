@@ -255,6 +255,7 @@ journal_flush(struct journal *j)
 	journal_unlock();
 	journal_resolve(j, base);
 	j->len = 0;
+	j->batches++;
 	if (base < 0) {
 		write_errors++;
 		if (!failing) {
@@ -310,6 +311,7 @@ journal_get(long day)
 		journal_release(j);
 	}
 	j->day = day;
+	j->batches++;
 	journal_day_name(day, j->name);
 	j->len = 0;
 	j->need_nl = 0;

@@ -36,6 +36,8 @@ struct journal {
 	ino_t ino;
 	int need_nl; /* the file ends with a torn record: the next batch starts with a line end */
 	int recent;  /* written to since the last tick */
+	uint64_t owner;   /* the recorder that put the latest record here (transcript.c) */
+	uint64_t batches; /* batches written (or dropped) from this buffer */
 	TAILQ_HEAD(, journal_mark) marks;
 };
 

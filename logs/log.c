@@ -2,16 +2,135 @@
 #include "logs/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <syslog.h>
+#include <unistd.h>
+
+#include <event2/event.h>
 
 static int log_syslog;
 static int log_verbose;
 static int log_level = LOG_LEVEL_INFO;
 static char log_tag[32];
+
+/*
+ * Standard error, written without blocking when it is a pipe or socket: a reader that stops
+ * reading (a full pipe) must not freeze the event loop (PITFALLS 18).  Lines it does not take
+ * wait in a bounded queue, written by the next log line or, once the loop runs, when the pipe
+ * is writable; beyond the queue they are dropped and counted, and the count is logged when
+ * the queue has emptied.
+ */
+#define LOG_QUEUE_MAX (64 * 1024)
+static int log_fd = STDERR_FILENO;
+static char log_queue[LOG_QUEUE_MAX];
+static size_t log_queued;
+static unsigned long long log_dropped;
+static struct event *log_write_ev;
+static struct event_base *log_base;
+
+static void log_flush(void);
+
+static void
+log_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	log_flush();
+}
+
+/* Octets of p written now, without blocking. */
+static size_t
+log_put(const char *p, size_t n)
+{
+	size_t off = 0;
+	ssize_t w;
+
+	while (off < n) {
+		w = write(log_fd, p + off, n - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (log_write_ev == NULL && log_base != NULL)
+				log_write_ev = event_new(log_base, log_fd, EV_WRITE, log_write_cb, NULL);
+			if (log_write_ev != NULL)
+				event_add(log_write_ev, NULL);
+			return off;
+		}
+		if (w <= 0)
+			return n; /* nowhere to log to: lost */
+		off += (size_t)w;
+	}
+	return off;
+}
+
+static void
+log_flush(void)
+{
+	char note[128];
+	size_t n;
+	int len;
+
+	if (log_queued > 0) {
+		n = log_put(log_queue, log_queued);
+		memmove(log_queue, log_queue + n, log_queued - n);
+		log_queued -= n;
+	}
+	if (log_queued == 0 && log_dropped > 0) {
+		len = snprintf(note, sizeof(note),
+		               "smtptap: warning: %s%llu log lines dropped: the log's reader did not "
+		               "keep up\n",
+		               log_tag, log_dropped);
+		log_dropped = 0;
+		if (len > 0 && (size_t)len < sizeof(note) && (n = log_put(note, (size_t)len)) < (size_t)len) {
+			memcpy(log_queue, note + n, (size_t)len - n);
+			log_queued = (size_t)len - n;
+		}
+	}
+}
+
+/* One whole line to standard error: written now, queued, or dropped and counted. */
+static void
+log_line(const char *line, size_t n)
+{
+	size_t w = 0;
+
+	log_flush();
+	if (log_queued == 0)
+		w = log_put(line, n);
+	if (w == n)
+		return;
+	if (log_queued + (n - w) > sizeof(log_queue)) {
+		log_dropped++;
+		return;
+	}
+	memcpy(log_queue + log_queued, line + w, n - w);
+	log_queued += n - w;
+}
+
+/* Standard error as a pipe: a description of our own, without blocking (events.c does the
+ * same for standard output). */
+static void
+log_nonblock(void)
+{
+	struct stat st;
+	int fd, fl;
+
+	if (fstat(STDERR_FILENO, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		return;
+	if (S_ISFIFO(st.st_mode) &&
+	    (fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC)) >= 0) {
+		log_fd = fd;
+		return;
+	}
+	if ((fl = fcntl(STDERR_FILENO, F_GETFL)) >= 0)
+		(void)fcntl(STDERR_FILENO, F_SETFL, fl | O_NONBLOCK);
+}
 
 void
 log_init(int use_syslog, int verbose)
@@ -20,6 +139,17 @@ log_init(int use_syslog, int verbose)
 	log_verbose = verbose;
 	if (use_syslog)
 		openlog("smtptap", LOG_PID | LOG_NDELAY, LOG_MAIL);
+	else
+		log_nonblock();
+}
+
+void
+log_set_base(struct event_base *base)
+{
+	if (log_write_ev != NULL)
+		event_free(log_write_ev);
+	log_write_ev = NULL;
+	log_base = base;
 }
 
 void
@@ -38,8 +168,9 @@ log_set_tag(const char *tag)
 static void
 log_vwrite(int pri, const char *level, const char *fmt, va_list ap, const char *err)
 {
-	char msg[2048];
+	char msg[2048], line[2200];
 	size_t tag = strlen(log_tag);
+	int n;
 
 	memcpy(msg, log_tag, tag);
 	vsnprintf(msg + tag, sizeof(msg) - tag, fmt, ap);
@@ -51,9 +182,16 @@ log_vwrite(int pri, const char *level, const char *fmt, va_list ap, const char *
 		return;
 	}
 	if (err)
-		fprintf(stderr, "smtptap: %s: %s: %s\n", level, msg, err);
+		n = snprintf(line, sizeof(line), "smtptap: %s: %s: %s\n", level, msg, err);
 	else
-		fprintf(stderr, "smtptap: %s: %s\n", level, msg);
+		n = snprintf(line, sizeof(line), "smtptap: %s: %s\n", level, msg);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line)) {
+		n = (int)sizeof(line) - 1;
+		line[n - 1] = '\n';
+	}
+	log_line(line, (size_t)n);
 }
 
 void

@@ -6,6 +6,9 @@ void log_init(int use_syslog, int verbose);
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARNING, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
 /* --log-level: lines below it are not written (fatal ones always are). */
 void log_set_level(int level);
+struct event_base;
+/* The loop that writes queued log lines once a full pipe takes them again. */
+void log_set_base(struct event_base *base);
 /* Names the process in every line from now on ("worker 2"). */
 void log_set_tag(const char *tag);
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

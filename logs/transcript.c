@@ -35,9 +35,37 @@ struct transcript {
 	struct journal_mark first; /* the session record: the event line points at it */
 	long day;                  /* of the session's start: all its records go to that file */
 	struct journal *j;         /* that day's buffer, while it is that day's (j->day) */
+	uint64_t serial;           /* this recorder among all of the process */
 	size_t idlen;
 	char id[16];
+
+	/*
+	 * Repeated exchanges (transcript_exchange_end): an exchange is the records up to and
+	 * including the last line of a reply of the proxy's own (P:).  Positions are in the
+	 * day's buffer, valid while nothing else was put there (j->owner) and it was not written
+	 * (j->batches): the buffer is shared by every session of the process.
+	 */
+	uint64_t batch;   /* j->batches when the positions were taken */
+	size_t last_rec;  /* where the latest record starts */
+	size_t xstart;    /* where the records of the exchange under way start */
+	size_t pstart;    /* where the exchange before it starts, when pvalid */
+	size_t precs;     /* its records */
+	int xplain;       /* the exchange under way holds only C:, * and P: records */
+	int pvalid;       /* the buffer holds that exchange whole, at [pstart, xstart) */
+	unsigned same;    /* exchanges in a row recorded identical */
+	uint64_t repeats; /* further identical exchanges, counted, not recorded */
+	char rtime[28];   /* the time of the last of them */
 };
+
+/*
+ * A client that floods a command the proxy answers itself (XCLIENT, a rule's REJECT, an
+ * over-long line) made the transcript 17 times its input.  The first REPEAT_KEEP identical
+ * exchanges are recorded, the rest counted: one "* repeated N times records=K" record then
+ * says that the K records above it came N more times, identical but for their times, the
+ * last at the record's own time.  Only exchanges of at most REPEAT_MAX octets count.
+ */
+#define REPEAT_KEEP 3
+#define REPEAT_MAX 2048
 
 /* The buffer records of t go to; NULL when there is none. */
 static inline struct journal *
@@ -77,6 +105,105 @@ transcript_vprintf(struct journal *j, const char *fmt, va_list ap)
 	va_end(again);
 	if (n >= 0 && j->len + (size_t)n < j->cap)
 		j->len += (size_t)n;
+}
+
+/*
+ * The "* repeated" record of the counted exchanges, put at the end of the buffer (at an
+ * exchange's end, before the exchange under way, which is then moved after it).
+ */
+static void
+transcript_repeat_note(struct transcript *t, struct journal *j)
+{
+	char note[160];
+	int n;
+
+	if (t->repeats == 0)
+		return;
+	n = snprintf(note, sizeof(note), "%.27s %.*s * repeated %llu times records=%zu\n",
+	             t->rtime, (int)t->idlen, t->id, (unsigned long long)t->repeats, t->precs);
+	t->repeats = 0;
+	t->same = 0;
+	if (n <= 0 || (size_t)n >= sizeof(note) || transcript_reserve(j, (size_t)n) != 0)
+		return;
+	if (t->xstart > j->len)
+		t->xstart = j->len;
+	memmove(j->buf + t->xstart + n, j->buf + t->xstart, j->len - t->xstart);
+	memcpy(j->buf + t->xstart, note, (size_t)n);
+	j->len += (size_t)n;
+	t->last_rec += (size_t)n;
+	t->xstart += (size_t)n;
+}
+
+/*
+ * Before a record of t: if another session's record came in between or the buffer was
+ * written, the exchanges can no longer be compared in place: tracking starts over here
+ * (with the note of what was counted).
+ */
+static void
+transcript_exchange_check(struct transcript *t, struct journal *j)
+{
+	if (j->owner == t->serial && j->batches == t->batch)
+		return;
+	t->xstart = j->len;
+	t->pvalid = 0;
+	t->xplain = 1;
+	transcript_repeat_note(t, j);
+	t->xstart = j->len;
+	j->owner = t->serial;
+	t->batch = j->batches;
+}
+
+/* Whether two runs of records of n octets are the same but for their times. */
+static int
+transcript_records_same(const char *a, const char *b, size_t n)
+{
+	const char *end = a + n, *nl;
+	size_t len;
+
+	while (a < end) {
+		if ((nl = memchr(a, '\n', (size_t)(end - a))) == NULL)
+			return 0;
+		len = (size_t)(nl - a) + 1;
+		if (len < 28 || memchr(b, '\n', len) != b + len - 1 ||
+		    memcmp(a + 27, b + 27, len - 27) != 0)
+			return 0;
+		a += len;
+		b += len;
+	}
+	return 1;
+}
+
+/*
+ * A reply of the proxy's own has ended: the exchange it closes is kept, or, identical to the
+ * one before it for the REPEAT_KEEP-th time or more, taken back out of the buffer and counted.
+ */
+static void
+transcript_exchange_end(struct transcript *t, struct journal *j)
+{
+	size_t xlen = j->len - t->xstart, i;
+	int small = t->xplain && xlen <= REPEAT_MAX;
+
+	if (small && t->pvalid && t->xstart - t->pstart == xlen &&
+	    transcript_records_same(j->buf + t->pstart, j->buf + t->xstart, xlen)) {
+		if (t->same >= REPEAT_KEEP) {
+			memcpy(t->rtime, j->buf + t->last_rec, 27);
+			j->len = t->xstart;
+			t->repeats++;
+			t->xplain = 1;
+			return;
+		}
+		t->same++;
+	} else {
+		transcript_repeat_note(t, j);
+		t->same = 1;
+	}
+	t->pstart = t->xstart;
+	t->pvalid = small;
+	t->precs = 0;
+	for (i = t->pstart; small && i < j->len; i++)
+		t->precs += j->buf[i] == '\n';
+	t->xstart = j->len;
+	t->xplain = 1;
 }
 
 int
@@ -158,6 +285,7 @@ struct transcript *
 transcript_open(const char *id, const struct timeval *start, const char *client,
                 const char *listener, const char *upstream, char *relpath, size_t relsize)
 {
+	static uint64_t serials;
 	struct transcript *t;
 	struct journal *j;
 	char ts[32];
@@ -170,6 +298,7 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		errno = ENOMEM;
 		return NULL;
 	}
+	t->serial = ++serials;
 	t->day = (long)(start->tv_sec / 86400);
 	t->idlen = strnlen(id, sizeof(t->id) - 1);
 	memcpy(t->id, id, t->idlen);
@@ -183,6 +312,10 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 	transcript_timestamp(start, ts, sizeof(ts));
 	/* Written with the next batch (transcript_sync writes it at once where it must). */
 	transcript_header(t, j, ts, client, listener, upstream);
+	j->owner = t->serial;
+	t->batch = j->batches;
+	t->xstart = j->len;
+	t->xplain = 1;
 	journal_written(j);
 	return t;
 }
@@ -234,8 +367,13 @@ transcript_stamp(struct transcript *t, struct journal *j, const char *now, const
 	size_t i, idlen = t->idlen;
 	char *p;
 
+	transcript_exchange_check(t, j); /* may put a record first */
 	if (transcript_reserve(j, 28 + idlen + 1 + klen + 1 + extra + 1) != 0)
 		return -1;
+	/* Exchanges that may repeat are made of the client's lines, events and our replies. */
+	if (klen != 1 && !(klen == 2 && kind[1] == ':' && (kind[0] == 'C' || kind[0] == 'P')))
+		t->xplain = 0;
+	t->last_rec = j->len;
 	p = j->buf + j->len;
 	memcpy(p, now, 27);
 	p[27] = ' ';
@@ -295,6 +433,9 @@ transcript_data(struct transcript *t, const char *kind, const unsigned char *lin
 	if (t == NULL || (j = transcript_journal(t)) == NULL ||
 	    transcript_record(t, j, transcript_now(), kind, strlen(kind), line, n) != 0)
 		return;
+	/* The last line of a reply of our own ends an exchange ("NNN-" lines go on). */
+	if (kind[0] == 'P' && !(n >= 4 && line[3] == '-'))
+		transcript_exchange_end(t, j);
 	journal_written(j);
 }
 
@@ -409,6 +550,12 @@ transcript_locate(struct transcript *t, char file[16], int64_t *offset)
 {
 	if (t == NULL)
 		return -1;
+	/* The counted repeats are said before the event line (which comes after the records). */
+	if (t->repeats > 0 && transcript_journal(t) != NULL) {
+		transcript_exchange_check(t, t->j);
+		t->xstart = t->j->len;
+		transcript_repeat_note(t, t->j);
+	}
 	/* Its first record still in the buffer: written now, so that the event can say where. */
 	if (t->first.pending)
 		transcript_sync(t);
@@ -425,8 +572,13 @@ transcript_close(struct transcript *t)
 	if (t == NULL)
 		return;
 	/* The records stay in the day's buffer for its next write. */
-	if (t->first.pending && transcript_journal(t) != NULL)
+	if (transcript_journal(t) != NULL) {
+		if (t->repeats > 0) {
+			t->xstart = t->j->len; /* the note goes last */
+			transcript_repeat_note(t, t->j);
+		}
 		journal_unmark(t->j, &t->first);
+	}
 	free(t);
 }
 

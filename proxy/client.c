@@ -91,6 +91,8 @@ client_auth(struct session *s, const unsigned char *line, size_t n, const struct
 	return smtp_auth_visible(line, n, cmd);
 }
 
+static void client_chunk_unended(struct session *s);
+
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
 static void
 client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
@@ -108,8 +110,11 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
 	s->chunk_left = size;
+	s->chunk_last = last;
 	if (size > 0)
 		session_enter_state(s, ST_CHUNK);
+	else if (last)
+		client_chunk_unended(s);
 }
 
 /* Answers a local reply for a command that must not reach the server. */
@@ -183,7 +188,7 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	if (verdict == ACT_DISCONNECT) {
 		p->disconnect = 1;
 		session_enter_state(s, ST_AWAIT);
-	} else if (size > 0) {
+	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
 		s->chunk_left = size;
 		s->chunk_discard = 1;
@@ -314,6 +319,8 @@ client_command(struct session *s, const struct unit *u)
 	int rcpt, verdict;
 
 	smtp_parse_command(u->data, n, &cmd);
+	if (cmd.verb != VERB_BDAT)
+		client_chunk_unended(s);
 	if (client_sasl_late(s, u->data, n, &cmd)) {
 		client_sasl_relay_late(s, u, n);
 		return;
@@ -333,7 +340,8 @@ client_command(struct session *s, const struct unit *u)
 		client_command_refused(s, u, &cmd, verdict, s->outcome.reply);
 		return;
 	}
-	if (cmd.verb == VERB_BDAT && (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))) {
+	if (cmd.verb == VERB_BDAT && s->server_chunking &&
+	    (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY))) {
 		/* CHUNKING is hidden while message rules apply: BDAT would slip past them. */
 		session_warn(s, "BDAT refused: header and body rules can't see chunks");
 		client_command_refused(s, u, &cmd, ACT_REJECT,
@@ -342,6 +350,13 @@ client_command(struct session *s, const struct unit *u)
 	}
 	if (s->outcome.rewritten && cmd.verb != VERB_AUTH)
 		smtp_parse_command(s->outcome.line, s->outcome.len, &cmd);
+	if (cmd.verb == VERB_BDAT && !s->server_chunking) {
+		/* The server would read the chunk as commands: so do we, and it gets none of it. */
+		session_warn(s, "BDAT refused: the server did not offer CHUNKING");
+		client_command_refused(s, u, &cmd, ACT_REJECT,
+		                       "502 5.5.1 BDAT not available: CHUNKING not offered");
+		return;
+	}
 	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
 		client_hold_data(s, u);
 		return;
@@ -537,7 +552,8 @@ client_line_end(const struct unit *u)
 
 /*
  * Under --bare-newline normalize or reject, a bare CR inside a content line ends a line
- * too (SMTP smuggling hides "\r.\r" there): shorten the unit to end at it.
+ * too (SMTP smuggling hides "\r.\r" there): shorten the unit to end at it.  A CR last in a
+ * piece is bare as well: side_next_unit never ends a piece with the CR of a CRLF.
  */
 static void
 client_split_bare_cr(struct unit *u)
@@ -548,10 +564,8 @@ client_split_bare_cr(struct unit *u)
 	if (cr == NULL)
 		return;
 	i = (size_t)(cr - u->data);
-	if (i + 1 == u->len)
-		return; /* CR last in a piece: whether LF follows is not known yet */
 	/* CR LF can only be the line's end: a unit ends at its first LF. */
-	if (u->data[i + 1] != '\n') {
+	if (i + 1 == u->len || u->data[i + 1] != '\n') {
 		u->len = i + 1;
 		u->complete = 1;
 	}
@@ -658,14 +672,53 @@ client_content(struct session *s, const struct unit *u)
 	}
 }
 
+/*
+ * BDAT content that ended mid-line with nothing to continue it (the LAST chunk's end, or a
+ * command after the chunk): its last record had no line end, which the transcript must say.
+ */
+static void
+client_chunk_unended(struct session *s)
+{
+	if (!s->chunk_in_piece)
+		return;
+	s->chunk_in_piece = 0;
+	transcript_event(s->transcript, "bdat content ends without a line end");
+}
+
+/*
+ * Records BDAT content as the lines it happens to hold.  A chunk or a read may end mid-line:
+ * the rest of that line, in the next read or chunk, is then a further piece ("C+"), as for a
+ * line over --max-line, so the records say exactly which octets crossed.
+ */
+static void
+client_chunk_record(struct session *s, const unsigned char *p, size_t take)
+{
+	size_t off = 0;
+	const unsigned char *lf;
+	struct unit u;
+
+	s->client.in_piece = s->chunk_in_piece;
+	while (off < take) {
+		lf = memchr(p + off, '\n', take - off);
+		u.data = p + off;
+		u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
+		u.complete = lf != NULL;
+		side_record(&s->client, &u);
+		off += u.len;
+	}
+	/* The command after the chunk is a record of its own, never a piece. */
+	s->chunk_in_piece = s->client.in_piece;
+	s->client.in_piece = 0;
+}
+
 /* BDAT content: relayed raw; recorded (under body) as the lines it happens to hold. */
 static int
 client_chunk(struct session *s)
 {
 	struct evbuffer *in = side_input(&s->client);
-	size_t avail = evbuffer_get_length(in), take, off = 0;
-	const unsigned char *p, *lf;
-	struct unit u;
+	size_t avail = evbuffer_get_length(in), take;
+	const unsigned char *p;
+	int record = s->px->opts->record == RECORD_BODY;
 
 	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
 	if (take == 0)
@@ -681,21 +734,18 @@ client_chunk(struct session *s)
 		}
 		return 0;
 	}
-	if (s->px->opts->record == RECORD_BODY && (p = evbuffer_pullup(in, (ev_ssize_t)take))) {
-		while (off < take) {
-			lf = memchr(p + off, '\n', take - off);
-			u.data = p + off;
-			u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
-			u.complete = lf != NULL;
-			side_record(&s->client, &u);
-			off += u.len;
-		}
+	if (record && (p = evbuffer_pullup(in, (ev_ssize_t)take)) != NULL) {
+		/* A CR last in a read, with more of the chunk to come, waits for its LF. */
+		if (take < s->chunk_left && p[take - 1] == '\r' && --take == 0)
+			return 0;
+		client_chunk_record(s, p, take);
 	}
 	side_forward(&s->client, take);
 	s->chunk_left -= take;
 	if (s->chunk_left > 0)
 		return 0;
-	s->client.in_piece = 0;
+	if (s->chunk_last)
+		client_chunk_unended(s);
 	session_enter_state(s, ST_COMMAND);
 	return 1;
 }
@@ -865,6 +915,9 @@ relay_client_units(struct session *s)
 		case ST_CLOSING:
 			return;
 		default:
+			/* Lines may bring replies of our own: not while the client takes none. */
+			if (session_client_full(s))
+				return;
 			if (s->state == ST_MESSAGE && client_content_run(s) > 0)
 				break;
 			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
@@ -891,6 +944,7 @@ relay_client_secured(struct session *s)
 	free(s->helo);
 	s->helo = NULL;
 	s->tx = NULL;
+	s->server_chunking = 0; /* offered again only in the reply to a new EHLO */
 	session_enter_state(s, ST_COMMAND);
 	/* The server must forget too: a transaction begun in clear does not go on in TLS. */
 	if (!relay_no_server(s))
@@ -918,5 +972,7 @@ relay_client_gone(struct session *s)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 		return;
 	}
-	/* Commands are pending (a QUIT, say): their replies still go to the client. */
+	/* Commands are pending (a QUIT, say): their replies still go to the client, and the
+	 * server hears of the EOF (PITFALLS 9, 17). */
+	session_client_eof(s);
 }

@@ -51,6 +51,14 @@ ehlo_offers(const unsigned char *reply, size_t len, const char *keyword)
 	return 0;
 }
 
+int
+ehlo_line_is(const unsigned char *line, size_t len, const char *keyword)
+{
+	struct ehlo_line l = {line, len};
+
+	return ehlo_keyword_is(&l, keyword);
+}
+
 static int
 ehlo_removed(const struct ehlo_line *l, const struct ehlo_policy *pol)
 {

@@ -32,5 +32,7 @@ unsigned long long ehlo_size(const unsigned char *reply, size_t len);
 
 /* Whether the EHLO reply offers keyword (any case). */
 int ehlo_offers(const unsigned char *reply, size_t len, const char *keyword);
+/* Whether one line of an EHLO reply (not its first) is the extension keyword (any case). */
+int ehlo_line_is(const unsigned char *line, size_t len, const char *keyword);
 
 #endif

@@ -7,6 +7,7 @@
 
 #include "filters/scopes.h"
 #include "logs/escape.h"
+#include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
@@ -68,9 +69,12 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 
 	transcript_event(s->transcript, "rule %s:%u %s%s scope=%s %s%s%s%s%s%s%s%s", h->file,
 	                 h->line, rules_action_name(h->action),
-	                 h->failed ? " (failed, skipped)" : "", rules_scope_name(h->scope),
-	                 hidden ? "(line not recorded)" : "line=\"", orig != NULL ? orig : "",
-	                 hidden ? "" : "\"", repl != NULL ? " sent=\"" : "", repl != NULL ? repl : "",
+	                 !h->failed            ? ""
+	                 : s->outcome.tempfail ? " (failed, answered 451)"
+	                                       : " (failed, skipped)",
+	                 rules_scope_name(h->scope), hidden ? "(line not recorded)" : "line=\"",
+	                 orig != NULL ? orig : "", hidden ? "" : "\"",
+	                 repl != NULL ? " sent=\"" : "", repl != NULL ? repl : "",
 	                 repl != NULL ? "\"" : "", text != NULL ? " text=" : "",
 	                 text != NULL ? text : "");
 	free(orig);
@@ -80,6 +84,24 @@ filter_record_hit(struct session *s, const struct rule_hit *h)
 		s->rule_hits[h->rule]++;
 	if (h->action == ACT_WARN || h->failed)
 		s->warnings++;
+}
+
+/*
+ * A rule that could not be evaluated: a warning in the transcript, and in the log once per
+ * session (a client can send a hostile line a thousand times; the operator needs to hear of
+ * it once, with the rule to fix).
+ */
+static void
+filter_failed(struct session *s, const struct rule_hit *h)
+{
+	const char *what = s->outcome.tempfail ? "line answered 451 4.3.0" : "rule skipped";
+
+	session_warn(s, "rule %s:%u could not be evaluated (%s): %s", h->file, h->line,
+	             h->text != NULL ? h->text : "error", what);
+	s->warnings--; /* filter_record_hit counted it already */
+	if (s->rule_failures++ == 0)
+		log_warnx("session=%s rule %s:%u could not be evaluated (%s): %s", s->id, h->file,
+		          h->line, h->text != NULL ? h->text : "error", what);
 }
 
 /* Records the hits of the last evaluation; the verdict, or -1 (session closed) on ENOMEM. */
@@ -92,8 +114,11 @@ filter_record(struct session *s, int v)
 		session_close(s, "error");
 		return -1;
 	}
-	for (i = 0; i < s->outcome.nhits; i++)
+	for (i = 0; i < s->outcome.nhits; i++) {
 		filter_record_hit(s, &s->outcome.hits[i]);
+		if (s->outcome.hits[i].failed)
+			filter_failed(s, &s->outcome.hits[i]);
+	}
 	return v;
 }
 
@@ -150,13 +175,11 @@ filter_client(struct session *s)
 	return 1;
 }
 
+
 int
 filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
             const unsigned char *line, size_t len)
 {
-	size_t i;
-	int v;
-
 	if (s->rules == NULL) {
 		rule_outcome_reset(&s->outcome);
 		s->outcome.verdict = ACT_NONE;
@@ -164,14 +187,7 @@ filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
 		s->outcome.len = len;
 		return ACT_NONE;
 	}
-	v = rules_apply(s->rules, scopes, nscopes, line, len, &s->outcome);
-	if (v < 0) {
-		session_close(s, "error");
-		return -1;
-	}
-	for (i = 0; i < s->outcome.nhits; i++)
-		filter_record_hit(s, &s->outcome.hits[i]);
-	return v;
+	return filter_record(s, rules_apply(s->rules, scopes, nscopes, line, len, &s->outcome));
 }
 
 json_t *

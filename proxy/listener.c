@@ -7,6 +7,9 @@
 #include "proxy/listener.h"
 
 #include <errno.h>
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +17,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/util.h>
@@ -25,6 +29,8 @@
 #include "proxy/session.h"
 
 #define ACCEPT_PAUSE_MSECS 500
+/* Local addresses of our own upstream connections found to come back to us (see below). */
+#define LOOP_RING 32
 
 struct listener {
 	SLIST_ENTRY(listener) entry;
@@ -33,10 +39,194 @@ struct listener {
 	struct event *resume;
 	int implicit_tls;
 	unsigned worker; /* the worker slot that accepts on it */
+	struct sockaddr_storage ss; /* the bound address */
 	char name[64];
 };
 
 static SLIST_HEAD(, listener) listeners = SLIST_HEAD_INITIALIZER(listeners);
+
+/*
+ * An upstream connection that comes back to us is refused by its session when it connects;
+ * the session our listener accepted from it must not connect upstream in turn (each would
+ * make the next, without end).  The upstream socket's local address goes here, and the
+ * listener closes a client from that address at once.
+ */
+struct loop_pair {
+	struct sockaddr_storage local, peer; /* a connection is known by both ends */
+};
+static struct loop_pair loop_ring[LOOP_RING];
+static unsigned loop_next, loop_count;
+
+/* Same family, address and port. */
+static int
+listener_same_addr(const struct sockaddr *a, const struct sockaddr *b, int port_too)
+{
+	const struct sockaddr_in *a4 = (const void *)a, *b4 = (const void *)b;
+	const struct sockaddr_in6 *a6 = (const void *)a, *b6 = (const void *)b;
+
+	if (a->sa_family != b->sa_family)
+		return 0;
+	if (a->sa_family == AF_INET)
+		return a4->sin_addr.s_addr == b4->sin_addr.s_addr &&
+		       (!port_too || a4->sin_port == b4->sin_port);
+	if (a->sa_family == AF_INET6)
+		return memcmp(&a6->sin6_addr, &b6->sin6_addr, sizeof(a6->sin6_addr)) == 0 &&
+		       (!port_too || a6->sin6_port == b6->sin6_port);
+	return 0;
+}
+
+static int
+listener_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return -1;
+}
+
+/* 0.0.0.0 or [::]: the listener takes every local address. */
+static int
+listener_wildcard(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+	return sa->sa_family == AF_INET6 &&
+	       IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+}
+
+/*
+ * Whether sa is an address of this host: loopback; else, on a connected socket fd, the kernel
+ * picked sa itself as the source (as it does for a connection to one of its own addresses);
+ * else (at start, fd -1) an address of an interface.
+ */
+static int
+listener_local(const struct sockaddr *sa, int fd)
+{
+	struct sockaddr_storage me;
+	socklen_t len = sizeof(me);
+	struct ifaddrs *ifa, *i;
+	int found = 0;
+
+	if (sa->sa_family == AF_INET &&
+	    (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127)
+		return 1;
+	if (sa->sa_family == AF_INET6 &&
+	    IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr))
+		return 1;
+	if (fd == -2) /* loopback only */
+		return 0;
+	if (fd >= 0)
+		return getsockname(fd, (struct sockaddr *)&me, &len) == 0 &&
+		       listener_same_addr((struct sockaddr *)&me, sa, 0);
+	if (getifaddrs(&ifa) != 0)
+		return 0;
+	for (i = ifa; i != NULL && !found; i = i->ifa_next)
+		found = i->ifa_addr != NULL && listener_same_addr(i->ifa_addr, sa, 0);
+	freeifaddrs(ifa);
+	return found;
+}
+
+const char *
+listener_serving(const struct sockaddr *sa, int fd)
+{
+	struct listener *l;
+	int port = listener_port(sa);
+
+	SLIST_FOREACH(l, &listeners, entry) {
+		const struct sockaddr *ls = (const struct sockaddr *)&l->ss;
+
+		if (ls->sa_family != sa->sa_family || listener_port(ls) != port)
+			continue;
+		if (listener_same_addr(ls, sa, 1) || (listener_wildcard(ls) && listener_local(sa, fd)))
+			return l->name;
+	}
+	return NULL;
+}
+
+void
+listener_loop_note(int fd)
+{
+	struct loop_pair p;
+	socklen_t len = sizeof(p.local), plen = sizeof(p.peer);
+
+	if (getsockname(fd, (struct sockaddr *)&p.local, &len) != 0 ||
+	    getpeername(fd, (struct sockaddr *)&p.peer, &plen) != 0)
+		return;
+	loop_ring[loop_next] = p;
+	loop_next = (loop_next + 1) % LOOP_RING;
+	if (loop_count < LOOP_RING)
+		loop_count++;
+}
+
+/*
+ * Whether the accepted connection fd from sa is the connection (local, peer) seen from the
+ * other end.  Two sockets may share a local address and port when their peers differ, so
+ * both ends are compared (the accepted socket's own address only when the rest matches).
+ */
+static int
+listener_same_conn(const struct sockaddr *local, const struct sockaddr *peer,
+                   const struct sockaddr *sa, int fd)
+{
+	struct sockaddr_storage me;
+	socklen_t len = sizeof(me);
+
+	return listener_same_addr(local, sa, 1) &&
+	       getsockname(fd, (struct sockaddr *)&me, &len) == 0 &&
+	       listener_same_addr(peer, (struct sockaddr *)&me, 1);
+}
+
+/* How many of the newest sessions a client from a local address is compared with. */
+#define LOOP_NEWEST 64
+TAILQ_HEAD(listener_sessions, session); /* the layout of struct proxy's session list */
+
+/*
+ * A client from this host may be the upstream connection of one of our own sessions that is
+ * still connecting (its connection completes as we accept it, before it can look): found by
+ * the socket addresses, both are refused.  Only the newest sessions can still be connecting.
+ */
+static int
+listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_fd)
+{
+	struct listener_sessions *list = (struct listener_sessions *)&l->px->sessions;
+	struct sockaddr_storage me, them;
+	struct session *s;
+	socklen_t len, tlen;
+	int n = 0, fd;
+
+	if (!listener_same_addr(sa, (struct sockaddr *)&l->ss, 0) && !listener_local(sa, -2))
+		return 0;
+	for (s = TAILQ_LAST(list, listener_sessions); s != NULL && n < LOOP_NEWEST;
+	     s = TAILQ_PREV(s, listener_sessions, entry), n++) {
+		if (s->state > ST_GREETING || s->closing ||
+		    (fd = bufferevent_getfd(s->server.bev)) < 0)
+			continue;
+		len = sizeof(me);
+		tlen = sizeof(them);
+		if (getsockname(fd, (struct sockaddr *)&me, &len) == 0 &&
+		    listener_same_addr((struct sockaddr *)&me, sa, 1) &&
+		    getpeername(fd, (struct sockaddr *)&them, &tlen) == 0 &&
+		    listener_same_conn((struct sockaddr *)&me, (struct sockaddr *)&them, sa,
+		                       client_fd)) {
+			session_refuse_loop(s, l->name);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* A client that is one of our own upstream connections: taken off the ring when found. */
+static int
+listener_loop_seen(const struct sockaddr *sa, int fd)
+{
+	for (unsigned i = 0; i < loop_count; i++)
+		if (listener_same_conn((struct sockaddr *)&loop_ring[i].local,
+		                       (struct sockaddr *)&loop_ring[i].peer, sa, fd)) {
+			memset(&loop_ring[i], 0, sizeof(loop_ring[i]));
+			return 1;
+		}
+	return 0;
+}
 
 /* Turns a client away: the 421 goes out in one write on a fresh socket, then close. */
 static void
@@ -63,6 +253,10 @@ listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockad
 	char client[64];
 
 	(void)lev;
+	if ((loop_count > 0 && listener_loop_seen(sa, fd)) || listener_loop_client(l, sa, fd)) {
+		evutil_closesocket(fd);
+		return;
+	}
 	if (proxy_session_admit(px) != 0) {
 		addr_format(sa, client, sizeof(client));
 		listener_refuse(px, fd, client);
@@ -133,35 +327,110 @@ listener_bind(struct proxy *px, struct sockaddr_storage *ss, int len, int implic
 	return l;
 }
 
-int
-listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned workers)
+/* Binds one address, one socket per worker; -1 with the reason in err. */
+static int
+listener_add_one(struct proxy *px, const struct sockaddr *sa, socklen_t salen, int implicit_tls,
+                 unsigned workers, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
-	int len = sizeof(ss);
+	int len = (int)salen;
 	socklen_t bound_len = sizeof(ss);
 	struct listener *l = NULL;
 	unsigned w;
+	char text[64];
 
 	memset(&ss, 0, sizeof(ss));
-	if (evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) != 0) {
-		errno = EINVAL;
-		return -1;
-	}
+	memcpy(&ss, sa, salen);
 	for (w = 0; w < workers; w++) {
-		if ((l = listener_bind(px, &ss, len, implicit_tls, w, workers > 1)) == NULL)
+		if ((l = listener_bind(px, &ss, len, implicit_tls, w, workers > 1)) == NULL) {
+			addr_format(sa, text, sizeof(text));
+			snprintf(err, errlen, "bind %s: %s", text, strerror(errno));
 			return -1;
+		}
 		/* Port 0 picks a port: the other workers' sockets take the same one. */
 		if (w == 0 && getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&ss,
-		                          &bound_len) != 0)
+		                          &bound_len) != 0) {
+			snprintf(err, errlen, "getsockname: %s", strerror(errno));
 			return -1;
+		}
+		l->ss = ss;
 		addr_format((struct sockaddr *)&ss, l->name, sizeof(l->name));
 		/* Accepted sockets inherit TCP_NODELAY: one call here, not one per session. */
 		if (session_nodelay(evconnlistener_get_fd(l->lev)) != 0)
 			log_warn("listening on %s: TCP_NODELAY", l->name);
 	}
-	if (l != NULL)
-		log_info("listening on %s%s", l->name, implicit_tls ? " (implicit TLS)" : "");
 	return 0;
+}
+
+/* The list holds the newest first: the oldest is logged first. */
+static void
+listener_log_from(struct listener *l)
+{
+	if (l == NULL)
+		return;
+	listener_log_from(SLIST_NEXT(l, entry));
+	if (l->worker == 0)
+		log_info("listening on %s%s", l->name, l->implicit_tls ? " (implicit TLS)" : "");
+}
+
+void
+listener_log_all(void)
+{
+	listener_log_from(SLIST_FIRST(&listeners));
+}
+
+static int
+listener_listed_before(const struct addrinfo *res, const struct addrinfo *ai)
+{
+	for (; res != ai; res = res->ai_next)
+		if (listener_same_addr(res->ai_addr, ai->ai_addr, 1))
+			return 1;
+	return 0;
+}
+
+/*
+ * A name is resolved once, here (getaddrinfo, at start-up), and every address it has is
+ * bound: "localhost" is both 127.0.0.1 and [::1], as with sshd's ListenAddress.
+ */
+int
+listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned workers, char *err,
+             size_t errlen)
+{
+	struct addrinfo hints, *res, *ai;
+	char *host, *port;
+	const char *why;
+	int rc, bound = 0;
+
+	if (options_split_hostport(addr, &host, &port, &why) != 0) {
+		snprintf(err, errlen, "%s", why);
+		return -1;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	rc = getaddrinfo(host, port, &hints, &res);
+	if (rc != 0) {
+		snprintf(err, errlen, "cannot resolve %s: %s", host, gai_strerror(rc));
+		free(host);
+		free(port);
+		return -1;
+	}
+	for (ai = res, rc = 0; ai != NULL && rc == 0; ai = ai->ai_next) {
+		if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+			continue;
+		if (listener_listed_before(res, ai)) /* getaddrinfo may give one twice */
+			continue;
+		if ((rc = listener_add_one(px, ai->ai_addr, ai->ai_addrlen, implicit_tls, workers,
+		                           err, errlen)) == 0)
+			bound++;
+	}
+	freeaddrinfo(res);
+	free(host);
+	free(port);
+	if (rc == 0 && bound == 0)
+		snprintf(err, errlen, "%s: no IPv4 or IPv6 address", addr);
+	return rc == 0 && bound > 0 ? 0 : -1;
 }
 
 /* In a worker: let go of the other workers' sockets (the supervisor keeps them all). */

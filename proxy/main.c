@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <netdb.h>
+
 #include <event2/dns.h>
 #include <event2/event.h>
 
@@ -24,6 +26,7 @@
 #include "proxy/addr.h"
 #include "proxy/checkconf.h"
 #include "proxy/listener.h"
+#include "proxy/metrics.h"
 #include "proxy/notify.h"
 #include "proxy/options.h"
 #include "proxy/pidfile.h"
@@ -37,6 +40,8 @@
 #define FDS_PER_SESSION 2
 
 static struct proxy proxy;
+/* What existed before smtptap started: --user takes over only what smtptap created. */
+static int log_dir_existed, events_existed;
 
 static void
 shutdown_cb(evutil_socket_t sig, short what, void *arg)
@@ -109,6 +114,17 @@ hup_cb(evutil_socket_t sig, short what, void *arg)
 	reload_all(arg);
 }
 
+/* --check-rules anywhere on a command line: the --rules files, then the other arguments. */
+static int
+check_rules(const struct options *o)
+{
+	const char *argv[sizeof(o->rules) / sizeof(o->rules[0]) + 1];
+
+	argv[0] = "--check-rules";
+	memcpy(argv + 1, o->rules, (size_t)o->nrules * sizeof(o->rules[0]));
+	return rules_check_main(o->nrules + 1, (char **)argv);
+}
+
 /* Raises the descriptor limit to what --max-sessions needs, as far as allowed. */
 static void
 raise_fd_limit(unsigned max_sessions)
@@ -135,7 +151,9 @@ static void
 open_outputs(struct options *o)
 {
 	static char events_default[4096];
+	struct stat st;
 
+	log_dir_existed = stat(o->log_dir, &st) == 0;
 	if (transcript_init(proxy.base, o->log_dir, o->keep_days) != 0)
 		fatal("log directory %s", o->log_dir);
 	if (o->events_off)
@@ -144,34 +162,92 @@ open_outputs(struct options *o)
 		snprintf(events_default, sizeof(events_default), "%s/events.jsonl", o->log_dir);
 		o->events = events_default;
 	}
+	events_existed = strcmp(o->events, "-") == 0 || stat(o->events, &st) == 0;
 	if (events_open(proxy.base, o->events) != 0)
 		fatal("events file %s", o->events);
 	events_before_write(journal_flush_all);
+}
+
+/*
+ * After dropping root: what the user must write (exit 1 when it can't: nothing would be
+ * recorded) and what SIGHUP re-reads (a warning: the reload would fail, not the start).
+ */
+static void
+check_user_access(const struct options *o)
+{
+	int i;
+
+	if (!o->no_transcripts && access(o->log_dir, W_OK | X_OK) != 0)
+		fatal("log directory %s existed and %s cannot write there (smtptap changes the "
+		      "owner of a directory it creates, only)",
+		      o->log_dir, o->user);
+	if (o->events != NULL && strcmp(o->events, "-") != 0 && access(o->events, W_OK) != 0)
+		fatal("events file %s existed and %s cannot write it", o->events, o->user);
+	for (i = 0; i < o->nrules; i++)
+		if (access(o->rules[i], R_OK) != 0)
+			log_warn("--rules %s: %s cannot read it, so SIGHUP cannot reload it", o->rules[i],
+			         o->user);
+	if (o->tls_cert != NULL && access(o->tls_cert, R_OK) != 0)
+		log_warn("--tls-cert %s: %s cannot read it, so SIGHUP cannot reload it",
+		         o->tls_cert, o->user);
+	if (o->tls_key != NULL && access(o->tls_key, R_OK) != 0)
+		log_warn("--tls-key %s: %s cannot read it, so SIGHUP cannot reload it", o->tls_key,
+		         o->user);
 }
 
 /* --user: after the listeners are bound, root goes for good (setgroups, setgid, setuid). */
 static void
 drop_privileges(const struct options *o)
 {
-	struct passwd *pw;
+	uid_t uid = (uid_t)o->user_uid;
+	gid_t gid = (gid_t)o->user_gid;
 
 	if (o->user == NULL) {
 		if (geteuid() == 0)
 			log_warnx("running as root: consider --user");
 		return;
 	}
-	if ((pw = getpwnam(o->user)) == NULL)
-		fatalx("--user %s: no such user", o->user);
-	if (transcript_chown_dir(pw->pw_uid, pw->pw_gid) != 0)
+	if (!log_dir_existed && transcript_chown_dir(uid, gid) != 0)
 		fatal("log directory %s: chown to %s", o->log_dir, o->user);
-	if (o->events != NULL && strcmp(o->events, "-") != 0 &&
-	    chown(o->events, pw->pw_uid, pw->pw_gid) != 0)
+	if (!events_existed && o->events != NULL && chown(o->events, uid, gid) != 0)
 		fatal("events file %s: chown to %s", o->events, o->user);
-	if (setgroups(1, &pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+	if (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
 		fatal("dropping privileges to %s", o->user);
-	if (pw->pw_uid != 0 && (setuid(0) == 0 || geteuid() == 0))
+	if (uid != 0 && (setuid(0) == 0 || geteuid() == 0))
 		fatalx("dropping privileges to %s: root could be regained", o->user);
-	log_info("running as %s (uid %u)", o->user, (unsigned)pw->pw_uid);
+	check_user_access(o);
+	log_info("running as %s (uid %u)", o->user, (unsigned)uid);
+}
+
+/*
+ * --upstream one of our own listeners would loop until --max-sessions is full.  A numeric
+ * address is checked here; a name when it is resolved, per session (DNS may change, and the
+ * start does not wait on a resolver): session_upstream_connected refuses it with 421 4.3.0.
+ */
+static void
+check_upstream_not_us(const struct proxy *px, const struct options *o)
+{
+	const char *l;
+
+	if (px->upstream_salen == 0)
+		return;
+	if ((l = listener_serving((const struct sockaddr *)&px->upstream_sa, -1)) == NULL)
+		return;
+	fprintf(stderr, "smtptap: --upstream %s: that is smtptap's own listener %s\n", o->upstream,
+	        l);
+	exit(2);
+}
+
+/* Start-up lines so that nobody looks in vain for what is not recorded. */
+static void
+log_not_recorded(const struct options *o)
+{
+	if (o->no_transcripts || o->events_off)
+		log_info("not recording:%s%s", o->no_transcripts ? " no transcripts" : "",
+		         o->events_off ? " no events" : "");
+	if (o->tls_mode == TLS_PASSTHROUGH)
+		log_info("no --tls-cert: a session that uses STARTTLS is relayed unrecorded after it "
+		         "(most clients do; --tls-cert records them)");
 }
 
 static void
@@ -199,7 +275,12 @@ upstream_prepare(struct proxy *px, const struct options *o)
 	px->upstream_text = escape_strdup((const unsigned char *)o->upstream, strlen(o->upstream));
 	if (px->upstream_text == NULL)
 		fatalx("out of memory");
-	/* PITFALLS 20: a server that trusts its own host would relay for every client. */
+}
+
+/* PITFALLS 20: a server that trusts its own host would relay for every client. */
+static void
+warn_identity_hidden(const struct options *o)
+{
 	if (o->forward_client == FORWARD_NONE && addr_host_is_local(o->upstream_host))
 		log_warnx("--upstream %s is on this host and --forward-client is none: the server "
 		          "sees every client as the proxy's own address (an open relay if it trusts "
@@ -235,10 +316,9 @@ int
 main(int argc, char **argv)
 {
 	static struct options opts;
+	char err[512];
 	int i;
 
-	if (argc > 1 && strcmp(argv[1], "--check-rules") == 0)
-		return rules_check_main(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
 		return rules_trial_main(argc - 1, argv + 1);
 	i = options_build(argc, argv, &opts, stderr);
@@ -246,6 +326,8 @@ main(int argc, char **argv)
 		return checkconf_main(&opts, i);
 	if (i > 0)
 		return 2;
+	if (opts.check_rules)
+		return check_rules(&opts);
 	log_init(opts.use_syslog, opts.verbose);
 	log_set_level(opts.log_level);
 	notify_init();
@@ -260,6 +342,7 @@ main(int argc, char **argv)
 	 */
 	if ((proxy.base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
+	log_set_base(proxy.base);
 	upstream_prepare(&proxy, &opts);
 	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
 		fatalx("rule files have errors");
@@ -268,19 +351,22 @@ main(int argc, char **argv)
 	if (tls_init(&opts) != 0)
 		fatalx("TLS set-up failed (certificate, key or CA file)");
 	for (i = 0; i < opts.nlisten; i++)
-		if (listener_add(&proxy, opts.listen[i], 0, opts.workers) != 0)
-			fatal("--listen %s", opts.listen[i]);
+		if (listener_add(&proxy, opts.listen[i], 0, opts.workers, err, sizeof(err)) != 0)
+			fatalx("--listen %s: %s", opts.listen[i], err);
 	for (i = 0; i < opts.nlisten_tls; i++)
-		if (listener_add(&proxy, opts.listen_tls[i], 1, opts.workers) != 0)
-			fatal("--listen-tls %s", opts.listen_tls[i]);
+		if (listener_add(&proxy, opts.listen_tls[i], 1, opts.workers, err, sizeof(err)) != 0)
+			fatalx("--listen-tls %s: %s", opts.listen_tls[i], err);
+	check_upstream_not_us(&proxy, &opts);
+	warn_identity_hidden(&opts);
+	listener_log_all();
+	if (opts.metrics != NULL && metrics_init(&proxy, opts.metrics, opts.workers) != 0)
+		fatal("--metrics %s", opts.metrics);
 	signal(SIGPIPE, SIG_IGN);
 	if (opts.pid_file != NULL && pidfile_open(opts.pid_file) != 0)
 		fatal("--pid-file %s", opts.pid_file);
 	drop_privileges(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
-	if (opts.no_transcripts || opts.events_off) /* so that nobody looks for them in vain */
-		log_info("not recording:%s%s", opts.no_transcripts ? " no transcripts" : "",
-		         opts.events_off ? " no events" : "");
+	log_not_recorded(&opts);
 	if (opts.workers == 1 || workers_run(&proxy, opts.workers, reload_all) == WORKERS_IN_WORKER)
 		serve(&proxy);
 	log_info("exiting");
@@ -288,10 +374,12 @@ main(int argc, char **argv)
 	if (proxy.grace_timer != NULL)
 		event_free(proxy.grace_timer);
 	listener_close_all();
+	metrics_free();
 	transcript_shutdown();
 	tls_cleanup();
 	rules_free(proxy.rules);
 	events_close();
+	log_set_base(NULL);
 	event_base_free(proxy.base);
 	free(proxy.upstream_text);
 	return 0;

@@ -7,11 +7,14 @@
 #include <netdb.h>
 #include <limits.h>
 #include <setjmp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <netinet/in.h>
 
@@ -60,6 +63,8 @@ enum {
 	OPT_CHECK_CONFIG,
 	OPT_PID_FILE,
 	OPT_LOG_LEVEL,
+	OPT_CHECK_RULES,
+	OPT_METRICS,
 	OPT_KEEP_DAYS,
 };
 
@@ -96,11 +101,13 @@ static const struct option long_options[] = {
     {"accept-proxy", required_argument, NULL, OPT_ACCEPT_PROXY},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
+    {"check-rules", no_argument, NULL, OPT_CHECK_RULES},
     {"version", no_argument, NULL, OPT_VERSION},
     {"config", required_argument, NULL, 'c'},
     {"check-config", no_argument, NULL, OPT_CHECK_CONFIG},
     {"pid-file", required_argument, NULL, OPT_PID_FILE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {"keep-days", required_argument, NULL, OPT_KEEP_DAYS},
     {NULL, 0, NULL, 0},
 };
@@ -150,7 +157,8 @@ static const char usage_text[] =
     "  --check-config [-c FILE] [options]  check everything and exit (1 on any problem)\n"
     "  --pid-file FILE          the process id, written once started, removed at exit\n"
     "  --log-level error|warning|info|debug  the program's own log (default info)\n"
-    "  --help, --version\n";
+    "  --metrics ADDR:PORT      Prometheus metrics at http://ADDR:PORT/metrics (default off)\n"
+    "  -h, --help, --version\n";
 
 static FILE *options_err;         /* where problems go (options_build's err) */
 static const char *options_where; /* "FILE:LINE" of the file's setting being applied */
@@ -592,8 +600,13 @@ options_one(struct options *o, int ch, const char *arg)
 	case OPT_CHECK_CONFIG:
 	case OPT_PID_FILE:
 	case OPT_LOG_LEVEL:
+	case OPT_METRICS:
 		options_service(o, ch, arg);
 		break;
+	case OPT_CHECK_RULES:
+		o->check_rules = 1;
+		break;
+	case 'h':
 	case OPT_HELP:
 		fputs(usage_text, stdout);
 		exit(0);
@@ -601,6 +614,106 @@ options_one(struct options *o, int ch, const char *arg)
 		print_version();
 		exit(0);
 	}
+}
+
+/* Edit distance between a and the first n octets of b (both short: option names). */
+static size_t
+options_distance(const char *a, const char *b, size_t n)
+{
+	size_t la = strlen(a), row[64], i, j, diag, up;
+
+	if (la >= sizeof(row) / sizeof(row[0]) || n >= sizeof(row) / sizeof(row[0]))
+		return SIZE_MAX;
+	for (j = 0; j <= n; j++)
+		row[j] = j;
+	for (i = 1; i <= la; i++) {
+		diag = row[0];
+		row[0] = i;
+		for (j = 1; j <= n; j++) {
+			up = row[j];
+			row[j] = a[i - 1] == b[j - 1] ? diag : 1 + (diag < up ? diag : up);
+			if (row[j - 1] + 1 < row[j])
+				row[j] = row[j - 1] + 1;
+			diag = up;
+		}
+	}
+	return row[n];
+}
+
+/* An unknown long option: one line, with the closest known one when it is close (git's way). */
+static void __attribute__((noreturn))
+options_unknown(const char *arg)
+{
+	const char *name = arg + 2, *eq = strchr(name, '='), *best = NULL;
+	size_t n = eq != NULL ? (size_t)(eq - name) : strlen(name), d, best_d = SIZE_MAX;
+	const struct option *opt;
+	char hint[128];
+	int prefixed = 0;
+
+	for (opt = long_options; opt->name != NULL; opt++)
+		prefixed += strncmp(opt->name, name, n) == 0;
+	if (prefixed > 1 && n > 0)
+		options_die(arg, "ambiguous option (more than one starts so)", NULL);
+	for (opt = long_options; opt->name != NULL; opt++) {
+		if (strlen(opt->name) == n && strncmp(opt->name, name, n) == 0) {
+			options_die(arg, opt->has_arg == no_argument ? "takes no value"
+			                                             : "unexpected value",
+			            NULL);
+		}
+		if ((d = options_distance(opt->name, name, n)) < best_d) {
+			best_d = d;
+			best = opt->name;
+		}
+	}
+	/* Up to a third of the name mistyped, and at least one slip allowed. */
+	if (best != NULL && best_d <= (n / 3 > 1 ? n / 3 : 1) + (n > 4)) {
+		snprintf(hint, sizeof(hint), "unknown option (did you mean --%s?)", best);
+		options_die(arg, hint, NULL);
+	}
+	options_die(arg, "unknown option (smtptap --help lists them)", NULL);
+}
+
+/* --user: looked up now, so that a wrong name stops smtptap before it binds anything. */
+static void
+options_user(struct options *o)
+{
+	struct passwd *pw;
+
+	if (o->user == NULL)
+		return;
+	errno = 0;
+	if ((pw = getpwnam(o->user)) == NULL) { /* a start-up failure (1), not a bad value (2) */
+		fprintf(stderr, "smtptap: --user %s: %s\n", o->user,
+		        errno != 0 ? strerror(errno) : "no such user");
+		exit(1);
+	}
+	o->user_uid = pw->pw_uid;
+	o->user_gid = pw->pw_gid;
+}
+
+/* --check-rules, wherever it stands: the rule files are the --rules ones and the arguments. */
+static void
+options_check_mode(int argc, char **argv, struct options *o)
+{
+	for (; optind < argc; optind++) {
+		if (o->nrules == (int)(sizeof(o->rules) / sizeof(o->rules[0])))
+			options_die("--check-rules", "too many rule files", NULL);
+		o->rules[o->nrules++] = argv[optind];
+	}
+}
+
+/* --metrics: a numeric ADDR:PORT (nothing is resolved), as evhttp will bind it. */
+static void
+options_metrics(struct options *o, const char *arg)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (evutil_parse_sockaddr_port(arg, (struct sockaddr *)&ss, &len) != 0 ||
+	    ((struct sockaddr_in *)&ss)->sin_port == 0) /* same place in sockaddr_in6 */
+		options_die("--metrics", "expected a numeric ADDR:PORT, not", arg);
+	o->metrics = arg;
 }
 
 /* The service options (issue 18): --config, --check-config, --pid-file, --log-level. */
@@ -628,14 +741,21 @@ options_service(struct options *o, int ch, const char *arg)
 		                            "expected error, warning, info or debug, not");
 		o->verbose = o->log_level == LOG_LEVEL_DEBUG;
 		break;
+	case OPT_METRICS:
+		options_metrics(o, arg);
+		break;
 	}
 }
 
 static int options_errors;
 
-/* Applies one option; a problem is written and counted, and parsing goes on. */
+/*
+ * Applies one option; a problem is written and counted, and parsing goes on.  (The arguments
+ * are volatile for gcc's -Wclobbered, which a build without -flto, Debian's, turns on.)
+ */
 static void
-options_try(struct options *o, int ch, const char *arg, const char *where)
+options_try(struct options *volatile o, volatile int ch, const char *volatile arg,
+            const char *where)
 {
 	jmp_buf jb;
 
@@ -654,7 +774,8 @@ options_try(struct options *o, int ch, const char *arg, const char *where)
 static int
 options_lookup(const char *name, int *has_arg)
 {
-	static const char *const not_in_file[] = {"config", "check-config", "help", "version", NULL};
+	static const char *const not_in_file[] = {"config", "check-config", "check-rules", "help",
+	                                          "version", NULL};
 
 	for (int i = 0; not_in_file[i] != NULL; i++)
 		if (strcmp(name, not_in_file[i]) == 0)
@@ -720,6 +841,8 @@ options_finish(struct options *o)
 		return;
 	}
 	options_jmp = &jb;
+	if (!o->check_config)
+		options_user(o); /* an unknown user stops smtptap before anything is bound */
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
 	options_check_tls(o);
@@ -762,8 +885,11 @@ options_build(int argc, char **argv, struct options *o, FILE *err)
 		if ((o->config = config_read(o->config_file, err, &options_errors)) != NULL)
 			options_apply_file(o, o->config, err);
 	}
-	while ((ch = getopt_long(argc, argv, ":vc:", long_options, NULL)) != -1) {
-		if (ch == '?') {
+	opterr = 0;
+	while ((ch = getopt_long(argc, argv, ":vhc:", long_options, NULL)) != -1) {
+		if (ch == '?' && strncmp(argv[optind - 1], "--", 2) == 0) {
+			options_unknown(argv[optind - 1]); /* exits 2, with the closest option */
+		} else if (ch == '?') {
 			fprintf(err, "smtptap: %s: unknown option\n",
 			        optopt ? (char[]){'-', (char)optopt, '\0'} : argv[optind - 1]);
 			options_errors++;
@@ -774,6 +900,12 @@ options_build(int argc, char **argv, struct options *o, FILE *err)
 			options_cmdline_list(o, ch, &seen);
 			options_try(o, ch, optarg, NULL);
 		}
+	}
+	if (o->check_rules) {
+		/* --check-rules, wherever it stands: the remaining arguments are rule files. */
+		options_check_mode(argc, argv, o);
+		options_err = NULL;
+		return options_errors;
 	}
 	for (; optind < argc; optind++, options_errors++)
 		fprintf(err, "smtptap: %s: unexpected argument\n", argv[optind]);

@@ -63,6 +63,8 @@ struct options {
 	int nrules;
 	size_t hold_memory;
 	const char *user;
+	unsigned user_uid, user_gid; /* --user's, looked up before anything is bound */
+	int check_rules;             /* --check-rules: check the rule files and exit */
 	int log_failure_tempfail; /* --on-log-failure tempfail */
 	int use_syslog;
 	int verbose;
@@ -77,6 +79,7 @@ struct options {
 	const char *pid_file;
 	int log_level;       /* enum log_level (logs/log.h); -v is debug */
 	struct config *config; /* the file's settings: the strings above point into it */
+	const char *metrics;   /* --metrics ADDR:PORT: Prometheus text at /metrics; NULL: off */
 };
 
 /* Fills opts from argv; on a bad option prints one line naming it and exits 2. */

@@ -33,10 +33,6 @@ side_input(struct side *x)
 }
 
 /*
- * Finds the next line in a side's input, capped at --max-line before it is read: returns 1
- * with a line or a max-line piece, 0 when more input is needed.
- */
-/*
  * Where the first LF is in [from, lim) of a side's input: -1 when there is none.  *head is
  * set to the input's first lim octets when they lie in its first chunk (most lines do: a
  * memchr there, no evbuffer_ptr walk, no pullup), else to NULL.
@@ -62,6 +58,11 @@ side_find_lf(struct evbuffer *in, size_t from, size_t lim, const unsigned char *
 	return eol.pos >= 0 && (size_t)eol.pos < lim ? eol.pos : -1;
 }
 
+/*
+ * Finds the next line in a side's input, capped at --max-line before it is read: returns 1
+ * with a line or a max-line piece, 0 when more input is needed.  A piece never ends in the
+ * CR of a CRLF (PITFALLS 15): that CR starts the next unit, so the line end is seen whole.
+ */
 int
 side_next_unit(struct side *x, size_t max, struct unit *u)
 {
@@ -89,6 +90,10 @@ side_next_unit(struct side *x, size_t max, struct unit *u)
 	if (p == NULL && (p = evbuffer_pullup(in, (ev_ssize_t)(skip + u->len))) == NULL)
 		return 0;
 	u->data = p + skip;
+	/* Whether an LF follows is for the next unit to see, with the CR: a CR left last in a
+	 * piece is then one that another CR follows, bare. */
+	if (!u->complete && u->len > 1 && u->data[u->len - 1] == '\r')
+		u->len--;
 	return 1;
 }
 

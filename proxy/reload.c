@@ -99,6 +99,9 @@ reload_keep_restart_only(struct options *n, const struct options *o)
 	if (!same(n->pid_file, o->pid_file))
 		ignored("pid-file");
 	n->pid_file = o->pid_file;
+	if (!same(n->metrics, o->metrics))
+		ignored("metrics");
+	n->metrics = o->metrics;
 }
 
 /* The rules of n, every error logged; NULL when any file is bad. */

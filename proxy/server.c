@@ -62,6 +62,14 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 {
 	tx_reply(s, p, code);
 	switch (p->verb) {
+	case VERB_HELO:
+		s->server_chunking = 0;
+		break;
+	case VERB_EHLO:
+	case VERB_LHLO:
+		/* What the server itself offered, whatever the client was shown. */
+		s->server_chunking = code == 250 && s->reply_chunking;
+		break;
 	case VERB_GREETING:
 		session_enter_state(s, ST_COMMAND);
 		relay_resume_client(s);
@@ -349,6 +357,7 @@ server_reply_begin(struct session *s, int code)
 
 	s->reply_code = code;
 	s->reply_open = 1;
+	s->reply_chunking = 0;
 	s->reply_hold = 0;
 	s->reply_quiet = 0;
 	s->reply_stream = 0;
@@ -379,12 +388,19 @@ static void
 server_reply_unit(struct session *s, const struct unit *u)
 {
 	struct smtp_reply_line r;
+	struct pending *head;
 
 	if (!s->server.in_piece) {
 		if (smtp_parse_reply(u->data, smtp_line_len(u->data, u->len), &r) != 0)
 			session_warn(s, "malformed reply line from the server");
-		if (!s->reply_open && server_reply_begin(s, r.code) != 0)
-			return;
+		if (!s->reply_open) {
+			if (server_reply_begin(s, r.code) != 0)
+				return;
+		} else if ((head = pipeline_head(&s->pipeline)) != NULL &&
+		           (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
+		           ehlo_line_is(u->data, u->len, "CHUNKING")) {
+			s->reply_chunking = 1;
+		}
 		if (r.last) {
 			free(s->reply_text);
 			s->reply_text = escape_strdup(r.text, r.textlen);

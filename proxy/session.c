@@ -30,6 +30,8 @@
 #include "proxy/addr.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
+#include "proxy/listener.h"
+#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
@@ -45,6 +47,12 @@
 /* How often a closing session checks that its last octets have left (a TLS filter's socket
  * buffer has no callback of ours). */
 #define CLOSE_POLL_USECS 20000
+/*
+ * How long the server may take to answer what a client sent before it closed its write half
+ * (a QUIT's 221, say): a client that sends a line and closes must not hold a session (and a
+ * place under --max-sessions) for the whole idle timeout behind a slow server.
+ */
+#define CLIENT_EOF_LINGER_SECS 10
 /* RFC 5321 4.5.3.2.6: a client waits 10 minutes for the reply to the end of data. */
 #define EOD_REPLY_SECS 600
 
@@ -54,6 +62,8 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 static void session_event(struct side *x, struct bufferevent *bev, short what);
 static void session_upstream_connected(struct session *s);
 static int side_direct(struct session *s, struct side *x);
+static unsigned session_idle_limit(struct session *s);
+static int session_awaits_eod(struct session *s);
 
 static const char *state_names[] = {
     [ST_CONNECTING] = "connecting",
@@ -241,6 +251,41 @@ session_warn(struct session *s, const char *fmt, ...)
 	va_end(ap);
 	s->warnings++;
 	transcript_event(s->transcript, "warning %s", msg);
+}
+
+int
+session_client_full(struct session *s)
+{
+	struct side *c = &s->client;
+
+	if (c->paused & PAUSE_OWN_FULL)
+		return 1;
+	if (s->closing || c->bev == NULL)
+		return 0;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
+	    s->pipeline.count < PIPELINE_HIGH)
+		return 0;
+	side_pause(c, PAUSE_OWN_FULL);
+	return 1;
+}
+
+/*
+ * A client paused because of its own output (PITFALLS 16): read on once it has taken half
+ * of it and half the replies it waits on have gone, then go on with what it already sent.
+ */
+static void
+session_client_drained(struct session *s)
+{
+	struct side *c = &s->client;
+
+	if (!(c->paused & PAUSE_OWN_FULL) || s->closing || c->bev == NULL)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > SIDE_HIGH_MARK / 2 ||
+	    s->pipeline.count > PIPELINE_HIGH / 2)
+		return;
+	side_resume(c, PAUSE_OWN_FULL);
+	relay_client(s);
+	(void)session_client_full(s);
 }
 
 void
@@ -443,6 +488,56 @@ session_close(struct session *s, const char *reason)
 	event_add(s->timer, &poll);
 }
 
+/* The server's write half, once all that is queued for it has gone (a plain socket only:
+ * a TLS leg would need its close_notify; the linger bounds that session instead). */
+static void
+session_shut_server(struct session *s)
+{
+	struct side *x = &s->server;
+
+	if (x->bev == NULL || !x->direct)
+		return;
+	side_flush(x);
+	if (evbuffer_get_length(bufferevent_get_output(x->bev)) > 0) {
+		s->server_shut_pending = 1;
+		return;
+	}
+	s->server_shut_pending = 0;
+	if (shutdown(bufferevent_getfd(x->bev), SHUT_WR) != 0)
+		log_debug("session=%s shutdown upstream: %s", s->id, strerror(errno));
+}
+
+void
+session_client_eof(struct session *s)
+{
+	struct timeval tv = {CLIENT_EOF_LINGER_SECS, 0};
+
+	s->client_gone_at = time(NULL);
+	transcript_event(s->transcript, "client closed its side: upstream shut for writing, "
+	                                "waiting %d seconds at most for its replies",
+	                 CLIENT_EOF_LINGER_SECS);
+	session_shut_server(s);
+	if (!session_awaits_eod(s) && session_idle_limit(s) > CLIENT_EOF_LINGER_SECS) {
+		event_del(s->timer);
+		event_add(s->timer, &tv);
+	}
+}
+
+/* The linger after the client's EOF is over, the server still owes replies: it ends here. */
+static void
+session_client_eof_expired(struct session *s)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "the server did not answer within %d seconds of the "
+	                                "client's close",
+	                 CLIENT_EOF_LINGER_SECS);
+	snprintf(reply, sizeof(reply), "421 4.4.2 %s No reply from the server, closing connection\r\n",
+	         s->px->opts->hostname);
+	relay_answer_pending(s, reply);
+	session_close(s, s->quit_answered ? "quit" : "client_closed");
+}
+
 void
 session_shutdown(struct session *s)
 {
@@ -456,15 +551,22 @@ session_shutdown(struct session *s)
 	session_close(s, "shutdown");
 }
 
+/* Whether the server works on a message's end: its reply may take minutes. */
+static int
+session_awaits_eod(struct session *s)
+{
+	struct pending *head = pipeline_head(&s->pipeline);
+
+	return head != NULL && (head->verb == VERB_EOD || (head->verb == VERB_BDAT && head->last));
+}
+
 /* The idle limit in force now: longer while the server works on a message's end. */
 static unsigned
 session_idle_limit(struct session *s)
 {
-	struct pending *head = pipeline_head(&s->pipeline);
 	unsigned limit = s->px->opts->idle_timeout;
 
-	if (head != NULL && (head->verb == VERB_EOD || (head->verb == VERB_BDAT && head->last)) &&
-	    limit < EOD_REPLY_SECS)
+	if (session_awaits_eod(s) && limit < EOD_REPLY_SECS)
 		limit = EOD_REPLY_SECS;
 	return limit;
 }
@@ -493,12 +595,20 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
 		         s->px->opts->hostname);
 		transcript_event(s->transcript, "upstream failed reason=\"connect timeout\"");
+		log_warnx("session=%s connect to %s: timed out after %u s", s->id,
+		          s->px->upstream_text, s->px->opts->connect_timeout);
 		session_reply(s, reply);
 		session_close(s, "connect_timeout");
 		return;
 	}
 	idle = now - s->last_activity;
 	limit = session_idle_limit(s);
+	/* After the client's EOF a short linger, but for the reply to a message's end. */
+	if (s->client_gone && !session_awaits_eod(s) &&
+	    now - s->client_gone_at >= CLIENT_EOF_LINGER_SECS) {
+		session_client_eof_expired(s);
+		return;
+	}
 	if (idle >= (time_t)limit) {
 		snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection\r\n",
 		         s->px->opts->hostname);
@@ -511,6 +621,9 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	tv.tv_sec = (time_t)limit - idle;
+	if (s->client_gone && !session_awaits_eod(s) &&
+	    tv.tv_sec > s->client_gone_at + CLIENT_EOF_LINGER_SECS - now)
+		tv.tv_sec = s->client_gone_at + CLIENT_EOF_LINGER_SECS - now;
 	event_add(s->timer, &tv);
 }
 
@@ -554,6 +667,11 @@ session_read_cb(struct bufferevent *bev, void *arg)
 		relay_server(s);
 	side_check_backpressure(x);
 	session_flush(s);
+	if (x->dir == SIDE_SERVER && !s->closing) {
+		session_client_drained(s); /* replies went to the client: it may go on */
+		session_flush(s);
+	}
+	(void)session_client_full(s);
 	transcript_clock_release();
 }
 
@@ -569,8 +687,11 @@ session_write_cb(struct bufferevent *bev, void *arg)
 			session_free_later(s);
 		return;
 	}
-	if (x->direct && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+	if (x->direct && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 		bufferevent_disable(bev, EV_WRITE); /* side_flush writes again */
+		if (x->dir == SIDE_SERVER && s->server_shut_pending)
+			session_shut_server(s);
+	}
 	if (peer->paused & PAUSE_PEER_FULL) {
 		side_resume(peer, PAUSE_PEER_FULL);
 		/* What the peer sent while paused is already buffered: go on with it. */
@@ -580,6 +701,8 @@ session_write_cb(struct bufferevent *bev, void *arg)
 			relay_server(s);
 		side_check_backpressure(peer);
 	}
+	if (x->dir == SIDE_CLIENT)
+		session_client_drained(s);
 	session_flush(s);
 }
 
@@ -646,6 +769,7 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 	if (verify != X509_V_OK)
 		why = X509_verify_cert_error_string(verify);
 	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
+	log_warnx("session=%s TLS with %s failed: %s", s->id, s->px->upstream_text, why);
 	snprintf(reply, sizeof(reply), "421 4.7.0 %s TLS with the upstream server failed\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
@@ -719,6 +843,46 @@ session_nodelay(int fd)
 	return fd >= 0 ? setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) : -1;
 }
 
+/*
+ * The upstream connection came back to one of our own listeners (a name that resolves to us,
+ * a wildcard listener and a local address): refused, and the session it made there too.
+ */
+static int
+session_upstream_is_us(struct session *s)
+{
+	int fd = bufferevent_getfd(s->server.bev);
+	const struct sockaddr *peer = (const struct sockaddr *)&s->px->upstream_sa;
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	const char *l;
+
+	if (s->px->upstream_salen == 0) {
+		if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
+			return 0;
+		peer = (const struct sockaddr *)&ss;
+	}
+	if ((l = listener_serving(peer, fd)) == NULL)
+		return 0;
+	listener_loop_note(fd);
+	session_refuse_loop(s, l);
+	return 1;
+}
+
+void
+session_refuse_loop(struct session *s, const char *listener)
+{
+	char reply[512];
+
+	transcript_event(s->transcript, "upstream failed reason=\"it is our own listener %s\"",
+	                 listener);
+	log_warnx("session=%s connect to %s: it is smtptap's own listener %s", s->id,
+	          s->px->upstream_text, listener);
+	snprintf(reply, sizeof(reply), "421 4.3.0 %s Upstream is this proxy itself\r\n",
+	         s->px->opts->hostname);
+	session_reply(s, reply);
+	session_close(s, "upstream_loop");
+}
+
 static void
 session_upstream_connected(struct session *s)
 {
@@ -727,6 +891,8 @@ session_upstream_connected(struct session *s)
 	socklen_t len = sizeof(ss);
 
 	(void)session_nodelay(bufferevent_getfd(s->server.bev));
+	if (session_upstream_is_us(s))
+		return;
 	if (side_direct(s, &s->server) != 0) {
 		session_close(s, "error");
 		return;
@@ -740,6 +906,7 @@ session_upstream_connected(struct session *s)
 	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	metrics_upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)
 		return;
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
@@ -765,6 +932,7 @@ session_upstream_failed(struct session *s, const char *why)
 	char reply[512];
 
 	transcript_event(s->transcript, "upstream failed reason=\"%s\"", why);
+	log_warnx("session=%s connect to %s: %s", s->id, s->px->upstream_text, why);
 	snprintf(reply, sizeof(reply), "421 4.4.1 %s Upstream unreachable: %s\r\n",
 	         s->px->opts->hostname, why);
 	session_reply(s, reply);

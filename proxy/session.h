@@ -25,6 +25,11 @@ enum side_dir { SIDE_CLIENT, SIDE_SERVER };
 #define PAUSE_PEER_FULL 0x01 /* the peer's output is above the high mark */
 #define PAUSE_WAIT 0x02      /* the client waits for a reply before it may go on */
 #define PAUSE_EOF 0x04       /* the side has closed its write half */
+#define PAUSE_OWN_FULL 0x08  /* the client's own output (replies) is above the high mark */
+
+/* Past this many commands awaiting a reply, the client stops being read (our own replies
+ * queue behind a slow server's without bound otherwise). */
+#define PIPELINE_HIGH 1024
 
 /* One direction of a session (relayd's ctl_relay_event). */
 struct side {
@@ -134,12 +139,18 @@ struct session {
 	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
 	uint64_t chunk_left;
 	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
+	int chunk_last;    /* the chunk is the message's last (BDAT ... LAST) */
+	/* BDAT is a chunk only where the server offered CHUNKING in its reply to this session's
+	 * EHLO (RFC 3030); elsewhere the server reads the octets as commands, and so do we. */
+	int server_chunking;
+	int chunk_in_piece; /* BDAT content recorded so far ends mid-line: more of it is "C+" */
 	uint64_t skipped;
 
 	/* The reply being read. */
 	int reply_open; /* lines of a reply seen, its last not yet */
 	int reply_code;
 	int reply_last_line;         /* the current line ends the reply */
+	int reply_chunking;          /* an extension line of the reply is CHUNKING */
 	int reply_quiet;             /* the reply answers our own command: held, not relayed */
 	int reply_stream;     /* a long EHLO reply edited line by line */
 	int reply_421_relayed; /* a 421 too long to hold went to the client as it came */
@@ -168,6 +179,8 @@ struct session {
 	int early_talker;
 	int quit_answered;
 	int client_gone; /* the client closed its write half */
+	time_t client_gone_at;
+	int server_shut_pending; /* shut the server's write half once its output is sent */
 	int closing;
 	time_t linger_until; /* a closing session is freed by then at the latest */
 	unsigned warnings;
@@ -177,6 +190,7 @@ struct session {
 	struct ruleset *rules;
 	struct rule_outcome outcome;
 	unsigned *rule_hits;
+	unsigned rule_failures; /* rules that could not be evaluated (logged once) */
 
 	TAILQ_HEAD(, tx) txs;
 	struct tx *tx;       /* the transaction commands now belong to, or NULL */
@@ -206,9 +220,17 @@ int session_start_tls(struct session *s, struct side *x);
 
 /* Every way out: records the end, closes upstream now, the client once its output is sent. */
 void session_close(struct session *s, const char *reason);
+/* Its upstream connection came back to our listener: 421 4.3.0 to the client, and close. */
+void session_refuse_loop(struct session *s, const char *listener);
 
 /* Sends a reply of the proxy's own to the client now, recorded as "P:". */
 void session_reply(struct session *s, const char *reply);
+
+/*
+ * Whether the client must not be read on: replies wait for it above the high mark, or too
+ * many commands wait for theirs.  Pauses it (PAUSE_OWN_FULL) when so.
+ */
+int session_client_full(struct session *s);
 
 void session_enter_state(struct session *s, enum smtp_state state);
 const char *session_state_name(enum smtp_state state);
@@ -217,6 +239,13 @@ void side_resume(struct side *x, int why);
 
 /* Records a warning in the transcript and counts it. */
 void session_warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * The client closed its write half with commands still unanswered: the server's write half
+ * is shut too (it sees EOF), and the session ends when the server closes, when the last reply
+ * is in, or after a short linger.
+ */
+void session_client_eof(struct session *s);
 
 /* Tells a session the proxy is shutting down (the grace period has passed). */
 void session_shutdown(struct session *s);

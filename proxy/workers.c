@@ -23,6 +23,7 @@
 #include "logs/journal.h"
 #include "logs/log.h"
 #include "proxy/listener.h"
+#include "proxy/metrics.h"
 #include "proxy/notify.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
@@ -81,6 +82,7 @@ worker_setup(struct proxy *px, unsigned slot)
 	if (event_reinit(px->base) != 0)
 		fatalx("event loop re-initialisation failed");
 	listener_keep_worker(slot);
+	metrics_in_worker();
 }
 
 /* 0 in the supervisor (or -1 when fork fails), 1 in the new worker. */
@@ -185,12 +187,10 @@ workers_stop(struct proxy *px, int sig)
 static int
 workers_supervise(struct proxy *px, void (*reload)(struct proxy *))
 {
-	siginfo_t info;
-	struct timespec tick = {1, 0};
 	int sig;
 
 	for (;;) {
-		sig = sigtimedwait(&handled_mask, &info, &tick);
+		sig = metrics_sigwait(&handled_mask, 1); /* serving scrapes meanwhile */
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_info("signal %d received: stopping %u workers", sig, workers_alive());
 			notify_stopping();

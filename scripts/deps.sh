@@ -7,11 +7,12 @@ set -euo pipefail
 PKGS=(
 	build-essential pkg-config
 	libevent-dev libpcre2-dev libssl-dev libjansson-dev libcmocka-dev libmimalloc-dev
+	libsystemd-dev
 	postfix swaks curl haproxy
-	python3 python3-pytest python3-pytest-xdist
+	python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-prometheus-client
 	openssl clang libclang-rt-14-dev valgrind
-	psmisc procps iproute2
-	libsystemd-dev systemd
+	psmisc procps iproute2 nftables jq systemd
+	debhelper devscripts lintian dpkg-dev
 )
 
 die() {
@@ -44,7 +45,10 @@ echo "smtptap: installing missing packages: $missing" >&2
 export DEBIAN_FRONTEND=noninteractive
 APT=(apt-get -q -y -o DPkg::Lock::Timeout=120)
 
-timeout 600 "${APT[@]}" update </dev/null >&2 || die "apt-get update failed"
+# A failed update is not the end: the package lists (and apt's cache) may still hold what is
+# missing; the install below says so if they don't.
+timeout 600 "${APT[@]}" update </dev/null >&2 ||
+	echo "smtptap: apt-get update failed; trying with the package lists at hand" >&2
 
 # Postfix first and alone: it then provides mail-transport-agent, so nothing installed after it
 # can pull in another MTA (which would remove it).  "No configuration" keeps the installer

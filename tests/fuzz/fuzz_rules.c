@@ -2,9 +2,10 @@
  * libFuzzer target: the rule-file parser and engine.  The input is a rule file, optionally
  * followed by a line "%%" and sample lines (split on LF) to run through the rules; without
  * one, a fixed set of sample lines is used.  The file is written to a temporary file and
- * loaded with rules_load (errors to /dev/null); every sample line goes through every scope
- * alone and through the scope sets the core uses; the lines are then rebuilt as one reply
- * with those a capability rule IGNOREs removed (smtp_reply_rebuild); the ruleset is freed.
+ * loaded with rules_load_warn (errors and --check-rules warnings to /dev/null); every sample
+ * line goes through every scope alone and through the scope sets the core uses; the lines are
+ * then rebuilt as one reply with those a capability rule IGNOREs removed (smtp_reply_rebuild);
+ * the ruleset is freed.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -172,7 +173,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (fwrite(data, 1, rulelen, fp) != rulelen || fclose(fp) != 0)
 		abort();
 	/* The same file twice: rules of several files merge in file order. */
-	rs = rules_load(files, 1 + (size > 0 && data[0] == '#'), devnull);
+	rs = rules_load_warn(files, 1 + (size > 0 && data[0] == '#'), devnull, devnull);
 	if (rs == NULL)
 		return 0;
 	inspect(rs);

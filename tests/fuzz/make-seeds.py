@@ -406,6 +406,43 @@ def write(path, data):
         f.write(data)
 
 
+def line_end_seeds(outdir, bdat_pieces, dots_pieces):
+    """Issue 13: BDAT where the server offered no CHUNKING (a transaction hidden in a "chunk"),
+    BDAT content cut mid-line by chunks and reads, and a CRLF (or a bare CR before one) across
+    two --max-line pieces ("l": --max-line 1024; "p": --bare-newline pass, with a pipelined
+    XCLIENT after the dot)."""
+    def put(name, pieces, opts=""):
+        write(os.path.join(outdir, "session", name + ("." + opts if opts else "")),
+              (b"#!" + opts.encode() + b"\n" if opts else b"") + SEP.join(pieces))
+
+    b = list(bdat_pieces)
+    nochunk = b[2].replace(b"250-CHUNKING\r\n", b"")
+    hidden = b"MAIL FROM:<spammer@example.com>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n"
+    tail = [b"500 5.5.1 Error: unknown command\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+            b"354 End data with <CR><LF>.<CR><LF>\r\n",
+            b"Subject: hidden\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n", b"250 2.0.0 Ok\r\n221 Bye\r\n"]
+    hide = b[:2] + [nochunk, b"NOOP\r\n" + bdat(hidden, last=True)] + tail
+    put("bdat-no-chunking", hide, "R")
+    put("bdat-helo", [b[0], b"HELO client.example\r\n", b"250 mx.example\r\n",
+                      b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<bob@example.net>\r\n" +
+                      bdat(b"NOOP\r\n", last=True)] + tail)
+    chunk3 = b"ne\r\nCR at a read's end\r\nno line end"
+    cut = chunk3.index(b"\r\nno") + 1
+    put("bdat-mid-line", b[:5] + [bdat(b"Subject: cut he"), b"250 2.0.0 Ok: 15 octets\r\n",
+                                  bdat(b"re\r\nbody li"), b"250 2.0.0 Ok: 11 octets\r\n",
+                                  bdat(chunk3, last=True)[:-len(chunk3) + cut], b"",
+                                  chunk3[cut:], b[8], b"RSET\r\n" + bdat(b"xyz") + b"RSET\r\nQUIT\r\n",
+                                  b"250 2.0.0 Ok\r\n250 2.0.0 Ok: 3 octets\r\n250 2.0.0 Ok\r\n" + b[10]])
+
+    d = list(dots_pieces)
+    k = next(i for i, x in enumerate(d) if b"Subject: dots" in x)
+    m = list(d)
+    m[k] = b"Subject: cut\r\n\r\n" + b"x" * 1022 + b"\r\r\nafter\r\n.\r\n"
+    put("crlf-max-line-crcr", m, "l")
+    m[k] = b"Subject: cut\r\n\r\n" + b"x" * 1023 + b"\r\nafter\r\n.\r\nXCLIENT ADDR=10.0.0.1\r\n"
+    put("crlf-max-line", m, "lp")
+
+
 def main():
     smtptap = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "build", "smtptap"))
     outdir = sys.argv[2] if len(sys.argv) > 2 else os.path.join(REPO, "tests", "fuzz", "corpus")
@@ -460,6 +497,8 @@ def main():
         p[k] = b"Subject: smuggling\r\n\r\nfirst" + end + hidden + b".\r\n"
         write(os.path.join(outdir, "session", "smuggle-" + name + ("." + opts if opts else "")),
               (b"#!" + opts.encode() + b"\n" if opts else b"") + SEP.join(p))
+
+    line_end_seeds(outdir, recs["bdat"].pieces(), recs["dot-stuffing"].pieces())
 
     # Ends of sessions (fuzz_session.c: the peer whose turn it is closes first; "\n~.\n" closes
     # the sender of the piece before it).

@@ -2,7 +2,9 @@
 
 Run with:  SMTPTAP=/abs/path/build/smtptap /usr/bin/python3 -m pytest -q tests/integration
 Every test runs under a time limit (@pytest.mark.limit(SECONDS), default 30), starts what it
-needs on free loopback ports and stops it by PID.  When a test fails, the report carries the
+needs on free loopback ports and stops it by PID.  A test whose peer is missing skips, saying
+"not installed" (or pytest.importorskip's "could not import"); under CI=true that skip is a
+failure instead, so that a green CI run means every test ran.  When a test fails, the report carries the
 proxy's stderr, its transcripts and events, and what the peers saw; the work directory is kept
 and named in the report (removed when the test passes).
 """
@@ -17,6 +19,14 @@ import pytest
 import harness
 
 DEFAULT_LIMIT = 30
+
+# How a skip for a missing peer reads (this suite's convention, and pytest.importorskip's).
+MISSING_PEER = ("not installed", "could not import")
+
+
+def missing_peer_fails():
+    """Under CI (CI=true, as .ci/run sets it) a missing peer fails the run instead of skipping."""
+    return os.environ.get("CI", "").lower() == "true"
 
 
 def pytest_configure(config):
@@ -49,6 +59,7 @@ def pytest_runtest_call(item):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    _missing_peer_to_failure(rep)
     setattr(item, "rep_" + rep.when, rep)
     if rep.failed and rep.when in ("setup", "call"):
         for title, obj in getattr(item, "_diagnostics", []):
@@ -60,6 +71,18 @@ def pytest_runtest_makereport(item, call):
         wd = getattr(item, "_workdir", None)
         if wd:
             rep.sections.append(("work directory (kept)", wd))
+
+
+def _missing_peer_to_failure(rep):
+    """Under CI=true, turns a skip for a missing peer into a failure that names it."""
+    if not rep.skipped or not missing_peer_fails() or not isinstance(rep.longrepr, tuple):
+        return
+    reason = str(rep.longrepr[2])
+    if reason.startswith("Skipped: "):
+        reason = reason[len("Skipped: "):]
+    if any(m in reason for m in MISSING_PEER):
+        rep.outcome = "failed"
+        rep.longrepr = "missing peer under CI=true (run make deps): %s" % reason
 
 
 def _diag(request, title, obj):

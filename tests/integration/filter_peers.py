@@ -130,7 +130,7 @@ def transcript(tap, timeout=5.0):
     return tap.transcript(timeout, cls=Transcript)
 
 
-HIT_RE = re.compile(r'^rule (?P<file>.+?):(?P<line>\d+) (?P<action>[A-Z]+)(?P<failed> \(failed, skipped\))?'
+HIT_RE = re.compile(r'^rule (?P<file>.+?):(?P<line>\d+) (?P<action>[A-Z]+)(?P<failed> \(failed, (?:skipped|answered 451)\))?'
                     r' scope=(?P<scope>[a-z]+) (?:line="(?P<orig>.*?)"|\(line not recorded\))'
                     r'(?: sent="(?P<sent>.*?)")?(?: text=(?P<text>.*))?$', re.S)
 

@@ -4,6 +4,8 @@ A real Postfix smtpd offers CHUNKING (smtp-sink does not); it hands each message
 smtp-sink whose dump shows what arrived.  The scripted server checks the exact octets.
 """
 
+import os
+import time
 
 import pytest
 
@@ -122,3 +124,147 @@ def test_bdat_chunk_after_refused_command_still_relayed_raw(tap_factory, fake_se
     ev = tap.event()
     assert all("evil" not in (tx.get("mail_from") or "") for tx in ev["transactions"])
     assert ev["reason"] == "quit"
+
+
+def write_rules(workdir, text):
+    path = os.path.join(workdir, "bdat.rules")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+# A transaction hidden in a "chunk": commands to a server that offers no CHUNKING.
+HIDDEN = (b"MAIL FROM:<evil@example.org>\r\n"
+          b"RCPT TO:<b@example.net>\r\n"
+          b"DATA\r\n")
+
+
+@pytest.mark.limit(30)
+def test_bdat_refused_where_server_offers_no_chunking(tap_factory, sink, workdir):
+    """smtp-sink offers no CHUNKING: it answers BDAT 500 and reads the "chunk" as commands.
+    smtptap answers BDAT itself (502, in its turn among the pipelined replies), relays none of
+    it and reads on as commands, so the hidden MAIL meets the mail rule and never reaches the
+    server."""
+    # The body rule (CHUNKING would be hidden for it anyway) must not change the outcome.
+    rules = write_rules(workdir, "mail /evil@/ REJECT 550 5.7.1 Sender refused\n"
+                                 "body /never-in-these-messages/ REJECT\n")
+    tap = tap_factory(sink.port, "--rules", rules)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.expect("EHLO client.example", 250)
+    assert not [x for x in r if b"CHUNKING" in x.upper()], r
+    c.send(b"NOOP\r\nBDAT %d LAST\r\n" % len(HIDDEN) + HIDDEN)
+    replies = [c.reply() for _ in range(5)]
+    codes = [int(x[-1][:3]) for x in replies]
+    # NOOP (server), BDAT (ours), the hidden MAIL (the rule), RCPT and DATA (server: no MAIL).
+    assert codes == [250, 502, 550, 503, 503], replies
+    assert replies[1] == [b"502 5.5.1 BDAT not available: CHUNKING not offered\r\n"]
+    # The session goes on as commands: an ordinary message still goes through.
+    c.transaction("<a@example.com>", ["<b@example.net>"], b"Subject: ok\r\n\r\nok\r\n")
+    c.expect("QUIT", 221)
+
+    msgs = sink.wait_messages(1)
+    assert len(msgs) == 1 and msgs[0].mail_from.startswith("<a@example.com>"), msgs
+    t = tap.transcript()
+    cmds = t.client_lines()
+    assert "BDAT %d LAST" % len(HIDDEN) in cmds
+    assert cmds[cmds.index("BDAT %d LAST" % len(HIDDEN)) + 1:][:3] == [
+        "MAIL FROM:<evil@example.org>", "RCPT TO:<b@example.net>", "DATA"]
+    assert "502 5.5.1 BDAT not available: CHUNKING not offered" in t.proxy_lines()
+    assert not [e for e in t.events() if e.startswith("bdat chunk")], t.events()
+    assert [e for e in t.events() if "did not offer CHUNKING" in e], t.events()
+    ev = tap.event()
+    evil, ok = ev["transactions"]
+    assert (evil["mail_from"], evil["mail_code"], evil["code"]) == ("<evil@example.org>", 550, None)
+    assert ok["mail_from"] == "<a@example.com>" and ok["code"] == 250
+    assert [r["hits"] for r in ev["rules"] if r["scope"] == "mail"] == [1]
+
+
+@pytest.mark.limit(30)
+def test_bdat_refused_in_helo_session_and_after_helo(tap_factory, fake_server):
+    """A HELO session never has CHUNKING, even after an EHLO that offered it: BDAT is answered
+    by smtptap, the server never sees it, and the octets after it are commands."""
+    srv = fake_server(SmtpServerScript(chunking=True))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("HELO client.example", 250)
+    c.send(b"BDAT 6 LAST\r\nNOOP\r\n")
+    assert c.reply() == [b"502 5.5.1 BDAT not available: CHUNKING not offered\r\n"]
+    assert c.code() == 250
+    r = c.expect("EHLO client.example", 250)
+    assert b"250 CHUNKING\r\n" in r, r
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.send(b"BDAT 6\r\nRSET\r\n")
+    assert c.code() == 250, "BDAT refused although the server offered CHUNKING"
+    c.expect("HELO client.example", 250)
+    c.send(b"BDAT 6 LAST\r\nNOOP\r\n")
+    assert c.reply() == [b"502 5.5.1 BDAT not available: CHUNKING not offered\r\n"]
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    srv.join()
+    cmds = [x.rstrip(b"\r\n") for x in srv.conns[0].commands]
+    assert cmds == [b"HELO client.example", b"NOOP", b"EHLO client.example",
+                    b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.net>", b"BDAT 6",
+                    b"HELO client.example", b"NOOP", b"QUIT"], cmds
+    assert srv.conns[0].messages == [] or srv.conns[0].messages[0]["chunks"] == [b"RSET\r\n"]
+
+
+@pytest.mark.limit(30)
+def test_bdat_content_split_mid_line_recorded_as_pieces(tap_factory, fake_server):
+    """Chunks and reads that end mid-line: the rest of the line is a further piece ("C+"), a
+    CR at the end of a read goes with its LF (a CRLF recorded whole), and content that ends
+    without a line end says so, so the transcript tells exactly which octets crossed."""
+    srv = fake_server(SmtpServerScript(chunking=True))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    chunk1, chunk2 = b"Subject: split he", b"re\r\nbody li"
+    chunk3 = b"ne\r\nCR across reads\r\nno line end"
+    c.send(b"BDAT %d\r\n" % len(chunk1) + chunk1)
+    assert c.code() == 250
+    c.send(b"BDAT %d\r\n" % len(chunk2) + chunk2)
+    assert c.code() == 250
+    cut = chunk3.index(b"\r\nno") + 1
+    c.send(b"BDAT %d LAST\r\n" % len(chunk3) + chunk3[:cut])
+    time.sleep(0.3)
+    c.send(chunk3[cut:])
+    assert c.code() == 250
+    # A chunk that ends mid-line, then a command: the content ended there too.
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.send(b"BDAT 3\r\nxyz")
+    assert c.code() == 250
+    c.expect("RSET", 250)
+    c.expect("QUIT", 221)
+    srv.join()
+    assert srv.conns[0].messages[0]["chunks"] == [chunk1, chunk2, chunk3]
+
+    t = tap.transcript()
+    ended = "bdat content ends without a line end"
+    recs = [(r.kind, r.text) for r in t.records
+            if r.kind in ("C:", "C+") or (r.kind == "*" and r.text == ended)]
+    i = recs.index(("C:", "BDAT %d" % len(chunk1)))
+    assert recs[i:i + 17] == [
+        ("C:", "BDAT %d" % len(chunk1)),
+        ("C:", "Subject: split he"),
+        ("C:", "BDAT %d" % len(chunk2)),
+        ("C+", "re"),
+        ("C:", "body li"),
+        ("C:", "BDAT %d LAST" % len(chunk3)),
+        ("C+", "ne"),
+        ("C:", "CR across reads"),
+        ("C+", ""),  # its CRLF: the CR waited for the LF of the next read
+        ("C:", "no line end"),
+        ("*", ended),
+        ("C:", "MAIL FROM:<a@example.com>"),
+        ("C:", "RCPT TO:<b@example.net>"),
+        ("C:", "BDAT 3"),
+        ("C:", "xyz"),
+        ("*", ended),
+        ("C:", "RSET"),
+    ], recs[i:]

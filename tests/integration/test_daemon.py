@@ -238,3 +238,196 @@ def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
     assert any("listening on 127.0.0.1:%d" % port in m for m in got), got
     assert proc.returncode == 0, (proc.returncode, err)
     assert err == b"" and out == b"", (out, err)
+
+
+# --------------------------------------------------------------------------------------------
+# The operator's view (issue 13 items 13, 14, 15): options that say what was meant, failures
+# in the log with their cause, --user that takes over only what smtptap created, and an
+# upstream that is smtptap itself.
+
+
+@pytest.mark.limit(10)
+def test_unknown_option_suggests_the_closest(smtptap_bin):
+    r = run(smtptap_bin, "--upsteam", "127.0.0.1:25")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert err.splitlines() == ["smtptap: --upsteam: unknown option (did you mean --upstream?)"], err
+    r = run(smtptap_bin, "--upstream", "127.0.0.1:25", "--verbose=yes")
+    assert r.returncode == 2 and "takes no value" in r.stderr.decode(), r.stderr
+
+
+@pytest.mark.limit(10)
+def test_short_h_prints_the_help(smtptap_bin):
+    r = run(smtptap_bin, "-h")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().startswith("usage: smtptap"), r.stdout
+    assert b"--check-rules" in r.stdout
+
+
+@pytest.mark.limit(15)
+def test_check_rules_anywhere_on_the_command_line(smtptap_bin, workdir):
+    """An administrator adds --check-rules to the service's own command line: the --rules files
+    and any file names given are checked, nothing starts."""
+    good = os.path.join(workdir, "good.rules")
+    bad = os.path.join(workdir, "bad.rules")
+    with open(good, "w") as f:
+        f.write("mail /^MAIL FROM:<spam@/i REJECT\n")
+    with open(bad, "w") as f:
+        f.write("mail /(unclosed/ REJECT\n")
+    port = harness.free_port()
+    base = ["--listen", "127.0.0.1:%d" % port, "--upstream", "127.0.0.1:25", "-v"]
+    r = run(smtptap_bin, *base, "--rules", good, "--check-rules")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == "1 rule in 1 file OK\n"
+    r = run(smtptap_bin, "-v", "--check-rules", good)
+    assert r.returncode == 0 and r.stdout.decode() == "1 rule in 1 file OK\n", r.stderr
+    r = run(smtptap_bin, *base, "--rules", good, "--check-rules", bad)
+    assert r.returncode == 1, r.stderr
+    assert "bad.rules:1" in r.stderr.decode()
+    assert not harness.is_listening(port)
+
+
+@pytest.mark.limit(20)
+def test_listen_on_a_name(tap_factory, sink):
+    """--listen localhost:PORT is resolved at start-up (getaddrinfo) and bound."""
+    port = harness.free_port()
+    tap = tap_factory(sink.port, listen=["localhost:%d" % port], start=False)
+    tap.port = port
+    tap.start(wait=False)
+    harness.wait_until(lambda: "listening on 127.0.0.1:%d" % port in tap.stderr(), 5,
+                       what="listening on 127.0.0.1")
+    hp.normal_session(tap, sink=sink)
+
+
+@pytest.mark.limit(15)
+def test_listen_on_an_unknown_name_fails_with_the_reason(tap_factory, sink):
+    tap = tap_factory(sink.port, listen=["no-such-host.invalid:2525"], start=False)
+    tap.start(wait=False)
+    assert tap.wait_exit(10) == 1, tap.stderr()
+    err = tap.stderr()
+    assert "--listen no-such-host.invalid:2525: cannot resolve no-such-host.invalid" in err, err
+    assert "Invalid argument" not in err
+
+
+@pytest.mark.limit(15)
+def test_unknown_user_refused_before_anything_is_made(tap_factory, sink):
+    """--user is looked up first: no log directory, no events file, no listener."""
+    tap = tap_factory(sink.port, "--user", "no-such-user-smtptap", start=False)
+    tap.start(wait=False)
+    assert tap.wait_exit(5) == 1, tap.stderr()
+    assert tap.stderr().splitlines() == ["smtptap: --user no-such-user-smtptap: no such user"]
+    assert not os.path.exists(tap.log_dir)
+    assert not os.path.exists(tap.events_path)
+
+
+@pytest.mark.limit(20)
+def test_without_a_certificate_says_starttls_goes_unrecorded(tap_factory, sink, workdir):
+    tap = tap_factory(sink.port)
+    line = "a session that uses STARTTLS"
+    harness.wait_until(lambda: "relaying to" in tap.stderr(), 5, what="start-up")
+    assert hp.stderr_count(tap, "no --tls-cert: a session that uses STARTTLS is relayed "
+                                "unrecorded after it") == 1, tap.stderr()
+    key = os.path.join(workdir, "k.pem")
+    crt = os.path.join(workdir, "c.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", crt, "-days", "1", "-subj", "/CN=tap.example"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    tls = tap_factory(sink.port, "--tls-cert", crt, "--tls-key", key, name="tls")
+    harness.wait_until(lambda: "relaying to" in tls.stderr(), 5, what="start-up")
+    assert "no --tls-cert" not in tls.stderr() and line not in tls.stderr()
+
+
+@pytest.mark.limit(20)
+def test_upstream_unreachable_is_a_warning_with_the_cause(tap_factory):
+    closed = harness.free_port()
+    tap = tap_factory(closed)
+    c = SmtpClient(tap.port)
+    assert c.code() == 421
+    c.close()
+    want = "warning: session=%s connect to 127.0.0.1:%d: Connection refused"
+    harness.wait_until(lambda: re.search(r"warning: session=[0-9a-f]{8} connect to "
+                                         r"127\.0\.0\.1:%d: Connection refused" % closed,
+                                         tap.stderr()), 5, what=want)
+
+
+@pytest.mark.limit(20)
+def test_upstream_tls_failure_is_a_warning_with_the_cause(tap_factory, sink):
+    """--upstream-tls implicit to a server that speaks plain SMTP: the handshake fails."""
+    tap = tap_factory(sink.port, "--upstream-tls", "implicit", "--upstream-verify", "none")
+    c = SmtpClient(tap.port)
+    assert c.code() == 421
+    c.close()
+    harness.wait_until(lambda: re.search(r"warning: session=[0-9a-f]{8} TLS with 127\.0\.0\.1:%d "
+                                         r"failed: \S" % sink.port, tap.stderr()), 5,
+                       what="the TLS warning")
+
+
+@pytest.mark.limit(15)
+@pytest.mark.parametrize("listen", ["127.0.0.1", "0.0.0.0"])
+def test_upstream_that_is_our_own_listener_refused_at_start(smtptap_bin, workdir, listen):
+    port = harness.free_port()
+    r = run(smtptap_bin, "--listen", "%s:%d" % (listen, port), "--upstream",
+            "127.0.0.1:%d" % port, "--log-dir", os.path.join(workdir, "logs"))
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert err.splitlines() == ["smtptap: --upstream 127.0.0.1:%d: that is smtptap's own "
+                                "listener %s:%d" % (port, listen, port)], err
+
+
+@pytest.mark.limit(30)
+def test_upstream_name_that_comes_back_to_us_refused_per_session(tap_factory, sink):
+    """--upstream localhost:P where P is our own listener: a name is checked when a session
+    resolves it.  The client gets 421 4.3.0; the session our listener accepted from our own
+    upstream connection is closed at once instead of connecting in turn, so the loop ends:
+    a handful of sessions, not --max-sessions of them."""
+    port = harness.free_port()
+    tap = tap_factory(sink.port, "--max-sessions", "50", listen=["127.0.0.1:%d" % port],
+                      upstream="localhost:%d" % port, start=False)
+    tap.port = port
+    tap.start()
+    c = SmtpClient(port)
+    line = c.readline()
+    assert line.startswith(b"421 4.3.0 "), line
+    c.close()
+    harness.wait_until(lambda: "it is smtptap's own listener 127.0.0.1:%d" % port in tap.stderr(),
+                       5, what="the loop warning")
+    time.sleep(1.0)  # a loop would go on making sessions meanwhile
+    opened = tap.stderr().count(" closed reason=")
+    assert opened <= 6, tap.stderr()
+    time.sleep(0.5)
+    assert tap.stderr().count(" closed reason=") == opened, "sessions still being made"
+    assert tap.alive()
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root")
+@pytest.mark.limit(20)
+def test_user_does_not_take_over_an_existing_log_directory(tap_factory, sink, workdir):
+    """--log-dir that existed (root's, 0750): smtptap leaves its owner alone and, since
+    nobody cannot write there, exits 1 saying so (it used to chown it to nobody)."""
+    log_dir = os.path.join(workdir, "existing")
+    os.mkdir(log_dir, 0o750)
+    tap = tap_factory(sink.port, "--user", "nobody", start=False)
+    tap.log_dir = log_dir
+    tap.events_path = os.path.join(workdir, "ev", "events.jsonl")
+    os.makedirs(os.path.dirname(tap.events_path))
+    tap.start(wait=False)
+    assert tap.wait_exit(5) == 1, tap.stderr()
+    assert "log directory %s existed and nobody cannot write there" % log_dir in tap.stderr()
+    st = os.stat(log_dir)
+    assert (st.st_uid, st.st_gid) == (0, 0), "the existing directory was handed over"
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root")
+@pytest.mark.limit(20)
+def test_user_warns_about_files_sighup_cannot_reread(tap_factory, sink, workdir):
+    """A rule file only root can read: it loads at start, and the log says SIGHUP cannot
+    reload it as nobody (instead of "Permission denied" at the first reload)."""
+    rules = os.path.join(workdir, "private.rules")
+    with open(rules, "w") as f:
+        f.write("mail /^MAIL FROM:<spam@/i REJECT\n")
+    os.chmod(rules, 0o600)
+    tap = tap_factory(sink.port, "--user", "nobody", "--rules", rules)
+    harness.wait_until(lambda: "running as nobody" in tap.stderr(), 5, what="the drop")
+    assert ("--rules %s: nobody cannot read it, so SIGHUP cannot reload it: Permission denied"
+            % rules) in tap.stderr(), tap.stderr()
+    hp.normal_session(tap, sink=sink)

@@ -271,6 +271,59 @@ def test_pipelined_commands_then_shutdown_write_get_all_replies(tap_factory, fak
     assert ev["reason"] == "quit"
 
 
+def _never_answer(conn, line):
+    return True  # read, never answered (a tarpit, a milter that takes its time)
+
+
+@pytest.mark.limit(30)
+def test_client_eof_reaches_the_server_and_ends_the_session(tap_factory, fake_server):
+    """A client sends a line the server never answers and closes its write side (item 6): the
+    server sees EOF at once (smtptap shuts the upstream's write side), closes, and the session
+    ends and is recorded long before the idle timeout."""
+    srv = fake_server(SmtpServerScript(hooks={"NOOP": _never_answer}))
+    tap = tap_factory(srv.port, "--idle-timeout", "300")
+    c = _start_session(tap.port)
+    t0 = time.monotonic()
+    c.send(b"NOOP\r\n")
+    c.shutdown_write()
+    conn = srv.wait_conn()
+    harness.wait_until(lambda: conn.eof, 5, what="EOF at the server")
+    rest = c.read_until_eof(10)
+    assert time.monotonic() - t0 < 8
+    assert all(r[-1][:3] == b"421" for r in replies_from(rest)), rest  # the NOOP's answer
+    ev = tap.event(timeout=5)
+    assert ev["reason"] in ("client_closed", "server_closed"), ev
+    t = tap.transcript()
+    assert any(e.startswith("client closed its side") for e in t.events()), t.events()
+
+
+@pytest.mark.limit(40)
+def test_client_eof_with_a_server_that_ignores_it_ends_after_the_linger(tap_factory, fake_server):
+    """The server neither answers nor closes after the client's EOF: the session ends after a
+    linger of 10 seconds, with a 421 for the unanswered command, not after the idle timeout."""
+
+    def ignore_eof(conn, line):
+        conn.timeout = 60
+        while conn.readline():  # EOF comes; the server stays silent and open
+            pass
+        time.sleep(30)
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"NOOP": ignore_eof}))
+    tap = tap_factory(srv.port, "--idle-timeout", "300")
+    c = _start_session(tap.port)
+    t0 = time.monotonic()
+    c.send(b"NOOP\r\n")
+    c.shutdown_write()
+    rest = c.read_until_eof(25)
+    elapsed = time.monotonic() - t0
+    assert 8 <= elapsed < 20, elapsed
+    assert [r[-1][:10] for r in replies_from(rest)] == [b"421 4.4.2 "], rest
+    ev = tap.event(timeout=5)
+    assert ev["reason"] == "client_closed", ev
+    assert srv.wait_conn().eof
+
+
 @pytest.mark.limit(20)
 def test_max_sessions(tap_factory, sink):
     tap = tap_factory(sink.port, "--max-sessions", "2")

@@ -1182,6 +1182,62 @@ def test_start_with_bad_rules_fails(smtptap_bin, workdir):
 
 
 # --------------------------------------------------------------------------------------------
+# Regex cost (issue 13 item 5, issue 17 item 5)
+
+NESTED = r"mail /^MAIL FROM:<(\w+\.?)+@example\.com>$/i PASS"
+# Almost matches: every way of splitting the a's among the group's repeats is tried.
+HOSTILE_MAIL = "MAIL FROM:<" + "a" * 40 + "!@example.com>"
+
+
+@pytest.mark.limit(30)
+def test_match_limit_hit_is_a_temporary_failure(tap_factory, vsink, workdir):
+    """A line that makes a rule hit PCRE2's match limit is answered 451 4.3.0, recorded as a
+    warning naming the rule and logged; it never reaches the server (an allow-list rule must not
+    fail open), and the next lines go on."""
+    tap, path = start_tap(tap_factory, workdir, vsink.port, NESTED + "\nmail !/example\\.com>$/ REJECT")
+    c = SmtpClient(tap.port)
+    c.reply()
+    assert code_of(c.cmd("EHLO client.example")) == 250
+    for _ in range(3):
+        reply = c.cmd(HOSTILE_MAIL)
+        assert reply[-1].startswith(b"451 4.3.0 "), reply
+    assert code_of(c.cmd("MAIL FROM:<first.last@example.com>")) == 250
+    assert code_of(c.cmd("QUIT")) == 221
+    c.close()
+    t = transcript(tap)
+    failed = [h for h in hits_for(t, path) if h.failed]
+    assert len(failed) == 3 and all(h.line == 1 for h in failed), t.rule_hits()
+    warnings = [e for e in t.events() if e.startswith("warning rule %s:1 " % path)]
+    assert len(warnings) == 3 and "match limit" in warnings[0], t.events()
+    assert ("P:", "451 4.3.0 Temporary failure in rule evaluation, try again later") in \
+        t.replies_to_client()
+    assert_never_reached_sink(vsink, HOSTILE_MAIL)
+    wait_stderr(tap, "could not be evaluated")
+    log = tap.stderr()
+    assert "%s:1" % path in log and "match limit" in log, log
+    assert log.count("could not be evaluated") == 1, log  # once per session
+    ev = tap.event()
+    assert ev["warnings"] >= 3, ev
+
+
+@pytest.mark.limit(20)
+def test_check_rules_warns_of_nested_quantifiers(smtptap_bin, workdir):
+    path = write_rules(workdir, "\n".join([
+        NESTED,
+        r"mail /^MAIL FROM:<(\w++\.?)+@x>/ PASS",  # possessive: no backtracking
+        r"mail /(?>a+)+b/ PASS",  # atomic
+        r"mail /(a[+*]b)+c/ PASS",  # quantifier characters in a class
+        r"rcpt /(a{2,}b)*c/ PASS",
+        r"rcpt /(a{2,3})+/ PASS",  # bounded inside
+    ]), "nested.rules")
+    r = run_smtptap(smtptap_bin, ["--check-rules", path])
+    assert (r.returncode, r.stdout.decode()) == (0, "6 rules in 1 file OK\n"), r
+    lines = r.stderr.decode().splitlines()
+    assert [l.split(": warning: ")[0] for l in lines] == ["%s:1:19" % path, "%s:5:7" % path], lines
+    assert all("nested quantifier" in l for l in lines), lines
+
+
+# --------------------------------------------------------------------------------------------
 # --check-rules
 
 
@@ -1410,18 +1466,20 @@ def test_rewrite_and_warn_go_on_with_the_rewritten_line(tap_factory, vsink, work
 
 
 @pytest.mark.limit(30)
-def test_rule_that_cannot_be_evaluated_is_skipped_with_a_warning(tap_factory, vsink, workdir):
-    """Catastrophic backtracking hits PCRE2's match limit: the rule is skipped (the line goes
-    on), recorded as a failed hit and a warning; the proxy stays responsive."""
+def test_rule_that_cannot_be_evaluated_fails_closed(tap_factory, vsink, workdir):
+    """Catastrophic backtracking hits PCRE2's match limit: the line is answered 451 4.3.0 and
+    not forwarded (issue 17 item 5: skipping the rule would let an allow-list fail open),
+    recorded as a failed hit and a warning; the proxy stays responsive."""
     tap, path = start_tap(tap_factory, workdir, vsink.port, r"command /^NOOP (a+)+$/ REJECT")
     c = greeted(tap.port)
     line = "NOOP " + "a" * 40 + "b"
     t0 = time.monotonic()
     r = c.cmd(line)
-    assert code_of(r) == 250, r
+    assert r[-1].startswith(b"451 4.3.0 "), r
     assert time.monotonic() - t0 < 10
+    c.expect("NOOP", 250)
     c.expect("QUIT", 221)
-    assert line in sink_commands(vsink)
+    assert line not in sink_commands(vsink)
     hits = hits_for(transcript(tap), path)
     assert [(h.action, h.failed) for h in hits] == [("REJECT", True)], hits
     assert tap.event()["warnings"] >= 1

@@ -17,10 +17,13 @@ import datetime
 import json
 import os
 import pwd
+import re
+import select
 import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -709,3 +712,176 @@ def test_full_log_disk(sink, workdir, smtptap_bin, policy):
         assert sink.messages() == []
     else:
         assert ev["reason"] == "quit", ev
+
+
+# --------------------------------------------------------------------------------------------
+# Bounded under abuse (issue 13 items 5 to 7)
+
+FLOOD_LINE = b"XCLIENT ADDR=192.0.2.1\r\n"  # answered by the proxy itself, 550
+FLOOD_REPLY = b"550 5.7.0 Command not permitted\r\n"
+
+
+def flood_without_reading(sock, line, seconds, limit):
+    """Sends line over and over without reading, until the proxy stops taking it for a second
+    (it stopped reading us), seconds have passed or limit octets are sent; returns the octets
+    sent."""
+    sock.setblocking(False)
+    chunk = line * (65536 // len(line))
+    sent = 0
+    pending = b""
+    deadline = time.monotonic() + seconds
+    stalled_since = None
+    while time.monotonic() < deadline and sent < limit:
+        if not pending:
+            pending = chunk
+        try:
+            n = sock.send(pending)
+        except BlockingIOError:
+            n = 0
+        if n == 0:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 1.0:
+                break
+            time.sleep(0.01)
+            continue
+        stalled_since = None
+        pending = pending[n:]
+        sent += n
+    # Whole lines only: the rest of the last one.
+    while pending and len(pending) % len(line) != 0:
+        try:
+            n = sock.send(pending[:len(pending) % len(line)])
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        pending = pending[n:]
+        sent += n
+    sock.setblocking(True)
+    return sent
+
+
+@pytest.mark.limit(60)
+def test_local_reply_flood_without_reading_stays_bounded(tap_factory, sink):
+    """A client floods a command the proxy answers itself and never reads (item 5): the proxy
+    stops reading it once its replies pile up, as for relayed output, so its memory stays
+    bounded (it grew to 1.2 GB); read at last, every line has its reply, in order, and the
+    transcript stays small against the input (the repeats are counted, not recorded)."""
+    tap = tap_factory(sink.port)
+    c = SmtpClient(tap.port, timeout=30)
+    assert c.reply()[0].startswith(b"220")
+    rss_before = harness.rss_kib(tap.pid)
+    sent = flood_without_reading(c.sock, FLOOD_LINE, 6.0, 1 << 30)
+    rss = harness.rss_kib(tap.pid)
+    # Growth, not size: a sanitizer build starts at 30 MiB and keeps freed memory a while.
+    assert rss - rss_before < 64 * 1024, "smtptap grew from %d KiB to %d KiB (%d octets sent)" % (
+        rss_before, rss, sent)
+    assert sent % len(FLOOD_LINE) == 0
+    lines = sent // len(FLOOD_LINE)
+    # Now read: every line is answered, then QUIT (sent while reading: the proxy reads on only
+    # as its replies are taken).
+    quitter = threading.Thread(target=c.sock.sendall, args=(b"QUIT\r\n",), daemon=True)
+    quitter.start()
+    got = 0
+    while True:
+        line = c.readline()
+        assert line, "connection closed after %d of %d replies" % (got, lines)
+        if line == FLOOD_REPLY:
+            got += 1
+            continue
+        assert line.startswith(b"221 "), (line, got, lines)
+        break
+    assert got == lines
+    t = tap.transcript(timeout=15)
+    size = os.path.getsize(t.path)
+    assert size < sent / 4, "transcript %d octets for %d octets of input" % (size, sent)
+    repeats = [e for e in t.events() if e.startswith("repeated ")]
+    assert repeats, t.events()
+    counted = sum(int(e.split()[1]) for e in repeats)
+    recorded = t.client_lines().count(FLOOD_LINE[:-2].decode())
+    assert counted + recorded == lines, (counted, recorded, lines)
+    assert tap.event()["warnings"] == lines
+
+
+def _greeted_and_quit(port):
+    c = SmtpClient(port, timeout=5)
+    try:
+        r = c.reply()
+        assert r and r[0].startswith(b"220"), r
+        assert c.cmd("QUIT")[0].startswith(b"221")
+    finally:
+        c.close()
+
+
+def _start_unread(smtptap_bin, workdir, upstream_port, stderr, extra=()):
+    """smtptap with --events - into a pipe nobody reads."""
+    port = harness.free_port()
+    argv = [smtptap_bin, "--listen", "127.0.0.1:%d" % port, "--upstream",
+            "127.0.0.1:%d" % upstream_port, "--log-dir", os.path.join(workdir, "logs"),
+            "--events", "-", "--no-transcripts"] + list(extra)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=stderr)
+    harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
+    return proc, port
+
+
+@pytest.mark.limit(90)
+def test_events_and_log_into_pipes_nobody_reads(smtptap_bin, workdir, sink):
+    """--events - and the program's log (-v: a line per state change) into pipes nobody reads
+    (item 7): every session still gets its greeting, and SIGTERM still stops the proxy at
+    once (the event loop never blocked on a write)."""
+    proc, port = _start_unread(smtptap_bin, workdir, sink.port, subprocess.PIPE, ["-v"])
+    try:
+        for _ in range(600):  # ~300 KiB of event lines, far more of debug log
+            _greeted_and_quit(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == 0
+
+
+@pytest.mark.limit(90)
+def test_event_lines_dropped_are_counted_and_logged(smtptap_bin, workdir, sink):
+    """When the events pipe's reader does not keep up, lines are dropped (the queue is
+    bounded) with a warning, and how many is said."""
+    SESSIONS = 1500  # event lines of some 300 octets: more than the pipe and the queue hold
+    err_path = os.path.join(workdir, "stderr")
+    with open(err_path, "wb") as err:
+        proc, port = _start_unread(smtptap_bin, workdir, sink.port, err)
+    try:
+        for _ in range(SESSIONS):
+            _greeted_and_quit(port)
+        harness.wait_until(lambda: "dropping event lines" in open(err_path).read(), 5,
+                           what="the drop warning")
+        # The reader catches up: what was queued is written, and the count of dropped lines
+        # is logged.
+        data = b""
+        while True:
+            r, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if not r:
+                break
+            chunk = os.read(proc.stdout.fileno(), 1 << 20)
+            if not chunk:
+                break
+            data += chunk
+        log = open(err_path).read()
+        m = re.search(r"events file -: (\d+) event lines dropped", log)
+        assert m, log[-2000:]
+        dropped = int(m.group(1))
+        written = data.count(b"\n")
+        assert dropped > 0 and written + dropped == SESSIONS, (written, dropped)
+        for line in data.splitlines():
+            json.loads(line)  # whole lines only
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        proc.stdout.close()

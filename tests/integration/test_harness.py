@@ -77,3 +77,45 @@ def test_postfix_offers_chunking_and_relays_bdat(postfix):
     c.expect("QUIT", 221)
     (m,) = psink.wait_messages(1)
     assert m.content.endswith(body.replace(b"\r\n", b"\n"))
+
+
+def _run_skipping_test(tmp_path, ci):
+    """Runs, in a pytest of its own with this suite's conftest, a test whose peer is missing."""
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    (tmp_path / "test_peer.py").write_text(
+        "import pytest\n\n"
+        "def test_missing():\n    pytest.skip('frobd not installed (package frobd)')\n\n"
+        "def test_import():\n    pytest.importorskip('no_such_module_for_smtptap')\n\n"
+        "@pytest.mark.skipif(True, reason='needs a moon')\n"
+        "def test_other():\n    pass\n")
+    env = dict(os.environ, PYTHONPATH=here)
+    env.pop("PYTEST_XDIST_WORKER", None)
+    if ci:
+        env["CI"] = "true"
+    else:
+        env.pop("CI", None)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           "-p", "no:xdist", "-p", "conftest", str(tmp_path)], cwd=str(tmp_path),
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+
+
+@pytest.mark.limit(60)
+def test_missing_peer_skips_outside_ci(tmp_path):
+    r = _run_skipping_test(tmp_path, ci=False)
+    out = r.stdout.decode()
+    assert r.returncode == 0, out
+    assert "3 skipped" in out, out
+
+
+@pytest.mark.limit(60)
+def test_missing_peer_fails_under_ci(tmp_path):
+    """CI=true: a skip because a peer is not installed fails the run (a green run means every
+    test ran); a skip for another reason stays a skip."""
+    r = _run_skipping_test(tmp_path, ci=True)
+    out = r.stdout.decode()
+    assert r.returncode == 1, out
+    assert "2 failed, 1 skipped" in out, out
+    assert "missing peer under CI=true (run make deps): frobd not installed" in out, out

@@ -542,6 +542,88 @@ def test_message_line_longer_than_max_line_relayed_in_pieces(tap_factory, fake_s
     assert srv.conns[0].messages[0]["data"].count(b"\r\n") == content.count(b"\r\n") + 1
 
 
+# The default --max-line: a line of MAX_LINE - 1 octets has its CR last in the first piece and
+# its LF first in the next.
+MAX_LINE = 65536
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("mode", ["normalize", "reject", "pass", "held"])
+def test_crlf_across_max_line_pieces_is_one_line_end(tap_factory, fake_server, workdir, mode):
+    """A CR that ends one --max-line piece and the LF that starts the next are one CRLF: the
+    message arrives intact and its end of data is seen (by default the server used to get
+    "...X\\r\\r\\n..\\r\\n" and the session hung until the idle timeout).  "held": a body
+    rule makes the proxy hold the message."""
+    srv = fake_server(SmtpServerScript())
+    extra = [] if mode == "normalize" else ["--bare-newline", mode]
+    if mode == "held":
+        path = os.path.join(workdir, "held.rules")
+        with open(path, "w") as f:
+            f.write("body /never-in-this-message/ REJECT\n")
+        extra = ["--rules", path]
+    tap = tap_factory(srv.port, *extra)
+    line = bytes((0x41 + i % 26) for i in range(MAX_LINE - 1))
+    content = b"Subject: cut\r\n\r\n" + line + b"\r\nafter\r\n"
+    c = open_data(tap.port)
+    c.send(content + b".\r\n")
+    r = c.reply()
+    assert r and r[-1].startswith(b"250 "), r
+    c.expect("QUIT", 221)
+    srv.join()
+    (msg,) = srv.conns[0].messages
+    assert msg["data"] == content + b".\r\n"
+    t = tap.transcript()
+    assert not any("\\x0d" in x or "\\x0a" in x for x in t.texts("C:") + t.texts("C+"))
+    assert not [e for e in t.events() if "bare CR or LF" in e], t.events()
+    recs = [r for r in t.records if r.kind in ("C:", "C+")]
+    i = next(k for k, r in enumerate(recs) if r.kind == "C:" and r.text.startswith("ABCDEF"))
+    assert "".join(r.text for r in recs[i:i + 2]) == line.decode()
+    assert recs[i + 1].kind == "C+" and recs[i + 2].text == "after"
+    assert tap.event()["transactions"][0]["size"] == len(content)
+
+
+@pytest.mark.limit(30)
+def test_crlf_across_pieces_keeps_track_of_the_end_under_pass(tap_factory, fake_server):
+    """--bare-newline pass: after a line whose CRLF spans two --max-line pieces, the end of
+    data is still the end, so a pipelined XCLIENT is a command (refused), never content."""
+    srv = fake_server(SmtpServerScript(caps=("PIPELINING", "XCLIENT ADDR NAME")))
+    tap = tap_factory(srv.port, "--bare-newline", "pass")
+    line = b"y" * (MAX_LINE - 1)
+    content = b"Subject: cut\r\n\r\n" + line + b"\r\n"
+    c = open_data(tap.port)
+    c.send(content + b".\r\nXCLIENT ADDR=192.0.2.1\r\nNOOP\r\n")
+    codes = [c.code() for _ in range(3)]
+    assert codes == [250, 550, 250], codes
+    c.expect("QUIT", 221)
+    srv.join()
+    conn = srv.conns[0]
+    assert conn.messages[0]["data"] == content + b".\r\n"
+    cmds = [x.rstrip(b"\r\n") for x in conn.commands]
+    assert not [x for x in cmds if x.upper().startswith(b"XCLIENT")], cmds
+    assert cmds[-2:] == [b"NOOP", b"QUIT"]
+    assert len(tap.event()["transactions"]) == 1
+
+
+@pytest.mark.limit(20)
+def test_crlf_across_reads_is_one_line_end(tap_factory, fake_server):
+    """A CR at the end of one read and its LF at the start of the next are one CRLF."""
+    srv = fake_server(SmtpServerScript())
+    tap = tap_factory(srv.port)
+    c = open_data(tap.port)
+    for part in (b"Subject: reads\r\n\r\nfirst\r", b"\n.\r", b"\n"):
+        c.send(part)
+        time.sleep(0.2)
+    r = c.reply()
+    assert r and r[-1].startswith(b"250 "), r
+    c.expect("QUIT", 221)
+    srv.join()
+    assert srv.conns[0].messages[0]["data"] == b"Subject: reads\r\n\r\nfirst\r\n.\r\n"
+    t = tap.transcript()
+    got = t.client_lines()
+    assert got[got.index("DATA") + 1:] == ["Subject: reads", "", "first", ".", "QUIT"]
+    assert not [e for e in t.events() if "bare CR or LF" in e], t.events()
+
+
 @pytest.mark.limit(20)
 def test_server_line_longer_than_max_line_relayed(tap_factory, fake_server):
     long_cap = b"250-X-" + b"y" * 4000

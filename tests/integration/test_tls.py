@@ -487,6 +487,33 @@ def test_upstream_tls_none_starttls_terminated_at_proxy(tap_factory, fake_server
 
 
 @pytest.mark.limit(30)
+def test_chunking_forgotten_after_client_starttls(tap_factory, fake_server, certs):
+    """After the client's handshake the EHLO state starts over: CHUNKING offered before it
+    counts no more, so BDAT before the new EHLO is answered by the proxy and its octets are
+    read as commands; after the new EHLO, BDAT is relayed."""
+    srv = fake_server(SmtpServerScript(chunking=True))
+    tap = tls_tap(tap_factory, srv.port, certs, "--upstream-tls", "none")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    assert "CHUNKING" in ehlo_keywords(c.expect("EHLO client.test", 250))
+    c.expect("STARTTLS", 220)
+    tls_wrap(c, client_context(certs.pem("proxy")))
+    c.send(b"BDAT 6 LAST\r\nNOOP\r\n")
+    assert c.reply() == [b"502 5.5.1 BDAT not available: CHUNKING not offered\r\n"]
+    assert c.code() == 250
+    assert "CHUNKING" in ehlo_keywords(c.expect("EHLO client.test", 250))
+    c.expect("MAIL FROM:<%s>" % FROM, 250)
+    c.expect("RCPT TO:<%s>" % TO, 250)
+    c.send(b"BDAT 6 LAST\r\nbody\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    srv.join()
+    cmds = [x.rstrip(b"\r\n") for x in srv.conns[0].commands]
+    assert cmds.count(b"BDAT 6 LAST") == 1 and b"NOOP" in cmds, cmds
+    assert srv.conns[0].messages[0]["chunks"] == [b"body\r\n"]
+
+
+@pytest.mark.limit(30)
 def test_state_reset_after_client_starttls(tap_factory, tls_upstream, certs):
     """RFC 3207 4.2: after the handshake the SMTP state starts over.  A MAIL FROM given before
     STARTTLS must not be in effect inside the TLS session (RCPT right after TLS is refused)."""

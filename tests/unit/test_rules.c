@@ -1045,21 +1045,46 @@ test_match_failure(void **state)
 	struct ruleset *rs;
 
 	(void)state;
-	/* A rule that cannot finish is skipped, recorded, and never counted as a non-match. */
+	/*
+	 * A rule that cannot finish on a client's line is never counted as a non-match (an
+	 * allow-list would fail open): the line is refused with a temporary failure, recorded.
+	 */
 	rs = load("body !/(*LIMIT_MATCH=10)(a+)+$/ REJECT\n"
 	          "body /(*LIMIT_MATCH=10)(a+)+$/ REWRITE x\n"
-	          "body /a/ WARN reached\n");
+	          "body /a/ WARN reached\n"
+	          "reply /(*LIMIT_MATCH=10)(a+)+$/ REWRITE x\n"
+	          "reply /a/ WARN reached\n"
+	          "mail /^MAIL FROM:<(\\w+\\.?)+@example\\.com>$/i PASS\n");
 	rule_outcome_init(&out);
 	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("aaaaaaaaaaaaaaaaaaaaaaaab"), &out),
-	                 ACT_NONE);
-	assert_int_equal(out.nhits, 3);
+	                 ACT_REJECT);
+	assert_int_equal(out.nhits, 1);
 	assert_int_equal(out.hits[0].failed, 1);
 	assert_int_equal(out.hits[0].action, ACT_REJECT);
 	assert_string_equal(out.hits[0].text, "match limit exceeded");
-	assert_int_equal(out.hits[1].failed, 1);
-	assert_int_equal(out.hits[2].failed, 0);
-	assert_int_equal(out.nwarnings, 3);
+	assert_int_equal(out.tempfail, 1);
+	assert_string_equal(out.reply,
+	                    "451 4.3.0 Temporary failure in rule evaluation, try again later");
+	assert_int_equal(out.nwarnings, 1);
 	assert_int_equal(out.rewritten, 0);
+	/* On a server's line there is nothing to refuse: skipped, recorded, the next rule runs. */
+	assert_int_equal(
+	    apply2(rs, SCOPE_REPLY, SCOPE_REPLY, L("250 aaaaaaaaaaaaaaaaaaaaab"), &out), ACT_NONE);
+	assert_int_equal(out.nhits, 2);
+	assert_int_equal(out.hits[0].failed, 1);
+	assert_int_equal(out.hits[1].failed, 0);
+	assert_int_equal(out.tempfail, 0);
+	/* The proxy's own match limit ends a nested quantifier on a hostile line. */
+	assert_int_equal(
+	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND,
+	           L("MAIL FROM:<aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!@example.com>"), &out),
+	    ACT_REJECT);
+	assert_int_equal(out.tempfail, 1);
+	assert_string_equal(out.hits[0].text, "match limit exceeded");
+	assert_int_equal(
+	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<first.last@example.com>"), &out),
+	    ACT_PASS);
+	assert_int_equal(out.tempfail, 0);
 	rule_outcome_free(&out);
 	rules_free(rs);
 }

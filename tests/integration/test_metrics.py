@@ -1,0 +1,148 @@
+"""--metrics ADDR:PORT (issue 18): Prometheus text at /metrics, read with Debian's
+python3-prometheus-client parser, checked against a known run."""
+
+import http.client
+import os
+import socket
+import subprocess
+
+import pytest
+
+import harness
+from harness import SmtpClient
+
+parser = pytest.importorskip("prometheus_client.parser")
+
+RULE = "mail /<spam/ REJECT\n"
+
+
+def scrape(port, path="/metrics", method="GET"):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        conn.close()
+
+
+def samples(port):
+    """{(name, frozenset(labels)): value} of every sample, parsed by prometheus_client."""
+    status, ctype, text = scrape(port)
+    assert status == 200 and ctype.startswith("text/plain"), (status, ctype)
+    out = {}
+    for family in parser.text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(m, name, **labels):
+    return m[(name, frozenset(labels.items()))]
+
+
+def tap_with_metrics(tap_factory, sink, workdir, *extra):
+    rules = os.path.join(workdir, "rules")
+    with open(rules, "w") as f:
+        f.write(RULE)
+    mport = harness.free_port()
+    tap = tap_factory(sink.port, "--rules", rules, "--metrics", "127.0.0.1:%d" % mport, *extra)
+    harness.wait_listening(mport, 5.0)
+    return tap, mport, rules
+
+
+def session(port, sender):
+    c = SmtpClient(port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    if sender.startswith("spam"):
+        c.expect("MAIL FROM:<%s>" % sender, 550)  # the rule's REJECT
+    else:
+        c.transaction("<%s>" % sender, ["<rcpt@example.org>"], b"Subject: t\r\n\r\nbody\r\n")
+    c.expect("QUIT", 221)
+    c.read_until_eof(3)
+
+
+def known_run(tap):
+    """10 sessions, of which 2 are refused by the rule (their MAIL gets 550)."""
+    for i in range(10):
+        session(tap.port, "spam%d@example.com" % i if i in (3, 7) else "ok%d@example.com" % i)
+    tap.wait_events(10)
+
+
+def check_known_run(m, rules):
+    assert value(m, "smtptap_sessions_open") == 0
+    assert value(m, "smtptap_sessions_total", reason="quit") == 10
+    others = [k for k, v in m.items() if k[0] == "smtptap_sessions_total" and v and
+              ("reason", "quit") not in k[1]]
+    assert not others, others
+    assert value(m, "smtptap_messages_total", **{"class": "2xx"}) == 8
+    assert value(m, "smtptap_messages_total", **{"class": "5xx"}) == 0
+    assert value(m, "smtptap_recipients_total", **{"class": "2xx"}) == 8
+    assert value(m, "smtptap_rule_hits_total", rule=rules + ":1", action="REJECT") == 2
+    assert value(m, "smtptap_rule_hits_total", rule="other", action="other") == 0
+    assert value(m, "smtptap_session_duration_seconds_count") == 10
+    assert value(m, "smtptap_session_duration_seconds_bucket", le="+Inf") == 10
+    assert value(m, "smtptap_upstream_connect_seconds_count") == 10
+    assert value(m, "smtptap_octets_total", direction="client") > 10 * len("QUIT\r\n")
+    assert value(m, "smtptap_octets_total", direction="server") > 0
+    assert value(m, "smtptap_tls_handshakes_total", leg="client", result="ok") == 0
+    assert value(m, "smtptap_auth_total", mechanism="PLAIN", result="success") == 0
+    assert value(m, "smtptap_journal_write_errors_total") == 0
+    assert value(m, "smtptap_events_dropped_total") == 0
+
+
+@pytest.mark.limit(40)
+def test_metrics_count_a_known_run(tap_factory, sink, workdir):
+    tap, mport, rules = tap_with_metrics(tap_factory, sink, workdir)
+    before = samples(mport)
+    assert value(before, "smtptap_sessions_total", reason="quit") == 0
+    known_run(tap)
+    check_known_run(samples(mport), rules)
+
+
+@pytest.mark.limit(40)
+def test_metrics_summed_over_two_workers(tap_factory, sink, workdir):
+    tap, mport, rules = tap_with_metrics(tap_factory, sink, workdir, "--workers", "2")
+    known_run(tap)
+    check_known_run(samples(mport), rules)
+    # An open session shows in the gauge, whichever worker holds it.
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    assert value(samples(mport), "smtptap_sessions_open") == 1
+    c.expect("QUIT", 221)
+    c.read_until_eof(3)
+    harness.wait_until(lambda: value(samples(mport), "smtptap_sessions_open") == 0, 5,
+                       what="the session closed")
+    assert value(samples(mport), "smtptap_sessions_total", reason="quit") == 11
+
+
+@pytest.mark.limit(30)
+def test_metrics_serves_only_get_metrics(tap_factory, sink, workdir):
+    tap, mport, _ = tap_with_metrics(tap_factory, sink, workdir)
+    for path in ("/", "/metric", "/metrics/", "/etc/passwd", "/favicon.ico"):
+        assert scrape(mport, path)[0] == 404, path
+    assert scrape(mport, "/metrics", "POST")[0] == 405
+    assert scrape(mport, "/metrics", "DELETE")[0] == 405
+    assert scrape(mport)[0] == 200
+    assert tap.alive()
+
+
+@pytest.mark.limit(20)
+def test_metrics_address_must_be_numeric_with_a_port(smtptap_bin):
+    for bad in ("localhost:9100", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", ""):
+        r = subprocess.run([smtptap_bin, "--upstream", "127.0.0.1:25", "--metrics", bad],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        assert r.returncode == 2 and b"--metrics" in r.stderr, (bad, r.stderr)
+
+
+@pytest.mark.limit(20)
+def test_metrics_port_taken_fails_at_start(tap_factory, sink):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        taken = s.getsockname()[1]
+        tap = tap_factory(sink.port, "--metrics", "127.0.0.1:%d" % taken, start=False)
+        tap.start(wait=False)
+        assert tap.wait_exit(10) not in (None, 0)
+        assert "--metrics 127.0.0.1:%d" % taken in tap.stderr()

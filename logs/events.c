@@ -256,8 +256,7 @@ events_write_line(const char *line, size_t len)
 {
 	if (events_fd < 0)
 		return;
-	events_queue(line, len);
-	events_queue("\n", 1);
+	events_queue(line, len); /* whole, with its line end: queued or dropped as one */
 }
 
 void

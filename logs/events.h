@@ -27,7 +27,7 @@ void events_before_write(void (*fn)(void));
 int events_reopen(void);
 /* Queues obj as one line; write errors are logged once and counted. */
 void events_write(json_t *obj);
-/* Queues a line (without its line end) made elsewhere (the event line's own JSON writer). */
+/* Queues a line made elsewhere (the event line's own JSON writer), ending with its "\n". */
 void events_write_line(const char *line, size_t len);
 void events_close(void);
 

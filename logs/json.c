@@ -268,6 +268,12 @@ jw_bool(struct json_writer *w, int v)
 }
 
 void
+jw_newline(struct json_writer *w)
+{
+	jw_put(w, "\n", 1);
+}
+
+void
 jw_null(struct json_writer *w)
 {
 	jw_sep(w);

@@ -31,5 +31,7 @@ void jw_int_or_null(struct json_writer *w, long long v, int present);
 void jw_real(struct json_writer *w, double v); /* 9 significant digits */
 void jw_bool(struct json_writer *w, int v);
 void jw_null(struct json_writer *w);
+/* Ends the line ("\n"), after the last value. */
+void jw_newline(struct json_writer *w);
 
 #endif

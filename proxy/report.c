@@ -346,6 +346,7 @@ report_write(struct session *s, const struct timeval *end)
 	jw_key(&jw, "warnings");
 	jw_int(&jw, s->warnings);
 	jw_close(&jw, '}');
+	jw_newline(&jw);
 	if (!jw.failed)
 		events_write_line(jw.buf, jw.len);
 }

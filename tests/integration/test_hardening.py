@@ -817,7 +817,7 @@ def _start_unread(smtptap_bin, workdir, upstream_port, stderr, extra=()):
     port = harness.free_port()
     argv = [smtptap_bin, "--listen", "127.0.0.1:%d" % port, "--upstream",
             "127.0.0.1:%d" % upstream_port, "--log-dir", os.path.join(workdir, "logs"),
-            "--events", "-", "--no-transcripts"] + list(extra)
+            "--events", "-", "--no-transcripts", "--workers", "1"] + list(extra)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=stderr)
     harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)

@@ -389,7 +389,7 @@ def test_sighup_rereads_config_atomically(smtptap_bin, workdir, sink, procs):
     # A broken file: nothing of it applies, not even its valid lines; the reason is logged.
     write(conf, base + "rules %s\nidle-timeout soon\n" % rules_b)
     p.proc.send_signal(signal.SIGHUP)
-    p.wait_stderr("%s:5: --idle-timeout: invalid duration" % conf)
+    p.wait_stderr("%s:6: --idle-timeout: invalid duration" % conf)
     p.wait_stderr("keeping the old configuration")
     assert noop().startswith(b"550 5.7.1 rules A")
 

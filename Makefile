@@ -108,7 +108,7 @@ clean:
 FUZZ_BUILD   := build-fuzz
 FUZZ_CC      := clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= command reply rules redact session proxyproto address
+FUZZ_TARGETS ?= command reply rules redact session proxyproto address json
 # clang's -Wformat=2 also flags vprintf-style wrappers without a format attribute (gcc does not).
 FUZZ_WARN    := $(WARN) -Wno-format-nonliteral
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -DSMTPTAP_VERSION='"$(VERSION)"' $(FUZZ_WARN) -O1 -g \

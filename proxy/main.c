@@ -31,6 +31,7 @@
 #include "proxy/session.h"
 #include "proxy/tls.h"
 #include "proxy/workers.h"
+#include "tools/tools.h"
 
 /* Each session holds a client socket and an upstream socket (transcripts open per flush). */
 #define FDS_PER_SESSION 2
@@ -234,6 +235,9 @@ main(int argc, char **argv)
 	static struct options opts;
 	int i;
 
+	/* `smtptap show ...`: a word, not an option, names a tool. */
+	if ((i = tools_main(argc, argv)) >= 0)
+		return i;
 	if (argc > 1 && strcmp(argv[1], "--check-rules") == 0)
 		return rules_check_main(argc - 1, argv + 1);
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)

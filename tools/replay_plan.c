@@ -396,8 +396,15 @@ plan_reply_done(struct builder *b)
 		b->greeted = 1;
 		return plan_text(b, STEP_EXPECT, shown, code, 0);
 	}
-	if (b->pcount == 0)
-		return plan_note_skip(b, shown, "a reply to no command: not expected now");
+	if (b->pcount == 0) {
+		char *t;
+
+		if (asprintf(&t, "  recorded %s  (a reply to no command: not expected now)", shown) < 0)
+			return plan_fail(b, "out of memory");
+		rc = plan_text(b, STEP_NOTE, t, 0, 0);
+		free(t);
+		return rc;
+	}
 	type = b->pend_type[b->phead];
 	verb = b->pend_verb[b->phead];
 	if (type == PEND_OWN) {

@@ -602,6 +602,18 @@ trial_is_kind(const unsigned char *p, size_t n)
 	       (n == 2 && strchr("CSPU", p[0]) != NULL && (p[1] == ':' || p[1] == '+'));
 }
 
+/* Whether a line (without its id column) has a timestamp and a kind: "TS KIND[ TEXT]". */
+static int
+trial_split_whole(const unsigned char *s, size_t n)
+{
+	const unsigned char *a = memchr(s, ' ', n), *b;
+
+	if (a == NULL || a - s != 27 || s[26] != 'Z')
+		return 0;
+	b = memchr(a + 1, ' ', (size_t)(s + n - (a + 1)));
+	return trial_is_kind(a + 1, (size_t)((b != NULL ? b : s + n) - (a + 1)));
+}
+
 /*
  * One line of the input: a "# session ID" header starts a session (per-session layout), a
  * journal record "TS ID KIND TEXT" goes to its session without the id column.
@@ -630,6 +642,11 @@ trial_split_line(struct trial_split *sp, unsigned char *s, size_t n)
 		t = trial_split_find(sp, id);
 		memmove(a, b, (size_t)(s + n - b)); /* without the id column */
 		n -= (size_t)(b - a);
+	}
+	if (n > 0 && s[0] >= '0' && s[0] <= '9' && !trial_split_whole(s, n)) {
+		/* A record cut short by a crash mid-write: the journal goes on after it. */
+		fprintf(stderr, "%s:%lu: torn record skipped\n", sp->name, sp->lineno);
+		return 0;
 	}
 	if (t == NULL && (t = sp->current = trial_split_new(sp, "")) == NULL)
 		return -1;

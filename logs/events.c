@@ -25,6 +25,7 @@ static struct event *flush_ev; /* made active when a line waits: runs later in t
 static char *pending;
 static size_t pending_len, pending_cap;
 static pthread_mutex_t *shared_lock; /* with worker processes */
+static void (*before_write)(void);   /* writes what the lines point at (the journal) */
 
 static int
 events_open_fd(const char *path)
@@ -80,6 +81,12 @@ events_reopen(void)
 }
 
 void
+events_before_write(void (*fn)(void))
+{
+	before_write = fn;
+}
+
+void
 events_share_lock(pthread_mutex_t *lock)
 {
 	shared_lock = lock;
@@ -127,6 +134,8 @@ events_put(const char *line, size_t len)
 static void
 events_flush(void)
 {
+	if (pending_len > 0 && before_write != NULL)
+		before_write();
 	if (pending_len > 0)
 		events_put(pending, pending_len);
 	pending_len = 0;

@@ -19,6 +19,7 @@
 #include "logs/escape.h"
 #include "logs/events.h"
 #include "logs/log.h"
+#include "logs/journal.h"
 #include "logs/transcript.h"
 #include "proxy/addr.h"
 #include "proxy/checkconf.h"
@@ -91,6 +92,7 @@ reload_all(struct proxy *px)
 {
 	notify_reloading();
 	events_reopen();
+	journal_reopen();
 	if (px->opts->config_file != NULL) {
 		reload_config(px); /* rules and certificates too, with the rest or not at all */
 	} else {
@@ -135,7 +137,7 @@ open_outputs(struct options *o)
 {
 	static char events_default[4096];
 
-	if (transcript_init(proxy.base, o->log_dir) != 0)
+	if (transcript_init(proxy.base, o->log_dir, o->keep_days) != 0)
 		fatal("log directory %s", o->log_dir);
 	if (o->events_off)
 		return;
@@ -145,6 +147,7 @@ open_outputs(struct options *o)
 	}
 	if (events_open(proxy.base, o->events) != 0)
 		fatal("events file %s", o->events);
+	events_before_write(journal_flush_all);
 }
 
 /* --user: after the listeners are bound, root goes for good (setgroups, setgid, setuid). */

@@ -206,6 +206,18 @@ report_log_line(const struct session *s, double duration)
 	log_info("%s", line);
 }
 
+/* Where the session's records start: {"file": "YYYY-MM-DD.log", "offset": N}, or null. */
+static json_t *
+report_transcript(const struct session *s)
+{
+	char file[16];
+	int64_t offset;
+
+	if (transcript_locate(s->transcript, file, &offset) != 0)
+		return json_null();
+	return json_pack("{s:s,s:I}", "file", file, "offset", (json_int_t)offset);
+}
+
 /*
  * The event, built key by key: json_pack would parse its format and check every string
  * again, once per session.
@@ -231,8 +243,7 @@ report_write(struct session *s, const struct timeval *end)
 	report_set(o, "listener", report_valid(s->listener_addr));
 	report_set(o, "upstream", report_valid(s->px->upstream_text));
 	report_set(o, "upstream_address", report_valid(s->upstream_addr));
-	report_set(o, "transcript",
-	           report_valid(s->transcript_path[0] ? s->transcript_path : NULL));
+	report_set(o, "transcript", report_transcript(s));
 	report_set(o, "helo", report_valid(s->helo));
 	report_set(o, "early_talker", json_boolean(s->early_talker));
 	if (s->forwarded != NULL)

@@ -359,8 +359,8 @@ def test_user_drops_root_after_binding(tap_factory, sink):
     assert "running as nobody (uid %d)" % NOBODY.pw_uid in err, err
     assert "running as root" not in err, err
     ev = hp.normal_session(tap, sink=sink)
-    t = os.path.join(tap.log_dir, ev["transcript"])
-    for path, mode in ((tap.log_dir, 0o750), (os.path.dirname(t), 0o750), (t, 0o640),
+    t = os.path.join(tap.log_dir, ev["transcript"]["file"])
+    for path, mode in ((tap.log_dir, 0o750), (t, 0o640),
                        (tap.events_path, 0o640)):
         s = os.stat(path)
         assert (s.st_uid, s.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid), (path, s.st_uid, s.st_gid)
@@ -416,8 +416,8 @@ def test_modes_under_a_permissive_umask(smtptap_bin, workdir, sink, request):
         with open("/proc/%d/cmdline" % tap.pid) as f:
             assert smtptap_bin in f.read(), "the wrapper did not exec smtptap"
         ev = hp.normal_session(tap, sink=sink)
-        t = os.path.join(tap.log_dir, ev["transcript"])
-        for path, mode in ((tap.log_dir, 0o750), (os.path.dirname(t), 0o750), (t, 0o640),
+        t = os.path.join(tap.log_dir, ev["transcript"]["file"])
+        for path, mode in ((tap.log_dir, 0o750), (t, 0o640),
                            (tap.events_path, 0o640)):
             assert stat.S_IMODE(os.stat(path).st_mode) == mode, (path, oct(os.stat(path).st_mode))
     finally:

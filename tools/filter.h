@@ -4,7 +4,7 @@
 #include <jansson.h>
 #include <time.h>
 
-#include "tools/journal.h"
+#include "tools/journal_read.h"
 
 /*
  * The session filters `sessions` and `tail` share: --client ADDR|CIDR, --from ADDR, --to ADDR,

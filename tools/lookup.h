@@ -3,7 +3,7 @@
 
 #include <jansson.h>
 
-#include "tools/journal.h"
+#include "tools/journal_read.h"
 #include "tools/tools.h"
 
 /*

@@ -3,7 +3,7 @@
 
 #include <stddef.h>
 
-#include "tools/journal.h"
+#include "tools/journal_read.h"
 
 /*
  * What `smtptap replay` does, worked out from a session's records before anything is sent:

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "tools/filter.h"
-#include "tools/journal.h"
+#include "tools/journal_read.h"
 #include "tools/tools.h"
 
 #define TAIL_BUCKETS 4096

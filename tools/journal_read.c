@@ -1,5 +1,5 @@
 /* The journal's records and files, as the tools read them. */
-#include "tools/journal.h"
+#include "tools/journal_read.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -35,6 +35,7 @@
 #include "proxy/session.h"
 #include "proxy/tls.h"
 #include "proxy/workers.h"
+#include "tools/tools.h"
 
 /* Each session holds a client socket and an upstream socket (transcripts open per flush). */
 #define FDS_PER_SESSION 2
@@ -339,6 +340,9 @@ main(int argc, char **argv)
 	char err[512];
 	int i;
 
+	/* `smtptap show ...`: a word, not an option, names a tool. */
+	if ((i = tools_main(argc, argv)) >= 0)
+		return i;
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
 		return rules_trial_main(argc - 1, argv + 1);
 	i = options_build(argc, argv, &opts, stderr);

@@ -38,7 +38,4 @@ int filter_command(struct session *s, int verb, const unsigned char *arg, const 
  * a rule refused it (answered and closed), 0 to go on, -1 when the session was closed. */
 int filter_client(struct session *s);
 
-/* Hits per rule, for the session's event: [{"rule":"FILE:LINE","action":..,"hits":N}]. */
-json_t *filter_report(const struct session *s);
-
 #endif

@@ -3,8 +3,6 @@
 
 #include <stddef.h>
 
-#include <jansson.h>
-
 #include "filters/rules.h"
 
 struct session;

@@ -11,6 +11,7 @@
 #include "logs/transcript.h"
 #include "proxy/ehlo.h"
 #include "proxy/filter.h"
+#include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
@@ -172,7 +173,7 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struc
 	size_t n;
 
 	reply_edit_policy(s, &pol, remove);
-	s->server_size = ehlo_size(reply, len);
+	message_learn_size(s, ehlo_size(reply, len));
 	ehlo_edit(reply, len, &pol, out, notes);
 	while (notes != NULL && (line = evbuffer_readln(notes, &n, EVBUFFER_EOL_CRLF)) != NULL) {
 		/* A removed line is the server's text, maybe a hostile one's: escaped. */

@@ -340,8 +340,10 @@ message_filter(struct session *s, enum rule_scope scope, const unsigned char *li
 	if (v == ACT_REJECT || v == ACT_DISCONNECT) {
 		if (s->msg->holding)
 			message_refuse(s, v);
-		else
-			message_out_lines(s, line, len); /* cannot refuse what already went */
+		else /* part of it went already: the server must never see its end */
+			message_untaken(s, s->outcome.reply != NULL ? s->outcome.reply
+			                                            : RULES_REJECT_DEFAULT,
+			                "refused while streamed");
 		return;
 	}
 	if (v == ACT_IGNORE)

@@ -250,3 +250,63 @@ def test_full_spool_answers_451(tap_factory, fake_server, workdir):
         tap.stop()
     finally:
         subprocess.run(["umount", "-l", logs], timeout=10)
+
+
+# --------------------------------------------------------------------------------------------
+# 9. A REWRITE may not make a line longer than --max-line
+
+
+GROW = "\n".join(["%s /x/g REWRITE xxxxxxxxxx"] * 3)
+
+
+@pytest.mark.limit(30)
+def test_rewrite_over_max_line_refuses_the_command(tap_factory, fake_server, workdir):
+    """Three /x/g rules grow a 200-octet NOOP a thousandfold: refused 500 5.5.2, recorded,
+    and nothing of it reaches the server; the session goes on."""
+    srv = fake_server(SmtpServerScript())
+    tap = start_tap(tap_factory, workdir, srv.port, GROW % ("command", "command", "command"),
+                    "--max-line", "4096")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    r = c.cmd("NOOP " + "x" * 200)
+    assert r and r[-1].startswith(b"500 5.5.2"), r
+    c.expect("NOOP x", 250)  # short enough rewritten: sent
+    c.expect("QUIT", 221)
+    srv.join(5)
+    sent = srv.conns[0].commands
+    assert not any(len(l) > 4096 for l in sent), [len(l) for l in sent]
+    assert b"NOOP " + b"x" * 1000 + b"\r\n" in sent
+    assert any("over --max-line" in e for e in transcript(tap).events())
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("mode", ["hold", "stream"])
+def test_rewrite_over_max_line_refuses_the_message(tap_factory, fake_server, workdir, mode):
+    """A body line rewritten past --max-line: the message is refused 500 5.5.2, never sent
+    (streamed, the session ends before its end reaches the server)."""
+    srv = fake_server(SmtpServerScript())
+    rules = GROW % ("body", "body", "body")
+    if mode == "hold":
+        rules += "\nbody /confidential/ REJECT"
+    tap = start_tap(tap_factory, workdir, srv.port, rules, "--max-line", "4096")
+    c, r = send_message(tap.port, HEAD + b"\r\nshort x\r\n" + b"x" * 100 + b"\r\n")
+    assert r and r[-1].startswith(b"500 5.5.2"), r
+    if mode == "stream":
+        assert c.closed_within(5)
+    srv.join(5)
+    assert delivered(srv) == []
+    assert not any(len(l) > 4096 for conn in srv.conns for l in conn.commands)
+
+
+@pytest.mark.limit(30)
+def test_rewrite_over_max_line_keeps_the_reply(tap_factory, fake_server, workdir):
+    """A reply line rewritten past --max-line: the client gets the server's line."""
+    srv = fake_server(SmtpServerScript())
+    tap = start_tap(tap_factory, workdir, srv.port, "reply /O/g REWRITE " + "O" * 3000,
+                    "--max-line", "2048")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.cmd("NOOP")
+    assert r == [b"250 2.0.0 Ok\r\n"], r
+    c.expect("QUIT", 221)

@@ -310,3 +310,39 @@ def test_rewrite_over_max_line_keeps_the_reply(tap_factory, fake_server, workdir
     r = c.cmd("NOOP")
     assert r == [b"250 2.0.0 Ok\r\n"], r
     c.expect("QUIT", 221)
+
+
+# --------------------------------------------------------------------------------------------
+# 6. The server's answer to the proxy's own DATA for a held message
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("answer", [b"250 2.0.0 Ok\r\n", b"334 what\r\n", b"199 odd\r\n"])
+def test_held_data_answered_without_354_is_451(tap_factory, fake_server, workdir, answer):
+    """A server that answers the proxy's DATA with anything but 354 that is no refusal never
+    got the body: the client's dot gets 451 4.3.0, never a success."""
+    def data(conn, line):
+        conn.send(answer)
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"DATA": data}))
+    tap = start_tap(tap_factory, workdir, srv.port, "body /confidential/ REJECT")
+    c, r = send_message(tap.port, HEAD + b"\r\nhello\r\n")
+    assert r and r[-1].startswith(b"451 4.3.0"), r
+    c.expect("QUIT", 221)
+    (e,) = tap.wait_events(1)
+    assert e["transactions"][0]["code"] == 451, e["transactions"]
+
+
+@pytest.mark.limit(30)
+def test_held_data_refused_by_server_keeps_its_reply(tap_factory, fake_server, workdir):
+    """A 4xx/5xx to the proxy's DATA is the client's answer, as it came."""
+    def data(conn, line):
+        conn.send(b"554 5.5.1 No thanks\r\n")
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"DATA": data}))
+    tap = start_tap(tap_factory, workdir, srv.port, "body /confidential/ REJECT")
+    c, r = send_message(tap.port, HEAD + b"\r\nhello\r\n")
+    assert r == [b"554 5.5.1 No thanks\r\n"], r
+    c.expect("QUIT", 221)

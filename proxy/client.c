@@ -306,6 +306,31 @@ client_sasl_relay_late(struct session *s, const struct unit *u, size_t n)
 	relay_expect(s, VERB_UNKNOWN);
 }
 
+/*
+ * A command whose extension a capability rule removed from the EHLO reply: answered 502
+ * 5.5.1 by the proxy, never relayed (a rule that hides STARTTLS or AUTH means it).
+ */
+static int
+client_capability_hidden(struct session *s, const struct unit *u, const struct smtp_command *cmd,
+                         size_t n)
+{
+	const char *name = reply_edit_hidden(s, cmd->verb);
+	char text[128];
+
+	if (name == NULL)
+		return 0;
+	if (cmd->verb == VERB_AUTH) {
+		(void)client_auth(s, u->data, n, cmd); /* recorded redacted */
+		s->auth_open = 0;
+	} else {
+		side_record(&s->client, u);
+	}
+	session_warn(s, "%s refused: a capability rule removed it", name);
+	snprintf(text, sizeof(text), "502 5.5.1 %s not available", name);
+	client_command_refused(s, u, cmd, ACT_REJECT, text);
+	return 1;
+}
+
 /* Tracks a client command, runs it through the rules, and relays it. */
 static void
 client_command(struct session *s, const struct unit *u)
@@ -323,6 +348,8 @@ client_command(struct session *s, const struct unit *u)
 		client_sasl_relay_late(s, u, n);
 		return;
 	}
+	if (client_capability_hidden(s, u, &cmd, n))
+		return;
 	if (client_command_local(s, u, &cmd))
 		return;
 	if (cmd.verb == VERB_AUTH) {

@@ -164,17 +164,15 @@ reply_edit_policy(struct session *s, struct ehlo_policy *pol, const char *remove
 }
 
 static void
-reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struct evbuffer *out)
+reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len,
+                const struct ehlo_policy *pol, struct evbuffer *out)
 {
-	const char *remove[6];
-	struct ehlo_policy pol;
 	struct evbuffer *notes = evbuffer_new();
 	char *line, *esc;
 	size_t n;
 
-	reply_edit_policy(s, &pol, remove);
 	message_learn_size(s, ehlo_size(reply, len));
-	ehlo_edit(reply, len, &pol, out, notes);
+	ehlo_edit(reply, len, pol, out, notes);
 	while (notes != NULL && (line = evbuffer_readln(notes, &n, EVBUFFER_EOL_CRLF)) != NULL) {
 		/* A removed line is the server's text, maybe a hostile one's: escaped. */
 		esc = escape_strdup((const unsigned char *)line, n);
@@ -184,6 +182,43 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struc
 	}
 	if (notes != NULL)
 		evbuffer_free(notes);
+}
+
+/* The extensions a command needs, as the EHLO reply names them. */
+static const struct {
+	enum smtp_verb verb;
+	const char *keyword;
+	const char *name;
+} reply_caps[] = {
+    {VERB_STARTTLS, "STARTTLS", "STARTTLS"},
+    {VERB_AUTH, "AUTH", "AUTH"},
+    {VERB_BDAT, "CHUNKING", "BDAT"},
+};
+
+const char *
+reply_edit_hidden(const struct session *s, enum smtp_verb verb)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
+		if (reply_caps[i].verb == verb && (s->caps_hidden & (1u << i)))
+			return reply_caps[i].name;
+	return NULL;
+}
+
+/* The extensions offered before the rules and gone after them. */
+static unsigned
+reply_caps_removed(const unsigned char *before, size_t blen, const unsigned char *after,
+                   size_t alen)
+{
+	unsigned hidden = 0;
+	size_t i;
+
+	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
+		if (ehlo_offers(before, blen, reply_caps[i].keyword) &&
+		    !ehlo_offers(after, alen, reply_caps[i].keyword))
+			hidden |= 1u << i;
+	return hidden;
 }
 
 /* Applies the rules to a held reply; returns the rebuilt reply (heap) or NULL to send as is. */
@@ -207,6 +242,48 @@ reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum sm
 	return out;
 }
 
+/*
+ * An EHLO reply: the rules, then the extensions the proxy handles.  The STARTTLS the proxy
+ * adds meets the capability rules too, and an extension a rule removed is never added back:
+ * a client that uses it anyway is refused (reply_edit_hidden).
+ */
+static void
+reply_edit_send_ehlo(struct session *s, const unsigned char *reply, size_t len,
+                     struct evbuffer *out)
+{
+	const char *remove[6];
+	struct ehlo_policy pol;
+	struct evbuffer *with = NULL;
+	unsigned char *rebuilt;
+	size_t outlen = 0;
+
+	reply_edit_policy(s, &pol, remove);
+	if (pol.add != NULL && reply_edit_wanted(s) && len >= 3 &&
+	    !ehlo_offers(reply, len, pol.add) && (with = evbuffer_new()) != NULL) {
+		evbuffer_add(with, reply, len);
+		evbuffer_add_printf(with, "%.3s %s\r\n", (const char *)reply, pol.add);
+		len = evbuffer_get_length(with);
+		reply = evbuffer_pullup(with, (ev_ssize_t)len);
+	}
+	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, VERB_EHLO, 250, &outlen) : NULL;
+	if (reply == NULL || s->closing) {
+		free(rebuilt);
+		if (with != NULL)
+			evbuffer_free(with);
+		return;
+	}
+	s->caps_hidden = rebuilt != NULL ? reply_caps_removed(reply, len, rebuilt, outlen) : 0;
+	if (reply_edit_hidden(s, VERB_STARTTLS) != NULL)
+		pol.add = NULL;
+	if (rebuilt != NULL)
+		reply_edit_ehlo(s, rebuilt, outlen, &pol, out);
+	else
+		reply_edit_ehlo(s, reply, len, &pol, out);
+	free(rebuilt);
+	if (with != NULL)
+		evbuffer_free(with);
+}
+
 void
 reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code)
 {
@@ -220,6 +297,11 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		return;
 	}
 	out = bufferevent_get_output(s->client.bev);
+	if ((answers == VERB_EHLO || answers == VERB_LHLO) && code == 250 && reply != NULL) {
+		reply_edit_send_ehlo(s, reply, len, out);
+		evbuffer_drain(held, evbuffer_get_length(held));
+		return;
+	}
 	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
 	if (s->closing) {
 		free(rebuilt);
@@ -230,9 +312,7 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		reply = rebuilt;
 		len = outlen;
 	}
-	if ((answers == VERB_EHLO || answers == VERB_LHLO) && code == 250 && reply != NULL)
-		reply_edit_ehlo(s, reply, len, out);
-	else if (reply != NULL)
+	if (reply != NULL)
 		evbuffer_add(out, reply, len);
 	free(rebuilt);
 	evbuffer_drain(held, evbuffer_get_length(held));
@@ -251,6 +331,7 @@ reply_edit_stream_begin(struct session *s)
 	const unsigned char *lf;
 
 	s->reply_stream = 1;
+	s->caps_hidden = 0; /* no rule sees a reply this long */
 	if (p == NULL || pending == NULL) {
 		if (pending != NULL)
 			evbuffer_free(pending);

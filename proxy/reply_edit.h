@@ -20,6 +20,13 @@ void reply_edit_stream_begin(struct session *s);
 void reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
                             struct evbuffer *kept);
 
+/*
+ * The name of the extension a command needs when a capability rule removed it from the last
+ * EHLO reply (STARTTLS, AUTH, BDAT's CHUNKING), or NULL: such a command is the proxy's to
+ * refuse, never the server's to take.
+ */
+const char *reply_edit_hidden(const struct session *s, enum smtp_verb verb);
+
 /* Whether replies must be held whole because rules may edit them. */
 int reply_edit_wanted(const struct session *s);
 

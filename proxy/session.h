@@ -161,6 +161,7 @@ struct session {
 	int auth_code;
 	int auth_used;
 	int auth_open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
+	unsigned caps_hidden; /* extensions a capability rule removed from the EHLO reply */
 
 	int tls_passthrough;
 	int upstream_setup; /* securing the upstream leg before the client sees the greeting */

@@ -14,6 +14,7 @@ import pytest
 import harness
 from harness import SmtpClient, SmtpServerScript, dot_stuff
 from filter_peers import held_tmpfiles, transcript, write_rules
+from tls_peers import certs  # noqa: F401 (a fixture)
 
 
 def start_tap(tap_factory, workdir, upstream_port, rules, *extra):
@@ -346,3 +347,77 @@ def test_held_data_refused_by_server_keeps_its_reply(tap_factory, fake_server, w
     c, r = send_message(tap.port, HEAD + b"\r\nhello\r\n")
     assert r == [b"554 5.5.1 No thanks\r\n"], r
     c.expect("QUIT", 221)
+
+
+# --------------------------------------------------------------------------------------------
+# 7. A capability a rule removed stays removed, and using it anyway is refused
+
+
+def ehlo_keywords(r):
+    return [l[4:].split()[0].upper() for l in r[1:] if len(l) > 4]
+
+
+@pytest.mark.limit(30)
+def test_hidden_starttls_not_added_back_with_a_certificate(tap_factory, fake_server, workdir,
+                                                           certs):
+    """With a certificate (terminate), smtptap adds STARTTLS: not when a capability rule
+    removes it.  A STARTTLS sent anyway gets 502 5.5.1 from the proxy, and no TLS."""
+    srv = fake_server(SmtpServerScript())
+    tap = start_tap(tap_factory, workdir, srv.port, "capability /^STARTTLS$/i IGNORE",
+                    *(list(certs.proxy_args("proxy")) + ["--upstream-tls", "none"]))
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.expect("EHLO client.example", 250)
+    assert b"STARTTLS" not in ehlo_keywords(r), r
+    r = c.cmd("STARTTLS")
+    assert r and r[-1].startswith(b"502 5.5.1"), r
+    c.expect("NOOP", 250)  # still in clear, still talking
+    c.expect("QUIT", 221)
+
+
+@pytest.mark.limit(30)
+def test_starttls_still_added_without_such_a_rule(tap_factory, fake_server, workdir, certs):
+    """Another capability rule does not stop the STARTTLS smtptap offers."""
+    srv = fake_server(SmtpServerScript())
+    tap = start_tap(tap_factory, workdir, srv.port, "capability /^8BITMIME/i IGNORE",
+                    *(list(certs.proxy_args("proxy")) + ["--upstream-tls", "none"]))
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.expect("EHLO client.example", 250)
+    kw = ehlo_keywords(r)
+    assert b"STARTTLS" in kw and b"8BITMIME" not in kw, r
+    assert r[-1].startswith(b"250 ") and all(l.startswith(b"250-") for l in r[:-1]), r
+    c.expect("QUIT", 221)
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("verb", ["STARTTLS", "AUTH", "BDAT"])
+def test_command_of_a_hidden_capability_refused(tap_factory, fake_server, workdir, verb):
+    """The server offers it, a rule hides it (no certificate: STARTTLS would be relayed):
+    the client that uses it anyway gets 502 5.5.1 from the proxy; the server never sees it,
+    and an AUTH's secret is not recorded."""
+    keyword = {"STARTTLS": "STARTTLS", "AUTH": "AUTH", "BDAT": "CHUNKING"}[verb]
+    srv = fake_server(SmtpServerScript(caps=("PIPELINING", "STARTTLS"), auth={"alice": "pw"},
+                                       chunking=True))
+    tap = start_tap(tap_factory, workdir, srv.port,
+                    "capability /^%s\\b/i IGNORE" % keyword)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.expect("EHLO client.example", 250)
+    assert keyword.encode() not in ehlo_keywords(r), r
+    line = {"STARTTLS": "STARTTLS", "AUTH": "AUTH PLAIN " + harness.b64(b"\0alice\0pw"),
+            "BDAT": "BDAT 4 LAST"}[verb]
+    if verb == "BDAT":
+        c.expect("MAIL FROM:<a@example.com>", 250)
+        c.expect("RCPT TO:<b@example.net>", 250)
+        c.send(line + "\r\nNOOP")  # the 4 octets that would be the chunk
+        r = c.reply()
+    else:
+        r = c.cmd(line)
+    assert r and r[-1].startswith(b"502 5.5.1"), r
+    c.expect("QUIT", 221)
+    srv.join(5)
+    assert not any(l.upper().startswith(verb.encode()) for l in srv.conns[0].commands), \
+        srv.conns[0].commands
+    if verb == "AUTH":
+        assert harness.b64(b"\0alice\0pw") not in open(transcript(tap).path).read()

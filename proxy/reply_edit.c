@@ -82,6 +82,25 @@ reply_scopes(enum smtp_verb answers, int code, size_t i, enum rule_scope scopes[
 	return 1;
 }
 
+/*
+ * Whether a rewritten reply line keeps its code's class (the first digit).  What the client
+ * is told must be what the proxy acts on: a 250 to RCPT made 550 would leave the recipient
+ * accepted by the server and the message delivered to it, so a reply rule may not change a
+ * code's class (refuse a command with a command rule instead).  A line without a code may
+ * not gain one.
+ */
+static int
+reply_same_class(const unsigned char *was, size_t wlen, const unsigned char *now, size_t nlen)
+{
+	int coded = wlen >= 3 && was[0] >= '0' && was[0] <= '9' && was[1] >= '0' &&
+	            was[1] <= '9' && was[2] >= '0' && was[2] <= '9';
+
+	if (!coded)
+		return nlen < 3 || now[0] < '0' || now[0] > '9';
+	return nlen >= 3 && now[0] == was[0] && now[1] >= '0' && now[1] <= '9' && now[2] >= '0' &&
+	       now[2] <= '9' && (nlen == 3 || now[3] == ' ' || now[3] == '-');
+}
+
 /* Runs each line through the rules; returns -1 when the session had to close. */
 static int
 reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answers, int code)
@@ -98,6 +117,10 @@ reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answ
 		if (v == ACT_IGNORE) {
 			rl->removed[i] = 1;
 			rl->changed = 1;
+		} else if (s->outcome.rewritten &&
+		           !reply_same_class(rl->p[i], rl->len[i], s->outcome.line, s->outcome.len)) {
+			session_warn(s, "a reply rule may not change a reply's class: the server's "
+			                "line kept");
 		} else if (s->outcome.rewritten) {
 			rl->changed = 1;
 			if ((rl->own[i] = malloc(s->outcome.len + 1)) == NULL)
@@ -282,6 +305,21 @@ reply_edit_send_ehlo(struct session *s, const unsigned char *reply, size_t len,
 	free(rebuilt);
 	if (with != NULL)
 		evbuffer_free(with);
+}
+
+void
+reply_edit_in_place(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code)
+{
+	size_t len = evbuffer_get_length(held), outlen = 0;
+	const unsigned char *reply = evbuffer_pullup(held, (ev_ssize_t)len);
+	unsigned char *rebuilt;
+
+	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
+	if (rebuilt == NULL)
+		return;
+	evbuffer_drain(held, len);
+	evbuffer_add(held, rebuilt, outlen);
+	free(rebuilt);
 }
 
 void

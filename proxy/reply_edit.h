@@ -14,6 +14,11 @@ struct session;
  */
 void reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code);
 
+/* Applies the reply rules to a held reply where it is (a 421, copied to every pending
+ * command): it stays in held, edited. */
+void reply_edit_in_place(struct session *s, struct evbuffer *held, enum smtp_verb answers,
+                         int code);
+
 /* An EHLO reply over the hold limit: edited line by line from here on (one line kept back
  * in held_reply).  stream_line takes each further complete line; last ends the reply. */
 void reply_edit_stream_begin(struct session *s);

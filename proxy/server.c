@@ -142,6 +142,11 @@ server_421(struct session *s)
 		session_close(s, "server_421");
 		return;
 	}
+	/* The reply rules see a 421 too (a host name to hide is in it as in any other). */
+	reply_edit_in_place(s, s->reply_copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
+	if (s->closing)
+		return;
+	len = evbuffer_get_length(s->reply_copy);
 	if (s->client.bev != NULL && (head == NULL || !(head->quiet && head->verb == VERB_RSET)))
 		evbuffer_add(bufferevent_get_output(s->client.bev),
 		             evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len);

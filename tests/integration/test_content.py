@@ -421,3 +421,71 @@ def test_command_of_a_hidden_capability_refused(tap_factory, fake_server, workdi
         srv.conns[0].commands
     if verb == "AUTH":
         assert harness.b64(b"\0alice\0pw") not in open(transcript(tap).path).read()
+
+
+# --------------------------------------------------------------------------------------------
+# 8. Reply rules see a 421
+
+
+def closing_421(conn, line):
+    conn.send(b"421 4.3.2 mx1.internal.corp Service shutting down\r\n")
+    conn.close()
+    return True
+
+
+@pytest.mark.limit(30)
+def test_reply_rule_edits_a_421(tap_factory, fake_server, workdir):
+    """A 421 is copied to every pending command: each copy is the edited one, and the
+    internal host name never reaches the client."""
+    srv = fake_server(SmtpServerScript(hooks={"VRFY": closing_421}))
+    tap = start_tap(tap_factory, workdir, srv.port,
+                    r"reply /\bmx1\.internal\.corp\b/ REWRITE mail.example.com")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.send(b"VRFY x\r\nNOOP\r\nNOOP\r\n")
+    replies = [c.reply() for _ in range(3)]
+    assert c.closed_within(5)
+    assert b"internal" not in bytes(c.received), bytes(c.received)
+    assert replies[0] == [b"421 4.3.2 mail.example.com Service shutting down\r\n"], replies
+    for r in replies[1:]:
+        assert r and r[-1].startswith(b"421"), replies
+
+
+@pytest.mark.limit(30)
+def test_banner_rule_edits_a_421_greeting(tap_factory, fake_server, workdir):
+    def greet(conn, line):
+        conn.send(b"421 4.3.2 mx1.internal.corp Too busy\r\n")
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"GREETING": greet}))
+    tap = start_tap(tap_factory, workdir, srv.port,
+                    r"banner /mx1\.internal\.corp/ REWRITE mail.example.com")
+    c = SmtpClient(tap.port)
+    r = c.reply()
+    assert r == [b"421 4.3.2 mail.example.com Too busy\r\n"], r
+
+
+# --------------------------------------------------------------------------------------------
+# 10. A reply rule may not change a code's class
+
+
+@pytest.mark.limit(30)
+def test_reply_rule_cannot_turn_an_accepted_rcpt_into_a_refusal(tap_factory, fake_server,
+                                                                workdir):
+    """The client is told what the server did (a 250 stays a 2xx) so that what it was told
+    is what happens: the message goes to that recipient, and the client knows it.  The rule's
+    attempt is a warning."""
+    srv = fake_server(SmtpServerScript())
+    tap = start_tap(tap_factory, workdir, srv.port,
+                    "reply /^250 2\\.1\\.5 Ok$/ REWRITE 550 5.1.1 Recipient not permitted\n"
+                    "reply /^250 2\\.0\\.0 Ok$/ REWRITE 250 2.0.0 Fine")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    r = c.cmd("RCPT TO:<b@example.net>")
+    assert r == [b"250 2.1.5 Ok\r\n"], r
+    assert c.cmd("NOOP") == [b"250 2.0.0 Fine\r\n"]  # the same class: rewritten
+    c.expect("QUIT", 221)
+    assert any("may not change a reply's class" in e for e in transcript(tap).events())

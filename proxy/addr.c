@@ -66,9 +66,12 @@ addr_numeric(const char *host, const char *port, struct sockaddr_storage *ss)
 	struct sockaddr_in *in = (struct sockaddr_in *)ss;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
 	char *end;
-	unsigned long n = strtoul(port, &end, 10);
+	unsigned long n;
 
 	memset(ss, 0, sizeof(*ss));
+	if (host == NULL || port == NULL) /* --upstream original */
+		return 0;
+	n = strtoul(port, &end, 10);
 	if (*port == '\0' || *end != '\0' || n == 0 || n > 65535)
 		return 0;
 	if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
@@ -119,6 +122,8 @@ addr_host_is_local(const char *host)
 	struct ifaddrs *ifs = NULL;
 	int local = 0;
 
+	if (host == NULL) /* --upstream original */
+		return 0;
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_socktype = SOCK_STREAM;
 	if (getaddrinfo(host, NULL, &hints, &res) != 0)

@@ -38,7 +38,8 @@ struct listener {
 	struct evconnlistener *lev;
 	struct event *resume;
 	int implicit_tls;
-	unsigned worker; /* the worker slot that accepts on it */
+	int transparent;            /* IP_TRANSPARENT: takes connections TPROXY diverts to it */
+	unsigned worker;            /* the worker slot that accepts on it */
 	struct sockaddr_storage ss; /* the bound address */
 	char name[64];
 };
@@ -298,25 +299,66 @@ listener_error_cb(struct evconnlistener *lev, void *arg)
 		log_warnx("accept on %s: %s", l->name, strerror(err));
 }
 
+/*
+ * A TPROXY listener's socket: IP_TRANSPARENT (IPV6_TRANSPARENT) must be set before bind, which
+ * evconnlistener_new_bind gives no place for.  Needs CAP_NET_ADMIN; -1 with errno.
+ */
+static int
+listener_transparent_socket(const struct sockaddr_storage *ss, int len, int shared)
+{
+	int one = 1, fd, saved;
+	int v6 = ss->ss_family == AF_INET6;
+
+	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	    (shared && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+	    (v6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) != 0) ||
+	    (v6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+	        : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one))) != 0 ||
+	    bind(fd, (const struct sockaddr *)ss, (socklen_t)len) != 0 || listen(fd, 4096) != 0) {
+		saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	return fd;
+}
+
 /* Binds one socket of ss for worker slot `worker` (shared: SO_REUSEPORT, as every slot's). */
 static struct listener *
 listener_bind(struct proxy *px, struct sockaddr_storage *ss, int len, int implicit_tls,
-              unsigned worker, int shared)
+              int transparent, unsigned worker, int shared)
 {
 	unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
 	struct listener *l;
+	int fd = -1;
 
 	if (ss->ss_family == AF_INET6)
 		flags |= LEV_OPT_BIND_IPV6ONLY;
 	if (shared)
 		flags |= LEV_OPT_REUSEABLE_PORT;
-	if ((l = calloc(1, sizeof(*l))) == NULL)
+	if (transparent && (fd = listener_transparent_socket(ss, len, shared)) < 0)
 		return NULL;
+	if ((l = calloc(1, sizeof(*l))) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
 	l->px = px;
 	l->implicit_tls = implicit_tls;
+	l->transparent = transparent;
 	l->worker = worker;
-	l->lev = evconnlistener_new_bind(px->base, listener_accept_cb, l, flags, 4096,
-	                                 (struct sockaddr *)ss, len);
+	if (fd >= 0) {
+		/* Backlog 0: listen(2) was called already. */
+		l->lev = evconnlistener_new(px->base, listener_accept_cb, l, flags, 0, fd);
+		if (l->lev == NULL)
+			close(fd);
+	} else {
+		l->lev = evconnlistener_new_bind(px->base, listener_accept_cb, l, flags, 4096,
+		                                 (struct sockaddr *)ss, len);
+	}
 	if (l->lev == NULL) {
 		free(l);
 		return NULL;
@@ -330,7 +372,7 @@ listener_bind(struct proxy *px, struct sockaddr_storage *ss, int len, int implic
 /* Binds one address, one socket per worker; -1 with the reason in err. */
 static int
 listener_add_one(struct proxy *px, const struct sockaddr *sa, socklen_t salen, int implicit_tls,
-                 unsigned workers, char *err, size_t errlen)
+                 int transparent, unsigned workers, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	int len = (int)salen;
@@ -342,9 +384,11 @@ listener_add_one(struct proxy *px, const struct sockaddr *sa, socklen_t salen, i
 	memset(&ss, 0, sizeof(ss));
 	memcpy(&ss, sa, salen);
 	for (w = 0; w < workers; w++) {
-		if ((l = listener_bind(px, &ss, len, implicit_tls, w, workers > 1)) == NULL) {
+		if ((l = listener_bind(px, &ss, len, implicit_tls, transparent, w, workers > 1)) ==
+		    NULL) {
 			addr_format(sa, text, sizeof(text));
-			snprintf(err, errlen, "bind %s: %s", text, strerror(errno));
+			snprintf(err, errlen, "bind %s%s: %s", text,
+			         transparent ? " with IP_TRANSPARENT" : "", strerror(errno));
 			return -1;
 		}
 		/* Port 0 picks a port: the other workers' sockets take the same one. */
@@ -370,7 +414,10 @@ listener_log_from(struct listener *l)
 		return;
 	listener_log_from(SLIST_NEXT(l, entry));
 	if (l->worker == 0)
-		log_info("listening on %s%s", l->name, l->implicit_tls ? " (implicit TLS)" : "");
+		log_info("listening on %s%s", l->name,
+		         l->implicit_tls  ? " (implicit TLS)"
+		         : l->transparent ? " (transparent)"
+		                          : "");
 }
 
 void
@@ -392,9 +439,9 @@ listener_listed_before(const struct addrinfo *res, const struct addrinfo *ai)
  * A name is resolved once, here (getaddrinfo, at start-up), and every address it has is
  * bound: "localhost" is both 127.0.0.1 and [::1], as with sshd's ListenAddress.
  */
-int
-listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned workers, char *err,
-             size_t errlen)
+static int
+listener_add_kind(struct proxy *px, const char *addr, int implicit_tls, int transparent,
+                  unsigned workers, char *err, size_t errlen)
 {
 	struct addrinfo hints, *res, *ai;
 	char *host, *port;
@@ -421,8 +468,8 @@ listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned work
 			continue;
 		if (listener_listed_before(res, ai)) /* getaddrinfo may give one twice */
 			continue;
-		if ((rc = listener_add_one(px, ai->ai_addr, ai->ai_addrlen, implicit_tls, workers,
-		                           err, errlen)) == 0)
+		if ((rc = listener_add_one(px, ai->ai_addr, ai->ai_addrlen, implicit_tls,
+		                           transparent, workers, err, errlen)) == 0)
 			bound++;
 	}
 	freeaddrinfo(res);
@@ -431,6 +478,20 @@ listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned work
 	if (rc == 0 && bound == 0)
 		snprintf(err, errlen, "%s: no IPv4 or IPv6 address", addr);
 	return rc == 0 && bound > 0 ? 0 : -1;
+}
+
+int
+listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned workers, char *err,
+             size_t errlen)
+{
+	return listener_add_kind(px, addr, implicit_tls, 0, workers, err, errlen);
+}
+
+int
+listener_add_transparent(struct proxy *px, const char *addr, unsigned workers, char *err,
+                         size_t errlen)
+{
+	return listener_add_kind(px, addr, 0, 1, workers, err, errlen);
 }
 
 /* In a worker: let go of the other workers' sockets (the supervisor keeps them all). */

@@ -10,6 +10,10 @@ struct proxy;
  * per worker, and accepts clients; -1 with the reason in err when it can't. */
 int listener_add(struct proxy *px, const char *addr, int implicit_tls, unsigned workers, char *err,
                  size_t errlen);
+/* As listener_add, with IP_TRANSPARENT (TPROXY): each accepted socket's local address is
+ * where the client was going.  Needs CAP_NET_ADMIN. */
+int listener_add_transparent(struct proxy *px, const char *addr, unsigned workers, char *err,
+                             size_t errlen);
 /* Logs "listening on ADDRESS" for each, once the start-up checks have passed. */
 void listener_log_all(void);
 /* The name of our listener that takes connections to sa, or NULL.  fd: a socket connected to

@@ -286,6 +286,26 @@ warn_identity_hidden(const struct options *o)
 		          o->upstream);
 }
 
+/*
+ * --upstream-mark needs CAP_NET_ADMIN for SO_MARK, as the process runs (after --user): tried
+ * once here, so that a mark that can't be set stops the start rather than every session.
+ */
+static void
+check_upstream_mark(const struct options *o)
+{
+	unsigned mark = o->upstream_mark;
+	int fd;
+
+	if (mark == 0)
+		return;
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		fatal("--upstream-mark: socket");
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+		fatal("--upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)", mark,
+		      o->user != NULL ? ", which --user gives up" : "");
+	close(fd);
+}
+
 /* The loop that serves sessions, in this process or in each worker. */
 static void
 serve(struct proxy *px)
@@ -353,6 +373,10 @@ main(int argc, char **argv)
 	for (i = 0; i < opts.nlisten_tls; i++)
 		if (listener_add(&proxy, opts.listen_tls[i], 1, opts.workers, err, sizeof(err)) != 0)
 			fatalx("--listen-tls %s: %s", opts.listen_tls[i], err);
+	for (i = 0; i < opts.nlisten_transparent; i++)
+		if (listener_add_transparent(&proxy, opts.listen_transparent[i], opts.workers, err,
+		                             sizeof(err)) != 0)
+			fatalx("--listen-transparent %s: %s", opts.listen_transparent[i], err);
 	check_upstream_not_us(&proxy, &opts);
 	warn_identity_hidden(&opts);
 	listener_log_all();
@@ -362,6 +386,7 @@ main(int argc, char **argv)
 	if (opts.pid_file != NULL && pidfile_open(opts.pid_file) != 0)
 		fatal("--pid-file %s", opts.pid_file);
 	drop_privileges(&opts);
+	check_upstream_mark(&opts);
 	log_info("smtptap %s relaying to %s", SMTPTAP_VERSION, opts.upstream);
 	log_not_recorded(&opts);
 	if (opts.workers == 1 || workers_run(&proxy, opts.workers, reload_all) == WORKERS_IN_WORKER)

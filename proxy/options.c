@@ -60,6 +60,8 @@ enum {
 	OPT_HELO_NAME,
 	OPT_FORWARD_CLIENT,
 	OPT_ACCEPT_PROXY,
+	OPT_LISTEN_TRANSPARENT,
+	OPT_UPSTREAM_MARK,
 	OPT_HELP,
 	OPT_VERSION,
 	OPT_CHECK_CONFIG,
@@ -102,6 +104,8 @@ static const struct option long_options[] = {
     {"helo-name", required_argument, NULL, OPT_HELO_NAME},
     {"forward-client", required_argument, NULL, OPT_FORWARD_CLIENT},
     {"accept-proxy", required_argument, NULL, OPT_ACCEPT_PROXY},
+    {"listen-transparent", required_argument, NULL, OPT_LISTEN_TRANSPARENT},
+    {"upstream-mark", required_argument, NULL, OPT_UPSTREAM_MARK},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, OPT_HELP},
     {"check-rules", no_argument, NULL, OPT_CHECK_RULES},
@@ -117,7 +121,8 @@ static const struct option long_options[] = {
 static const char usage_text[] =
     "usage: smtptap --upstream HOST:PORT [options]\n"
     "  --listen ADDR:PORT       listen here (repeatable; default 127.0.0.1:2525)\n"
-    "  --upstream HOST:PORT     the real SMTP server\n"
+    "  --upstream HOST:PORT|original  the real SMTP server (original: where each client\n"
+    "                           was going, for a transparent interceptor)\n"
     "  --log-dir DIR            transcripts (default ./smtptap-logs)\n"
     "  --events FILE|none       JSON line per session, - for stdout (default DIR/events.jsonl)\n"
     "  --record body|headers|none  message content in transcripts (default body)\n"
@@ -147,6 +152,8 @@ static const char usage_text[] =
     "                           address (default none: it sees the proxy's)\n"
     "  --accept-proxy CIDR[,CIDR...]  balancers whose connections start with a PROXY\n"
     "                           header (v1 or v2) naming the client\n"
+    "  --listen-transparent ADDR:PORT  TPROXY listener (IP_TRANSPARENT; repeatable)\n"
+    "  --upstream-mark N        SO_MARK on upstream connections (firewall exemption)\n"
     "  --rules FILE             PCRE2 filter rules (repeatable, read in order)\n"
     "  --hold-memory BYTES      a held message's memory before a temp file (default 1048576)\n"
     "  --check-rules FILE...    check rule files and exit (1 on any error)\n"
@@ -377,6 +384,34 @@ options_check_tls(struct options *o)
 		o->upstream_name = o->upstream_host;
 }
 
+/*
+ * --upstream original: the server's name is not known, so a name check has nothing to check
+ * against.  Rather than check less than was asked (the default is name), smtptap refuses to
+ * start unless --upstream-name gives the name, or --upstream-verify says ca or none; this only
+ * where the proxy itself secures the upstream leg.  --upstream-mark needs a socket of a known
+ * family before the connection: a numeric --upstream or original, not a name.
+ */
+static void
+options_check_original(const struct options *o)
+{
+	int own_tls = o->upstream_tls == UPSTREAM_IMPLICIT || o->upstream_tls == UPSTREAM_REQUIRE ||
+	              (o->upstream_tls == UPSTREAM_STARTTLS && o->tls_mode != TLS_PASSTHROUGH);
+	unsigned char buf[16];
+
+	if (o->upstream_original && own_tls && o->upstream_verify == VERIFY_NAME &&
+	    o->upstream_name == NULL)
+		options_die(
+		    "--upstream-verify",
+		    "name under --upstream original needs --upstream-name "
+		    "(the server's name is unknown); or choose --upstream-verify ca or none",
+		    NULL);
+	if (o->upstream_mark != 0 && !o->upstream_original && o->upstream_host != NULL &&
+	    inet_pton(AF_INET, o->upstream_host, buf) != 1 &&
+	    inet_pton(AF_INET6, o->upstream_host, buf) != 1)
+		options_die("--upstream-mark",
+		            "needs a numeric --upstream address or original, not", o->upstream);
+}
+
 /* mimalloc's, when it is the allocator (weak: absent from a MALLOC=libc build). */
 int mi_version(void) __attribute__((weak));
 
@@ -494,6 +529,47 @@ options_identity(struct options *o, int ch, const char *arg)
 	}
 }
 
+/* --upstream-mark: 1 to 0xffffffff, decimal or 0x hex (as nft writes marks). */
+static unsigned
+options_mark(const char *arg)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	if (arg[0] < '0' || arg[0] > '9')
+		options_die("--upstream-mark", "expected a mark (1 to 0xffffffff), not", arg);
+	v = strtoull(arg, &end, 0);
+	if (errno != 0 || *end != '\0' || v == 0 || v > 0xffffffffULL)
+		options_die("--upstream-mark", "expected a mark (1 to 0xffffffff), not", arg);
+	return (unsigned)v;
+}
+
+/* Transparent interception: --listen-transparent, --upstream-mark. */
+static int
+options_transparent(struct options *o, int ch, const char *arg)
+{
+	const char *why;
+	char *h, *p;
+
+	switch (ch) {
+	case OPT_LISTEN_TRANSPARENT:
+		if (o->nlisten_transparent == OPT_MAX_LISTEN)
+			options_die("--listen-transparent", "too many listeners", NULL);
+		if (options_split_hostport(arg, &h, &p, &why) != 0)
+			options_die("--listen-transparent", why, arg);
+		free(h);
+		free(p);
+		o->listen_transparent[o->nlisten_transparent++] = arg;
+		return 1;
+	case OPT_UPSTREAM_MARK:
+		o->upstream_mark = options_mark(arg);
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 /* Postfix's smtp_helo_name default: this host's fully qualified name, else its short name. */
 static void
 options_default_helo(struct options *o)
@@ -535,9 +611,12 @@ options_one(struct options *o, int ch, const char *arg)
 		free(o->upstream_host); /* the file's, which the command line overrides */
 		free(o->upstream_port);
 		o->upstream_host = o->upstream_port = NULL;
+		o->upstream = arg;
+		o->upstream_original = strcmp(arg, "original") == 0;
+		if (o->upstream_original)
+			break; /* each session's own destination */
 		if (options_split_hostport(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
 			options_die("--upstream", why, arg);
-		o->upstream = arg;
 		break;
 	case OPT_LOG_DIR:
 		if (arg[0] == '\0')
@@ -599,7 +678,7 @@ options_one(struct options *o, int ch, const char *arg)
 		o->listen_tls[o->nlisten_tls++] = arg;
 		break;
 	default:
-		if (!options_identity(o, ch, arg))
+		if (!options_identity(o, ch, arg) && !options_transparent(o, ch, arg))
 			options_tls(o, ch, arg);
 		break;
 	case 'v':
@@ -826,7 +905,11 @@ options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 static void
 options_cmdline_list(struct options *o, int ch, unsigned *seen)
 {
-	unsigned bit = ch == OPT_LISTEN ? 1 : ch == OPT_LISTEN_TLS ? 2 : ch == OPT_RULES ? 4 : 0;
+	unsigned bit = ch == OPT_LISTEN                ? 1
+	               : ch == OPT_LISTEN_TLS          ? 2
+	               : ch == OPT_RULES               ? 4
+	               : ch == OPT_LISTEN_TRANSPARENT ? 8
+	                                               : 0;
 
 	if (bit == 0 || (*seen & bit))
 		return;
@@ -835,6 +918,8 @@ options_cmdline_list(struct options *o, int ch, unsigned *seen)
 		o->nlisten = 0;
 	else if (ch == OPT_LISTEN_TLS)
 		o->nlisten_tls = 0;
+	else if (ch == OPT_LISTEN_TRANSPARENT)
+		o->nlisten_transparent = 0;
 	else
 		o->nrules = 0;
 }
@@ -856,11 +941,12 @@ options_finish(struct options *o)
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
 	options_check_tls(o);
+	options_check_original(o);
 	if (o->no_transcripts && o->log_failure_tempfail)
 		options_die("--on-log-failure", "tempfail protects transcripts, and --no-transcripts "
 		            "writes none", NULL);
 	options_jmp = NULL;
-	if (o->nlisten == 0 && o->nlisten_tls == 0)
+	if (o->nlisten == 0 && o->nlisten_tls == 0 && o->nlisten_transparent == 0)
 		o->listen[o->nlisten++] = "127.0.0.1:2525";
 	options_default_helo(o);
 }

@@ -34,9 +34,15 @@ struct options {
 	int nlisten;
 	const char *listen_tls[OPT_MAX_LISTEN];
 	int nlisten_tls;
+	const char *listen_transparent[OPT_MAX_LISTEN]; /* --listen-transparent: IP_TRANSPARENT */
+	int nlisten_transparent;
 	char *upstream_host;
 	char *upstream_port;
-	const char *upstream; /* as given, HOST:PORT */
+	const char *upstream; /* as given, HOST:PORT, or "original" */
+	/* --upstream original: each session goes where its client was going (REDIRECT's
+	 * SO_ORIGINAL_DST, TPROXY's local address); upstream_host and upstream_port are NULL. */
+	int upstream_original;
+	unsigned upstream_mark; /* --upstream-mark: SO_MARK on upstream sockets (0: none) */
 	const char *log_dir;
 	const char *events; /* NULL: LOGDIR/events.jsonl, unless events_off */
 	int events_off;     /* --events none */

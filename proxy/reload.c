@@ -76,6 +76,11 @@ reload_keep_restart_only(struct options *n, const struct options *o)
 		ignored("listen-tls");
 	memcpy(n->listen_tls, o->listen_tls, sizeof(n->listen_tls));
 	n->nlisten_tls = o->nlisten_tls;
+	if (!same_list(n->listen_transparent, n->nlisten_transparent, o->listen_transparent,
+	               o->nlisten_transparent))
+		ignored("listen-transparent");
+	memcpy(n->listen_transparent, o->listen_transparent, sizeof(n->listen_transparent));
+	n->nlisten_transparent = o->nlisten_transparent;
 	if (n->workers != o->workers)
 		ignored("workers");
 	n->workers = o->workers;

@@ -243,6 +243,8 @@ report_write(struct session *s, const struct timeval *end)
 		report_set(o, "via", report_valid(s->via));
 	if (s->proxy_local)
 		report_set(o, "local", json_true());
+	if (s->original_len > 0)
+		report_set(o, "original_destination", report_valid(s->original_text));
 	report_extras(s, o);
 	report_set(o, "transactions", report_transactions(s));
 	if (s->tx_unrecorded > 0)

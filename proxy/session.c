@@ -843,9 +843,24 @@ session_nodelay(int fd)
 }
 
 /*
- * The upstream connection came back to one of our own listeners (a name that resolves to us,
- * a wildcard listener and a local address): refused, and the session it made there too.
+ * A session whose upstream is one of our own listeners (a name that resolves to us, a
+ * wildcard listener and a local address, an original destination that is smtptap itself):
+ * refused, and the session it made there too.  fd: the upstream socket once connected, else -1.
  */
+static int
+session_refuse_if_us(struct session *s, const struct sockaddr *dst, int fd)
+{
+	const char *l;
+
+	if ((l = listener_serving(dst, fd)) == NULL)
+		return 0;
+	if (fd >= 0)
+		listener_loop_note(fd);
+	session_refuse_loop(s, l);
+	return 1;
+}
+
+/* The upstream connection came back to one of our own listeners. */
 static int
 session_upstream_is_us(struct session *s)
 {
@@ -853,18 +868,13 @@ session_upstream_is_us(struct session *s)
 	const struct sockaddr *peer = (const struct sockaddr *)&s->px->upstream_sa;
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
-	const char *l;
 
 	if (s->px->upstream_salen == 0) {
 		if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0)
 			return 0;
 		peer = (const struct sockaddr *)&ss;
 	}
-	if ((l = listener_serving(peer, fd)) == NULL)
-		return 0;
-	listener_loop_note(fd);
-	session_refuse_loop(s, l);
-	return 1;
+	return session_refuse_if_us(s, peer, fd);
 }
 
 void
@@ -875,7 +885,7 @@ session_refuse_loop(struct session *s, const char *listener)
 	transcript_event(s->transcript, "upstream failed reason=\"it is our own listener %s\"",
 	                 listener);
 	log_warnx("session=%s connect to %s: it is smtptap's own listener %s", s->id,
-	          s->px->upstream_text, listener);
+	          s->original_len > 0 ? s->original_text : s->px->upstream_text, listener);
 	snprintf(reply, sizeof(reply), "421 4.3.0 %s Upstream is this proxy itself\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
@@ -1109,6 +1119,10 @@ session_open_transcript(struct session *s)
 		transcript_event(s->transcript, "connect client=%s listener=%s via=%s%s",
 		                 s->client_addr, s->listener_addr, s->via,
 		                 s->proxy_local ? " local=yes" : "");
+	else if (s->original_len > 0)
+		transcript_event(s->transcript,
+		                 "connect client=%s listener=%s original_destination=%s",
+		                 s->client_addr, s->listener_addr, s->original_text);
 	else
 		transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
 		                 s->listener_addr);
@@ -1134,6 +1148,54 @@ session_unrecorded(struct session *s)
 	session_close(s, "log_failure");
 }
 
+/*
+ * The upstream socket made here rather than by libevent, when it needs an option before it
+ * connects: --upstream-mark's SO_MARK, so that a firewall rule exempts the proxy's own traffic
+ * from interception.  The buffer event owns it from here.  -1 with errno.
+ */
+static int
+session_upstream_socket(struct session *s, int family)
+{
+	unsigned mark = s->px->opts->upstream_mark;
+	int fd, saved;
+
+	if (mark == 0)
+		return 0; /* libevent makes it */
+	if ((fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0)
+		return -1;
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+		saved = errno;
+		close(fd);
+		errno = saved;
+		return -1;
+	}
+	if (bufferevent_setfd(s->server.bev, fd) != 0) {
+		close(fd);
+		errno = ENOMEM;
+		return -1;
+	}
+	return 0;
+}
+
+/* Connects to a numeric address: --upstream's, or the session's original destination. */
+static int
+session_connect_to(struct session *s, const struct sockaddr *sa, socklen_t len)
+{
+	char why[128];
+
+	if (session_upstream_socket(s, sa->sa_family) != 0) {
+		snprintf(why, sizeof(why), "upstream socket (--upstream-mark): %s",
+		         strerror(errno));
+		session_upstream_failed(s, why);
+		return -1;
+	}
+	if (bufferevent_socket_connect(s->server.bev, sa, (int)len) == 0)
+		return 0;
+	if (!s->closing)
+		session_upstream_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	return -1;
+}
+
 static int
 session_connect(struct session *s)
 {
@@ -1141,14 +1203,20 @@ session_connect(struct session *s)
 	struct timeval tv = {(time_t)o->connect_timeout, 0};
 
 	event_add(s->timer, &tv);
-	if (s->px->upstream_salen > 0) {
-		if (bufferevent_socket_connect(s->server.bev, (struct sockaddr *)&s->px->upstream_sa,
-		                               (int)s->px->upstream_salen) == 0)
-			return 0;
-		if (!s->closing)
-			session_upstream_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+	if (s->original_len > 0) {
+		/* A client that came to smtptap itself (not diverted) would send it round again. */
+		if (session_refuse_if_us(s, &s->original.sa, -1))
+			return -1;
+		return session_connect_to(s, &s->original.sa, s->original_len);
+	}
+	if (o->upstream_original) {
+		/* No original destination could be read: nowhere to go. */
+		session_upstream_failed(s, "no original destination");
 		return -1;
 	}
+	if (s->px->upstream_salen > 0)
+		return session_connect_to(s, (struct sockaddr *)&s->px->upstream_sa,
+		                          s->px->upstream_salen);
 	if (bufferevent_socket_connect_hostname(s->server.bev, s->px->dns, AF_UNSPEC,
 	                                        o->upstream_host, atoi(o->upstream_port)) != 0) {
 		if (!s->closing)
@@ -1217,9 +1285,50 @@ fail:
 	return NULL;
 }
 
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80 /* linux/netfilter_ipv4.h */
+#endif
+#ifndef IP6T_SO_ORIGINAL_DST
+#define IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h */
+#endif
+
+/*
+ * --upstream original: where the client was going.  A REDIRECT (DNAT) connection's original
+ * destination is in conntrack (SO_ORIGINAL_DST, IP6T_SO_ORIGINAL_DST); without one, the
+ * accepted socket's own address is it: TPROXY's (--listen-transparent), or smtptap's own
+ * listener for a client that came straight to it, which session_connect refuses as a loop.
+ */
+static void
+session_find_original(struct session *s, int fd)
+{
+	socklen_t len = sizeof(s->original);
+	struct sockaddr_storage local;
+	socklen_t llen = sizeof(local);
+
+	if (getsockname(fd, (struct sockaddr *)&local, &llen) != 0)
+		return;
+	if (local.ss_family == AF_INET6 &&
+	    IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&local)->sin6_addr))
+		return; /* listeners are IPv6-only: not reached */
+	if ((local.ss_family == AF_INET &&
+	     getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &s->original, &len) == 0) ||
+	    (local.ss_family == AF_INET6 &&
+	     getsockopt(fd, SOL_IPV6, IP6T_SO_ORIGINAL_DST, &s->original, &len) == 0)) {
+		s->original_len = len;
+	} else if (llen <= sizeof(s->original)) {
+		memcpy(&s->original, &local, llen);
+		s->original_len = llen;
+	}
+	if (s->original_len > 0) {
+		addr_format(&s->original.sa, s->original_text, sizeof(s->original_text));
+		session_copy_text(s->upstream_addr, sizeof(s->upstream_addr), s->original_text);
+	}
+}
+
 /*
  * The client's address and the listener's, for --forward-client and --accept-proxy (one
- * getsockname(2) more per session, only when they are used).
+ * getsockname(2) more per session, only when they are used).  Under --upstream original the
+ * destination a PROXY header names is the original one.
  */
 static void
 session_identify(struct session *s, int fd, const struct sockaddr *sa)
@@ -1228,9 +1337,13 @@ session_identify(struct session *s, int fd, const struct sockaddr *sa)
 	struct sockaddr_storage local;
 	socklen_t len = sizeof(local);
 
+	if (o->upstream_original)
+		session_find_original(s, fd);
 	if (o->forward_client == FORWARD_NONE && o->naccept_proxy == 0)
 		return;
-	if (getsockname(fd, (struct sockaddr *)&local, &len) == 0)
+	if (s->original_len > 0)
+		(void)proxyproto_addrs_from(&s->peer, sa, &s->original.sa);
+	else if (getsockname(fd, (struct sockaddr *)&local, &len) == 0)
 		(void)proxyproto_addrs_from(&s->peer, sa, (struct sockaddr *)&local);
 }
 

@@ -1,6 +1,7 @@
 #ifndef SMTPTAP_SESSION_H
 #define SMTPTAP_SESSION_H
 
+#include <netinet/in.h>
 #include <stdint.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
@@ -123,6 +124,15 @@ struct session {
 	int xclient_attrs;     /* what the server's EHLO offered for XCLIENT, -1: no XCLIENT */
 	const char *forwarded; /* "xclient", "proxy-v1", "proxy-v2", or NULL */
 	int proxy_implicit_tls; /* TLS from the first byte after the PROXY header */
+	/* --upstream original: where the client was going (REDIRECT's SO_ORIGINAL_DST, TPROXY's
+	 * local address), the upstream of this session; original_len 0 otherwise. */
+	union {
+		struct sockaddr sa;
+		struct sockaddr_in in4;
+		struct sockaddr_in6 in6;
+	} original;
+	socklen_t original_len;
+	char original_text[64];
 
 	/* Message content. */
 	int msg_line_start; /* the previous content line ended in CRLF */

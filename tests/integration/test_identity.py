@@ -1,6 +1,7 @@
 """The client's identity and the upstream set-up (issue 13 items 11-12, issue 14 sections 1-2):
 --upstream-tls require without a certificate, a refused EHLO, --helo-name, --forward-client
-(XCLIENT, PROXY v1/v2) against a real Postfix, and --accept-proxy behind HAProxy."""
+(XCLIENT, PROXY v1/v2) against a real Postfix over IPv4 and IPv6, and --accept-proxy behind
+HAProxy, one instance and two (scale-out)."""
 
 import os
 import shutil
@@ -159,8 +160,10 @@ def test_open_relay_check(tap_factory, postfix, mode):
     assert r[-1].startswith(b"554 5.7.1 ") and b"Relay access denied" in r[-1], r
     assert ev["forwarded"] == mode, ev
     assert ev["client"].startswith("127.0.0.2:"), ev
-    harness.wait_until(lambda: "[127.0.0.2]" in pf.log(), 10, what="127.0.0.2 in maillog")
-    assert "Relay access denied" in pf.log(), pf.log()
+    # Postfix's log service writes asynchronously: the refusal line may follow the reply.
+    harness.wait_until(lambda: "Relay access denied" in pf.log(), 10, what="the refusal in maillog")
+    (refusal,) = [l for l in pf.log().splitlines() if "Relay access denied" in l]
+    assert "[127.0.0.2]" in refusal, refusal
     t = transcript(tap)
     ups = t.upstream_lines()
     if mode == "xclient":
@@ -170,6 +173,49 @@ def test_open_relay_check(tap_factory, postfix, mode):
         assert ups[0].startswith("PROXY TCP4 127.0.0.2 127.0.0.1 "), ups
     else:
         assert ups[0].startswith("\\x0d\\x0a\\x0d\\x0a\\x00\\x0d\\x0aQUIT\\x0a!\\x11"), ups
+
+
+# IPv6: both ends of smtptap's own connection to Postfix are 127.0.0.1 (trusted), the client
+# is ::1 on a v6 listener.  (Were smtptap to reach Postfix over ::1 too, client and proxy would
+# be one address and mynetworks could not tell them apart: the family is what differs here.)
+RELAY_MAIN6 = dict(RELAY_MAIN, inet_protocols="all")
+
+
+@pytest.mark.limit(60)
+@pytest.mark.parametrize("mode,postfix_main", [
+    ("none", RELAY_MAIN6),
+    ("xclient", dict(RELAY_MAIN6, smtpd_authorized_xclient_hosts="127.0.0.1")),
+    ("proxy-v1", dict(RELAY_MAIN6, smtpd_upstream_proxy_protocol="haproxy")),
+    ("proxy-v2", dict(RELAY_MAIN6, smtpd_upstream_proxy_protocol="haproxy")),
+])
+def test_open_relay_check_ipv6(tap_factory, postfix, mode):
+    """A client at ::1 through a v6 listener to a Postfix that trusts 127.0.0.1 only: with none
+    Postfix relays for it (it sees the proxy); with the address forwarded, 554 5.7.1, and
+    Postfix's log names the client as [::1]."""
+    pf, psink = postfix
+    port = harness.free_port()
+    tap = tap_factory(pf.port, "--forward-client", mode, listen=["[::1]:%d" % port])
+    c = SmtpClient(port, host="::1", family=socket.AF_INET6)
+    g = c.reply()
+    assert g and g[-1].startswith(b"220 "), g
+    r = send_mail(c)
+    ev = tap.event()
+    assert ev["client"].startswith("[::1]:"), ev
+    if mode == "none":
+        assert r[-1].startswith(b"250"), r
+        psink.wait_messages(1, timeout=10)
+        return
+    assert r[-1].startswith(b"554 5.7.1 ") and b"Relay access denied" in r[-1], r
+    assert ev["forwarded"] == mode, ev
+    harness.wait_until(lambda: "Relay access denied" in pf.log(), 10, what="the refusal in maillog")
+    (refusal,) = [l for l in pf.log().splitlines() if "Relay access denied" in l]
+    assert "[::1]" in refusal and "127.0.0.1" not in refusal, refusal
+    ups = transcript(tap).upstream_lines()
+    if mode == "xclient":
+        assert ups[1].startswith("XCLIENT ADDR=IPV6:::1 "), ups
+    elif mode == "proxy-v1":
+        assert ups[0].startswith("PROXY TCP6 ::1 ::1 "), ups
+
 
 
 @pytest.mark.limit(30)
@@ -403,3 +449,58 @@ def test_behind_haproxy_send_proxy_v2(tap_factory, sink, haproxy_factory):
     assert ev["transactions"][0]["code"] == 250, ev
     checks = [e for e in tap.events() if e.get("local")]
     assert checks and all(e["client"] == e["via"] and e["helo"] == "haproxy.test" for e in checks), checks
+
+
+def relay_one(port, n, source):
+    """Session n through HAProxy from source (an address of 127/8), its sender c<n>@client.test:
+    (sender, the client's own address as the proxies should record it)."""
+    sender = "c%d@client.test" % n
+    with smtplib.SMTP("127.0.0.1", port, timeout=20, source_address=(source, 0)) as s:
+        ip, sport = s.sock.getsockname()[:2]
+        s.sendmail(sender, [TO], BODY)
+    return "<%s>" % sender, "%s:%d" % (ip, sport)
+
+
+@pytest.mark.limit(180)
+def test_scale_out_two_instances_behind_haproxy(tap_factory, sink, haproxy_factory):
+    """HAProxy (send-proxy-v2, option smtpchk) in front of two smtptap instances, each with its
+    own log directory: 400 sessions from 127.0.0.2 and 127.0.0.3 are each recorded exactly once
+    across the two, with the client's own address; the health checks keep both up, and their
+    sessions are marked local, never taken for a client's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    taps = [tap_factory(sink.port, "--accept-proxy", "127.0.0.1/32", name="tap%d" % i)
+            for i in range(2)]
+    assert taps[0].log_dir != taps[1].log_dir and taps[0].events_path != taps[1].events_path
+    hp = haproxy_factory([t.port for t in taps])
+    for t in taps:
+        harness.wait_until(lambda: any(e.get("local") for e in t.events()), 10,
+                           what="a health check on %s" % t.name)
+    sources = ["127.0.0.2", "127.0.0.3"] * 200
+    with ThreadPoolExecutor(16) as pool:
+        clients = dict(pool.map(lambda a: relay_one(hp.port, *a), enumerate(sources)))
+    assert len(clients) == 400
+    sink.wait_messages(400, timeout=60)
+
+    def client_events(t):  # (wait_port's probe through HAProxy is a session from 127.0.0.1)
+        return [e for e in t.events() if e["transactions"]]
+
+    harness.wait_until(lambda: sum(len(client_events(t)) for t in taps) >= 400, 30,
+                       what="400 client events")
+    per_tap = [client_events(t) for t in taps]
+    senders = sorted(e["transactions"][0]["mail_from"] for evs in per_tap for e in evs)
+    assert senders == sorted(clients), "not each session exactly once"
+    assert all(len(evs) > 0 for evs in per_tap), [len(evs) for evs in per_tap]
+    for evs in per_tap:
+        for e in evs:
+            assert e["client"] == clients[e["transactions"][0]["mail_from"]], e
+            assert "local" not in e and e["via"].startswith("127.0.0.1:"), e
+            assert e["transactions"][0]["code"] == 250, e
+    for t, evs in zip(taps, per_tap):  # each transcript in its own instance's log directory
+        assert all(os.path.exists(os.path.join(t.log_dir, e["transcript"])) for e in evs), t.name
+    for t in taps:
+        checks = [e for e in t.events() if e.get("local")]
+        assert checks, t.name
+        assert all(e["client"] == e["via"] and e["helo"] == "haproxy.test" for e in checks), checks
+    with open(hp.log_path, "rb") as f:
+        assert b" is DOWN" not in f.read()

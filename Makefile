@@ -23,7 +23,7 @@ SUBMAKE  := $(MAKE) --no-print-directory
 MALLOC   ?= mimalloc
 LDLIBS   := $(if $(filter mimalloc,$(MALLOC)),-lmimalloc) $(DEPLIBS)
 
-SRC      := $(wildcard proxy/*.c logs/*.c filters/*.c)
+SRC      := $(wildcard proxy/*.c logs/*.c filters/*.c tools/*.c)
 OBJ      := $(SRC:%.c=$(BUILD)/%.o)
 LIBOBJ   := $(filter-out $(BUILD)/proxy/main.o,$(OBJ))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -95,7 +95,7 @@ bench: deps
 	@bench/run.sh $(abspath $(BUILD)/$(PROG))
 
 format:
-	clang-format -i $(SRC) $(wildcard proxy/*.h logs/*.h filters/*.h tests/unit/*.c)
+	clang-format -i $(SRC) $(wildcard proxy/*.h logs/*.h filters/*.h tools/*.h tests/unit/*.c)
 
 clean:
 	rm -rf build build-asan build-libc
@@ -108,7 +108,7 @@ clean:
 FUZZ_BUILD   := build-fuzz
 FUZZ_CC      := clang
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= command reply rules redact session proxyproto address
+FUZZ_TARGETS ?= command reply rules redact session proxyproto address json
 # clang's -Wformat=2 also flags vprintf-style wrappers without a format attribute (gcc does not).
 FUZZ_WARN    := $(WARN) -Wno-format-nonliteral
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -DSMTPTAP_VERSION='"$(VERSION)"' $(FUZZ_WARN) -O1 -g \

@@ -345,6 +345,22 @@ def tally_transcripts(logdir, acc, delete):
                 pass
 
 
+def journal_octets(logdir):
+    """Octets in the journal files (LOGDIR/YYYY-MM-DD.log) now."""
+    total = 0
+    try:
+        names = os.listdir(logdir)
+    except OSError:
+        return 0
+    for n in names:
+        if n.endswith(".log"):
+            try:
+                total += os.path.getsize(os.path.join(logdir, n))
+            except OSError:
+                pass
+    return total
+
+
 def run_source(tools, port, msgs, extra):
     t = CONF["client_timeout"]
     argv = ["timeout", "-k", "5", str(t), tools["smtp-source"]] + extra + [
@@ -372,6 +388,8 @@ def bench_throughput(ports, pids, tools, logdirs, recorded):
             for path, port in ports.items():
                 pid = pids.get(path)
                 cpu0 = proc_cpu(pid) if pid else None
+                jdir = logdirs.get(path)
+                j0 = journal_octets(jdir) if jdir else 0
                 busy0, total0 = machine_ticks()
                 dt = run_source(tools, port, msgs, extra)
                 busy1, total1 = machine_ticks()
@@ -384,14 +402,22 @@ def bench_throughput(ports, pids, tools, logdirs, recorded):
                     run["cpu_us_per_msg"] = round((user + system) / msgs * 1e6, 2)
                     run["cpu_user_us_per_msg"] = round(user / msgs * 1e6, 2)
                     run["cpu_sys_us_per_msg"] = round(system / msgs * 1e6, 2)
+                if jdir:
+                    # Journal octets written per message octet (smtp-source's -l).  The
+                    # once-a-second batch may lag: measured after a second's wait.
+                    time.sleep(1.1)
+                    run["journal_octets_per_msg_octet"] = round(
+                        (journal_octets(jdir) - j0) / (msgs * CONF["msglen"]), 3)
                 runs[path].append(run)
                 if path in ("smtptap", "smtptap-1w", "smtptap-b"):
                     # tmpfs: count and delete as we go so that RAM stays bounded.
                     # Not on disk: see the note on deleting files in run.sh.
                     tally_transcripts(logdirs[path], recorded.setdefault(path, {}), True)
-                log("%s rep %d/%d %-8s %8.0f msg/s%s" % (
+                log("%s rep %d/%d %-8s %8.0f msg/s%s%s" % (
                     mode, rep + 1, CONF["reps"], path, run["msgs_per_s"],
-                    "  cpu %.1f us/msg" % run["cpu_us_per_msg"] if pid else ""))
+                    "  cpu %.1f us/msg" % run["cpu_us_per_msg"] if pid else "",
+                    "  journal %.2f octets/msg octet" % run["journal_octets_per_msg_octet"]
+                    if "journal_octets_per_msg_octet" in run else ""))
                 time.sleep(0.3)
         res = {"label": label, "messages": msgs, "paths": {}}
         for path, rs in runs.items():
@@ -403,6 +429,9 @@ def bench_throughput(ports, pids, tools, logdirs, recorded):
                 for k in ("cpu", "cpu_user", "cpu_sys"):
                     r["median_%s_us_per_msg" % k] = round(
                         statistics.median(x["%s_us_per_msg" % k] for x in rs), 2)
+            if all("journal_octets_per_msg_octet" in x for x in rs):
+                r["median_journal_octets_per_msg_octet"] = round(
+                    statistics.median(x["journal_octets_per_msg_octet"] for x in rs), 3)
             res["paths"][path] = r
         if "direct" in res["paths"]:
             base = res["paths"]["direct"]["median_msgs_per_s"]

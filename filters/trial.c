@@ -56,7 +56,15 @@ struct trial {
 	int reply_lines, reply_ignored;
 
 	unsigned long ntried, nhits;
+	unsigned long serial; /* the session's number, for the per-rule summary */
+	char id[64];
 };
+
+/* Per rule of the ruleset: its hits, in how many sessions (the summary at the end). */
+struct trial_tally {
+	unsigned long hits, sessions, last_serial;
+};
+static struct trial_tally *tally;
 
 static int
 bytes_put(struct bytes *b, const void *p, size_t n)
@@ -155,8 +163,16 @@ trial_report(struct trial *t, int v, unsigned long at, const char *kind, const u
 	if (t->out.nhits == 0)
 		return v;
 	trial_print_line(t, at, kind, p, n);
-	for (i = 0; i < t->out.nhits; i++)
+	for (i = 0; i < t->out.nhits; i++) {
+		struct trial_tally *k = &tally[t->out.hits[i].rule];
+
 		trial_print_hit(&t->out.hits[i]);
+		k->hits++;
+		if (k->last_serial != t->serial) {
+			k->last_serial = t->serial;
+			k->sessions++;
+		}
+	}
 	t->nhits += t->out.nhits;
 	return v;
 }
@@ -400,42 +416,6 @@ trial_flush(struct trial *t)
 	return trial_server(t, p, n, kind == 'P');
 }
 
-static int
-trial_hex(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-/* Undoes the transcript's escaping ("\\" and "\xHH") in place; -1 on a bad escape. */
-static int
-trial_unescape(unsigned char *p, size_t n, size_t *outlen)
-{
-	size_t i, o = 0;
-	int hi, lo;
-
-	for (i = 0; i < n; i++) {
-		if (p[i] != '\\') {
-			p[o++] = p[i];
-			continue;
-		}
-		if (i + 1 < n && p[i + 1] == '\\') {
-			p[o++] = '\\';
-			i++;
-			continue;
-		}
-		if (i + 3 >= n || p[i + 1] != 'x' || (hi = trial_hex(p[i + 2])) < 0 ||
-		    (lo = trial_hex(p[i + 3])) < 0)
-			return -1;
-		p[o++] = (unsigned char)(hi * 16 + lo);
-		i += 3;
-	}
-	*outlen = o;
-	return 0;
-}
 
 /*
  * An event record: "connect client=ADDR:PORT ..." runs the client rules on "ADDR unknown", as
@@ -502,7 +482,7 @@ trial_record(struct trial *t, unsigned char *s, size_t n)
 		trial_error(t, "unknown record kind");
 		return -1;
 	}
-	if (trial_unescape(text, (size_t)(s + n - text), &tlen) == -1) {
+	if (escape_undo(text, (size_t)(s + n - text), text, &tlen) == -1) {
 		trial_error(t, "bad escape in a line");
 		return -1;
 	}
@@ -516,82 +496,255 @@ trial_record(struct trial *t, unsigned char *s, size_t n)
 	return bytes_put(&t->line, text, tlen);
 }
 
+/* The sessions a file holds: a journal's interleaved by id, or `show` output one by one. */
+struct trial_split {
+	const struct ruleset *rs;
+	const char *name;
+	struct trial **open; /* sessions still expecting records */
+	size_t nopen, cap;
+	struct trial *current; /* records without an id column go here */
+	unsigned long lineno, nsessions, ntried, nhits;
+};
+
+static struct trial *
+trial_split_new(struct trial_split *sp, const char *id)
+{
+	struct trial *t, **v;
+
+	if (sp->nopen == sp->cap) {
+		sp->cap = sp->cap ? sp->cap * 2 : 16;
+		if ((v = realloc(sp->open, sp->cap * sizeof(*v))) == NULL)
+			return NULL;
+		sp->open = v;
+	}
+	if ((t = calloc(1, sizeof(*t))) == NULL)
+		return NULL;
+	t->rs = sp->rs;
+	t->name = sp->name;
+	rule_outcome_init(&t->out);
+	snprintf(t->id, sizeof(t->id), "%s", id);
+	t->serial = ++sp->nsessions;
+	sp->open[sp->nopen++] = t;
+	return t;
+}
+
+/* A session ends (its close record, or the end of the input): its last line is run. */
 static int
-trial_read(struct trial *t, FILE *fp)
+trial_split_end(struct trial_split *sp, struct trial *t)
+{
+	size_t i;
+	int rc = trial_flush(t);
+
+	if (rc == 0)
+		rc = trial_header_flush(t);
+	sp->ntried += t->ntried;
+	sp->nhits += t->nhits;
+	for (i = 0; i < sp->nopen && sp->open[i] != t; i++)
+		;
+	if (i < sp->nopen)
+		sp->open[i] = sp->open[--sp->nopen];
+	if (sp->current == t)
+		sp->current = NULL;
+	rule_outcome_free(&t->out);
+	free(t->line.p);
+	free(t->header.p);
+	free(t);
+	return rc;
+}
+
+static struct trial *
+trial_split_find(struct trial_split *sp, const char *id)
+{
+	size_t i;
+
+	for (i = sp->nopen; i-- > 0;)
+		if (strcmp(sp->open[i]->id, id) == 0)
+			return sp->open[i];
+	return trial_split_new(sp, id);
+}
+
+/* Whether the n octets at p are a record kind ("C:", "S+", "*"...). */
+static int
+trial_is_kind(const unsigned char *p, size_t n)
+{
+	return (n == 1 && p[0] == '*') ||
+	       (n == 2 && strchr("CSPU", p[0]) != NULL && (p[1] == ':' || p[1] == '+'));
+}
+
+/* Whether a line (without its id column) has a timestamp and a kind: "TS KIND[ TEXT]". */
+static int
+trial_split_whole(const unsigned char *s, size_t n)
+{
+	const unsigned char *a = memchr(s, ' ', n), *b;
+
+	if (a == NULL || a - s != 27 || s[26] != 'Z')
+		return 0;
+	b = memchr(a + 1, ' ', (size_t)(s + n - (a + 1)));
+	return trial_is_kind(a + 1, (size_t)((b != NULL ? b : s + n) - (a + 1)));
+}
+
+/*
+ * One line of the input: a "# session ID" header starts a session (per-session layout), a
+ * journal record "TS ID KIND TEXT" goes to its session without the id column.
+ */
+static int
+trial_split_line(struct trial_split *sp, unsigned char *s, size_t n)
+{
+	unsigned char *a, *b;
+	char id[64];
+	struct trial *t;
+	int rc, close;
+
+	if (n > 10 && memcmp(s, "# session ", 10) == 0) {
+		snprintf(id, sizeof(id), "%.*s", (int)(n - 10 > 60 ? 60 : n - 10), s + 10);
+		if (sp->current != NULL && trial_split_end(sp, sp->current) != 0)
+			return -1;
+		return (sp->current = trial_split_new(sp, id)) != NULL ? 0 : -1;
+	}
+	if (n == 0 || s[0] == '#')
+		return 0;
+	t = sp->current;
+	a = memchr(s, ' ', n);
+	b = a != NULL ? memchr(a + 1, ' ', (size_t)(s + n - (a + 1))) : NULL;
+	if (b != NULL && !trial_is_kind(a + 1, (size_t)(b - (a + 1))) && b - a - 1 < 60) {
+		snprintf(id, sizeof(id), "%.*s", (int)(b - a - 1), a + 1);
+		t = trial_split_find(sp, id);
+		memmove(a, b, (size_t)(s + n - b)); /* without the id column */
+		n -= (size_t)(b - a);
+	}
+	if (n > 0 && s[0] >= '0' && s[0] <= '9' && !trial_split_whole(s, n)) {
+		/* A record cut short by a crash mid-write: the journal goes on after it. */
+		fprintf(stderr, "%s:%lu: torn record skipped\n", sp->name, sp->lineno);
+		return 0;
+	}
+	if (t == NULL && (t = sp->current = trial_split_new(sp, "")) == NULL)
+		return -1;
+	t->lineno = sp->lineno;
+	close = a != NULL && n > (size_t)(a - s) + 9 && memcmp(a, " * close ", 9) == 0;
+	rc = trial_record(t, s, n);
+	if (rc == 0 && close && t != sp->current)
+		rc = trial_split_end(sp, t);
+	return rc;
+}
+
+static int
+trial_read(struct trial_split *sp, FILE *fp)
 {
 	unsigned char *buf = NULL;
 	size_t size = 0, len;
 	ssize_t n;
 	int rc = 0;
 
+	sp->lineno = 0;
+	sp->current = NULL;
 	while (rc == 0 && (n = getline((char **)&buf, &size, fp)) != -1) {
-		t->lineno++;
+		sp->lineno++;
 		len = (size_t)n;
 		if (len > 0 && buf[len - 1] == '\n')
 			len--;
-		rc = trial_record(t, buf, len);
+		else if (len > 0)
+			break; /* a torn last line (a crash mid-write): not a record */
+		rc = trial_split_line(sp, buf, len);
 	}
 	if (rc == 0 && ferror(fp)) {
-		fprintf(stderr, "%s: %s\n", t->name, strerror(errno));
+		fprintf(stderr, "%s: %s\n", sp->name, strerror(errno));
 		rc = -1;
 	}
-	if (rc == 0)
-		rc = trial_flush(t);
-	if (rc == 0)
-		rc = trial_header_flush(t);
+	while (sp->nopen > 0)
+		if (trial_split_end(sp, sp->open[sp->nopen - 1]) != 0)
+			rc = -1;
 	free(buf);
 	return rc;
 }
 
-/* Sorts argv into rule files and the transcript; -1 (reported) on a usage error. */
+/* Sorts argv into rule files and transcripts; -1 (reported) on a usage error. */
 static int
-trial_args(int argc, char **argv, const char **files, int *nfiles, const char **transcript)
+trial_args(int argc, char **argv, const char **files, int *nfiles, const char **transcripts,
+           int *ntranscripts)
 {
-	int i;
+	int i, after = 0;
 
-	*nfiles = 0;
-	*transcript = NULL;
+	*nfiles = *ntranscripts = 0;
 	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--transcript") == 0 && i + 1 < argc)
-			*transcript = argv[++i];
-		else if (strncmp(argv[i], "--transcript=", 13) == 0)
-			*transcript = argv[i] + 13;
-		else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
+		if (strcmp(argv[i], "--transcript") == 0 && i + 1 < argc) {
+			transcripts[(*ntranscripts)++] = argv[++i];
+			after = 1;
+		} else if (strncmp(argv[i], "--transcript=", 13) == 0) {
+			transcripts[(*ntranscripts)++] = argv[i] + 13;
+			after = 1;
+		} else if (strcmp(argv[i], "--rules") == 0 && i + 1 < argc)
 			files[(*nfiles)++] = argv[++i];
 		else if (argv[i][0] == '-' && argv[i][1] != '\0') {
 			fprintf(stderr, "smtptap: --test-rules: unknown option '%s'\n", argv[i]);
 			return -1;
-		} else
+		} else if (after) /* --transcript FILE...: a day's journal, several files */
+			transcripts[(*ntranscripts)++] = argv[i];
+		else
 			files[(*nfiles)++] = argv[i];
 	}
-	if (*nfiles == 0 || *transcript == NULL) {
-		fprintf(stderr, "usage: smtptap --test-rules FILE... --transcript TRANSCRIPT\n");
+	if (*nfiles == 0 || *ntranscripts == 0) {
+		fprintf(stderr, "usage: smtptap --test-rules FILE... --transcript TRANSCRIPT...\n");
 		return -1;
 	}
 	return 0;
 }
 
-/* Loads the rules, replays the transcript, prints the summary. */
-static int
-trial_start(struct trial *t, const char **files, int nfiles)
+/* The summary: totals, then each rule that hit, with its hits and sessions. */
+static void
+trial_summary(const struct trial_split *sp, const struct ruleset *rs)
 {
+	const char *file;
+	unsigned int line;
+	enum rule_scope scope;
+	enum rule_action action;
+	int i;
+
+	printf("%lu session%s, %lu line%s tried, %lu rule hit%s\n", sp->nsessions,
+	       sp->nsessions == 1 ? "" : "s", sp->ntried, sp->ntried == 1 ? "" : "s", sp->nhits,
+	       sp->nhits == 1 ? "" : "s");
+	for (i = 0; i < rules_count(rs); i++) {
+		if (tally[i].hits == 0)
+			continue;
+		rules_describe(rs, i, &file, &line, &scope, &action);
+		printf("\t%s:%u: %s %s: %lu hit%s in %lu session%s\n", file, line,
+		       rules_scope_name(scope), rules_action_name(action), tally[i].hits,
+		       tally[i].hits == 1 ? "" : "s", tally[i].sessions,
+		       tally[i].sessions == 1 ? "" : "s");
+	}
+}
+
+/* Loads the rules, replays every session of the transcripts, prints the summary. */
+static int
+trial_start(const char **files, int nfiles, const char **transcripts, int ntranscripts)
+{
+	struct trial_split sp;
 	struct ruleset *rs;
 	FILE *fp;
-	int rc;
+	int rc = 0, i;
 
 	if ((rs = rules_load(files, nfiles, stderr)) == NULL)
 		return 1;
-	if ((fp = fopen(t->name, "r")) == NULL) {
-		fprintf(stderr, "%s: %s\n", t->name, strerror(errno));
+	memset(&sp, 0, sizeof(sp));
+	sp.rs = rs;
+	if ((tally = calloc((size_t)rules_count(rs) + 1, sizeof(*tally))) == NULL) {
 		rules_free(rs);
 		return 1;
 	}
-	t->rs = rs;
-	rc = trial_read(t, fp);
-	fclose(fp);
+	for (i = 0; rc == 0 && i < ntranscripts; i++) {
+		sp.name = transcripts[i];
+		if ((fp = fopen(sp.name, "r")) == NULL) {
+			fprintf(stderr, "%s: %s\n", sp.name, strerror(errno));
+			rc = -1;
+			break;
+		}
+		rc = trial_read(&sp, fp);
+		fclose(fp);
+	}
 	if (rc == 0)
-		printf("%lu line%s tried, %lu rule hit%s\n", t->ntried, t->ntried == 1 ? "" : "s",
-		       t->nhits, t->nhits == 1 ? "" : "s");
+		trial_summary(&sp, rs);
+	free(sp.open);
+	free(tally);
+	tally = NULL;
 	rules_free(rs);
 	return rc == 0 && fflush(stdout) == 0 ? 0 : 1;
 }
@@ -599,24 +752,22 @@ trial_start(struct trial *t, const char **files, int nfiles)
 int
 rules_trial_main(int argc, char **argv)
 {
-	struct trial t;
-	const char **files;
-	int nfiles, rc;
+	const char **files, **transcripts;
+	int nfiles, ntranscripts, rc;
 
-	if ((files = calloc(argc > 0 ? (size_t)argc : 1, sizeof(*files))) == NULL) {
+	files = calloc(argc > 0 ? (size_t)argc : 1, sizeof(*files));
+	transcripts = calloc(argc > 0 ? (size_t)argc : 1, sizeof(*transcripts));
+	if (files == NULL || transcripts == NULL) {
 		fprintf(stderr, "smtptap: %s\n", strerror(ENOMEM));
+		free(files);
+		free(transcripts);
 		return 1;
 	}
-	memset(&t, 0, sizeof(t));
-	if (trial_args(argc, argv, files, &nfiles, &t.name) == -1) {
-		free(files);
-		return 2;
-	}
-	rule_outcome_init(&t.out);
-	rc = trial_start(&t, files, nfiles);
-	rule_outcome_free(&t.out);
-	free(t.line.p);
-	free(t.header.p);
+	if (trial_args(argc, argv, files, &nfiles, transcripts, &ntranscripts) == -1)
+		rc = 2;
+	else
+		rc = trial_start(files, nfiles, transcripts, ntranscripts);
 	free(files);
+	free(transcripts);
 	return rc;
 }

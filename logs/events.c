@@ -36,6 +36,7 @@ static uint64_t dropped_total; /* lines dropped since start (the metrics read it
 static char *pending;
 static size_t pending_len, pending_cap;
 static pthread_mutex_t *shared_lock; /* with worker processes */
+static void (*before_write)(void);   /* writes what the lines point at (the journal) */
 
 /*
  * A pipe or socket written without blocking.  Standard output that is a pipe is opened again
@@ -120,6 +121,12 @@ events_reopen(void)
 }
 
 void
+events_before_write(void (*fn)(void))
+{
+	before_write = fn;
+}
+
+void
 events_share_lock(pthread_mutex_t *lock)
 {
 	shared_lock = lock;
@@ -190,6 +197,8 @@ events_flush(void)
 {
 	size_t n;
 
+	if (pending_len > 0 && before_write != NULL)
+		before_write();
 	if (pending_len > 0) {
 		n = events_put(pending, pending_len);
 		memmove(pending, pending + n, pending_len - n);
@@ -240,6 +249,14 @@ events_queue(const char *line, size_t len)
 	pending_len += len;
 	if (flush_ev != NULL)
 		event_active(flush_ev, EV_TIMEOUT, 1);
+}
+
+void
+events_write_line(const char *line, size_t len)
+{
+	if (events_fd < 0)
+		return;
+	events_queue(line, len); /* whole, with its line end: queued or dropped as one */
 }
 
 void

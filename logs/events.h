@@ -18,10 +18,17 @@ int events_open(struct event_base *base, const char *path);
  * between processes, so that lines of two workers never interleave, even in a pipe.
  */
 void events_share_lock(pthread_mutex_t *lock);
+/*
+ * fn is called before lines are written: a session's records (the journal) are on disk
+ * before the line that points at them.
+ */
+void events_before_write(void (*fn)(void));
 /* Reopens the file after a rotation (SIGHUP); keeps the old one on failure. */
 int events_reopen(void);
 /* Queues obj as one line; write errors are logged once and counted. */
 void events_write(json_t *obj);
+/* Queues a line made elsewhere (the event line's own JSON writer), ending with its "\n". */
+void events_write_line(const char *line, size_t len);
 void events_close(void);
 
 /* Event lines dropped since start because the events file's reader did not keep up. */

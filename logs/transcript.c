@@ -1,7 +1,8 @@
 /*
- * Session transcripts.  Lines are buffered per session and written at most once a second
- * (or when the buffer grows), so recording never stalls the event loop beyond a page-cache
- * write; a write error is logged once per transcript, counted, and relaying goes on.
+ * Session transcripts: the records of a session, "TIME ID KIND TEXT", put in the journal's
+ * buffer for the day it started (logs/journal.c writes them, at most once a second or when
+ * the buffer grows), so recording never stalls the event loop beyond a page-cache write; a
+ * write error is logged once, counted, and relaying goes on.
  */
 #include "logs/transcript.h"
 
@@ -21,47 +22,36 @@
 #include <event2/event.h>
 
 #include "logs/escape.h"
+#include "logs/journal.h"
 #include "logs/log.h"
 #include "logs/redact.h"
 
-#define TRANSCRIPT_FLUSH_AT (32 * 1024)
-/* At most this many transcripts keep the descriptor they were created with (see below). */
-#define TRANSCRIPT_KEEP_OPEN_MAX 256
-
 /*
- * A transcript holds no descriptor between flush ticks: ten thousand idle sessions must not
- * need ten thousand more open files.  A descriptor, the one a transcript was created with or
- * the one a flush opened, stays open until the next once-a-second tick, for a few hundred
- * transcripts at most: a session of a few milliseconds (one message, then QUIT) writes its
- * whole transcript without opening its file twice, and a busy one opens it once a second,
- * not at every flush (three system calls in four messages of a long session).
+ * A session's recorder: where its records go in the journal.  The records themselves are in
+ * the journal's buffer for the day the session started, shared by every session of the
+ * process.
  */
 struct transcript {
-	TAILQ_ENTRY(transcript) entry;
-	/*
-	 * Records waiting for the next flush: flat memory, written with one write(2).  Freed at
-	 * each flush, so that an idle session holds none.
-	 */
-	char *buf;
-	size_t len;
-	size_t cap;
-	int fd; /* kept open until the next flush tick; else -1 */
-	int failed;
-	int dirty;
-	int recent;    /* something was recorded since the last flush tick */
-	char path[96]; /* under the log directory: DAY/NAME */
-	char day[16];  /* DAY */
-	char name[64];
+	struct journal_mark first; /* the session record: the event line points at it */
+	long day;                  /* of the session's start: all its records go to that file */
+	struct journal *j;         /* that day's buffer, while it is that day's (j->day) */
+	uint64_t serial;           /* this recorder among all of the process */
+	size_t idlen;
+	char id[16];
 
 	/*
 	 * Repeated exchanges (transcript_exchange_end): an exchange is the records up to and
-	 * including the last line of a reply of the proxy's own (P:).
+	 * including the last line of a reply of the proxy's own (P:).  Positions are in the
+	 * day's buffer, valid while nothing else was put there (j->owner) and it was not written
+	 * (j->batches): the buffer is shared by every session of the process.
 	 */
-	size_t last_rec;  /* where the latest record starts in buf */
+	uint64_t batch;   /* j->batches when the positions were taken */
+	size_t last_rec;  /* where the latest record starts */
 	size_t xstart;    /* where the records of the exchange under way start */
 	size_t pstart;    /* where the exchange before it starts, when pvalid */
+	size_t precs;     /* its records */
 	int xplain;       /* the exchange under way holds only C:, * and P: records */
-	int pvalid;       /* buf holds that exchange whole, at [pstart, xstart) */
+	int pvalid;       /* the buffer holds that exchange whole, at [pstart, xstart) */
 	unsigned same;    /* exchanges in a row recorded identical */
 	uint64_t repeats; /* further identical exchanges, counted, not recorded */
 	char rtime[28];   /* the time of the last of them */
@@ -77,182 +67,90 @@ struct transcript {
 #define REPEAT_KEEP 3
 #define REPEAT_MAX 2048
 
-#define TS_DAY_LEN 10 /* "YYYY-MM-DD" */
-
-static TAILQ_HEAD(, transcript) transcripts = TAILQ_HEAD_INITIALIZER(transcripts);
-static struct event *flush_timer;
-static int log_dir_fd = -1;
-static int kept_open; /* transcripts holding a descriptor */
-/* The day directory last opened, reused while its name still leads to it. */
-static int day_fd = -1;
-static char day_name[16];
-static dev_t day_dev;
-static ino_t day_ino;
-static uint64_t write_errors;
-static int failing; /* the latest write or create failed */
-
-/* The buffer is written or dropped: no exchange is in it any more. */
-static void
-transcript_exchange_reset(struct transcript *t)
+/* The buffer records of t go to; NULL when there is none. */
+static inline struct journal *
+transcript_journal(struct transcript *t)
 {
-	t->xstart = t->pstart = t->last_rec = 0;
-	t->pvalid = 0;
-}
-
-static void
-transcript_write_failed(struct transcript *t)
-{
-	write_errors++;
-	failing = 1;
-	if (!t->failed)
-		log_warn("transcript %s: write failed, dropping its lines", t->name);
-	t->failed = 1;
-	t->len = 0;
-	transcript_exchange_reset(t);
+	if (t->j == NULL || t->j->day != t->day)
+		t->j = journal_get(t->day);
+	return t->j;
 }
 
 /* Room for n more octets in the buffer; 0, or -1 when memory is short (the record is lost). */
 static int
-transcript_reserve(struct transcript *t, size_t n)
+transcript_reserve(struct journal *j, size_t n)
 {
-	size_t cap = t->cap < 512 ? 512 : t->cap;
-	char *p;
-
-	if (t->len + n <= t->cap)
-		return 0;
-	while (cap < t->len + n)
-		cap *= 2;
-	if ((p = realloc(t->buf, cap)) == NULL)
-		return -1;
-	t->buf = p;
-	t->cap = cap;
-	return 0;
+	return journal_reserve(j, n);
 }
 
 static void
-transcript_put(struct transcript *t, const void *p, size_t n)
+transcript_put(struct journal *j, const void *p, size_t n)
 {
-	if (transcript_reserve(t, n) != 0)
+	if (transcript_reserve(j, n) != 0)
 		return;
-	memcpy(t->buf + t->len, p, n);
-	t->len += n;
+	memcpy(j->buf + j->len, p, n);
+	j->len += n;
 }
 
 static void
-transcript_vprintf(struct transcript *t, const char *fmt, va_list ap)
+transcript_vprintf(struct journal *j, const char *fmt, va_list ap)
 {
 	va_list again;
 	int n;
 
 	va_copy(again, ap);
-	n = vsnprintf(t->buf != NULL ? t->buf + t->len : NULL, t->cap - t->len, fmt, ap);
-	if (n >= 0 && t->len + (size_t)n >= t->cap && transcript_reserve(t, (size_t)n + 1) == 0)
-		n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, again);
+	n = vsnprintf(j->buf != NULL ? j->buf + j->len : NULL, j->cap - j->len, fmt, ap);
+	if (n >= 0 && j->len + (size_t)n >= j->cap && transcript_reserve(j, (size_t)n + 1) == 0)
+		n = vsnprintf(j->buf + j->len, j->cap - j->len, fmt, again);
 	va_end(again);
-	if (n >= 0 && t->len + (size_t)n < t->cap)
-		t->len += (size_t)n;
-}
-
-/* Writes it all, going on after a partial write; -1 on error. */
-static int
-transcript_write(int fd, const char *p, size_t n)
-{
-	ssize_t w;
-
-	while (n > 0) {
-		if ((w = write(fd, p, n)) < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
+	if (n >= 0 && j->len + (size_t)n < j->cap)
+		j->len += (size_t)n;
 }
 
 /*
- * The day's directory under the log directory, refusing a planted symlink (O_NOFOLLOW).  The
- * one opened last is reused as long as its name still leads to it: one fstatat instead of
- * mkdirat, openat and close for every file.  Holding it open never follows a symlink either.
- * Checked for every file, not once a second: a day directory moved away or removed must not
- * get even one more transcript, which its session's event line would point to wrongly.
+ * The "* repeated" record of the counted exchanges, put at the end of the buffer (at an
+ * exchange's end, before the exchange under way, which is then moved after it).
  */
-static int
-transcript_day_fd(const char *day, int create)
-{
-	struct stat st;
-	int fd;
-
-	if (day_fd >= 0 && strcmp(day, day_name) == 0 &&
-	    fstatat(log_dir_fd, day, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode) &&
-	    st.st_dev == day_dev && st.st_ino == day_ino)
-		return day_fd;
-	if (create && mkdirat(log_dir_fd, day, 0750) != 0 && errno != EEXIST)
-		return -1;
-	fd = openat(log_dir_fd, day, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	if (fstat(fd, &st) != 0) {
-		close(fd);
-		return -1;
-	}
-	if (day_fd >= 0)
-		close(day_fd);
-	day_fd = fd;
-	snprintf(day_name, sizeof(day_name), "%s", day);
-	day_dev = st.st_dev;
-	day_ino = st.st_ino;
-	return day_fd;
-}
-
-/* Opens the transcript to append, following no symlink at either level of its path. */
-static int
-transcript_reopen(const struct transcript *t)
-{
-	int dirfd = transcript_day_fd(t->day, 0);
-
-	if (dirfd < 0)
-		return -1;
-	return openat(dirfd, t->name, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
-}
-
-/* Gives back the creation's descriptor, if the transcript still holds it. */
-static int
-transcript_release(struct transcript *t)
-{
-	int fd = t->fd;
-
-	if (fd < 0)
-		return 0;
-	t->fd = -1;
-	kept_open--;
-	return close(fd);
-}
-
-/* Inserts the "* repeated" record of the counted exchanges before the exchange under way. */
 static void
-transcript_repeat_note(struct transcript *t)
+transcript_repeat_note(struct transcript *t, struct journal *j)
 {
-	char note[128];
-	size_t k = 0, i;
+	char note[160];
 	int n;
 
 	if (t->repeats == 0)
 		return;
-	for (i = t->pstart; t->pvalid && i < t->xstart; i++)
-		k += t->buf[i] == '\n';
-	n = snprintf(note, sizeof(note), "%.27s * repeated %llu times records=%zu\n", t->rtime,
-	             (unsigned long long)t->repeats, k);
+	n = snprintf(note, sizeof(note), "%.27s %.*s * repeated %llu times records=%zu\n",
+	             t->rtime, (int)t->idlen, t->id, (unsigned long long)t->repeats, t->precs);
 	t->repeats = 0;
 	t->same = 0;
-	if (n <= 0 || (size_t)n >= sizeof(note) || transcript_reserve(t, (size_t)n) != 0)
+	if (n <= 0 || (size_t)n >= sizeof(note) || transcript_reserve(j, (size_t)n) != 0)
 		return;
-	memmove(t->buf + t->xstart + n, t->buf + t->xstart, t->len - t->xstart);
-	memcpy(t->buf + t->xstart, note, (size_t)n);
-	t->len += (size_t)n;
+	if (t->xstart > j->len)
+		t->xstart = j->len;
+	memmove(j->buf + t->xstart + n, j->buf + t->xstart, j->len - t->xstart);
+	memcpy(j->buf + t->xstart, note, (size_t)n);
+	j->len += (size_t)n;
 	t->last_rec += (size_t)n;
 	t->xstart += (size_t)n;
+}
+
+/*
+ * Before a record of t: if another session's record came in between or the buffer was
+ * written, the exchanges can no longer be compared in place: tracking starts over here
+ * (with the note of what was counted).
+ */
+static void
+transcript_exchange_check(struct transcript *t, struct journal *j)
+{
+	if (j->owner == t->serial && j->batches == t->batch)
+		return;
+	t->xstart = j->len;
+	t->pvalid = 0;
+	t->xplain = 1;
+	transcript_repeat_note(t, j);
+	t->xstart = j->len;
+	j->owner = t->serial;
+	t->batch = j->batches;
 }
 
 /* Whether two runs of records of n octets are the same but for their times. */
@@ -280,123 +178,44 @@ transcript_records_same(const char *a, const char *b, size_t n)
  * one before it for the REPEAT_KEEP-th time or more, taken back out of the buffer and counted.
  */
 static void
-transcript_exchange_end(struct transcript *t)
+transcript_exchange_end(struct transcript *t, struct journal *j)
 {
-	size_t xlen = t->len - t->xstart;
+	size_t xlen = j->len - t->xstart, i;
 	int small = t->xplain && xlen <= REPEAT_MAX;
 
 	if (small && t->pvalid && t->xstart - t->pstart == xlen &&
-	    transcript_records_same(t->buf + t->pstart, t->buf + t->xstart, xlen)) {
+	    transcript_records_same(j->buf + t->pstart, j->buf + t->xstart, xlen)) {
 		if (t->same >= REPEAT_KEEP) {
-			memcpy(t->rtime, t->buf + t->last_rec, 27);
-			t->len = t->xstart;
+			memcpy(t->rtime, j->buf + t->last_rec, 27);
+			j->len = t->xstart;
 			t->repeats++;
 			t->xplain = 1;
 			return;
 		}
 		t->same++;
 	} else {
-		transcript_repeat_note(t);
+		transcript_repeat_note(t, j);
 		t->same = 1;
 	}
 	t->pstart = t->xstart;
 	t->pvalid = small;
-	t->xstart = t->len;
+	t->precs = 0;
+	for (i = t->pstart; small && i < j->len; i++)
+		t->precs += j->buf[i] == '\n';
+	t->xstart = j->len;
 	t->xplain = 1;
 }
 
-static void
-transcript_flush(struct transcript *t)
-{
-	int fd = t->fd, ok;
-
-	t->dirty = 0;
-	transcript_repeat_note(t);
-	if (t->len == 0)
-		return;
-	if (fd < 0 && (fd = transcript_reopen(t)) < 0) {
-		transcript_write_failed(t);
-		return;
-	}
-	ok = transcript_write(fd, t->buf, t->len) == 0;
-	if (fd != t->fd) {
-		if (ok && kept_open < TRANSCRIPT_KEEP_OPEN_MAX) {
-			t->fd = fd; /* until the next tick */
-			kept_open++;
-		} else if (close(fd) != 0) {
-			ok = 0;
-		}
-	}
-	if (!ok) {
-		transcript_write_failed(t);
-		return;
-	}
-	failing = 0;
-	t->len = 0;
-	transcript_exchange_reset(t);
-}
-
-/*
- * The buffer's memory goes back at a flush tick when nothing was recorded since the one
- * before: an idle session holds none, and a busy one does not grow it again every second.
- */
-static void
-transcript_shrink(struct transcript *t, int busy)
-{
-	if (t->len > 0 || busy)
-		return;
-	free(t->buf);
-	t->buf = NULL;
-	t->cap = 0;
-}
-
-static void
-transcript_flush_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct transcript *t;
-
-	(void)fd;
-	(void)what;
-	(void)arg;
-	TAILQ_FOREACH(t, &transcripts, entry)
-	{
-		if (t->dirty)
-			transcript_flush(t);
-		transcript_shrink(t, t->recent);
-		t->recent = 0;
-		if (transcript_release(t) != 0)
-			transcript_write_failed(t);
-	}
-}
-
 int
-transcript_init(struct event_base *base, const char *log_dir)
+transcript_init(struct event_base *base, const char *log_dir, int keep_days)
 {
-	struct timeval second = {1, 0};
-
-	if (mkdir(log_dir, 0750) != 0 && errno != EEXIST)
-		return -1;
-	log_dir_fd = open(log_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (log_dir_fd < 0)
-		return -1;
-	flush_timer = event_new(base, -1, EV_PERSIST, transcript_flush_cb, NULL);
-	if (flush_timer == NULL || event_add(flush_timer, &second) != 0)
-		return -1;
-	return 0;
+	return journal_init(base, log_dir, keep_days);
 }
 
 void
 transcript_shutdown(void)
 {
-	if (flush_timer != NULL)
-		event_free(flush_timer);
-	flush_timer = NULL;
-	if (day_fd >= 0)
-		close(day_fd);
-	day_fd = -1;
-	if (log_dir_fd >= 0)
-		close(log_dir_fd);
-	log_dir_fd = -1;
+	journal_shutdown();
 }
 
 void
@@ -435,91 +254,69 @@ transcript_timestamp(const struct timeval *tv, char *buf, size_t size)
 	buf[27] = '\0';
 }
 
-static void
-transcript_header(struct transcript *t, const char *id, const char *ts, const char *client,
-                  const char *listener, const char *upstream)
-{
-	const char *parts[] = {"# smtptap " SMTPTAP_VERSION " transcript\n# session ", id,
-	                       "\n# start ", ts, "\n# client ", client, "\n# listener ", listener,
-	                       "\n# upstream ", upstream, "\n"};
-	size_t i;
-
-	/* Pieces put one after the other: a printf here cost more than the rest of the open. */
-	for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
-		transcript_put(t, parts[i], strlen(parts[i]));
-}
+static int transcript_stamp(struct transcript *t, struct journal *j, const char *now,
+                            const char *kind, size_t klen, size_t extra);
+static void transcript_event_escape(struct journal *j, size_t start);
 
 /*
- * The day's directory and the file's name, DAY/HHMMSS.uuuuuu-ID.log, cut from the start's
- * record time ("YYYY-MM-DDTHH:MM:SS.uuuuuuZ", formatted once a second): no strftime or
- * printf per session.  An id too long for the name is cut (ids are 8 hex digits).
+ * The session's first record, with what a transcript's header held: "* session client=...
+ * listener=... upstream=...", stamped with the session's start.
  */
 static void
-transcript_names(const char *ts, const char *id, char day[16], char name[64])
+transcript_header(struct transcript *t, struct journal *j, const char *ts, const char *client,
+                  const char *listener, const char *upstream)
 {
-	size_t idlen = strnlen(id, 64 - sizeof("HHMMSS.uuuuuu-.log"));
+	const char *parts[] = {"session client=", client, " listener=", listener, " upstream=",
+	                       upstream};
+	size_t i, start;
 
-	memcpy(day, ts, TS_DAY_LEN);
-	day[TS_DAY_LEN] = '\0';
-	memcpy(name, ts + 11, 2);     /* HH */
-	memcpy(name + 2, ts + 14, 2); /* MM */
-	memcpy(name + 4, ts + 17, 2); /* SS */
-	memcpy(name + 6, ts + 19, 7); /* .uuuuuu */
-	name[13] = '-';
-	memcpy(name + 14, id, idlen);
-	memcpy(name + 14 + idlen, ".log", 5);
+	journal_mark(j, &t->first);
+	if (transcript_stamp(t, j, ts, "*", 1, 160) != 0)
+		return;
+	start = j->len;
+	/* Pieces put one after the other: a printf here cost more than the rest of the open. */
+	for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		transcript_put(j, parts[i], strlen(parts[i]));
+	transcript_event_escape(j, start);
+	transcript_put(j, "\n", 1);
 }
 
 struct transcript *
 transcript_open(const char *id, const struct timeval *start, const char *client,
                 const char *listener, const char *upstream, char *relpath, size_t relsize)
 {
+	static uint64_t serials;
 	struct transcript *t;
-	char ts[32], day[16], name[64];
-	int dirfd, fd, saved;
+	struct journal *j;
+	char ts[32];
 
-	if (log_dir_fd < 0) {
+	if (journal_dir_fd() < 0) {
 		errno = EBADF;
 		return NULL;
 	}
-	transcript_timestamp(start, ts, sizeof(ts));
-	transcript_names(ts, id, day, name);
-	if ((dirfd = transcript_day_fd(day, 1)) < 0) {
-		failing = 1;
-		return NULL;
-	}
-	fd = openat(dirfd, name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-	            0640);
-	if (fd < 0) {
-		if (errno != EEXIST)
-			failing = 1;
-		return NULL;
-	}
 	if ((t = calloc(1, sizeof(*t))) == NULL) {
-		close(fd);
 		errno = ENOMEM;
 		return NULL;
 	}
-	t->fd = fd;
-	kept_open++;
-	memcpy(t->day, day, TS_DAY_LEN + 1);
-	memcpy(t->name, name, strlen(name) + 1);
-	memcpy(t->path, day, TS_DAY_LEN);
-	t->path[TS_DAY_LEN] = '/';
-	memcpy(t->path + TS_DAY_LEN + 1, t->name, strlen(t->name) + 1);
-	if (relsize > 0) {
-		strncpy(relpath, t->path, relsize - 1);
-		relpath[relsize - 1] = '\0';
+	t->serial = ++serials;
+	t->day = (long)(start->tv_sec / 86400);
+	t->idlen = strnlen(id, sizeof(t->id) - 1);
+	memcpy(t->id, id, t->idlen);
+	if ((j = transcript_journal(t)) == NULL) {
+		free(t);
+		errno = ENOMEM;
+		return NULL;
 	}
-	TAILQ_INSERT_TAIL(&transcripts, t, entry);
-	/* Written with the first records (transcript_sync writes it at once where it must). */
-	transcript_header(t, id, ts, client, listener, upstream);
-	t->xstart = t->len;
+	if (relsize > 0)
+		snprintf(relpath, relsize, "%s", j->name);
+	transcript_timestamp(start, ts, sizeof(ts));
+	/* Written with the next batch (transcript_sync writes it at once where it must). */
+	transcript_header(t, j, ts, client, listener, upstream);
+	j->owner = t->serial;
+	t->batch = j->batches;
+	t->xstart = j->len;
 	t->xplain = 1;
-	saved = errno;
-	if (kept_open > TRANSCRIPT_KEEP_OPEN_MAX && transcript_release(t) != 0)
-		transcript_write_failed(t);
-	errno = saved;
+	journal_written(j);
 	return t;
 }
 
@@ -562,87 +359,84 @@ transcript_now(void)
 	return formatted;
 }
 
-/* Starts a record: timestamp, kind, space; with room for extra octets after them. */
+/* Starts a record: timestamp, session id, kind, space; with room for extra octets after them. */
 static int
-transcript_stamp(struct transcript *t, const char *now, const char *kind, size_t klen,
-                 size_t extra)
+transcript_stamp(struct transcript *t, struct journal *j, const char *now, const char *kind,
+                 size_t klen, size_t extra)
 {
-	size_t i;
+	size_t i, idlen = t->idlen;
 	char *p;
 
-	if (transcript_reserve(t, 28 + klen + 1 + extra + 1) != 0)
+	transcript_exchange_check(t, j); /* may put a record first */
+	if (transcript_reserve(j, 28 + idlen + 1 + klen + 1 + extra + 1) != 0)
 		return -1;
 	/* Exchanges that may repeat are made of the client's lines, events and our replies. */
 	if (klen != 1 && !(klen == 2 && kind[1] == ':' && (kind[0] == 'C' || kind[0] == 'P')))
 		t->xplain = 0;
-	t->last_rec = t->len;
-	p = t->buf + t->len;
+	t->last_rec = j->len;
+	p = j->buf + j->len;
 	memcpy(p, now, 27);
 	p[27] = ' ';
+	memcpy(p + 28, t->id, idlen);
+	p += 28 + idlen;
+	*p++ = ' ';
 	/* A kind is one or two octets: copied in place, not by a call to memcpy. */
 	for (i = 0; i < klen; i++)
-		p[28 + i] = kind[i];
-	p[28 + klen] = ' ';
-	t->len += 28 + klen + 1;
+		p[i] = kind[i];
+	p[klen] = ' ';
+	j->len += 28 + idlen + 1 + klen + 1;
 	return 0;
 }
 
 static int
-transcript_begin(struct transcript *t, const char *kind, size_t extra)
+transcript_begin(struct transcript *t, struct journal *j, const char *kind, size_t extra)
 {
-	return transcript_stamp(t, transcript_now(), kind, strlen(kind), extra);
-}
-
-/* Records were added: the flush tick writes them, or now if the buffer has grown enough. */
-static void
-transcript_written(struct transcript *t)
-{
-	t->dirty = 1;
-	t->recent = 1;
-	if (t->len >= TRANSCRIPT_FLUSH_AT)
-		transcript_flush(t);
+	return transcript_stamp(t, j, transcript_now(), kind, strlen(kind), extra);
 }
 
 static void
-transcript_end(struct transcript *t)
+transcript_end(struct journal *j)
 {
-	transcript_put(t, "\n", 1);
-	transcript_written(t);
+	transcript_put(j, "\n", 1);
+	journal_written(j);
 }
 
 /*
  * One record of peer octets, without their CRLF; 0, or -1 when memory is short.  The caller
- * marks the transcript written (transcript_written).
+ * marks the buffer written (journal_written).
  */
 static int
-transcript_record(struct transcript *t, const char *now, const char *kind, size_t klen,
-                  const unsigned char *p, size_t n)
+transcript_record(struct transcript *t, struct journal *j, const char *now, const char *kind,
+                  size_t klen, const unsigned char *p, size_t n)
 {
 	size_t plain;
 
 	if (n >= 2 && p[n - 2] == '\r' && p[n - 1] == '\n')
 		n -= 2;
-	if (n > (SIZE_MAX - 64) / 4 || transcript_stamp(t, now, kind, klen, 4 * n) != 0)
+	if (n > (SIZE_MAX - 64) / 4 || transcript_stamp(t, j, now, kind, klen, 4 * n) != 0)
 		return -1;
 	/* The plain start (most often the whole line) in one copy; escaping from where it ends. */
 	plain = escape_plain_span(p, n);
-	memcpy(t->buf + t->len, p, plain);
-	t->len += plain;
+	memcpy(j->buf + j->len, p, plain);
+	j->len += plain;
 	if (plain < n)
-		t->len += escape_into(t->buf + t->len, p + plain, n - plain);
-	t->buf[t->len++] = '\n';
+		j->len += escape_into(j->buf + j->len, p + plain, n - plain);
+	j->buf[j->len++] = '\n';
 	return 0;
 }
 
 void
 transcript_data(struct transcript *t, const char *kind, const unsigned char *line, size_t n)
 {
-	if (t == NULL || transcript_record(t, transcript_now(), kind, strlen(kind), line, n) != 0)
+	struct journal *j;
+
+	if (t == NULL || (j = transcript_journal(t)) == NULL ||
+	    transcript_record(t, j, transcript_now(), kind, strlen(kind), line, n) != 0)
 		return;
 	/* The last line of a reply of our own ends an exchange ("NNN-" lines go on). */
 	if (kind[0] == 'P' && !(n >= 4 && line[3] == '-'))
-		transcript_exchange_end(t);
-	transcript_written(t);
+		transcript_exchange_end(t, j);
+	journal_written(j);
 }
 
 void
@@ -650,12 +444,13 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
                 size_t n, int as_is)
 {
 	size_t klen = strlen(kind);
+	struct journal *j;
 
-	if (t == NULL)
+	if (t == NULL || (j = transcript_journal(t)) == NULL)
 		return;
 	if (!as_is) {
-		if (transcript_record(t, now, kind, klen, line, n) == 0)
-			transcript_written(t);
+		if (transcript_record(t, j, now, kind, klen, line, n) == 0)
+			journal_written(j);
 		return;
 	}
 	/*
@@ -665,12 +460,12 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 	 * no longer inlined into the message loop: +4% instructions per message, measured.)
 	 */
 	n -= 2;
-	if (transcript_stamp(t, now, kind, klen, n) != 0)
+	if (transcript_stamp(t, j, now, kind, klen, n) != 0)
 		return;
-	memcpy(t->buf + t->len, line, n);
-	t->len += n;
-	t->buf[t->len++] = '\n';
-	transcript_written(t);
+	memcpy(j->buf + j->len, line, n);
+	j->len += n;
+	j->buf[j->len++] = '\n';
+	journal_written(j);
 }
 
 void
@@ -678,17 +473,18 @@ transcript_redacted(struct transcript *t, const char *kind, const unsigned char 
                     size_t textlen, const char *user)
 {
 	struct evbuffer *tmp;
+	struct journal *j;
 	size_t n;
 
-	if (t == NULL || (tmp = evbuffer_new()) == NULL)
+	if (t == NULL || (j = transcript_journal(t)) == NULL || (tmp = evbuffer_new()) == NULL)
 		return;
 	escape_append(tmp, text, textlen);
 	redact_marker(tmp, user);
 	n = evbuffer_get_length(tmp);
-	if (transcript_begin(t, kind, n) == 0) {
-		evbuffer_remove(tmp, t->buf + t->len, n);
-		t->len += n;
-		transcript_end(t);
+	if (transcript_begin(t, j, kind, n) == 0) {
+		evbuffer_remove(tmp, j->buf + j->len, n);
+		j->len += n;
+		transcript_end(j);
 	}
 	evbuffer_free(tmp);
 }
@@ -703,46 +499,71 @@ transcript_redacted(struct transcript *t, const char *kind, const unsigned char 
  * escaped here rather than written raw, where it could forge a record or hide one.
  */
 static void
-transcript_event_escape(struct transcript *t, size_t start)
+transcript_event_escape(struct journal *j, size_t start)
 {
-	size_t n = t->len - start, plain = escape_text_span((unsigned char *)t->buf + start, n);
+	size_t n = j->len - start, plain = escape_text_span((unsigned char *)j->buf + start, n);
 	unsigned char *rest;
 
 	if (plain == n)
 		return;
 	n -= plain;
 	if ((rest = malloc(n)) == NULL) {
-		t->len = start + plain;
+		j->len = start + plain;
 		return;
 	}
-	memcpy(rest, t->buf + start + plain, n);
-	t->len = start + plain;
-	if (n <= (SIZE_MAX - 1) / 4 && transcript_reserve(t, 4 * n + 1) == 0)
-		t->len += escape_text_into(t->buf + t->len, rest, n);
+	memcpy(rest, j->buf + start + plain, n);
+	j->len = start + plain;
+	if (n <= (SIZE_MAX - 1) / 4 && transcript_reserve(j, 4 * n + 1) == 0)
+		j->len += escape_text_into(j->buf + j->len, rest, n);
 	free(rest);
 }
 
 void
 transcript_event(struct transcript *t, const char *fmt, ...)
 {
+	struct journal *j;
 	va_list ap;
 	size_t start;
 
-	if (t == NULL || transcript_begin(t, "*", EVENT_ROOM) != 0)
+	if (t == NULL || (j = transcript_journal(t)) == NULL ||
+	    transcript_begin(t, j, "*", EVENT_ROOM) != 0)
 		return;
-	start = t->len;
+	start = j->len;
 	va_start(ap, fmt);
-	transcript_vprintf(t, fmt, ap);
+	transcript_vprintf(j, fmt, ap);
 	va_end(ap);
-	transcript_event_escape(t, start);
-	transcript_end(t);
+	transcript_event_escape(j, start);
+	transcript_end(j);
 }
 
 void
 transcript_sync(struct transcript *t)
 {
-	if (t != NULL)
-		transcript_flush(t);
+	struct journal *j;
+
+	if (t != NULL && (j = transcript_journal(t)) != NULL)
+		journal_flush(j);
+}
+
+int
+transcript_locate(struct transcript *t, char file[16], int64_t *offset)
+{
+	if (t == NULL)
+		return -1;
+	/* The counted repeats are said before the event line (which comes after the records). */
+	if (t->repeats > 0 && transcript_journal(t) != NULL) {
+		transcript_exchange_check(t, t->j);
+		t->xstart = t->j->len;
+		transcript_repeat_note(t, t->j);
+	}
+	/* Its first record still in the buffer: written now, so that the event can say where. */
+	if (t->first.pending)
+		transcript_sync(t);
+	if (t->first.pending || t->first.offset < 0)
+		return -1;
+	journal_day_name(t->day, file);
+	*offset = t->first.offset;
+	return 0;
 }
 
 void
@@ -750,36 +571,39 @@ transcript_close(struct transcript *t)
 {
 	if (t == NULL)
 		return;
-	transcript_flush(t);
-	if (transcript_release(t) != 0)
-		transcript_write_failed(t);
-	TAILQ_REMOVE(&transcripts, t, entry);
-	free(t->buf);
+	/* The records stay in the day's buffer for its next write. */
+	if (transcript_journal(t) != NULL) {
+		if (t->repeats > 0) {
+			t->xstart = t->j->len; /* the note goes last */
+			transcript_repeat_note(t, t->j);
+		}
+		journal_unmark(t->j, &t->first);
+	}
 	free(t);
 }
 
 int
 transcript_tmpfile(void)
 {
-	if (log_dir_fd < 0)
+	if (journal_dir_fd() < 0)
 		return -1;
-	return openat(log_dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	return openat(journal_dir_fd(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 }
 
 int
 transcript_failing(void)
 {
-	return failing;
+	return journal_failing();
 }
 
 int
 transcript_chown_dir(uid_t uid, gid_t gid)
 {
-	return log_dir_fd >= 0 ? fchown(log_dir_fd, uid, gid) : 0;
+	return journal_dir_fd() >= 0 ? fchown(journal_dir_fd(), uid, gid) : 0;
 }
 
 uint64_t
 transcript_write_errors(void)
 {
-	return write_errors;
+	return journal_write_errors();
 }

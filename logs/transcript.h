@@ -9,14 +9,17 @@
 struct event_base;
 struct transcript;
 
-/* Opens (creating 0750) the log directory and starts the once-a-second flush; -1 on error. */
-int transcript_init(struct event_base *base, const char *log_dir);
+/*
+ * Opens (creating 0750) the log directory and starts the once-a-second flush; removes
+ * journals older than keep_days days (-1: none); -1 on error.
+ */
+int transcript_init(struct event_base *base, const char *log_dir, int keep_days);
 void transcript_shutdown(void);
 
 /*
- * Creates a session's transcript, LOGDIR/YYYY-MM-DD/HHMMSS.uuuuuu-ID.log, 0640, O_EXCL,
- * O_NOFOLLOW, and writes its header.  relpath receives the name under the log directory.
- * Returns NULL (errno set) when the file can't be created.
+ * Starts a session's records in the journal of the day it starts (LOGDIR/YYYY-MM-DD.log) with
+ * its first record, "* session client=... listener=... upstream=...".  relpath receives the
+ * journal's name under the log directory.  Returns NULL (errno set) when there is none.
  */
 struct transcript *transcript_open(const char *id, const struct timeval *start, const char *client,
                                    const char *listener, const char *upstream, char *relpath,
@@ -52,7 +55,12 @@ void transcript_event(struct transcript *t, const char *fmt, ...)
 
 /* Writes what the transcript holds now, not at the next flush tick or at its close. */
 void transcript_sync(struct transcript *t);
-/* Flushes and closes; t may be NULL. */
+/*
+ * The journal file (YYYY-MM-DD.log) and the byte offset of the session's first record,
+ * writing the buffer now if that record is still in it; -1 when it was not written.
+ */
+int transcript_locate(struct transcript *t, char file[16], int64_t *offset);
+/* Ends the session's recording (its records are written with the next batch); t may be NULL. */
 void transcript_close(struct transcript *t);
 
 /* An unlinked temporary file in the log directory (held messages); -1 on error. */
@@ -64,7 +72,7 @@ int transcript_failing(void);
 /* Hands the log directory to the user the proxy will run as (--user). */
 int transcript_chown_dir(uid_t uid, gid_t gid);
 
-/* Write errors since start (disk full...); each transcript logs only its first. */
+/* Failed journal writes since start (disk full...); logged once until one succeeds. */
 uint64_t transcript_write_errors(void);
 
 /* Formats tv as 2026-11-26T10:37:28.123456Z into buf (at least 32 octets). */

@@ -103,8 +103,10 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
 		return; /* the server will refuse it; no chunk follows */
 	p->last = last;
-	if (s->tx != NULL)
+	if (s->tx != NULL) {
 		s->tx->size += size;
+		s->tx->data = 1;
+	}
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
 	s->chunk_left = size;
@@ -707,8 +709,10 @@ client_content(struct session *s, const struct unit *u)
 		session_warn(s, "bare CR or LF in message content: relayed as CRLF");
 	}
 	client_record_content(s, u);
-	if (s->tx != NULL)
+	if (s->tx != NULL) {
 		s->tx->size += u->len;
+		s->tx->data = 1;
+	}
 	if (s->msg == NULL && s->tx != NULL && s->tx->size > s->px->opts->max_message) {
 		client_relayed_too_big(s);
 		return;
@@ -869,8 +873,10 @@ client_took_plain(struct session *s, size_t len)
 {
 	if (len == 2)
 		s->msg_in_headers = 0;
-	if (s->tx != NULL)
+	if (s->tx != NULL) {
 		s->tx->size += len;
+		s->tx->data = 1;
+	}
 	s->client.octets += len;
 	s->client.relayed += len;
 	if (s->tx != NULL && s->tx->size > s->px->opts->max_message)

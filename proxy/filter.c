@@ -243,29 +243,3 @@ filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
 	    s, filter_record(s, rules_apply(s->rules, scopes, nscopes, line, len, &s->outcome)),
 	    line, len);
 }
-
-json_t *
-filter_report(const struct session *s)
-{
-	json_t *a = json_array();
-	const char *file;
-	unsigned int line;
-	enum rule_scope scope;
-	enum rule_action action;
-	char where[512];
-	int i;
-
-	if (s->rules == NULL || s->rule_hits == NULL)
-		return a;
-	for (i = 0; i < rules_count(s->rules); i++) {
-		if (s->rule_hits[i] == 0)
-			continue;
-		rules_describe(s->rules, i, &file, &line, &scope, &action);
-		snprintf(where, sizeof(where), "%s:%u", file, line);
-		json_array_append_new(a, json_pack("{s:s,s:s,s:s,s:I}", "rule", where, "scope",
-		                                   rules_scope_name(scope), "action",
-		                                   rules_action_name(action), "hits",
-		                                   (json_int_t)s->rule_hits[i]));
-	}
-	return a;
-}

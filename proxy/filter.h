@@ -3,8 +3,6 @@
 
 #include <stddef.h>
 
-#include <jansson.h>
-
 #include "filters/rules.h"
 
 struct session;
@@ -40,8 +38,5 @@ int filter_command(struct session *s, int verb, const unsigned char *arg, const 
 /* Runs the client ("ADDRESS NAME") through the client rules once, at connect.  Returns 1 when
  * a rule refused it (answered and closed), 0 to go on, -1 when the session was closed. */
 int filter_client(struct session *s);
-
-/* Hits per rule, for the session's event: [{"rule":"FILE:LINE","action":..,"hits":N}]. */
-json_t *filter_report(const struct session *s);
 
 #endif

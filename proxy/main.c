@@ -21,6 +21,7 @@
 #include "logs/escape.h"
 #include "logs/events.h"
 #include "logs/log.h"
+#include "logs/journal.h"
 #include "logs/transcript.h"
 #include "proxy/addr.h"
 #include "proxy/checkconf.h"
@@ -34,6 +35,7 @@
 #include "proxy/session.h"
 #include "proxy/tls.h"
 #include "proxy/workers.h"
+#include "tools/tools.h"
 
 /* Each session holds a client socket and an upstream socket (transcripts open per flush). */
 #define FDS_PER_SESSION 2
@@ -95,6 +97,7 @@ reload_all(struct proxy *px)
 {
 	notify_reloading();
 	events_reopen();
+	journal_reopen();
 	if (px->opts->config_file != NULL) {
 		reload_config(px); /* rules and certificates too, with the rest or not at all */
 	} else {
@@ -152,7 +155,7 @@ open_outputs(struct options *o)
 	struct stat st;
 
 	log_dir_existed = stat(o->log_dir, &st) == 0;
-	if (transcript_init(proxy.base, o->log_dir) != 0)
+	if (transcript_init(proxy.base, o->log_dir, o->keep_days) != 0)
 		fatal("log directory %s", o->log_dir);
 	if (o->events_off)
 		return;
@@ -163,6 +166,7 @@ open_outputs(struct options *o)
 	events_existed = strcmp(o->events, "-") == 0 || stat(o->events, &st) == 0;
 	if (events_open(proxy.base, o->events) != 0)
 		fatal("events file %s", o->events);
+	events_before_write(journal_flush_all);
 }
 
 /*
@@ -336,6 +340,9 @@ main(int argc, char **argv)
 	char err[512];
 	int i;
 
+	/* `smtptap show ...`: a word, not an option, names a tool. */
+	if ((i = tools_main(argc, argv)) >= 0)
+		return i;
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
 		return rules_trial_main(argc - 1, argv + 1);
 	i = options_build(argc, argv, &opts, stderr);

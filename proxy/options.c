@@ -69,6 +69,7 @@ enum {
 	OPT_LOG_LEVEL,
 	OPT_CHECK_RULES,
 	OPT_METRICS,
+	OPT_KEEP_DAYS,
 };
 
 static const struct option long_options[] = {
@@ -115,6 +116,7 @@ static const struct option long_options[] = {
     {"pid-file", required_argument, NULL, OPT_PID_FILE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"metrics", required_argument, NULL, OPT_METRICS},
+    {"keep-days", required_argument, NULL, OPT_KEEP_DAYS},
     {NULL, 0, NULL, 0},
 };
 
@@ -123,7 +125,8 @@ static const char usage_text[] =
     "  --listen ADDR:PORT       listen here (repeatable; default 127.0.0.1:2525)\n"
     "  --upstream HOST:PORT|original  the real SMTP server (original: where each client\n"
     "                           was going, for a transparent interceptor)\n"
-    "  --log-dir DIR            transcripts (default ./smtptap-logs)\n"
+    "  --log-dir DIR            the journal, a file a day (default ./smtptap-logs)\n"
+    "  --keep-days N            remove journals older than N days (default keep all)\n"
     "  --events FILE|none       JSON line per session, - for stdout (default DIR/events.jsonl)\n"
     "  --record body|headers|none  message content in transcripts (default body)\n"
     "  --no-transcripts         write no transcripts (events and rules still apply)\n"
@@ -136,8 +139,8 @@ static const char usage_text[] =
     "  --connect-timeout SECS   upstream connect limit (default 30)\n"
     "  --idle-timeout SECS      idle session limit (default 300)\n"
     "  --grace SECS             time sessions get to finish on SIGTERM (default 30)\n"
-    "  --workers N|auto         worker processes sharing the listeners (default 1;\n"
-    "                           auto: one per CPU)\n"
+    "  --workers N|auto         worker processes sharing the listeners (default auto:\n"
+    "                           one per CPU online)\n"
     "  --listen-tls ADDR:PORT   implicit-TLS listener, SMTPS (repeatable)\n"
     "  --tls-cert FILE --tls-key FILE  certificate (PEM, chain allowed) and key\n"
     "  --tls-mode terminate|passthrough|strip  client STARTTLS handling\n"
@@ -266,7 +269,8 @@ options_defaults(struct options *o)
 	o->connect_timeout = 30;
 	o->idle_timeout = 300;
 	o->grace = 30;
-	o->workers = 1;
+	o->workers = options_workers("auto");
+	o->keep_days = -1;
 	o->upstream_verify = VERIFY_NAME;
 	o->hold_memory = 1048576;
 	o->max_header = 102400;
@@ -641,6 +645,10 @@ options_one(struct options *o, int ch, const char *arg)
 		break;
 	case OPT_NO_TRANSCRIPTS:
 		o->no_transcripts = 1;
+		break;
+	case OPT_KEEP_DAYS:
+		o->keep_days = (int)options_number("--keep-days", "invalid count (0 to 100000 days)",
+		                                   arg, 0, 100000);
 		break;
 	case OPT_MAX_LINE:
 		o->max_line = options_number("--max-line", "invalid size (bytes, 1024 to 16777216)",

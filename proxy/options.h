@@ -47,6 +47,7 @@ struct options {
 	const char *events; /* NULL: LOGDIR/events.jsonl, unless events_off */
 	int events_off;     /* --events none */
 	int no_transcripts; /* --no-transcripts: events (and the policy) only */
+	int keep_days;      /* --keep-days: journals kept; -1: all */
 	enum record_level record;
 	enum bare_newline bare_newline;
 	size_t max_line;

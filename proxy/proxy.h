@@ -21,6 +21,7 @@ struct session;
 struct proxy_shared {
 	atomic_uint of_worker[OPT_MAX_WORKERS]; /* slots beyond --workers stay 0 */
 	pthread_mutex_t events_lock;
+	pthread_mutex_t journal_lock; /* a journal batch is written under it */
 };
 
 /* What all sessions share: the loop, the resolver, the options and the session list. */

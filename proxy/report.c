@@ -1,13 +1,12 @@
-/* The session's JSON event, built with jansson when the session ends. */
+/* The session's JSON event, written when the session ends. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
 #include "logs/escape.h"
 #include "logs/events.h"
+#include "logs/json.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/filter.h"
@@ -17,100 +16,127 @@
 #include "proxy/session.h"
 #include "proxy/tx.h"
 
-/* Peer text goes into JSON escaped as in transcripts, so it is always valid UTF-8. */
-static json_t *
+/*
+ * The event line is written by our own JSON writer (logs/json.c): jansson's dump cost more
+ * instructions per session than a blind relay's whole session.  Text in it is valid UTF-8 by
+ * construction: peer octets stored already escaped (made safe as they arrived), or text of
+ * ours (ids, times, addresses: ASCII).
+ */
+static struct json_writer jw;
+
+/* Raw peer text (a TLS name, an AUTH user), escaped as in transcripts first. */
+static void
 report_string(const char *s)
 {
 	char *esc;
-	json_t *j;
 
-	if (s == NULL)
-		return json_null();
-	if ((esc = escape_strdup((const unsigned char *)s, strlen(s))) == NULL)
-		return json_null();
-	j = json_string(esc);
+	if (s == NULL || (esc = escape_strdup((const unsigned char *)s, strlen(s))) == NULL) {
+		jw_null(&jw);
+		return;
+	}
+	jw_str(&jw, esc);
 	free(esc);
-	return j != NULL ? j : json_null();
 }
 
-/*
- * Text valid UTF-8 by construction, so jansson need not check it again: peer octets stored
- * already escaped (NUL included, made safe as they arrived), or text of ours (ids, times,
- * addresses: ASCII).  NULL gives null.
- */
-static json_t *
-report_valid(const char *s)
-{
-	json_t *j;
-
-	if (s == NULL)
-		return json_null();
-	j = json_string_nocheck(s);
-	return j != NULL ? j : json_null();
-}
-
-/* Sets a key of ours (ASCII literals) without jansson's UTF-8 check and format parsing. */
 static void
-report_set(json_t *o, const char *key, json_t *value)
+report_kv(const char *key, const char *value)
 {
-	json_object_set_new_nocheck(o, key, value);
+	jw_key(&jw, key);
+	jw_str(&jw, value);
 }
 
-static json_t *
-report_code(int code)
+static void
+report_code(const char *key, int code)
 {
-	return code > 0 ? json_integer(code) : json_null();
+	jw_key(&jw, key);
+	jw_int_or_null(&jw, code, code > 0);
 }
 
-/* One transaction; built key by key, as a session may carry a thousand of them. */
-static json_t *
+/* ESMTP parameters, one string each, split as the server splits them. */
+static void
+report_params(const char *params)
+{
+	const char *p = params, *end;
+
+	jw_key(&jw, "mail_params");
+	jw_open(&jw, '[');
+	while (p != NULL && *p != '\0') {
+		while (*p == ' ' || *p == '\t')
+			p++;
+		for (end = p; *end != '\0' && *end != ' ' && *end != '\t'; end++)
+			;
+		if (end > p)
+			jw_strn(&jw, p, (size_t)(end - p));
+		p = end;
+	}
+	jw_close(&jw, ']');
+}
+
+/* One transaction; written key by key, as a session may carry a thousand of them. */
+static void
 report_tx(const struct tx *tx)
 {
-	json_t *rcpts = json_array(), *o = json_object(), *r;
+	char queue_id[128];
 	size_t i;
 
-	if (rcpts == NULL || o == NULL) {
-		json_decref(rcpts);
-		json_decref(o);
-		return json_null();
-	}
+	jw_open(&jw, '{');
+	report_kv("mail_from", tx->mail_from);
+	report_params(tx->mail_params);
+	report_code("mail_code", tx->mail_code);
+	report_kv("mail_text", tx->mail_code > 0 ? tx->mail_text : NULL);
+	jw_key(&jw, "rcpt");
+	jw_open(&jw, '[');
 	for (i = 0; i < tx->nrcpt; i++) {
-		if ((r = json_object()) == NULL)
-			break;
-		report_set(r, "to", report_valid(tx->rcpts[i].to));
-		report_set(r, "code", report_code(tx->rcpts[i].code));
-		json_array_append_new(rcpts, r);
+		jw_open(&jw, '{');
+		report_kv("to", tx->rcpts[i].to);
+		report_code("code", tx->rcpts[i].code);
+		report_kv("text", tx->rcpts[i].code > 0 ? tx->rcpts[i].text : NULL);
+		jw_close(&jw, '}');
 	}
-	report_set(o, "mail_from", report_valid(tx->mail_from));
-	report_set(o, "mail_code", report_code(tx->mail_code));
-	report_set(o, "rcpt", rcpts);
-	report_set(o, "size", json_integer((json_int_t)tx->size));
-	report_set(o, "code", report_code(tx->code));
-	report_set(o, "text", report_valid(tx->code > 0 ? tx->text : NULL));
-	return o;
+	jw_close(&jw, ']');
+	jw_key(&jw, "size");
+	jw_int_or_null(&jw, (long long)tx->size, tx->data);
+	report_code("code", tx->code);
+	report_kv("text", tx->code > 0 ? tx->text : NULL);
+	report_kv("queue_id", tx->code / 100 == 2 && tx_queue_id(tx->text, queue_id,
+	                                                         sizeof(queue_id)) == 0
+	                          ? queue_id
+	                          : NULL);
+	jw_close(&jw, '}');
 }
 
-static json_t *
+static void
 report_transactions(const struct session *s)
 {
-	json_t *a = json_array();
 	struct tx *tx;
 
+	jw_key(&jw, "transactions");
+	jw_open(&jw, '[');
 	TAILQ_FOREACH(tx, &s->txs, entry)
-	json_array_append_new(a, report_tx(tx));
-	return a;
+	report_tx(tx);
+	jw_close(&jw, ']');
 }
 
-static json_t *
-report_tls_leg(const struct tls_info *t, int upstream)
+static void
+report_tls_leg(const char *key, const struct tls_info *t, int upstream)
 {
-	if (t == NULL || !t->up)
-		return json_null();
-	if (upstream)
-		return json_pack("{s:s,s:s,s:o,s:s}", "version", t->version, "cipher", t->cipher,
-		                 "subject", report_string(t->subject), "verify", t->verify);
-	return json_pack("{s:s,s:s,s:o}", "version", t->version, "cipher", t->cipher, "sni",
-	                 report_string(t->sni[0] ? t->sni : NULL));
+	jw_key(&jw, key);
+	if (t == NULL || !t->up) {
+		jw_null(&jw);
+		return;
+	}
+	jw_open(&jw, '{');
+	report_kv("version", t->version);
+	report_kv("cipher", t->cipher);
+	if (upstream) {
+		jw_key(&jw, "subject");
+		report_string(t->subject);
+		report_kv("verify", t->verify);
+	} else {
+		jw_key(&jw, "sni");
+		report_string(t->sni[0] ? t->sni : NULL);
+	}
+	jw_close(&jw, '}');
 }
 
 static const char *
@@ -127,32 +153,91 @@ report_tls_mode(const struct session *s)
 }
 
 static void
-report_extras(const struct session *s, json_t *o)
+report_tls(const struct session *s)
 {
-	json_t *tls;
-
-	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL ||
-	    s->client_tls_error != NULL) {
-		tls = json_pack("{s:s,s:o,s:o}", "mode", report_tls_mode(s), "client",
-		                report_tls_leg(s->client_tls, 0), "upstream",
-		                report_tls_leg(s->upstream_tls, 1));
-		if (s->client_tls_error != NULL)
-			json_object_set_new(tls, "client_error", report_string(s->client_tls_error));
-		if (s->tls_passthrough) {
-			json_object_set_new(tls, "client_octets",
-			                    json_integer((json_int_t)s->client.raw_octets));
-			json_object_set_new(tls, "server_octets",
-			                    json_integer((json_int_t)s->server.raw_octets));
-		}
-		json_object_set_new(o, "tls", tls);
+	jw_key(&jw, "tls");
+	jw_open(&jw, '{');
+	report_kv("mode", report_tls_mode(s));
+	report_tls_leg("client", s->client_tls, 0);
+	report_tls_leg("upstream", s->upstream_tls, 1);
+	if (s->client_tls_error != NULL) {
+		jw_key(&jw, "client_error");
+		report_string(s->client_tls_error);
 	}
-	if (s->auth_used)
-		json_object_set_new(o, "auth",
-		                    json_pack("{s:o,s:o,s:o}", "mechanism",
-		                              report_string(s->auth_mech[0] ? s->auth_mech : NULL),
-		                              "user",
-		                              report_string(s->auth_user[0] ? s->auth_user : NULL),
-		                              "code", report_code(s->auth_code)));
+	if (s->tls_passthrough) {
+		jw_key(&jw, "client_octets");
+		jw_int(&jw, (long long)s->client.raw_octets);
+		jw_key(&jw, "server_octets");
+		jw_int(&jw, (long long)s->server.raw_octets);
+	}
+	jw_close(&jw, '}');
+}
+
+static void
+report_extras(const struct session *s)
+{
+	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL ||
+	    s->client_tls_error != NULL)
+		report_tls(s);
+	if (s->auth_used) {
+		jw_key(&jw, "auth");
+		jw_open(&jw, '{');
+		jw_key(&jw, "mechanism");
+		report_string(s->auth_mech[0] ? s->auth_mech : NULL);
+		jw_key(&jw, "user");
+		report_string(s->auth_user[0] ? s->auth_user : NULL);
+		report_code("code", s->auth_code);
+		report_kv("text", s->auth_code > 0 ? s->auth_text : NULL);
+		jw_close(&jw, '}');
+	}
+}
+
+/* The rules that hit, with their hit counts. */
+static void
+report_rules(const struct session *s)
+{
+	const char *file;
+	unsigned int line;
+	enum rule_scope scope;
+	enum rule_action action;
+	char where[512];
+	int i;
+
+	jw_key(&jw, "rules");
+	jw_open(&jw, '[');
+	for (i = 0; s->rule_hits != NULL && i < rules_count(s->rules); i++) {
+		if (s->rule_hits[i] == 0)
+			continue;
+		rules_describe(s->rules, i, &file, &line, &scope, &action);
+		snprintf(where, sizeof(where), "%s:%u", file, line);
+		jw_open(&jw, '{');
+		report_kv("rule", where);
+		report_kv("scope", rules_scope_name(scope));
+		report_kv("action", rules_action_name(action));
+		jw_key(&jw, "hits");
+		jw_int(&jw, (long long)s->rule_hits[i]);
+		jw_close(&jw, '}');
+	}
+	jw_close(&jw, ']');
+}
+
+/* Where the session's records start: {"file": "YYYY-MM-DD.log", "offset": N}, or null. */
+static void
+report_transcript(const struct session *s)
+{
+	char file[16];
+	int64_t offset;
+
+	jw_key(&jw, "transcript");
+	if (transcript_locate(s->transcript, file, &offset) != 0) {
+		jw_null(&jw);
+		return;
+	}
+	jw_open(&jw, '{');
+	report_kv("file", file);
+	jw_key(&jw, "offset");
+	jw_int(&jw, (long long)offset);
+	jw_close(&jw, '}');
 }
 
 /* Appends to a bounded line; once full, it stays full (the log line ends with "..."). */
@@ -207,54 +292,63 @@ report_log_line(const struct session *s, double duration)
 	log_info("%s", line);
 }
 
-/*
- * The event, built key by key: json_pack would parse its format and check every string
- * again, once per session.
- */
+/* The event, written key by key into one line. */
 void
 report_write(struct session *s, const struct timeval *end)
 {
 	char start_ts[32], end_ts[32];
 	double duration = (double)(end->tv_sec - s->start.tv_sec) +
 	                  (double)(end->tv_usec - s->start.tv_usec) / 1e6;
-	json_t *o;
 
 	report_log_line(s, duration);
 	metrics_session_end(s, duration);
-	if (s->px->opts->events_off || (o = json_object()) == NULL)
+	if (s->px->opts->events_off)
 		return;
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));
 	transcript_timestamp(end, end_ts, sizeof(end_ts));
-	report_set(o, "session", report_valid(s->id));
-	report_set(o, "start", report_valid(start_ts));
-	report_set(o, "end", report_valid(end_ts));
-	report_set(o, "duration", json_real(duration));
-	report_set(o, "client", report_valid(s->client_addr));
-	report_set(o, "listener", report_valid(s->listener_addr));
-	report_set(o, "upstream", report_valid(s->px->upstream_text));
-	report_set(o, "upstream_address", report_valid(s->upstream_addr));
-	report_set(o, "transcript",
-	           report_valid(s->transcript_path[0] ? s->transcript_path : NULL));
-	report_set(o, "helo", report_valid(s->helo));
-	report_set(o, "early_talker", json_boolean(s->early_talker));
+	jw_reset(&jw);
+	jw_open(&jw, '{');
+	report_kv("session", s->id);
+	report_kv("start", start_ts);
+	report_kv("end", end_ts);
+	jw_key(&jw, "duration");
+	jw_real(&jw, duration);
+	report_kv("client", s->client_addr);
+	report_kv("listener", s->listener_addr);
+	report_kv("upstream", s->px->upstream_text);
+	report_kv("upstream_address", s->upstream_addr);
+	report_kv("upstream_local", s->upstream_local[0] ? s->upstream_local : NULL);
+	report_transcript(s);
+	report_kv("helo", s->helo);
+	jw_key(&jw, "early_talker");
+	jw_bool(&jw, s->early_talker);
 	if (s->forwarded != NULL)
-		report_set(o, "forwarded", report_valid(s->forwarded));
+		report_kv("forwarded", s->forwarded);
 	if (s->via[0] != '\0')
-		report_set(o, "via", report_valid(s->via));
-	if (s->proxy_local)
-		report_set(o, "local", json_true());
+		report_kv("via", s->via);
+	if (s->proxy_local) {
+		jw_key(&jw, "local");
+		jw_bool(&jw, 1);
+	}
 	if (s->original_len > 0)
-		report_set(o, "original_destination", report_valid(s->original_text));
-	report_extras(s, o);
-	report_set(o, "transactions", report_transactions(s));
-	if (s->tx_unrecorded > 0)
-		report_set(o, "transactions_unrecorded", json_integer(s->tx_unrecorded));
+		report_kv("original_destination", s->original_text);
+	report_extras(s);
+	report_transactions(s);
+	if (s->tx_unrecorded > 0) {
+		jw_key(&jw, "transactions_unrecorded");
+		jw_int(&jw, s->tx_unrecorded);
+	}
 	if (s->rules != NULL)
-		report_set(o, "rules", filter_report(s));
-	report_set(o, "client_octets", json_integer((json_int_t)s->client.octets));
-	report_set(o, "server_octets", json_integer((json_int_t)s->server.octets));
-	report_set(o, "reason", report_valid(s->close_reason));
-	report_set(o, "warnings", json_integer(s->warnings));
-	events_write(o);
-	json_decref(o);
+		report_rules(s);
+	jw_key(&jw, "client_octets");
+	jw_int(&jw, (long long)s->client.octets);
+	jw_key(&jw, "server_octets");
+	jw_int(&jw, (long long)s->server.octets);
+	report_kv("reason", s->close_reason);
+	jw_key(&jw, "warnings");
+	jw_int(&jw, s->warnings);
+	jw_close(&jw, '}');
+	jw_newline(&jw);
+	if (!jw.failed)
+		events_write_line(jw.buf, jw.len);
 }

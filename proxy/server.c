@@ -93,6 +93,8 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 	case VERB_AUTH:
 	case VERB_SASL:
 		s->auth_code = code;
+		free(s->auth_text);
+		s->auth_text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
 		session_enter_state(s, code == 334 ? ST_SASL : ST_COMMAND);
 		relay_resume_client(s);
 		break;

@@ -346,6 +346,7 @@ session_free(struct session *s)
 		evbuffer_free(s->held_reply);
 	free(s->reply_text);
 	free(s->helo);
+	free(s->auth_text);
 	free(s->client_tls);
 	free(s->client_tls_error);
 	free(s->upstream_tls);
@@ -911,6 +912,9 @@ session_upstream_connected(struct session *s)
 		                  s->px->upstream_sa_text);
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
+	len = sizeof(ss);
+	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
+		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
 	metrics_upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)

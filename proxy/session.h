@@ -83,16 +83,20 @@ enum smtp_state {
 struct rcpt {
 	char *to;
 	int code;
+	char *text; /* the reply's text (its last line), escaped */
 };
 
 /* One mail transaction, from MAIL to the reply to its end of data (OpenSMTPD's smtp_tx). */
 struct tx {
 	TAILQ_ENTRY(tx) entry;
-	char *mail_from;
+	char *mail_from;   /* the address alone, <...> */
+	char *mail_params; /* its ESMTP parameters, or NULL */
 	int mail_code;
+	char *mail_text;
 	struct rcpt *rcpts;
 	size_t nrcpt;
 	uint64_t size;
+	int data; /* content was sent (DATA's 354, a BDAT): the size means something */
 	int code;
 	char *text;
 };
@@ -114,6 +118,7 @@ struct session {
 	char client_addr[64];
 	char listener_addr[64];
 	char upstream_addr[64];
+	char upstream_local[64]; /* our end of the upstream connection */
 	char *helo;
 
 	/* The client's identity: its and the listener's addresses (from the balancer's PROXY
@@ -169,6 +174,7 @@ struct session {
 	char auth_user[256];
 	int auth_step;
 	int auth_code;
+	char *auth_text; /* the reply's text */
 	int auth_used;
 	int auth_open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
 	unsigned caps_hidden; /* extensions a capability rule removed from the EHLO reply */

@@ -39,16 +39,125 @@ tx_path(const struct smtp_command *cmd)
 	return escape_strdup(cmd->arg + off, cmd->arglen - off);
 }
 
+/* SMTP's white space (as the server tokenises: PITFALLS 13). */
+static int
+tx_space(unsigned char c)
+{
+	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
+}
+
+/*
+ * "MAIL FROM:<a@b> SIZE=1 BODY=8BITMIME" split: the address alone into tx->mail_from, the
+ * parameters (NULL when none) into tx->mail_params.  A quoted local part may hold a ">" or
+ * white space.
+ */
+static void
+tx_mail_split(struct tx *tx, const struct smtp_command *cmd)
+{
+	const unsigned char *p = cmd->arg, *colon;
+	size_t n = cmd->arglen, off, end, rest;
+	int quoted = 0;
+
+	if (p == NULL) {
+		tx->mail_from = strdup("");
+		return;
+	}
+	colon = memchr(p, ':', n);
+	off = colon != NULL ? (size_t)(colon - p) + 1 : 0;
+	while (off < n && tx_space(p[off]))
+		off++;
+	end = off;
+	if (end < n && p[end] == '<') {
+		for (end++; end < n; end++) {
+			if (p[end] == '\\' && quoted && end + 1 < n)
+				end++;
+			else if (p[end] == '"')
+				quoted = !quoted;
+			else if (p[end] == '>' && !quoted)
+				break;
+		}
+		if (end < n)
+			end++;
+	}
+	while (end < n && !tx_space(p[end]))
+		end++;
+	tx->mail_from = escape_strdup(p + off, end - off);
+	rest = end;
+	while (rest < n && tx_space(p[rest]))
+		rest++;
+	while (n > rest && tx_space(p[n - 1]))
+		n--;
+	if (rest < n)
+		tx->mail_params = escape_strdup(p + rest, n - rest);
+}
+
+/* A token of a queue id: letters, digits and the punctuation ids use. */
+static size_t
+tx_id_span(const char *p)
+{
+	size_t n = 0;
+
+	while ((p[n] >= 'a' && p[n] <= 'z') || (p[n] >= 'A' && p[n] <= 'Z') ||
+	       (p[n] >= '0' && p[n] <= '9') || p[n] == '-' || p[n] == '.' || p[n] == '_')
+		n++;
+	return n;
+}
+
+static int
+tx_id_copy(const char *p, size_t n, char *id, size_t size)
+{
+	/* An enhanced status code (2.0.0) is no id. */
+	if (n == 0 || n >= size || (n == 5 && p[1] == '.' && p[3] == '.'))
+		return -1;
+	memcpy(id, p, n);
+	id[n] = '\0';
+	return 0;
+}
+
+int
+tx_queue_id(const char *text, char *id, size_t size)
+{
+	const char *p;
+
+	if (text == NULL)
+		return -1;
+	/* Postfix: "2.0.0 Ok: queued as 4Xq2Yb1kz9" */
+	if ((p = strcasestr(text, "queued as ")) != NULL)
+		return tx_id_copy(p + 10, tx_id_span(p + 10), id, size);
+	/* Exchange: "2.6.0 <msgid> [InternalId=23138874, Hostname=...] Queued mail for delivery" */
+	if ((p = strstr(text, "[InternalId=")) != NULL)
+		return tx_id_copy(p + 12, tx_id_span(p + 12), id, size);
+	/* Exim: "OK id=1rAbCd-0001Ab-Cd" */
+	for (p = text; (p = strstr(p, "id=")) != NULL; p += 3)
+		if (p == text || tx_space((unsigned char)p[-1]))
+			return tx_id_copy(p + 3, tx_id_span(p + 3), id, size);
+	/* Sendmail, OpenSMTPD: "2.0.0 wB6NX5fa012345 Message accepted for delivery" */
+	if ((p = strstr(text, " Message accepted for delivery")) != NULL ||
+	    (p = strstr(text, " message accepted for delivery")) != NULL) {
+		const char *start = p;
+
+		while (start > text && !tx_space((unsigned char)start[-1]))
+			start--;
+		if (tx_id_span(start) == (size_t)(p - start))
+			return tx_id_copy(start, (size_t)(p - start), id, size);
+	}
+	return -1;
+}
+
 /* Empties a transaction for reuse. */
 static void
 tx_clear(struct tx *tx)
 {
 	size_t i;
 
-	for (i = 0; i < tx->nrcpt; i++)
+	for (i = 0; i < tx->nrcpt; i++) {
 		free(tx->rcpts[i].to);
+		free(tx->rcpts[i].text);
+	}
 	free(tx->rcpts);
 	free(tx->mail_from);
+	free(tx->mail_params);
+	free(tx->mail_text);
 	free(tx->text);
 	memset(tx, 0, sizeof(*tx));
 }
@@ -78,7 +187,7 @@ tx_begin(struct session *s, const struct smtp_command *cmd)
 	}
 	if ((tx = calloc(1, sizeof(*tx))) == NULL)
 		return;
-	tx->mail_from = tx_path(cmd);
+	tx_mail_split(tx, cmd);
 	tx->mail_code = 0;
 	tx->code = 0;
 	TAILQ_INSERT_TAIL(&s->txs, tx, entry);
@@ -99,6 +208,7 @@ tx_rcpt(struct session *s, const struct smtp_command *cmd)
 	tx->rcpts = r;
 	r[tx->nrcpt].to = tx_path(cmd);
 	r[tx->nrcpt].code = 0;
+	r[tx->nrcpt].text = NULL;
 	return (int)tx->nrcpt++;
 }
 
@@ -141,6 +251,14 @@ tx_accepted(const struct tx *tx)
 	return 0;
 }
 
+/* The text of the reply just read, in place of *text. */
+static void
+tx_text(struct session *s, char **text)
+{
+	free(*text);
+	*text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+}
+
 void
 tx_reply(struct session *s, const struct pending *p, int code)
 {
@@ -151,13 +269,21 @@ tx_reply(struct session *s, const struct pending *p, int code)
 	switch (p->verb) {
 	case VERB_MAIL:
 		tx->mail_code = code;
+		tx_text(s, &tx->mail_text);
 		break;
 	case VERB_RCPT:
-		if (p->rcpt_index >= 0 && (size_t)p->rcpt_index < tx->nrcpt)
+		if (p->rcpt_index >= 0 && (size_t)p->rcpt_index < tx->nrcpt) {
 			tx->rcpts[p->rcpt_index].code = code;
+			tx_text(s, &tx->rcpts[p->rcpt_index].text);
+		}
+		break;
+	case VERB_DATA:
+		if (code == 354)
+			tx->data = 1;
 		break;
 	case VERB_EOD:
 	case VERB_BDAT:
+		tx->data = 1;
 		if (p->verb == VERB_BDAT && !p->last && code / 100 == 2)
 			break;
 		tx->code = code;

@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "logs/events.h"
+#include "logs/journal.h"
 #include "logs/log.h"
 #include "proxy/listener.h"
 #include "proxy/metrics.h"
@@ -59,6 +60,8 @@ workers_share(void)
 	pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
 	if (pthread_mutex_init(&sh->events_lock, &attr) != 0)
 		fatalx("events lock for the workers");
+	if (pthread_mutex_init(&sh->journal_lock, &attr) != 0)
+		fatalx("journal lock for the workers");
 	pthread_mutexattr_destroy(&attr);
 	return sh;
 }
@@ -216,6 +219,7 @@ workers_run(struct proxy *px, unsigned n, void (*reload)(struct proxy *))
 	supervisor_pid = getpid();
 	px->shared = workers_share();
 	events_share_lock(&px->shared->events_lock);
+	journal_share_lock(&px->shared->journal_lock);
 	sigemptyset(&handled_mask);
 	sigaddset(&handled_mask, SIGTERM);
 	sigaddset(&handled_mask, SIGINT);

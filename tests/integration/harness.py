@@ -27,7 +27,11 @@ IS_ROOT = os.geteuid() == 0
 
 TS_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
 RECORD_RE = re.compile(r"^(" + TS_RE + r") (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$", re.S)
-TRANSCRIPT_NAME_RE = re.compile(r"^(\d{4}-\d\d-\d\d)/(\d{6})\.(\d{6})-([0-9a-f]{8})\.log$")
+JOURNAL_NAME_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)\.log$")
+# A journal line: time, session id, kind, text.
+JOURNAL_LINE_RE = re.compile(rb"^(" + TS_RE.encode() + rb") ([0-9a-f]{1,15}) (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$",
+                             re.S)
+SESSION_RECORD_RE = re.compile(rb"^session client=(\S*) listener=(\S*) upstream=(.*)$", re.S)
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +237,69 @@ def unescape(text):
 # Transcripts and events
 
 
+def journal_files(log_dir):
+    """The journal files of a log directory (LOGDIR/YYYY-MM-DD.log), oldest first."""
+    try:
+        names = os.listdir(log_dir)
+    except FileNotFoundError:
+        return []
+    return [os.path.join(log_dir, n) for n in sorted(names)
+            if JOURNAL_NAME_RE.match(n) and os.path.isfile(os.path.join(log_dir, n))]
+
+
+class JournalSession:
+    """One session's records in a journal: where its first record is, and its lines."""
+
+    def __init__(self, sid, journal, offset):
+        self.sid, self.journal, self.offset = sid, journal, offset
+        self.lines = []  # (time, kind, text) as octets, text None when there is none
+
+    def layout(self):
+        """The session in the per-session layout (as `smtptap show` prints it), as octets."""
+        ts, kind, text = self.lines[0]
+        m = SESSION_RECORD_RE.match(text or b"") if kind == b"*" else None
+        client, listener, upstream = m.groups() if m else (b"", b"", b"")
+        out = [b"# smtptap 0.1.0 transcript", b"# session " + self.sid, b"# start " + ts,
+               b"# client " + client, b"# listener " + listener, b"# upstream " + upstream]
+        for ts, kind, text in self.lines[1 if m else 0:]:
+            out.append(ts + b" " + kind + (b" " + text if text is not None else b""))
+        return b"\n".join(out) + b"\n"
+
+
+def read_journal(log_dir, torn_ok=False):
+    """Every session of the log directory's journals, by id in order of their first record.
+
+    A last line without its line end is being written (or was torn by a crash): skipped.  A
+    complete line that is not a record fails, unless torn_ok (a crash tore it: the reader skips
+    it, as the tools do)."""
+    sessions = {}
+    for path in journal_files(log_dir):
+        with open(path, "rb") as f:
+            data = f.read()
+        name = os.path.basename(path)
+        offset = 0
+        lines = data.split(b"\n")
+        last = lines.pop()  # b"" when the file ends with a line end
+        for line in lines:
+            start, offset = offset, offset + len(line) + 1
+            m = JOURNAL_LINE_RE.match(line)
+            if not m:
+                assert torn_ok, "journal %s: line at offset %d matches no record format: %r" % (
+                    name, start, line[:300])
+                continue
+            ts, sid, kind, text = m.groups()
+            s = sessions.get(sid)
+            if s is None:
+                s = sessions[sid] = JournalSession(sid, name, start)
+            s.lines.append((ts, kind, text))
+        del last
+    return sessions
+
+
+# Where each materialized session file's records are in the journal: path -> (file, offset).
+_LOCATIONS = {}
+
+
 class Record:
     def __init__(self, ts, kind, text):
         self.ts, self.kind, self.text = ts, kind, text
@@ -246,7 +313,11 @@ class Transcript:
 
     def __init__(self, path, log_dir):
         self.path = path
-        self.relpath = os.path.relpath(path, log_dir)
+        self.relpath = os.path.basename(path)
+        # The journal file and the offset of the session's first record, for a session of
+        # the journal (the event's "transcript").
+        self.journal, self.offset = _LOCATIONS.get(path, (None, None, None))[:2]
+        self.location = {"file": self.journal, "offset": self.offset} if self.journal else None
         with open(path, "rb") as f:
             self.raw = f.read()
         # Safe on a terminal: valid UTF-8, no control characters but tab and the line ends,
@@ -337,6 +408,10 @@ class Smtptap:
             a += ["--log-dir", self.log_dir]
         if self.events_path is not None:
             a += ["--events", self.events_path]
+        # One process unless a test asks for workers (the default is one per CPU): the
+        # tests look at the process (descriptors, memory, signals) by its PID.
+        if not any(x == "--workers" or x.startswith("--workers=") for x in self.extra):
+            a += ["--workers", "1"]
         return a + self.extra
 
     def start(self, wait=True):
@@ -393,15 +468,43 @@ class Smtptap:
 
     # Recording
 
-    def transcript_paths(self):
-        out = []
+    def journal_sessions(self, torn_ok=False):
+        """The sessions of the journal, by id (bytes) in order of their first record."""
         if self.log_dir is None:
-            return out
-        for root, _dirs, files in os.walk(self.log_dir):
-            for fn in files:
-                if fn.endswith(".log"):
-                    out.append(os.path.join(root, fn))
-        return sorted(out, key=lambda p: os.path.relpath(p, self.log_dir))
+            return {}
+        return read_journal(self.log_dir, torn_ok)
+
+    def transcript_paths(self, torn_ok=False):
+        """Each session of the journal, written out in the per-session layout (as `smtptap
+        show` prints it) to WORKDIR/shown/ID.log: the paths, in the order sessions started."""
+        out = []
+        shown = os.path.join(self.workdir, "shown")
+        for sid, js in self.journal_sessions(torn_ok).items():
+            path = os.path.join(shown, sid.decode() + ".log")
+            data = js.layout()
+            if _LOCATIONS.get(path, (None, None, None))[2:] != (data,):
+                os.makedirs(shown, exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(data)
+            _LOCATIONS[path] = (js.journal, js.offset, data)
+            out.append(path)
+        return out
+
+    def transcript_path_of(self, ev, timeout=5.0):
+        """The materialized transcript of the session an event names (once it is closed)."""
+        sid = ev["session"]
+
+        def ready():
+            for p in self.transcript_paths():
+                if os.path.basename(p) == sid + ".log":
+                    try:
+                        t = Transcript(p, self.log_dir)
+                    except (AssertionError, UnicodeDecodeError):
+                        return None
+                    return p if t.close_event() is not None else None
+            return None
+
+        return wait_until(ready, timeout, what="transcript of session %s" % sid)
 
     def transcripts(self, cls=None):
         cls = cls or Transcript
@@ -497,7 +600,11 @@ class Smtptap:
         out = self.stdout()
         if out:
             parts.append("--- stdout ---\n" + out[-5000:])
-        paths = self.transcript_paths()
+        try:
+            paths = self.transcript_paths(torn_ok=True)
+        except Exception as e:  # a describe must not fail
+            paths = []
+            parts.append("journal unreadable: %s" % e)
         for p in paths[:5]:
             with open(p, "rb") as f:
                 data = f.read()

@@ -188,20 +188,18 @@ def event_for_client(tap, client_port, timeout=5.0, after=0):
 
 
 def transcript_of(tap, ev, timeout=5.0):
-    """The transcript an event line names, once its close record is written."""
-    path = os.path.join(tap.log_dir, ev["transcript"])
-
-    def ready():
-        try:
-            t = Transcript(path, tap.log_dir)
-        except (FileNotFoundError, AssertionError, UnicodeDecodeError):
-            return None
-        return t if t.close_event() is not None else None
-
+    """The transcript of the session an event line names, once its close record is written;
+    its first record is where the event says."""
+    assert ev["transcript"], "session %s not recorded: %r" % (ev.get("session"), ev)
     try:
-        return harness.wait_until(ready, timeout, what="transcript %s closed" % ev["transcript"])
+        path = tap.transcript_path_of(ev, timeout)
     except TimeoutError:
-        return Transcript(path, tap.log_dir)  # a format error is reported as such
+        path = os.path.join(tap.workdir, "shown", ev["session"] + ".log")
+        if not os.path.exists(path):
+            raise AssertionError("no records of session %s in the journal" % ev["session"])
+    t = Transcript(path, tap.log_dir)  # a format error is reported as such
+    assert t.location == ev["transcript"], (t.location, ev["transcript"])
+    return t
 
 
 def record_kinds(t):

@@ -48,6 +48,11 @@ def swaks(port, *args):
                           + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
 
 
+
+def auth_without_text(ev):
+    """The event's auth, but its reply text (checked in test_recording)."""
+    return {k: v for k, v in ev["auth"].items() if k != "text"}
+
 @pytest.mark.limit(30)
 def test_auth_plain_with_swaks(tap_factory, fake_server):
     srv = fake_server(SmtpServerScript(auth={USER: PASSWORD}))
@@ -62,7 +67,7 @@ def test_auth_plain_with_swaks(tap_factory, fake_server):
     assert re.fullmatch("AUTH PLAIN " + REDACTED_USER, auth[0]), auth[0]
     assert any(l.startswith("235 ") for l in t.server_lines())
     ev = tap.event()
-    assert ev["auth"] == {"mechanism": "PLAIN", "user": USER, "code": 235}
+    assert auth_without_text(ev) == {"mechanism": "PLAIN", "user": USER, "code": 235}
     assert ev["transactions"][0]["code"] == 250
     assert_no_secret(tap)
 
@@ -82,7 +87,7 @@ def test_auth_login_with_swaks(tap_factory, fake_server):
     assert re.fullmatch(REDACTED, recs[i + 2]), recs[i + 2]
     assert t.server_lines().count("334 VXNlcm5hbWU6") == 1
     ev = tap.event()
-    assert ev["auth"] == {"mechanism": "LOGIN", "user": USER, "code": 235}
+    assert auth_without_text(ev) == {"mechanism": "LOGIN", "user": USER, "code": 235}
     assert ev["transactions"][0]["code"] == 250
     assert_no_secret(tap)
 
@@ -106,7 +111,7 @@ def test_auth_plain_after_empty_334(tap_factory, fake_server):
     assert re.fullmatch(REDACTED_USER, recs[i + 1]), recs[i + 1]
     assert recs[i + 2] == "MAIL FROM:<a@example.com>"
     assert "334 " in t.server_lines()
-    assert tap.event()["auth"] == {"mechanism": "PLAIN", "user": USER, "code": 235}
+    assert auth_without_text(tap.event()) == {"mechanism": "PLAIN", "user": USER, "code": 235}
     assert_no_secret(tap)
 
 
@@ -180,7 +185,7 @@ def test_auth_oauth_tokens_redacted(tap_factory, fake_server, mech, blob, user):
     (line,) = [l for l in t.client_lines() if l.startswith("AUTH")]
     assert re.fullmatch(r"AUTH %s \[redacted user=%s\]" % (mech, re.escape(user)), line), line
     ev = tap.event()
-    assert ev["auth"] == {"mechanism": mech, "user": user, "code": 235}
+    assert auth_without_text(ev) == {"mechanism": mech, "user": user, "code": 235}
     tap.stop()
     everything = tap.stderr() + t.text + open(tap.events_path).read()
     assert "ya29" not in everything and b64(blob)[:40] not in everything
@@ -235,7 +240,7 @@ def test_auth_initial_response_after_any_white_space(tap_factory, fake_server, w
     hits = [e for e in t.events() if e.startswith("rule ")]
     assert len(hits) == 1 and 'line="AUTH PLAIN"' in hits[0], hits
     ev = tap.event()
-    assert ev["auth"] == {"mechanism": "PLAIN", "user": USER, "code": 235}
+    assert auth_without_text(ev) == {"mechanism": "PLAIN", "user": USER, "code": 235}
     assert_no_secret(tap)
 
 
@@ -256,7 +261,7 @@ def test_auth_credential_in_place_of_mechanism(tap_factory, fake_server):
     recs = t.client_lines()
     i = recs.index("AUTH [redacted]")
     assert recs[i + 1] == "NOOP"
-    assert tap.event()["auth"] == {"mechanism": None, "user": None, "code": 504}
+    assert auth_without_text(tap.event()) == {"mechanism": None, "user": None, "code": 504}
     assert_no_secret(tap)
 
 
@@ -340,5 +345,5 @@ def test_pipelined_sasl_after_non_334_reply(tap_factory, fake_server):
     assert re.fullmatch(REDACTED_USER, recs[i + 1]), recs
     assert re.fullmatch(REDACTED, recs[i + 2]), recs
     assert recs[i + 3:i + 6] == ["NOOP", "XYZZY", "QUIT"], recs
-    assert tap.event()["auth"] == {"mechanism": "LOGIN", "user": USER, "code": 454}
+    assert auth_without_text(tap.event()) == {"mechanism": "LOGIN", "user": USER, "code": 454}
     assert_no_secret(tap)

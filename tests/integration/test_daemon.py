@@ -182,7 +182,7 @@ def test_default_log_dir_and_events_file(tap_factory, sink, workdir):
     tap.events_path = os.path.join(tap.log_dir, "events.jsonl")
     (ev,) = tap.wait_events(1)
     assert ev["reason"] == "quit"
-    assert tap.transcript().relpath == ev["transcript"]
+    assert tap.transcript().location == ev["transcript"]
 
 
 SYSLOG_SETUP = r"""
@@ -217,7 +217,7 @@ def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOG_SETUP, "sh",
             smtptap_bin, "--syslog", "--listen", "127.0.0.1:%d" % port,
             "--upstream", "127.0.0.1:%d" % sink.port, "--log-dir", os.path.join(w, "logs"),
-            "--events", os.path.join(w, "events.jsonl")]
+            "--events", os.path.join(w, "events.jsonl"), "--workers", "1"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=dict(os.environ, W=w))
     try:

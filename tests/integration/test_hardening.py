@@ -362,8 +362,8 @@ def test_user_drops_root_after_binding(tap_factory, sink):
     assert "running as nobody (uid %d)" % NOBODY.pw_uid in err, err
     assert "running as root" not in err, err
     ev = hp.normal_session(tap, sink=sink)
-    t = os.path.join(tap.log_dir, ev["transcript"])
-    for path, mode in ((tap.log_dir, 0o750), (os.path.dirname(t), 0o750), (t, 0o640),
+    t = os.path.join(tap.log_dir, ev["transcript"]["file"])
+    for path, mode in ((tap.log_dir, 0o750), (t, 0o640),
                        (tap.events_path, 0o640)):
         s = os.stat(path)
         assert (s.st_uid, s.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid), (path, s.st_uid, s.st_gid)
@@ -419,8 +419,8 @@ def test_modes_under_a_permissive_umask(smtptap_bin, workdir, sink, request):
         with open("/proc/%d/cmdline" % tap.pid) as f:
             assert smtptap_bin in f.read(), "the wrapper did not exec smtptap"
         ev = hp.normal_session(tap, sink=sink)
-        t = os.path.join(tap.log_dir, ev["transcript"])
-        for path, mode in ((tap.log_dir, 0o750), (os.path.dirname(t), 0o750), (t, 0o640),
+        t = os.path.join(tap.log_dir, ev["transcript"]["file"])
+        for path, mode in ((tap.log_dir, 0o750), (t, 0o640),
                            (tap.events_path, 0o640)):
             assert stat.S_IMODE(os.stat(path).st_mode) == mode, (path, oct(os.stat(path).st_mode))
     finally:
@@ -448,10 +448,10 @@ def relay_one_message(c, sink):
 @pytest.mark.limit(30)
 @pytest.mark.parametrize("policy", ["continue", "tempfail"])
 def test_symlinked_date_dir_refused(tap_factory, sink, workdir, policy):
-    """Before the first session, the date directories (yesterday, today, tomorrow UTC) are
-    planted in the log dir as symlinks to another directory.
+    """Before the first session, the journals (yesterday, today, tomorrow UTC) are planted in
+    the log dir as symlinks to files in another directory.
 
-    transcript: never created in the symlink's target (O_NOFOLLOW on the date dir).
+    journal: never written through the symlink (O_NOFOLLOW).
     continue: client: the session relays; server: the message; event: transcript null; log:
     "transcript not created".  tempfail: client: "451 4.3.0 <host> Session cannot be
     recorded, try again later" and closed; server: nothing; event: reason log_failure.
@@ -463,8 +463,10 @@ def test_symlinked_date_dir_refused(tap_factory, sink, workdir, policy):
     os.mkdir(log_dir, 0o750)
     planted = []
     for day in utc_day_names():
-        p = os.path.join(log_dir, day)
-        os.symlink(target, p)
+        p = os.path.join(log_dir, day + ".log")
+        with open(os.path.join(target, day + ".log"), "w"):
+            pass
+        os.symlink(os.path.join(target, day + ".log"), p)
         planted.append(p)
     extra = ["--on-log-failure", "tempfail"] if policy == "tempfail" else []
     tap = tap_factory(sink.port, *extra)
@@ -482,23 +484,26 @@ def test_symlinked_date_dir_refused(tap_factory, sink, workdir, policy):
         assert ev["reason"] == "log_failure", ev
         time.sleep(0.3)
         assert sink.count() == 0
-    assert os.listdir(target) == [], "a transcript was written through the symlink: %r" % (
-        os.listdir(target))
-    assert "transcript not created" in tap.stderr()
+    def written():
+        return {n: os.path.getsize(os.path.join(target, n)) for n in os.listdir(target)
+                if os.path.getsize(os.path.join(target, n))}
+
+    assert written() == {}, "the journal was written through the symlink: %r" % written()
+    assert "write failed" in tap.stderr()
     for p in planted:
         os.unlink(p)
     hp.normal_session(tap, sink=sink)
-    assert os.listdir(target) == []
+    assert written() == {}
 
 
 @pytest.mark.limit(30)
-@pytest.mark.parametrize("what", ["transcript", "date_dir"])
+@pytest.mark.parametrize("what", ["transcript", "log_dir"])
 def test_symlink_planted_during_a_session_not_followed(tap_factory, sink, workdir, what):
     """A session is open (its transcript created); then, between two flushes, someone with
     write access to the log dir plants a symlink:
-      transcript: the transcript file itself becomes a symlink to a victim file;
-      date_dir: the date directory is moved away and replaced by a symlink to a directory
-      holding a victim file of the transcript's name.
+      transcript: the journal file itself becomes a symlink to a victim file;
+      log_dir: the log directory is moved away and replaced by a symlink to a directory
+      holding a victim file of the journal's name.
     The session goes on (client and server unaffected) for more than a flush interval.
 
     victim: never written (the README: opened with O_NOFOLLOW, a planted symlink refused,
@@ -507,9 +512,8 @@ def test_symlink_planted_during_a_session_not_followed(tap_factory, sink, workdi
     c = SmtpClient(tap.port)
     assert c.code() == 220
     c.expect("EHLO client.example", 250)
-    path = harness.wait_until(lambda: (tap.transcript_paths() or [None])[0], 5,
-                              what="the transcript to be created")
-    time.sleep(1.2)  # past a flush: the file holds the session's start
+    time.sleep(1.2)  # past a flush: the journal holds the session's start
+    (path,) = harness.journal_files(tap.log_dir)
     victim_dir = os.path.join(workdir, "victim")
     os.mkdir(victim_dir)
     if what == "transcript":
@@ -519,7 +523,7 @@ def test_symlink_planted_during_a_session_not_followed(tap_factory, sink, workdi
         os.rename(path, path + ".moved")
         os.symlink(victim, path)
     else:
-        day = os.path.dirname(path)
+        day = tap.log_dir
         victim = os.path.join(victim_dir, os.path.basename(path))
         with open(victim, "w") as f:
             f.write("victim\n")
@@ -813,7 +817,7 @@ def _start_unread(smtptap_bin, workdir, upstream_port, stderr, extra=()):
     port = harness.free_port()
     argv = [smtptap_bin, "--listen", "127.0.0.1:%d" % port, "--upstream",
             "127.0.0.1:%d" % upstream_port, "--log-dir", os.path.join(workdir, "logs"),
-            "--events", "-", "--no-transcripts"] + list(extra)
+            "--events", "-", "--no-transcripts", "--workers", "1"] + list(extra)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=stderr)
     harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)

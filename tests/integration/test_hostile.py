@@ -764,7 +764,7 @@ def test_server_closes_mid_data(tap_factory, fake_server, when):
     ev = tap.event()
     assert ev["reason"] == "server_closed"
     (tx,) = ev["transactions"]
-    assert tx["rcpt"] == [{"to": "<b@example.net>", "code": 250}]
+    assert tx["rcpt"] == [{"to": "<b@example.net>", "code": 250, "text": "2.1.5 Ok"}]
     assert tx["code"] is None and tx["text"] is None, tx
     t = tap.transcript()
     assert "half way" in t.client_lines()

@@ -497,7 +497,7 @@ def test_scale_out_two_instances_behind_haproxy(tap_factory, sink, haproxy_facto
             assert "local" not in e and e["via"].startswith("127.0.0.1:"), e
             assert e["transactions"][0]["code"] == 250, e
     for t, evs in zip(taps, per_tap):  # each transcript in its own instance's log directory
-        assert all(os.path.exists(os.path.join(t.log_dir, e["transcript"])) for e in evs), t.name
+        assert all(os.path.exists(os.path.join(t.log_dir, e["transcript"]["file"])) for e in evs), t.name
     for t in taps:
         checks = [e for e in t.events() if e.get("local")]
         assert checks, t.name

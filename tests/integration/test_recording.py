@@ -1,5 +1,6 @@
 """Recording: the transcript file (name, mode, header, records, escaping) and the event line."""
 
+import base64
 import datetime
 import time
 import json
@@ -13,7 +14,7 @@ import pytest
 
 import harness
 import hostile_peers as hp
-from harness import (SmtpClient, SmtpServerScript, TRANSCRIPT_NAME_RE, TS_RE, escape, unescape)
+from harness import (SmtpClient, SmtpServerScript, JOURNAL_NAME_RE, TS_RE, escape, unescape)
 
 
 def parse_ts(s):
@@ -49,19 +50,26 @@ def test_event_line_has_every_field(tap, sink):
     assert ev["listener"] == "127.0.0.1:%d" % tap.port
     assert ev["upstream"] == "127.0.0.1:%d" % sink.port
     assert ev["upstream_address"] == "127.0.0.1:%d" % sink.port
-    assert TRANSCRIPT_NAME_RE.match(ev["transcript"]), ev["transcript"]
-    assert os.path.isfile(os.path.join(tap.log_dir, ev["transcript"]))
+    assert set(ev["transcript"]) == {"file", "offset"}, ev["transcript"]
+    assert JOURNAL_NAME_RE.match(ev["transcript"]["file"]), ev["transcript"]
+    assert isinstance(ev["transcript"]["offset"], int)
+    assert os.path.isfile(os.path.join(tap.log_dir, ev["transcript"]["file"]))
     assert ev["helo"] == "client.example"
     assert ev["early_talker"] is False
     assert "tls" not in ev and "auth" not in ev
     assert ev["transactions"] == [
-        {"mail_from": "<a@example.com>", "mail_code": 250,
-         "rcpt": [{"to": "<b@example.net>", "code": 250}, {"to": "<c@example.net>", "code": 250}],
-         "size": len(b"Subject: one\r\n\r\n..dot\r\nbody\r\n"), "code": 250, "text": "2.0.0 Ok"},
-        {"mail_from": "<>", "mail_code": 250,
-         "rcpt": [{"to": "<d@example.org>", "code": 250}],
-         "size": len(b"Subject: two\r\n\r\nsecond\r\n"), "code": 250, "text": "2.0.0 Ok"},
+        {"mail_from": "<a@example.com>", "mail_params": [], "mail_code": 250, "mail_text": "2.1.0 Ok",
+         "rcpt": [{"to": "<b@example.net>", "code": 250, "text": "2.1.5 Ok"},
+                  {"to": "<c@example.net>", "code": 250, "text": "2.1.5 Ok"}],
+         "size": len(b"Subject: one\r\n\r\n..dot\r\nbody\r\n"), "code": 250, "text": "2.0.0 Ok",
+         "queue_id": None},
+        {"mail_from": "<>", "mail_params": [], "mail_code": 250, "mail_text": "2.1.0 Ok",
+         "rcpt": [{"to": "<d@example.org>", "code": 250, "text": "2.1.5 Ok"}],
+         "size": len(b"Subject: two\r\n\r\nsecond\r\n"), "code": 250, "text": "2.0.0 Ok",
+         "queue_id": None},
     ]
+    host, port = ev["upstream_local"].rsplit(":", 1)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536 and int(port) != sink.port
     assert ev["client_octets"] == len(c.sent)
     # Octets received from the server: what the client got plus what the proxy removed from
     # the EHLO reply (XCLIENT, XFORWARD); the transcript holds every server line.
@@ -71,7 +79,7 @@ def test_event_line_has_every_field(tap, sink):
     assert ev["reason"] == "quit"
     assert ev["warnings"] == 0
     expected = {"session", "start", "end", "duration", "client", "listener", "upstream",
-                "upstream_address", "transcript", "helo", "early_talker", "transactions",
+                "upstream_address", "upstream_local", "transcript", "helo", "early_talker", "transactions",
                 "client_octets", "server_octets", "reason", "warnings"}
     assert expected <= set(ev), "missing: %s" % (expected - set(ev))
 
@@ -81,23 +89,34 @@ def test_transcript_name_mode_header_and_records(tap, sink):
     c = full_session(tap.port)
     t = tap.transcript()
     ev = tap.event()
-    m = TRANSCRIPT_NAME_RE.match(t.relpath)
-    assert m, "transcript name %r does not match LOGDIR/YYYY-MM-DD/HHMMSS.uuuuuu-ID.log" % t.relpath
-    assert t.relpath == ev["transcript"]
-    st = os.stat(t.path)
+    m = JOURNAL_NAME_RE.match(t.journal)
+    assert m, "journal name %r does not match LOGDIR/YYYY-MM-DD.log" % t.journal
+    assert t.location == ev["transcript"]
+    path = os.path.join(tap.log_dir, t.journal)
+    st = os.stat(path)
     assert stat.S_IMODE(st.st_mode) == 0o640, oct(st.st_mode)
-    assert stat.S_IMODE(os.stat(os.path.dirname(t.path)).st_mode) == 0o750
     assert stat.S_IMODE(os.stat(tap.log_dir).st_mode) == 0o750  # created by smtptap
+    assert os.listdir(tap.log_dir) == [t.journal]  # one file a day, nothing per session
 
-    assert t.header_lines[0] == "# smtptap 0.1.0 transcript"
-    assert t.header["session"] == m.group(4) == ev["session"]
+    # The event's offset is the session's first record, which holds what the per-session
+    # header held.
+    with open(path, "rb") as f:
+        f.seek(ev["transcript"]["offset"])
+        first = f.readline().decode()
+    assert first == "%s %s * session client=127.0.0.1:%d listener=127.0.0.1:%d upstream=127.0.0.1:%d\n" % (
+        ev["start"], ev["session"], c.local_port, tap.port, sink.port), first
+    assert t.header["session"] == ev["session"]
     assert t.header["start"] == ev["start"]
     start = parse_ts(t.header["start"])
-    assert m.group(1) == start.strftime("%Y-%m-%d")
-    assert "%s.%s" % (m.group(2), m.group(3)) == start.strftime("%H%M%S.%f")
+    assert "%s-%s-%s" % m.groups() == start.strftime("%Y-%m-%d")
     assert t.header["client"] == "127.0.0.1:%d" % c.local_port
     assert t.header["listener"] == "127.0.0.1:%d" % tap.port
     assert t.header["upstream"] == "127.0.0.1:%d" % sink.port
+    # Every line of the journal is a record of this session: time, id, kind, text.
+    with open(path, "rb") as f:
+        lines = f.read().decode().splitlines()
+    assert len(lines) == len(t.records) + 1
+    assert all(l.split(" ")[1] == ev["session"] for l in lines)
 
     stamps = [parse_ts(r.ts) for r in t.records]
     assert stamps == sorted(stamps), "records are not in time order"
@@ -320,26 +339,60 @@ def test_idle_sessions_hold_no_transcript_descriptor(tap_factory, sink):
 
 @pytest.mark.limit(30)
 @pytest.mark.parametrize("what", ["removed", "moved"])
-def test_day_directory_gone_between_sessions(tap_factory, sink, what):
-    """After one session, the day directory is removed (as a clean-up of old logs would) or
-    moved away (an archive), and the next session starts at once.
+def test_journal_gone_between_sessions(tap_factory, sink, what):
+    """After one session, the day's journal is removed (as a clean-up of old logs would) or
+    moved away (an archive, logrotate), and the next session starts at once.
 
-    transcript: in a new day directory of the same name, recorded whole, where the event line
-    says (the proxy holds the old directory open, but checks its name for every file); the
-    moved directory: only the first transcript."""
+    journal: a new file of the same name, the next session's records from its offset 0,
+    where the event line says (the proxy checks the name at each write); the moved file: only
+    the first session."""
+    tap = tap_factory(sink.port)
+    first = hp.normal_session(tap, sink=sink)
+    path = os.path.join(tap.log_dir, first["transcript"]["file"])
+    if what == "removed":
+        os.unlink(path)
+    else:
+        os.rename(path, path + ".moved")
+    ev = hp.normal_session(tap, sink=sink)  # checks the records where the event says
+    assert ev["transcript"] == {"file": first["transcript"]["file"], "offset": 0}, ev
+    if what == "moved":
+        with open(path + ".moved", "rb") as f:
+            sids = {l.split(b" ")[1] for l in f.read().splitlines()}
+        assert sids == {first["session"].encode()}
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("how", ["recreated", "removed", "sighup"])
+def test_log_dir_removed_while_running(tap_factory, sink, how):
+    """The whole log directory is removed while the proxy runs, with a session open across
+    the removal; then re-created by the operator (recreated, sighup: and SIGHUP sent), or not
+    (removed).
+
+    journal: the next write notices (the name no longer leads to the file it holds), opens the
+    log directory again (creating it if it is missing) and a new day's file in it: the open
+    session's later records and the next session are recorded there, not lost in the removed
+    directory until a restart."""
     tap = tap_factory(sink.port)
     hp.normal_session(tap, sink=sink)
-    first = tap.transcript_paths()
-    assert len(first) == 1
-    day = os.path.dirname(first[0])
-    if what == "removed":
-        shutil.rmtree(day)
-    else:
-        os.rename(day, day + ".moved")
-    ev = hp.normal_session(tap, sink=sink)  # checks the transcript where the event says
-    assert os.path.dirname(os.path.join(tap.log_dir, ev["transcript"])) == day, ev
-    if what == "moved":
-        assert os.listdir(day + ".moved") == [os.path.basename(first[0])]
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO across.example", 250)
+    time.sleep(1.2)  # its first records are written into the old directory
+    shutil.rmtree(tap.log_dir)
+    if how != "removed":
+        os.mkdir(tap.log_dir, 0o750)
+    if how == "sighup":
+        tap.signal(signal.SIGHUP)
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    c.read_until_eof(5)
+    ev = hp.normal_session(tap, sink=sink)
+    assert ev["transcript"]["file"] in os.listdir(tap.log_dir)
+    sessions = tap.journal_sessions()
+    across = [s for s in sessions.values() if any(t == b"EHLO across.example" for _, k, t in s.lines)]
+    assert not across  # its EHLO went with the old directory
+    texts = [t for s in sessions.values() for _, k, t in s.lines]
+    assert b"NOOP" in texts and b"QUIT" in texts
 
 
 @pytest.mark.limit(30)
@@ -415,7 +468,7 @@ def test_events_none_writes_transcripts_only(tap_factory, sink):
     assert "MAIL FROM:<a@example.com>" in t.client_lines()
     assert tap.stop() == 0
     assert events_files(tap) == []
-    assert files_under(tap.log_dir) == [os.path.relpath(t.path, tap.log_dir)]
+    assert files_under(tap.log_dir) == [t.journal]
     assert "not recording: no events\n" in tap.stderr()
 
 
@@ -429,7 +482,7 @@ def test_events_none_sighup_creates_nothing(tap_factory, sink):
     (t,) = tap.wait_transcripts(1)
     assert tap.stop() == 0
     assert events_files(tap) == []
-    assert files_under(tap.log_dir) == [os.path.relpath(t.path, tap.log_dir)]
+    assert files_under(tap.log_dir) == [t.journal]
 
 
 @pytest.mark.limit(20)
@@ -454,3 +507,52 @@ def test_policy_without_recording(tap_factory, sink, workdir):
     assert files_under(tap.log_dir) == []
     assert events_files(tap) == []
     assert "not recording: no transcripts no events" in tap.stderr()
+
+
+@pytest.mark.limit(30)
+def test_event_answers_the_usual_questions(tap_factory, fake_server):
+    """AUTH, then a transaction with ESMTP parameters, one recipient accepted and one refused,
+    delivered with a queue id; then a transaction whose only recipient is refused, so that
+    DATA is refused too.
+
+    event: mail_from is the address alone, its parameters in mail_params; MAIL, each RCPT and
+    AUTH carry their reply text; the final reply's queue id (Postfix's form, as the fake
+    server says it); size null for the transaction that never reached DATA; the upstream
+    connection's local address is the one the server saw."""
+    seen = {}
+
+    def ehlo_hook(conn, line):
+        seen["peer"] = "%s:%d" % conn.sock.getpeername()[:2]
+        return False
+
+    srv = fake_server(SmtpServerScript(auth={"alice": "s3cret"},
+                                       rcpt_code=lambda a: 550 if "nobody" in a else 250,
+                                       hooks={"EHLO": ehlo_hook}))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("AUTH PLAIN " + base64.b64encode(b"\0alice\0s3cret").decode(), 235)
+    c.expect("MAIL FROM:<a@example.com> SIZE=100\tBODY=8BITMIME", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("RCPT TO:<nobody@example.net>", 550)
+    c.expect("DATA", 354)
+    c.send(b"Subject: q\r\n\r\nbody\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("MAIL FROM:<>", 250)
+    c.expect("RCPT TO:<nobody@example.org>", 550)
+    c.expect("DATA", 554)
+    c.expect("QUIT", 221)
+    ev = tap.event()
+    one, two = ev["transactions"]
+    assert one["mail_from"] == "<a@example.com>"
+    assert one["mail_params"] == ["SIZE=100", "BODY=8BITMIME"]
+    assert one["mail_text"] == "2.1.0 Ok"
+    assert one["rcpt"] == [{"to": "<b@example.net>", "code": 250, "text": "2.1.5 Ok"},
+                           {"to": "<nobody@example.net>", "code": 550, "text": "5.1.1 No such user"}]
+    assert one["size"] == len(b"Subject: q\r\n\r\nbody\r\n")
+    assert one["text"] == "2.0.0 Ok: queued as FAKE1" and one["queue_id"] == "FAKE1"
+    assert two["mail_from"] == "<>" and two["mail_params"] == []
+    assert two["size"] is None and two["code"] is None and two["queue_id"] is None
+    assert ev["auth"]["code"] == 235 and ev["auth"]["text"].startswith("2.7.0")
+    assert ev["upstream_local"] == seen["peer"]

@@ -511,7 +511,7 @@ def test_2000_octet_rcpt_line_relayed(tap_factory, fake_server):
     srv.join()
     assert srv.conns[0].commands[2] == line.encode() + b"\r\n"
     ev = tap.event()
-    assert ev["transactions"][0]["rcpt"] == [{"to": addr, "code": 250}]
+    assert ev["transactions"][0]["rcpt"] == [{"to": addr, "code": 250, "text": "2.1.5 Ok"}]
 
 
 @pytest.mark.limit(20)

@@ -370,7 +370,7 @@ def test_sighup_rereads_config_atomically(smtptap_bin, workdir, sink, procs):
     rules_a = write(os.path.join(workdir, "a.rules"), "command /^NOOP/ REJECT 550 5.7.1 rules A\n")
     rules_b = write(os.path.join(workdir, "b.rules"), "command /^NOOP/ REJECT 550 5.7.1 rules B\n")
     conf = os.path.join(workdir, "s.conf")
-    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\n" % (port, sink.port, logs)
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers 1\n" % (port, sink.port, logs)
     write(conf, base + "rules %s\n" % rules_a)
     p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
 
@@ -389,7 +389,7 @@ def test_sighup_rereads_config_atomically(smtptap_bin, workdir, sink, procs):
     # A broken file: nothing of it applies, not even its valid lines; the reason is logged.
     write(conf, base + "rules %s\nidle-timeout soon\n" % rules_b)
     p.proc.send_signal(signal.SIGHUP)
-    p.wait_stderr("%s:5: --idle-timeout: invalid duration" % conf)
+    p.wait_stderr("%s:6: --idle-timeout: invalid duration" % conf)
     p.wait_stderr("keeping the old configuration")
     assert noop().startswith(b"550 5.7.1 rules A")
 

@@ -1885,7 +1885,17 @@ test_trial_main(void **state)
 	         "\tr.rules:6: command REJECT: 502 5.5.1 Command disabled\n"
 	         "t.log:30: S: 221 2.0.0 Bye\n"
 	         "\tr.rules:10: reply WARN: bye\n"
-	         "22 lines tried, 10 rule hits\n");
+	         "1 session, 22 lines tried, 10 rule hits\n"
+	         "\tr.rules:1: banner REWRITE: 1 hit in 1 session\n"
+	         "\tr.rules:2: capability IGNORE: 1 hit in 1 session\n"
+	         "\tr.rules:3: capability WARN: 1 hit in 1 session\n"
+	         "\tr.rules:4: mail REJECT: 1 hit in 1 session\n"
+	         "\tr.rules:5: rcpt WARN: 1 hit in 1 session\n"
+	         "\tr.rules:6: command REJECT: 1 hit in 1 session\n"
+	         "\tr.rules:7: header PREPEND: 1 hit in 1 session\n"
+	         "\tr.rules:8: body REJECT: 1 hit in 1 session\n"
+	         "\tr.rules:9: body REWRITE: 1 hit in 1 session\n"
+	         "\tr.rules:10: reply WARN: 1 hit in 1 session\n");
 	free(out);
 	free(err);
 	assert_int_equal(run_main(rules_trial_main, argv2, &out, &err), 0);

@@ -65,7 +65,8 @@ test_transaction(void **state)
 	command(&cmd, "MAIL FROM: <a@example.com> SIZE=10");
 	tx_begin(s, &cmd);
 	assert_non_null(tx = s->tx);
-	assert_string_equal(tx->mail_from, "<a@example.com> SIZE=10");
+	assert_string_equal(tx->mail_from, "<a@example.com>");
+	assert_string_equal(tx->mail_params, "SIZE=10");
 	command(&cmd, "RCPT TO:<b@example.net>");
 	assert_int_equal(tx_rcpt(s, &cmd), 0);
 	command(&cmd, "RCPT TO:<c@example.net>");
@@ -75,8 +76,11 @@ test_transaction(void **state)
 	p = pipeline_push(&s->pipeline, VERB_RCPT);
 	p->tx = tx;
 	p->rcpt_index = 1;
+	s->reply_text = "2.1.5 Ok";
 	tx_reply(s, p, 250);
 	assert_int_equal(tx->rcpts[1].code, 250);
+	assert_string_equal(tx->rcpts[1].text, "2.1.5 Ok");
+	assert_null(tx->rcpts[0].text);
 	assert_int_equal(tx->rcpts[0].code, 0);
 	assert_true(tx_accepted(tx));
 
@@ -188,13 +192,87 @@ test_pipeline_local(void **state)
 	assert_int_equal(p.count, 0);
 }
 
+/* The queue id each MTA names in its reply to the end of data, and none where there is none. */
+static void
+test_queue_id(void **state)
+{
+	static const struct {
+		const char *text, *id;
+	} cases[] = {
+	    {"2.0.0 Ok: queued as 4Xq2Yb1kz9", "4Xq2Yb1kz9"},            /* Postfix */
+	    {"2.0.0 Ok: queued as 4Xq2Yb1kz9 ", "4Xq2Yb1kz9"},           /* Postfix, trailing space */
+	    {"OK id=1rAbCd-0001Ab-Cd", "1rAbCd-0001Ab-Cd"},              /* Exim */
+	    {"OK id=1vXyZw-000000003Kq-1aBc", "1vXyZw-000000003Kq-1aBc"}, /* Exim 4.97 ids */
+	    {"2.0.0 wB6NX5fa012345 Message accepted for delivery", "wB6NX5fa012345"}, /* Sendmail */
+	    {"2.0.0 5f3c1b2a Message accepted for delivery", "5f3c1b2a"}, /* OpenSMTPD */
+	    {"2.6.0 <6b36518e-14b1@example.com> [InternalId=23138874] Queued mail for delivery",
+	     "23138874"}, /* Exchange */
+	    {"2.6.0 <a@b> [InternalId=5287183860161, Hostname=EX01.example.com] 11540 bytes in "
+	     "0.120, 93.5 KB/sec Queued mail for delivery",
+	     "5287183860161"}, /* Exchange Online */
+	};
+	static const char *const none[] = {"2.0.0 Ok",
+	                                   "2.0.0 Message accepted for delivery",
+	                                   "Great success",
+	                                   "2.0.0 Ok: queued as ",
+	                                   "OK valid=1",
+	                                   ""};
+	char id[64];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(tx_queue_id(cases[i].text, id, sizeof(id)), 0);
+		assert_string_equal(id, cases[i].id);
+	}
+	for (i = 0; i < sizeof(none) / sizeof(none[0]); i++)
+		assert_int_equal(tx_queue_id(none[i], id, sizeof(id)), -1);
+	assert_int_equal(tx_queue_id(NULL, id, sizeof(id)), -1);
+	/* An id longer than the buffer is none, not a cut one. */
+	assert_int_equal(tx_queue_id("Ok: queued as 0123456789", id, 8), -1);
+}
+
+/* MAIL's address alone, its parameters apart, split on any white space as servers do. */
+static void
+test_mail_params(void **state)
+{
+	static const struct {
+		const char *line, *from, *params;
+	} cases[] = {
+	    {"MAIL FROM:<a@example.com>", "<a@example.com>", NULL},
+	    {"MAIL FROM:<a@example.com> SIZE=100 BODY=8BITMIME", "<a@example.com>",
+	     "SIZE=100 BODY=8BITMIME"},
+	    {"MAIL FROM:<>\tSIZE=1 ", "<>", "SIZE=1"},
+	    {"MAIL FROM: <\"a b>\"@example.com> SMTPUTF8", "<\"a b>\"@example.com>", "SMTPUTF8"},
+	    {"MAIL FROM:a@example.com SIZE=5", "a@example.com", "SIZE=5"},
+	};
+	struct smtp_command cmd;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct session *s = session_stub();
+
+		command(&cmd, cases[i].line);
+		tx_begin(s, &cmd);
+		assert_non_null(s->tx);
+		assert_string_equal(s->tx->mail_from, cases[i].from);
+		if (cases[i].params == NULL)
+			assert_null(s->tx->mail_params);
+		else
+			assert_string_equal(s->tx->mail_params, cases[i].params);
+		session_stub_free(s);
+	}
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_transaction),    cmocka_unit_test(test_refused),
 	    cmocka_unit_test(test_bdat_reply),     cmocka_unit_test(test_unrecorded),
-	    cmocka_unit_test(test_pipeline_local),
+	    cmocka_unit_test(test_pipeline_local), cmocka_unit_test(test_queue_id),
+	    cmocka_unit_test(test_mail_params),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

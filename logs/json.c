@@ -1,0 +1,281 @@
+/* The event line's JSON writer: see json.h. */
+#include "logs/json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+jw_room(struct json_writer *w, size_t n)
+{
+	size_t cap = w->cap < 1024 ? 1024 : w->cap;
+	char *p;
+
+	if (w->failed)
+		return -1;
+	if (w->len + n <= w->cap)
+		return 0;
+	if (n > SIZE_MAX / 4 - w->len) {
+		w->failed = 1;
+		return -1;
+	}
+	while (cap < w->len + n)
+		cap *= 2;
+	if ((p = realloc(w->buf, cap)) == NULL) {
+		w->failed = 1;
+		return -1;
+	}
+	w->buf = p;
+	w->cap = cap;
+	return 0;
+}
+
+static void
+jw_put(struct json_writer *w, const char *p, size_t n)
+{
+	if (jw_room(w, n) != 0)
+		return;
+	memcpy(w->buf + w->len, p, n);
+	w->len += n;
+}
+
+/* Before a value (or a key): the comma, if one came before it at this level. */
+static void
+jw_sep(struct json_writer *w)
+{
+	if (w->comma)
+		jw_put(w, ",", 1);
+	w->comma = 1;
+}
+
+void
+jw_reset(struct json_writer *w)
+{
+	w->len = 0;
+	w->comma = 0;
+	w->failed = 0;
+}
+
+void
+jw_free(struct json_writer *w)
+{
+	free(w->buf);
+	w->buf = NULL;
+	w->len = w->cap = 0;
+}
+
+void
+jw_open(struct json_writer *w, char c)
+{
+	jw_sep(w);
+	jw_put(w, &c, 1);
+	w->comma = 0;
+}
+
+void
+jw_close(struct json_writer *w, char c)
+{
+	jw_put(w, &c, 1);
+	w->comma = 1;
+}
+
+void
+jw_key(struct json_writer *w, const char *key)
+{
+	size_t n = strlen(key);
+
+	jw_sep(w);
+	if (jw_room(w, n + 3) != 0)
+		return;
+	w->buf[w->len++] = '"';
+	memcpy(w->buf + w->len, key, n);
+	w->len += n;
+	w->buf[w->len++] = '"';
+	w->buf[w->len++] = ':';
+	w->comma = 0; /* its value follows */
+}
+
+/* The code point of the UTF-8 sequence at p (n octets left) and its length; -1 if invalid. */
+static long
+jw_utf8(const unsigned char *p, size_t n, size_t *len)
+{
+	long cp;
+	size_t need, i;
+
+	if (p[0] < 0x80) {
+		*len = 1;
+		return p[0];
+	}
+	if (p[0] >= 0xC2 && p[0] <= 0xDF) {
+		need = 1;
+		cp = p[0] & 0x1F;
+	} else if (p[0] >= 0xE0 && p[0] <= 0xEF) {
+		need = 2;
+		cp = p[0] & 0x0F;
+	} else if (p[0] >= 0xF0 && p[0] <= 0xF4) {
+		need = 3;
+		cp = p[0] & 0x07;
+	} else {
+		return -1;
+	}
+	if (n < need + 1)
+		return -1;
+	for (i = 1; i <= need; i++) {
+		if ((p[i] & 0xC0) != 0x80)
+			return -1;
+		cp = (cp << 6) | (p[i] & 0x3F);
+	}
+	/* Overlong forms, surrogates and beyond U+10FFFF are not UTF-8. */
+	if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+	    (cp >= 0xD800 && cp <= 0xDFFF))
+		return -1;
+	*len = need + 1;
+	return cp;
+}
+
+static char *
+jw_u(char *o, unsigned v)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	*o++ = '\\';
+	*o++ = 'u';
+	*o++ = hex[(v >> 12) & 0xF];
+	*o++ = hex[(v >> 8) & 0xF];
+	*o++ = hex[(v >> 4) & 0xF];
+	*o++ = hex[v & 0xF];
+	return o;
+}
+
+void
+jw_strn(struct json_writer *w, const char *s, size_t n)
+{
+	const unsigned char *p = (const unsigned char *)s, *end = p + n;
+	size_t run, len;
+	long cp;
+	char *o;
+
+	jw_sep(w);
+	/* At most 12 octets out per octet in (a 4-octet sequence: a surrogate pair). */
+	if (n > SIZE_MAX / 16 || jw_room(w, 6 * n + 2) != 0)
+		return;
+	o = w->buf + w->len;
+	*o++ = '"';
+	while (p < end) {
+		/* The plain run (most of any text) in one copy. */
+		for (run = 0; p + run < end && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' &&
+		              p[run] != '\\';
+		     run++)
+			;
+		memcpy(o, p, run);
+		o += run;
+		p += run;
+		if (p == end)
+			break;
+		switch (*p) {
+		case '"':
+		case '\\':
+			*o++ = '\\';
+			*o++ = (char)*p++;
+			continue;
+		case '\n':
+			*o++ = '\\';
+			*o++ = 'n';
+			p++;
+			continue;
+		case '\t':
+			*o++ = '\\';
+			*o++ = 't';
+			p++;
+			continue;
+		case '\r':
+			*o++ = '\\';
+			*o++ = 'r';
+			p++;
+			continue;
+		}
+		if ((cp = jw_utf8(p, (size_t)(end - p), &len)) < 0) {
+			cp = 0xFFFD;
+			len = 1;
+		}
+		p += len;
+		if (cp >= 0x10000) {
+			cp -= 0x10000;
+			o = jw_u(o, 0xD800 | (unsigned)(cp >> 10));
+			o = jw_u(o, 0xDC00 | (unsigned)(cp & 0x3FF));
+		} else {
+			o = jw_u(o, (unsigned)cp);
+		}
+	}
+	*o++ = '"';
+	w->len = (size_t)(o - w->buf);
+}
+
+void
+jw_str(struct json_writer *w, const char *s)
+{
+	if (s == NULL)
+		jw_null(w);
+	else
+		jw_strn(w, s, strlen(s));
+}
+
+void
+jw_int(struct json_writer *w, long long v)
+{
+	char num[24];
+	int n = snprintf(num, sizeof(num), "%lld", v);
+
+	jw_sep(w);
+	jw_put(w, num, (size_t)n);
+}
+
+void
+jw_int_or_null(struct json_writer *w, long long v, int present)
+{
+	if (present)
+		jw_int(w, v);
+	else
+		jw_null(w);
+}
+
+/* As jansson's JSON_REAL_PRECISION(9): %.9g, with ".0" where it would read as an integer. */
+void
+jw_real(struct json_writer *w, double v)
+{
+	char num[40];
+	int n;
+
+	if (!isfinite(v)) {
+		jw_null(w);
+		return;
+	}
+	n = snprintf(num, sizeof(num) - 2, "%.9g", v);
+	if (n > 0 && strpbrk(num, ".eE") == NULL) {
+		memcpy(num + n, ".0", 3);
+		n += 2;
+	}
+	jw_sep(w);
+	jw_put(w, num, (size_t)n);
+}
+
+void
+jw_bool(struct json_writer *w, int v)
+{
+	jw_sep(w);
+	jw_put(w, v ? "true" : "false", v ? 4 : 5);
+}
+
+void
+jw_newline(struct json_writer *w)
+{
+	jw_put(w, "\n", 1);
+}
+
+void
+jw_null(struct json_writer *w)
+{
+	jw_sep(w);
+	jw_put(w, "null", 4);
+}

@@ -1,0 +1,37 @@
+#ifndef SMTPTAP_JSON_H
+#define SMTPTAP_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * A JSON writer for the event line (as HAProxy and nginx write their JSON logs): appends to a
+ * growing buffer, with the commas placed for the caller.  Strings are escaped per RFC 8259
+ * and made ASCII (\uXXXX, surrogate pairs beyond the BMP) as jansson's JSON_ENSURE_ASCII
+ * did; an octet that is not UTF-8 becomes U+FFFD.  jansson stays for reading.
+ */
+struct json_writer {
+	char *buf;
+	size_t len;
+	size_t cap;
+	int comma;  /* a value was written at this level: the next one needs a comma */
+	int failed; /* memory ran short: the line is incomplete and must not be written */
+};
+
+void jw_reset(struct json_writer *w);
+void jw_free(struct json_writer *w);
+void jw_open(struct json_writer *w, char c); /* '{' or '[' */
+void jw_close(struct json_writer *w, char c);
+/* A key of ours (ASCII, nothing to escape). */
+void jw_key(struct json_writer *w, const char *key);
+void jw_str(struct json_writer *w, const char *s); /* NULL: null */
+void jw_strn(struct json_writer *w, const char *s, size_t n);
+void jw_int(struct json_writer *w, long long v);
+void jw_int_or_null(struct json_writer *w, long long v, int present);
+void jw_real(struct json_writer *w, double v); /* 9 significant digits */
+void jw_bool(struct json_writer *w, int v);
+void jw_null(struct json_writer *w);
+/* Ends the line ("\n"), after the last value. */
+void jw_newline(struct json_writer *w);
+
+#endif

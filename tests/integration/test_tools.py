@@ -1,0 +1,331 @@
+"""The tools in the binary (issue 16): show, sessions, tail, replay, --test-rules on a journal.
+
+Hand-made journals and events files first (the layout, torn lines, the rollover), then the real
+proxy's journal: sessions recorded through smtptap, found, shown and replayed against smtp-sink.
+"""
+
+import json
+import os
+import smtplib
+import subprocess
+import time
+
+import pytest
+
+import harness
+
+
+def run(binary, *args, timeout=20):
+    p = subprocess.run([binary] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+DAY1 = """\
+2026-12-06T23:49:05.000001Z f5e623bd * session client=10.1.2.3:4567 listener=127.0.0.1:2525 upstream=127.0.0.1:25
+2026-12-06T23:49:05.000002Z f5e623bd * connect client=10.1.2.3:4567 listener=127.0.0.1:2525
+2026-12-06T23:49:05.000010Z f5e623bd S: 220 mx ESMTP
+2026-12-06T23:49:05.000011Z aaaa0001 * session client=192.168.0.9:1111 listener=127.0.0.1:2525 upstream=127.0.0.1:25
+2026-12-06T23:49:05.000020Z f5e623bd C: EHLO client.example
+2026-12-06T23:49:05.000030Z f5e623bd S: 250-mx
+2026-12-06T23:49:05.000030Z f5e623bd S: 250 PIPELINING
+2026-12-06T23:49:05.000060Z f5e623bd C: MAIL FROM:<alice@example.com>
+2026-12-06T23:49:05.000060Z f5e623bd C: RCPT TO:<bob@example.org>
+2026-12-06T23:49:05.000070Z f5e623bd S: 250 2.1.0 Ok
+2026-12-06T23:49:05.000070Z f5e623bd S: 250 2.1.5 Ok
+2026-12-06T23:49:05.000080Z f5e623bd C: DATA
+2026-12-06T23:49:05.000090Z f5e623bd S: 354 go
+2026-12-06T23:49:05.000100Z f5e623bd C: back\\\\slash \\x01
+2026-12-06T23:49:05.000100Z f5e623bd C: .
+2026-12-06T23:49:05.000110Z f5e623bd S: 250 2.0.0 queued as ABC
+2026-12-06T23:49:23.000000Z f5e623bd C: QUIT
+2026-12-06T23:49:23.000010Z f5e623bd S: 221 Bye
+2026-12-06T23:49:23.000020Z f5e623bd * close reason=quit client_octets=1 server_octets=2
+2026-12-06T23:59:59.000020Z cccc0003 * session client=10.9.9.9:1 listener=127.0.0.1:2525 upstream=127.0.0.1:25
+2026-12-06T23:59:59.000030Z cccc0003 S: 220 mx ESMTP
+2026-12-06T23:59:59.9
+2026-12-07T00:00:00.000020Z cccc0003 C: QUIT
+2026-12-07T00:00:00.000030Z cccc0003 S: 221 Bye
+2026-12-07T00:00:00.000040Z cccc0003 * close reason=quit
+"""
+# Cut mid-record, as a crash leaves it.
+DAY2 = ("2026-12-07T00:00:01.000020Z dddd0004 * session client=[2001:db8::5]:1 listener=127.0.0.1:2525 upstream=x:25\n"
+        "2026-12-07T00:00:01.000030Z dddd0004 S: 220 x\n"
+        "2026-12-07T00:00:01.0000")
+
+
+@pytest.fixture
+def journal(workdir):
+    d = os.path.join(workdir, "jlogs")
+    os.mkdir(d)
+    with open(os.path.join(d, "2026-12-06.log"), "w") as f:
+        f.write(DAY1)
+    with open(os.path.join(d, "2026-12-07.log"), "w") as f:
+        f.write(DAY2)
+    # Years of files: empty old days do not get in the way.
+    for y in range(2019, 2026):
+        open(os.path.join(d, "%d-01-01.log" % y), "w").close()
+    return d
+
+
+def test_show_layout_across_rollover_and_torn_lines(smtptap_bin, journal):
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", journal, "cccc0003", "dddd0004")
+    assert rc == 0, err
+    assert out == (
+        "# smtptap 0.1.0 transcript\n# session cccc0003\n# start 2026-12-06T23:59:59.000020Z\n"
+        "# client 10.9.9.9:1\n# listener 127.0.0.1:2525\n# upstream 127.0.0.1:25\n"
+        "2026-12-06T23:59:59.000030Z S: 220 mx ESMTP\n"
+        "2026-12-07T00:00:00.000020Z C: QUIT\n"
+        "2026-12-07T00:00:00.000030Z S: 221 Bye\n"
+        "2026-12-07T00:00:00.000040Z * close reason=quit\n"
+        "# smtptap 0.1.0 transcript\n# session dddd0004\n# start 2026-12-07T00:00:01.000020Z\n"
+        "# client [2001:db8::5]:1\n# listener 127.0.0.1:2525\n# upstream x:25\n"
+        "2026-12-07T00:00:01.000030Z S: 220 x\n")
+    rc, out, err = run(smtptap_bin, "show", "--json", "--log-dir", journal, "f5e623bd")
+    recs = [json.loads(l) for l in out.splitlines()]
+    assert rc == 0 and len(recs) == 18
+    assert recs[12] == {"time": "2026-12-06T23:49:05.000100Z", "session": "f5e623bd",
+                        "kind": "C:", "text": "back\\\\slash \\x01"}
+
+
+def test_show_unknown_session_and_missing_dir(smtptap_bin, journal, workdir):
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", journal, "nothere")
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and "nothere" in err and journal in err
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", os.path.join(workdir, "none"), "x")
+    assert rc == 1 and err.count("\n") == 1 and "none" in err
+
+
+def test_show_seeks_the_events_offset(smtptap_bin, journal):
+    off = DAY1.index("2026-12-06T23:59:59.000020Z cccc0003")
+    events = os.path.join(journal, "events.jsonl")
+    with open(events, "w") as f:
+        f.write(json.dumps({"session": "cccc0003", "transcript": {"file": "2026-12-06.log", "offset": off}}) + "\n")
+        f.write('{"session": "torn')
+    # The records before the offset are not read: make them unreadable as proof.
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", journal, "cccc0003")
+    assert rc == 0 and "# session cccc0003" in out and "221 Bye" in out
+
+
+def test_test_rules_on_a_journal(smtptap_bin, journal, workdir):
+    rules = os.path.join(workdir, "r.rules")
+    with open(rules, "w") as f:
+        f.write("mail /alice@/ REJECT 550 no alice\nreply /^221/ WARN bye\n")
+    rc, out, err = run(smtptap_bin, "--test-rules", rules, "--transcript",
+                       os.path.join(journal, "2026-12-06.log"), os.path.join(journal, "2026-12-07.log"))
+    assert rc == 0, err
+    assert "2026-12-06.log:8: C: MAIL FROM:<alice@example.com>" in out
+    assert "4 sessions, " in out and "3 rule hits" in out
+    assert "r.rules:1: mail REJECT: 1 hit in 1 session" in out
+    assert "r.rules:2: reply WARN: 2 hits in 2 sessions" in out
+    assert "torn record skipped" in err
+    # show output, several sessions in one file, gives the same hits.
+    rc, shown, err = run(smtptap_bin, "show", "--log-dir", journal, "f5e623bd", "cccc0003")
+    path = os.path.join(workdir, "shown.log")
+    with open(path, "w") as f:
+        f.write(shown)
+    rc, out, err = run(smtptap_bin, "--test-rules", rules, "--transcript", path)
+    assert rc == 0 and "2 sessions, " in out and "r.rules:2: reply WARN: 2 hits in 2 sessions" in out
+
+
+# ---- sessions: 50 sessions whose attributes follow from their number -------------------------
+
+def make_event(i):
+    start = "2026-12-06T%02d:%02d:00.000000Z" % (10 + i // 60, i % 60)
+    rcpts = [{"to": "<r%d@example.org>" % (i % 3), "code": 550 if i % 7 == 0 else 250,
+              "text": "ok"}]
+    ev = {"session": "s%07d" % i, "start": start, "end": start, "client": "10.0.%d.%d:%d" % (i % 5, i, 40000 + i),
+          "helo": "h%d" % i, "transactions": [{"mail_from": "<alice@example.com>" if i % 2 == 0 else "<bob@other.net>",
+                                              "mail_params": "", "mail_code": 250, "rcpt": rcpts, "size": None,
+                                              "code": 250 if i % 7 else None}],
+          "reason": "client_closed" if i % 4 == 3 else "quit"}
+    if i % 10 == 0:
+        ev["auth"] = {"mechanism": "PLAIN", "user": "alice", "code": 235}
+    if i % 25 == 1:
+        ev["rules"] = [{"rule": "/etc/smtptap/policy.rules:12", "scope": "mail", "action": "WARN", "hits": 1}]
+    return ev
+
+
+@pytest.fixture
+def events50(workdir):
+    path = os.path.join(workdir, "events50.jsonl")
+    with open(path, "w") as f:
+        for i in range(50):
+            f.write(json.dumps(make_event(i)) + "\n")
+        f.write('{"session":"s9999999","start":"2026-12-06T11')  # torn by a crash
+    return path
+
+
+def ids(out):
+    return [int(l.split()[1][1:]) for l in out.splitlines()]
+
+
+@pytest.mark.parametrize("args,want", [
+    (["--client", "10.0.3.0/24"], [i for i in range(50) if i % 5 == 3]),
+    (["--client", "10.0.1.21"], [21]),
+    (["--from", "alice@example.com"], list(range(0, 50, 2))),
+    (["--from", "@OTHER.net"], list(range(1, 50, 2))),
+    (["--to", "<r2@example.org>"], [2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47]),
+    (["--user", "alice"], [0, 10, 20, 30, 40]),
+    (["--code", "5xx"], [0, 7, 14, 21, 28, 35, 42, 49]),
+    (["--code", "550", "--from", "bob@other.net"], [7, 21, 35, 49]),
+    (["--reason", "client_closed", "--user", "alice"], []),
+    (["--reason", "client_closed", "--to", "r0@example.org"], [3, 15, 27, 39]),
+    (["--rule", "policy.rules"], [1, 26]),
+    (["--rule", "/etc/smtptap/policy.rules:12"], [1, 26]),
+    (["--since", "2026-12-06T10:45", "--until", "2026-12-06T10:48:00Z"], [45, 46, 47, 48]),
+    (["--since", "2026-12-06T10:47"], [47, 48, 49]),
+])
+def test_sessions_filters(smtptap_bin, events50, args, want):
+    rc, out, err = run(smtptap_bin, "sessions", "--events", events50, *args)
+    assert rc == 0, err
+    assert ids(out) == want
+
+
+def test_sessions_line_and_json(smtptap_bin, events50):
+    rc, out, err = run(smtptap_bin, "sessions", "--events", events50, "--client", "10.0.0.0")
+    assert out == ("2026-12-06T10:00:00.000000Z s0000000 client=10.0.0.0:40000 helo=<h0> user=alice "
+                   "from=<alice@example.com> to=<r0@example.org>:550 code=- reason=quit\n")
+    rc, out, err = run(smtptap_bin, "sessions", "--events", events50, "--user", "alice", "--json")
+    assert [json.loads(l)["session"] for l in out.splitlines()] == ["s%07d" % i for i in (0, 10, 20, 30, 40)]
+    rc, out, err = run(smtptap_bin, "sessions", "--events", events50, "--code", "6xx")
+    assert rc == 2 and "--code" in err
+
+
+# ---- tail ---------------------------------------------------------------------------------
+
+def test_tail_sees_sessions_started_after_it_and_the_rollover(smtptap_bin, workdir):
+    d = os.path.join(workdir, "tlogs")
+    os.mkdir(d)
+    day1 = os.path.join(d, "2026-12-06.log")
+    with open(day1, "w") as f:
+        f.write("2026-12-06T23:00:00.000000Z 0ld00000 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                "2026-12-06T23:00:00.000001Z 0ld00000 C: MAIL FROM:<alice@example.com>\n")
+    out_path = os.path.join(workdir, "tail.out")
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen([smtptap_bin, "tail", "--log-dir", d, "--from", "alice@example.com"],
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.5)
+        with open(day1, "a") as f:
+            f.write("2026-12-06T23:59:00.000000Z 11110000 * session client=10.0.0.2:1 listener=a upstream=b\n"
+                    "2026-12-06T23:59:00.000001Z 22220000 * session client=10.0.0.3:1 listener=a upstream=b\n"
+                    "2026-12-06T23:59:00.000002Z 11110000 C: EHLO x\n"
+                    "2026-12-06T23:59:00.000003Z 22220000 C: MAIL FROM:<bob@example.com>\n"
+                    "2026-12-06T23:59:00.000004Z 11110000 C: MAIL FROM:<ALICE@example.com>\n"
+                    "2026-12-06T23:59:00.000005Z 11110000 C: RCPT TO:<x@y>\n")
+            f.flush()
+            # The session that started yesterday goes on in yesterday's file; a new day begins.
+            with open(os.path.join(d, "2026-12-07.log"), "w") as g:
+                g.write("2026-12-07T00:00:00.000000Z 33330000 * session client=10.0.0.4:1 listener=a upstream=b\n"
+                        "2026-12-07T00:00:00.000001Z 33330000 C: MAIL FROM:<alice@example.com>\n")
+            time.sleep(0.6)
+            f.write("2026-12-07T00:00:01.000000Z 11110000 * close reason=quit\n"
+                    "2026-12-07T00:00:01.000001Z 11110000 C: NOT PRINTED (forgotten)\n"
+                    "2026-12-07T00:00:01.000002Z 0ld00000 C: RCPT TO:<started-before-tail>\n")
+        harness.wait_until(lambda: "33330000 C: MAIL" in open(out_path).read() and
+                           "11110000 * close" in open(out_path).read(), 5.0, what="tail output")
+    finally:
+        harness.stop_pid(p)
+    lines = open(out_path).read().splitlines()
+    assert lines == [
+        "2026-12-06T23:59:00.000004Z 11110000 C: MAIL FROM:<ALICE@example.com>",
+        "2026-12-06T23:59:00.000005Z 11110000 C: RCPT TO:<x@y>",
+        "2026-12-07T00:00:00.000001Z 33330000 C: MAIL FROM:<alice@example.com>",
+        "2026-12-07T00:00:01.000000Z 11110000 * close reason=quit",
+    ] or sorted(lines) == sorted([
+        "2026-12-06T23:59:00.000004Z 11110000 C: MAIL FROM:<ALICE@example.com>",
+        "2026-12-06T23:59:00.000005Z 11110000 C: RCPT TO:<x@y>",
+        "2026-12-07T00:00:00.000001Z 33330000 C: MAIL FROM:<alice@example.com>",
+        "2026-12-07T00:00:01.000000Z 11110000 * close reason=quit",
+    ])
+
+
+def test_tail_follows_the_real_proxy(smtptap_bin, tap, workdir):
+    out_path = os.path.join(workdir, "tail.out")
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen([smtptap_bin, "tail", "--log-dir", tap.log_dir, "--to", "bob@example.org"],
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.5)
+        for rcpt in ("carol@example.org", "bob@example.org"):
+            with smtplib.SMTP("127.0.0.1", tap.port, timeout=10) as s:
+                s.sendmail("alice@example.com", [rcpt], b"Subject: t\r\n\r\nhi\r\n")
+        harness.wait_until(lambda: "* close reason=quit" in open(out_path).read(), 8.0, what="tail")
+    finally:
+        harness.stop_pid(p)
+    text = open(out_path).read()
+    assert "rcpt TO:<bob@example.org>" in text and "carol" not in text
+    assert "S: 221" in text
+
+
+# ---- replay against smtp-sink ----------------------------------------------------------------
+
+def record_session(tap, rcpts=("bob@example.org",), body=b"Subject: t\r\n\r\n.dot\r\nline\r\n"):
+    with smtplib.SMTP("127.0.0.1", tap.port, timeout=10) as s:
+        s.ehlo("replay.example")
+        s.sendmail("alice@example.com", list(rcpts), body)
+    ev = tap.wait_events(1)[-1] if hasattr(tap, "wait_events") else None
+    return ev["session"]
+
+
+def test_replay_matches_and_differs(smtptap_bin, tap, sink, workdir):
+    sid = record_session(tap, rcpts=("bob@example.org", "carol@example.org"))
+    n_before = sink.count()
+    rc, out, err = run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+                       sid, "--to", "127.0.0.1:%d" % sink.port)
+    assert rc == 0, out + err
+    assert "every code as recorded" in out and "differs" not in out
+    # The message went again, content as recorded (dot-stuffing and all).
+    harness.wait_until(lambda: sink.count() == n_before + 1, 5.0, what="replayed message")
+    # A server that now refuses recipients (smtp-sink -r RCPT: 4xx).
+    rej = harness.SmtpSink(workdir, extra=["-r", "RCPT"], name="rejecting")
+    rej.start()
+    try:
+        rc, out, err = run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+                           sid, "--to", "127.0.0.1:%d" % rej.port)
+    finally:
+        rej.stop()
+    assert rc == 1, out + err
+    assert "C: rcpt TO:<bob@example.org>" in out
+    assert "stopping here" in out  # no content after a refused DATA
+    assert "<<< differs" in out and "differ" in out.splitlines()[-1]
+
+
+def test_replay_skips_auth_without_credentials(smtptap_bin, tap, sink):
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.cmd("AUTH PLAIN " + harness.b64(b"\0alice\0secret-password"))  # smtp-sink: 250
+    c.expect("MAIL FROM:<alice@example.com>", 250)
+    c.expect("RCPT TO:<bob@example.org>", 250)
+    c.expect("QUIT", 221)
+    sid = tap.wait_events(1)[-1]["session"]
+    rc, out, err = run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+                       sid, "--to", "127.0.0.1:%d" % sink.port)
+    assert rc == 0, out + err
+    assert "not sent: AUTH needs --auth" in out and "secret-password" not in out
+    rc, out, err = run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+                       sid, "--to", "127.0.0.1:%d" % sink.port, "--auth", "alice:other")
+    assert rc == 0, out + err
+    assert "AUTH PLAIN [--auth credentials]" in out and "other" not in out
+
+
+def test_replay_refuses_a_session_without_content(smtptap_bin, tap_factory, sink):
+    tap = tap_factory(sink.port, "--record", "headers")
+    sid = record_session(tap)
+    n_before = sink.count()
+    rc, out, err = run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+                       sid, "--to", "127.0.0.1:%d" % sink.port)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and "without its message content" in err
+    time.sleep(0.3)
+    assert sink.count() == n_before
+
+
+def test_show_of_the_real_proxy_matches_the_harness(smtptap_bin, tap):
+    sid = record_session(tap)
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", tap.log_dir, "--events", tap.events_path, sid)
+    assert rc == 0, err
+    assert out.startswith("# smtptap 0.1.0 transcript\n# session %s\n# start " % sid)
+    assert "C: ..dot" in out and "C: mail FROM:<alice@example.com>" in out

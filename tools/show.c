@@ -1,0 +1,128 @@
+/*
+ * smtptap show SESSION...: each session as a standalone transcript, in the per-session
+ * layout (the "# session", "# start", "# client", "# listener", "# upstream" header, then the
+ * records without the id column), or with --json one object per record.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "tools/lookup.h"
+#include "tools/tools.h"
+
+static const char show_usage[] =
+    "usage: smtptap show [--log-dir DIR] [--events FILE] [--json] SESSION...\n"
+    "  prints each session's records as a standalone transcript (--json: one JSON object\n"
+    "  per record: time, session, kind, text)\n";
+
+struct show {
+	int json;
+	int records;
+};
+
+/* The header, from the session's first record ("* session client=... listener=..."). */
+static void
+show_header(const struct jrecord *r, const char *id)
+{
+	static const char *const keys[] = {"client", "listener", "upstream"};
+	char v[1024];
+	size_t i;
+
+	printf("# smtptap " SMTPTAP_VERSION " transcript\n# session %s\n# start %s\n", id, r->ts);
+	for (i = 0; i < 3; i++) {
+		if (journal_event_value(r->text, r->textlen, keys[i], v, sizeof(v)) != 0)
+			snprintf(v, sizeof(v), "-");
+		printf("# %s %s\n", keys[i], v);
+	}
+}
+
+static int
+show_json(const struct jrecord *r)
+{
+	json_t *o = json_object(), *text = json_stringn(r->text, r->textlen);
+	char *s;
+
+	if (text == NULL) /* not UTF-8: can't come from the proxy, shown escaped */
+		text = json_stringn_nocheck(r->text, r->textlen);
+	json_object_set_new(o, "time", json_string(r->ts));
+	json_object_set_new(o, "session", json_string(r->id));
+	json_object_set_new(o, "kind", json_string(r->kind));
+	json_object_set_new(o, "text", text);
+	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (s == NULL)
+		return -1;
+	puts(s);
+	free(s);
+	return 0;
+}
+
+static int
+show_record_cb(const struct jrecord *r, void *arg)
+{
+	struct show *sh = arg;
+	int first = sh->records++ == 0;
+	int is_session = r->kind[0] == '*' && r->textlen >= 8 && memcmp(r->text, "session ", 8) == 0;
+
+	if (sh->json)
+		return show_json(r);
+	if (first)
+		show_header(r, r->id);
+	if (first && is_session)
+		return 0;
+	printf("%s %s %.*s\n", r->ts, r->kind, (int)r->textlen, r->text);
+	return 0;
+}
+
+int
+tool_show_main(int argc, char **argv)
+{
+	struct tool_common c;
+	struct show sh = {0};
+	int i, k, rc = 0, nids = 0;
+
+	tool_common_init(&c);
+	for (i = 1; i < argc; i++) {
+		if ((k = tool_common_option(&c, argc, argv, &i)) < 0)
+			return 2;
+		if (k > 0)
+			continue;
+		if (strcmp(argv[i], "--help") == 0) {
+			fputs(show_usage, stdout);
+			return 0;
+		}
+		if (strcmp(argv[i], "--json") == 0)
+			sh.json = 1;
+		else if (argv[i][0] == '-') {
+			fprintf(stderr, "smtptap show: unknown option %s\n%s", argv[i], show_usage);
+			return 2;
+		} else
+			nids++;
+	}
+	if (nids == 0) {
+		fputs(show_usage, stderr);
+		return 2;
+	}
+	tool_common_finish(&c);
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--log-dir") == 0 || strcmp(argv[i], "--events") == 0) {
+			i++;
+			continue;
+		}
+		if (argv[i][0] == '-')
+			continue;
+		sh.records = 0;
+		k = session_records(&c, argv[i], show_record_cb, &sh);
+		if (k == 1) {
+			fprintf(stderr, "smtptap show: session %s: not found in %s\n", argv[i], c.log_dir);
+			rc = 1;
+		} else if (k < 0) {
+			rc = 1;
+		}
+	}
+	if (fflush(stdout) != 0)
+		rc = 1;
+	return rc;
+}

@@ -1,0 +1,230 @@
+/*
+ * smtptap tail [filters]: follows the journal as it grows, across the day's rollover, and
+ * prints the records of matching sessions from the record that makes them match.  Sessions
+ * are followed from their first record; one that ends or can no longer match is forgotten,
+ * so memory stays bounded by the sessions open at once.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tools/filter.h"
+#include "tools/journal_read.h"
+#include "tools/tools.h"
+
+#define TAIL_BUCKETS 4096
+#define TAIL_MAX_SESSIONS 200000
+#define TAIL_POLL_USEC 200000
+/* Day files followed at once: a session's records stay in the file of the day it started. */
+#define TAIL_FILES 2
+
+static const char tail_usage[] =
+    "usage: smtptap tail [--log-dir DIR] [filters]\n"
+    "  follows the journal, printing the records of sessions that match from the record\n"
+    "  that makes them match (filters as for `smtptap sessions`)\n";
+
+struct tracked {
+	struct tracked *next;
+	struct filter_progress p;
+	int matched;
+	time_t seen;
+	char id[JOURNAL_ID_MAX];
+};
+
+struct tail {
+	struct tool_filter f;
+	struct tool_common c;
+	struct tracked *buckets[TAIL_BUCKETS];
+	size_t ntracked;
+	struct journal_reader files[TAIL_FILES];
+	char names[TAIL_FILES][32];
+	int nfiles;
+};
+
+static unsigned
+tail_hash(const char *id)
+{
+	unsigned h = 2166136261u;
+
+	while (*id)
+		h = (h ^ (unsigned char)*id++) * 16777619u;
+	return h % TAIL_BUCKETS;
+}
+
+static struct tracked **
+tail_find(struct tail *t, const char *id)
+{
+	struct tracked **pp = &t->buckets[tail_hash(id)];
+
+	while (*pp != NULL && strcmp((*pp)->id, id) != 0)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void
+tail_forget(struct tail *t, struct tracked **pp)
+{
+	struct tracked *e = *pp;
+
+	*pp = e->next;
+	free(e);
+	t->ntracked--;
+}
+
+/* Past the bound (sessions whose close was lost in a crash): the ones quiet for an hour go. */
+static void
+tail_evict(struct tail *t, time_t now)
+{
+	struct tracked **pp;
+	size_t b;
+
+	for (b = 0; b < TAIL_BUCKETS; b++)
+		for (pp = &t->buckets[b]; *pp != NULL;)
+			if (now - (*pp)->seen > 3600)
+				tail_forget(t, pp);
+			else
+				pp = &(*pp)->next;
+}
+
+static int
+tail_is_first(const struct jrecord *r)
+{
+	return r->kind[0] == '*' && r->textlen >= 8 &&
+	       (memcmp(r->text, "session ", 8) == 0 || memcmp(r->text, "connect ", 8) == 0);
+}
+
+/* One journal line: followed, printed or forgotten. */
+static void
+tail_line(struct tail *t, const char *line, size_t n, time_t now)
+{
+	struct jrecord r;
+	struct tracked **pp, *e;
+	int v;
+
+	if (journal_parse(line, n, &r) != 0)
+		return;
+	pp = tail_find(t, r.id);
+	if (*pp == NULL) {
+		if (!tail_is_first(&r))
+			return; /* started before we looked, or forgotten */
+		if (t->ntracked >= TAIL_MAX_SESSIONS)
+			tail_evict(t, now);
+		if (t->ntracked >= TAIL_MAX_SESSIONS || (e = calloc(1, sizeof(*e))) == NULL)
+			return;
+		snprintf(e->id, sizeof(e->id), "%s", r.id);
+		filter_progress_init(&t->f, &e->p);
+		*pp = e;
+		t->ntracked++;
+	}
+	e = *pp;
+	e->seen = now;
+	v = e->matched ? FILTER_MATCH : filter_record(&t->f, &e->p, &r);
+	if (v == FILTER_MATCH) {
+		e->matched = 1;
+		fwrite(line, 1, n, stdout);
+		putchar('\n');
+	}
+	if (v == FILTER_NEVER ||
+	    (r.kind[0] == '*' && r.textlen >= 6 && memcmp(r.text, "close ", 6) == 0))
+		tail_forget(t, pp);
+}
+
+/* Starts following a day file, at its end or its start. */
+static void
+tail_follow(struct tail *t, const char *name, int at_end)
+{
+	char path[8192];
+	off_t at = 0;
+	FILE *fp;
+
+	if (t->nfiles == TAIL_FILES) {
+		journal_reader_close(&t->files[0]);
+		memmove(&t->files[0], &t->files[1], sizeof(t->files[0]) * (TAIL_FILES - 1));
+		memmove(t->names[0], t->names[1], sizeof(t->names[0]) * (TAIL_FILES - 1));
+		t->nfiles--;
+	}
+	snprintf(path, sizeof(path), "%s/%s", t->c.log_dir, name);
+	if (at_end && (fp = fopen(path, "r")) != NULL) {
+		if (fseeko(fp, 0, SEEK_END) == 0)
+			at = ftello(fp);
+		fclose(fp);
+	}
+	if (journal_reader_open(&t->files[t->nfiles], path, at) != 0) {
+		fprintf(stderr, "smtptap tail: %s: %s\n", path, strerror(errno));
+		return;
+	}
+	snprintf(t->names[t->nfiles], sizeof(t->names[0]), "%s", name);
+	t->nfiles++;
+}
+
+/* A new day's file: followed from its start (the previous day's stays followed too). */
+static void
+tail_rollover(struct tail *t, int at_end)
+{
+	size_t n, i;
+	char **days = journal_days(t->c.log_dir, &n);
+
+	if (days == NULL)
+		return; /* not there yet: looked for again at the next poll */
+	/* At the start, the newest two from their ends; later, any newer from its start. */
+	for (i = n > TAIL_FILES ? n - TAIL_FILES : 0; i < n; i++)
+		if (t->nfiles == 0 || strcmp(days[i], t->names[t->nfiles - 1]) > 0)
+			tail_follow(t, days[i], at_end);
+	journal_days_free(days);
+}
+
+static void
+tail_run(struct tail *t)
+{
+	const char *line;
+	size_t n;
+	int i, any;
+	time_t now;
+
+	tail_rollover(t, 1);
+	for (;;) {
+		any = 0;
+		now = time(NULL);
+		for (i = 0; i < t->nfiles; i++)
+			while (journal_reader_next(&t->files[i], &line, &n, NULL) == 1) {
+				tail_line(t, line, n, now);
+				any = 1;
+			}
+		fflush(stdout);
+		if (!any) {
+			usleep(TAIL_POLL_USEC);
+			tail_rollover(t, 0);
+		}
+	}
+}
+
+int
+tool_tail_main(int argc, char **argv)
+{
+	static struct tail t;
+	time_t now = time(NULL);
+	int i, k;
+
+	tool_common_init(&t.c);
+	for (i = 1; i < argc; i++) {
+		if ((k = tool_common_option(&t.c, argc, argv, &i)) == 0)
+			k = filter_option(&t.f, argc, argv, &i, now);
+		if (k < 0)
+			return 2;
+		if (k > 0)
+			continue;
+		if (strcmp(argv[i], "--help") == 0) {
+			fputs(tail_usage, stdout);
+			return 0;
+		}
+		fprintf(stderr, "smtptap tail: unknown argument %s\n%s", argv[i], tail_usage);
+		return 2;
+	}
+	tool_common_finish(&t.c);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	tail_run(&t);
+	return 0;
+}

@@ -304,6 +304,31 @@ client_sasl_relay_late(struct session *s, const struct unit *u, size_t n)
 	relay_expect(s, VERB_UNKNOWN);
 }
 
+/*
+ * A command whose extension a capability rule removed from the EHLO reply: answered 502
+ * 5.5.1 by the proxy, never relayed (a rule that hides STARTTLS or AUTH means it).
+ */
+static int
+client_capability_hidden(struct session *s, const struct unit *u, const struct smtp_command *cmd,
+                         size_t n)
+{
+	const char *name = reply_edit_hidden(s, cmd->verb);
+	char text[128];
+
+	if (name == NULL)
+		return 0;
+	if (cmd->verb == VERB_AUTH) {
+		(void)client_auth(s, u->data, n, cmd); /* recorded redacted */
+		s->auth_open = 0;
+	} else {
+		side_record(&s->client, u);
+	}
+	session_warn(s, "%s refused: a capability rule removed it", name);
+	snprintf(text, sizeof(text), "502 5.5.1 %s not available", name);
+	client_command_refused(s, u, cmd, ACT_REJECT, text);
+	return 1;
+}
+
 /* Tracks a client command, runs it through the rules, and relays it. */
 static void
 client_command(struct session *s, const struct unit *u)
@@ -321,6 +346,8 @@ client_command(struct session *s, const struct unit *u)
 		client_sasl_relay_late(s, u, n);
 		return;
 	}
+	if (client_capability_hidden(s, u, &cmd, n))
+		return;
 	if (client_command_local(s, u, &cmd))
 		return;
 	if (cmd.verb == VERB_AUTH) {
@@ -505,6 +532,24 @@ client_held_end(struct session *s)
 	session_enter_state(s, ST_COMMAND);
 }
 
+/*
+ * A streamed message the proxy would not take (too big, a line or header the rules could not
+ * inspect): the server got part of it but never gets its end, so the session ends here and
+ * the server discards it.
+ */
+static void
+client_streamed_refused(struct session *s, const struct unit *u, const char *reply)
+{
+	char line[640];
+
+	snprintf(line, sizeof(line), "%s\r\n", reply);
+	side_discard(&s->client, u->len);
+	message_free(s);
+	transcript_event(s->transcript, "streamed message refused: its end not sent upstream");
+	session_reply(s, line);
+	session_close(s, "message_refused");
+}
+
 static void
 client_end_of_data(struct session *s, const struct unit *u)
 {
@@ -520,10 +565,13 @@ client_end_of_data(struct session *s, const struct unit *u)
 		return;
 	}
 	if (s->msg != NULL) {
-		const char *unused;
+		const char *reply;
 
 		/* Streaming: a header still being gathered (no body) goes out before the end. */
-		(void)message_end(s, &unused);
+		if (message_end(s, &reply) != MSG_ACCEPT) {
+			client_streamed_refused(s, u, reply);
+			return;
+		}
 		message_free(s);
 	}
 	side_forward(&s->client, u->len);
@@ -593,6 +641,19 @@ client_relays_as_sent(const struct session *s)
 	return s->msg == NULL && s->px->opts->bare_newline != BARE_PASS && !relay_no_server(s);
 }
 
+/*
+ * A relayed message (no rules on it) past --max-message: the server never gets its end, so
+ * it takes none of it; the client is told, and the session ends.
+ */
+static void
+client_relayed_too_big(struct session *s)
+{
+	session_warn(s, "message over --max-message (%zu octets): session ended",
+	             s->px->opts->max_message);
+	session_reply(s, "552 5.3.4 Message size exceeds fixed limit\r\n");
+	session_close(s, "message_too_big");
+}
+
 /* A line of DATA content; the end is only <CRLF>.<CRLF>. */
 static void
 client_content(struct session *s, const struct unit *u)
@@ -640,12 +701,17 @@ client_content(struct session *s, const struct unit *u)
 		s->tx->size += u->len;
 		s->tx->data = 1;
 	}
+	if (s->msg == NULL && s->tx != NULL && s->tx->size > s->px->opts->max_message) {
+		client_relayed_too_big(s);
+		return;
+	}
 	s->msg_line_start = end == END_CRLF;
 	if (s->msg != NULL) {
 		if (u->complete && !s->client.in_piece_before)
 			message_line(s, u->data, u->len);
 		else
-			message_piece(s, u->data, u->len, !s->client.in_piece_before);
+			message_piece(s, u->data, u->len, !s->client.in_piece_before,
+			              u->complete);
 		side_discard_later(&s->client, u->len);
 	} else if (bare == BARE_PASS || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
@@ -801,6 +867,8 @@ client_took_plain(struct session *s, size_t len)
 	}
 	s->client.octets += len;
 	s->client.relayed += len;
+	if (s->tx != NULL && s->tx->size > s->px->opts->max_message)
+		client_relayed_too_big(s); /* the run stops: the session is closing */
 }
 
 /*

@@ -170,6 +170,11 @@ server_421(struct session *s, int relayed)
 		session_close(s, "server_421");
 		return;
 	}
+	/* The reply rules see a 421 too (a host name to hide is in it as in any other). */
+	reply_edit_in_place(s, s->reply_copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
+	if (s->closing)
+		return;
+	len = evbuffer_get_length(s->reply_copy);
 	if (head == NULL || !(head->quiet && head->verb == VERB_RSET))
 		side_write(&s->client, evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len, NULL);
 	if (head != NULL)
@@ -201,6 +206,21 @@ server_held_refused(struct session *s, int code)
 	relay_resume_client(s);
 }
 
+#define SERVER_ODD_TEXT "4.3.0 Unexpected reply from the server, try again later"
+
+/* The held message's DATA got neither 354 nor a refusal: 451 4.3.0 for the client's dot. */
+static void
+server_held_odd(struct session *s, int code)
+{
+	session_warn(s, "server answered DATA for a held message with %d: answered 451 4.3.0",
+	             code);
+	evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+	evbuffer_add_printf(s->held_reply, "451 %s\r\n", SERVER_ODD_TEXT);
+	free(s->reply_text);
+	s->reply_text = strdup(SERVER_ODD_TEXT);
+	server_held_refused(s, 451);
+}
+
 /* The reply to a command of our own (RSET, a held message's DATA): not relayed as such. */
 static void
 server_quiet_done(struct session *s, int code)
@@ -216,6 +236,10 @@ server_quiet_done(struct session *s, int code)
 			return;
 		}
 		relay_expect(s, VERB_EOD);
+	} else if (verb == VERB_DATA && (code < 400 || code > 599)) {
+		/* Not 354, not a refusal: the server never took the body.  The client must not
+		 * hear a success (a 2xx here looks like a delivery). */
+		server_held_odd(s, code);
 	} else if (verb == VERB_DATA) {
 		server_held_refused(s, code);
 	} else {

@@ -188,6 +188,7 @@ struct session {
 	char *auth_text; /* the reply's text */
 	int auth_used;
 	int auth_open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
+	unsigned caps_hidden; /* extensions a capability rule removed from the EHLO reply */
 
 	int tls_passthrough;
 	/* Securing the upstream leg before the client sees the greeting: a phase of the session

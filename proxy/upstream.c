@@ -169,6 +169,8 @@ upstream_ehlo_reply(struct session *s, const unsigned char *reply, size_t len, i
 		return;
 	}
 	s->xclient_attrs = proxyproto_xclient_offer(reply, len);
+	/* The server's SIZE holds for a client that says HELO too. */
+	message_learn_size(s, ehlo_size(reply, len));
 	if (!upstream_wants_tls(s->px->opts) || s->server.tls) {
 		upstream_identify(s);
 		return;

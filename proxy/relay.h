@@ -9,7 +9,7 @@
 #include <stddef.h>
 
 #include "proxy/session.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 struct evbuffer;
 struct options;

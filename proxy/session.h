@@ -10,7 +10,7 @@
 
 #include "filters/rules.h"
 #include "proxy/pipeline.h"
-#include "proxy/proxyproto.h"
+#include "smtp/proxyproto.h"
 
 struct bufferevent;
 struct event;

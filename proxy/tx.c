@@ -11,7 +11,7 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
-#include "proxy/ehlo.h"
+#include "smtp/ehlo.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/options.h"

@@ -9,7 +9,7 @@
 
 static const struct {
 	const char *name;
-	int (*main)(int, char **);
+	int (*run)(int, char **); /* a tool's entry point, given its own argv */
 } tools[] = {
     {"show", tool_show_main},
     {"sessions", tool_sessions_main},
@@ -26,7 +26,7 @@ tools_main(int argc, char **argv)
 		return -1;
 	for (i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
 		if (strcmp(argv[1], tools[i].name) == 0)
-			return tools[i].main(argc - 1, argv + 1);
+			return tools[i].run(argc - 1, argv + 1);
 	return -1;
 }
 

@@ -30,8 +30,6 @@
 #include "proxy/addr.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
-#include "proxy/listener.h"
-#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
@@ -889,10 +887,10 @@ session_refuse_if_us(struct session *s, const struct sockaddr *dst, int fd)
 {
 	const char *l;
 
-	if ((l = listener_serving(dst, fd)) == NULL)
+	if (s->px->our_listener == NULL || (l = s->px->our_listener(dst, fd)) == NULL)
 		return 0;
-	if (fd >= 0)
-		listener_loop_note(fd);
+	if (fd >= 0 && s->px->loop_note != NULL)
+		s->px->loop_note(fd);
 	session_refuse_loop(s, l);
 	return 1;
 }
@@ -952,7 +950,8 @@ session_upstream_connected(struct session *s)
 	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
-	metrics_upstream_connected(&s->start);
+	if (s->px->upstream_connected != NULL)
+		s->px->upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)
 		return;
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {

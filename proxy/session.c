@@ -1112,6 +1112,7 @@ static void
 side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferevent *bev)
 {
 	x->s = s;
+	x->peer = dir == SIDE_CLIENT ? &s->server : &s->client;
 	x->dir = dir;
 	x->bev = bev;
 	bufferevent_setcb(bev, session_read_cb, session_write_cb, session_event_cb, x);
@@ -1156,6 +1157,7 @@ session_open_transcript(struct session *s)
 		return -1;
 	}
 	warned = 0;
+	s->client.transcript = s->server.transcript = s->transcript;
 	if (s->via[0] != '\0')
 		transcript_event(s->transcript, "connect client=%s listener=%s via=%s%s",
 		                 s->client_addr, s->listener_addr, s->via,

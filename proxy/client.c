@@ -14,7 +14,6 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
-#include "smtp/ehlo.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/options.h"

@@ -11,18 +11,8 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
-#include "logs/log.h"
-#include "logs/redact.h"
-#include "logs/transcript.h"
-#include "smtp/ehlo.h"
-#include "proxy/filter.h"
-#include "proxy/message.h"
-#include "proxy/options.h"
-#include "proxy/proxy.h"
 #include "proxy/relay.h"
-#include "proxy/reply_edit.h"
 #include "proxy/session.h"
-#include "proxy/tx.h"
 
 int
 relay_no_server(const struct session *s)

@@ -9,7 +9,6 @@
 #include "logs/json.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
-#include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"

@@ -15,7 +15,6 @@
 #include "logs/redact.h"
 #include "logs/transcript.h"
 #include "smtp/ehlo.h"
-#include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
@@ -23,7 +22,6 @@
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
 #include "proxy/session.h"
-#include "proxy/tx.h"
 
 /* The upstream leg is as secure as it will get: the client gets the greeting now. */
 static void

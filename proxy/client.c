@@ -1013,7 +1013,6 @@ relay_client_secured(struct session *s)
 void
 relay_client_gone(struct session *s)
 {
-	s->client_gone = 1;
 	side_pause(&s->client, PAUSE_EOF);
 	if (s->state == ST_PROXY_HEADER) {
 		proxyin_gone(s);

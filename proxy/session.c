@@ -238,6 +238,12 @@ session_flush(struct session *s)
 	side_flush(&s->server);
 }
 
+int
+session_client_gone(const struct session *s)
+{
+	return (s->client.paused & PAUSE_EOF) != 0;
+}
+
 void
 session_warn(struct session *s, const char *fmt, ...)
 {
@@ -599,7 +605,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	idle = now - s->last_activity;
 	limit = session_idle_limit(s);
 	/* After the client's EOF a short linger, but for the reply to a message's end. */
-	if (s->client_gone && !session_awaits_eod(s) &&
+	if (session_client_gone(s) && !session_awaits_eod(s) &&
 	    now - s->client_gone_at >= CLIENT_EOF_LINGER_SECS) {
 		session_client_eof_expired(s);
 		return;
@@ -616,7 +622,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	tv.tv_sec = (time_t)limit - idle;
-	if (s->client_gone && !session_awaits_eod(s) &&
+	if (session_client_gone(s) && !session_awaits_eod(s) &&
 	    tv.tv_sec > s->client_gone_at + CLIENT_EOF_LINGER_SECS - now)
 		tv.tv_sec = s->client_gone_at + CLIENT_EOF_LINGER_SECS - now;
 	event_add(s->timer, &tv);

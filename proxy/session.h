@@ -180,8 +180,7 @@ struct session {
 	char *client_tls_error;        /* why the client's handshake failed */
 	int early_talker;
 	int quit_answered;
-	int client_gone; /* the client closed its write half */
-	time_t client_gone_at;
+	time_t client_gone_at;   /* when the client closed its write half (session_client_gone) */
 	int server_shut_pending; /* shut the server's write half once its output is sent */
 	int closing;
 	time_t linger_until; /* a closing session is freed by then at the latest */
@@ -265,6 +264,8 @@ void relay_server(struct session *s);
 void relay_server_gone(struct session *s);
 /* relay.c: the client is gone. */
 void relay_client_gone(struct session *s);
+/* Whether the client closed its write half: its side stays paused for EOF for good. */
+int session_client_gone(const struct session *s);
 /* relay.c: the handshake with the server is done: the greeting may go to the client. */
 void relay_upstream_secured(struct session *s);
 /* relay.c: the handshake with a client after its STARTTLS is done. */

@@ -913,10 +913,12 @@ client_content_run(struct session *s)
 		x->scanned = 0;
 		taken++;
 		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {
-			client_took_plain(s, len);
+			/* Recorded first: past --max-message, client_took_plain closes the session,
+			 * which drains the input p points into. */
 			if (now == NULL)
 				now = transcript_now();
 			transcript_line(s->transcript, now, "C:", p + off, len, as_is);
+			client_took_plain(s, len);
 			off += len;
 			continue;
 		}

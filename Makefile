@@ -23,7 +23,7 @@ SUBMAKE  := $(MAKE) --no-print-directory
 MALLOC   ?= mimalloc
 LDLIBS   := $(if $(filter mimalloc,$(MALLOC)),-lmimalloc) $(DEPLIBS)
 
-SRC      := $(wildcard proxy/*.c logs/*.c filters/*.c tools/*.c)
+SRC      := $(wildcard smtp/*.c proxy/*.c logs/*.c filters/*.c tools/*.c)
 OBJ      := $(SRC:%.c=$(BUILD)/%.o)
 LIBOBJ   := $(filter-out $(BUILD)/proxy/main.o,$(OBJ))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -99,7 +99,7 @@ bench: deps
 	@bench/run.sh $(abspath $(BUILD)/$(PROG))
 
 format:
-	clang-format -i $(SRC) $(wildcard proxy/*.h logs/*.h filters/*.h tools/*.h tests/unit/*.c)
+	clang-format -i $(SRC) $(wildcard smtp/*.h proxy/*.h logs/*.h filters/*.h tools/*.h tests/unit/*.c)
 
 clean:
 	rm -rf build build-asan build-libc

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "filters/address.h"
+#include "smtp/address.h"
 #include "filters/prefilter.h"
 #include "filters/table.h"
 

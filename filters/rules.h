@@ -32,7 +32,7 @@ enum rule_scope {
 	SCOPE_BANNER,
 	SCOPE_REPLY,
 	SCOPE_CAPABILITY,
-	SCOPE_SENDER,    /* the address of MAIL FROM, parsed (filters/address.h) */
+	SCOPE_SENDER,    /* the address of MAIL FROM, parsed (smtp/address.h) */
 	SCOPE_RECIPIENT, /* the address of RCPT TO, parsed */
 	SCOPE_CLIENT,    /* "ADDRESS NAME" of the client, once at connect */
 	SCOPE_COUNT
@@ -148,7 +148,7 @@ int rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nsc
 
 /*
  * A MAIL or RCPT line: its address (parsed from arg, argoff octets into the line, as
- * filters/address.h reads it) goes through the rules of addrscope (SCOPE_SENDER or
+ * smtp/address.h reads it) goes through the rules of addrscope (SCOPE_SENDER or
  * SCOPE_RECIPIENT) first, then the line, rebuilt with the rewritten address if a REWRITE acted
  * ("MAIL FROM:<new>" and the parameters as they came), through the line scopes.  A PASS or a
  * refusal of the address ends the evaluation.  The hits of both are in out.  Returns as

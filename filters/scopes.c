@@ -1,7 +1,7 @@
 /* The scopes of a client command: the command table's rule class as rule scopes. */
 #include "filters/scopes.h"
 
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 int
 scopes_command(int verb, enum rule_scope scopes[2])

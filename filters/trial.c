@@ -12,11 +12,11 @@
 #include <string.h>
 #include <strings.h>
 
-#include "filters/address.h"
+#include "smtp/address.h"
 #include "filters/rules.h"
 #include "filters/scopes.h"
 #include "logs/escape.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 #define TRIAL_PENDING 64 /* commands awaiting a reply, more than any pipelined group */
 #define TRIAL_OWN (-1)   /* a command the proxy itself sent upstream */

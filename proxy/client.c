@@ -14,7 +14,6 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
-#include "proxy/ehlo.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/options.h"
@@ -914,10 +913,12 @@ client_content_run(struct session *s)
 		x->scanned = 0;
 		taken++;
 		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {
-			client_took_plain(s, len);
+			/* Recorded first: past --max-message, client_took_plain closes the session,
+			 * which drains the input p points into. */
 			if (now == NULL)
 				now = transcript_now();
 			transcript_line(s->transcript, now, "C:", p + off, len, as_is);
+			client_took_plain(s, len);
 			off += len;
 			continue;
 		}
@@ -1014,7 +1015,6 @@ relay_client_secured(struct session *s)
 void
 relay_client_gone(struct session *s)
 {
-	s->client_gone = 1;
 	side_pause(&s->client, PAUSE_EOF);
 	if (s->state == ST_PROXY_HEADER) {
 		proxyin_gone(s);

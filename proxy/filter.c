@@ -12,7 +12,7 @@
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 int
 filter_session_init(struct session *s, struct ruleset *rules)

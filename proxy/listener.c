@@ -448,6 +448,9 @@ listener_add_kind(struct proxy *px, const char *addr, int implicit_tls, int tran
 	const char *why;
 	int rc, bound = 0;
 
+	px->our_listener = listener_serving;
+	px->loop_note = listener_loop_note;
+
 	if (options_split_hostport(addr, &host, &port, &why) != 0) {
 		snprintf(err, errlen, "%s", why);
 		return -1;

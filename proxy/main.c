@@ -44,13 +44,48 @@ static struct proxy proxy;
 /* What existed before smtptap started: --user takes over only what smtptap created. */
 static int log_dir_existed, events_existed;
 
+/* --grace is over: the sessions still open are closed. */
+static void
+grace_over_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct session *s, *next;
+
+	(void)fd;
+	(void)what;
+	log_info("grace period over: closing %u sessions", px->nsessions);
+	for (s = TAILQ_FIRST(&px->sessions); s != NULL; s = next) {
+		next = TAILQ_NEXT(s, entry);
+		session_shutdown(s);
+	}
+}
+
+/* Closes the listeners at once; sessions get --grace seconds, then the loop ends. */
+static void
+shutdown_begin(struct proxy *px)
+{
+	struct timeval grace = {(time_t)px->opts->grace, 0};
+
+	if (px->shutting_down)
+		return;
+	px->shutting_down = 1;
+	listener_close_all();
+	log_info("listeners closed, %u sessions open, grace %u s", px->nsessions, px->opts->grace);
+	if (px->nsessions == 0) {
+		event_base_loopexit(px->base, NULL);
+		return;
+	}
+	px->grace_timer = evtimer_new(px->base, grace_over_cb, px);
+	event_add(px->grace_timer, &grace);
+}
+
 static void
 shutdown_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
 	log_info("signal %d received", (int)sig);
 	notify_stopping();
-	proxy_shutdown(arg);
+	shutdown_begin(arg);
 }
 
 /* Loads the rule files; NULL (with every error logged) when any is bad. */

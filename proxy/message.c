@@ -15,8 +15,8 @@
 #include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/relay.h"
 #include "proxy/session.h"
+#include "proxy/side.h"
 
 /* Small enough for the whole struct to stay under 1 KiB: malloc's thread cache serves it. */
 #define MESSAGE_STAGE 832

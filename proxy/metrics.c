@@ -551,6 +551,8 @@ metrics_init(struct proxy *px, const char *addr, unsigned n)
 	pthread_mutexattr_t attr;
 
 	mpx = px;
+	px->session_ended = metrics_session_end;
+	px->upstream_connected = metrics_upstream_connected;
 	nworkers = n > 0 ? n : 1;
 	shm_size = sizeof(*shm) + nworkers * sizeof(struct metrics_counts);
 	shm = mmap(NULL, shm_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);

@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include <sys/queue.h>
 
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 struct tx;
 

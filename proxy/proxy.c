@@ -1,12 +1,10 @@
-/* What all sessions share: places under --max-sessions, and shutdown with a grace period. */
+/* What all sessions share: places under --max-sessions; the loop ends when the last goes. */
 #include "proxy/proxy.h"
 
 #include <event2/event.h>
 
 #include "logs/log.h"
-#include "proxy/listener.h"
 #include "proxy/options.h"
-#include "proxy/session.h"
 
 unsigned
 proxy_sessions_total(const struct proxy *px)
@@ -51,37 +49,4 @@ proxy_session_gone(struct proxy *px)
 	proxy_session_unadmit(px);
 	if (px->shutting_down && px->nsessions == 0)
 		event_base_loopexit(px->base, NULL);
-}
-
-static void
-grace_over_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct proxy *px = arg;
-	struct session *s, *next;
-
-	(void)fd;
-	(void)what;
-	log_info("grace period over: closing %u sessions", px->nsessions);
-	for (s = TAILQ_FIRST(&px->sessions); s != NULL; s = next) {
-		next = TAILQ_NEXT(s, entry);
-		session_shutdown(s);
-	}
-}
-
-void
-proxy_shutdown(struct proxy *px)
-{
-	struct timeval grace = {(time_t)px->opts->grace, 0};
-
-	if (px->shutting_down)
-		return;
-	px->shutting_down = 1;
-	listener_close_all();
-	log_info("listeners closed, %u sessions open, grace %u s", px->nsessions, px->opts->grace);
-	if (px->nsessions == 0) {
-		event_base_loopexit(px->base, NULL);
-		return;
-	}
-	px->grace_timer = evtimer_new(px->base, grace_over_cb, px);
-	event_add(px->grace_timer, &grace);
 }

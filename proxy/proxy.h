@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 
 #include "proxy/options.h"
 
@@ -41,6 +42,15 @@ struct proxy {
 	struct ruleset *rules;       /* in force for sessions that start now */
 	struct proxy_shared *shared; /* NULL with one process */
 	unsigned worker;             /* this process's worker slot (0 with one process) */
+	/*
+	 * The modules above the sessions, called back from below (the dependencies run one
+	 * way): the listeners (listener_add sets them) and --metrics (metrics_init).  NULL:
+	 * none listening (the fuzz targets), no --metrics.
+	 */
+	const char *(*our_listener)(const struct sockaddr *sa, int fd);  /* listener_serving */
+	void (*loop_note)(int fd);                                       /* listener_loop_note */
+	void (*session_ended)(const struct session *s, double duration); /* metrics_session_end */
+	void (*upstream_connected)(const struct timeval *start); /* metrics_upstream_connected */
 };
 
 /* Takes a place for a new session under --max-sessions: 0, or -1 when all are taken. */
@@ -52,7 +62,5 @@ void proxy_session_unadmit(struct proxy *px);
 
 /* Called by a session as it is freed: lets a shutdown end when the last one goes. */
 void proxy_session_gone(struct proxy *px);
-/* Closes the listeners at once; sessions get --grace seconds, then the loop ends. */
-void proxy_shutdown(struct proxy *px);
 
 #endif

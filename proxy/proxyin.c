@@ -12,7 +12,7 @@
 
 #include "logs/log.h"
 #include "logs/transcript.h"
-#include "proxy/proxyproto.h"
+#include "smtp/proxyproto.h"
 #include "proxy/relay.h"
 #include "proxy/session.h"
 

@@ -9,7 +9,8 @@
 #include <stddef.h>
 
 #include "proxy/session.h"
-#include "proxy/smtp.h"
+#include "proxy/side.h"
+#include "smtp/smtp.h"
 
 struct evbuffer;
 struct options;
@@ -18,28 +19,7 @@ struct session;
 struct side;
 struct tx;
 
-/* One unit of input: a whole line (complete) or a piece of an over-long one. */
-struct unit {
-	size_t len;   /* octets, line end included */
-	int complete; /* ends with LF */
-	const unsigned char *data;
-};
-
-struct evbuffer *side_input(struct side *x);
-int side_next_unit(struct side *x, size_t max, struct unit *u);
-void side_forward(struct side *x, size_t len);
-/* Relays the unit with the units before it, in one move by side_commit (message lines). */
-void side_forward_later(struct side *x, size_t len);
-/* Drops the unit with the units before it (a held or filtered message's original lines). */
-void side_discard_later(struct side *x, size_t len);
-/* Moves what side_forward_later relayed to the peer (or drops what side_discard_later
- * dropped): the input is then whole again. */
-void side_commit(struct side *x);
 int relay_no_server(const struct session *s);
-void side_discard(struct side *x, size_t len);
-void side_record(struct side *x, const struct unit *u);
-void side_write(struct side *to, const void *p, size_t len, const char *kind);
-void side_write_buffer(struct side *to, struct evbuffer *buf);
 void relay_flush_local(struct session *s);
 void relay_answer_locally(struct session *s, const char *reply);
 struct pending *relay_expect(struct session *s, enum smtp_verb verb);

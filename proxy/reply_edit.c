@@ -9,7 +9,7 @@
 
 #include "logs/escape.h"
 #include "logs/transcript.h"
-#include "proxy/ehlo.h"
+#include "smtp/ehlo.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/options.h"

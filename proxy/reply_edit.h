@@ -1,7 +1,7 @@
 #ifndef SMTPTAP_REPLY_EDIT_H
 #define SMTPTAP_REPLY_EDIT_H
 
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 struct evbuffer;
 struct session;

@@ -9,8 +9,6 @@
 #include "logs/json.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
-#include "proxy/filter.h"
-#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/session.h"
@@ -301,7 +299,8 @@ report_write(struct session *s, const struct timeval *end)
 	                  (double)(end->tv_usec - s->start.tv_usec) / 1e6;
 
 	report_log_line(s, duration);
-	metrics_session_end(s, duration);
+	if (s->px->session_ended != NULL)
+		s->px->session_ended(s, duration);
 	if (s->px->opts->events_off)
 		return;
 	transcript_timestamp(&s->start, start_ts, sizeof(start_ts));

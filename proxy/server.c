@@ -15,7 +15,7 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
-#include "proxy/ehlo.h"
+#include "smtp/ehlo.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
 #include "proxy/options.h"
@@ -107,7 +107,7 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 			session_close(s, "error");
 			return;
 		}
-		if (code == 354 && s->client_gone) {
+		if (code == 354 && session_client_gone(s)) {
 			session_close(s, "client_closed");
 			return;
 		}
@@ -248,7 +248,7 @@ server_quiet_done(struct session *s, int code)
 	if (s->closing)
 		return;
 	relay_flush_local(s);
-	if (s->client_gone && s->pipeline.remote == 0)
+	if (session_client_gone(s) && s->pipeline.remote == 0)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
 
@@ -279,7 +279,7 @@ server_reply_done(struct session *s)
 		return;
 	pipeline_pop(&s->pipeline);
 	relay_flush_local(s);
-	if (s->client_gone && s->pipeline.remote == 0)
+	if (session_client_gone(s) && s->pipeline.remote == 0)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
 

@@ -30,8 +30,6 @@
 #include "proxy/addr.h"
 #include "proxy/filter.h"
 #include "proxy/message.h"
-#include "proxy/listener.h"
-#include "proxy/metrics.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
@@ -238,6 +236,12 @@ session_flush(struct session *s)
 		return;
 	side_flush(&s->client);
 	side_flush(&s->server);
+}
+
+int
+session_client_gone(const struct session *s)
+{
+	return (s->client.paused & PAUSE_EOF) != 0;
 }
 
 void
@@ -601,7 +605,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 	idle = now - s->last_activity;
 	limit = session_idle_limit(s);
 	/* After the client's EOF a short linger, but for the reply to a message's end. */
-	if (s->client_gone && !session_awaits_eod(s) &&
+	if (session_client_gone(s) && !session_awaits_eod(s) &&
 	    now - s->client_gone_at >= CLIENT_EOF_LINGER_SECS) {
 		session_client_eof_expired(s);
 		return;
@@ -618,7 +622,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	tv.tv_sec = (time_t)limit - idle;
-	if (s->client_gone && !session_awaits_eod(s) &&
+	if (session_client_gone(s) && !session_awaits_eod(s) &&
 	    tv.tv_sec > s->client_gone_at + CLIENT_EOF_LINGER_SECS - now)
 		tv.tv_sec = s->client_gone_at + CLIENT_EOF_LINGER_SECS - now;
 	event_add(s->timer, &tv);
@@ -889,10 +893,10 @@ session_refuse_if_us(struct session *s, const struct sockaddr *dst, int fd)
 {
 	const char *l;
 
-	if ((l = listener_serving(dst, fd)) == NULL)
+	if (s->px->our_listener == NULL || (l = s->px->our_listener(dst, fd)) == NULL)
 		return 0;
-	if (fd >= 0)
-		listener_loop_note(fd);
+	if (fd >= 0 && s->px->loop_note != NULL)
+		s->px->loop_note(fd);
 	session_refuse_loop(s, l);
 	return 1;
 }
@@ -952,7 +956,8 @@ session_upstream_connected(struct session *s)
 	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
-	metrics_upstream_connected(&s->start);
+	if (s->px->upstream_connected != NULL)
+		s->px->upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)
 		return;
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
@@ -1113,6 +1118,7 @@ static void
 side_setup(struct session *s, struct side *x, enum side_dir dir, struct bufferevent *bev)
 {
 	x->s = s;
+	x->peer = dir == SIDE_CLIENT ? &s->server : &s->client;
 	x->dir = dir;
 	x->bev = bev;
 	bufferevent_setcb(bev, session_read_cb, session_write_cb, session_event_cb, x);
@@ -1157,6 +1163,7 @@ session_open_transcript(struct session *s)
 		return -1;
 	}
 	warned = 0;
+	s->client.transcript = s->server.transcript = s->transcript;
 	if (s->via[0] != '\0')
 		transcript_event(s->transcript, "connect client=%s listener=%s via=%s%s",
 		                 s->client_addr, s->listener_addr, s->via,

@@ -10,17 +10,13 @@
 
 #include "filters/rules.h"
 #include "proxy/pipeline.h"
-#include "proxy/proxyproto.h"
+#include "proxy/side.h"
+#include "smtp/proxyproto.h"
 
 struct bufferevent;
 struct event;
 struct proxy;
 struct transcript;
-
-/* Past this much output waiting for a peer, the other side stops being read. */
-#define SIDE_HIGH_MARK (256 * 1024)
-
-enum side_dir { SIDE_CLIENT, SIDE_SERVER };
 
 /* Why reading from a side is paused (a bitmask: reading resumes when it is empty). */
 #define PAUSE_PEER_FULL 0x01 /* the peer's output is above the high mark */
@@ -31,24 +27,6 @@ enum side_dir { SIDE_CLIENT, SIDE_SERVER };
 /* Past this many commands awaiting a reply, the client stops being read (our own replies
  * queue behind a slow server's without bound otherwise). */
 #define PIPELINE_HIGH 1024
-
-/* One direction of a session (relayd's ctl_relay_event). */
-struct side {
-	struct session *s;
-	struct bufferevent *bev;
-	enum side_dir dir;
-	int paused;
-	int in_piece;        /* the last record was part of a line longer than --max-line */
-	int in_piece_before; /* in_piece before the current unit was recorded */
-	size_t scanned;      /* input octets already searched for a line end */
-	size_t relayed;      /* input octets at the head dealt with, not yet moved (side_commit) */
-	int relayed_drop;    /* ... and to be dropped, not moved */
-	uint64_t octets;     /* received from this side */
-	uint64_t raw_octets; /* of those, after STARTTLS (relayed unparsed) */
-	int tls;             /* TLS is up on this leg */
-	int direct;          /* a plain connected socket: its output is written at once */
-	struct event *rd;    /* reads a plain socket (session.c), or NULL: the buffer event does */
-};
 
 /* What the transcript and the event say of a leg's TLS. */
 struct tls_info {
@@ -202,8 +180,7 @@ struct session {
 	char *client_tls_error;        /* why the client's handshake failed */
 	int early_talker;
 	int quit_answered;
-	int client_gone; /* the client closed its write half */
-	time_t client_gone_at;
+	time_t client_gone_at;   /* when the client closed its write half (session_client_gone) */
 	int server_shut_pending; /* shut the server's write half once its output is sent */
 	int closing;
 	time_t linger_until; /* a closing session is freed by then at the latest */
@@ -287,6 +264,8 @@ void relay_server(struct session *s);
 void relay_server_gone(struct session *s);
 /* relay.c: the client is gone. */
 void relay_client_gone(struct session *s);
+/* Whether the client closed its write half: its side stays paused for EOF for good. */
+int session_client_gone(const struct session *s);
 /* relay.c: the handshake with the server is done: the greeting may go to the client. */
 void relay_upstream_secured(struct session *s);
 /* relay.c: the handshake with a client after its STARTTLS is done. */

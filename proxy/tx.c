@@ -11,14 +11,9 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
-#include "proxy/ehlo.h"
-#include "proxy/filter.h"
-#include "proxy/message.h"
 #include "proxy/options.h"
-#include "proxy/proxy.h"
-#include "proxy/relay.h"
-#include "proxy/reply_edit.h"
 #include "proxy/session.h"
+#include "proxy/side.h"
 #include "proxy/tx.h"
 
 #define TX_MAX_RECORDED 1000

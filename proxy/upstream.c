@@ -14,16 +14,14 @@
 #include "logs/log.h"
 #include "logs/redact.h"
 #include "logs/transcript.h"
-#include "proxy/ehlo.h"
-#include "proxy/filter.h"
+#include "smtp/ehlo.h"
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/proxyproto.h"
+#include "smtp/proxyproto.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
 #include "proxy/session.h"
-#include "proxy/tx.h"
 
 /* The upstream leg is as secure as it will get: the client gets the greeting now. */
 static void

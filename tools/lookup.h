@@ -4,7 +4,7 @@
 #include <jansson.h>
 
 #include "tools/journal_read.h"
-#include "tools/tools.h"
+#include "tools/common.h"
 
 /*
  * The events file read line by line, forwards or backwards from its end (so that --since

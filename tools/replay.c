@@ -18,6 +18,7 @@
 #include <openssl/ssl.h>
 
 #include "proxy/options.h"
+#include "tools/common.h"
 #include "tools/lookup.h"
 #include "tools/replay_plan.h"
 #include "tools/tools.h"

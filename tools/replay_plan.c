@@ -9,7 +9,7 @@
 
 #include <openssl/evp.h>
 
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 #define PLAN_PENDING 256
 

@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include "tools/common.h"
 #include "tools/filter.h"
 #include "tools/lookup.h"
 #include "tools/tools.h"

@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "tools/common.h"
 #include "tools/lookup.h"
 #include "tools/tools.h"
 

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tools/common.h"
 #include "tools/filter.h"
 #include "tools/journal_read.h"
 #include "tools/tools.h"

@@ -1,5 +1,5 @@
 /*
- * libFuzzer target: the MAIL FROM / RCPT TO address parser (filters/address.c), on the input
+ * libFuzzer target: the MAIL FROM / RCPT TO address parser (smtp/address.c), on the input
  * with each keyword, with the invariants the rules rely on checked: the address is never longer
  * than the argument, the path and the parameters lie inside it, a readable path keeps its
  * brackets or has no white space, and a domain comes out lower-cased without a trailing dot.
@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "filters/address.h"
+#include "smtp/address.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

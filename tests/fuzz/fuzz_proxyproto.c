@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "proxy/proxyproto.h"
+#include "smtp/proxyproto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -12,8 +12,8 @@
 
 #include <event2/buffer.h>
 
-#include "proxy/ehlo.h"
-#include "proxy/smtp.h"
+#include "smtp/ehlo.h"
+#include "smtp/smtp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

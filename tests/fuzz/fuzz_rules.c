@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "filters/rules.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

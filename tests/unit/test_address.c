@@ -1,5 +1,5 @@
 /*
- * Unit tests for filters/address.c: MAIL FROM / RCPT TO arguments read as Postfix's smtpd
+ * Unit tests for smtp/address.c: MAIL FROM / RCPT TO arguments read as Postfix's smtpd
  * reads them (issue 17).
  */
 #include <setjmp.h>
@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "filters/address.h"
+#include "smtp/address.h"
 
 /* Parses arg and checks the address, whether it was readable, and the parameters. */
 static void

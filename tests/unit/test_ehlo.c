@@ -1,4 +1,4 @@
-/* Unit tests for proxy/ehlo.c: extensions removed and added, separators fixed. */
+/* Unit tests for smtp/ehlo.c: extensions removed and added, separators fixed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,7 +8,7 @@
 #include <cmocka.h>
 #include <event2/buffer.h>
 
-#include "proxy/ehlo.h"
+#include "smtp/ehlo.h"
 
 static const char reply[] = "250-mail.example\r\n"
 			    "250-PIPELINING\r\n"

@@ -1,5 +1,5 @@
 /*
- * Unit tests for proxy/proxyproto.c: PROXY protocol headers checked octet by octet against
+ * Unit tests for smtp/proxyproto.c: PROXY protocol headers checked octet by octet against
  * HAProxy's proxy-protocol.txt (2.1 text, 2.2 binary), and the XCLIENT command.
  */
 #include <setjmp.h>
@@ -13,7 +13,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "proxy/proxyproto.h"
+#include "smtp/proxyproto.h"
 
 static const unsigned char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
                                       0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};

@@ -49,6 +49,8 @@ stub_init(struct stub *t, const char *rules)
 	t->px.opts = &t->opts;
 	t->s.px = &t->px;
 	t->s.client.s = &t->s;
+	t->s.client.peer = &t->s.server;
+	t->s.server.peer = &t->s.client;
 	assert_non_null(t->s.client.bev = bufferevent_socket_new(t->base, -1, 0));
 	assert_true((fd = mkstemp(path)) >= 0);
 	assert_non_null(fp = fdopen(fd, "w"));

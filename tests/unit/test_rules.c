@@ -23,7 +23,7 @@
 #include "filters/prefilter.h"
 #include "filters/rules.h"
 #include "filters/trial.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 /* Tests run in a fresh directory, so that errors name "r.rules" whatever the machine. */
 static char tmpdir[] = "/tmp/test_rules.XXXXXX";

@@ -18,7 +18,7 @@
 #include "filters/scopes.h"
 #include "filters/trial.h"
 #include "proxy/filter.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 #define U(s) ((const unsigned char *)(s))
 #define CORPUS "tests/fuzz/corpus"

@@ -1,4 +1,4 @@
-/* Unit tests for proxy/smtp.c (verbs, reply lines, BDAT) and proxy/pipeline.c (the queue). */
+/* Unit tests for smtp/smtp.c (verbs, reply lines, BDAT) and proxy/pipeline.c (the queue). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,7 +12,7 @@
 #include <event2/buffer.h>
 
 #include "proxy/pipeline.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 #define U(s) ((const unsigned char *)(s))
 

@@ -14,7 +14,7 @@
 
 #include "proxy/pipeline.h"
 #include "proxy/session.h"
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 #include "proxy/tx.h"
 
 static struct session *

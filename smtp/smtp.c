@@ -1,5 +1,5 @@
 /* SMTP syntax: a table of verbs (OpenSMTPD's commands[]) and the reply-line grammar. */
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 #include <stdlib.h>
 #include <string.h>

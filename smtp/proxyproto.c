@@ -2,7 +2,7 @@
  * The PROXY protocol (HAProxy's proxy-protocol.txt) both ways and Postfix's XCLIENT
  * command: encoding and parsing only, no I/O, so that unit tests and the fuzzer see all of it.
  */
-#include "proxy/proxyproto.h"
+#include "smtp/proxyproto.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

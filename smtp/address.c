@@ -1,5 +1,5 @@
 /* MAIL FROM / RCPT TO addresses, read as Postfix's smtpd reads them (issue 17). */
-#include "filters/address.h"
+#include "smtp/address.h"
 
 #include <string.h>
 #include <strings.h>

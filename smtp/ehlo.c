@@ -1,12 +1,12 @@
 /* EHLO replies, held whole so that extensions can be removed or added safely. */
-#include "proxy/ehlo.h"
+#include "smtp/ehlo.h"
 
 #include <string.h>
 #include <strings.h>
 
 #include <event2/buffer.h>
 
-#include "proxy/smtp.h"
+#include "smtp/smtp.h"
 
 struct ehlo_line {
 	const unsigned char *p;

@@ -546,8 +546,10 @@ transcript_sync(struct transcript *t)
 }
 
 int
-transcript_locate(struct transcript *t, char file[16], int64_t *offset)
+transcript_locate(struct transcript *t, journal_wait_fn *fn, void *arg)
 {
+	char file[16];
+
 	if (t == NULL)
 		return -1;
 	/* The counted repeats are said before the event line (which comes after the records). */
@@ -556,13 +558,15 @@ transcript_locate(struct transcript *t, char file[16], int64_t *offset)
 		t->xstart = t->j->len;
 		transcript_repeat_note(t, t->j);
 	}
-	/* Its first record still in the buffer: written now, so that the event can say where. */
-	if (t->first.pending)
-		transcript_sync(t);
-	if (t->first.pending || t->first.offset < 0)
-		return -1;
+	/*
+	 * Records still in the buffer (the session's, perhaps its first): told after the batch
+	 * that writes them, so that the event never comes before any of them.  Writing the
+	 * buffer here instead was a write(2) per one-message session.
+	 */
+	if (transcript_journal(t) != NULL && t->j->len > 0)
+		return journal_after(t->j, &t->first, fn, arg);
 	journal_day_name(t->day, file);
-	*offset = t->first.offset;
+	fn(arg, file, t->first.pending ? -1 : t->first.offset);
 	return 0;
 }
 

@@ -221,23 +221,72 @@ report_rules(const struct session *s)
 	jw_close(&jw, ']');
 }
 
+/*
+ * An event line waiting for its session's records to be written: the line with a null where
+ * the transcript's place goes (at), and room after it to put the place instead.
+ */
+#define REPORT_PLACE_MAX 80 /* {"file":"YYYY-MM-DD.log","offset":N} */
+struct report_wait {
+	size_t len, at;
+	char line[];
+};
+
 /* Where the session's records start: {"file": "YYYY-MM-DD.log", "offset": N}, or null. */
 static void
-report_transcript(const struct session *s)
+report_place(struct json_writer *w, const char *file, int64_t offset)
 {
-	char file[16];
-	int64_t offset;
-
-	jw_key(&jw, "transcript");
-	if (transcript_locate(s->transcript, file, &offset) != 0) {
-		jw_null(&jw);
+	if (offset < 0) {
+		jw_null(w);
 		return;
 	}
-	jw_open(&jw, '{');
-	report_kv("file", file);
-	jw_key(&jw, "offset");
-	jw_int(&jw, (long long)offset);
-	jw_close(&jw, '}');
+	jw_open(w, '{');
+	jw_key(w, "file");
+	jw_str(w, file);
+	jw_key(w, "offset");
+	jw_int(w, (long long)offset);
+	jw_close(w, '}');
+}
+
+/* The journal wrote (or lost) the batch holding the session's first record: the line goes. */
+static void
+report_located(void *arg, const char *file, int64_t offset)
+{
+	static struct json_writer place;
+	struct report_wait *rw = arg;
+	char *null = rw->line + rw->at;
+
+	jw_reset(&place);
+	report_place(&place, file, offset);
+	if (!place.failed && place.len <= REPORT_PLACE_MAX) {
+		memmove(null + place.len, null + 4, rw->len - rw->at - 4);
+		memcpy(null, place.buf, place.len);
+		events_write_line(rw->line, rw->len - 4 + place.len);
+	}
+	free(rw);
+}
+
+/*
+ * The line made, with a null at at: written now if the session's place is known, else
+ * when the journal has written its records (an event never points past the file's end).
+ */
+static void
+report_emit(const struct session *s, size_t at)
+{
+	struct report_wait *rw;
+
+	if (s->transcript == NULL || at == 0) {
+		events_write_line(jw.buf, jw.len);
+		return;
+	}
+	if ((rw = malloc(sizeof(*rw) + jw.len + REPORT_PLACE_MAX)) == NULL)
+		return;
+	memcpy(rw->line, jw.buf, jw.len);
+	rw->len = jw.len;
+	rw->at = at;
+	if (transcript_locate(s->transcript, report_located, rw) != 0) {
+		events_write_line(jw.buf, jw.len); /* with a null place */
+		free(rw);
+	}
 }
 
 /* Appends to a bounded line; once full, it stays full (the log line ends with "..."). */
@@ -297,6 +346,7 @@ void
 report_write(struct session *s, const struct timeval *end)
 {
 	char start_ts[32], end_ts[32];
+	size_t at;
 	double duration = (double)(end->tv_sec - s->start.tv_sec) +
 	                  (double)(end->tv_usec - s->start.tv_usec) / 1e6;
 
@@ -318,7 +368,9 @@ report_write(struct session *s, const struct timeval *end)
 	report_kv("upstream", s->px->upstream_text);
 	report_kv("upstream_address", s->upstream_addr);
 	report_kv("upstream_local", s->upstream_local[0] ? s->upstream_local : NULL);
-	report_transcript(s);
+	jw_key(&jw, "transcript");
+	at = jw.len;
+	jw_null(&jw); /* its place, put there by report_emit */
 	report_kv("helo", s->helo);
 	jw_key(&jw, "early_talker");
 	jw_bool(&jw, s->early_talker);
@@ -350,5 +402,5 @@ report_write(struct session *s, const struct timeval *end)
 	jw_close(&jw, '}');
 	jw_newline(&jw);
 	if (!jw.failed)
-		events_write_line(jw.buf, jw.len);
+		report_emit(s, at);
 }

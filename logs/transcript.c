@@ -565,7 +565,10 @@ transcript_locate(struct transcript *t, journal_wait_fn *fn, void *arg)
 	 */
 	if (transcript_journal(t) != NULL && t->j->len > 0)
 		return journal_after(t->j, &t->first, fn, arg);
-	journal_day_name(t->day, file);
+	if (t->j != NULL)
+		memcpy(file, t->j->name, sizeof(file));
+	else
+		journal_day_name(t->day, file);
 	fn(arg, file, t->first.pending ? -1 : t->first.offset);
 	return 0;
 }

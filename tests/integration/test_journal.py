@@ -192,3 +192,48 @@ def test_workers_default_one_per_cpu(tap_factory, sink):
                               what="%d workers" % want)
     assert len(kids) == want
     hp.normal_session(tap, sink=sink)
+
+
+@pytest.mark.limit(60)
+def test_short_sessions_share_a_write(tap_factory, sink):
+    """Twenty one-message sessions one after the other, each as fast as the client goes;
+    the journal's size is looked at after each.
+
+    journal: not written at each session's end (the event line waits for the batch that
+    holds the records instead of forcing a write per session): it grows after at most one
+    session per second elapsed, plus one.  events: each session's line, once written,
+    points at its records, and none comes before them."""
+    tap = tap_factory(sink.port)
+    day = os.path.join(tap.log_dir, datetime.datetime.now(datetime.timezone.utc)
+                       .strftime("%Y-%m-%d.log"))
+
+    def size():
+        return os.path.getsize(day) if os.path.exists(day) else 0
+
+    n, grew, last = 20, 0, size()
+    t0 = time.monotonic()
+    for i in range(n):
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("EHLO short.example", 250)
+        c.expect("MAIL FROM:<s%d@example.com>" % i, 250)
+        c.expect("RCPT TO:<r@example.net>", 250)
+        c.expect("DATA", 354)
+        c.send(b"Subject: short %d\r\n\r\nbody\r\n.\r\n" % i)
+        assert c.code() == 250
+        c.expect("QUIT", 221)
+        c.close()
+        time.sleep(0.01)  # the proxy closes its side too
+        if size() != last:
+            grew += 1
+            last = size()
+    elapsed = time.monotonic() - t0
+    assert grew <= int(elapsed) + 1, "journal written after %d of %d sessions in %.1f s" % (
+        grew, n, elapsed)
+    evs = tap.wait_events(n, timeout=10)
+    with open(day, "rb") as f:
+        data = f.read()
+    for ev in evs:
+        off = ev["transcript"]["offset"]
+        assert data[off:].split(b"\n", 1)[0].split(b" ")[1] == ev["session"].encode(), ev
+        assert b" * session " in data[off:].split(b"\n", 1)[0]

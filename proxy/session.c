@@ -913,8 +913,11 @@ session_upstream_connected(struct session *s)
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	len = sizeof(ss);
-	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
+	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0) {
 		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
+		s->upstream_local_sa = ss;
+		s->upstream_local_len = len;
+	}
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
 	metrics_upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)

@@ -338,7 +338,7 @@ report_log_line(const struct session *s, double duration)
 	}
 	report_append(line, sizeof(line), &len, " reason=%s duration=%.3f",
 	              report_or(s->close_reason, "-"), duration);
-	log_info("%s", line);
+	log_session("%s", line);
 }
 
 /* The event, written key by key into one line. */

@@ -462,7 +462,7 @@ session_close(struct session *s, const char *reason)
 		                 reason, (unsigned long long)s->client.octets,
 		                 (unsigned long long)s->server.octets);
 	report_write(s, &now);
-	log_info("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
+	log_session("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	side_release(&s->server);
 	if (s->client.bev == NULL) {
 		session_free_later(s);

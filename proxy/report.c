@@ -1,5 +1,4 @@
 /* The session's JSON event, written when the session ends. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,23 +289,37 @@ report_emit(const struct session *s, size_t at)
 }
 
 /* Appends to a bounded line; once full, it stays full (the log line ends with "..."). */
-static void __attribute__((format(printf, 4, 5)))
-report_append(char *buf, size_t size, size_t *len, const char *fmt, ...)
+static void
+report_put(char *buf, size_t size, size_t *len, const char *s)
 {
-	va_list ap;
-	int n;
+	size_t n = strlen(s);
 
 	if (*len >= size - 1)
 		return;
-	va_start(ap, fmt);
-	n = vsnprintf(buf + *len, size - *len, fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= size - *len) {
+	if (n >= size - *len) {
+		memcpy(buf + *len, s, size - 1 - *len);
 		*len = size - 1;
 		memcpy(buf + size - 4, "...", 4);
-	} else {
-		*len += (size_t)n;
+		return;
 	}
+	memcpy(buf + *len, s, n + 1);
+	*len += n;
+}
+
+/* An integer, in decimal (without printf: the line is made for every session). */
+static void
+report_put_int(char *buf, size_t size, size_t *len, long long v)
+{
+	char num[24], *p = num + sizeof(num);
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+
+	*--p = '\0';
+	do
+		*--p = (char)('0' + u % 10);
+	while ((u /= 10) != 0);
+	if (v < 0)
+		*--p = '-';
+	report_put(buf, size, len, p);
 }
 
 static const char *
@@ -318,7 +331,8 @@ report_or(const char *s, const char *none)
 /*
  * The session in one line of the program's log, Postfix-style, with what an operator greps
  * for: client, HELO, each transaction's sender, recipients and final code, the reason it
- * ended.  Peer text in it was escaped as it arrived.
+ * ended.  Peer text in it was escaped as it arrived.  Made piece by piece: with a printf per
+ * piece it cost 7,700 instructions a session.
  */
 static void
 report_log_line(const struct session *s, double duration)
@@ -326,18 +340,35 @@ report_log_line(const struct session *s, double duration)
 	char line[1800];
 	size_t len = 0;
 	const struct tx *tx;
+	long long ms = duration > 0 ? (long long)(duration * 1000.0 + 0.5) : 0;
+	char frac[5] = {'.', (char)('0' + ms / 100 % 10), (char)('0' + ms / 10 % 10),
+	                (char)('0' + ms % 10), '\0'};
 
-	report_append(line, sizeof(line), &len, "session=%s client=%s helo=<%s>", s->id,
-	              s->client_addr, report_or(s->helo, ""));
+	line[0] = '\0';
+	report_put(line, sizeof(line), &len, "session=");
+	report_put(line, sizeof(line), &len, s->id);
+	report_put(line, sizeof(line), &len, " client=");
+	report_put(line, sizeof(line), &len, s->client_addr);
+	report_put(line, sizeof(line), &len, " helo=<");
+	report_put(line, sizeof(line), &len, report_or(s->helo, ""));
+	report_put(line, sizeof(line), &len, ">");
 	TAILQ_FOREACH(tx, &s->txs, entry) {
-		report_append(line, sizeof(line), &len, " from=%s", report_or(tx->mail_from, "<>"));
-		for (size_t i = 0; i < tx->nrcpt; i++)
-			report_append(line, sizeof(line), &len, " to=%s:%d",
-			              report_or(tx->rcpts[i].to, "<>"), tx->rcpts[i].code);
-		report_append(line, sizeof(line), &len, " code=%d", tx->code);
+		report_put(line, sizeof(line), &len, " from=");
+		report_put(line, sizeof(line), &len, report_or(tx->mail_from, "<>"));
+		for (size_t i = 0; i < tx->nrcpt; i++) {
+			report_put(line, sizeof(line), &len, " to=");
+			report_put(line, sizeof(line), &len, report_or(tx->rcpts[i].to, "<>"));
+			report_put(line, sizeof(line), &len, ":");
+			report_put_int(line, sizeof(line), &len, tx->rcpts[i].code);
+		}
+		report_put(line, sizeof(line), &len, " code=");
+		report_put_int(line, sizeof(line), &len, tx->code);
 	}
-	report_append(line, sizeof(line), &len, " reason=%s duration=%.3f",
-	              report_or(s->close_reason, "-"), duration);
+	report_put(line, sizeof(line), &len, " reason=");
+	report_put(line, sizeof(line), &len, report_or(s->close_reason, "-"));
+	report_put(line, sizeof(line), &len, " duration=");
+	report_put_int(line, sizeof(line), &len, ms / 1000);
+	report_put(line, sizeof(line), &len, frac);
 	log_session("%s", line);
 }
 

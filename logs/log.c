@@ -190,9 +190,27 @@ log_vwrite_at(int pri, const char *level, const char *fmt, va_list ap, const cha
               int later)
 {
 	char msg[2048], line[2200];
-	size_t tag = strlen(log_tag);
+	size_t tag = strlen(log_tag), lvl = strlen(level), at;
 	int n;
 
+	/* The usual line formatted once, in place (a session makes two). */
+	if (!log_syslog && err == NULL) {
+		memcpy(line, "smtptap: ", 9);
+		memcpy(line + 9, level, lvl);
+		memcpy(line + 9 + lvl, ": ", 2);
+		at = 11 + lvl;
+		memcpy(line + at, log_tag, tag);
+		n = vsnprintf(line + at + tag, sizeof(msg) - tag, fmt, ap);
+		if (n < 0)
+			return;
+		at += tag + ((size_t)n < sizeof(msg) - tag ? (size_t)n : sizeof(msg) - tag - 1);
+		line[at++] = '\n';
+		if (later)
+			log_line_later(line, at);
+		else
+			log_line(line, at);
+		return;
+	}
 	memcpy(msg, log_tag, tag);
 	vsnprintf(msg + tag, sizeof(msg) - tag, fmt, ap);
 	if (log_syslog) {

@@ -307,8 +307,13 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		errno = ENOMEM;
 		return NULL;
 	}
-	if (relsize > 0)
-		snprintf(relpath, relsize, "%s", j->name);
+	if (relsize > 0) { /* no snprintf: a session's set-up is short */
+		size_t n = strnlen(j->name, sizeof(j->name));
+
+		n = n < relsize - 1 ? n : relsize - 1;
+		memcpy(relpath, j->name, n);
+		relpath[n] = '\0';
+	}
 	transcript_timestamp(start, ts, sizeof(ts));
 	/* Written with the next batch (transcript_sync writes it at once where it must). */
 	transcript_header(t, j, ts, client, listener, upstream);

@@ -416,42 +416,6 @@ trial_flush(struct trial *t)
 	return trial_server(t, p, n, kind == 'P');
 }
 
-static int
-trial_hex(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
-/* Undoes the transcript's escaping ("\\" and "\xHH") in place; -1 on a bad escape. */
-static int
-trial_unescape(unsigned char *p, size_t n, size_t *outlen)
-{
-	size_t i, o = 0;
-	int hi, lo;
-
-	for (i = 0; i < n; i++) {
-		if (p[i] != '\\') {
-			p[o++] = p[i];
-			continue;
-		}
-		if (i + 1 < n && p[i + 1] == '\\') {
-			p[o++] = '\\';
-			i++;
-			continue;
-		}
-		if (i + 3 >= n || p[i + 1] != 'x' || (hi = trial_hex(p[i + 2])) < 0 ||
-		    (lo = trial_hex(p[i + 3])) < 0)
-			return -1;
-		p[o++] = (unsigned char)(hi * 16 + lo);
-		i += 3;
-	}
-	*outlen = o;
-	return 0;
-}
 
 /*
  * An event record: "connect client=ADDR:PORT ..." runs the client rules on "ADDR unknown", as
@@ -518,7 +482,7 @@ trial_record(struct trial *t, unsigned char *s, size_t n)
 		trial_error(t, "unknown record kind");
 		return -1;
 	}
-	if (trial_unescape(text, (size_t)(s + n - text), &tlen) == -1) {
+	if (escape_undo(text, (size_t)(s + n - text), text, &tlen) == -1) {
 		trial_error(t, "bad escape in a line");
 		return -1;
 	}

@@ -259,3 +259,39 @@ escape_strdup(const unsigned char *p, size_t n)
 	s[escape_into(s, p, n)] = '\0';
 	return s;
 }
+
+static int
+escape_hex_digit(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+int
+escape_undo(const unsigned char *text, size_t n, unsigned char *out, size_t *outlen)
+{
+	size_t i, o = 0;
+	int hi, lo;
+
+	for (i = 0; i < n; i++) {
+		if (text[i] != '\\') {
+			out[o++] = text[i];
+			continue;
+		}
+		if (i + 1 < n && text[i + 1] == '\\') {
+			out[o++] = '\\';
+			i++;
+			continue;
+		}
+		if (i + 3 >= n || text[i + 1] != 'x' || (hi = escape_hex_digit(text[i + 2])) < 0 ||
+		    (lo = escape_hex_digit(text[i + 3])) < 0)
+			return -1;
+		out[o++] = (unsigned char)(hi * 16 + lo);
+		i += 3;
+	}
+	*outlen = o;
+	return 0;
+}

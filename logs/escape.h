@@ -36,4 +36,11 @@ size_t escape_text_into(char *dst, const unsigned char *p, size_t n);
  * on ENOMEM. */
 char *escape_strdup(const unsigned char *p, size_t n);
 
+/*
+ * Undoes the escaping ("\\" and "\xHH"; every other octet stands for itself) of n octets of
+ * text into out, which may be text itself (the result is never longer); the length in
+ * *outlen.  -1 on an escape the writer never makes.
+ */
+int escape_undo(const unsigned char *text, size_t n, unsigned char *out, size_t *outlen);
+
 #endif

@@ -224,16 +224,13 @@ static void
 client_command_send(struct session *s, const struct unit *u, const unsigned char *tail,
                     size_t taillen)
 {
-	struct evbuffer *out;
-
 	if (!s->outcome.rewritten || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
 		return;
 	}
-	out = bufferevent_get_output(s->server.bev);
-	evbuffer_add(out, s->outcome.line, s->outcome.len);
-	evbuffer_add(out, tail, taillen);
-	evbuffer_add(out, "\r\n", 2);
+	side_write(&s->server, s->outcome.line, s->outcome.len, NULL);
+	side_write(&s->server, tail, taillen, NULL);
+	side_write(&s->server, "\r\n", 2, NULL);
 	side_discard(&s->client, u->len);
 }
 
@@ -263,8 +260,7 @@ client_hold_decide(struct session *s, struct tx *tx)
 {
 	if (!tx_accepted(tx) || relay_no_server(s)) {
 		/* The server's own error (no valid recipients) reaches the client. */
-		if (!relay_no_server(s))
-			evbuffer_add(bufferevent_get_output(s->server.bev), "DATA\r\n", 6);
+		side_write(&s->server, "DATA\r\n", 6, NULL);
 		transcript_event(s->transcript,
 		                 "no recipient accepted: DATA relayed to the server");
 		relay_expect(s, VERB_DATA);
@@ -308,6 +304,31 @@ client_sasl_relay_late(struct session *s, const struct unit *u, size_t n)
 	relay_expect(s, VERB_UNKNOWN);
 }
 
+/*
+ * A command whose extension a capability rule removed from the EHLO reply: answered 502
+ * 5.5.1 by the proxy, never relayed (a rule that hides STARTTLS or AUTH means it).
+ */
+static int
+client_capability_hidden(struct session *s, const struct unit *u, const struct smtp_command *cmd,
+                         size_t n)
+{
+	const char *name = reply_edit_hidden(s, cmd->verb);
+	char text[128];
+
+	if (name == NULL)
+		return 0;
+	if (cmd->verb == VERB_AUTH) {
+		(void)client_auth(s, u->data, n, cmd); /* recorded redacted */
+		s->auth_open = 0;
+	} else {
+		side_record(&s->client, u);
+	}
+	session_warn(s, "%s refused: a capability rule removed it", name);
+	snprintf(text, sizeof(text), "502 5.5.1 %s not available", name);
+	client_command_refused(s, u, cmd, ACT_REJECT, text);
+	return 1;
+}
+
 /* Tracks a client command, runs it through the rules, and relays it. */
 static void
 client_command(struct session *s, const struct unit *u)
@@ -325,6 +346,8 @@ client_command(struct session *s, const struct unit *u)
 		client_sasl_relay_late(s, u, n);
 		return;
 	}
+	if (client_capability_hidden(s, u, &cmd, n))
+		return;
 	if (client_command_local(s, u, &cmd))
 		return;
 	if (cmd.verb == VERB_AUTH) {
@@ -396,8 +419,8 @@ client_record_unrelayed_line(struct session *s, const unsigned char *line, size_
 void
 client_record_unrelayed(struct session *s, const unsigned char *p, size_t n)
 {
-	const unsigned char *lf;
-	size_t off = 0, len;
+	struct smtp_line l;
+	size_t off = 0;
 	int sasl = s->state == ST_SASL;
 
 	if (s->state == ST_MESSAGE || s->state == ST_CHUNK || s->state == ST_RAW) {
@@ -406,14 +429,13 @@ client_record_unrelayed(struct session *s, const unsigned char *p, size_t n)
 	}
 	if (s->state == ST_SKIP) {
 		/* The rest of an over-long line: left out, as its start was. */
-		lf = memchr(p, '\n', n);
-		off = lf != NULL ? (size_t)(lf - p) + 1 : n;
+		smtp_line_cut(p, n, &l);
+		off = l.len;
 		sasl = s->skip_return == ST_SASL;
 	}
-	for (; off < n; off += len) {
-		lf = memchr(p + off, '\n', n - off);
-		len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : n - off;
-		client_record_unrelayed_line(s, p + off, smtp_line_len(p + off, len), sasl);
+	for (; off < n; off += l.len) {
+		smtp_line_cut(p + off, n - off, &l);
+		client_record_unrelayed_line(s, l.data, smtp_line_len(l.data, l.len), sasl);
 		sasl = 0;
 	}
 }
@@ -510,6 +532,24 @@ client_held_end(struct session *s)
 	session_enter_state(s, ST_COMMAND);
 }
 
+/*
+ * A streamed message the proxy would not take (too big, a line or header the rules could not
+ * inspect): the server got part of it but never gets its end, so the session ends here and
+ * the server discards it.
+ */
+static void
+client_streamed_refused(struct session *s, const struct unit *u, const char *reply)
+{
+	char line[640];
+
+	snprintf(line, sizeof(line), "%s\r\n", reply);
+	side_discard(&s->client, u->len);
+	message_free(s);
+	transcript_event(s->transcript, "streamed message refused: its end not sent upstream");
+	session_reply(s, line);
+	session_close(s, "message_refused");
+}
+
 static void
 client_end_of_data(struct session *s, const struct unit *u)
 {
@@ -525,10 +565,13 @@ client_end_of_data(struct session *s, const struct unit *u)
 		return;
 	}
 	if (s->msg != NULL) {
-		const char *unused;
+		const char *reply;
 
 		/* Streaming: a header still being gathered (no body) goes out before the end. */
-		(void)message_end(s, &unused);
+		if (message_end(s, &reply) != MSG_ACCEPT) {
+			client_streamed_refused(s, u, reply);
+			return;
+		}
 		message_free(s);
 	}
 	side_forward(&s->client, u->len);
@@ -558,30 +601,23 @@ client_line_end(const struct unit *u)
 static void
 client_split_bare_cr(struct unit *u)
 {
-	const unsigned char *cr = memchr(u->data, '\r', u->len);
-	size_t i;
+	struct smtp_line l;
 
-	if (cr == NULL)
-		return;
-	i = (size_t)(cr - u->data);
-	/* CR LF can only be the line's end: a unit ends at its first LF. */
-	if (i + 1 == u->len || u->data[i + 1] != '\n') {
-		u->len = i + 1;
-		u->complete = 1;
-	}
+	smtp_line_cut_any(u->data, u->len, &l);
+	u->len = l.len;
+	u->complete = l.complete;
 }
 
 /* A content line that ended bare: relayed with CRLF, a lone "." stuffed so it stays content. */
 static void
 client_content_normalized(struct session *s, const struct unit *u)
 {
-	struct evbuffer *out = bufferevent_get_output(s->server.bev);
 	size_t n = u->len - 1;
 
 	if (n == 1 && u->data[0] == '.')
-		evbuffer_add(out, ".", 1);
-	evbuffer_add(out, u->data, n);
-	evbuffer_add(out, "\r\n", 2);
+		side_write(&s->server, ".", 1, NULL);
+	side_write(&s->server, u->data, n, NULL);
+	side_write(&s->server, "\r\n", 2, NULL);
 	side_discard(&s->client, u->len);
 }
 
@@ -603,6 +639,19 @@ static int
 client_relays_as_sent(const struct session *s)
 {
 	return s->msg == NULL && s->px->opts->bare_newline != BARE_PASS && !relay_no_server(s);
+}
+
+/*
+ * A relayed message (no rules on it) past --max-message: the server never gets its end, so
+ * it takes none of it; the client is told, and the session ends.
+ */
+static void
+client_relayed_too_big(struct session *s)
+{
+	session_warn(s, "message over --max-message (%zu octets): session ended",
+	             s->px->opts->max_message);
+	session_reply(s, "552 5.3.4 Message size exceeds fixed limit\r\n");
+	session_close(s, "message_too_big");
 }
 
 /* A line of DATA content; the end is only <CRLF>.<CRLF>. */
@@ -652,12 +701,17 @@ client_content(struct session *s, const struct unit *u)
 		s->tx->size += u->len;
 		s->tx->data = 1;
 	}
+	if (s->msg == NULL && s->tx != NULL && s->tx->size > s->px->opts->max_message) {
+		client_relayed_too_big(s);
+		return;
+	}
 	s->msg_line_start = end == END_CRLF;
 	if (s->msg != NULL) {
 		if (u->complete && !s->client.in_piece_before)
 			message_line(s, u->data, u->len);
 		else
-			message_piece(s, u->data, u->len, !s->client.in_piece_before);
+			message_piece(s, u->data, u->len, !s->client.in_piece_before,
+			              u->complete);
 		side_discard_later(&s->client, u->len);
 	} else if (bare == BARE_PASS || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
@@ -665,7 +719,7 @@ client_content(struct session *s, const struct unit *u)
 		client_content_normalized(s, u);
 	} else if (lone_dot) {
 		/* ".\r\n" after a bare line end is content here, so it must be upstream too. */
-		evbuffer_add(bufferevent_get_output(s->server.bev), ".", 1);
+		side_write(&s->server, ".", 1, NULL);
 		side_forward(&s->client, u->len);
 	} else {
 		side_forward_later(&s->client, u->len);
@@ -694,15 +748,15 @@ static void
 client_chunk_record(struct session *s, const unsigned char *p, size_t take)
 {
 	size_t off = 0;
-	const unsigned char *lf;
+	struct smtp_line l;
 	struct unit u;
 
 	s->client.in_piece = s->chunk_in_piece;
 	while (off < take) {
-		lf = memchr(p + off, '\n', take - off);
-		u.data = p + off;
-		u.len = lf != NULL ? (size_t)(lf - (p + off)) + 1 : take - off;
-		u.complete = lf != NULL;
+		smtp_line_cut(p + off, take - off, &l);
+		u.data = l.data;
+		u.len = l.len;
+		u.complete = l.complete;
 		side_record(&s->client, &u);
 		off += u.len;
 	}
@@ -813,6 +867,8 @@ client_took_plain(struct session *s, size_t len)
 	}
 	s->client.octets += len;
 	s->client.relayed += len;
+	if (s->tx != NULL && s->tx->size > s->px->opts->max_message)
+		client_relayed_too_big(s); /* the run stops: the session is closing */
 }
 
 /*
@@ -834,7 +890,8 @@ client_content_run(struct session *s)
 	int plain = client_content_plain(s), as_is;
 	const char *now = NULL; /* read when a plain line needs it, once per stretch of them */
 	struct evbuffer_iovec v;
-	const unsigned char *p, *lf;
+	const unsigned char *p;
+	struct smtp_line l;
 	struct unit u;
 
 	if (evbuffer_peek(bufferevent_get_input(x->bev), -1, NULL, &v, 1) < 1)
@@ -846,12 +903,14 @@ client_content_run(struct session *s)
 		/* The scan pays only where a plain line can be recorded as it is. */
 		k = plain ? escape_plain_span(p + off, lim) : 0;
 		as_is = plain && k + 2 <= lim && p[off + k] == '\r' && p[off + k + 1] == '\n';
-		if (as_is)
+		if (as_is) {
 			len = k + 2;
-		else if ((lf = memchr(p + off + k, '\n', lim - k)) != NULL)
-			len = (size_t)(lf - (p + off)) + 1;
-		else
-			break;
+		} else {
+			smtp_line_cut(p + off + k, lim - k, &l);
+			if (!l.complete)
+				break;
+			len = k + l.len;
+		}
 		x->scanned = 0;
 		taken++;
 		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {

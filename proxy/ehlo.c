@@ -6,6 +6,8 @@
 
 #include <event2/buffer.h>
 
+#include "proxy/smtp.h"
+
 struct ehlo_line {
 	const unsigned char *p;
 	size_t len; /* with its line end */
@@ -28,13 +30,13 @@ ehlo_keyword_is(const struct ehlo_line *l, const char *keyword)
 static int
 ehlo_next(const unsigned char *reply, size_t len, size_t *off, struct ehlo_line *l)
 {
-	const unsigned char *lf;
+	struct smtp_line line;
 
 	if (*off >= len)
 		return 0;
-	lf = memchr(reply + *off, '\n', len - *off);
-	l->p = reply + *off;
-	l->len = lf != NULL ? (size_t)(lf - (reply + *off)) + 1 : len - *off;
+	smtp_line_cut(reply + *off, len - *off, &line);
+	l->p = line.data;
+	l->len = line.len;
 	*off += l->len;
 	return 1;
 }

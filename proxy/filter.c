@@ -122,6 +122,55 @@ filter_record(struct session *s, int v)
 	return v;
 }
 
+/* The longest physical line of text (a rewritten header may hold several), its end left out. */
+static size_t
+filter_longest_line(const unsigned char *p, size_t len)
+{
+	const unsigned char *lf;
+	size_t longest = 0, n;
+
+	while (len > 0) {
+		lf = memchr(p, '\n', len);
+		n = lf != NULL ? (size_t)(lf - p) : len;
+		if (n > longest)
+			longest = n;
+		if (lf == NULL)
+			break;
+		len -= n + 1;
+		p = lf + 1;
+	}
+	return longest;
+}
+
+/*
+ * A REWRITE may not make a line longer than --max-line (three /x/g rules can grow a line a
+ * thousandfold): the line is refused 500 5.5.2, recorded, and the rewrite is never sent.
+ * A reply line keeps the server's text; a message is refused at its end.
+ */
+static int
+filter_bound(struct session *s, int v, const unsigned char *line, size_t len)
+{
+	size_t longest, limit = s->px->opts->max_line;
+
+	if (v < 0 || !s->outcome.rewritten || v == ACT_REJECT || v == ACT_DISCONNECT)
+		return v;
+	/* A message line over --max-line was gathered whole, up to --max-header: its rewrite
+	 * may be as long. */
+	if (filter_longest_line(line, len) + 2 > limit && s->px->opts->max_header + 2 > limit)
+		limit = s->px->opts->max_header + 2;
+	longest = filter_longest_line(s->outcome.line, s->outcome.len);
+	if (longest + 2 <= limit)
+		return v;
+	session_warn(s, "a rule rewrote a line to %zu octets, over --max-line: refused 500 5.5.2",
+	             longest + 2);
+	s->outcome.rewritten = 0;
+	s->outcome.line = line;
+	s->outcome.len = len;
+	s->outcome.verdict = ACT_REJECT;
+	s->outcome.reply = FILTER_TOO_LONG_REPLY;
+	return ACT_REJECT;
+}
+
 int
 filter_command(struct session *s, int verb, const unsigned char *arg, const unsigned char *line,
                size_t len)
@@ -133,8 +182,11 @@ filter_command(struct session *s, int verb, const unsigned char *arg, const unsi
 	if (s->rules == NULL || (verb != VERB_MAIL && verb != VERB_RCPT) || arg == NULL ||
 	    arg < line || arg > line + len)
 		return filter_line(s, scopes, n, line, len);
-	return filter_record(s, rules_apply_envelope(s->rules, addrscope, scopes, n, line, len,
-	                                             (size_t)(arg - line), &s->outcome));
+	return filter_bound(s,
+	                    filter_record(s, rules_apply_envelope(s->rules, addrscope, scopes, n,
+	                                                          line, len, (size_t)(arg - line),
+	                                                          &s->outcome)),
+	                    line, len);
 }
 
 /* The client as a client rule sees it: "ADDRESS NAME", the address without port or brackets.
@@ -187,5 +239,7 @@ filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,
 		s->outcome.len = len;
 		return ACT_NONE;
 	}
-	return filter_record(s, rules_apply(s->rules, scopes, nscopes, line, len, &s->outcome));
+	return filter_bound(
+	    s, filter_record(s, rules_apply(s->rules, scopes, nscopes, line, len, &s->outcome)),
+	    line, len);
 }

@@ -3,8 +3,6 @@
 
 #include <stddef.h>
 
-#include <jansson.h>
-
 #include "filters/rules.h"
 
 struct session;
@@ -20,6 +18,9 @@ void filter_session_free(struct session *s);
 
 /* Whether the session's rules have any rule of this scope. */
 int filter_has(const struct session *s, enum rule_scope scope);
+
+/* A line a REWRITE made longer than --max-line: refused, the rewrite never sent. */
+#define FILTER_TOO_LONG_REPLY "500 5.5.2 Line too long after rewriting"
 
 /* Runs one line (without its line end) through the rules of its scopes; the outcome is in
  * s->outcome.  Returns the verdict, or -1 when memory ran out (the session is closed). */

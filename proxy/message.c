@@ -15,6 +15,7 @@
 #include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/session.h"
 
 /* Small enough for the whole struct to stay under 1 KiB: malloc's thread cache serves it. */
@@ -27,6 +28,8 @@ struct message {
 	const char *reply; /* a refusal: static, or a rule's (the session holds its rules) */
 	unsigned char *header; /* the logical header being gathered (physical lines, CRLF) */
 	size_t headerlen, headersize;
+	unsigned char *longline; /* a line over --max-line, gathered from its pieces */
+	size_t longlen, longsize;
 	struct evbuffer *held; /* held content, in memory */
 	int held_fd;           /* held content beyond --hold-memory, or -1 */
 	size_t held_file;      /* octets in held_fd */
@@ -38,6 +41,13 @@ struct message {
 	unsigned char stage[MESSAGE_STAGE];
 };
 _Static_assert(sizeof(struct message) <= 1024, "struct message outgrew malloc's thread cache");
+
+void
+message_learn_size(struct session *s, unsigned long long size)
+{
+	if (size > 0 && (s->server_size == 0 || size < s->server_size))
+		s->server_size = size;
+}
 
 int
 message_holding(const struct session *s)
@@ -53,6 +63,7 @@ message_free(struct session *s)
 	if (m == NULL)
 		return;
 	free(m->header);
+	free(m->longline);
 	if (m->held != NULL)
 		evbuffer_free(m->held);
 	if (m->held_fd >= 0)
@@ -84,21 +95,72 @@ message_begin(struct session *s, int holding)
 	return 0;
 }
 
-/* Moves held content beyond --hold-memory to an unlinked file in the log directory. */
+/*
+ * Content the proxy will not take: too big, too long a line or header for the rules to
+ * inspect, or a held message it could not write.  Nothing more of the message is kept or
+ * sent; the end of data gets the reply (and, streamed, the session ends there, so the server
+ * never sees an end of data for what it got).
+ */
+static void
+message_untaken(struct session *s, const char *reply, const char *why)
+{
+	struct message *m = s->msg;
+
+	if (m->verdict != MSG_ACCEPT)
+		return;
+	m->verdict = MSG_TOO_BIG;
+	m->reply = reply;
+	if (m->held != NULL)
+		evbuffer_drain(m->held, evbuffer_get_length(m->held));
+	if (m->held_fd >= 0) {
+		/* The spool's space goes back at once, not at the end of data. */
+		close(m->held_fd);
+		m->held_fd = -1;
+		m->held_file = 0;
+	}
+	m->staged = 0;
+	m->headerlen = 0;
+	m->longlen = 0;
+	session_warn(s, "message refused at its end (%s): %s", why, reply);
+}
+
+/*
+ * Moves held content beyond --hold-memory to an unlinked file in the log directory.  When it
+ * can't (no file, a full disk), the message is refused 451 4.3.0, as Postfix answers a queue
+ * file write error: it never stays in memory beyond --hold-memory.
+ */
 static void
 message_spill(struct session *s, struct message *m)
 {
 	if (m->held_fd < 0 && (m->held_fd = transcript_tmpfile()) < 0) {
-		session_warn(s, "no temporary file for a held message: kept in memory");
+		message_untaken(s, "451 4.3.0 Error writing message file", "no temporary file");
 		return;
 	}
 	while (evbuffer_get_length(m->held) > 0) {
 		int n = evbuffer_write(m->held, m->held_fd);
 		if (n <= 0) {
-			session_warn(s, "temporary file for a held message failed: kept in memory");
+			message_untaken(s, "451 4.3.0 Error writing message file",
+			                "temporary file write failed");
 			return;
 		}
 		m->held_file += (size_t)n;
+	}
+}
+
+/*
+ * What a held message keeps in memory, counted as it arrives: the held content, and the
+ * header or long line being gathered (bounded by --max-header).  Past --hold-memory, the held
+ * content moves to the file.
+ */
+static void
+message_pressure(struct session *s)
+{
+	struct message *m = s->msg;
+
+	if (m->holding && m->verdict == MSG_ACCEPT &&
+	    evbuffer_get_length(m->held) + m->staged + m->headerlen + m->longlen >
+	        s->px->opts->hold_memory) {
+		message_spill(s, m);
 	}
 }
 
@@ -109,10 +171,11 @@ message_put(struct session *s, const void *p, size_t len)
 	struct message *m = s->msg;
 
 	if (!m->holding) {
-		if (s->server.bev != NULL)
-			evbuffer_add(bufferevent_get_output(s->server.bev), p, len);
+		side_write(&s->server, p, len, NULL);
 		return;
 	}
+	if (m->verdict != MSG_ACCEPT)
+		return;
 	evbuffer_add(m->held, p, len);
 	if (evbuffer_get_length(m->held) > s->px->opts->hold_memory)
 		message_spill(s, m);
@@ -156,20 +219,21 @@ static int
 message_count(struct session *s, size_t len, int counted)
 {
 	struct message *m = s->msg;
+	size_t limit = s->px->opts->max_message;
 
-	if (!m->holding)
-		return 1;
 	if (m->verdict != MSG_ACCEPT)
-		return 0; /* refused already: nothing more is kept */
+		return !m->holding && m->verdict != MSG_TOO_BIG; /* refused: nothing more is kept */
 	/* RFC 1870: the size counts CRLFs but not the dots of dot-stuffing. */
 	if (counted)
 		m->size += len;
 	m->wire += len;
-	if (s->server_size > 0 && m->size > s->server_size) {
-		m->verdict = MSG_TOO_BIG;
-		m->reply = "552 5.3.4 Message size exceeds fixed limit";
-		evbuffer_drain(m->held, evbuffer_get_length(m->held));
-		m->staged = 0;
+	/* The server's SIZE from any EHLO reply of the session (the client's, or the proxy's
+	 * own in the upstream set-up), whatever the client said; --max-message in any case. */
+	if (s->server_size > 0 && s->server_size < limit)
+		limit = (size_t)s->server_size;
+	if (m->size > limit) {
+		message_untaken(s, "552 5.3.4 Message size exceeds fixed limit",
+		                "over the size limit");
 		return 0;
 	}
 	return 1;
@@ -187,19 +251,6 @@ static void
 message_out(struct session *s, const void *p, size_t len)
 {
 	message_out_counted(s, p, len, 1);
-}
-
-/* The length of text up to its first CR or LF (all of it when there is none). */
-static size_t
-message_span(const unsigned char *p, size_t len)
-{
-	const unsigned char *lf = memchr(p, '\n', len), *cr;
-
-	if (lf != NULL)
-		len = (size_t)(lf - p);
-	if ((cr = memchr(p, '\r', len)) != NULL)
-		len = (size_t)(cr - p);
-	return len;
 }
 
 /* Writes one line (no CR or LF in it) stuffed and ended with CRLF. */
@@ -232,17 +283,13 @@ message_out_line(struct session *s, const unsigned char *p, size_t n)
 static void
 message_out_lines(struct session *s, const unsigned char *text, size_t len)
 {
-	size_t off = 0, n, brk;
-	const unsigned char *p;
+	size_t off = 0;
+	struct smtp_line l;
 
 	do {
-		p = text + off;
-		n = message_span(p, len - off);
-		message_out_line(s, p, n);
-		brk = off + n < len ? 1 : 0;
-		if (brk && p[n] == '\r' && off + n + 1 < len && p[n + 1] == '\n')
-			brk = 2;
-		off += n + brk;
+		smtp_line_cut_any(text + off, len - off, &l);
+		message_out_line(s, l.data, smtp_line_text(&l));
+		off += l.len;
 	} while (off < len);
 }
 
@@ -276,8 +323,10 @@ message_filter(struct session *s, enum rule_scope scope, const unsigned char *li
 	if (v == ACT_REJECT || v == ACT_DISCONNECT) {
 		if (s->msg->holding)
 			message_refuse(s, v);
-		else
-			message_out_lines(s, line, len); /* cannot refuse what already went */
+		else /* part of it went already: the server must never see its end */
+			message_untaken(s, s->outcome.reply != NULL ? s->outcome.reply
+			                                            : RULES_REJECT_DEFAULT,
+			                "refused while streamed");
 		return;
 	}
 	if (v == ACT_IGNORE)
@@ -306,27 +355,48 @@ message_flush_header(struct session *s)
 	m->headerlen = 0;
 }
 
-/* Adds a physical line (un-stuffed, without its end) and CRLF to the header gathered. */
+/* Appends to a growing buffer; -1 (the session closed) when memory runs out. */
+static int
+message_grow(struct session *s, unsigned char **buf, size_t *len, size_t *size,
+             const unsigned char *p, size_t n)
+{
+	size_t want = *size;
+	unsigned char *b;
+
+	if (*len + n > want) {
+		while (want < *len + n)
+			want = want * 2 + 256;
+		if ((b = realloc(*buf, want)) == NULL) {
+			session_close(s, "error");
+			return -1;
+		}
+		*buf = b;
+		*size = want;
+	}
+	memcpy(*buf + *len, p, n);
+	*len += n;
+	return 0;
+}
+
+/*
+ * Adds a physical line (un-stuffed, without its end) and CRLF to the header gathered.  A
+ * logical header over --max-header (Postfix's header_size_limit) is not cut, as Postfix
+ * cuts it: what is cut off would pass uninspected, so the message is refused.
+ */
 static void
 message_add_header(struct session *s, const unsigned char *text, size_t n)
 {
 	struct message *m = s->msg;
-	size_t size = m->headersize;
-	unsigned char *h;
 
-	if (m->headerlen + n + 2 > size) {
-		while (size < m->headerlen + n + 2)
-			size = size * 2 + 256;
-		if ((h = realloc(m->header, size)) == NULL) {
-			session_close(s, "error");
-			return;
-		}
-		m->header = h;
-		m->headersize = size;
+	if (m->headerlen + n + 2 > s->px->opts->max_header) {
+		message_untaken(s, "552 5.3.4 Message header too long", "header over --max-header");
+		return;
 	}
-	memcpy(m->header + m->headerlen, text, n);
-	memcpy(m->header + m->headerlen + n, "\r\n", 2);
-	m->headerlen += n + 2;
+	if (message_grow(s, &m->header, &m->headerlen, &m->headersize, text, n) != 0 ||
+	    message_grow(s, &m->header, &m->headerlen, &m->headersize,
+	                 (const unsigned char *)"\r\n", 2) != 0)
+		return;
+	message_pressure(s);
 }
 
 /* Strips the line end and the stuffing dot: the line as the message holds it. */
@@ -350,6 +420,8 @@ message_take(struct session *s, const unsigned char *line, size_t len)
 	const unsigned char *text = line;
 	size_t n = message_unstuff(&text, len);
 
+	if (m->verdict == MSG_TOO_BIG)
+		return; /* nothing more is inspected or kept */
 	if (!m->in_headers) {
 		message_filter(s, SCOPE_BODY, text, n);
 		return;
@@ -376,18 +448,37 @@ message_line(struct session *s, const unsigned char *line, size_t len)
 		message_flush(s);
 }
 
+/*
+ * A line over --max-line arrives in pieces: they are gathered (up to --max-header) and the
+ * whole line goes through the rules as any other, so a header keeps its place and a word
+ * split between pieces is still seen.  A longer line can't be inspected: the message is
+ * refused, never relayed unfiltered.
+ */
 void
-message_piece(struct session *s, const unsigned char *piece, size_t len, int first)
+message_piece(struct session *s, const unsigned char *piece, size_t len, int first, int last)
 {
 	struct message *m = s->msg;
+	size_t cap = s->px->opts->max_header;
 
-	if (first) {
-		message_flush_header(s);
-		m->in_headers = 0;
-		session_warn(s, "message line over --max-line: relayed in pieces, unfiltered");
+	if (first)
+		m->longlen = 0;
+	if (m->verdict == MSG_TOO_BIG)
+		return;
+	/* The line end is not part of the length a header's limit counts. */
+	if (m->longlen + len > cap + 2) {
+		message_untaken(s, "552 5.3.4 Message line too long to inspect",
+		                "line over --max-header");
+		return;
 	}
-	message_out(s, piece, len);
-	if (!m->holding)
+	if (message_grow(s, &m->longline, &m->longlen, &m->longsize, piece, len) != 0)
+		return;
+	message_pressure(s);
+	if (!last)
+		return;
+	len = m->longlen;
+	m->longlen = 0;
+	message_take(s, m->longline, len);
+	if (s->msg != NULL && !s->msg->holding)
 		message_flush(s);
 }
 
@@ -429,14 +520,17 @@ message_send_held(struct session *s)
 	struct message *m = s->msg;
 	struct evbuffer *out;
 
-	if (m == NULL || s->server.bev == NULL)
+	if (m == NULL || s->server.bev == NULL || (out = evbuffer_new()) == NULL)
 		return -1;
-	out = bufferevent_get_output(s->server.bev);
 	message_flush(s);
-	if (m->held_fd >= 0 && message_add_held_file(out, m) != 0)
+	if (m->held_fd >= 0 && message_add_held_file(out, m) != 0) {
+		evbuffer_free(out);
 		return -1;
+	}
 	evbuffer_add_buffer(out, m->held);
 	evbuffer_add(out, ".\r\n", 3);
+	side_write_buffer(&s->server, out);
+	evbuffer_free(out);
 	transcript_event(s->transcript, "held message sent upstream octets=%zu size=%zu", m->wire,
 	                 m->size);
 	message_free(s);

@@ -19,12 +19,15 @@ enum message_verdict { MSG_ACCEPT, MSG_REJECT, MSG_DISCONNECT, MSG_TOO_BIG };
 int message_begin(struct session *s, int holding);
 /* One complete content line (line end included: CRLF, bare LF or bare CR). */
 void message_line(struct session *s, const unsigned char *line, size_t len);
-/* A piece of a line longer than --max-line: passes unfiltered. */
-void message_piece(struct session *s, const unsigned char *piece, size_t len, int first);
+/* A piece of a line longer than --max-line: gathered, the whole line inspected at the last. */
+void message_piece(struct session *s, const unsigned char *piece, size_t len, int first,
+                   int last);
 /* The end of data: flushes what is pending; the verdict, and the reply for a refusal. */
 enum message_verdict message_end(struct session *s, const char **reply);
 /* Sends a held message upstream, with its end of data. */
 int message_send_held(struct session *s);
+/* A SIZE the server announced (0: none): the smallest seen in the session holds. */
+void message_learn_size(struct session *s, unsigned long long size);
 /* Whether a message is being held. */
 int message_holding(const struct session *s);
 void message_free(struct session *s);

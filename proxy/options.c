@@ -53,6 +53,8 @@ enum {
 	OPT_USER,
 	OPT_RULES,
 	OPT_HOLD_MEMORY,
+	OPT_MAX_HEADER,
+	OPT_MAX_MESSAGE,
 	OPT_ON_LOG_FAILURE,
 	OPT_WORKERS,
 	OPT_HELO_NAME,
@@ -96,6 +98,8 @@ static const struct option long_options[] = {
     {"user", required_argument, NULL, OPT_USER},
     {"rules", required_argument, NULL, OPT_RULES},
     {"hold-memory", required_argument, NULL, OPT_HOLD_MEMORY},
+    {"max-header", required_argument, NULL, OPT_MAX_HEADER},
+    {"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
     {"on-log-failure", required_argument, NULL, OPT_ON_LOG_FAILURE},
     {"workers", required_argument, NULL, OPT_WORKERS},
     {"helo-name", required_argument, NULL, OPT_HELO_NAME},
@@ -128,6 +132,9 @@ static const char usage_text[] =
     "  --no-transcripts         write no transcripts (events and rules still apply)\n"
     "  --bare-newline normalize|reject|pass  bare CR or LF in a message (default normalize)\n"
     "  --max-line BYTES         longest line held (default 65536)\n"
+    "  --max-header BYTES       longest header (or content line) the rules inspect; a\n"
+    "                           message with a longer one is refused 552 (default 102400)\n"
+    "  --max-message BYTES      largest message taken, beyond it 552 (default 52428800)\n"
     "  --max-sessions N         concurrent sessions (default 1000)\n"
     "  --connect-timeout SECS   upstream connect limit (default 30)\n"
     "  --idle-timeout SECS      idle session limit (default 300)\n"
@@ -266,6 +273,8 @@ options_defaults(struct options *o)
 	o->keep_days = -1;
 	o->upstream_verify = VERIFY_NAME;
 	o->hold_memory = 1048576;
+	o->max_header = 102400;
+	o->max_message = 52428800;
 	o->upstream_tls = UPSTREAM_STARTTLS;
 	o->tls_min_version = 12;
 	o->log_level = LOG_LEVEL_INFO;
@@ -330,6 +339,15 @@ options_tls(struct options *o, int ch, const char *arg)
 		o->hold_memory =
 		    options_number("--hold-memory", "invalid size (bytes, 4096 to 1073741824)", arg,
 		                   4096, 1073741824);
+		break;
+	case OPT_MAX_HEADER:
+		o->max_header = options_number(
+		    "--max-header", "invalid size (bytes, 1024 to 16777216)", arg, 1024, 16777216);
+		break;
+	case OPT_MAX_MESSAGE:
+		o->max_message =
+		    options_number("--max-message", "invalid size (bytes, 1024 to 17179869184)",
+		                   arg, 1024, 17179869184ULL);
 		break;
 	case OPT_USER:
 		if (arg[0] == '\0')

@@ -68,6 +68,8 @@ struct options {
 	const char *rules[OPT_MAX_LISTEN * 4];
 	int nrules;
 	size_t hold_memory;
+	size_t max_header;  /* the longest header or content line the rules inspect */
+	size_t max_message; /* the largest message taken (RFC 1870 size) */
 	const char *user;
 	unsigned user_uid, user_gid; /* --user's, looked up before anything is bound */
 	int check_rules;             /* --check-rules: check the rule files and exit */

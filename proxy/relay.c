@@ -33,32 +33,6 @@ side_input(struct side *x)
 }
 
 /*
- * Where the first LF is in [from, lim) of a side's input: -1 when there is none.  *head is
- * set to the input's first lim octets when they lie in its first chunk (most lines do: a
- * memchr there, no evbuffer_ptr walk, no pullup), else to NULL.
- */
-static ev_ssize_t
-side_find_lf(struct evbuffer *in, size_t from, size_t lim, const unsigned char **head)
-{
-	struct evbuffer_ptr start, eol;
-	struct evbuffer_iovec v;
-	const unsigned char *q;
-	size_t eol_len;
-
-	*head = NULL;
-	if (evbuffer_peek(in, (ev_ssize_t)lim, NULL, &v, 1) == 1 && v.iov_len >= lim) {
-		*head = v.iov_base;
-		q = from < lim ? memchr(*head + from, '\n', lim - from) : NULL;
-		return q != NULL ? q - *head : -1;
-	}
-	if (from >= lim)
-		return -1;
-	evbuffer_ptr_set(in, &start, from, EVBUFFER_PTR_SET);
-	eol = evbuffer_search_eol(in, &start, &eol_len, EVBUFFER_EOL_LF);
-	return eol.pos >= 0 && (size_t)eol.pos < lim ? eol.pos : -1;
-}
-
-/*
  * Finds the next line in a side's input, capped at --max-line before it is read: returns 1
  * with a line or a max-line piece, 0 when more input is needed.  A piece never ends in the
  * CR of a CRLF (PITFALLS 15): that CR starts the next unit, so the line end is seen whole.
@@ -66,34 +40,14 @@ side_find_lf(struct evbuffer *in, size_t from, size_t lim, const unsigned char *
 int
 side_next_unit(struct side *x, size_t max, struct unit *u)
 {
-	/* Units relayed but not yet moved stay at the head: the next one starts after them. */
-	struct evbuffer *in = bufferevent_get_input(x->bev);
-	size_t skip = x->relayed, avail = evbuffer_get_length(in) - skip;
-	size_t lim = avail < max ? avail : max;
-	const unsigned char *p;
-	ev_ssize_t lf;
+	struct smtp_line l;
 
-	if (avail == 0)
+	/* Units relayed but not yet moved stay at the head: the next one starts after them. */
+	if (!smtp_line_next(bufferevent_get_input(x->bev), x->relayed, max, &x->scanned, &l))
 		return 0;
-	lf = side_find_lf(in, skip + (x->scanned < avail ? x->scanned : 0), skip + lim, &p);
-	if (lf >= 0) {
-		u->len = (size_t)lf - skip + 1;
-		u->complete = 1;
-	} else if (avail >= max) {
-		u->len = max;
-		u->complete = 0;
-	} else {
-		x->scanned = avail;
-		return 0;
-	}
-	x->scanned = 0;
-	if (p == NULL && (p = evbuffer_pullup(in, (ev_ssize_t)(skip + u->len))) == NULL)
-		return 0;
-	u->data = p + skip;
-	/* Whether an LF follows is for the next unit to see, with the CR: a CR left last in a
-	 * piece is then one that another CR follows, bare. */
-	if (!u->complete && u->len > 1 && u->data[u->len - 1] == '\r')
-		u->len--;
+	u->data = l.data;
+	u->len = l.len;
+	u->complete = l.complete;
 	return 1;
 }
 
@@ -166,6 +120,33 @@ side_discard(struct side *x, size_t len)
 {
 	x->octets += len;
 	evbuffer_drain(side_input(x), len);
+}
+
+/*
+ * The one write point: octets onto a side's output, on their way to it, recorded as kind
+ * ("P:" a reply of the proxy's own, "U:" a line of its own upstream), or with kind NULL not
+ * again (what was recorded as it came in, "C:"/"S:", in the form it goes out).  Nothing goes
+ * to a side already closed, nor is recorded as if it had.
+ */
+void
+side_write(struct side *to, const void *p, size_t len, const char *kind)
+{
+	if (to->bev == NULL)
+		return;
+	evbuffer_add(bufferevent_get_output(to->bev), p, len);
+	if (kind != NULL)
+		transcript_data(to->s->transcript, kind, p, len);
+}
+
+/* All of buf onto a side's output (moved, not copied: file segments stay so), unrecorded. */
+void
+side_write_buffer(struct side *to, struct evbuffer *buf)
+{
+	if (to->bev == NULL) {
+		evbuffer_drain(buf, evbuffer_get_length(buf));
+		return;
+	}
+	evbuffer_add_buffer(bufferevent_get_output(to->bev), buf);
 }
 
 /* Records a unit, as "C:"/"S:" or, for a later piece of a long line, "C+"/"S+". */
@@ -242,20 +223,19 @@ relay_raw(struct side *x)
 	side_forward(x, n);
 }
 
-/* The waiting client may go on: process what it already sent. */
+/* The waiting client may go on: what it already sent is processed from the loop. */
 void
 relay_resume_client(struct session *s)
 {
 	side_resume(&s->client, PAUSE_WAIT);
-	relay_client(s);
+	session_schedule_client(s);
 }
 
 /* Sends a line of the proxy's own to the server, recorded as "U:". */
 void
 relay_send_upstream(struct session *s, const char *line)
 {
-	evbuffer_add(bufferevent_get_output(s->server.bev), line, strlen(line));
-	transcript_data(s->transcript, "U:", (const unsigned char *)line, strlen(line));
+	side_write(&s->server, line, strlen(line), "U:");
 }
 
 /* Our own command to the server, whose reply the client never sees. */

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "proxy/session.h"
 #include "proxy/smtp.h"
 
 struct evbuffer;
@@ -37,6 +38,8 @@ void side_commit(struct side *x);
 int relay_no_server(const struct session *s);
 void side_discard(struct side *x, size_t len);
 void side_record(struct side *x, const struct unit *u);
+void side_write(struct side *to, const void *p, size_t len, const char *kind);
+void side_write_buffer(struct side *to, struct evbuffer *buf);
 void relay_flush_local(struct session *s);
 void relay_answer_locally(struct session *s, const char *reply);
 struct pending *relay_expect(struct session *s, enum smtp_verb verb);
@@ -59,6 +62,9 @@ void client_record_unrelayed(struct session *s, const unsigned char *p, size_t n
 
 /* server.c */
 void server_reply_effect(struct session *s, const struct pending *p, int code);
+/* Where the reply being read goes from here: the one way to change it, logged at debug. */
+void server_enter_mode(struct session *s, enum server_mode mode);
+const char *server_mode_name(enum server_mode mode);
 
 /* upstream.c */
 void upstream_setup_step(struct session *s);

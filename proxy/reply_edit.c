@@ -11,8 +11,10 @@
 #include "logs/transcript.h"
 #include "proxy/ehlo.h"
 #include "proxy/filter.h"
+#include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/relay.h"
 #include "proxy/session.h"
 
 #define REPLY_MAX_LINES 256
@@ -39,7 +41,7 @@ static int
 reply_split(const unsigned char *reply, size_t len, struct reply_lines *rl)
 {
 	size_t off = 0, n;
-	const unsigned char *lf;
+	struct smtp_line l;
 
 	/* Only what is used is set: the arrays are large, replies mostly a line or two. */
 	rl->n = 0;
@@ -50,8 +52,8 @@ reply_split(const unsigned char *reply, size_t len, struct reply_lines *rl)
 			rl->n = 0; /* nothing to free */
 			return -1;
 		}
-		lf = memchr(reply + off, '\n', len - off);
-		n = lf != NULL ? (size_t)(lf - (reply + off)) + 1 : len - off;
+		smtp_line_cut(reply + off, len - off, &l);
+		n = l.len;
 		rl->p[rl->n] = reply + off;
 		rl->len[rl->n] = smtp_line_len(reply + off, n);
 		rl->removed[rl->n] = 0;
@@ -81,6 +83,25 @@ reply_scopes(enum smtp_verb answers, int code, size_t i, enum rule_scope scopes[
 	return 1;
 }
 
+/*
+ * Whether a rewritten reply line keeps its code's class (the first digit).  What the client
+ * is told must be what the proxy acts on: a 250 to RCPT made 550 would leave the recipient
+ * accepted by the server and the message delivered to it, so a reply rule may not change a
+ * code's class (refuse a command with a command rule instead).  A line without a code may
+ * not gain one.
+ */
+static int
+reply_same_class(const unsigned char *was, size_t wlen, const unsigned char *now, size_t nlen)
+{
+	int coded = wlen >= 3 && was[0] >= '0' && was[0] <= '9' && was[1] >= '0' &&
+	            was[1] <= '9' && was[2] >= '0' && was[2] <= '9';
+
+	if (!coded)
+		return nlen < 3 || now[0] < '0' || now[0] > '9';
+	return nlen >= 3 && now[0] == was[0] && now[1] >= '0' && now[1] <= '9' && now[2] >= '0' &&
+	       now[2] <= '9' && (nlen == 3 || now[3] == ' ' || now[3] == '-');
+}
+
 /* Runs each line through the rules; returns -1 when the session had to close. */
 static int
 reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answers, int code)
@@ -97,6 +118,10 @@ reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answ
 		if (v == ACT_IGNORE) {
 			rl->removed[i] = 1;
 			rl->changed = 1;
+		} else if (s->outcome.rewritten &&
+		           !reply_same_class(rl->p[i], rl->len[i], s->outcome.line, s->outcome.len)) {
+			session_warn(s, "a reply rule may not change a reply's class: the server's "
+			                "line kept");
 		} else if (s->outcome.rewritten) {
 			rl->changed = 1;
 			if ((rl->own[i] = malloc(s->outcome.len + 1)) == NULL)
@@ -163,17 +188,15 @@ reply_edit_policy(struct session *s, struct ehlo_policy *pol, const char *remove
 }
 
 static void
-reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struct evbuffer *out)
+reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len,
+                const struct ehlo_policy *pol, struct evbuffer *out)
 {
-	const char *remove[6];
-	struct ehlo_policy pol;
 	struct evbuffer *notes = evbuffer_new();
 	char *line, *esc;
 	size_t n;
 
-	reply_edit_policy(s, &pol, remove);
-	s->server_size = ehlo_size(reply, len);
-	ehlo_edit(reply, len, &pol, out, notes);
+	message_learn_size(s, ehlo_size(reply, len));
+	ehlo_edit(reply, len, pol, out, notes);
 	while (notes != NULL && (line = evbuffer_readln(notes, &n, EVBUFFER_EOL_CRLF)) != NULL) {
 		/* A removed line is the server's text, maybe a hostile one's: escaped. */
 		esc = escape_strdup((const unsigned char *)line, n);
@@ -183,6 +206,43 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len, struc
 	}
 	if (notes != NULL)
 		evbuffer_free(notes);
+}
+
+/* The extensions a command needs, as the EHLO reply names them. */
+static const struct {
+	enum smtp_verb verb;
+	const char *keyword;
+	const char *name;
+} reply_caps[] = {
+    {VERB_STARTTLS, "STARTTLS", "STARTTLS"},
+    {VERB_AUTH, "AUTH", "AUTH"},
+    {VERB_BDAT, "CHUNKING", "BDAT"},
+};
+
+const char *
+reply_edit_hidden(const struct session *s, enum smtp_verb verb)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
+		if (reply_caps[i].verb == verb && (s->caps_hidden & (1u << i)))
+			return reply_caps[i].name;
+	return NULL;
+}
+
+/* The extensions offered before the rules and gone after them. */
+static unsigned
+reply_caps_removed(const unsigned char *before, size_t blen, const unsigned char *after,
+                   size_t alen)
+{
+	unsigned hidden = 0;
+	size_t i;
+
+	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
+		if (ehlo_offers(before, blen, reply_caps[i].keyword) &&
+		    !ehlo_offers(after, alen, reply_caps[i].keyword))
+			hidden |= 1u << i;
+	return hidden;
 }
 
 /* Applies the rules to a held reply; returns the rebuilt reply (heap) or NULL to send as is. */
@@ -206,6 +266,63 @@ reply_rebuild(struct session *s, const unsigned char *reply, size_t len, enum sm
 	return out;
 }
 
+/*
+ * An EHLO reply: the rules, then the extensions the proxy handles.  The STARTTLS the proxy
+ * adds meets the capability rules too, and an extension a rule removed is never added back:
+ * a client that uses it anyway is refused (reply_edit_hidden).
+ */
+static void
+reply_edit_send_ehlo(struct session *s, const unsigned char *reply, size_t len,
+                     struct evbuffer *out)
+{
+	const char *remove[6];
+	struct ehlo_policy pol;
+	struct evbuffer *with = NULL;
+	unsigned char *rebuilt;
+	size_t outlen = 0;
+
+	reply_edit_policy(s, &pol, remove);
+	if (pol.add != NULL && reply_edit_wanted(s) && len >= 3 &&
+	    !ehlo_offers(reply, len, pol.add) && (with = evbuffer_new()) != NULL) {
+		evbuffer_add(with, reply, len);
+		evbuffer_add_printf(with, "%.3s %s\r\n", (const char *)reply, pol.add);
+		len = evbuffer_get_length(with);
+		reply = evbuffer_pullup(with, (ev_ssize_t)len);
+	}
+	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, VERB_EHLO, 250, &outlen) : NULL;
+	if (reply == NULL || s->closing) {
+		free(rebuilt);
+		if (with != NULL)
+			evbuffer_free(with);
+		return;
+	}
+	s->caps_hidden = rebuilt != NULL ? reply_caps_removed(reply, len, rebuilt, outlen) : 0;
+	if (reply_edit_hidden(s, VERB_STARTTLS) != NULL)
+		pol.add = NULL;
+	if (rebuilt != NULL)
+		reply_edit_ehlo(s, rebuilt, outlen, &pol, out);
+	else
+		reply_edit_ehlo(s, reply, len, &pol, out);
+	free(rebuilt);
+	if (with != NULL)
+		evbuffer_free(with);
+}
+
+void
+reply_edit_in_place(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code)
+{
+	size_t len = evbuffer_get_length(held), outlen = 0;
+	const unsigned char *reply = evbuffer_pullup(held, (ev_ssize_t)len);
+	unsigned char *rebuilt;
+
+	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
+	if (rebuilt == NULL)
+		return;
+	evbuffer_drain(held, len);
+	evbuffer_add(held, rebuilt, outlen);
+	free(rebuilt);
+}
+
 void
 reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code)
 {
@@ -218,23 +335,37 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		evbuffer_drain(held, len);
 		return;
 	}
-	out = bufferevent_get_output(s->client.bev);
+	if ((answers == VERB_EHLO || answers == VERB_LHLO) && code == 250 && reply != NULL) {
+		if ((out = evbuffer_new()) == NULL) {
+			evbuffer_drain(held, len);
+			session_close(s, "error");
+			return;
+		}
+		reply_edit_send_ehlo(s, reply, len, out);
+		evbuffer_drain(held, evbuffer_get_length(held));
+		if (!s->closing)
+			side_write_buffer(&s->client, out);
+		evbuffer_free(out);
+		return;
+	}
 	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
-	if (s->closing) {
+	if (s->closing || (out = evbuffer_new()) == NULL) {
 		free(rebuilt);
 		evbuffer_drain(held, len);
+		if (!s->closing)
+			session_close(s, "error");
 		return;
 	}
 	if (rebuilt != NULL) {
 		reply = rebuilt;
 		len = outlen;
 	}
-	if ((answers == VERB_EHLO || answers == VERB_LHLO) && code == 250 && reply != NULL)
-		reply_edit_ehlo(s, reply, len, out);
-	else if (reply != NULL)
+	if (reply != NULL)
 		evbuffer_add(out, reply, len);
 	free(rebuilt);
 	evbuffer_drain(held, evbuffer_get_length(held));
+	side_write_buffer(&s->client, out);
+	evbuffer_free(out);
 }
 
 /*
@@ -247,19 +378,20 @@ reply_edit_stream_begin(struct session *s)
 	size_t len = evbuffer_get_length(s->held_reply), off = 0, n;
 	const unsigned char *p = evbuffer_pullup(s->held_reply, (ev_ssize_t)len);
 	struct evbuffer *pending = evbuffer_new();
-	const unsigned char *lf;
+	struct smtp_line l;
 
-	s->reply_stream = 1;
+	server_enter_mode(s, SRV_STREAM);
+	s->caps_hidden = 0; /* no rule sees a reply this long */
 	if (p == NULL || pending == NULL) {
 		if (pending != NULL)
 			evbuffer_free(pending);
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+		side_write_buffer(&s->client, s->held_reply);
 		return;
 	}
 	while (off < len) {
-		lf = memchr(p + off, '\n', len - off);
-		n = lf != NULL ? (size_t)(lf - (p + off)) + 1 : len - off;
-		reply_edit_stream_line(s, p + off, n, 0, pending);
+		smtp_line_cut(p + off, len - off, &l);
+		n = l.len;
+		reply_edit_stream_line(s, l.data, n, 0, pending);
 		off += n;
 	}
 	evbuffer_drain(s->held_reply, len);
@@ -271,26 +403,35 @@ void
 reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
                        struct evbuffer *kept)
 {
-	struct evbuffer *out = bufferevent_get_output(s->client.bev);
 	const char *remove[6];
 	struct ehlo_policy pol;
-	size_t plen = evbuffer_get_length(kept);
 	int removed;
 
 	reply_edit_policy(s, &pol, remove);
 	removed = ehlo_line_removed(line, len, &pol);
 	if (removed)
 		transcript_event(s->transcript, "ehlo reply edited: removed a line of a long reply");
-	if (!removed && plen > 0)
-		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 0);
 	if (!removed) {
-		evbuffer_drain(kept, plen);
+		if (evbuffer_get_length(kept) > 0)
+			reply_edit_emit_kept(s, kept, 0);
 		evbuffer_add(kept, line, len);
-		plen = len;
 	}
-	if (last) {
-		ehlo_line_emit(out, evbuffer_pullup(kept, (ev_ssize_t)plen), plen, 1);
-		evbuffer_drain(kept, plen);
-		s->reply_stream = 0;
+	if (last)
+		reply_edit_emit_kept(s, kept, 1);
+}
+
+void
+reply_edit_emit_kept(struct session *s, struct evbuffer *kept, int last)
+{
+	size_t n = evbuffer_get_length(kept);
+	struct evbuffer *line = evbuffer_new();
+
+	if (line == NULL) {
+		session_close(s, "error");
+		return;
 	}
+	ehlo_line_emit(line, evbuffer_pullup(kept, (ev_ssize_t)n), n, last);
+	evbuffer_drain(kept, n);
+	side_write_buffer(&s->client, line);
+	evbuffer_free(line);
 }

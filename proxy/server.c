@@ -30,6 +30,29 @@
 
 static void server_protocol_error(struct session *s, const char *why);
 
+static const char *const server_mode_names[] = {
+    [SRV_NONE] = "none",     [SRV_RELAY] = "relay", [SRV_HOLD] = "hold", [SRV_QUIET] = "quiet",
+    [SRV_STREAM] = "stream", [SRV_SETUP] = "setup", [SRV_421] = "421",
+};
+
+const char *
+server_mode_name(enum server_mode mode)
+{
+	return (unsigned int)mode < sizeof(server_mode_names) / sizeof(server_mode_names[0])
+	           ? server_mode_names[mode]
+	           : "?";
+}
+
+void
+server_enter_mode(struct session *s, enum server_mode mode)
+{
+	if (s->server_mode == mode)
+		return;
+	log_debug("session=%s server reply %s -> %s", s->id, server_mode_name(s->server_mode),
+	          server_mode_name(mode));
+	s->server_mode = mode;
+}
+
 /* STARTTLS accepted without a certificate of ours: from here on, bytes both ways. */
 static void
 server_start_passthrough(struct session *s)
@@ -121,9 +144,12 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 	}
 }
 
-/* A 421 from the server: every pending command gets it, then the client is closed. */
+/*
+ * A 421 from the server: every pending command gets it, then the client is closed.  relayed:
+ * it was too long to hold, and went to the client as it came.
+ */
 static void
-server_421(struct session *s)
+server_421(struct session *s, int relayed)
 {
 	size_t len = evbuffer_get_length(s->reply_copy);
 	char *copy;
@@ -132,7 +158,7 @@ server_421(struct session *s)
 	/* The server's own 421 answers the head (or nothing, when idle), as it was sent. */
 	relay_flush_local(s);
 	head = pipeline_head(&s->pipeline);
-	if (s->reply_421_relayed) {
+	if (relayed) {
 		/* Too long to copy: the head had it as it came, the rest get ours. */
 		char lost[512];
 
@@ -144,9 +170,13 @@ server_421(struct session *s)
 		session_close(s, "server_421");
 		return;
 	}
-	if (s->client.bev != NULL && (head == NULL || !(head->quiet && head->verb == VERB_RSET)))
-		evbuffer_add(bufferevent_get_output(s->client.bev),
-		             evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len);
+	/* The reply rules see a 421 too (a host name to hide is in it as in any other). */
+	reply_edit_in_place(s, s->reply_copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
+	if (s->closing)
+		return;
+	len = evbuffer_get_length(s->reply_copy);
+	if (head == NULL || !(head->quiet && head->verb == VERB_RSET))
+		side_write(&s->client, evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len, NULL);
 	if (head != NULL)
 		pipeline_pop(&s->pipeline);
 	copy = malloc(len + 1);
@@ -176,6 +206,21 @@ server_held_refused(struct session *s, int code)
 	relay_resume_client(s);
 }
 
+#define SERVER_ODD_TEXT "4.3.0 Unexpected reply from the server, try again later"
+
+/* The held message's DATA got neither 354 nor a refusal: 451 4.3.0 for the client's dot. */
+static void
+server_held_odd(struct session *s, int code)
+{
+	session_warn(s, "server answered DATA for a held message with %d: answered 451 4.3.0",
+	             code);
+	evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+	evbuffer_add_printf(s->held_reply, "451 %s\r\n", SERVER_ODD_TEXT);
+	free(s->reply_text);
+	s->reply_text = strdup(SERVER_ODD_TEXT);
+	server_held_refused(s, 451);
+}
+
 /* The reply to a command of our own (RSET, a held message's DATA): not relayed as such. */
 static void
 server_quiet_done(struct session *s, int code)
@@ -183,7 +228,6 @@ server_quiet_done(struct session *s, int code)
 	struct pending *head = pipeline_head(&s->pipeline);
 	enum smtp_verb verb = head->verb;
 
-	s->reply_quiet = 0;
 	pipeline_pop(&s->pipeline);
 	if (verb == VERB_DATA && code == 354) {
 		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
@@ -192,6 +236,10 @@ server_quiet_done(struct session *s, int code)
 			return;
 		}
 		relay_expect(s, VERB_EOD);
+	} else if (verb == VERB_DATA && (code < 400 || code > 599)) {
+		/* Not 354, not a refusal: the server never took the body.  The client must not
+		 * hear a success (a 2xx here looks like a delivery). */
+		server_held_odd(s, code);
 	} else if (verb == VERB_DATA) {
 		server_held_refused(s, code);
 	} else {
@@ -209,24 +257,23 @@ server_reply_done(struct session *s)
 {
 	struct pending *head = pipeline_head(&s->pipeline);
 	int code = s->reply_code;
+	enum server_mode mode = s->server_mode;
 
-	s->reply_open = 0;
+	server_enter_mode(s, SRV_NONE);
 	if (code == 421) {
-		server_421(s);
+		server_421(s, mode == SRV_RELAY);
 		return;
 	}
 	if (head == NULL || head->local_reply != NULL) {
 		session_warn(s, "server sent a reply (%d) with no command pending", code);
 		return;
 	}
-	if (s->reply_quiet) {
+	if (mode == SRV_QUIET) {
 		server_quiet_done(s, code);
 		return;
 	}
-	if (s->reply_hold) {
-		s->reply_hold = 0;
+	if (mode == SRV_HOLD)
 		reply_edit_send(s, s->held_reply, head->verb, code);
-	}
 	server_reply_effect(s, head, code);
 	if (s->closing)
 		return;
@@ -249,18 +296,21 @@ server_holds_reply(struct session *s, int code)
 	return code == 250 && (head->verb == VERB_EHLO || head->verb == VERB_LHLO);
 }
 
-/* Where a server line goes: held (EHLO, 421, set-up), or on to the client at once. */
 /* Where the lines of the reply being read are held, or NULL when they go on at once. */
 static struct evbuffer *
 server_hold(struct session *s)
 {
-	if (s->upstream_setup && !(s->state == ST_GREETING && s->greeting_relayed))
+	switch (s->server_mode) {
+	case SRV_SETUP:
 		return s->setup_reply;
-	if (s->reply_code == 421 && !s->reply_421_relayed)
+	case SRV_421:
 		return s->reply_copy;
-	if (s->reply_quiet || s->reply_hold)
+	case SRV_HOLD:
+	case SRV_QUIET:
 		return s->held_reply;
-	return NULL;
+	default:
+		return NULL; /* SRV_STREAM keeps its line back in held_reply itself */
+	}
 }
 
 /*
@@ -275,31 +325,30 @@ server_hold_overflow(struct session *s)
 	struct pending *head = pipeline_head(&s->pipeline);
 
 	session_warn(s, "reply over %d octets", REPLY_HOLD_MAX);
-	if (s->upstream_setup && s->state == ST_GREETING &&
+	if (s->server_mode == SRV_SETUP && s->state == ST_GREETING &&
 	    s->px->opts->forward_client != FORWARD_XCLIENT) {
 		/* The client may read the greeting now; it still may not talk until the
 		 * upstream leg is secured.  (Under XCLIENT the greeting the client gets is a
 		 * later one: a greeting this long is an error.) */
-		s->greeting_relayed = 1;
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->setup_reply);
+		server_enter_mode(s, SRV_RELAY);
+		side_write_buffer(&s->client, s->setup_reply);
 		return NULL;
 	}
-	if (s->upstream_setup || s->reply_quiet) {
+	if (s->server_mode == SRV_SETUP || s->server_mode == SRV_QUIET) {
 		server_protocol_error(s, "reply too long");
 		return NULL;
 	}
+	server_enter_mode(s, SRV_RELAY);
 	if (s->reply_code == 421) {
-		s->reply_421_relayed = 1;
-		evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->reply_copy);
+		side_write_buffer(&s->client, s->reply_copy);
 		return NULL;
 	}
-	s->reply_hold = 0;
 	if (head != NULL && (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
 	    s->reply_code == 250) {
 		reply_edit_stream_begin(s);
 		return NULL;
 	}
-	evbuffer_add_buffer(bufferevent_get_output(s->client.bev), s->held_reply);
+	side_write_buffer(&s->client, s->held_reply);
 	return NULL;
 }
 
@@ -329,18 +378,14 @@ server_reply_route(struct session *s, const struct unit *u)
 	    (hold = server_hold_overflow(s)) == NULL && s->closing)
 		return;
 	side_record(&s->server, u);
-	if (s->reply_stream && !cont && u->complete) {
+	if (s->server_mode == SRV_STREAM && !cont && u->complete) {
 		reply_edit_stream_line(s, u->data, u->len, s->reply_last_line, s->held_reply);
 		side_discard(&s->server, u->len);
 		return;
 	}
-	if (s->reply_stream && evbuffer_get_length(s->held_reply) > 0) {
+	if (s->server_mode == SRV_STREAM && evbuffer_get_length(s->held_reply) > 0)
 		/* A line too long to edit: the line kept back goes first, then it, as it came. */
-		size_t n = evbuffer_get_length(s->held_reply);
-		ehlo_line_emit(bufferevent_get_output(s->client.bev),
-		               evbuffer_pullup(s->held_reply, (ev_ssize_t)n), n, 0);
-		evbuffer_drain(s->held_reply, n);
-	}
+		reply_edit_emit_kept(s, s->held_reply, 0);
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
 		return;
@@ -354,25 +399,24 @@ static int
 server_reply_begin(struct session *s, int code)
 {
 	struct evbuffer **hold = NULL;
+	enum server_mode mode = SRV_RELAY;
 
 	s->reply_code = code;
-	s->reply_open = 1;
 	s->reply_chunking = 0;
-	s->reply_hold = 0;
-	s->reply_quiet = 0;
-	s->reply_stream = 0;
-	s->reply_421_relayed = 0;
-	if (s->upstream_setup)
+	if (s->upstream_setup) {
 		hold = &s->setup_reply;
-	else if (code == 421)
+		mode = SRV_SETUP;
+	} else if (code == 421) {
 		hold = &s->reply_copy;
-	else if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->quiet) {
+		mode = SRV_421;
+	} else if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->quiet) {
 		hold = &s->held_reply;
-		s->reply_quiet = 1;
+		mode = SRV_QUIET;
 	} else if (server_holds_reply(s, code)) {
 		hold = &s->held_reply;
-		s->reply_hold = 1;
+		mode = SRV_HOLD;
 	}
+	server_enter_mode(s, mode);
 	if (hold == NULL)
 		return 0;
 	if (*hold == NULL && (*hold = evbuffer_new()) == NULL) {
@@ -393,7 +437,7 @@ server_reply_unit(struct session *s, const struct unit *u)
 	if (!s->server.in_piece) {
 		if (smtp_parse_reply(u->data, smtp_line_len(u->data, u->len), &r) != 0)
 			session_warn(s, "malformed reply line from the server");
-		if (!s->reply_open) {
+		if (s->server_mode == SRV_NONE) {
 			if (server_reply_begin(s, r.code) != 0)
 				return;
 		} else if ((head = pipeline_head(&s->pipeline)) != NULL &&

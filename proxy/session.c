@@ -284,24 +284,19 @@ session_client_drained(struct session *s)
 	    s->pipeline.count > PIPELINE_HIGH / 2)
 		return;
 	side_resume(c, PAUSE_OWN_FULL);
-	relay_client(s);
-	(void)session_client_full(s);
+	session_schedule_client(s);
 }
 
 void
 session_reply(struct session *s, const char *reply)
 {
-	const char *line = reply, *end;
+	size_t len = strlen(reply), off;
+	struct smtp_line l;
 
-	if (s->client.bev == NULL)
-		return;
-	evbuffer_add(bufferevent_get_output(s->client.bev), reply, strlen(reply));
-	while (*line != '\0') {
-		end = strchr(line, '\n');
-		end = end != NULL ? end + 1 : line + strlen(line);
-		transcript_data(s->transcript, "P:", (const unsigned char *)line,
-		                (size_t)(end - line));
-		line = end;
+	/* A record a line, as the client reads them. */
+	for (off = 0; off < len; off += l.len) {
+		smtp_line_cut((const unsigned char *)reply + off, len - off, &l);
+		side_write(&s->client, l.data, l.len, "P:");
 	}
 }
 
@@ -327,6 +322,8 @@ session_free(struct session *s)
 	side_release(&s->server);
 	if (s->timer != NULL)
 		event_free(s->timer);
+	if (s->resume != NULL)
+		event_free(s->resume);
 	transcript_close(s->transcript);
 	filter_session_free(s);
 	message_free(s);
@@ -675,6 +672,44 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	transcript_clock_release();
 }
 
+/* The client's turn, scheduled by session_schedule_client: as a read of it would go on. */
+static void
+session_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct session *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->closing || s->client.bev == NULL)
+		return;
+	transcript_clock_hold();
+	relay_client(s);
+	side_check_backpressure(&s->client);
+	session_flush(s);
+	(void)session_client_full(s);
+	transcript_clock_release();
+}
+
+void
+session_schedule_client(struct session *s)
+{
+	if (!s->closing)
+		event_active(s->resume, EV_TIMEOUT, 1);
+}
+
+/*
+ * Work scheduled for the client before an end of input is done before that end is handled:
+ * its lines were sent (or answered) first.
+ */
+static void
+session_settle_client(struct session *s)
+{
+	if (!event_pending(s->resume, EV_TIMEOUT, NULL))
+		return;
+	event_del(s->resume);
+	session_resume_cb(-1, EV_TIMEOUT, s);
+}
+
 static void
 session_write_cb(struct bufferevent *bev, void *arg)
 {
@@ -695,11 +730,12 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	if (peer->paused & PAUSE_PEER_FULL) {
 		side_resume(peer, PAUSE_PEER_FULL);
 		/* What the peer sent while paused is already buffered: go on with it. */
-		if (peer->dir == SIDE_CLIENT)
-			relay_client(s);
-		else
+		if (peer->dir == SIDE_CLIENT) {
+			session_schedule_client(s);
+		} else {
 			relay_server(s);
-		side_check_backpressure(peer);
+			side_check_backpressure(peer);
+		}
 	}
 	if (x->dir == SIDE_CLIENT)
 		session_client_drained(s);
@@ -978,6 +1014,8 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 {
 	struct session *s = x->s;
 
+	if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !s->closing)
+		session_settle_client(s);
 	if (s->closing) {
 		/* A client finishing its handshake while we close: it will get our last reply. */
 		if ((what & BEV_EVENT_CONNECTED) && x->dir == SIDE_CLIENT && !x->tls)
@@ -1247,12 +1285,13 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	cb = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	sb = bufferevent_socket_new(px->base, server_fd, BEV_OPT_CLOSE_ON_FREE);
 	s->timer = evtimer_new(px->base, session_timer_cb, s);
+	s->resume = event_new(px->base, -1, 0, session_resume_cb, s);
 	if (cb != NULL) {
 		side_setup(s, &s->client, SIDE_CLIENT, cb);
 		if (side_direct(s, &s->client) != 0)
 			goto fail;
 	}
-	if (cb == NULL || sb == NULL || s->timer == NULL)
+	if (cb == NULL || sb == NULL || s->timer == NULL || s->resume == NULL)
 		goto fail;
 	session_make_id(s);
 	/* The clock the transcript's records read: the connect record never precedes it. */
@@ -1288,6 +1327,8 @@ fail:
 	}
 	if (s->timer != NULL)
 		event_free(s->timer);
+	if (s->resume != NULL)
+		event_free(s->resume);
 	free(s);
 	return NULL;
 }

@@ -80,6 +80,20 @@ enum smtp_state {
 	ST_CLOSING,
 };
 
+/*
+ * Where the server's reply being read goes; changed only through server_enter_mode().  The
+ * mode is chosen on a reply's first line and ends (SRV_NONE) with its last.
+ */
+enum server_mode {
+	SRV_NONE,   /* no reply open: the next line begins one */
+	SRV_RELAY,  /* on to the client as it comes */
+	SRV_HOLD,   /* held whole (held_reply), edited, then relayed */
+	SRV_QUIET,  /* answers our own command (RSET, a held message's DATA): never relayed */
+	SRV_STREAM, /* a long EHLO reply edited line by line, one line kept back (held_reply) */
+	SRV_SETUP,  /* during the upstream set-up: held (setup_reply) for upstream.c */
+	SRV_421,    /* a 421, held (reply_copy) to answer every pending command */
+};
+
 struct rcpt {
 	char *to;
 	int code;
@@ -111,6 +125,8 @@ struct session {
 	enum smtp_state skip_return; /* state to go back to after ST_SKIP */
 	struct pipeline pipeline;
 	struct event *timer; /* connect timeout, idle timeout or close linger, by state */
+	/* Goes on with the client's input from the loop (session_schedule_client). */
+	struct event *resume;
 	struct timeval start;
 	time_t last_activity;
 	struct transcript *transcript;
@@ -160,15 +176,10 @@ struct session {
 	uint64_t skipped;
 
 	/* The reply being read. */
-	int reply_open; /* lines of a reply seen, its last not yet */
+	enum server_mode server_mode; /* where it goes (a 421 in SRV_RELAY was too long to hold) */
 	int reply_code;
 	int reply_last_line;         /* the current line ends the reply */
 	int reply_chunking;          /* an extension line of the reply is CHUNKING */
-	int reply_quiet;             /* the reply answers our own command: held, not relayed */
-	int reply_stream;     /* a long EHLO reply edited line by line */
-	int reply_421_relayed; /* a 421 too long to hold went to the client as it came */
-	int greeting_relayed;  /* a greeting too long to hold went to the client as it came */
-	int reply_hold;              /* the reply is being held whole */
 	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
 	char *reply_text;            /* text of the reply's last line */
 
@@ -180,9 +191,12 @@ struct session {
 	char *auth_text; /* the reply's text */
 	int auth_used;
 	int auth_open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
+	unsigned caps_hidden; /* extensions a capability rule removed from the EHLO reply */
 
 	int tls_passthrough;
-	int upstream_setup; /* securing the upstream leg before the client sees the greeting */
+	/* Securing the upstream leg before the client sees the greeting: a phase of the session
+	 * across several replies (each read in SRV_SETUP), not where one reply goes. */
+	int upstream_setup;
 	struct evbuffer *setup_reply;  /* the server's reply during that set-up */
 	struct evbuffer *greeting;     /* the greeting, held until the upstream leg is secured */
 	struct evbuffer *held_reply;   /* a reply held whole, to edit it */
@@ -262,6 +276,12 @@ void session_client_eof(struct session *s);
 
 /* Tells a session the proxy is shutting down (the grace period has passed). */
 void session_shutdown(struct session *s);
+
+/*
+ * The client's input is processed from the loop, never from inside the server's callbacks
+ * (tmux's event_once): a nested call could drain a buffer under its caller's view of a line.
+ */
+void session_schedule_client(struct session *s);
 
 /* relay.c: consume what a side has sent, as far as the SMTP state allows. */
 void relay_client(struct session *s);

@@ -128,6 +128,42 @@ smtp_line_next(struct evbuffer *in, size_t skip, size_t max, size_t *scanned, st
 	return 1;
 }
 
+void
+smtp_line_cut(const unsigned char *p, size_t len, struct smtp_line *l)
+{
+	const unsigned char *lf = len > 0 ? memchr(p, '\n', len) : NULL;
+
+	l->data = p;
+	l->complete = lf != NULL;
+	l->len = lf != NULL ? (size_t)(lf - p) + 1 : len;
+}
+
+void
+smtp_line_cut_any(const unsigned char *p, size_t len, struct smtp_line *l)
+{
+	const unsigned char *cr;
+
+	smtp_line_cut(p, len, l);
+	cr = l->len > 0 ? memchr(p, '\r', l->len) : NULL;
+	/* CR LF can only be the line's end: the line stops at its first LF. */
+	if (cr != NULL && (size_t)(cr - p) + 1 < l->len && cr[1] == '\n')
+		return;
+	if (cr != NULL) {
+		l->len = (size_t)(cr - p) + 1;
+		l->complete = 1;
+	}
+}
+
+size_t
+smtp_line_text(const struct smtp_line *l)
+{
+	if (!l->complete)
+		return l->len;
+	if (l->data[l->len - 1] == '\n')
+		return smtp_line_len(l->data, l->len);
+	return l->len - 1; /* a bare CR */
+}
+
 size_t
 smtp_line_len(const unsigned char *line, size_t len)
 {

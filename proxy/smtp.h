@@ -124,6 +124,24 @@ int smtp_line_next(struct evbuffer *in, size_t skip, size_t max, size_t *scanned
                    struct smtp_line *l);
 
 /*
+ * The flat-buffer variant: the first line of the len octets at p, up to and with its LF, or
+ * all of them (complete 0) when they hold no LF.  For text already whole in memory (a held
+ * reply, a chunk as read, input that will never be relayed); len 0 gives an empty line.
+ */
+void smtp_line_cut(const unsigned char *p, size_t len, struct smtp_line *l);
+
+/*
+ * As smtp_line_cut, but a bare CR ends a line too: a line ends at its LF, its CRLF, or a CR
+ * that no LF follows (one last in p included).  For message content, where a bare CR is a
+ * line end to the strict reader (SMTP smuggling hides "\r.\r" there), and for texts whose
+ * own breaks may be any.
+ */
+void smtp_line_cut_any(const unsigned char *p, size_t len, struct smtp_line *l);
+
+/* The octets of a cut line without its line end (LF, CRLF or a bare CR). */
+size_t smtp_line_text(const struct smtp_line *l);
+
+/*
  * Rebuilds one multi-line server reply after lines were removed or edited.  lines[i]
  * (lens[i] octets, "250-SIZE 100", no line end) are the n >= 1 lines as they would go out,
  * removed[i] set for those to drop.  Returns a heap buffer, length in *outlen, holding the

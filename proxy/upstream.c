@@ -169,6 +169,8 @@ upstream_ehlo_reply(struct session *s, const unsigned char *reply, size_t len, i
 		return;
 	}
 	s->xclient_attrs = proxyproto_xclient_offer(reply, len);
+	/* The server's SIZE holds for a client that says HELO too. */
+	message_learn_size(s, ehlo_size(reply, len));
 	if (!upstream_wants_tls(s->px->opts) || s->server.tls) {
 		upstream_identify(s);
 		return;
@@ -209,7 +211,7 @@ upstream_setup_step(struct session *s)
 	const unsigned char *reply = evbuffer_pullup(s->setup_reply, (ev_ssize_t)len);
 	int code = s->reply_code;
 
-	s->reply_open = 0;
+	server_enter_mode(s, SRV_NONE);
 	switch (s->state) {
 	case ST_GREETING:
 		if (s->greeting == NULL && (s->greeting = evbuffer_new()) == NULL) {
@@ -295,9 +297,8 @@ upstream_proxy_header(struct session *s)
 		                 "Cannot forward the client's address", "proxy_header_failed");
 		return -1;
 	}
-	evbuffer_add(bufferevent_get_output(s->server.bev), hdr, n);
 	/* v1 is a text line like any we send; v2 is binary, recorded escaped all the same. */
-	transcript_data(s->transcript, "U:", hdr, n);
+	side_write(&s->server, hdr, n, "U:");
 	s->forwarded = version == 1 ? "proxy-v1" : "proxy-v2";
 	return 0;
 }

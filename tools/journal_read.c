@@ -1,6 +1,8 @@
 /* The journal's records and files, as the tools read them. */
 #include "tools/journal_read.h"
 
+#include "logs/escape.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -93,41 +95,10 @@ journal_parse_any(const char *line, size_t n, struct jrecord *r)
 	return journal_parse_tail(p, line + n, r);
 }
 
-static int
-journal_hex(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
-}
-
 int
 journal_unescape(const char *text, size_t n, unsigned char *out, size_t *outlen)
 {
-	const unsigned char *p = (const unsigned char *)text;
-	size_t i, o = 0;
-	int hi, lo;
-
-	for (i = 0; i < n; i++) {
-		if (p[i] != '\\') {
-			out[o++] = p[i];
-			continue;
-		}
-		if (i + 1 < n && p[i + 1] == '\\') {
-			out[o++] = '\\';
-			i++;
-			continue;
-		}
-		if (i + 3 >= n || p[i + 1] != 'x' || (hi = journal_hex(p[i + 2])) < 0 ||
-		    (lo = journal_hex(p[i + 3])) < 0)
-			return -1;
-		out[o++] = (unsigned char)(hi * 16 + lo);
-		i += 3;
-	}
-	*outlen = o;
-	return 0;
+	return escape_undo((const unsigned char *)text, n, out, outlen);
 }
 
 int

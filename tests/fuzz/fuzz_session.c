@@ -208,7 +208,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	if ((no_rules = rules_load(NULL, 0, NULL)) == NULL)
 		die("rules_load");
 	all_rules = load_rules();
-	if (transcript_init(px.base, logdir) != 0)
+	if (transcript_init(px.base, logdir, 0) != 0)
 		die(logdir);
 	if (events_open(px.base, "/dev/null") != 0)
 		die("events /dev/null");

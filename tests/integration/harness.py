@@ -77,8 +77,14 @@ def free_port():
     raise RuntimeError("no free port in %d..%d" % (low, low + width - 1))
 
 
+# Under a sanitizer (check-asan) smtptap runs two to three times slower and the suite runs two
+# tests at a time: the waits below are limits for a hang, not for speed, so they stretch.
+SLOWDOWN = 3.0 if os.environ.get("SMTPTAP_SANITIZER") else 1.0
+
+
 def wait_port(port, timeout=5.0, host="127.0.0.1", alive=None):
     """Waits until host:port accepts a connection; alive() may report that the server died."""
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     while time.monotonic() < deadline:
@@ -114,6 +120,7 @@ def is_listening(port):
 
 
 def wait_listening(port, timeout=5.0, alive=None):
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if alive is not None and not alive():
@@ -141,6 +148,7 @@ def port_refuses(port, host="127.0.0.1"):
 
 def wait_until(pred, timeout=5.0, interval=0.02, what="condition"):
     """Polls pred() until it returns a true value, which is returned; TimeoutError otherwise."""
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while True:
         v = pred()

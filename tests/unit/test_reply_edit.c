@@ -44,6 +44,8 @@ stub_init(struct stub *t, const char *rules)
 	assert_non_null(t->base = event_base_new());
 	t->opts.tls_mode = TLS_PASSTHROUGH;
 	t->opts.record = RECORD_BODY;
+	t->opts.max_line = 65536; /* a rewrite beyond it would be refused */
+	t->opts.max_header = 102400;
 	t->px.opts = &t->opts;
 	t->s.px = &t->px;
 	t->s.client.s = &t->s;
@@ -123,6 +125,20 @@ test_rewrite_and_policy(void **state)
 	stub_free(&t);
 }
 
+/* A reply rule may not change a code's class: the server's line is kept, with a warning. */
+static void
+test_class_kept(void **state)
+{
+	struct stub t;
+
+	(void)state;
+	stub_init(&t, "reply /^250 2.1.5 Ok/ REWRITE 550 5.1.1 No\nreply /^250 fine/ REWRITE 251 fine\n");
+	send_reply(&t, VERB_RCPT, "250 2.1.5 Ok\r\n", "250 2.1.5 Ok\r\n");
+	assert_true(t.s.warnings > 0);
+	send_reply(&t, VERB_NOOP, "250 fine\r\n", "251 fine\r\n");
+	stub_free(&t);
+}
+
 /* Every line removed: the last is kept, never a reply without a line, and a warning. */
 static void
 test_all_removed(void **state)
@@ -147,6 +163,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_capability_removed),
 	    cmocka_unit_test(test_rewrite_and_policy),
+	    cmocka_unit_test(test_class_kept),
 	    cmocka_unit_test(test_all_removed),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

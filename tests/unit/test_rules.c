@@ -342,175 +342,207 @@ test_capability_view(void **state)
 	rules_free(rs);
 }
 
-/* ---- actions ---- */
+/* ---- actions, flags and negation: one row a case ---- */
+
+/*
+ * Apply cases: a rule file, a line under one or two scopes, and what must come of it.  Append
+ * rows here; one loop (test_apply_cases) checks them all.  reply and line are checked when
+ * set, nhits when not -1.
+ */
+static const struct apply_case {
+	const char *rules;
+	enum rule_scope a, b;
+	const char *in;
+	size_t inlen;
+	int verdict;
+	const char *reply; /* the reply of a REJECT or DISCONNECT */
+	const char *line;  /* the line after the rules */
+	int nhits;
+} apply_cases[] = {
+/* clang-format off */
+#define IN(s) s, sizeof(s) - 1
+#define REJECTS "rcpt /@competitor\\.example>/i REJECT\n"                                        \
+                "rcpt /@b\\.example>/i REJECT 450 4.7.1 Try later\n"                             \
+                "rcpt /@/ WARN after\n"
+    /* REJECT: the default reply or the rule's own; later rules are not reached */
+    {REJECTS, SCOPE_RCPT, SCOPE_COMMAND, IN("RCPT TO:<x@Competitor.example>"), ACT_REJECT,
+     RULES_REJECT_DEFAULT, NULL, 1},
+    {REJECTS, SCOPE_RCPT, SCOPE_COMMAND, IN("RCPT TO:<x@b.example>"), ACT_REJECT,
+     "450 4.7.1 Try later", NULL, -1},
+    {REJECTS, SCOPE_RCPT, SCOPE_COMMAND, IN("RCPT TO:<x@c.example>"), ACT_NONE, NULL, NULL, 1},
+#define REWRITES "header /^Subject: /i REWRITE Subject: [ext] \n"                                \
+                 "header /\\[ext\\](.*)/ REWRITE [ext] <$1>\n"                                   \
+                 "header /<spam>/ REJECT 550 5.7.1 No spam\n"
+    /* REWRITE goes on: a text's trailing blanks are trimmed, the next rule sees the result */
+    {REWRITES, SCOPE_HEADER, SCOPE_HEADER, IN("subject: hello"), ACT_NONE, NULL,
+     "Subject: [ext] <hello>", 2},
+    {REWRITES, SCOPE_HEADER, SCOPE_HEADER, IN("Subject: spam"), ACT_REJECT, NULL, NULL, 3},
+#define IGNORES "header /^X-Internal:/i IGNORE\n"                                                \
+                "header /./ WARN not reached\n"                                                  \
+                "body /^secret$/ IGNORE\n"                                                       \
+                "banner /^220-/ IGNORE\n"                                                        \
+                "reply /^250-SMTPUTF8/ IGNORE\n"
+    /* IGNORE */
+    {IGNORES, SCOPE_HEADER, SCOPE_HEADER, IN("X-Internal: 1"), ACT_IGNORE, NULL, NULL, 1},
+    {IGNORES, SCOPE_BODY, SCOPE_BODY, IN("secret"), ACT_IGNORE, NULL, NULL, -1},
+    {IGNORES, SCOPE_BANNER, SCOPE_REPLY, IN("220-mx.example"), ACT_IGNORE, NULL, NULL, -1},
+    {IGNORES, SCOPE_REPLY, SCOPE_REPLY, IN("250-SMTPUTF8"), ACT_IGNORE, NULL, NULL, -1},
+#define PREPENDS "header /^Subject:/i PREPEND X-Policy: external\n"                              \
+                 "header /^Subject:/i PREPEND X-Second: yes\n"                                   \
+                 "header /^Subject:/i WARN still evaluated\n"
+    /* PREPEND leaves the line as it is and goes on */
+    {PREPENDS, SCOPE_HEADER, SCOPE_HEADER, IN("Subject: x"), ACT_NONE, NULL, "Subject: x", 3},
+    {PREPENDS, SCOPE_HEADER, SCOPE_HEADER, IN("From: x"), ACT_NONE, NULL, "From: x", 0},
+    /* WARN */
+    {"body /viagra/i WARN\nbody /viagra/i WARN spam word\n", SCOPE_BODY, SCOPE_BODY,
+     IN("buy VIAGRA"), ACT_NONE, NULL, "buy VIAGRA", 2},
+#define DISCONNECTS "helo /^HELO localhost$/i DISCONNECT\n"                                     \
+                    "command /^XYZZY/ DISCONNECT 554 5.7.0 Bye\n"                                \
+                    "body /^EICAR/ DISCONNECT\n"
+    /* DISCONNECT */
+    {DISCONNECTS, SCOPE_HELO, SCOPE_COMMAND, IN("helo localhost"), ACT_DISCONNECT,
+     RULES_DISCONNECT_DEFAULT, NULL, -1},
+    {DISCONNECTS, SCOPE_COMMAND, SCOPE_COMMAND, IN("XYZZY"), ACT_DISCONNECT, "554 5.7.0 Bye",
+     NULL, -1},
+    /* PASS ends the evaluation */
+    {"mail /@trusted\\.example>/ PASS\nmail /./ REJECT\n", SCOPE_MAIL, SCOPE_COMMAND,
+     IN("MAIL FROM:<a@trusted.example>"), ACT_PASS, NULL, NULL, 1},
+    {"mail /@trusted\\.example>/ PASS\nmail /./ REJECT\n", SCOPE_MAIL, SCOPE_COMMAND,
+     IN("MAIL FROM:<a@other.example>"), ACT_REJECT, NULL, NULL, -1},
+    /* g: every match rewritten, else the first */
+    {"body /a/ REWRITE b\nheader /a/g REWRITE b\n", SCOPE_BODY, SCOPE_BODY, IN("aaa"), ACT_NONE,
+     NULL, "baa", -1},
+    {"body /a/ REWRITE b\nheader /a/g REWRITE b\n", SCOPE_HEADER, SCOPE_HEADER, IN("aaa"),
+     ACT_NONE, NULL, "bbb", -1},
+#define NEGATED "mail !/^MAIL FROM:<[^>]*@example\\.com>/i REJECT 550 5.7.1 Sender domain not "  \
+                "permitted\n"
+    /* negation: the rule applies where the pattern does not match */
+    {NEGATED, SCOPE_MAIL, SCOPE_COMMAND, IN("MAIL FROM:<a@Example.COM>"), ACT_NONE, NULL, NULL,
+     0},
+    {NEGATED, SCOPE_MAIL, SCOPE_COMMAND, IN("MAIL FROM:<a@evil.example>"), ACT_REJECT,
+     "550 5.7.1 Sender domain not permitted", NULL, -1},
+    {NEGATED, SCOPE_MAIL, SCOPE_COMMAND, IN("MAIL FROM:<>"), ACT_REJECT, NULL, NULL, -1},
+#define MATCH(rule, s, hit) {"body " rule " WARN\n", SCOPE_BODY, SCOPE_BODY, IN(s), ACT_NONE, NULL, NULL, hit}
+    /* flags */
+    MATCH("/abc/", "ABC", 0),
+    MATCH("/abc/i", "ABC", 1),
+    MATCH("/a b c/", "abc", 0),
+    MATCH("/a b c # comment/x", "abc", 1),
+    MATCH("/a.b/", "a\nb", 0),
+    MATCH("/a.b/s", "a\nb", 1),
+    /* m: ^ and $ at CRLF inside a folded header. */
+    MATCH("/^b$/", "a\r\nb", 0),
+    MATCH("/^b$/m", "a\r\nb", 1),
+    MATCH("/^a$/m", "a\r\nb", 1),
+    /* u: '.' is one character, not one octet. */
+    MATCH("/^.$/", "\xc3\xa9", 0),
+    MATCH("/^.$/u", "\xc3\xa9", 1),
+    MATCH("/^\\x{e9}$/u", "\xc3\xa9", 1),
+    MATCH("/^.$/iu", "\xc3\x89", 1),
+    MATCH("/^\xc3\xa9$/iu", "\xc3\x89", 1),
+    MATCH("/ix/isxmug", "IX", 1),
+    /* escaped slashes */
+    MATCH("/^GET \\/index\\.html$/", "GET /index.html", 1),
+    MATCH("/[\\/]/", "/", 1),
+    /* "\\/" is an escaped backslash, then the closing slash. */
+    MATCH("/a\\\\/", "a\\", 1),
+    MATCH("/a\\\\/", "a/", 0),
+    /* Inside \Q...\E the slash is still the slash, not a backslash and a slash. */
+    MATCH("/\\Qa\\/b\\E/", "a/b", 1),
+#undef MATCH
+#undef NEGATED
+#undef IGNORES
+#undef IN
+    /* clang-format on */
+};
 
 static void
-test_reject(void **state)
+test_apply_cases(void **state)
+{
+	struct rule_outcome out;
+	struct ruleset *rs;
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(apply_cases) / sizeof(apply_cases[0]); i++) {
+		const struct apply_case *c = &apply_cases[i];
+
+		print_message("apply case %zu: %s", i, c->rules);
+		rs = load(c->rules);
+		rule_outcome_init(&out);
+		assert_int_equal(
+		    apply2(rs, c->a, c->b, (const unsigned char *)c->in, c->inlen, &out),
+		    c->verdict);
+		if (c->reply != NULL)
+			assert_string_equal(out.reply, c->reply);
+		if (c->verdict == ACT_NONE)
+			assert_null(out.reply);
+		if (c->line != NULL)
+			assert_line(&out, c->line, strlen(c->line));
+		if (c->nhits >= 0)
+			assert_int_equal(out.nhits, c->nhits);
+		rule_outcome_free(&out);
+		rules_free(rs);
+	}
+}
+
+/* What a row does not say: the hits themselves, prepended headers, warnings. */
+static void
+test_apply_details(void **state)
 {
 	struct rule_outcome out;
 	struct ruleset *rs;
 
 	(void)state;
 	rule_outcome_init(&out);
-	rs = load("rcpt /@competitor\\.example>/i REJECT\n"
-	          "rcpt /@b\\.example>/i REJECT 450 4.7.1 Try later\n"
-	          "rcpt /@/ WARN after\n");
+	rs = load(REJECTS);
 	assert_int_equal(
 	    apply2(rs, SCOPE_RCPT, SCOPE_COMMAND, L("RCPT TO:<x@Competitor.example>"), &out),
 	    ACT_REJECT);
-	assert_string_equal(out.reply, RULES_REJECT_DEFAULT);
-	assert_int_equal(out.nhits, 1);
 	assert_int_equal(out.hits[0].action, ACT_REJECT);
 	assert_string_equal(out.hits[0].text, RULES_REJECT_DEFAULT);
 	assert_null(out.hits[0].repl);
-	assert_int_equal(apply2(rs, SCOPE_RCPT, SCOPE_COMMAND, L("RCPT TO:<x@b.example>"), &out),
-	                 ACT_REJECT);
-	assert_string_equal(out.reply, "450 4.7.1 Try later");
-	assert_int_equal(apply2(rs, SCOPE_RCPT, SCOPE_COMMAND, L("RCPT TO:<x@c.example>"), &out),
-	                 ACT_NONE);
-	assert_null(out.reply);
-	assert_int_equal(out.nhits, 1);
-	rule_outcome_free(&out);
 	rules_free(rs);
-}
 
-static void
-test_rewrite_goes_on(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("header /^Subject: /i REWRITE Subject: [ext] \n"
-	          "header /\\[ext\\](.*)/ REWRITE [ext] <$1>\n"
-	          "header /<spam>/ REJECT 550 5.7.1 No spam\n");
+	rs = load(REWRITES);
 	assert_int_equal(apply2(rs, SCOPE_HEADER, SCOPE_HEADER, L("subject: hello"), &out),
 	                 ACT_NONE);
-	/* Trailing blanks of a text are trimmed: "Subject: [ext]" then the second rewrite. */
-	ASSERT_LINE(&out, "Subject: [ext] <hello>");
 	assert_int_equal(out.rewritten, 1);
-	assert_int_equal(out.nhits, 2);
 	assert_int_equal(apply2(rs, SCOPE_HEADER, SCOPE_HEADER, L("Subject: spam"), &out),
 	                 ACT_REJECT);
-	assert_int_equal(out.nhits, 3);
 	assert_memory_equal(out.hits[1].orig, "Subject: [ext]spam", out.hits[1].orig_len);
 	assert_memory_equal(out.hits[1].repl, "Subject: [ext] <spam>", out.hits[1].repl_len);
 	/* The third rule saw the rewritten line. */
 	assert_memory_equal(out.hits[2].orig, "Subject: [ext] <spam>", out.hits[2].orig_len);
-	rule_outcome_free(&out);
 	rules_free(rs);
-}
 
-static void
-test_ignore(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("header /^X-Internal:/i IGNORE\n"
-	          "header /./ WARN not reached\n"
-	          "body /^secret$/ IGNORE\n"
-	          "banner /^220-/ IGNORE\n"
-	          "reply /^250-SMTPUTF8/ IGNORE\n");
-	assert_int_equal(apply2(rs, SCOPE_HEADER, SCOPE_HEADER, L("X-Internal: 1"), &out),
-	                 ACT_IGNORE);
-	assert_int_equal(out.nhits, 1);
-	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("secret"), &out), ACT_IGNORE);
-	assert_int_equal(apply2(rs, SCOPE_BANNER, SCOPE_REPLY, L("220-mx.example"), &out),
-	                 ACT_IGNORE);
-	assert_int_equal(apply2(rs, SCOPE_REPLY, SCOPE_REPLY, L("250-SMTPUTF8"), &out), ACT_IGNORE);
-	rule_outcome_free(&out);
-	rules_free(rs);
-}
-
-static void
-test_prepend(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("header /^Subject:/i PREPEND X-Policy: external\n"
-	          "header /^Subject:/i PREPEND X-Second: yes\n"
-	          "header /^Subject:/i WARN still evaluated\n");
+	rs = load(PREPENDS);
 	assert_int_equal(apply2(rs, SCOPE_HEADER, SCOPE_HEADER, L("Subject: x"), &out), ACT_NONE);
 	assert_int_equal(out.nprepend, 2);
 	assert_string_equal(out.prepend[0], "X-Policy: external");
 	assert_string_equal(out.prepend[1], "X-Second: yes");
-	assert_int_equal(out.nhits, 3);
 	assert_int_equal(out.hits[0].action, ACT_PREPEND);
-	ASSERT_LINE(&out, "Subject: x");
 	assert_int_equal(out.rewritten, 0);
 	assert_int_equal(apply2(rs, SCOPE_HEADER, SCOPE_HEADER, L("From: x"), &out), ACT_NONE);
 	assert_int_equal(out.nprepend, 0);
-	rule_outcome_free(&out);
 	rules_free(rs);
-}
 
-static void
-test_warn(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("body /viagra/i WARN\n"
-	          "body /viagra/i WARN spam word\n");
+	rs = load("body /viagra/i WARN\nbody /viagra/i WARN spam word\n");
 	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("buy VIAGRA"), &out), ACT_NONE);
-	assert_int_equal(out.nhits, 2);
 	assert_int_equal(out.nwarnings, 2);
 	assert_null(out.hits[0].text);
 	assert_string_equal(out.hits[1].text, "spam word");
-	ASSERT_LINE(&out, "buy VIAGRA");
-	rule_outcome_free(&out);
 	rules_free(rs);
-}
 
-static void
-test_disconnect(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("helo /^HELO localhost$/i DISCONNECT\n"
-	          "command /^XYZZY/ DISCONNECT 554 5.7.0 Bye\n"
-	          "body /^EICAR/ DISCONNECT\n");
-	assert_int_equal(apply2(rs, SCOPE_HELO, SCOPE_COMMAND, L("helo localhost"), &out),
-	                 ACT_DISCONNECT);
-	assert_string_equal(out.reply, RULES_DISCONNECT_DEFAULT);
-	assert_int_equal(apply2(rs, SCOPE_COMMAND, SCOPE_COMMAND, L("XYZZY"), &out),
-	                 ACT_DISCONNECT);
-	assert_string_equal(out.reply, "554 5.7.0 Bye");
+	rs = load(DISCONNECTS);
 	assert_true(rules_holds_messages(rs));
-	rule_outcome_free(&out);
 	rules_free(rs);
-}
 
-static void
-test_pass(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("mail /@trusted\\.example>/ PASS\n"
-	          "mail /./ REJECT\n");
+	rs = load("mail /@trusted\\.example>/ PASS\nmail /./ REJECT\n");
 	assert_int_equal(
 	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<a@trusted.example>"), &out),
 	    ACT_PASS);
-	assert_int_equal(out.nhits, 1);
 	assert_int_equal(out.hits[0].action, ACT_PASS);
-	assert_int_equal(
-	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<a@other.example>"), &out),
-	    ACT_REJECT);
 	rule_outcome_free(&out);
 	rules_free(rs);
 }
@@ -530,104 +562,6 @@ test_holds_messages(void **state)
 	rs = load("body /x/ REJECT\n");
 	assert_true(rules_holds_messages(rs));
 	rules_free(rs);
-}
-
-/* ---- flags and negation ---- */
-
-static int
-matches(const char *rule, const unsigned char *p, size_t n)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-	char text[256];
-	int v;
-
-	snprintf(text, sizeof(text), "body %s WARN\n", rule);
-	rs = load(text);
-	rule_outcome_init(&out);
-	v = apply2(rs, SCOPE_BODY, SCOPE_BODY, p, n, &out);
-	assert_int_equal(v, ACT_NONE);
-	v = (int)out.nhits;
-	rule_outcome_free(&out);
-	rules_free(rs);
-	return v;
-}
-
-static void
-test_flags(void **state)
-{
-	(void)state;
-	assert_false(matches("/abc/", L("ABC")));
-	assert_true(matches("/abc/i", L("ABC")));
-	assert_false(matches("/a b c/", L("abc")));
-	assert_true(matches("/a b c # comment/x", L("abc")));
-	assert_false(matches("/a.b/", L("a\nb")));
-	assert_true(matches("/a.b/s", L("a\nb")));
-	/* m: ^ and $ at CRLF inside a folded header. */
-	assert_false(matches("/^b$/", L("a\r\nb")));
-	assert_true(matches("/^b$/m", L("a\r\nb")));
-	assert_true(matches("/^a$/m", L("a\r\nb")));
-	/* u: '.' is one character, not one octet. */
-	assert_false(matches("/^.$/", L("\xc3\xa9")));
-	assert_true(matches("/^.$/u", L("\xc3\xa9")));
-	assert_true(matches("/^\\x{e9}$/u", L("\xc3\xa9")));
-	assert_true(matches("/^.$/iu", L("\xc3\x89")));
-	assert_true(matches("/^\xc3\xa9$/iu", L("\xc3\x89")));
-	assert_true(matches("/ix/isxmug", L("IX")));
-}
-
-static void
-test_global(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("body /a/ REWRITE b\n"
-	          "header /a/g REWRITE b\n");
-	assert_int_equal(apply2(rs, SCOPE_BODY, SCOPE_BODY, L("aaa"), &out), ACT_NONE);
-	ASSERT_LINE(&out, "baa");
-	assert_int_equal(apply2(rs, SCOPE_HEADER, SCOPE_HEADER, L("aaa"), &out), ACT_NONE);
-	ASSERT_LINE(&out, "bbb");
-	rule_outcome_free(&out);
-	rules_free(rs);
-}
-
-static void
-test_negation(void **state)
-{
-	struct rule_outcome out;
-	struct ruleset *rs;
-
-	(void)state;
-	rule_outcome_init(&out);
-	rs = load("mail !/^MAIL FROM:<[^>]*@example\\.com>/i REJECT 550 5.7.1 Sender domain not "
-	          "permitted\n");
-	assert_int_equal(
-	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<a@Example.COM>"), &out), ACT_NONE);
-	assert_int_equal(out.nhits, 0);
-	assert_int_equal(
-	    apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<a@evil.example>"), &out),
-	    ACT_REJECT);
-	assert_string_equal(out.reply, "550 5.7.1 Sender domain not permitted");
-	assert_int_equal(apply2(rs, SCOPE_MAIL, SCOPE_COMMAND, L("MAIL FROM:<>"), &out),
-	                 ACT_REJECT);
-	rule_outcome_free(&out);
-	rules_free(rs);
-}
-
-static void
-test_escaped_slash(void **state)
-{
-	(void)state;
-	assert_true(matches("/^GET \\/index\\.html$/", L("GET /index.html")));
-	assert_true(matches("/[\\/]/", L("/")));
-	/* "\\/" is an escaped backslash, then the closing slash. */
-	assert_true(matches("/a\\\\/", L("a\\")));
-	assert_false(matches("/a\\\\/", L("a/")));
-	/* Inside \Q...\E the slash is still the slash, not a backslash and a slash. */
-	assert_true(matches("/\\Qa\\/b\\E/", L("a/b")));
 }
 
 /* ---- load errors ---- */
@@ -1935,18 +1869,9 @@ main(void)
 	    cmocka_unit_test(test_has_scope),
 	    cmocka_unit_test(test_scopes_file_order),
 	    cmocka_unit_test(test_capability_view),
-	    cmocka_unit_test(test_reject),
-	    cmocka_unit_test(test_rewrite_goes_on),
-	    cmocka_unit_test(test_ignore),
-	    cmocka_unit_test(test_prepend),
-	    cmocka_unit_test(test_warn),
-	    cmocka_unit_test(test_disconnect),
-	    cmocka_unit_test(test_pass),
+	    cmocka_unit_test(test_apply_cases),
+	    cmocka_unit_test(test_apply_details),
 	    cmocka_unit_test(test_holds_messages),
-	    cmocka_unit_test(test_flags),
-	    cmocka_unit_test(test_global),
-	    cmocka_unit_test(test_negation),
-	    cmocka_unit_test(test_escaped_slash),
 	    cmocka_unit_test(test_load_errors),
 	    cmocka_unit_test(test_error_action_scope),
 	    cmocka_unit_test(test_error_reply),

@@ -300,6 +300,39 @@ expect_line(struct evbuffer *b, size_t max, const char *want, int complete)
 	evbuffer_drain(b, l.len);
 }
 
+/* Cuts the first line of text with cut; checks its length, text length and completeness. */
+static void
+expect_cut(void (*cut)(const unsigned char *, size_t, struct smtp_line *), const char *text,
+           size_t len, size_t want, size_t want_text, int complete)
+{
+	struct smtp_line l;
+
+	cut((const unsigned char *)text, len, &l);
+	assert_ptr_equal(l.data, text);
+	assert_int_equal(l.len, want);
+	assert_int_equal(smtp_line_text(&l), want_text);
+	assert_int_equal(l.complete, complete);
+}
+
+static void
+test_line_cut(void **state)
+{
+	(void)state;
+	/* Flat text: up to the first LF, or all of it. */
+	expect_cut(smtp_line_cut, "250-A\r\n250 B\r\n", 16, 7, 5, 1);
+	expect_cut(smtp_line_cut, "a\nb", 3, 2, 1, 1);
+	expect_cut(smtp_line_cut, "a\rb\r", 4, 4, 4, 0);
+	expect_cut(smtp_line_cut, "", 0, 0, 0, 0);
+	/* Any line end: LF, CRLF, or a CR no LF follows, one last in the text included. */
+	expect_cut(smtp_line_cut_any, "ab\r\ncd", 6, 4, 2, 1);
+	expect_cut(smtp_line_cut_any, "a\r.\r\n", 5, 2, 1, 1);
+	expect_cut(smtp_line_cut_any, "a\r\r\n", 4, 2, 1, 1);
+	expect_cut(smtp_line_cut_any, "ab\r", 3, 3, 2, 1);
+	expect_cut(smtp_line_cut_any, "ab\n\rc", 5, 3, 2, 1);
+	expect_cut(smtp_line_cut_any, "abc", 3, 3, 3, 0);
+	expect_cut(smtp_line_cut_any, "", 0, 0, 0, 0);
+}
+
 static void
 test_line_iterator(void **state)
 {
@@ -404,6 +437,7 @@ main(void)
 	    cmocka_unit_test(test_table),
 	    cmocka_unit_test(test_verb_white_space),
 	    cmocka_unit_test(test_line_iterator),
+	    cmocka_unit_test(test_line_cut),
 	    cmocka_unit_test(test_reply_rebuild),
 	    cmocka_unit_test(test_auth_split),
 	};

@@ -8,7 +8,8 @@
 # Postfix's smtp-source: 400 sessions of one 4 KiB message (one), or 2,000 messages over
 # 20 sessions (many, -d).  Prints instructions per message; the profile of each run is
 # kept for callgrind_annotate.  --args adds smtptap options, for instance
-# "--no-transcripts --events none" for the relay without its recording.  Compare builds
+# "--no-transcripts --events none" for the relay without its recording.  smtptap runs one
+# worker (--workers 1): instructions do not depend on how sessions are spread.  Compare builds
 # measured by the same command, never with the kernel's share (strace -c counts the
 # system calls; bench/run.sh the whole).
 # The word "haproxy" instead of a build measures HAProxy the same way (bench/haproxy.cfg.in,
@@ -84,8 +85,10 @@ relay_argv() {
 		argv=("$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$tmp/haproxy.cfg")
 		return
 	fi
+	# One process: callgrind follows a fork into the same profile file, so workers would
+	# overwrite one another's counts (--args "--workers N" overrides it, to see that).
 	argv=("$bin" --listen "127.0.0.1:$1" --upstream "127.0.0.1:$sink_port" --log-dir "$tmp/logs"
-		--events "$tmp/events.jsonl" "${extra[@]}")
+		--events "$tmp/events.jsonl" --workers 1 "${extra[@]}")
 }
 
 for bin in "$@"; do

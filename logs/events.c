@@ -36,7 +36,6 @@ static uint64_t dropped_total; /* lines dropped since start (the metrics read it
 static char *pending;
 static size_t pending_len, pending_cap;
 static pthread_mutex_t *shared_lock; /* with worker processes */
-static void (*before_write)(void);   /* writes what the lines point at (the journal) */
 
 /*
  * A pipe or socket written without blocking.  Standard output that is a pipe is opened again
@@ -121,12 +120,6 @@ events_reopen(void)
 }
 
 void
-events_before_write(void (*fn)(void))
-{
-	before_write = fn;
-}
-
-void
 events_share_lock(pthread_mutex_t *lock)
 {
 	shared_lock = lock;
@@ -197,8 +190,6 @@ events_flush(void)
 {
 	size_t n;
 
-	if (pending_len > 0 && before_write != NULL)
-		before_write();
 	if (pending_len > 0) {
 		n = events_put(pending, pending_len);
 		memmove(pending, pending + n, pending_len - n);

@@ -18,11 +18,6 @@ int events_open(struct event_base *base, const char *path);
  * between processes, so that lines of two workers never interleave, even in a pipe.
  */
 void events_share_lock(pthread_mutex_t *lock);
-/*
- * fn is called before lines are written: a session's records (the journal) are on disk
- * before the line that points at them.
- */
-void events_before_write(void (*fn)(void));
 /* Reopens the file after a rotation (SIGHUP); keeps the old one on failure. */
 int events_reopen(void);
 /* Queues obj as one line; write errors are logged once and counted. */

@@ -241,14 +241,52 @@ journal_resolve(struct journal *j, int64_t base)
 	}
 }
 
+/*
+ * Those waiting for the batch just written (or lost) are told, after it: taken off first, so
+ * that what they do (queue an event line, which may write the journal again) finds them gone.
+ */
+static void
+journal_tell(struct journal *j, int64_t base)
+{
+	TAILQ_HEAD(, journal_wait) told = TAILQ_HEAD_INITIALIZER(told);
+	struct journal_wait *w;
+
+	TAILQ_CONCAT(&told, &j->waits, entry);
+	while ((w = TAILQ_FIRST(&told)) != NULL) {
+		TAILQ_REMOVE(&told, w, entry);
+		if (w->pending)
+			w->offset = base >= 0 ? base + (int64_t)w->pos : -1;
+		w->fn(w->arg, j->name, w->offset);
+		free(w);
+	}
+}
+
+int
+journal_after(struct journal *j, const struct journal_mark *m, journal_wait_fn *fn, void *arg)
+{
+	struct journal_wait *w;
+
+	if ((w = malloc(sizeof(*w))) == NULL)
+		return -1;
+	w->pending = m->pending;
+	w->pos = m->pos;
+	w->offset = m->offset;
+	w->fn = fn;
+	w->arg = arg;
+	TAILQ_INSERT_TAIL(&j->waits, w, entry);
+	return 0;
+}
+
 int
 journal_flush(struct journal *j)
 {
 	int64_t base;
 	int recheck, saved;
 
-	if (j->len == 0)
+	if (j->len == 0) {
+		journal_tell(j, -1); /* a record that could not be put: not in the file */
 		return 0;
+	}
 	recheck = journal_lock();
 	base = dir_fd >= 0 ? journal_put(j, recheck) : -1;
 	saved = errno;
@@ -256,6 +294,7 @@ journal_flush(struct journal *j)
 	journal_resolve(j, base);
 	j->len = 0;
 	j->batches++;
+	journal_tell(j, base);
 	if (base < 0) {
 		write_errors++;
 		if (!failing) {
@@ -455,6 +494,7 @@ journal_init(struct event_base *base, const char *log_dir, int keep_days)
 		days[i].day = -1;
 		days[i].fd = -1;
 		TAILQ_INIT(&days[i].marks);
+		TAILQ_INIT(&days[i].waits);
 	}
 	free(dir_path);
 	if ((dir_path = strdup(log_dir)) == NULL || journal_dir_open() != 0)

@@ -24,6 +24,22 @@ struct journal_mark {
 	int pending;
 };
 
+/*
+ * Told where a mark's record landed once its batch is written: the file's name and the
+ * offset, or -1 when the batch was lost.  (The event line waits for its session's records
+ * this way rather than forcing a write per session.)
+ */
+typedef void journal_wait_fn(void *arg, const char *file, int64_t offset);
+
+struct journal_wait {
+	TAILQ_ENTRY(journal_wait) entry;
+	int pending;    /* the mark's record is in this batch, at pos */
+	size_t pos;     /* in the buffer */
+	int64_t offset; /* else where it was written (-1: lost) */
+	journal_wait_fn *fn;
+	void *arg;
+};
+
 /* The records of one day waiting to be written. */
 struct journal {
 	char *buf;
@@ -39,6 +55,7 @@ struct journal {
 	uint64_t owner;   /* the recorder that put the latest record here (transcript.c) */
 	uint64_t batches; /* batches written (or dropped) from this buffer */
 	TAILQ_HEAD(, journal_mark) marks;
+	TAILQ_HEAD(, journal_wait) waits; /* told after the next batch, in order */
 };
 
 /* Opens (creating 0750) the log directory, prunes (keep_days >= 0) and starts the tick. */
@@ -58,6 +75,13 @@ void journal_written(struct journal *j);
 void journal_mark(struct journal *j, struct journal_mark *m);
 /* Forgets a mark still pending (its owner goes away before its batch is written). */
 void journal_unmark(struct journal *j, struct journal_mark *m);
+/*
+ * fn(arg, file, offset) once what j's buffer holds now is written (or lost), with the offset
+ * of mark m's record (in that batch if still pending): 0, or -1 when memory is short (fn is
+ * not called).  The mark may go meanwhile; its place is kept here.
+ */
+int journal_after(struct journal *j, const struct journal_mark *m, journal_wait_fn *fn,
+                  void *arg);
 /* Writes j's buffer now: 0, or -1 when the write failed (the batch is dropped). */
 int journal_flush(struct journal *j);
 /* Writes every day's buffer now. */

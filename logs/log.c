@@ -31,6 +31,7 @@ static char log_queue[LOG_QUEUE_MAX];
 static size_t log_queued;
 static unsigned long long log_dropped;
 static struct event *log_write_ev;
+static struct event *log_pass_ev; /* made active when session lines wait: the pass's end */
 static struct event_base *log_base;
 
 static void log_flush(void);
@@ -113,6 +114,21 @@ log_line(const char *line, size_t n)
 	log_queued += n - w;
 }
 
+/* A session's line: queued for the end of the loop's pass (written at once without room). */
+static void
+log_line_later(const char *line, size_t n)
+{
+	if (log_pass_ev == NULL && log_base != NULL)
+		log_pass_ev = event_new(log_base, -1, 0, log_write_cb, NULL);
+	if (log_pass_ev == NULL || log_queued + n > sizeof(log_queue)) {
+		log_line(line, n);
+		return;
+	}
+	memcpy(log_queue + log_queued, line, n);
+	log_queued += n;
+	event_active(log_pass_ev, EV_TIMEOUT, 1);
+}
+
 /* Standard error as a pipe: a description of our own, without blocking (events.c does the
  * same for standard output). */
 static void
@@ -146,9 +162,13 @@ log_init(int use_syslog, int verbose)
 void
 log_set_base(struct event_base *base)
 {
+	log_flush(); /* what waited for the old loop's pass */
 	if (log_write_ev != NULL)
 		event_free(log_write_ev);
 	log_write_ev = NULL;
+	if (log_pass_ev != NULL)
+		event_free(log_pass_ev);
+	log_pass_ev = NULL;
 	log_base = base;
 }
 
@@ -166,12 +186,31 @@ log_set_tag(const char *tag)
 }
 
 static void
-log_vwrite(int pri, const char *level, const char *fmt, va_list ap, const char *err)
+log_vwrite_at(int pri, const char *level, const char *fmt, va_list ap, const char *err,
+              int later)
 {
 	char msg[2048], line[2200];
-	size_t tag = strlen(log_tag);
+	size_t tag = strlen(log_tag), lvl = strlen(level), at;
 	int n;
 
+	/* The usual line formatted once, in place (a session makes two). */
+	if (!log_syslog && err == NULL) {
+		memcpy(line, "smtptap: ", 9);
+		memcpy(line + 9, level, lvl);
+		memcpy(line + 9 + lvl, ": ", 2);
+		at = 11 + lvl;
+		memcpy(line + at, log_tag, tag);
+		n = vsnprintf(line + at + tag, sizeof(msg) - tag, fmt, ap);
+		if (n < 0)
+			return;
+		at += tag + ((size_t)n < sizeof(msg) - tag ? (size_t)n : sizeof(msg) - tag - 1);
+		line[at++] = '\n';
+		if (later)
+			log_line_later(line, at);
+		else
+			log_line(line, at);
+		return;
+	}
 	memcpy(msg, log_tag, tag);
 	vsnprintf(msg + tag, sizeof(msg) - tag, fmt, ap);
 	if (log_syslog) {
@@ -191,7 +230,16 @@ log_vwrite(int pri, const char *level, const char *fmt, va_list ap, const char *
 		n = (int)sizeof(line) - 1;
 		line[n - 1] = '\n';
 	}
-	log_line(line, (size_t)n);
+	if (later)
+		log_line_later(line, (size_t)n);
+	else
+		log_line(line, (size_t)n);
+}
+
+static void
+log_vwrite(int pri, const char *level, const char *fmt, va_list ap, const char *err)
+{
+	log_vwrite_at(pri, level, fmt, ap, err, 0);
 }
 
 void
@@ -228,6 +276,18 @@ log_info(const char *fmt, ...)
 		return;
 	va_start(ap, fmt);
 	log_vwrite(LOG_INFO, "info", fmt, ap, NULL);
+	va_end(ap);
+}
+
+void
+log_session(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (log_level < LOG_LEVEL_INFO)
+		return;
+	va_start(ap, fmt);
+	log_vwrite_at(LOG_INFO, "info", fmt, ap, NULL, 1);
 	va_end(ap);
 }
 

@@ -307,8 +307,13 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
 		errno = ENOMEM;
 		return NULL;
 	}
-	if (relsize > 0)
-		snprintf(relpath, relsize, "%s", j->name);
+	if (relsize > 0) { /* no snprintf: a session's set-up is short */
+		size_t n = strnlen(j->name, sizeof(j->name));
+
+		n = n < relsize - 1 ? n : relsize - 1;
+		memcpy(relpath, j->name, n);
+		relpath[n] = '\0';
+	}
 	transcript_timestamp(start, ts, sizeof(ts));
 	/* Written with the next batch (transcript_sync writes it at once where it must). */
 	transcript_header(t, j, ts, client, listener, upstream);
@@ -546,8 +551,10 @@ transcript_sync(struct transcript *t)
 }
 
 int
-transcript_locate(struct transcript *t, char file[16], int64_t *offset)
+transcript_locate(struct transcript *t, journal_wait_fn *fn, void *arg)
 {
+	char file[16];
+
 	if (t == NULL)
 		return -1;
 	/* The counted repeats are said before the event line (which comes after the records). */
@@ -556,13 +563,18 @@ transcript_locate(struct transcript *t, char file[16], int64_t *offset)
 		t->xstart = t->j->len;
 		transcript_repeat_note(t, t->j);
 	}
-	/* Its first record still in the buffer: written now, so that the event can say where. */
-	if (t->first.pending)
-		transcript_sync(t);
-	if (t->first.pending || t->first.offset < 0)
-		return -1;
-	journal_day_name(t->day, file);
-	*offset = t->first.offset;
+	/*
+	 * Records still in the buffer (the session's, perhaps its first): told after the batch
+	 * that writes them, so that the event never comes before any of them.  Writing the
+	 * buffer here instead was a write(2) per one-message session.
+	 */
+	if (transcript_journal(t) != NULL && t->j->len > 0)
+		return journal_after(t->j, &t->first, fn, arg);
+	if (t->j != NULL)
+		memcpy(file, t->j->name, sizeof(file));
+	else
+		journal_day_name(t->day, file);
+	fn(arg, file, t->first.pending ? -1 : t->first.offset);
 	return 0;
 }
 

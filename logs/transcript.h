@@ -6,6 +6,8 @@
 #include <sys/time.h>
 #include <sys/types.h>
 
+#include "logs/journal.h"
+
 struct event_base;
 struct transcript;
 
@@ -56,10 +58,12 @@ void transcript_event(struct transcript *t, const char *fmt, ...)
 /* Writes what the transcript holds now, not at the next flush tick or at its close. */
 void transcript_sync(struct transcript *t);
 /*
- * The journal file (YYYY-MM-DD.log) and the byte offset of the session's first record,
- * writing the buffer now if that record is still in it; -1 when it was not written.
+ * fn(arg, file, offset): the journal file (YYYY-MM-DD.log) and the byte offset of the
+ * session's first record (-1: not written).  Called after the batch that writes the records
+ * still buffered (no write forced per session), at once when there are none.  Returns -1
+ * when fn will not be called (t NULL, memory short).
  */
-int transcript_locate(struct transcript *t, char file[16], int64_t *offset);
+int transcript_locate(struct transcript *t, journal_wait_fn *fn, void *arg);
 /* Ends the session's recording (its records are written with the next batch); t may be NULL. */
 void transcript_close(struct transcript *t);
 

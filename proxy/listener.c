@@ -204,8 +204,20 @@ listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_f
 			continue;
 		len = sizeof(me);
 		tlen = sizeof(them);
-		if (getsockname(fd, (struct sockaddr *)&me, &len) == 0 &&
-		    listener_same_addr((struct sockaddr *)&me, sa, 1) &&
+		/*
+		 * Its address, once known, is kept: connect(2) bound it, and a session has one
+		 * upstream socket.  Asking at every accept was some getsockname(2) calls per session.
+		 */
+		if (s->upstream_local_len > 0) {
+			me = s->upstream_local_sa;
+			len = s->upstream_local_len;
+		} else if (getsockname(fd, (struct sockaddr *)&me, &len) != 0) {
+			continue;
+		} else if (listener_port((struct sockaddr *)&me) > 0) {
+			s->upstream_local_sa = me;
+			s->upstream_local_len = len;
+		}
+		if (listener_same_addr((struct sockaddr *)&me, sa, 1) &&
 		    getpeername(fd, (struct sockaddr *)&them, &tlen) == 0 &&
 		    listener_same_conn((struct sockaddr *)&me, (struct sockaddr *)&them, sa,
 		                       client_fd)) {

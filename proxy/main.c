@@ -201,7 +201,6 @@ open_outputs(struct options *o)
 	events_existed = strcmp(o->events, "-") == 0 || stat(o->events, &st) == 0;
 	if (events_open(proxy.base, o->events) != 0)
 		fatal("events file %s", o->events);
-	events_before_write(journal_flush_all);
 }
 
 /*

@@ -463,7 +463,7 @@ session_close(struct session *s, const char *reason)
 		                 reason, (unsigned long long)s->client.octets,
 		                 (unsigned long long)s->server.octets);
 	report_write(s, &now);
-	log_info("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
+	log_session("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	side_release(&s->server);
 	if (s->client.bev == NULL) {
 		session_free_later(s);
@@ -953,8 +953,11 @@ session_upstream_connected(struct session *s)
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
 	len = sizeof(ss);
-	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
+	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0) {
 		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
+		s->upstream_local_sa = ss;
+		s->upstream_local_len = len;
+	}
 	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
 	if (s->px->upstream_connected != NULL)
 		s->px->upstream_connected(&s->start);

@@ -113,6 +113,9 @@ struct session {
 	char listener_addr[64];
 	char upstream_addr[64];
 	char upstream_local[64]; /* our end of the upstream connection */
+	/* ... as an address, once connected (the loop check at accept looks at it) */
+	struct sockaddr_storage upstream_local_sa;
+	socklen_t upstream_local_len;
 	char *helo;
 
 	/* The client's identity: its and the listener's addresses (from the balancer's PROXY

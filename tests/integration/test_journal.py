@@ -192,3 +192,84 @@ def test_workers_default_one_per_cpu(tap_factory, sink):
                               what="%d workers" % want)
     assert len(kids) == want
     hp.normal_session(tap, sink=sink)
+
+
+def short_session(tap, i):
+    """One message, as fast as the client goes; back once the proxy has closed too."""
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO short.example", 250)
+    c.expect("MAIL FROM:<s%d@example.com>" % i, 250)
+    c.expect("RCPT TO:<r@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: short %d\r\n\r\nbody\r\n.\r\n" % i)
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    c.close()
+    time.sleep(0.01)
+
+
+def write_calls(pid):
+    """write(2) and writev(2) calls the process has made (/proc/PID/io's syscw)."""
+    with open("/proc/%d/io" % pid) as f:
+        return int(next(l for l in f if l.startswith("syscw:")).split()[1])
+
+
+@pytest.mark.limit(60)
+def test_session_log_lines_share_a_write(tap_factory, sink):
+    """Twenty one-message sessions one after the other; the proxy's write calls counted.
+
+    log: a session's two lines (its Postfix-style summary and "closed reason=") go out in one
+    write at the end of the loop's pass, not one each; journal and events: a write a second.
+    So under 1.5 writes per session (two log lines each and the journal's were 2.2 and more),
+    and every session's lines are there."""
+    tap = tap_factory(sink.port)
+    n = 20
+    short_session(tap, -1)
+    before = write_calls(tap.pid)
+    t0 = time.monotonic()
+    for i in range(n):
+        short_session(tap, i)
+    elapsed = time.monotonic() - t0
+    writes = write_calls(tap.pid) - before
+    # The once-a-second writes of the journal and the events file are allowed for.
+    assert writes - 2 * (int(elapsed) + 1) < 1.5 * n, "%d writes for %d sessions in %.1f s" % (
+        writes, n, elapsed)
+    harness.wait_until(lambda: tap.stderr().count(" closed reason=quit") == n + 1, 5,
+                       what="every session's log line")
+    assert tap.stderr().count(" from=<s") == n + 1, tap.stderr()
+
+
+@pytest.mark.limit(60)
+def test_short_sessions_share_a_write(tap_factory, sink):
+    """Twenty one-message sessions one after the other, each as fast as the client goes;
+    the journal's size is looked at after each.
+
+    journal: not written at each session's end (the event line waits for the batch that
+    holds the records instead of forcing a write per session): it grows after at most one
+    session per second elapsed, plus one.  events: each session's line, once written,
+    points at its records, and none comes before them."""
+    tap = tap_factory(sink.port)
+    day = os.path.join(tap.log_dir, datetime.datetime.now(datetime.timezone.utc)
+                       .strftime("%Y-%m-%d.log"))
+
+    def size():
+        return os.path.getsize(day) if os.path.exists(day) else 0
+
+    n, grew, last = 20, 0, size()
+    t0 = time.monotonic()
+    for i in range(n):
+        short_session(tap, i)
+        if size() != last:
+            grew += 1
+            last = size()
+    elapsed = time.monotonic() - t0
+    assert grew <= int(elapsed) + 1, "journal written after %d of %d sessions in %.1f s" % (
+        grew, n, elapsed)
+    evs = tap.wait_events(n, timeout=10)
+    with open(day, "rb") as f:
+        data = f.read()
+    for ev in evs:
+        off = ev["transcript"]["offset"]
+        assert data[off:].split(b"\n", 1)[0].split(b" ")[1] == ev["session"].encode(), ev
+        assert b" * session " in data[off:].split(b"\n", 1)[0]

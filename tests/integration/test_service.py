@@ -448,6 +448,28 @@ def test_session_line_postfix_style(tap_factory, sink):
 
 
 @pytest.mark.limit(30)
+def test_session_line_bounded(tap_factory, sink):
+    """Forty recipients of 60 characters each: the session line is cut at its bound, the
+    recipients it holds whole up to the cut, ending with "..." (no stray octets)."""
+    tap = tap_factory(sink.port)
+    rcpts = ["<%s%02d@example.org>" % ("r" * 45, i) for i in range(40)]
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.transaction("<sender@example.com>", rcpts, b"Subject: t\r\n\r\nbody\r\n")
+    c.expect("QUIT", 221)
+    harness.wait_until(lambda: "session=" in tap.stderr())
+    line = [l for l in tap.stderr().splitlines() if "session=" in l][0]
+    assert line.endswith("..."), line
+    body = line[line.index("session="):-3]
+    assert len(body) == 1799 - 3, len(body)
+    assert body.startswith("session="), body
+    tos = body.split(" to=")[1:]
+    assert tos and all(t == "%s:250" % r for t, r in zip(tos[:-1], rcpts)), tos
+    assert (rcpts[len(tos) - 1] + ":250").startswith(tos[-1]), tos[-1]
+
+
+@pytest.mark.limit(30)
 def test_session_line_refused_recipient(tap_factory, sink):
     rules = write(os.path.join(sink.workdir, "r.rules"), "rcpt /bad@/ REJECT 550 5.7.1 no\n")
     tap = tap_factory(sink.port, "--rules", rules)

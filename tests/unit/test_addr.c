@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -30,6 +31,26 @@ test_ipv4(void **state)
 	check_format("127.0.0.1", "2525", 80, "127.0.0.1:2525");
 	check_format("10.20.30.40", "1", 80, "10.20.30.40:1");
 	check_format("255.255.255.255", "65535", 80, "255.255.255.255:65535");
+	check_format("0.0.0.0", "25", 80, "0.0.0.0:25");
+	check_format("100.9.99.200", "25", 80, "100.9.99.200:25");
+}
+
+/* Every octet value in every place: the dotted quad is made without inet_ntop. */
+static void
+test_ipv4_every_octet(void **state)
+{
+	char host[20], want[32];
+
+	(void)state;
+	for (int place = 0; place < 4; place++)
+		for (int v = 0; v < 256; v++) {
+			int o[4] = {1, 22, 203, 7};
+
+			o[place] = v;
+			snprintf(host, sizeof(host), "%d.%d.%d.%d", o[0], o[1], o[2], o[3]);
+			snprintf(want, sizeof(want), "%s:587", host);
+			check_format(host, "587", 80, want);
+		}
 }
 
 static void
@@ -83,7 +104,7 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_ipv4),
+	    cmocka_unit_test(test_ipv4), cmocka_unit_test(test_ipv4_every_octet),
 	    cmocka_unit_test(test_ipv6_bracketed),
 	    cmocka_unit_test(test_small_buffer),
 	    cmocka_unit_test(test_unknown_family),

@@ -76,6 +76,8 @@ CONF = {
 }
 MODES = (("one", "one message per session", []),
          ("many", "many messages per session (-d)", ["-d"]))
+# Issue 16: smtptap over HAProxy, (lowest msg/s ratio, highest CPU-per-message ratio).
+SPEED_BOUNDS = {"one": (1.0, 1.1), "many": (0.9, 1.4)}
 
 
 class BenchError(Exception):
@@ -728,16 +730,19 @@ def targets(res):
     tp, paths = res["throughput"], res["config"]["paths"]
     t = {}
     if "smtptap" in paths and "haproxy" in paths:
+        # Issue 16's bounds, judged on the rep-by-rep ratio (smtptap and HAProxy ran back to
+        # back, under the same load), the steadier figure on a shared machine.
         for mode, _, _ in MODES:
             s, h = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["haproxy"]
-            t["throughput >= haproxy, %s/session" % mode] = "%s (%.0f vs %.0f msg/s; %s)" % (
-                met(s["median_msgs_per_s"] >= h["median_msgs_per_s"]),
-                s["median_msgs_per_s"], h["median_msgs_per_s"],
-                fmt_paired(paired_ratios(s, h, "msgs_per_s")))
-            t["CPU/msg <= haproxy, %s/session" % mode] = "%s (%.1f vs %.1f us; %s)" % (
-                met(s["median_cpu_us_per_msg"] <= h["median_cpu_us_per_msg"]),
-                s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"],
-                fmt_paired(paired_ratios(s, h, "cpu_us_per_msg")))
+            lo, hi = SPEED_BOUNDS[mode]
+            rate = paired_ratios(s, h, "msgs_per_s")
+            cpu = paired_ratios(s, h, "cpu_us_per_msg")
+            t["throughput >= %.1fx haproxy, %s/session" % (lo, mode)] = "%s (%.0f vs %.0f msg/s; %s)" % (
+                met(rate is not None and rate[0] >= lo),
+                s["median_msgs_per_s"], h["median_msgs_per_s"], fmt_paired(rate))
+            t["CPU/msg <= %.1fx haproxy, %s/session" % (hi, mode)] = "%s (%.1f vs %.1f us; %s)" % (
+                met(cpu is not None and cpu[0] <= hi),
+                s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"], fmt_paired(cpu))
     if "smtptap-norec" in paths and "haproxy" in paths:
         # The relay without the recording, against HAProxy; and what the recording adds.
         for mode, _, _ in MODES:

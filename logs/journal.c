@@ -59,7 +59,9 @@ journal_day_name(long day, char buf[16])
 	struct tm tm;
 
 	gmtime_r(&t, &tm);
-	snprintf(buf, 16, "%04d-%02d-%02d.log", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+	/* The moduli tell the compiler what the calendar already guarantees: 15 octets at most. */
+	snprintf(buf, 16, "%04u-%02u-%02u.log", (unsigned)(tm.tm_year + 1900) % 10000u,
+	         (unsigned)(tm.tm_mon + 1) % 100u, (unsigned)tm.tm_mday % 100u);
 }
 
 static void

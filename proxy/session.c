@@ -63,29 +63,26 @@ static int side_direct(struct session *s, struct side *x);
 static unsigned session_idle_limit(struct session *s);
 static int session_awaits_eod(struct session *s);
 
-static const char *state_names[] = {
-    [ST_CONNECTING] = "connecting",
-    [ST_GREETING] = "greeting",
-    [ST_COMMAND] = "command",
-    [ST_AWAIT] = "await-reply",
-    [ST_SASL] = "sasl",
-    [ST_MESSAGE] = "message",
-    [ST_CHUNK] = "chunk",
-    [ST_SKIP] = "skip",
-    [ST_RAW] = "raw",
-    [ST_CLOSING] = "closing",
-    [ST_UPSTREAM_EHLO] = "upstream-ehlo",
-    [ST_UPSTREAM_STARTTLS] = "upstream-starttls",
-    [ST_UPSTREAM_TLS] = "upstream-tls",
-    [ST_UPSTREAM_XCLIENT] = "upstream-xclient",
-    [ST_PROXY_HEADER] = "proxy-header",
-    [ST_CLIENT_TLS] = "client-tls",
+static const char *const phase_names[] = {
+    [PHASE_CONNECTING] = "connecting",
+    [PHASE_GREETING] = "greeting",
+    [PHASE_RELAYING] = "relaying",
+    [PHASE_RAW] = "raw",
+    [PHASE_CLOSING] = "closing",
+    [PHASE_UPSTREAM_EHLO] = "upstream-ehlo",
+    [PHASE_UPSTREAM_STARTTLS] = "upstream-starttls",
+    [PHASE_UPSTREAM_TLS] = "upstream-tls",
+    [PHASE_UPSTREAM_XCLIENT] = "upstream-xclient",
+    [PHASE_PROXY_HEADER] = "proxy-header",
+    [PHASE_CLIENT_TLS] = "client-tls",
 };
 
 const char *
-session_state_name(enum smtp_state state)
+session_phase_name(enum session_phase phase)
 {
-	return state_names[state];
+	return (unsigned int)phase < sizeof(phase_names) / sizeof(phase_names[0])
+	           ? phase_names[phase]
+	           : "?";
 }
 
 /* The session id: eight hex digits and a NUL into id, without printf per session. */
@@ -111,12 +108,13 @@ session_copy_text(char *dst, size_t size, const char *src)
 }
 
 void
-session_enter_state(struct session *s, enum smtp_state state)
+session_enter_phase(struct session *s, enum session_phase phase)
 {
-	if (s->state == state)
+	if (s->phase == phase)
 		return;
-	log_debug("session=%s state %s -> %s", s->id, state_names[s->state], state_names[state]);
-	s->state = state;
+	log_debug("session=%s phase %s -> %s", s->id, session_phase_name(s->phase),
+	          session_phase_name(phase));
+	s->phase = phase;
 }
 
 /* Whether a side is being read now. */
@@ -448,7 +446,7 @@ session_close(struct session *s, const char *reason)
 	s->closing = 1;
 	s->close_reason = reason;
 	session_record_unrelayed(s);
-	session_enter_state(s, ST_CLOSING);
+	session_enter_phase(s, PHASE_CLOSING);
 	gettimeofday(&now, NULL);
 	if (s->tls_passthrough)
 		transcript_event(s->transcript,
@@ -583,15 +581,15 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (s->state == ST_CLOSING) {
+	if (s->phase == PHASE_CLOSING) {
 		session_linger_check(s);
 		return;
 	}
-	if (s->state == ST_PROXY_HEADER) {
+	if (s->phase == PHASE_PROXY_HEADER) {
 		proxyin_timeout(s);
 		return;
 	}
-	if (s->state == ST_CONNECTING) {
+	if (s->phase == PHASE_CONNECTING) {
 		snprintf(reply, sizeof(reply),
 		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
 		         s->px->opts->hostname);
@@ -862,7 +860,7 @@ session_connected(struct session *s, struct side *x)
 			relay_client_secured(s);
 		return;
 	}
-	if (s->state == ST_CONNECTING) {
+	if (s->phase == PHASE_CONNECTING) {
 		session_upstream_connected(s);
 		return;
 	}
@@ -971,12 +969,12 @@ session_upstream_connected(struct session *s)
 	event_del(s->timer);
 	event_add(s->timer, &idle);
 	if (s->px->opts->upstream_tls == UPSTREAM_IMPLICIT) {
-		session_enter_state(s, ST_UPSTREAM_TLS);
+		session_enter_phase(s, PHASE_UPSTREAM_TLS);
 		if (session_start_tls(s, &s->server) != 0)
 			session_tls_failed(s, &s->server, "TLS set-up failed");
 		return;
 	}
-	session_enter_state(s, ST_GREETING);
+	session_enter_phase(s, PHASE_GREETING);
 	side_read_on(&s->server);
 }
 
@@ -1036,7 +1034,7 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 	}
 	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
 		return;
-	if (x->dir == SIDE_SERVER && s->state == ST_CONNECTING) {
+	if (x->dir == SIDE_SERVER && s->phase == PHASE_CONNECTING) {
 		/* Accepted, then reset before the loop saw the connection complete: the server
 		 * closed before its greeting, as when the reset comes a moment later. */
 		if ((what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == ECONNRESET) {
@@ -1048,7 +1046,7 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 		session_upstream_failed(s, session_error_reason(bev, what));
 		return;
 	}
-	if ((x->dir == SIDE_SERVER && s->state == ST_UPSTREAM_TLS) ||
+	if ((x->dir == SIDE_SERVER && s->phase == PHASE_UPSTREAM_TLS) ||
 	    (x->dir == SIDE_CLIENT && !x->tls && bufferevent_openssl_get_ssl(bev) != NULL)) {
 		session_tls_failed(s, x, NULL);
 		return;
@@ -1416,7 +1414,7 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	if (sa != NULL && options_accept_proxy_from(px->opts, sa)) {
 		/* A balancer: its PROXY header names the client before anything else. */
 		s->proxy_implicit_tls = implicit_tls;
-		session_enter_state(s, ST_PROXY_HEADER);
+		session_enter_phase(s, PHASE_PROXY_HEADER);
 		event_add(s->timer, &header_limit);
 		side_read_on(&s->client);
 		return s;
@@ -1430,7 +1428,7 @@ session_begin(struct session *s, int implicit_tls)
 {
 	struct proxy *px = s->px;
 
-	session_enter_state(s, ST_CONNECTING);
+	session_enter_phase(s, PHASE_CONNECTING);
 	/* TCP_NODELAY: inherited from the listener (listener_add). */
 	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
 	    px->opts->log_failure_tempfail) {

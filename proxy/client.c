@@ -554,7 +554,7 @@ client_held_end(struct session *s)
 		return;
 	}
 	relay_answer_locally(s, line);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	/* The server forgets the transaction; its reply to our RSET is not the client's. */
 	relay_quiet_upstream(s, "RSET\r\n", VERB_RSET);
@@ -605,7 +605,7 @@ client_end_of_data(struct session *s, const struct unit *u)
 	}
 	side_forward(&s->client, u->len);
 	relay_expect(s, VERB_EOD);
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		client_enter_mode(s, MODE_COMMAND);
 }
 
@@ -870,7 +870,7 @@ client_unit(struct session *s, struct unit *u)
 static int
 client_content_plain(const struct session *s)
 {
-	return client_in_mode(s, MODE_MESSAGE) && !s->closing && client_relays_as_sent(s) &&
+	return client_in_mode(s, MODE_MESSAGE) && client_relays_as_sent(s) &&
 	       s->px->opts->record == RECORD_BODY && s->msg_line_start && !s->client.in_piece &&
 	       !s->client.relayed_drop;
 }
@@ -926,8 +926,8 @@ client_content_run(struct session *s)
 	if (evbuffer_peek(bufferevent_get_input(x->bev), -1, NULL, &v, 1) < 1)
 		return 0;
 	p = v.iov_base;
-	while (off < v.iov_len && client_in_mode(s, MODE_MESSAGE) && !s->closing &&
-	       x->bev != NULL && x->relayed == off) {
+	while (off < v.iov_len && client_in_mode(s, MODE_MESSAGE) && x->bev != NULL &&
+	       x->relayed == off) {
 		lim = v.iov_len - off < max ? v.iov_len - off : max;
 		/* The scan pays only where a plain line can be recorded as it is. */
 		k = plain ? escape_plain_span(p + off, lim) : 0;
@@ -991,7 +991,7 @@ client_relay_step(struct session *s)
 static void
 relay_client_units(struct session *s)
 {
-	while (!s->closing && s->client.bev != NULL) {
+	while (s->phase != PHASE_CLOSING && s->client.bev != NULL) {
 		switch (s->phase) {
 		case PHASE_CLIENT_TLS:
 			return;

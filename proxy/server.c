@@ -173,7 +173,7 @@ server_421(struct session *s, int relayed)
 	}
 	/* The reply rules see a 421 too (a host name to hide is in it as in any other). */
 	reply_edit_in_place(s, s->reply_copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	len = evbuffer_get_length(s->reply_copy);
 	if (head == NULL || !(head->quiet && head->verb == VERB_RSET))
@@ -246,7 +246,7 @@ server_quiet_done(struct session *s, int code)
 	} else {
 		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
 	}
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	relay_flush_local(s);
 	if (session_client_gone(s) && s->pipeline.remote == 0)
@@ -276,7 +276,7 @@ server_reply_done(struct session *s)
 	if (mode == SRV_HOLD)
 		reply_edit_send(s, s->held_reply, head->verb, code);
 	server_reply_effect(s, head, code);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	pipeline_pop(&s->pipeline);
 	relay_flush_local(s);
@@ -376,7 +376,7 @@ server_reply_route(struct session *s, const struct unit *u)
 	int cont = s->server.in_piece;
 
 	if (hold != NULL && evbuffer_get_length(hold) + u->len > REPLY_HOLD_MAX &&
-	    (hold = server_hold_overflow(s)) == NULL && s->closing)
+	    (hold = server_hold_overflow(s)) == NULL && s->phase == PHASE_CLOSING)
 		return;
 	side_record(&s->server, u);
 	if (s->server_mode == SRV_STREAM && !cont && u->complete) {
@@ -466,7 +466,7 @@ relay_server(struct session *s)
 {
 	struct unit u;
 
-	while (!s->closing && s->server.bev != NULL) {
+	while (s->phase != PHASE_CLOSING && s->server.bev != NULL) {
 		if (s->phase == PHASE_RAW) {
 			relay_raw(&s->server);
 			return;
@@ -485,7 +485,7 @@ relay_server_gone(struct session *s)
 	char lost[512];
 
 	relay_server(s);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	if (s->phase == PHASE_RAW || (s->quit_answered && s->pipeline.remote == 0)) {
 		session_close(s, s->quit_answered ? "quit" : "server_closed");

@@ -112,6 +112,12 @@ session_enter_phase(struct session *s, enum session_phase phase)
 {
 	if (s->phase == phase)
 		return;
+	if (s->phase == PHASE_CLOSING) {
+		/* Closing is the last phase: what follows session_close() must not reopen it. */
+		log_debug("session=%s phase closing kept (not %s)", s->id,
+		          session_phase_name(phase));
+		return;
+	}
 	log_debug("session=%s phase %s -> %s", s->id, session_phase_name(s->phase),
 	          session_phase_name(phase));
 	s->phase = phase;
@@ -163,7 +169,7 @@ void
 side_resume(struct side *x, int why)
 {
 	x->paused &= ~why;
-	if (x->paused == 0 && x->bev != NULL && !x->s->closing && !side_reading(x))
+	if (x->paused == 0 && x->bev != NULL && x->s->phase != PHASE_CLOSING && !side_reading(x))
 		side_read_on(x);
 }
 
@@ -230,7 +236,7 @@ side_flush(struct side *x)
 static void
 session_flush(struct session *s)
 {
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	side_flush(&s->client);
 	side_flush(&s->server);
@@ -262,7 +268,7 @@ session_client_full(struct session *s)
 
 	if (c->paused & PAUSE_OWN_FULL)
 		return 1;
-	if (s->closing || c->bev == NULL)
+	if (s->phase == PHASE_CLOSING || c->bev == NULL)
 		return 0;
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
 	    s->pipeline.count < PIPELINE_HIGH)
@@ -280,7 +286,7 @@ session_client_drained(struct session *s)
 {
 	struct side *c = &s->client;
 
-	if (!(c->paused & PAUSE_OWN_FULL) || s->closing || c->bev == NULL)
+	if (!(c->paused & PAUSE_OWN_FULL) || s->phase == PHASE_CLOSING || c->bev == NULL)
 		return;
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > SIDE_HIGH_MARK / 2 ||
 	    s->pipeline.count > PIPELINE_HIGH / 2)
@@ -441,11 +447,10 @@ session_close(struct session *s, const char *reason)
 {
 	struct timeval now, poll = {0, CLOSE_POLL_USECS};
 
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
-	s->closing = 1;
 	s->close_reason = reason;
-	session_record_unrelayed(s);
+	session_record_unrelayed(s); /* reads the client's mode, kept until the phase changes */
 	session_enter_phase(s, PHASE_CLOSING);
 	gettimeofday(&now, NULL);
 	if (s->tls_passthrough)
@@ -542,7 +547,7 @@ session_shutdown(struct session *s)
 {
 	char reply[512];
 
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down\r\n",
 	         s->px->opts->hostname);
@@ -638,7 +643,7 @@ side_check_backpressure(struct side *x)
 {
 	struct side *peer = session_peer(x);
 
-	if (x->s->closing || peer->bev == NULL)
+	if (x->s->phase == PHASE_CLOSING || peer->bev == NULL)
 		return;
 	if (evbuffer_get_length(bufferevent_get_output(peer->bev)) >= SIDE_HIGH_MARK)
 		side_pause(x, PAUSE_PEER_FULL);
@@ -650,7 +655,7 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	struct side *x = arg;
 	struct session *s = x->s;
 
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	(void)bev;
 	if (x->paused) {
@@ -666,7 +671,7 @@ session_read_cb(struct bufferevent *bev, void *arg)
 		relay_server(s);
 	side_check_backpressure(x);
 	session_flush(s);
-	if (x->dir == SIDE_SERVER && !s->closing) {
+	if (x->dir == SIDE_SERVER && s->phase != PHASE_CLOSING) {
 		session_client_drained(s); /* replies went to the client: it may go on */
 		session_flush(s);
 	}
@@ -682,7 +687,7 @@ session_resume_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (s->closing || s->client.bev == NULL)
+	if (s->phase == PHASE_CLOSING || s->client.bev == NULL)
 		return;
 	transcript_clock_hold();
 	relay_client(s);
@@ -695,7 +700,7 @@ session_resume_cb(evutil_socket_t fd, short what, void *arg)
 void
 session_schedule_client(struct session *s)
 {
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		event_active(s->resume, EV_TIMEOUT, 1);
 }
 
@@ -719,7 +724,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	struct session *s = x->s;
 	struct side *peer = session_peer(x);
 
-	if (s->closing) {
+	if (s->phase == PHASE_CLOSING) {
 		if (x->dir == SIDE_CLIENT && session_client_pending(s) == 0)
 			session_free_later(s);
 		return;
@@ -856,7 +861,7 @@ session_connected(struct session *s, struct side *x)
 {
 	if (x->dir == SIDE_CLIENT) {
 		session_tls_done(s, x);
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			relay_client_secured(s);
 		return;
 	}
@@ -865,7 +870,7 @@ session_connected(struct session *s, struct side *x)
 		return;
 	}
 	session_tls_done(s, x);
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		relay_upstream_secured(s);
 }
 
@@ -1017,9 +1022,9 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 {
 	struct session *s = x->s;
 
-	if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !s->closing)
+	if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && s->phase != PHASE_CLOSING)
 		session_settle_client(s);
-	if (s->closing) {
+	if (s->phase == PHASE_CLOSING) {
 		/* A client finishing its handshake while we close: it will get our last reply. */
 		if ((what & BEV_EVENT_CONNECTED) && x->dir == SIDE_CLIENT && !x->tls)
 			session_tls_done(s, x);
@@ -1241,7 +1246,7 @@ session_connect_to(struct session *s, const struct sockaddr *sa, socklen_t len)
 	}
 	if (bufferevent_socket_connect(s->server.bev, sa, (int)len) == 0)
 		return 0;
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		session_upstream_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 	return -1;
 }
@@ -1269,7 +1274,7 @@ session_connect(struct session *s)
 		                          s->px->upstream_salen);
 	if (bufferevent_socket_connect_hostname(s->server.bev, s->px->dns, AF_UNSPEC,
 	                                        o->upstream_host, atoi(o->upstream_port)) != 0) {
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			session_upstream_failed(s, "connect failed");
 		return -1;
 	}

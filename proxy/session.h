@@ -53,7 +53,7 @@ enum session_phase {
 	PHASE_UPSTREAM_XCLIENT,  /* our own XCLIENT, naming the client to the server */
 	PHASE_PROXY_HEADER,      /* reading a balancer's PROXY header (--accept-proxy) */
 	PHASE_CLIENT_TLS,        /* handshake with the client after its STARTTLS */
-	PHASE_CLOSING,
+	PHASE_CLOSING,           /* session_close() was called: the last phase, never left */
 };
 
 /* How the client's input is read while relaying; changed only through client_enter_mode(). */
@@ -194,7 +194,6 @@ struct session {
 	int quit_answered;
 	time_t client_gone_at;   /* when the client closed its write half (session_client_gone) */
 	int server_shut_pending; /* shut the server's write half once its output is sent */
-	int closing;
 	time_t linger_until; /* a closing session is freed by then at the latest */
 	unsigned warnings;
 	const char *close_reason;

@@ -32,11 +32,11 @@ upstream_ready(struct session *s)
 	s->upstream_setup = 0;
 	if (s->greeting != NULL)
 		reply_edit_send(s, s->greeting, VERB_GREETING, 220);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	if (head != NULL && head->verb == VERB_GREETING) {
 		server_reply_effect(s, head, 220);
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			pipeline_pop(&s->pipeline);
 	}
 }
@@ -228,7 +228,7 @@ upstream_setup_step(struct session *s)
 					                                "the server refused the session");
 				upstream_ready(s);
 			}
-			if (code == 421 && !s->closing)
+			if (code == 421 && s->phase != PHASE_CLOSING)
 				session_close(s, "server_421");
 			return;
 		}

@@ -350,7 +350,7 @@ note_forced(const struct session *s)
 
 	forced++;
 	snprintf(kind, sizeof(kind), "%s/%s", session_state_label(s),
-	         s->closing && s->close_reason != NULL ? s->close_reason : "(open)");
+	         s->phase == PHASE_CLOSING && s->close_reason != NULL ? s->close_reason : "(open)");
 	for (i = 0; i < 16 && forced_kinds[i][0] != '\0'; i++)
 		if (strcmp(forced_kinds[i], kind) == 0)
 			return;
@@ -400,7 +400,7 @@ finish(struct session *s, int first, int second, int cfar, int sfar)
 		abort();
 	}
 	note_forced(s);
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		session_close(s, "fuzz");
 	pump(ROUNDS_TO_END, cfar, sfar);
 	if (session_alive(s) && s->client.bev != NULL) {

@@ -23,6 +23,35 @@
 #include "proxy/session.h"
 #include "proxy/tx.h"
 
+static const char *const client_mode_names[] = {
+    [MODE_COMMAND] = "command", [MODE_AWAIT] = "await-reply", [MODE_SASL] = "sasl",
+    [MODE_MESSAGE] = "message", [MODE_CHUNK] = "chunk",       [MODE_SKIP] = "skip",
+};
+
+const char *
+client_mode_name(enum client_mode mode)
+{
+	return (unsigned int)mode < sizeof(client_mode_names) / sizeof(client_mode_names[0])
+	           ? client_mode_names[mode]
+	           : "?";
+}
+
+void
+client_enter_mode(struct session *s, enum client_mode mode)
+{
+	if (s->mode == mode)
+		return;
+	log_debug("session=%s client %s -> %s", s->id, client_mode_name(s->mode),
+	          client_mode_name(mode));
+	s->mode = mode;
+}
+
+int
+client_in_mode(const struct session *s, enum client_mode mode)
+{
+	return s->phase == PHASE_RELAYING && s->mode == mode;
+}
+
 /* Our 220 to STARTTLS is on its way: drop what the client pipelined after it, then TLS. */
 void
 client_starttls(struct session *s)
@@ -37,7 +66,7 @@ client_starttls(struct session *s)
 		             stale);
 		side_discard(&s->client, stale);
 	}
-	session_enter_state(s, ST_CLIENT_TLS);
+	session_enter_phase(s, PHASE_CLIENT_TLS);
 	if (session_start_tls(s, &s->client) != 0) {
 		transcript_event(s->transcript, "tls client failed reason=\"TLS set-up failed\"");
 		session_close(s, "client_tls_failed");
@@ -111,7 +140,7 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	s->chunk_left = size;
 	s->chunk_last = last;
 	if (size > 0)
-		session_enter_state(s, ST_CHUNK);
+		client_enter_mode(s, MODE_CHUNK);
 	else if (last)
 		client_chunk_unended(s);
 }
@@ -154,7 +183,7 @@ client_command_local(struct session *s, const struct unit *u, const struct smtp_
 	}
 	side_record(&s->client, u);
 	side_discard(&s->client, u->len);
-	session_enter_state(s, ST_AWAIT);
+	client_enter_mode(s, MODE_AWAIT);
 	if ((p = pipeline_push_local(&s->pipeline, "220 2.0.0 Ready to start TLS\r\n")) == NULL) {
 		session_close(s, "error");
 		return 1;
@@ -186,12 +215,12 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	}
 	if (verdict == ACT_DISCONNECT) {
 		p->disconnect = 1;
-		session_enter_state(s, ST_AWAIT);
+		client_enter_mode(s, MODE_AWAIT);
 	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
 		s->chunk_left = size;
 		s->chunk_discard = 1;
-		session_enter_state(s, ST_CHUNK);
+		client_enter_mode(s, MODE_CHUNK);
 	}
 	relay_flush_local(s);
 }
@@ -243,7 +272,7 @@ client_hold_data(struct session *s, const struct unit *u)
 	struct pending *p;
 
 	side_discard(&s->client, u->len);
-	session_enter_state(s, ST_AWAIT);
+	client_enter_mode(s, MODE_AWAIT);
 	if ((p = pipeline_push_local(&s->pipeline, "")) == NULL) {
 		session_close(s, "error");
 		return;
@@ -391,7 +420,7 @@ client_command(struct session *s, const struct unit *u)
 	if (cmd.verb == VERB_BDAT)
 		client_bdat(s, &cmd, p);
 	else if (smtp_verb_awaits_reply(cmd.verb))
-		session_enter_state(s, ST_AWAIT);
+		client_enter_mode(s, MODE_AWAIT);
 }
 
 /* One line (or the unfinished last one) of unrelayed client input in a command state. */
@@ -420,17 +449,18 @@ client_record_unrelayed(struct session *s, const unsigned char *p, size_t n)
 {
 	struct smtp_line l;
 	size_t off = 0;
-	int sasl = s->state == ST_SASL;
+	int sasl = client_in_mode(s, MODE_SASL);
 
-	if (s->state == ST_MESSAGE || s->state == ST_CHUNK || s->state == ST_RAW) {
+	if (client_in_mode(s, MODE_MESSAGE) || client_in_mode(s, MODE_CHUNK) ||
+	    s->phase == PHASE_RAW) {
 		transcript_data(s->transcript, s->client.in_piece ? "C+" : "C:", p, n);
 		return;
 	}
-	if (s->state == ST_SKIP) {
+	if (client_in_mode(s, MODE_SKIP)) {
 		/* The rest of an over-long line: left out, as its start was. */
 		smtp_line_cut(p, n, &l);
 		off = l.len;
-		sasl = s->skip_return == ST_SASL;
+		sasl = s->skip_return == MODE_SASL;
 	}
 	for (; off < n; off += l.len) {
 		smtp_line_cut(p + off, n - off, &l);
@@ -448,8 +478,8 @@ client_line_too_long(struct session *s, const struct unit *u)
 	s->skipped = u->len;
 	side_discard(&s->client, u->len);
 	relay_answer_locally(s, "500 5.5.2 Line too long\r\n");
-	s->skip_return = s->state;
-	session_enter_state(s, ST_SKIP);
+	s->skip_return = s->mode;
+	client_enter_mode(s, MODE_SKIP);
 }
 
 static void
@@ -460,7 +490,7 @@ client_skip(struct session *s, const struct unit *u)
 	if (u->complete) {
 		transcript_event(s->transcript, "discarded over-long line octets=%llu",
 		                 (unsigned long long)s->skipped);
-		session_enter_state(s, s->skip_return);
+		client_enter_mode(s, s->skip_return);
 	}
 }
 
@@ -475,7 +505,7 @@ client_sasl(struct session *s, const struct unit *u)
 		client_record_sasl(s, NULL, 0, u->data, n);
 	side_forward(&s->client, u->len);
 	if (relay_expect(s, VERB_SASL) != NULL)
-		session_enter_state(s, ST_AWAIT);
+		client_enter_mode(s, MODE_AWAIT);
 }
 
 /* Records a content line as far as --record allows; counts what it leaves out. */
@@ -505,7 +535,7 @@ client_held_end(struct session *s)
 	enum message_verdict v = message_end(s, &reply);
 
 	if (v == MSG_ACCEPT) {
-		session_enter_state(s, ST_AWAIT);
+		client_enter_mode(s, MODE_AWAIT);
 		relay_quiet_upstream(s, "DATA\r\n", VERB_DATA);
 		return;
 	}
@@ -524,11 +554,11 @@ client_held_end(struct session *s)
 		return;
 	}
 	relay_answer_locally(s, line);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	/* The server forgets the transaction; its reply to our RSET is not the client's. */
 	relay_quiet_upstream(s, "RSET\r\n", VERB_RSET);
-	session_enter_state(s, ST_COMMAND);
+	client_enter_mode(s, MODE_COMMAND);
 }
 
 /*
@@ -575,8 +605,8 @@ client_end_of_data(struct session *s, const struct unit *u)
 	}
 	side_forward(&s->client, u->len);
 	relay_expect(s, VERB_EOD);
-	if (!s->closing)
-		session_enter_state(s, ST_COMMAND);
+	if (s->phase != PHASE_CLOSING)
+		client_enter_mode(s, MODE_COMMAND);
 }
 
 /* How a content line ends: CRLF, a bare LF or CR, or not at all (a piece). */
@@ -782,7 +812,7 @@ client_chunk(struct session *s)
 		if (s->chunk_left == 0) {
 			transcript_event(s->transcript, "refused bdat chunk discarded");
 			s->chunk_discard = 0;
-			session_enter_state(s, ST_COMMAND);
+			client_enter_mode(s, MODE_COMMAND);
 			return 1;
 		}
 		return 0;
@@ -799,7 +829,7 @@ client_chunk(struct session *s)
 		return 0;
 	if (s->chunk_last)
 		client_chunk_unended(s);
-	session_enter_state(s, ST_COMMAND);
+	client_enter_mode(s, MODE_COMMAND);
 	return 1;
 }
 
@@ -807,23 +837,23 @@ client_chunk(struct session *s)
 static void
 client_unit(struct session *s, struct unit *u)
 {
-	switch (s->state) {
-	case ST_COMMAND:
+	switch (s->mode) {
+	case MODE_COMMAND:
 		if (u->complete)
 			client_command(s, u);
 		else
 			client_line_too_long(s, u);
 		break;
-	case ST_SASL:
+	case MODE_SASL:
 		if (u->complete)
 			client_sasl(s, u);
 		else
 			client_line_too_long(s, u);
 		break;
-	case ST_SKIP:
+	case MODE_SKIP:
 		client_skip(s, u);
 		break;
-	case ST_MESSAGE:
+	case MODE_MESSAGE:
 		if (s->px->opts->bare_newline != BARE_PASS)
 			client_split_bare_cr(u);
 		client_content(s, u);
@@ -840,7 +870,7 @@ client_unit(struct session *s, struct unit *u)
 static int
 client_content_plain(const struct session *s)
 {
-	return s->state == ST_MESSAGE && !s->closing && client_relays_as_sent(s) &&
+	return client_in_mode(s, MODE_MESSAGE) && client_relays_as_sent(s) &&
 	       s->px->opts->record == RECORD_BODY && s->msg_line_start && !s->client.in_piece &&
 	       !s->client.relayed_drop;
 }
@@ -896,7 +926,7 @@ client_content_run(struct session *s)
 	if (evbuffer_peek(bufferevent_get_input(x->bev), -1, NULL, &v, 1) < 1)
 		return 0;
 	p = v.iov_base;
-	while (off < v.iov_len && s->state == ST_MESSAGE && !s->closing && x->bev != NULL &&
+	while (off < v.iov_len && client_in_mode(s, MODE_MESSAGE) && x->bev != NULL &&
 	       x->relayed == off) {
 		lim = v.iov_len - off < max ? v.iov_len - off : max;
 		/* The scan pays only where a plain line can be recorded as it is. */
@@ -933,26 +963,49 @@ client_content_run(struct session *s)
 	return taken;
 }
 
-static void
-relay_client_units(struct session *s)
+/* One step of the client's input while relaying, in its mode: 0 when it must wait. */
+static int
+client_relay_step(struct session *s)
 {
 	struct unit u;
 
-	while (!s->closing && s->client.bev != NULL) {
-		switch (s->state) {
-		case ST_CLIENT_TLS:
+	switch (s->mode) {
+	case MODE_AWAIT:
+		side_pause(&s->client, PAUSE_WAIT);
+		return 0;
+	case MODE_CHUNK:
+		return client_chunk(s);
+	default:
+		/* Lines may bring replies of our own: not while the client takes none. */
+		if (session_client_full(s))
+			return 0;
+		if (s->mode == MODE_MESSAGE && client_content_run(s) > 0)
+			return 1;
+		if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
+			return 0;
+		client_unit(s, &u);
+		return 1;
+	}
+}
+
+static void
+relay_client_units(struct session *s)
+{
+	while (s->phase != PHASE_CLOSING && s->client.bev != NULL) {
+		switch (s->phase) {
+		case PHASE_CLIENT_TLS:
 			return;
-		case ST_PROXY_HEADER:
+		case PHASE_PROXY_HEADER:
 			proxyin_read(s);
-			if (s->state == ST_PROXY_HEADER)
+			if (s->phase == PHASE_PROXY_HEADER)
 				return;
 			break;
-		case ST_CONNECTING:
-		case ST_GREETING:
-		case ST_UPSTREAM_EHLO:
-		case ST_UPSTREAM_STARTTLS:
-		case ST_UPSTREAM_TLS:
-		case ST_UPSTREAM_XCLIENT:
+		case PHASE_CONNECTING:
+		case PHASE_GREETING:
+		case PHASE_UPSTREAM_EHLO:
+		case PHASE_UPSTREAM_STARTTLS:
+		case PHASE_UPSTREAM_TLS:
+		case PHASE_UPSTREAM_XCLIENT:
 			if (!s->early_talker && evbuffer_get_length(side_input(&s->client)) > 0) {
 				s->early_talker = 1;
 				session_warn(s,
@@ -962,27 +1015,14 @@ relay_client_units(struct session *s)
 			}
 			side_pause(&s->client, PAUSE_WAIT);
 			return;
-		case ST_AWAIT:
-			side_pause(&s->client, PAUSE_WAIT);
-			return;
-		case ST_RAW:
+		case PHASE_RAW:
 			relay_raw(&s->client);
 			return;
-		case ST_CHUNK:
-			if (!client_chunk(s))
-				return;
-			break;
-		case ST_CLOSING:
+		case PHASE_CLOSING:
 			return;
-		default:
-			/* Lines may bring replies of our own: not while the client takes none. */
-			if (session_client_full(s))
+		case PHASE_RELAYING:
+			if (!client_relay_step(s))
 				return;
-			if (s->state == ST_MESSAGE && client_content_run(s) > 0)
-				break;
-			if (!side_next_unit(&s->client, s->px->opts->max_line, &u))
-				return;
-			client_unit(s, &u);
 			break;
 		}
 	}
@@ -998,14 +1038,15 @@ relay_client(struct session *s)
 void
 relay_client_secured(struct session *s)
 {
-	if (s->state != ST_CLIENT_TLS)
+	if (s->phase != PHASE_CLIENT_TLS)
 		return; /* implicit TLS: the session goes on as it is */
 	/* RFC 3207 4.2: everything learnt before TLS is forgotten; the client starts again. */
 	free(s->helo);
 	s->helo = NULL;
 	s->tx = NULL;
 	s->server_chunking = 0; /* offered again only in the reply to a new EHLO */
-	session_enter_state(s, ST_COMMAND);
+	session_enter_phase(s, PHASE_RELAYING);
+	client_enter_mode(s, MODE_COMMAND);
 	/* The server must forget too: a transaction begun in clear does not go on in TLS. */
 	if (!relay_no_server(s))
 		relay_quiet_upstream(s, "RSET\r\n", VERB_RSET);
@@ -1016,18 +1057,18 @@ void
 relay_client_gone(struct session *s)
 {
 	side_pause(&s->client, PAUSE_EOF);
-	if (s->state == ST_PROXY_HEADER) {
+	if (s->phase == PHASE_PROXY_HEADER) {
 		proxyin_gone(s);
 		return;
 	}
-	if (s->state == ST_MESSAGE || s->state == ST_CHUNK) {
+	if (client_in_mode(s, MODE_MESSAGE) || client_in_mode(s, MODE_CHUNK)) {
 		/* Never let a partial message end: closing upstream makes the server drop it. */
 		session_warn(s, "client closed during the message: upstream closed, nothing "
 		                "delivered");
 		session_close(s, "client_closed");
 		return;
 	}
-	if (s->state == ST_RAW || s->pipeline.remote == 0 || s->state == ST_CONNECTING) {
+	if (s->phase == PHASE_RAW || s->pipeline.remote == 0 || s->phase == PHASE_CONNECTING) {
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 		return;
 	}

@@ -199,7 +199,7 @@ listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_f
 		return 0;
 	for (s = TAILQ_LAST(list, listener_sessions); s != NULL && n < LOOP_NEWEST;
 	     s = TAILQ_PREV(s, listener_sessions, entry), n++) {
-		if (s->state > ST_GREETING || s->closing ||
+		if ((s->phase != PHASE_CONNECTING && s->phase != PHASE_GREETING) ||
 		    (fd = bufferevent_getfd(s->server.bev)) < 0)
 			continue;
 		len = sizeof(me);

@@ -110,7 +110,7 @@ relay_quiet_upstream(struct session *s, const char *line, enum smtp_verb verb)
 void
 relay_message_start(struct session *s)
 {
-	session_enter_state(s, ST_MESSAGE);
+	client_enter_mode(s, MODE_MESSAGE);
 	s->msg_line_start = 1;
 	s->msg_in_headers = 1;
 	s->msg_hidden_lines = s->msg_hidden_octets = 0;

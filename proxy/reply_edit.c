@@ -290,7 +290,7 @@ reply_edit_send_ehlo(struct session *s, const unsigned char *reply, size_t len,
 		reply = evbuffer_pullup(with, (ev_ssize_t)len);
 	}
 	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, VERB_EHLO, 250, &outlen) : NULL;
-	if (reply == NULL || s->closing) {
+	if (reply == NULL || s->phase == PHASE_CLOSING) {
 		free(rebuilt);
 		if (with != NULL)
 			evbuffer_free(with);
@@ -331,7 +331,7 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 	struct evbuffer *out;
 	unsigned char *rebuilt;
 
-	if (s->client.bev == NULL || s->closing) {
+	if (s->client.bev == NULL || s->phase == PHASE_CLOSING) {
 		evbuffer_drain(held, len);
 		return;
 	}
@@ -343,16 +343,16 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		}
 		reply_edit_send_ehlo(s, reply, len, out);
 		evbuffer_drain(held, evbuffer_get_length(held));
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			side_write_buffer(&s->client, out);
 		evbuffer_free(out);
 		return;
 	}
 	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
-	if (s->closing || (out = evbuffer_new()) == NULL) {
+	if (s->phase == PHASE_CLOSING || (out = evbuffer_new()) == NULL) {
 		free(rebuilt);
 		evbuffer_drain(held, len);
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			session_close(s, "error");
 		return;
 	}

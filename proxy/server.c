@@ -75,7 +75,7 @@ server_start_passthrough(struct session *s)
 		             stale_s);
 		side_discard(&s->server, stale_s);
 	}
-	session_enter_state(s, ST_RAW);
+	session_enter_phase(s, PHASE_RAW);
 	relay_resume_client(s);
 }
 
@@ -94,14 +94,15 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 		s->server_chunking = code == 250 && s->reply_chunking;
 		break;
 	case VERB_GREETING:
-		session_enter_state(s, ST_COMMAND);
+		session_enter_phase(s, PHASE_RELAYING);
+		client_enter_mode(s, MODE_COMMAND);
 		relay_resume_client(s);
 		break;
 	case VERB_DATA:
 		if (code == 354)
 			relay_message_start(s);
 		else
-			session_enter_state(s, ST_COMMAND);
+			client_enter_mode(s, MODE_COMMAND);
 		if (code == 354 && (filter_has(s, SCOPE_HEADER) || filter_has(s, SCOPE_BODY)) &&
 		    message_begin(s, 0) != 0) {
 			session_close(s, "error");
@@ -118,7 +119,7 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 		s->auth_code = code;
 		free(s->auth_text);
 		s->auth_text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
-		session_enter_state(s, code == 334 ? ST_SASL : ST_COMMAND);
+		client_enter_mode(s, code == 334 ? MODE_SASL : MODE_COMMAND);
 		relay_resume_client(s);
 		break;
 	case VERB_STARTTLS:
@@ -126,16 +127,16 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 			server_start_passthrough(s);
 			break;
 		}
-		session_enter_state(s, ST_COMMAND);
+		client_enter_mode(s, MODE_COMMAND);
 		relay_resume_client(s);
 		break;
 	case VERB_QUIT:
 		s->quit_answered = 1;
 		break;
 	case VERB_EOD:
-		if (s->state == ST_AWAIT) {
+		if (client_in_mode(s, MODE_AWAIT)) {
 			/* A held message's final reply: the client may go on. */
-			session_enter_state(s, ST_COMMAND);
+			client_enter_mode(s, MODE_COMMAND);
 			relay_resume_client(s);
 		}
 		break;
@@ -172,7 +173,7 @@ server_421(struct session *s, int relayed)
 	}
 	/* The reply rules see a 421 too (a host name to hide is in it as in any other). */
 	reply_edit_in_place(s, s->reply_copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	len = evbuffer_get_length(s->reply_copy);
 	if (head == NULL || !(head->quiet && head->verb == VERB_RSET))
@@ -202,7 +203,7 @@ server_held_refused(struct session *s, int code)
 	}
 	reply_edit_send(s, s->held_reply, VERB_DATA, code);
 	message_free(s);
-	session_enter_state(s, ST_COMMAND);
+	client_enter_mode(s, MODE_COMMAND);
 	relay_resume_client(s);
 }
 
@@ -245,7 +246,7 @@ server_quiet_done(struct session *s, int code)
 	} else {
 		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
 	}
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	relay_flush_local(s);
 	if (session_client_gone(s) && s->pipeline.remote == 0)
@@ -275,7 +276,7 @@ server_reply_done(struct session *s)
 	if (mode == SRV_HOLD)
 		reply_edit_send(s, s->held_reply, head->verb, code);
 	server_reply_effect(s, head, code);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	pipeline_pop(&s->pipeline);
 	relay_flush_local(s);
@@ -325,7 +326,7 @@ server_hold_overflow(struct session *s)
 	struct pending *head = pipeline_head(&s->pipeline);
 
 	session_warn(s, "reply over %d octets", REPLY_HOLD_MAX);
-	if (s->server_mode == SRV_SETUP && s->state == ST_GREETING &&
+	if (s->server_mode == SRV_SETUP && s->phase == PHASE_GREETING &&
 	    s->px->opts->forward_client != FORWARD_XCLIENT) {
 		/* The client may read the greeting now; it still may not talk until the
 		 * upstream leg is secured.  (Under XCLIENT the greeting the client gets is a
@@ -375,7 +376,7 @@ server_reply_route(struct session *s, const struct unit *u)
 	int cont = s->server.in_piece;
 
 	if (hold != NULL && evbuffer_get_length(hold) + u->len > REPLY_HOLD_MAX &&
-	    (hold = server_hold_overflow(s)) == NULL && s->closing)
+	    (hold = server_hold_overflow(s)) == NULL && s->phase == PHASE_CLOSING)
 		return;
 	side_record(&s->server, u);
 	if (s->server_mode == SRV_STREAM && !cont && u->complete) {
@@ -465,12 +466,12 @@ relay_server(struct session *s)
 {
 	struct unit u;
 
-	while (!s->closing && s->server.bev != NULL) {
-		if (s->state == ST_RAW) {
+	while (s->phase != PHASE_CLOSING && s->server.bev != NULL) {
+		if (s->phase == PHASE_RAW) {
 			relay_raw(&s->server);
 			return;
 		}
-		if (s->state == ST_UPSTREAM_TLS)
+		if (s->phase == PHASE_UPSTREAM_TLS)
 			return;
 		if (!side_next_unit(&s->server, s->px->opts->max_line, &u))
 			return;
@@ -484,9 +485,9 @@ relay_server_gone(struct session *s)
 	char lost[512];
 
 	relay_server(s);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
-	if (s->state == ST_RAW || (s->quit_answered && s->pipeline.remote == 0)) {
+	if (s->phase == PHASE_RAW || (s->quit_answered && s->pipeline.remote == 0)) {
 		session_close(s, s->quit_answered ? "quit" : "server_closed");
 		return;
 	}

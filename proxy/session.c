@@ -63,29 +63,26 @@ static int side_direct(struct session *s, struct side *x);
 static unsigned session_idle_limit(struct session *s);
 static int session_awaits_eod(struct session *s);
 
-static const char *state_names[] = {
-    [ST_CONNECTING] = "connecting",
-    [ST_GREETING] = "greeting",
-    [ST_COMMAND] = "command",
-    [ST_AWAIT] = "await-reply",
-    [ST_SASL] = "sasl",
-    [ST_MESSAGE] = "message",
-    [ST_CHUNK] = "chunk",
-    [ST_SKIP] = "skip",
-    [ST_RAW] = "raw",
-    [ST_CLOSING] = "closing",
-    [ST_UPSTREAM_EHLO] = "upstream-ehlo",
-    [ST_UPSTREAM_STARTTLS] = "upstream-starttls",
-    [ST_UPSTREAM_TLS] = "upstream-tls",
-    [ST_UPSTREAM_XCLIENT] = "upstream-xclient",
-    [ST_PROXY_HEADER] = "proxy-header",
-    [ST_CLIENT_TLS] = "client-tls",
+static const char *const phase_names[] = {
+    [PHASE_CONNECTING] = "connecting",
+    [PHASE_GREETING] = "greeting",
+    [PHASE_RELAYING] = "relaying",
+    [PHASE_RAW] = "raw",
+    [PHASE_CLOSING] = "closing",
+    [PHASE_UPSTREAM_EHLO] = "upstream-ehlo",
+    [PHASE_UPSTREAM_STARTTLS] = "upstream-starttls",
+    [PHASE_UPSTREAM_TLS] = "upstream-tls",
+    [PHASE_UPSTREAM_XCLIENT] = "upstream-xclient",
+    [PHASE_PROXY_HEADER] = "proxy-header",
+    [PHASE_CLIENT_TLS] = "client-tls",
 };
 
 const char *
-session_state_name(enum smtp_state state)
+session_phase_name(enum session_phase phase)
 {
-	return state_names[state];
+	return (unsigned int)phase < sizeof(phase_names) / sizeof(phase_names[0])
+	           ? phase_names[phase]
+	           : "?";
 }
 
 /* The session id: eight hex digits and a NUL into id, without printf per session. */
@@ -111,12 +108,19 @@ session_copy_text(char *dst, size_t size, const char *src)
 }
 
 void
-session_enter_state(struct session *s, enum smtp_state state)
+session_enter_phase(struct session *s, enum session_phase phase)
 {
-	if (s->state == state)
+	if (s->phase == phase)
 		return;
-	log_debug("session=%s state %s -> %s", s->id, state_names[s->state], state_names[state]);
-	s->state = state;
+	if (s->phase == PHASE_CLOSING) {
+		/* Closing is the last phase: what follows session_close() must not reopen it. */
+		log_debug("session=%s phase closing kept (not %s)", s->id,
+		          session_phase_name(phase));
+		return;
+	}
+	log_debug("session=%s phase %s -> %s", s->id, session_phase_name(s->phase),
+	          session_phase_name(phase));
+	s->phase = phase;
 }
 
 /* Whether a side is being read now. */
@@ -165,7 +169,7 @@ void
 side_resume(struct side *x, int why)
 {
 	x->paused &= ~why;
-	if (x->paused == 0 && x->bev != NULL && !x->s->closing && !side_reading(x))
+	if (x->paused == 0 && x->bev != NULL && x->s->phase != PHASE_CLOSING && !side_reading(x))
 		side_read_on(x);
 }
 
@@ -232,7 +236,7 @@ side_flush(struct side *x)
 static void
 session_flush(struct session *s)
 {
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	side_flush(&s->client);
 	side_flush(&s->server);
@@ -264,7 +268,7 @@ session_client_full(struct session *s)
 
 	if (c->paused & PAUSE_OWN_FULL)
 		return 1;
-	if (s->closing || c->bev == NULL)
+	if (s->phase == PHASE_CLOSING || c->bev == NULL)
 		return 0;
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
 	    s->pipeline.count < PIPELINE_HIGH)
@@ -282,7 +286,7 @@ session_client_drained(struct session *s)
 {
 	struct side *c = &s->client;
 
-	if (!(c->paused & PAUSE_OWN_FULL) || s->closing || c->bev == NULL)
+	if (!(c->paused & PAUSE_OWN_FULL) || s->phase == PHASE_CLOSING || c->bev == NULL)
 		return;
 	if (evbuffer_get_length(bufferevent_get_output(c->bev)) > SIDE_HIGH_MARK / 2 ||
 	    s->pipeline.count > PIPELINE_HIGH / 2)
@@ -443,12 +447,11 @@ session_close(struct session *s, const char *reason)
 {
 	struct timeval now, poll = {0, CLOSE_POLL_USECS};
 
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
-	s->closing = 1;
 	s->close_reason = reason;
-	session_record_unrelayed(s);
-	session_enter_state(s, ST_CLOSING);
+	session_record_unrelayed(s); /* reads the client's mode, kept until the phase changes */
+	session_enter_phase(s, PHASE_CLOSING);
 	gettimeofday(&now, NULL);
 	if (s->tls_passthrough)
 		transcript_event(s->transcript,
@@ -544,7 +547,7 @@ session_shutdown(struct session *s)
 {
 	char reply[512];
 
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down\r\n",
 	         s->px->opts->hostname);
@@ -583,15 +586,15 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (s->state == ST_CLOSING) {
+	if (s->phase == PHASE_CLOSING) {
 		session_linger_check(s);
 		return;
 	}
-	if (s->state == ST_PROXY_HEADER) {
+	if (s->phase == PHASE_PROXY_HEADER) {
 		proxyin_timeout(s);
 		return;
 	}
-	if (s->state == ST_CONNECTING) {
+	if (s->phase == PHASE_CONNECTING) {
 		snprintf(reply, sizeof(reply),
 		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
 		         s->px->opts->hostname);
@@ -640,7 +643,7 @@ side_check_backpressure(struct side *x)
 {
 	struct side *peer = session_peer(x);
 
-	if (x->s->closing || peer->bev == NULL)
+	if (x->s->phase == PHASE_CLOSING || peer->bev == NULL)
 		return;
 	if (evbuffer_get_length(bufferevent_get_output(peer->bev)) >= SIDE_HIGH_MARK)
 		side_pause(x, PAUSE_PEER_FULL);
@@ -652,7 +655,7 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	struct side *x = arg;
 	struct session *s = x->s;
 
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	(void)bev;
 	if (x->paused) {
@@ -668,7 +671,7 @@ session_read_cb(struct bufferevent *bev, void *arg)
 		relay_server(s);
 	side_check_backpressure(x);
 	session_flush(s);
-	if (x->dir == SIDE_SERVER && !s->closing) {
+	if (x->dir == SIDE_SERVER && s->phase != PHASE_CLOSING) {
 		session_client_drained(s); /* replies went to the client: it may go on */
 		session_flush(s);
 	}
@@ -684,7 +687,7 @@ session_resume_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (s->closing || s->client.bev == NULL)
+	if (s->phase == PHASE_CLOSING || s->client.bev == NULL)
 		return;
 	transcript_clock_hold();
 	relay_client(s);
@@ -697,7 +700,7 @@ session_resume_cb(evutil_socket_t fd, short what, void *arg)
 void
 session_schedule_client(struct session *s)
 {
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		event_active(s->resume, EV_TIMEOUT, 1);
 }
 
@@ -721,7 +724,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	struct session *s = x->s;
 	struct side *peer = session_peer(x);
 
-	if (s->closing) {
+	if (s->phase == PHASE_CLOSING) {
 		if (x->dir == SIDE_CLIENT && session_client_pending(s) == 0)
 			session_free_later(s);
 		return;
@@ -858,16 +861,16 @@ session_connected(struct session *s, struct side *x)
 {
 	if (x->dir == SIDE_CLIENT) {
 		session_tls_done(s, x);
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			relay_client_secured(s);
 		return;
 	}
-	if (s->state == ST_CONNECTING) {
+	if (s->phase == PHASE_CONNECTING) {
 		session_upstream_connected(s);
 		return;
 	}
 	session_tls_done(s, x);
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		relay_upstream_secured(s);
 }
 
@@ -971,12 +974,12 @@ session_upstream_connected(struct session *s)
 	event_del(s->timer);
 	event_add(s->timer, &idle);
 	if (s->px->opts->upstream_tls == UPSTREAM_IMPLICIT) {
-		session_enter_state(s, ST_UPSTREAM_TLS);
+		session_enter_phase(s, PHASE_UPSTREAM_TLS);
 		if (session_start_tls(s, &s->server) != 0)
 			session_tls_failed(s, &s->server, "TLS set-up failed");
 		return;
 	}
-	session_enter_state(s, ST_GREETING);
+	session_enter_phase(s, PHASE_GREETING);
 	side_read_on(&s->server);
 }
 
@@ -1019,9 +1022,9 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 {
 	struct session *s = x->s;
 
-	if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !s->closing)
+	if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && s->phase != PHASE_CLOSING)
 		session_settle_client(s);
-	if (s->closing) {
+	if (s->phase == PHASE_CLOSING) {
 		/* A client finishing its handshake while we close: it will get our last reply. */
 		if ((what & BEV_EVENT_CONNECTED) && x->dir == SIDE_CLIENT && !x->tls)
 			session_tls_done(s, x);
@@ -1036,7 +1039,7 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 	}
 	if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
 		return;
-	if (x->dir == SIDE_SERVER && s->state == ST_CONNECTING) {
+	if (x->dir == SIDE_SERVER && s->phase == PHASE_CONNECTING) {
 		/* Accepted, then reset before the loop saw the connection complete: the server
 		 * closed before its greeting, as when the reset comes a moment later. */
 		if ((what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == ECONNRESET) {
@@ -1048,7 +1051,7 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 		session_upstream_failed(s, session_error_reason(bev, what));
 		return;
 	}
-	if ((x->dir == SIDE_SERVER && s->state == ST_UPSTREAM_TLS) ||
+	if ((x->dir == SIDE_SERVER && s->phase == PHASE_UPSTREAM_TLS) ||
 	    (x->dir == SIDE_CLIENT && !x->tls && bufferevent_openssl_get_ssl(bev) != NULL)) {
 		session_tls_failed(s, x, NULL);
 		return;
@@ -1243,7 +1246,7 @@ session_connect_to(struct session *s, const struct sockaddr *sa, socklen_t len)
 	}
 	if (bufferevent_socket_connect(s->server.bev, sa, (int)len) == 0)
 		return 0;
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		session_upstream_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 	return -1;
 }
@@ -1271,7 +1274,7 @@ session_connect(struct session *s)
 		                          s->px->upstream_salen);
 	if (bufferevent_socket_connect_hostname(s->server.bev, s->px->dns, AF_UNSPEC,
 	                                        o->upstream_host, atoi(o->upstream_port)) != 0) {
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			session_upstream_failed(s, "connect failed");
 		return -1;
 	}
@@ -1416,7 +1419,7 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	if (sa != NULL && options_accept_proxy_from(px->opts, sa)) {
 		/* A balancer: its PROXY header names the client before anything else. */
 		s->proxy_implicit_tls = implicit_tls;
-		session_enter_state(s, ST_PROXY_HEADER);
+		session_enter_phase(s, PHASE_PROXY_HEADER);
 		event_add(s->timer, &header_limit);
 		side_read_on(&s->client);
 		return s;
@@ -1430,7 +1433,7 @@ session_begin(struct session *s, int implicit_tls)
 {
 	struct proxy *px = s->px;
 
-	session_enter_state(s, ST_CONNECTING);
+	session_enter_phase(s, PHASE_CONNECTING);
 	/* TCP_NODELAY: inherited from the listener (listener_add). */
 	if ((session_open_transcript(s) != 0 || transcript_failing()) &&
 	    px->opts->log_failure_tempfail) {

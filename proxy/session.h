@@ -38,24 +38,32 @@ struct tls_info {
 	char verify[128];
 };
 
-/* The SMTP state of a session; changed only through session_enter_state(). */
-enum smtp_state {
-	ST_CONNECTING,        /* connecting upstream */
-	ST_GREETING,          /* waiting for the server's greeting */
-	ST_COMMAND,           /* client lines are commands */
-	ST_AWAIT,             /* the client waits for the reply to DATA, AUTH, STARTTLS or SASL */
-	ST_SASL,              /* the next client line answers a 334 */
-	ST_MESSAGE,           /* DATA content, until <CRLF>.<CRLF> */
-	ST_CHUNK,             /* BDAT content: exactly chunk_left octets */
-	ST_SKIP,              /* discarding the rest of an over-long command line */
-	ST_RAW,               /* after STARTTLS without a certificate: bytes both ways */
-	ST_UPSTREAM_EHLO,     /* our own EHLO to the server, before its STARTTLS */
-	ST_UPSTREAM_STARTTLS, /* our own STARTTLS to the server */
-	ST_UPSTREAM_TLS,      /* handshake with the server */
-	ST_UPSTREAM_XCLIENT,  /* our own XCLIENT, naming the client to the server */
-	ST_PROXY_HEADER,      /* reading a balancer's PROXY header (--accept-proxy) */
-	ST_CLIENT_TLS,        /* handshake with the client after its STARTTLS */
-	ST_CLOSING,
+/*
+ * Where a session is in its life; changed only through session_enter_phase().  Only while
+ * PHASE_RELAYING is the client read as SMTP, in its mode (enum client_mode).
+ */
+enum session_phase {
+	PHASE_CONNECTING,        /* connecting upstream */
+	PHASE_GREETING,          /* waiting for the server's greeting */
+	PHASE_RELAYING,          /* both directions relayed, the client read in its mode */
+	PHASE_RAW,               /* after STARTTLS without a certificate: bytes both ways */
+	PHASE_UPSTREAM_EHLO,     /* our own EHLO to the server, before its STARTTLS */
+	PHASE_UPSTREAM_STARTTLS, /* our own STARTTLS to the server */
+	PHASE_UPSTREAM_TLS,      /* handshake with the server */
+	PHASE_UPSTREAM_XCLIENT,  /* our own XCLIENT, naming the client to the server */
+	PHASE_PROXY_HEADER,      /* reading a balancer's PROXY header (--accept-proxy) */
+	PHASE_CLIENT_TLS,        /* handshake with the client after its STARTTLS */
+	PHASE_CLOSING,           /* session_close() was called: the last phase, never left */
+};
+
+/* How the client's input is read while relaying; changed only through client_enter_mode(). */
+enum client_mode {
+	MODE_COMMAND, /* client lines are commands */
+	MODE_AWAIT,   /* the client waits for the reply to DATA, AUTH, STARTTLS or SASL */
+	MODE_SASL,    /* the next client line answers a 334 */
+	MODE_MESSAGE, /* DATA content, until <CRLF>.<CRLF> */
+	MODE_CHUNK,   /* BDAT content: exactly chunk_left octets */
+	MODE_SKIP,    /* discarding the rest of an over-long command line */
 };
 
 /*
@@ -99,8 +107,9 @@ struct session {
 	char id[12];
 	struct side client;
 	struct side server;
-	enum smtp_state state;
-	enum smtp_state skip_return; /* state to go back to after ST_SKIP */
+	enum session_phase phase;
+	enum client_mode mode;        /* the client's, while PHASE_RELAYING */
+	enum client_mode skip_return; /* mode to go back to after MODE_SKIP */
 	struct pipeline pipeline;
 	struct event *timer; /* connect timeout, idle timeout or close linger, by state */
 	/* Goes on with the client's input from the loop (session_schedule_client). */
@@ -185,7 +194,6 @@ struct session {
 	int quit_answered;
 	time_t client_gone_at;   /* when the client closed its write half (session_client_gone) */
 	int server_shut_pending; /* shut the server's write half once its output is sent */
-	int closing;
 	time_t linger_until; /* a closing session is freed by then at the latest */
 	unsigned warnings;
 	const char *close_reason;
@@ -236,8 +244,12 @@ void session_reply(struct session *s, const char *reply);
  */
 int session_client_full(struct session *s);
 
-void session_enter_state(struct session *s, enum smtp_state state);
-const char *session_state_name(enum smtp_state state);
+void session_enter_phase(struct session *s, enum session_phase phase);
+const char *session_phase_name(enum session_phase phase);
+/* Whether the session relays and reads the client in mode. */
+int client_in_mode(const struct session *s, enum client_mode mode);
+void client_enter_mode(struct session *s, enum client_mode mode);
+const char *client_mode_name(enum client_mode mode);
 void side_pause(struct side *x, int why);
 void side_resume(struct side *x, int why);
 

@@ -32,11 +32,11 @@ upstream_ready(struct session *s)
 	s->upstream_setup = 0;
 	if (s->greeting != NULL)
 		reply_edit_send(s, s->greeting, VERB_GREETING, 220);
-	if (s->closing)
+	if (s->phase == PHASE_CLOSING)
 		return;
 	if (head != NULL && head->verb == VERB_GREETING) {
 		server_reply_effect(s, head, 220);
-		if (!s->closing)
+		if (s->phase != PHASE_CLOSING)
 			pipeline_pop(&s->pipeline);
 	}
 }
@@ -102,7 +102,7 @@ upstream_identify(struct session *s)
 		return;
 	}
 	relay_send_upstream(s, cmd);
-	session_enter_state(s, ST_UPSTREAM_XCLIENT);
+	session_enter_phase(s, PHASE_UPSTREAM_XCLIENT);
 }
 
 /* TLS with the server could not be had: go on in clear, unless it is required. */
@@ -155,7 +155,7 @@ upstream_send_ehlo(struct session *s)
 
 	snprintf(ehlo, sizeof(ehlo), "EHLO %s\r\n", s->px->opts->helo_name);
 	relay_send_upstream(s, ehlo);
-	session_enter_state(s, ST_UPSTREAM_EHLO);
+	session_enter_phase(s, PHASE_UPSTREAM_EHLO);
 }
 
 /* The server's reply to our EHLO: on to STARTTLS, to XCLIENT, or to the client. */
@@ -178,7 +178,7 @@ upstream_ehlo_reply(struct session *s, const unsigned char *reply, size_t len, i
 		return;
 	}
 	relay_send_upstream(s, "STARTTLS\r\n");
-	session_enter_state(s, ST_UPSTREAM_STARTTLS);
+	session_enter_phase(s, PHASE_UPSTREAM_STARTTLS);
 }
 
 /* The server's reply to our XCLIENT: a new greeting is the client's greeting. */
@@ -210,8 +210,8 @@ upstream_setup_step(struct session *s)
 	int code = s->reply_code;
 
 	server_enter_mode(s, SRV_NONE);
-	switch (s->state) {
-	case ST_GREETING:
+	switch (s->phase) {
+	case PHASE_GREETING:
 		if (s->greeting == NULL && (s->greeting = evbuffer_new()) == NULL) {
 			session_close(s, "error");
 			return;
@@ -228,16 +228,16 @@ upstream_setup_step(struct session *s)
 					                                "the server refused the session");
 				upstream_ready(s);
 			}
-			if (code == 421 && !s->closing)
+			if (code == 421 && s->phase != PHASE_CLOSING)
 				session_close(s, "server_421");
 			return;
 		}
 		upstream_send_ehlo(s);
 		break;
-	case ST_UPSTREAM_EHLO:
+	case PHASE_UPSTREAM_EHLO:
 		upstream_ehlo_reply(s, reply, len, code);
 		break;
-	case ST_UPSTREAM_STARTTLS:
+	case PHASE_UPSTREAM_STARTTLS:
 		if (code != 220) {
 			upstream_plain(s, "the server refused STARTTLS");
 			break;
@@ -249,11 +249,11 @@ upstream_setup_step(struct session *s)
 			             stale);
 			side_discard(&s->server, stale);
 		}
-		session_enter_state(s, ST_UPSTREAM_TLS);
+		session_enter_phase(s, PHASE_UPSTREAM_TLS);
 		if (session_start_tls(s, &s->server) != 0)
 			upstream_tls_refused(s, "TLS set-up failed");
 		break;
-	case ST_UPSTREAM_XCLIENT:
+	case PHASE_UPSTREAM_XCLIENT:
 		upstream_xclient_reply(s, code);
 		break;
 	default:
@@ -275,7 +275,7 @@ relay_upstream_secured(struct session *s)
 		return;
 	}
 	/* Implicit TLS: the greeting comes now, over TLS. */
-	session_enter_state(s, ST_GREETING);
+	session_enter_phase(s, PHASE_GREETING);
 	relay_server(s);
 }
 

@@ -334,6 +334,14 @@ session_alive(const struct session *s)
 	return 0;
 }
 
+/* The phase, or the client's mode while relaying. */
+static const char *
+session_state_label(const struct session *s)
+{
+	return s->phase == PHASE_RELAYING ? client_mode_name(s->mode)
+	                                  : session_phase_name(s->phase);
+}
+
 static void
 note_forced(const struct session *s)
 {
@@ -341,8 +349,8 @@ note_forced(const struct session *s)
 	int i;
 
 	forced++;
-	snprintf(kind, sizeof(kind), "%s/%s", session_state_name(s->state),
-		 s->closing && s->close_reason != NULL ? s->close_reason : "(open)");
+	snprintf(kind, sizeof(kind), "%s/%s", session_state_label(s),
+	         s->phase == PHASE_CLOSING && s->close_reason != NULL ? s->close_reason : "(open)");
 	for (i = 0; i < 16 && forced_kinds[i][0] != '\0'; i++)
 		if (strcmp(forced_kinds[i], kind) == 0)
 			return;
@@ -388,11 +396,11 @@ finish(struct session *s, int first, int second, int cfar, int sfar)
 		return;
 	if (strict) {
 		fprintf(errout, "fuzz_session: session alive in state %s after both peers closed\n",
-			session_state_name(s->state));
+		        session_state_label(s));
 		abort();
 	}
 	note_forced(s);
-	if (!s->closing)
+	if (s->phase != PHASE_CLOSING)
 		session_close(s, "fuzz");
 	pump(ROUNDS_TO_END, cfar, sfar);
 	if (session_alive(s) && s->client.bev != NULL) {

@@ -303,11 +303,20 @@ metrics_tls(struct metrics_counts *c, const struct session *s)
 		count_add(&c->tls[1][1], 1);
 }
 
+/* Adds to a counter what a process-wide total gained since *seen, which follows it. */
+static void
+count_since(counter *c, uint64_t total, uint64_t *seen)
+{
+	if (total > *seen) {
+		count_add(c, total - *seen);
+		*seen = total;
+	}
+}
+
 void
 metrics_session_end(const struct session *s, double duration)
 {
 	struct metrics_counts *c;
-	uint64_t errors, dropped;
 	int k;
 
 	if (shm == NULL)
@@ -324,17 +333,9 @@ metrics_session_end(const struct session *s, double duration)
 	}
 	metrics_tls(c, s);
 	metrics_rules(c, s);
-	/* The transcripts' own count, per process: what is new since the last session. */
-	errors = transcript_write_errors();
-	if (errors > journal_seen) {
-		count_add(&c->journal_errors, errors - journal_seen);
-		journal_seen = errors;
-	}
-	dropped = events_dropped_total();
-	if (dropped > dropped_seen) {
-		count_add(&c->events_dropped, dropped - dropped_seen);
-		dropped_seen = dropped;
-	}
+	/* The journal's and the events file's own counts, per process: what is new since. */
+	count_since(&c->journal_errors, transcript_write_errors(), &journal_seen);
+	count_since(&c->events_dropped, events_dropped_total(), &dropped_seen);
 }
 
 void

@@ -326,10 +326,9 @@ reply_edit_in_place(struct session *s, struct evbuffer *held, enum smtp_verb ans
 void
 reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers, int code)
 {
-	size_t len = evbuffer_get_length(held), outlen = 0;
+	size_t len = evbuffer_get_length(held);
 	const unsigned char *reply = evbuffer_pullup(held, (ev_ssize_t)len);
 	struct evbuffer *out;
-	unsigned char *rebuilt;
 
 	if (s->client.bev == NULL || s->phase == PHASE_CLOSING) {
 		evbuffer_drain(held, len);
@@ -348,24 +347,13 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 		evbuffer_free(out);
 		return;
 	}
-	rebuilt = reply != NULL ? reply_rebuild(s, reply, len, answers, code, &outlen) : NULL;
-	if (s->phase == PHASE_CLOSING || (out = evbuffer_new()) == NULL) {
-		free(rebuilt);
-		evbuffer_drain(held, len);
-		if (s->phase != PHASE_CLOSING)
-			session_close(s, "error");
+	/* Edited where it is held, then moved whole: no copy of the reply, no second buffer. */
+	reply_edit_in_place(s, held, answers, code);
+	if (s->phase == PHASE_CLOSING) {
+		evbuffer_drain(held, evbuffer_get_length(held));
 		return;
 	}
-	if (rebuilt != NULL) {
-		reply = rebuilt;
-		len = outlen;
-	}
-	if (reply != NULL)
-		evbuffer_add(out, reply, len);
-	free(rebuilt);
-	evbuffer_drain(held, evbuffer_get_length(held));
-	side_write_buffer(&s->client, out);
-	evbuffer_free(out);
+	side_write_buffer(&s->client, held);
 }
 
 /*

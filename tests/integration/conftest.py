@@ -17,6 +17,7 @@ import subprocess
 import pytest
 
 import harness
+from filter_peers import VerboseSink, add_diag
 
 DEFAULT_LIMIT = 30
 
@@ -221,3 +222,16 @@ def tls_context(workdir):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(crt, key)
     return ctx
+
+
+@pytest.fixture
+def vsink(request, workdir):
+    """smtp-sink -v: dump files per message, and a log of every command it read (the filter
+    and policy tests)."""
+    if not os.access(harness.SMTP_SINK, os.X_OK):
+        pytest.skip("smtp-sink not installed (package postfix)")
+    s = VerboseSink(workdir)
+    add_diag(request, "smtp-sink -v", s)
+    s.start()
+    yield s
+    s.stop()

@@ -17,24 +17,12 @@ import pytest
 
 import harness
 from harness import SmtpClient, SmtpServerScript, dot_stuff, sink_form
-from filter_peers import (BAD, POLICIES, VerboseSink, add_diag, ehlo_reply_from_swaks,
+from filter_peers import (BAD, POLICIES, ehlo_reply_from_swaks,
                           event_rules, held_tmpfiles, rule_line, run_smtptap, swaks,
                           trial_blocks, transcript, wait_stderr, write_rules)
 
 # --------------------------------------------------------------------------------------------
 # Fixtures and small helpers
-
-
-@pytest.fixture
-def vsink(request, workdir):
-    """smtp-sink -v: dump files per message, and a log of every command it read."""
-    if not os.access(harness.SMTP_SINK, os.X_OK):
-        pytest.skip("smtp-sink not installed (package postfix)")
-    s = VerboseSink(workdir)
-    add_diag(request, "smtp-sink -v", s)
-    s.start()
-    yield s
-    s.stop()
 
 
 def start_tap(tap_factory, workdir, upstream_port, rules, *extra, name="test.rules"):

@@ -11,19 +11,8 @@ import pytest
 
 import harness
 from harness import SmtpClient
-from filter_peers import (POLICIES, VerboseSink, add_diag, event_rules, rule_line, run_smtptap,
+from filter_peers import (POLICIES, event_rules, rule_line, run_smtptap,
                           trial_blocks, wait_stderr, write_rules)
-
-
-@pytest.fixture
-def vsink(request, workdir):
-    if not os.access(harness.SMTP_SINK, os.X_OK):
-        pytest.skip("smtp-sink not installed (package postfix)")
-    s = VerboseSink(workdir)
-    add_diag(request, "smtp-sink -v", s)
-    s.start()
-    yield s
-    s.stop()
 
 
 def write(workdir, name, text):

@@ -49,7 +49,11 @@ report_code(const char *key, int code)
 	jw_int_or_null(&jw, code, code > 0);
 }
 
-/* ESMTP parameters, one string each, split as the server splits them. */
+/*
+ * ESMTP parameters, one string each, split at space and tab: the only white space left raw
+ * in the escaped text tx.c keeps (a VT, FF or CR between two parameters stays inside one
+ * string, as \x0b, \x0c, \x0d).
+ */
 static void
 report_params(const char *params)
 {

@@ -30,6 +30,12 @@
 #include "logs/log.h"
 
 #define JOURNAL_DAYS 2
+/*
+ * A finished session's event line waits for its records' batch.  Waiting for the second's
+ * tick would hold every event line up to a second; this short delay still gathers the
+ * sessions that end together into one write.
+ */
+#define JOURNAL_SOON_US 20000
 /* A buffer grown beyond this by a burst is given back at the next tick. */
 #define JOURNAL_KEEP (4 * JOURNAL_FLUSH_AT)
 
@@ -40,6 +46,7 @@ static int dir_nofollow; /* the log directory was no symlink at start-up: never 
 static dev_t dir_dev;
 static ino_t dir_ino;
 static struct event *tick;
+static struct event *soon; /* a flush shortly after a finished session's event line waits */
 static pthread_mutex_t *shared_lock;
 static int keep;          /* --keep-days, -1: keep everything */
 static long pruned_today; /* the day whose rollover was pruned */
@@ -276,6 +283,11 @@ journal_after(struct journal *j, const struct journal_mark *m, journal_wait_fn *
 	w->fn = fn;
 	w->arg = arg;
 	TAILQ_INSERT_TAIL(&j->waits, w, entry);
+	if (soon != NULL && !evtimer_pending(soon, NULL)) {
+		struct timeval delay = {0, JOURNAL_SOON_US};
+
+		evtimer_add(soon, &delay);
+	}
 	return 0;
 }
 
@@ -452,6 +464,18 @@ journal_prune(long today, int keep_days)
 	return removed;
 }
 
+/* Shortly after an event line began to wait: the days that hold waiting lines are written. */
+static void
+journal_soon_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	for (int i = 0; i < JOURNAL_DAYS; i++)
+		if (days[i].day >= 0 && !TAILQ_EMPTY(&days[i].waits))
+			journal_flush(&days[i]);
+}
+
 /*
  * Once a second: every buffer is written, a day no longer written to is let go, and at a
  * day's rollover the directory is checked again and old days pruned.
@@ -510,6 +534,8 @@ journal_init(struct event_base *base, const char *log_dir, int keep_days)
 	tick = event_new(base, -1, EV_PERSIST, journal_tick_cb, NULL);
 	if (tick == NULL || event_add(tick, &second) != 0)
 		return -1;
+	if ((soon = evtimer_new(base, journal_soon_cb, NULL)) == NULL)
+		return -1;
 	return 0;
 }
 
@@ -522,6 +548,9 @@ journal_shutdown(void)
 	if (tick != NULL)
 		event_free(tick);
 	tick = NULL;
+	if (soon != NULL)
+		event_free(soon);
+	soon = NULL;
 	if (dir_fd >= 0)
 		close(dir_fd);
 	dir_fd = -1;

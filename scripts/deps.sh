@@ -11,7 +11,7 @@ PKGS=(
 	postfix swaks curl haproxy
 	python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-prometheus-client
 	openssl clang libclang-rt-14-dev valgrind
-	psmisc procps iproute2 nftables jq systemd
+	psmisc procps iproute2 nftables jq systemd strace
 	debhelper devscripts lintian dpkg-dev
 )
 

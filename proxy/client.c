@@ -20,40 +20,11 @@
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/tx.h"
 
-static const char *const client_mode_names[] = {
-    [MODE_COMMAND] = "command", [MODE_AWAIT] = "await-reply", [MODE_SASL] = "sasl",
-    [MODE_MESSAGE] = "message", [MODE_CHUNK] = "chunk",       [MODE_SKIP] = "skip",
-};
-
-const char *
-client_mode_name(enum client_mode mode)
-{
-	return (unsigned int)mode < sizeof(client_mode_names) / sizeof(client_mode_names[0])
-	           ? client_mode_names[mode]
-	           : "?";
-}
-
-void
-client_enter_mode(struct session *s, enum client_mode mode)
-{
-	if (s->mode == mode)
-		return;
-	log_debug("session=%s client %s -> %s", s->id, client_mode_name(s->mode),
-	          client_mode_name(mode));
-	s->mode = mode;
-}
-
-int
-client_in_mode(const struct session *s, enum client_mode mode)
-{
-	return s->phase == PHASE_RELAYING && s->mode == mode;
-}
-
 /* Our 220 to STARTTLS is on its way: drop what the client pipelined after it, then TLS. */
-void
+static void
 client_starttls(struct session *s)
 {
 	size_t stale = evbuffer_get_length(side_input(&s->client));
@@ -151,7 +122,7 @@ client_refuse(struct session *s, const struct unit *u, const char *reply)
 {
 	side_record(&s->client, u);
 	side_discard(&s->client, u->len);
-	relay_answer_locally(s, reply);
+	client_answer_locally(s, reply);
 }
 
 /*
@@ -189,7 +160,7 @@ client_command_local(struct session *s, const struct unit *u, const struct smtp_
 		return 1;
 	}
 	p->starttls = 1;
-	relay_flush_local(s);
+	client_flush_local(s);
 	return 1;
 }
 
@@ -222,7 +193,7 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 		s->chunk_discard = 1;
 		client_enter_mode(s, MODE_CHUNK);
 	}
-	relay_flush_local(s);
+	client_flush_local(s);
 }
 
 /* Tracks what a command means for the session (HELO name, transaction). */
@@ -279,11 +250,11 @@ client_hold_data(struct session *s, const struct unit *u)
 	}
 	p->hold_decide = 1;
 	p->tx = s->tx;
-	relay_flush_local(s);
+	client_flush_local(s);
 }
 
 /* A held DATA's turn: our own 354 when a recipient was accepted, else the server decides. */
-void
+static void
 client_hold_decide(struct session *s, struct tx *tx)
 {
 	if (!tx_accepted(tx) || relay_no_server(s)) {
@@ -477,7 +448,7 @@ client_line_too_long(struct session *s, const struct unit *u)
 	             s->px->opts->max_line);
 	s->skipped = u->len;
 	side_discard(&s->client, u->len);
-	relay_answer_locally(s, "500 5.5.2 Line too long\r\n");
+	client_answer_locally(s, "500 5.5.2 Line too long\r\n");
 	s->skip_return = s->mode;
 	client_enter_mode(s, MODE_SKIP);
 }
@@ -553,7 +524,7 @@ client_held_end(struct session *s)
 		session_close(s, "rule_disconnect");
 		return;
 	}
-	relay_answer_locally(s, line);
+	client_answer_locally(s, line);
 	if (s->phase == PHASE_CLOSING)
 		return;
 	/* The server forgets the transaction; its reply to our RSET is not the client's. */
@@ -739,8 +710,7 @@ client_content(struct session *s, const struct unit *u)
 		if (u->complete && !s->client.in_piece_before)
 			message_line(s, u->data, u->len);
 		else
-			message_piece(s, u->data, u->len, !s->client.in_piece_before,
-			              u->complete);
+			message_piece(s, u->data, u->len, !s->client.in_piece_before, u->complete);
 		side_discard_later(&s->client, u->len);
 	} else if (bare == BARE_PASS || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
@@ -942,7 +912,8 @@ client_content_run(struct session *s)
 		}
 		x->scanned = 0;
 		taken++;
-		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {
+		if (as_is ? !(len == 3 && p[off] == '.')
+		          : plain && client_plain_line(p + off, len)) {
 			/* Recorded first: past --max-message, client_took_plain closes the session,
 			 * which drains the input p points into. */
 			if (now == NULL)
@@ -995,11 +966,8 @@ relay_client_units(struct session *s)
 		switch (s->phase) {
 		case PHASE_CLIENT_TLS:
 			return;
-		case PHASE_PROXY_HEADER:
-			proxyin_read(s);
-			if (s->phase == PHASE_PROXY_HEADER)
-				return;
-			break;
+		case PHASE_PROXY_HEADER: /* read by the session's owner (proxyin.c) */
+			return;
 		case PHASE_CONNECTING:
 		case PHASE_GREETING:
 		case PHASE_UPSTREAM_EHLO:
@@ -1057,10 +1025,6 @@ void
 relay_client_gone(struct session *s)
 {
 	side_pause(&s->client, PAUSE_EOF);
-	if (s->phase == PHASE_PROXY_HEADER) {
-		proxyin_gone(s);
-		return;
-	}
 	if (client_in_mode(s, MODE_MESSAGE) || client_in_mode(s, MODE_CHUNK)) {
 		/* Never let a partial message end: closing upstream makes the server drop it. */
 		session_warn(s, "client closed during the message: upstream closed, nothing "
@@ -1075,4 +1039,43 @@ relay_client_gone(struct session *s)
 	/* Commands are pending (a QUIT, say): their replies still go to the client, and the
 	 * server hears of the EOF (PITFALLS 9, 17). */
 	session_client_eof(s);
+}
+
+/* Sends the proxy's own replies that have come to the head of the queue. */
+void
+client_flush_local(struct session *s)
+{
+	struct pending *head;
+
+	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
+		if (head->hold_decide) {
+			struct tx *tx = head->tx;
+
+			pipeline_pop(&s->pipeline);
+			client_hold_decide(s, tx);
+			return;
+		}
+		session_reply(s, head->local_reply);
+		if (head->disconnect) {
+			pipeline_pop(&s->pipeline);
+			session_close(s, "rule_disconnect");
+			return;
+		}
+		if (head->starttls) {
+			pipeline_pop(&s->pipeline);
+			client_starttls(s);
+			return;
+		}
+		pipeline_pop(&s->pipeline);
+	}
+}
+
+void
+client_answer_locally(struct session *s, const char *reply)
+{
+	if (pipeline_push_local(&s->pipeline, reply) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	client_flush_local(s);
 }

@@ -10,7 +10,8 @@
 #include "logs/transcript.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
+#include "proxy/report.h"
 #include "proxy/tx.h"
 
 /*
@@ -99,10 +100,10 @@ report_tx(const struct tx *tx)
 	jw_int_or_null(&jw, (long long)tx->size, tx->data);
 	report_code("code", tx->code);
 	report_kv("text", tx->code > 0 ? tx->text : NULL);
-	report_kv("queue_id", tx->code / 100 == 2 && tx_queue_id(tx->text, queue_id,
-	                                                         sizeof(queue_id)) == 0
-	                          ? queue_id
-	                          : NULL);
+	report_kv("queue_id",
+	          tx->code / 100 == 2 && tx_queue_id(tx->text, queue_id, sizeof(queue_id)) == 0
+	              ? queue_id
+	              : NULL);
 	jw_close(&jw, '}');
 }
 
@@ -354,7 +355,8 @@ report_log_line(const struct session *s, double duration)
 	report_put(line, sizeof(line), &len, " helo=<");
 	report_put(line, sizeof(line), &len, report_or(s->helo, ""));
 	report_put(line, sizeof(line), &len, ">");
-	TAILQ_FOREACH(tx, &s->txs, entry) {
+	TAILQ_FOREACH(tx, &s->txs, entry)
+	{
 		report_put(line, sizeof(line), &len, " from=");
 		report_put(line, sizeof(line), &len, report_or(tx->mail_from, "<>"));
 		for (size_t i = 0; i < tx->nrcpt; i++) {

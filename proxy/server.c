@@ -22,36 +22,13 @@
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/tx.h"
 
 /* Longest reply held whole for editing; a longer one is relayed as it comes. */
 #define REPLY_HOLD_MAX 65536
 
 static void server_protocol_error(struct session *s, const char *why);
-
-static const char *const server_mode_names[] = {
-    [SRV_NONE] = "none",     [SRV_RELAY] = "relay", [SRV_HOLD] = "hold", [SRV_QUIET] = "quiet",
-    [SRV_STREAM] = "stream", [SRV_SETUP] = "setup", [SRV_421] = "421",
-};
-
-const char *
-server_mode_name(enum server_mode mode)
-{
-	return (unsigned int)mode < sizeof(server_mode_names) / sizeof(server_mode_names[0])
-	           ? server_mode_names[mode]
-	           : "?";
-}
-
-void
-server_enter_mode(struct session *s, enum server_mode mode)
-{
-	if (s->server_mode == mode)
-		return;
-	log_debug("session=%s server reply %s -> %s", s->id, server_mode_name(s->server_mode),
-	          server_mode_name(mode));
-	s->server_mode = mode;
-}
 
 /* STARTTLS accepted without a certificate of ours: from here on, bytes both ways. */
 static void
@@ -157,7 +134,7 @@ server_421(struct session *s, int relayed)
 	struct pending *head = pipeline_head(&s->pipeline);
 
 	/* The server's own 421 answers the head (or nothing, when idle), as it was sent. */
-	relay_flush_local(s);
+	client_flush_local(s);
 	head = pipeline_head(&s->pipeline);
 	if (relayed) {
 		/* Too long to copy: the head had it as it came, the rest get ours. */
@@ -248,7 +225,7 @@ server_quiet_done(struct session *s, int code)
 	}
 	if (s->phase == PHASE_CLOSING)
 		return;
-	relay_flush_local(s);
+	client_flush_local(s);
 	if (session_client_gone(s) && s->pipeline.remote == 0)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
@@ -279,7 +256,7 @@ server_reply_done(struct session *s)
 	if (s->phase == PHASE_CLOSING)
 		return;
 	pipeline_pop(&s->pipeline);
-	relay_flush_local(s);
+	client_flush_local(s);
 	if (session_client_gone(s) && s->pipeline.remote == 0)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
@@ -362,7 +339,7 @@ server_protocol_error(struct session *s, const char *why)
 	transcript_event(s->transcript, "upstream protocol error: %s", why);
 	snprintf(reply, sizeof(reply), "421 4.4.2 %s Upstream protocol error\r\n",
 	         s->px->opts->hostname);
-	relay_flush_local(s);
+	client_flush_local(s);
 	if (pipeline_head(&s->pipeline) == NULL)
 		session_reply(s, reply);
 	relay_answer_pending(s, reply);
@@ -455,7 +432,7 @@ server_reply_unit(struct session *s, const struct unit *u)
 	server_reply_route(s, u);
 	if (u->complete && s->reply_last_line) {
 		if (s->upstream_setup)
-			upstream_setup_step(s);
+			s->setup_reply_done = 1; /* upstream.c's to take: ends this read */
 		else
 			server_reply_done(s);
 	}
@@ -466,7 +443,7 @@ relay_server(struct session *s)
 {
 	struct unit u;
 
-	while (s->phase != PHASE_CLOSING && s->server.bev != NULL) {
+	while (s->phase != PHASE_CLOSING && s->server.bev != NULL && !s->setup_reply_done) {
 		if (s->phase == PHASE_RAW) {
 			relay_raw(&s->server);
 			return;

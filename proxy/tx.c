@@ -12,7 +12,7 @@
 #include "logs/redact.h"
 #include "logs/transcript.h"
 #include "proxy/options.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/side.h"
 #include "proxy/tx.h"
 

@@ -21,7 +21,7 @@
 #include "smtp/proxyproto.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 
 /* The upstream leg is as secure as it will get: the client gets the greeting now. */
 static void
@@ -90,8 +90,9 @@ upstream_identify(struct session *s)
 	if (s->xclient_attrs < 0) {
 		session_warn(s, "the server does not offer XCLIENT: the client's address cannot be "
 		                "forwarded");
-		log_warnx("session=%s upstream %s does not offer XCLIENT (--forward-client xclient)",
-		          s->id, s->upstream_addr);
+		log_warnx(
+		    "session=%s upstream %s does not offer XCLIENT (--forward-client xclient)",
+		    s->id, s->upstream_addr);
 		upstream_refused(s, "the server does not offer XCLIENT",
 		                 "Cannot forward the client's address", "xclient_refused");
 		return;
@@ -202,7 +203,7 @@ upstream_xclient_reply(struct session *s, int code)
 }
 
 /* A reply during the upstream set-up: greeting, our EHLO, STARTTLS, (EHLO again), XCLIENT. */
-void
+static void
 upstream_setup_step(struct session *s)
 {
 	size_t len = evbuffer_get_length(s->setup_reply), stale;
@@ -224,8 +225,9 @@ upstream_setup_step(struct session *s)
 				upstream_tls_refused(s, "the server refused the session");
 			} else {
 				if (upstream_wants_tls(s->px->opts))
-					transcript_event(s->transcript, "upstream leg stays in clear: "
-					                                "the server refused the session");
+					transcript_event(s->transcript,
+					                 "upstream leg stays in clear: "
+					                 "the server refused the session");
 				upstream_ready(s);
 			}
 			if (code == 421 && s->phase != PHASE_CLOSING)
@@ -276,7 +278,19 @@ relay_upstream_secured(struct session *s)
 	}
 	/* Implicit TLS: the greeting comes now, over TLS. */
 	session_enter_phase(s, PHASE_GREETING);
-	relay_server(s);
+	upstream_relay(s);
+}
+
+void
+upstream_relay(struct session *s)
+{
+	for (;;) {
+		relay_server(s);
+		if (!s->setup_reply_done)
+			return;
+		s->setup_reply_done = 0;
+		upstream_setup_step(s);
+	}
 }
 
 int

@@ -42,34 +42,20 @@
 
 typedef _Atomic uint64_t counter;
 
-static const char *const reasons[] = {"quit",
-                                      "client_closed",
-                                      "server_closed",
-                                      "upstream_unreachable",
-                                      "connect_timeout",
-                                      "idle_timeout",
-                                      "server_421",
-                                      "shutdown",
-                                      "error",
-                                      "bare_newline",
-                                      "log_failure",
-                                      "client_tls_failed",
-                                      "upstream_tls_failed",
-                                      "rule_disconnect",
-                                      "other"};
+static const char *const reasons[] = {
+    "quit",         "client_closed",       "server_closed",     "upstream_unreachable",
+    "connect_timeout", "idle_timeout",     "server_421",        "shutdown",
+    "error",        "bare_newline",        "log_failure",       "client_tls_failed",
+    "upstream_tls_failed", "rule_disconnect", "other"};
 #define NREASONS (sizeof(reasons) / sizeof(reasons[0]))
 
 static const char *const classes[] = {"2xx", "4xx", "5xx"};
 #define NCLASSES 3
 
-static const char *const mechanisms[] = {"PLAIN",         "LOGIN",
-                                         "CRAM-MD5",      "DIGEST-MD5",
-                                         "SCRAM-SHA-1",   "SCRAM-SHA-1-PLUS",
-                                         "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS",
-                                         "XOAUTH2",       "OAUTHBEARER",
-                                         "EXTERNAL",      "GSSAPI",
-                                         "NTLM",          "ANONYMOUS",
-                                         "other"};
+static const char *const mechanisms[] = {
+    "PLAIN",         "LOGIN",       "CRAM-MD5",    "DIGEST-MD5", "SCRAM-SHA-1",
+    "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "XOAUTH2", "OAUTHBEARER",
+    "EXTERNAL",      "GSSAPI",      "NTLM",        "ANONYMOUS",  "other"};
 #define NMECHS (sizeof(mechanisms) / sizeof(mechanisms[0]))
 
 /* success: a 2xx; failure: 4xx or 5xx (a cancelled exchange too: the server answers 501);
@@ -82,7 +68,7 @@ static const char *const tls_results[] = {"ok", "failed"};
 
 static const double connect_buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                          0.5,   1,     2.5,  5,     10,   30};
-static const double duration_buckets[] = {0.01, 0.05, 0.1, 0.5, 1,    5,   10,
+static const double duration_buckets[] = {0.01, 0.05, 0.1, 0.5,  1,    5,   10,
                                           30,   60,   300, 600, 1800, 3600};
 #define NBUCKETS 13
 
@@ -100,7 +86,7 @@ struct metrics_counts {
 	counter recipients[NCLASSES];
 	counter octets[2]; /* received from the client, from the server */
 	counter auth[NMECHS][NAUTHRESULTS];
-	counter tls[2][2];                         /* [leg][result] */
+	counter tls[2][2]; /* [leg][result] */
 	counter rule_hits[METRICS_RULE_SLOTS + 1]; /* the last: rules beyond the table */
 	counter journal_errors;
 	counter events_dropped;
@@ -135,9 +121,9 @@ static struct evhttp *http;
 static struct evhttp_bound_socket *bound;
 static struct event_base *own_base; /* the supervisor's, with workers; else NULL */
 static int in_worker;
-static uint64_t journal_seen;   /* this process's transcript write errors already counted */
-static uint64_t dropped_seen;   /* ... and its dropped event lines */
-static struct rule_map maps[2]; /* the rules now in force and those of a reload before */
+static uint64_t journal_seen;     /* this process's transcript write errors already counted */
+static uint64_t dropped_seen;     /* ... and its dropped event lines */
+static struct rule_map maps[2];   /* the rules now in force and those of a reload before */
 static unsigned map_next;
 static int sigfd = -1;
 static struct event *sig_ev, *tick_ev;
@@ -279,7 +265,8 @@ metrics_rules(struct metrics_counts *c, const struct session *s)
 {
 	const struct rule_map *m;
 
-	if (s->rules == NULL || s->rule_hits == NULL || (m = metrics_rule_map(s->rules)) == NULL)
+	if (s->rules == NULL || s->rule_hits == NULL ||
+	    (m = metrics_rule_map(s->rules)) == NULL)
 		return;
 	for (int i = 0; i < m->n; i++)
 		if (s->rule_hits[i] > 0)
@@ -293,8 +280,7 @@ metrics_transactions(struct metrics_counts *c, const struct session *s)
 	const struct tx *tx;
 	int k;
 
-	TAILQ_FOREACH(tx, &s->txs, entry)
-	{
+	TAILQ_FOREACH(tx, &s->txs, entry) {
 		if ((k = metrics_class(tx->code)) >= 0)
 			count_add(&c->messages[k], 1);
 		for (size_t i = 0; i < tx->nrcpt; i++)
@@ -406,8 +392,7 @@ write_histogram(struct evbuffer *b, const char *name, size_t offset, const doubl
 	unsigned i;
 
 	for (i = 0; i <= NBUCKETS; i++) {
-		cumulative +=
-		    sum(offset + offsetof(struct histogram, bucket) + i * sizeof(counter));
+		cumulative += sum(offset + offsetof(struct histogram, bucket) + i * sizeof(counter));
 		if (i < NBUCKETS)
 			evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i],
 			                    (unsigned long long)cumulative);
@@ -461,11 +446,10 @@ write_auth_tls(struct evbuffer *b)
 	family(b, "smtptap_tls_handshakes_total", "counter", "TLS handshakes by leg and result.");
 	for (unsigned l = 0; l < 2; l++)
 		for (unsigned r = 0; r < 2; r++)
-			evbuffer_add_printf(
-			    b,
-			    "smtptap_tls_handshakes_total{leg=\"%s\",result=\"%s\"} "
-			    "%llu\n",
-			    legs[l], tls_results[r], (unsigned long long)SUM(tls[l][r]));
+			evbuffer_add_printf(b,
+			                    "smtptap_tls_handshakes_total{leg=\"%s\",result=\"%s\"} "
+			                    "%llu\n",
+			                    legs[l], tls_results[r], (unsigned long long)SUM(tls[l][r]));
 }
 
 static void

@@ -100,10 +100,10 @@ report_tx(const struct tx *tx)
 	jw_int_or_null(&jw, (long long)tx->size, tx->data);
 	report_code("code", tx->code);
 	report_kv("text", tx->code > 0 ? tx->text : NULL);
-	report_kv("queue_id",
-	          tx->code / 100 == 2 && tx_queue_id(tx->text, queue_id, sizeof(queue_id)) == 0
-	              ? queue_id
-	              : NULL);
+	report_kv("queue_id", tx->code / 100 == 2 && tx_queue_id(tx->text, queue_id,
+	                                                         sizeof(queue_id)) == 0
+	                          ? queue_id
+	                          : NULL);
 	jw_close(&jw, '}');
 }
 
@@ -355,8 +355,7 @@ report_log_line(const struct session *s, double duration)
 	report_put(line, sizeof(line), &len, " helo=<");
 	report_put(line, sizeof(line), &len, report_or(s->helo, ""));
 	report_put(line, sizeof(line), &len, ">");
-	TAILQ_FOREACH(tx, &s->txs, entry)
-	{
+	TAILQ_FOREACH(tx, &s->txs, entry) {
 		report_put(line, sizeof(line), &len, " from=");
 		report_put(line, sizeof(line), &len, report_or(tx->mail_from, "<>"));
 		for (size_t i = 0; i < tx->nrcpt; i++) {

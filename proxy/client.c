@@ -55,12 +55,12 @@ client_record_sasl(struct session *s, const unsigned char *prefix, size_t prefix
 	char user[REDACT_USER_MAX];
 
 	user[0] = '\0';
-	if (s->auth_user[0] == '\0' &&
-	    redact_sasl_user(s->auth_mech, s->auth_step, (const char *)b64, len, user,
+	if (s->auth.user[0] == '\0' &&
+	    redact_sasl_user(s->auth.mech, s->auth.step, (const char *)b64, len, user,
 	                     sizeof(user)) == 1)
-		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+		snprintf(s->auth.user, sizeof(s->auth.user), "%s", user);
 	transcript_redacted(s->transcript, "C:", prefix, prefixlen, user[0] != '\0' ? user : NULL);
-	s->auth_step++;
+	s->auth.step++;
 }
 
 /*
@@ -75,12 +75,12 @@ client_auth(struct session *s, const unsigned char *line, size_t n, const struct
 
 	smtp_parse_auth(cmd->arg, cmd->arglen, &a);
 	mlen = smtp_sasl_name(a.mech, a.mechlen) ? a.mechlen : 0;
-	memcpy(s->auth_mech, a.mech != NULL ? (const char *)a.mech : "", mlen);
-	s->auth_mech[mlen] = '\0';
-	s->auth_user[0] = '\0';
-	s->auth_step = 0;
-	s->auth_used = 1;
-	s->auth_open = 1;
+	memcpy(s->auth.mech, a.mech != NULL ? (const char *)a.mech : "", mlen);
+	s->auth.mech[mlen] = '\0';
+	s->auth.user[0] = '\0';
+	s->auth.step = 0;
+	s->auth.used = 1;
+	s->auth.open = 1;
 	if (cmd->arg == NULL || (mlen > 0 && a.resp == NULL))
 		transcript_data(s->transcript, "C:", line, n);
 	else if (mlen > 0)
@@ -108,8 +108,8 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	}
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
-	s->chunk_left = size;
-	s->chunk_last = last;
+	s->chunk.left = size;
+	s->chunk.last = last;
 	if (size > 0)
 		client_enter_mode(s, MODE_CHUNK);
 	else if (last)
@@ -189,8 +189,8 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 		client_enter_mode(s, MODE_AWAIT);
 	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
-		s->chunk_left = size;
-		s->chunk_discard = 1;
+		s->chunk.left = size;
+		s->chunk.discard = 1;
 		client_enter_mode(s, MODE_CHUNK);
 	}
 	client_flush_local(s);
@@ -286,11 +286,11 @@ static int
 client_sasl_late(struct session *s, const unsigned char *line, size_t n,
                  const struct smtp_command *cmd)
 {
-	if (!s->auth_open)
+	if (!s->auth.open)
 		return 0;
 	if (cmd->verb == VERB_UNKNOWN && smtp_sasl_shaped(line, n))
 		return 1;
-	s->auth_open = 0;
+	s->auth.open = 0;
 	return 0;
 }
 
@@ -318,7 +318,7 @@ client_capability_hidden(struct session *s, const struct unit *u, const struct s
 		return 0;
 	if (cmd->verb == VERB_AUTH) {
 		(void)client_auth(s, u->data, n, cmd); /* recorded redacted */
-		s->auth_open = 0;
+		s->auth.open = 0;
 	} else {
 		side_record(&s->client, u);
 	}
@@ -486,15 +486,15 @@ client_record_content(struct session *s, const struct unit *u)
 	enum record_level level = s->px->opts->record;
 	int blank = u->complete && !s->client.in_piece && smtp_line_len(u->data, u->len) == 0;
 
-	if (level == RECORD_BODY || (level == RECORD_HEADERS && s->msg_in_headers)) {
+	if (level == RECORD_BODY || (level == RECORD_HEADERS && s->content.in_headers)) {
 		side_record(&s->client, u);
 	} else {
-		s->msg_hidden_lines += u->complete;
-		s->msg_hidden_octets += u->len;
+		s->content.hidden_lines += u->complete;
+		s->content.hidden_octets += u->len;
 		s->client.in_piece = !u->complete;
 	}
 	if (blank)
-		s->msg_in_headers = 0;
+		s->content.in_headers = 0;
 }
 
 /* The end of a held message: refused by the proxy, or handed to the server now. */
@@ -553,11 +553,11 @@ client_streamed_refused(struct session *s, const struct unit *u, const char *rep
 static void
 client_end_of_data(struct session *s, const struct unit *u)
 {
-	if (s->msg_hidden_octets > 0 || s->msg_hidden_lines > 0)
+	if (s->content.hidden_octets > 0 || s->content.hidden_lines > 0)
 		transcript_event(s->transcript, "message %s not recorded lines=%llu octets=%llu",
 		                 s->px->opts->record == RECORD_NONE ? "content" : "body",
-		                 (unsigned long long)s->msg_hidden_lines,
-		                 (unsigned long long)s->msg_hidden_octets);
+		                 (unsigned long long)s->content.hidden_lines,
+		                 (unsigned long long)s->content.hidden_octets);
 	side_record(&s->client, u);
 	if (message_holding(s)) {
 		side_discard(&s->client, u->len);
@@ -658,7 +658,7 @@ client_relayed_too_big(struct session *s)
 static void
 client_content(struct session *s, const struct unit *u)
 {
-	int at_start = s->msg_line_start && !s->client.in_piece;
+	int at_start = s->content.line_start && !s->client.in_piece;
 	enum bare_newline bare = s->px->opts->bare_newline;
 	enum line_end end = client_line_end(u);
 	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
@@ -692,8 +692,8 @@ client_content(struct session *s, const struct unit *u)
 		client_bare_reject(s);
 		return;
 	}
-	if (end == END_BARE && bare == BARE_NORMALIZE && !s->msg_bare_seen) {
-		s->msg_bare_seen = 1;
+	if (end == END_BARE && bare == BARE_NORMALIZE && !s->content.bare_seen) {
+		s->content.bare_seen = 1;
 		session_warn(s, "bare CR or LF in message content: relayed as CRLF");
 	}
 	client_record_content(s, u);
@@ -705,7 +705,7 @@ client_content(struct session *s, const struct unit *u)
 		client_relayed_too_big(s);
 		return;
 	}
-	s->msg_line_start = end == END_CRLF;
+	s->content.line_start = end == END_CRLF;
 	if (s->msg != NULL) {
 		if (u->complete && !s->client.in_piece_before)
 			message_line(s, u->data, u->len);
@@ -732,9 +732,9 @@ client_content(struct session *s, const struct unit *u)
 static void
 client_chunk_unended(struct session *s)
 {
-	if (!s->chunk_in_piece)
+	if (!s->chunk.in_piece)
 		return;
-	s->chunk_in_piece = 0;
+	s->chunk.in_piece = 0;
 	transcript_event(s->transcript, "bdat content ends without a line end");
 }
 
@@ -750,7 +750,7 @@ client_chunk_record(struct session *s, const unsigned char *p, size_t take)
 	struct smtp_line l;
 	struct unit u;
 
-	s->client.in_piece = s->chunk_in_piece;
+	s->client.in_piece = s->chunk.in_piece;
 	while (off < take) {
 		smtp_line_cut(p + off, take - off, &l);
 		u.data = l.data;
@@ -760,7 +760,7 @@ client_chunk_record(struct session *s, const unsigned char *p, size_t take)
 		off += u.len;
 	}
 	/* The command after the chunk is a record of its own, never a piece. */
-	s->chunk_in_piece = s->client.in_piece;
+	s->chunk.in_piece = s->client.in_piece;
 	s->client.in_piece = 0;
 }
 
@@ -773,15 +773,15 @@ client_chunk(struct session *s)
 	const unsigned char *p;
 	int record = s->px->opts->record == RECORD_BODY;
 
-	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
+	take = avail < s->chunk.left ? avail : (size_t)s->chunk.left;
 	if (take == 0)
 		return 0;
-	if (s->chunk_discard) {
+	if (s->chunk.discard) {
 		side_discard(&s->client, take);
-		s->chunk_left -= take;
-		if (s->chunk_left == 0) {
+		s->chunk.left -= take;
+		if (s->chunk.left == 0) {
 			transcript_event(s->transcript, "refused bdat chunk discarded");
-			s->chunk_discard = 0;
+			s->chunk.discard = 0;
 			client_enter_mode(s, MODE_COMMAND);
 			return 1;
 		}
@@ -789,15 +789,15 @@ client_chunk(struct session *s)
 	}
 	if (record && (p = evbuffer_pullup(in, (ev_ssize_t)take)) != NULL) {
 		/* A CR last in a read, with more of the chunk to come, waits for its LF. */
-		if (take < s->chunk_left && p[take - 1] == '\r' && --take == 0)
+		if (take < s->chunk.left && p[take - 1] == '\r' && --take == 0)
 			return 0;
 		client_chunk_record(s, p, take);
 	}
 	side_forward(&s->client, take);
-	s->chunk_left -= take;
-	if (s->chunk_left > 0)
+	s->chunk.left -= take;
+	if (s->chunk.left > 0)
 		return 0;
-	if (s->chunk_last)
+	if (s->chunk.last)
 		client_chunk_unended(s);
 	client_enter_mode(s, MODE_COMMAND);
 	return 1;
@@ -841,7 +841,7 @@ static int
 client_content_plain(const struct session *s)
 {
 	return client_in_mode(s, MODE_MESSAGE) && client_relays_as_sent(s) &&
-	       s->px->opts->record == RECORD_BODY && s->msg_line_start && !s->client.in_piece &&
+	       s->px->opts->record == RECORD_BODY && s->content.line_start && !s->client.in_piece &&
 	       !s->client.relayed_drop;
 }
 
@@ -859,7 +859,7 @@ static void
 client_took_plain(struct session *s, size_t len)
 {
 	if (len == 2)
-		s->msg_in_headers = 0;
+		s->content.in_headers = 0;
 	if (s->tx != NULL) {
 		s->tx->size += len;
 		s->tx->data = 1;

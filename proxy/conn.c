@@ -64,6 +64,8 @@ session_enter_phase(struct session *s, enum session_phase phase)
 	}
 	log_debug("session=%s phase %s -> %s", s->id, session_phase_name(s->phase),
 	          session_phase_name(phase));
+	if (phase == PHASE_CLOSING)
+		s->closed_in = s->phase;
 	s->phase = phase;
 }
 
@@ -207,11 +209,11 @@ server_mode_name(enum server_mode mode)
 void
 server_enter_mode(struct session *s, enum server_mode mode)
 {
-	if (s->server_mode == mode)
+	if (s->reply.mode == mode)
 		return;
-	log_debug("session=%s server reply %s -> %s", s->id, server_mode_name(s->server_mode),
+	log_debug("session=%s server reply %s -> %s", s->id, server_mode_name(s->reply.mode),
 	          server_mode_name(mode));
-	s->server_mode = mode;
+	s->reply.mode = mode;
 }
 
 void

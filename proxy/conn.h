@@ -124,6 +124,60 @@ struct tx {
 	char *text;
 };
 
+/*
+ * A session's parts, each changed by the module named (the others may read them).
+ */
+
+/* server.c: the server's reply being read. */
+struct reply_reader {
+	enum server_mode mode; /* where it goes (a 421 in SRV_RELAY was too long to hold) */
+	int code;
+	int last_line;         /* the current line ends the reply */
+	int chunking;          /* an extension line of the reply is CHUNKING */
+	struct evbuffer *copy; /* a 421's lines, to answer every pending command */
+	struct evbuffer *held; /* a reply held whole, to edit it (reply_edit.c) */
+	char *text;            /* text of the reply's last line */
+};
+
+/* client.c: AUTH (never the secret itself). */
+struct auth_state {
+	char mech[32];
+	char user[256];
+	int step;
+	int code;
+	char *text; /* the reply's text */
+	int used;
+	int open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
+};
+
+/* client.c: DATA content, up to <CRLF>.<CRLF>. */
+struct content_reader {
+	int line_start; /* the previous content line ended in CRLF */
+	int in_headers;
+	int bare_seen; /* a bare line end was normalized in this message */
+	uint64_t hidden_lines;
+	uint64_t hidden_octets;
+};
+
+/* client.c: a BDAT chunk. */
+struct chunk_reader {
+	uint64_t left;
+	int discard;  /* the chunk of a refused BDAT: read and thrown away */
+	int last;     /* the chunk is the message's last (BDAT ... LAST) */
+	int in_piece; /* content recorded so far ends mid-line: more of it is "C+" */
+};
+
+/*
+ * upstream.c: securing the upstream leg (TLS, XCLIENT) before the client sees the greeting,
+ * a phase of the session across several replies (each read in SRV_SETUP).
+ */
+struct upstream_setup {
+	int active;
+	int reply_done;            /* a reply of the set-up is whole: upstream_relay() takes it */
+	struct evbuffer *reply;    /* the server's reply during the set-up */
+	struct evbuffer *greeting; /* the greeting, held until the upstream leg is secured */
+};
+
 struct session {
 	TAILQ_ENTRY(session) entry;
 	const struct conn_ops *ops; /* the owner's (session.c) */
@@ -132,6 +186,7 @@ struct session {
 	struct side client;
 	struct side server;
 	enum session_phase phase;
+	enum session_phase closed_in; /* the phase session_close() ended */
 	enum client_mode mode;        /* the client's, while PHASE_RELAYING */
 	enum client_mode skip_return; /* mode to go back to after MODE_SKIP */
 	struct pipeline pipeline;
@@ -170,49 +225,20 @@ struct session {
 	socklen_t original_len;
 	char original_text[64];
 
-	/* Message content. */
-	int msg_line_start; /* the previous content line ended in CRLF */
-	int msg_in_headers;
-	int msg_bare_seen; /* a bare line end was normalized in this message */
-	uint64_t msg_hidden_lines;
-	uint64_t msg_hidden_octets;
-	struct message *msg;  /* a message under header/body rules, or NULL */
-	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
-	uint64_t chunk_left;
-	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
-	int chunk_last;    /* the chunk is the message's last (BDAT ... LAST) */
+	struct content_reader content; /* client.c's: message content */
+	struct chunk_reader chunk;     /* client.c's: BDAT chunks */
+	struct message *msg;           /* a message under header/body rules, or NULL */
+	uint64_t server_size;          /* the server's SIZE limit, 0 when it set none */
 	/* BDAT is a chunk only where the server offered CHUNKING in its reply to this session's
 	 * EHLO (RFC 3030); elsewhere the server reads the octets as commands, and so do we. */
 	int server_chunking;
-	int chunk_in_piece; /* BDAT content recorded so far ends mid-line: more of it is "C+" */
 	uint64_t skipped;
 
-	/* The reply being read. */
-	enum server_mode server_mode; /* where it goes (a 421 in SRV_RELAY was too long to hold) */
-	int reply_code;
-	int reply_last_line;         /* the current line ends the reply */
-	int reply_chunking;          /* an extension line of the reply is CHUNKING */
-	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
-	char *reply_text;            /* text of the reply's last line */
+	struct reply_reader reply; /* server.c's: the reply being read */
+	struct auth_state auth;    /* client.c's: AUTH, never the secret itself */
+	unsigned caps_hidden;      /* extensions a capability rule removed from the EHLO reply */
 
-	/* AUTH (never the secret itself). */
-	char auth_mech[32];
-	char auth_user[256];
-	int auth_step;
-	int auth_code;
-	char *auth_text; /* the reply's text */
-	int auth_used;
-	int auth_open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
-	unsigned caps_hidden; /* extensions a capability rule removed from the EHLO reply */
-
-	int tls_passthrough;
-	/* Securing the upstream leg before the client sees the greeting: a phase of the session
-	 * across several replies (each read in SRV_SETUP), not where one reply goes. */
-	int upstream_setup;
-	int setup_reply_done; /* a reply of that set-up is whole: upstream_relay() takes it */
-	struct evbuffer *setup_reply;  /* the server's reply during that set-up */
-	struct evbuffer *greeting;     /* the greeting, held until the upstream leg is secured */
-	struct evbuffer *held_reply;   /* a reply held whole, to edit it */
+	struct upstream_setup setup;   /* upstream.c's: securing the upstream leg first */
 	struct tls_info *client_tls;   /* allocated once a handshake is done: idle sessions */
 	struct tls_info *upstream_tls; /* stay small */
 	char *client_tls_error;        /* why the client's handshake failed */

@@ -72,10 +72,10 @@ void
 relay_message_start(struct session *s)
 {
 	client_enter_mode(s, MODE_MESSAGE);
-	s->msg_line_start = 1;
-	s->msg_in_headers = 1;
-	s->msg_hidden_lines = s->msg_hidden_octets = 0;
-	s->msg_bare_seen = 0;
+	s->content.line_start = 1;
+	s->content.in_headers = 1;
+	s->content.hidden_lines = s->content.hidden_octets = 0;
+	s->content.bare_seen = 0;
 }
 
 /*

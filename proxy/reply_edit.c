@@ -364,8 +364,8 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 void
 reply_edit_stream_begin(struct session *s)
 {
-	size_t len = evbuffer_get_length(s->held_reply), off = 0, n;
-	const unsigned char *p = evbuffer_pullup(s->held_reply, (ev_ssize_t)len);
+	size_t len = evbuffer_get_length(s->reply.held), off = 0, n;
+	const unsigned char *p = evbuffer_pullup(s->reply.held, (ev_ssize_t)len);
 	struct evbuffer *pending = evbuffer_new();
 	struct smtp_line l;
 
@@ -374,7 +374,7 @@ reply_edit_stream_begin(struct session *s)
 	if (p == NULL || pending == NULL) {
 		if (pending != NULL)
 			evbuffer_free(pending);
-		side_write_buffer(&s->client, s->held_reply);
+		side_write_buffer(&s->client, s->reply.held);
 		return;
 	}
 	while (off < len) {
@@ -383,8 +383,8 @@ reply_edit_stream_begin(struct session *s)
 		reply_edit_stream_line(s, l.data, n, 0, pending);
 		off += n;
 	}
-	evbuffer_drain(s->held_reply, len);
-	evbuffer_add_buffer(s->held_reply, pending);
+	evbuffer_drain(s->reply.held, len);
+	evbuffer_add_buffer(s->reply.held, pending);
 	evbuffer_free(pending);
 }
 

@@ -222,17 +222,17 @@ session_free(struct session *s)
 		tx_free(tx);
 	}
 	tx_free(s->tx_spare);
-	if (s->reply_copy != NULL)
-		evbuffer_free(s->reply_copy);
-	if (s->setup_reply != NULL)
-		evbuffer_free(s->setup_reply);
-	if (s->greeting != NULL)
-		evbuffer_free(s->greeting);
-	if (s->held_reply != NULL)
-		evbuffer_free(s->held_reply);
-	free(s->reply_text);
+	if (s->reply.copy != NULL)
+		evbuffer_free(s->reply.copy);
+	if (s->setup.reply != NULL)
+		evbuffer_free(s->setup.reply);
+	if (s->setup.greeting != NULL)
+		evbuffer_free(s->setup.greeting);
+	if (s->reply.held != NULL)
+		evbuffer_free(s->reply.held);
+	free(s->reply.text);
 	free(s->helo);
-	free(s->auth_text);
+	free(s->auth.text);
 	free(s->client_tls);
 	free(s->client_tls_error);
 	free(s->upstream_tls);
@@ -334,7 +334,7 @@ session_end(struct session *s, const char *reason)
 	session_record_unrelayed(s); /* reads the client's mode, kept until the phase changes */
 	session_enter_phase(s, PHASE_CLOSING);
 	gettimeofday(&now, NULL);
-	if (s->tls_passthrough)
+	if (s->closed_in == PHASE_RAW)
 		transcript_event(s->transcript,
 		                 "close reason=%s client_octets=%llu server_octets=%llu "
 		                 "tls_client_octets=%llu tls_server_octets=%llu",
@@ -1308,7 +1308,7 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	px->nsessions++;
 	if (filter_session_init(s, px->rules) != 0)
 		log_warnx("session=%s out of memory for rule counters", s->id);
-	s->upstream_setup = upstream_setup_wanted(px->opts);
+	s->setup.active = upstream_setup_wanted(px->opts);
 	s->xclient_attrs = -1;
 	return s;
 fail:

@@ -76,7 +76,7 @@ test_transaction(void **state)
 	p = pipeline_push(&s->pipeline, VERB_RCPT);
 	p->tx = tx;
 	p->rcpt_index = 1;
-	s->reply_text = "2.1.5 Ok";
+	s->reply.text = "2.1.5 Ok";
 	tx_reply(s, p, 250);
 	assert_int_equal(tx->rcpts[1].code, 250);
 	assert_string_equal(tx->rcpts[1].text, "2.1.5 Ok");
@@ -87,7 +87,7 @@ test_transaction(void **state)
 	/* The final reply closes the transaction and keeps the server's text. */
 	p = pipeline_push(&s->pipeline, VERB_EOD);
 	p->tx = tx;
-	s->reply_text = "2.0.0 Ok: queued";
+	s->reply.text = "2.0.0 Ok: queued";
 	tx_reply(s, p, 250);
 	assert_int_equal(tx->code, 250);
 	assert_string_equal(tx->text, "2.0.0 Ok: queued");

@@ -20,40 +20,11 @@
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/tx.h"
 
-static const char *const client_mode_names[] = {
-    [MODE_COMMAND] = "command", [MODE_AWAIT] = "await-reply", [MODE_SASL] = "sasl",
-    [MODE_MESSAGE] = "message", [MODE_CHUNK] = "chunk",       [MODE_SKIP] = "skip",
-};
-
-const char *
-client_mode_name(enum client_mode mode)
-{
-	return (unsigned int)mode < sizeof(client_mode_names) / sizeof(client_mode_names[0])
-	           ? client_mode_names[mode]
-	           : "?";
-}
-
-void
-client_enter_mode(struct session *s, enum client_mode mode)
-{
-	if (s->mode == mode)
-		return;
-	log_debug("session=%s client %s -> %s", s->id, client_mode_name(s->mode),
-	          client_mode_name(mode));
-	s->mode = mode;
-}
-
-int
-client_in_mode(const struct session *s, enum client_mode mode)
-{
-	return s->phase == PHASE_RELAYING && s->mode == mode;
-}
-
 /* Our 220 to STARTTLS is on its way: drop what the client pipelined after it, then TLS. */
-void
+static void
 client_starttls(struct session *s)
 {
 	size_t stale = evbuffer_get_length(side_input(&s->client));
@@ -84,12 +55,12 @@ client_record_sasl(struct session *s, const unsigned char *prefix, size_t prefix
 	char user[REDACT_USER_MAX];
 
 	user[0] = '\0';
-	if (s->auth_user[0] == '\0' &&
-	    redact_sasl_user(s->auth_mech, s->auth_step, (const char *)b64, len, user,
+	if (s->auth.user[0] == '\0' &&
+	    redact_sasl_user(s->auth.mech, s->auth.step, (const char *)b64, len, user,
 	                     sizeof(user)) == 1)
-		snprintf(s->auth_user, sizeof(s->auth_user), "%s", user);
+		snprintf(s->auth.user, sizeof(s->auth.user), "%s", user);
 	transcript_redacted(s->transcript, "C:", prefix, prefixlen, user[0] != '\0' ? user : NULL);
-	s->auth_step++;
+	s->auth.step++;
 }
 
 /*
@@ -104,12 +75,12 @@ client_auth(struct session *s, const unsigned char *line, size_t n, const struct
 
 	smtp_parse_auth(cmd->arg, cmd->arglen, &a);
 	mlen = smtp_sasl_name(a.mech, a.mechlen) ? a.mechlen : 0;
-	memcpy(s->auth_mech, a.mech != NULL ? (const char *)a.mech : "", mlen);
-	s->auth_mech[mlen] = '\0';
-	s->auth_user[0] = '\0';
-	s->auth_step = 0;
-	s->auth_used = 1;
-	s->auth_open = 1;
+	memcpy(s->auth.mech, a.mech != NULL ? (const char *)a.mech : "", mlen);
+	s->auth.mech[mlen] = '\0';
+	s->auth.user[0] = '\0';
+	s->auth.step = 0;
+	s->auth.used = 1;
+	s->auth.open = 1;
 	if (cmd->arg == NULL || (mlen > 0 && a.resp == NULL))
 		transcript_data(s->transcript, "C:", line, n);
 	else if (mlen > 0)
@@ -137,8 +108,8 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	}
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
-	s->chunk_left = size;
-	s->chunk_last = last;
+	s->chunk.left = size;
+	s->chunk.last = last;
 	if (size > 0)
 		client_enter_mode(s, MODE_CHUNK);
 	else if (last)
@@ -151,7 +122,7 @@ client_refuse(struct session *s, const struct unit *u, const char *reply)
 {
 	side_record(&s->client, u);
 	side_discard(&s->client, u->len);
-	relay_answer_locally(s, reply);
+	client_answer_locally(s, reply);
 }
 
 /*
@@ -189,7 +160,7 @@ client_command_local(struct session *s, const struct unit *u, const struct smtp_
 		return 1;
 	}
 	p->starttls = 1;
-	relay_flush_local(s);
+	client_flush_local(s);
 	return 1;
 }
 
@@ -218,11 +189,11 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 		client_enter_mode(s, MODE_AWAIT);
 	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
-		s->chunk_left = size;
-		s->chunk_discard = 1;
+		s->chunk.left = size;
+		s->chunk.discard = 1;
 		client_enter_mode(s, MODE_CHUNK);
 	}
-	relay_flush_local(s);
+	client_flush_local(s);
 }
 
 /* Tracks what a command means for the session (HELO name, transaction). */
@@ -279,11 +250,11 @@ client_hold_data(struct session *s, const struct unit *u)
 	}
 	p->hold_decide = 1;
 	p->tx = s->tx;
-	relay_flush_local(s);
+	client_flush_local(s);
 }
 
 /* A held DATA's turn: our own 354 when a recipient was accepted, else the server decides. */
-void
+static void
 client_hold_decide(struct session *s, struct tx *tx)
 {
 	if (!tx_accepted(tx) || relay_no_server(s)) {
@@ -315,11 +286,11 @@ static int
 client_sasl_late(struct session *s, const unsigned char *line, size_t n,
                  const struct smtp_command *cmd)
 {
-	if (!s->auth_open)
+	if (!s->auth.open)
 		return 0;
 	if (cmd->verb == VERB_UNKNOWN && smtp_sasl_shaped(line, n))
 		return 1;
-	s->auth_open = 0;
+	s->auth.open = 0;
 	return 0;
 }
 
@@ -347,7 +318,7 @@ client_capability_hidden(struct session *s, const struct unit *u, const struct s
 		return 0;
 	if (cmd->verb == VERB_AUTH) {
 		(void)client_auth(s, u->data, n, cmd); /* recorded redacted */
-		s->auth_open = 0;
+		s->auth.open = 0;
 	} else {
 		side_record(&s->client, u);
 	}
@@ -477,7 +448,7 @@ client_line_too_long(struct session *s, const struct unit *u)
 	             s->px->opts->max_line);
 	s->skipped = u->len;
 	side_discard(&s->client, u->len);
-	relay_answer_locally(s, "500 5.5.2 Line too long\r\n");
+	client_answer_locally(s, "500 5.5.2 Line too long\r\n");
 	s->skip_return = s->mode;
 	client_enter_mode(s, MODE_SKIP);
 }
@@ -515,15 +486,15 @@ client_record_content(struct session *s, const struct unit *u)
 	enum record_level level = s->px->opts->record;
 	int blank = u->complete && !s->client.in_piece && smtp_line_len(u->data, u->len) == 0;
 
-	if (level == RECORD_BODY || (level == RECORD_HEADERS && s->msg_in_headers)) {
+	if (level == RECORD_BODY || (level == RECORD_HEADERS && s->content.in_headers)) {
 		side_record(&s->client, u);
 	} else {
-		s->msg_hidden_lines += u->complete;
-		s->msg_hidden_octets += u->len;
+		s->content.hidden_lines += u->complete;
+		s->content.hidden_octets += u->len;
 		s->client.in_piece = !u->complete;
 	}
 	if (blank)
-		s->msg_in_headers = 0;
+		s->content.in_headers = 0;
 }
 
 /* The end of a held message: refused by the proxy, or handed to the server now. */
@@ -553,7 +524,7 @@ client_held_end(struct session *s)
 		session_close(s, "rule_disconnect");
 		return;
 	}
-	relay_answer_locally(s, line);
+	client_answer_locally(s, line);
 	if (s->phase == PHASE_CLOSING)
 		return;
 	/* The server forgets the transaction; its reply to our RSET is not the client's. */
@@ -582,11 +553,11 @@ client_streamed_refused(struct session *s, const struct unit *u, const char *rep
 static void
 client_end_of_data(struct session *s, const struct unit *u)
 {
-	if (s->msg_hidden_octets > 0 || s->msg_hidden_lines > 0)
+	if (s->content.hidden_octets > 0 || s->content.hidden_lines > 0)
 		transcript_event(s->transcript, "message %s not recorded lines=%llu octets=%llu",
 		                 s->px->opts->record == RECORD_NONE ? "content" : "body",
-		                 (unsigned long long)s->msg_hidden_lines,
-		                 (unsigned long long)s->msg_hidden_octets);
+		                 (unsigned long long)s->content.hidden_lines,
+		                 (unsigned long long)s->content.hidden_octets);
 	side_record(&s->client, u);
 	if (message_holding(s)) {
 		side_discard(&s->client, u->len);
@@ -687,7 +658,7 @@ client_relayed_too_big(struct session *s)
 static void
 client_content(struct session *s, const struct unit *u)
 {
-	int at_start = s->msg_line_start && !s->client.in_piece;
+	int at_start = s->content.line_start && !s->client.in_piece;
 	enum bare_newline bare = s->px->opts->bare_newline;
 	enum line_end end = client_line_end(u);
 	int lone_dot = !s->client.in_piece && u->complete && smtp_line_len(u->data, u->len) == 1 &&
@@ -721,8 +692,8 @@ client_content(struct session *s, const struct unit *u)
 		client_bare_reject(s);
 		return;
 	}
-	if (end == END_BARE && bare == BARE_NORMALIZE && !s->msg_bare_seen) {
-		s->msg_bare_seen = 1;
+	if (end == END_BARE && bare == BARE_NORMALIZE && !s->content.bare_seen) {
+		s->content.bare_seen = 1;
 		session_warn(s, "bare CR or LF in message content: relayed as CRLF");
 	}
 	client_record_content(s, u);
@@ -734,13 +705,12 @@ client_content(struct session *s, const struct unit *u)
 		client_relayed_too_big(s);
 		return;
 	}
-	s->msg_line_start = end == END_CRLF;
+	s->content.line_start = end == END_CRLF;
 	if (s->msg != NULL) {
 		if (u->complete && !s->client.in_piece_before)
 			message_line(s, u->data, u->len);
 		else
-			message_piece(s, u->data, u->len, !s->client.in_piece_before,
-			              u->complete);
+			message_piece(s, u->data, u->len, !s->client.in_piece_before, u->complete);
 		side_discard_later(&s->client, u->len);
 	} else if (bare == BARE_PASS || relay_no_server(s)) {
 		side_forward(&s->client, u->len);
@@ -762,9 +732,9 @@ client_content(struct session *s, const struct unit *u)
 static void
 client_chunk_unended(struct session *s)
 {
-	if (!s->chunk_in_piece)
+	if (!s->chunk.in_piece)
 		return;
-	s->chunk_in_piece = 0;
+	s->chunk.in_piece = 0;
 	transcript_event(s->transcript, "bdat content ends without a line end");
 }
 
@@ -780,7 +750,7 @@ client_chunk_record(struct session *s, const unsigned char *p, size_t take)
 	struct smtp_line l;
 	struct unit u;
 
-	s->client.in_piece = s->chunk_in_piece;
+	s->client.in_piece = s->chunk.in_piece;
 	while (off < take) {
 		smtp_line_cut(p + off, take - off, &l);
 		u.data = l.data;
@@ -790,7 +760,7 @@ client_chunk_record(struct session *s, const unsigned char *p, size_t take)
 		off += u.len;
 	}
 	/* The command after the chunk is a record of its own, never a piece. */
-	s->chunk_in_piece = s->client.in_piece;
+	s->chunk.in_piece = s->client.in_piece;
 	s->client.in_piece = 0;
 }
 
@@ -803,15 +773,15 @@ client_chunk(struct session *s)
 	const unsigned char *p;
 	int record = s->px->opts->record == RECORD_BODY;
 
-	take = avail < s->chunk_left ? avail : (size_t)s->chunk_left;
+	take = avail < s->chunk.left ? avail : (size_t)s->chunk.left;
 	if (take == 0)
 		return 0;
-	if (s->chunk_discard) {
+	if (s->chunk.discard) {
 		side_discard(&s->client, take);
-		s->chunk_left -= take;
-		if (s->chunk_left == 0) {
+		s->chunk.left -= take;
+		if (s->chunk.left == 0) {
 			transcript_event(s->transcript, "refused bdat chunk discarded");
-			s->chunk_discard = 0;
+			s->chunk.discard = 0;
 			client_enter_mode(s, MODE_COMMAND);
 			return 1;
 		}
@@ -819,15 +789,15 @@ client_chunk(struct session *s)
 	}
 	if (record && (p = evbuffer_pullup(in, (ev_ssize_t)take)) != NULL) {
 		/* A CR last in a read, with more of the chunk to come, waits for its LF. */
-		if (take < s->chunk_left && p[take - 1] == '\r' && --take == 0)
+		if (take < s->chunk.left && p[take - 1] == '\r' && --take == 0)
 			return 0;
 		client_chunk_record(s, p, take);
 	}
 	side_forward(&s->client, take);
-	s->chunk_left -= take;
-	if (s->chunk_left > 0)
+	s->chunk.left -= take;
+	if (s->chunk.left > 0)
 		return 0;
-	if (s->chunk_last)
+	if (s->chunk.last)
 		client_chunk_unended(s);
 	client_enter_mode(s, MODE_COMMAND);
 	return 1;
@@ -871,7 +841,7 @@ static int
 client_content_plain(const struct session *s)
 {
 	return client_in_mode(s, MODE_MESSAGE) && client_relays_as_sent(s) &&
-	       s->px->opts->record == RECORD_BODY && s->msg_line_start && !s->client.in_piece &&
+	       s->px->opts->record == RECORD_BODY && s->content.line_start && !s->client.in_piece &&
 	       !s->client.relayed_drop;
 }
 
@@ -889,7 +859,7 @@ static void
 client_took_plain(struct session *s, size_t len)
 {
 	if (len == 2)
-		s->msg_in_headers = 0;
+		s->content.in_headers = 0;
 	if (s->tx != NULL) {
 		s->tx->size += len;
 		s->tx->data = 1;
@@ -942,7 +912,8 @@ client_content_run(struct session *s)
 		}
 		x->scanned = 0;
 		taken++;
-		if (as_is ? !(len == 3 && p[off] == '.') : plain && client_plain_line(p + off, len)) {
+		if (as_is ? !(len == 3 && p[off] == '.')
+		          : plain && client_plain_line(p + off, len)) {
 			/* Recorded first: past --max-message, client_took_plain closes the session,
 			 * which drains the input p points into. */
 			if (now == NULL)
@@ -995,11 +966,8 @@ relay_client_units(struct session *s)
 		switch (s->phase) {
 		case PHASE_CLIENT_TLS:
 			return;
-		case PHASE_PROXY_HEADER:
-			proxyin_read(s);
-			if (s->phase == PHASE_PROXY_HEADER)
-				return;
-			break;
+		case PHASE_PROXY_HEADER: /* read by the session's owner (proxyin.c) */
+			return;
 		case PHASE_CONNECTING:
 		case PHASE_GREETING:
 		case PHASE_UPSTREAM_EHLO:
@@ -1057,10 +1025,6 @@ void
 relay_client_gone(struct session *s)
 {
 	side_pause(&s->client, PAUSE_EOF);
-	if (s->phase == PHASE_PROXY_HEADER) {
-		proxyin_gone(s);
-		return;
-	}
 	if (client_in_mode(s, MODE_MESSAGE) || client_in_mode(s, MODE_CHUNK)) {
 		/* Never let a partial message end: closing upstream makes the server drop it. */
 		session_warn(s, "client closed during the message: upstream closed, nothing "
@@ -1075,4 +1039,43 @@ relay_client_gone(struct session *s)
 	/* Commands are pending (a QUIT, say): their replies still go to the client, and the
 	 * server hears of the EOF (PITFALLS 9, 17). */
 	session_client_eof(s);
+}
+
+/* Sends the proxy's own replies that have come to the head of the queue. */
+void
+client_flush_local(struct session *s)
+{
+	struct pending *head;
+
+	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
+		if (head->hold_decide) {
+			struct tx *tx = head->tx;
+
+			pipeline_pop(&s->pipeline);
+			client_hold_decide(s, tx);
+			return;
+		}
+		session_reply(s, head->local_reply);
+		if (head->disconnect) {
+			pipeline_pop(&s->pipeline);
+			session_close(s, "rule_disconnect");
+			return;
+		}
+		if (head->starttls) {
+			pipeline_pop(&s->pipeline);
+			client_starttls(s);
+			return;
+		}
+		pipeline_pop(&s->pipeline);
+	}
+}
+
+void
+client_answer_locally(struct session *s, const char *reply)
+{
+	if (pipeline_push_local(&s->pipeline, reply) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	client_flush_local(s);
 }

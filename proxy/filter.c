@@ -11,7 +11,7 @@
 #include "logs/transcript.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "smtp/smtp.h"
 
 int
@@ -182,11 +182,11 @@ filter_command(struct session *s, int verb, const unsigned char *arg, const unsi
 	if (s->rules == NULL || (verb != VERB_MAIL && verb != VERB_RCPT) || arg == NULL ||
 	    arg < line || arg > line + len)
 		return filter_line(s, scopes, n, line, len);
-	return filter_bound(s,
-	                    filter_record(s, rules_apply_envelope(s->rules, addrscope, scopes, n,
-	                                                          line, len, (size_t)(arg - line),
-	                                                          &s->outcome)),
-	                    line, len);
+	return filter_bound(
+	    s,
+	    filter_record(s, rules_apply_envelope(s->rules, addrscope, scopes, n, line, len,
+	                                          (size_t)(arg - line), &s->outcome)),
+	    line, len);
 }
 
 /* The client as a client rule sees it: "ADDRESS NAME", the address without port or brackets.
@@ -226,7 +226,6 @@ filter_client(struct session *s)
 	session_close(s, "client_rejected");
 	return 1;
 }
-
 
 int
 filter_line(struct session *s, const enum rule_scope *scopes, int nscopes,

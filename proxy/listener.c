@@ -134,12 +134,14 @@ listener_serving(const struct sockaddr *sa, int fd)
 	struct listener *l;
 	int port = listener_port(sa);
 
-	SLIST_FOREACH(l, &listeners, entry) {
+	SLIST_FOREACH(l, &listeners, entry)
+	{
 		const struct sockaddr *ls = (const struct sockaddr *)&l->ss;
 
 		if (ls->sa_family != sa->sa_family || listener_port(ls) != port)
 			continue;
-		if (listener_same_addr(ls, sa, 1) || (listener_wildcard(ls) && listener_local(sa, fd)))
+		if (listener_same_addr(ls, sa, 1) ||
+		    (listener_wildcard(ls) && listener_local(sa, fd)))
 			return l->name;
 	}
 	return NULL;
@@ -189,7 +191,6 @@ TAILQ_HEAD(listener_sessions, session); /* the layout of struct proxy's session 
 static int
 listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_fd)
 {
-	struct listener_sessions *list = (struct listener_sessions *)&l->px->sessions;
 	struct sockaddr_storage me, them;
 	struct session *s;
 	socklen_t len, tlen;
@@ -197,26 +198,11 @@ listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_f
 
 	if (!listener_same_addr(sa, (struct sockaddr *)&l->ss, 0) && !listener_local(sa, -2))
 		return 0;
-	for (s = TAILQ_LAST(list, listener_sessions); s != NULL && n < LOOP_NEWEST;
-	     s = TAILQ_PREV(s, listener_sessions, entry), n++) {
-		if ((s->phase != PHASE_CONNECTING && s->phase != PHASE_GREETING) ||
-		    (fd = bufferevent_getfd(s->server.bev)) < 0)
-			continue;
+	for (s = session_newest(l->px); s != NULL && n < LOOP_NEWEST; s = session_older(s), n++) {
 		len = sizeof(me);
 		tlen = sizeof(them);
-		/*
-		 * Its address, once known, is kept: connect(2) bound it, and a session has one
-		 * upstream socket.  Asking at every accept was some getsockname(2) calls per session.
-		 */
-		if (s->upstream_local_len > 0) {
-			me = s->upstream_local_sa;
-			len = s->upstream_local_len;
-		} else if (getsockname(fd, (struct sockaddr *)&me, &len) != 0) {
+		if ((fd = session_upstream_connecting(s, &me, &len)) < 0)
 			continue;
-		} else if (listener_port((struct sockaddr *)&me) > 0) {
-			s->upstream_local_sa = me;
-			s->upstream_local_len = len;
-		}
 		if (listener_same_addr((struct sockaddr *)&me, sa, 1) &&
 		    getpeername(fd, (struct sockaddr *)&them, &tlen) == 0 &&
 		    listener_same_conn((struct sockaddr *)&me, (struct sockaddr *)&them, sa,

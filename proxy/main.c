@@ -49,15 +49,11 @@ static void
 grace_over_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct proxy *px = arg;
-	struct session *s, *next;
 
 	(void)fd;
 	(void)what;
 	log_info("grace period over: closing %u sessions", px->nsessions);
-	for (s = TAILQ_FIRST(&px->sessions); s != NULL; s = next) {
-		next = TAILQ_NEXT(s, entry);
-		session_shutdown(s);
-	}
+	session_shutdown_all(px);
 }
 
 /* Closes the listeners at once; sessions get --grace seconds, then the loop ends. */

@@ -15,7 +15,7 @@
 #include "proxy/filter.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/side.h"
 
 /* Small enough for the whole struct to stay under 1 KiB: malloc's thread cache serves it. */
@@ -25,7 +25,7 @@ struct message {
 	int holding;
 	int in_headers;
 	enum message_verdict verdict;
-	const char *reply; /* a refusal: static, or a rule's (the session holds its rules) */
+	const char *reply;     /* a refusal: static, or a rule's (the session holds its rules) */
 	unsigned char *header; /* the logical header being gathered (physical lines, CRLF) */
 	size_t headerlen, headersize;
 	unsigned char *longline; /* a line over --max-line, gathered from its pieces */
@@ -324,9 +324,9 @@ message_filter(struct session *s, enum rule_scope scope, const unsigned char *li
 		if (s->msg->holding)
 			message_refuse(s, v);
 		else /* part of it went already: the server must never see its end */
-			message_untaken(s, s->outcome.reply != NULL ? s->outcome.reply
-			                                            : RULES_REJECT_DEFAULT,
-			                "refused while streamed");
+			message_untaken(
+			    s, s->outcome.reply != NULL ? s->outcome.reply : RULES_REJECT_DEFAULT,
+			    "refused while streamed");
 		return;
 	}
 	if (v == ACT_IGNORE)

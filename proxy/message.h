@@ -20,8 +20,7 @@ int message_begin(struct session *s, int holding);
 /* One complete content line (line end included: CRLF, bare LF or bare CR). */
 void message_line(struct session *s, const unsigned char *line, size_t len);
 /* A piece of a line longer than --max-line: gathered, the whole line inspected at the last. */
-void message_piece(struct session *s, const unsigned char *piece, size_t len, int first,
-                   int last);
+void message_piece(struct session *s, const unsigned char *piece, size_t len, int first, int last);
 /* The end of data: flushes what is pending; the verdict, and the reply for a refusal. */
 enum message_verdict message_end(struct session *s, const char **reply);
 /* Sends a held message upstream, with its end of data. */

@@ -34,7 +34,7 @@
 #include "logs/log.h"
 #include "logs/transcript.h"
 #include "proxy/proxy.h"
-#include "proxy/session.h"
+#include "proxy/conn.h" /* reads a finished session, as report.c does */
 
 #define METRICS_RULE_SLOTS 1024
 #define METRICS_LABEL_MAX 256
@@ -327,9 +327,9 @@ metrics_session_end(const struct session *s, double duration)
 	count_add(&c->octets[0], s->client.octets);
 	count_add(&c->octets[1], s->server.octets);
 	metrics_transactions(c, s);
-	if (s->auth_used) {
-		k = metrics_class(s->auth_code);
-		count_add(&c->auth[metrics_mechanism(s->auth_mech)][k == 0 ? 0 : k > 0 ? 1 : 2], 1);
+	if (s->auth.used) {
+		k = metrics_class(s->auth.code);
+		count_add(&c->auth[metrics_mechanism(s->auth.mech)][k == 0 ? 0 : k > 0 ? 1 : 2], 1);
 	}
 	metrics_tls(c, s);
 	metrics_rules(c, s);

@@ -12,51 +12,12 @@
 #include <event2/bufferevent.h>
 
 #include "proxy/relay.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 
 int
 relay_no_server(const struct session *s)
 {
 	return s->server.bev == NULL;
-}
-
-/* Sends the proxy's own replies that have come to the head of the queue. */
-void
-relay_flush_local(struct session *s)
-{
-	struct pending *head;
-
-	while ((head = pipeline_head(&s->pipeline)) != NULL && head->local_reply != NULL) {
-		if (head->hold_decide) {
-			struct tx *tx = head->tx;
-
-			pipeline_pop(&s->pipeline);
-			client_hold_decide(s, tx);
-			return;
-		}
-		session_reply(s, head->local_reply);
-		if (head->disconnect) {
-			pipeline_pop(&s->pipeline);
-			session_close(s, "rule_disconnect");
-			return;
-		}
-		if (head->starttls) {
-			pipeline_pop(&s->pipeline);
-			client_starttls(s);
-			return;
-		}
-		pipeline_pop(&s->pipeline);
-	}
-}
-
-void
-relay_answer_locally(struct session *s, const char *reply)
-{
-	if (pipeline_push_local(&s->pipeline, reply) == NULL) {
-		session_close(s, "error");
-		return;
-	}
-	relay_flush_local(s);
 }
 
 struct pending *
@@ -111,10 +72,10 @@ void
 relay_message_start(struct session *s)
 {
 	client_enter_mode(s, MODE_MESSAGE);
-	s->msg_line_start = 1;
-	s->msg_in_headers = 1;
-	s->msg_hidden_lines = s->msg_hidden_octets = 0;
-	s->msg_bare_seen = 0;
+	s->content.line_start = 1;
+	s->content.in_headers = 1;
+	s->content.hidden_lines = s->content.hidden_octets = 0;
+	s->content.bare_seen = 0;
 }
 
 /*

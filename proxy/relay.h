@@ -8,7 +8,7 @@
 
 #include <stddef.h>
 
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/side.h"
 #include "smtp/smtp.h"
 
@@ -20,8 +20,6 @@ struct side;
 struct tx;
 
 int relay_no_server(const struct session *s);
-void relay_flush_local(struct session *s);
-void relay_answer_locally(struct session *s, const char *reply);
 struct pending *relay_expect(struct session *s, enum smtp_verb verb);
 void relay_raw(struct side *x);
 void relay_resume_client(struct session *s);
@@ -31,8 +29,10 @@ void relay_message_start(struct session *s);
 void relay_answer_pending(struct session *s, const char *reply);
 
 /* client.c */
-void client_hold_decide(struct session *s, struct tx *tx);
-void client_starttls(struct session *s);
+/* Sends the proxy's own replies that have come to the head of the queue. */
+void client_flush_local(struct session *s);
+/* Queues a reply of the proxy's own in its pipelining turn, and sends what can go. */
+void client_answer_locally(struct session *s, const char *reply);
 /*
  * Records client input that will never be relayed (an unfinished last line, lines left
  * behind a 421) as it would have been: commands as they are, AUTH lines and SASL responses,
@@ -47,19 +47,28 @@ void server_enter_mode(struct session *s, enum server_mode mode);
 const char *server_mode_name(enum server_mode mode);
 
 /* upstream.c */
-void upstream_setup_step(struct session *s);
+/*
+ * The server's input, for the session's owner: its replies relayed, and those of the
+ * upstream set-up (EHLO, STARTTLS, XCLIENT before the greeting) taken in turn.
+ */
+void upstream_relay(struct session *s);
 /* Whether the upstream leg is set up (TLS, XCLIENT) before the client sees the greeting. */
 int upstream_setup_wanted(const struct options *o);
 /* --forward-client proxy-v1/v2: the PROXY header, first on the upstream connection; -1 when
  * the session was closed instead. */
 int upstream_proxy_header(struct session *s);
 
-/* proxyin.c: reads a balancer's PROXY header (--accept-proxy); the session goes on, or
- * closes, once it is whole. */
-void proxyin_read(struct session *s);
-/* proxyin.c: no whole header in time. */
-void proxyin_timeout(struct session *s);
-/* proxyin.c: the balancer closed before its header was whole. */
-void proxyin_gone(struct session *s);
+/* The session's owner (session.c): consume what a side has sent, as far as the SMTP state
+ * allows. */
+void relay_client(struct session *s);
+void relay_server(struct session *s);
+/* The server is gone; answer what is pending. */
+void relay_server_gone(struct session *s);
+/* The client is gone. */
+void relay_client_gone(struct session *s);
+/* The handshake with the server is done: the greeting may go to the client. */
+void relay_upstream_secured(struct session *s);
+/* The handshake with a client after its STARTTLS is done. */
+void relay_client_secured(struct session *s);
 
 #endif

@@ -15,7 +15,7 @@
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 
 #define REPLY_MAX_LINES 256
 
@@ -93,8 +93,8 @@ reply_scopes(enum smtp_verb answers, int code, size_t i, enum rule_scope scopes[
 static int
 reply_same_class(const unsigned char *was, size_t wlen, const unsigned char *now, size_t nlen)
 {
-	int coded = wlen >= 3 && was[0] >= '0' && was[0] <= '9' && was[1] >= '0' &&
-	            was[1] <= '9' && was[2] >= '0' && was[2] <= '9';
+	int coded = wlen >= 3 && was[0] >= '0' && was[0] <= '9' && was[1] >= '0' && was[1] <= '9' &&
+	            was[2] >= '0' && was[2] <= '9';
 
 	if (!coded)
 		return nlen < 3 || now[0] < '0' || now[0] > '9';
@@ -119,7 +119,8 @@ reply_apply_rules(struct session *s, struct reply_lines *rl, enum smtp_verb answ
 			rl->removed[i] = 1;
 			rl->changed = 1;
 		} else if (s->outcome.rewritten &&
-		           !reply_same_class(rl->p[i], rl->len[i], s->outcome.line, s->outcome.len)) {
+		           !reply_same_class(rl->p[i], rl->len[i], s->outcome.line,
+		                             s->outcome.len)) {
 			session_warn(s, "a reply rule may not change a reply's class: the server's "
 			                "line kept");
 		} else if (s->outcome.rewritten) {
@@ -363,8 +364,8 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 void
 reply_edit_stream_begin(struct session *s)
 {
-	size_t len = evbuffer_get_length(s->held_reply), off = 0, n;
-	const unsigned char *p = evbuffer_pullup(s->held_reply, (ev_ssize_t)len);
+	size_t len = evbuffer_get_length(s->reply.held), off = 0, n;
+	const unsigned char *p = evbuffer_pullup(s->reply.held, (ev_ssize_t)len);
 	struct evbuffer *pending = evbuffer_new();
 	struct smtp_line l;
 
@@ -373,7 +374,7 @@ reply_edit_stream_begin(struct session *s)
 	if (p == NULL || pending == NULL) {
 		if (pending != NULL)
 			evbuffer_free(pending);
-		side_write_buffer(&s->client, s->held_reply);
+		side_write_buffer(&s->client, s->reply.held);
 		return;
 	}
 	while (off < len) {
@@ -382,8 +383,8 @@ reply_edit_stream_begin(struct session *s)
 		reply_edit_stream_line(s, l.data, n, 0, pending);
 		off += n;
 	}
-	evbuffer_drain(s->held_reply, len);
-	evbuffer_add_buffer(s->held_reply, pending);
+	evbuffer_drain(s->reply.held, len);
+	evbuffer_add_buffer(s->reply.held, pending);
 	evbuffer_free(pending);
 }
 
@@ -398,7 +399,8 @@ reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len,
 	reply_edit_policy(s, &pol, remove);
 	removed = ehlo_line_removed(line, len, &pol);
 	if (removed)
-		transcript_event(s->transcript, "ehlo reply edited: removed a line of a long reply");
+		transcript_event(s->transcript,
+		                 "ehlo reply edited: removed a line of a long reply");
 	if (!removed) {
 		if (evbuffer_get_length(kept) > 0)
 			reply_edit_emit_kept(s, kept, 0);

@@ -10,7 +10,8 @@
 #include "logs/transcript.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
+#include "proxy/report.h"
 #include "proxy/tx.h"
 
 /*
@@ -165,7 +166,7 @@ report_tls(const struct session *s)
 		jw_key(&jw, "client_error");
 		report_string(s->client_tls_error);
 	}
-	if (s->tls_passthrough) {
+	if (s->closed_in == PHASE_RAW) {
 		jw_key(&jw, "client_octets");
 		jw_int(&jw, (long long)s->client.raw_octets);
 		jw_key(&jw, "server_octets");
@@ -177,18 +178,18 @@ report_tls(const struct session *s)
 static void
 report_extras(const struct session *s)
 {
-	if (s->tls_passthrough || s->client_tls != NULL || s->upstream_tls != NULL ||
+	if (s->closed_in == PHASE_RAW || s->client_tls != NULL || s->upstream_tls != NULL ||
 	    s->client_tls_error != NULL)
 		report_tls(s);
-	if (s->auth_used) {
+	if (s->auth.used) {
 		jw_key(&jw, "auth");
 		jw_open(&jw, '{');
 		jw_key(&jw, "mechanism");
-		report_string(s->auth_mech[0] ? s->auth_mech : NULL);
+		report_string(s->auth.mech[0] ? s->auth.mech : NULL);
 		jw_key(&jw, "user");
-		report_string(s->auth_user[0] ? s->auth_user : NULL);
-		report_code("code", s->auth_code);
-		report_kv("text", s->auth_code > 0 ? s->auth_text : NULL);
+		report_string(s->auth.user[0] ? s->auth.user : NULL);
+		report_code("code", s->auth.code);
+		report_kv("text", s->auth.code > 0 ? s->auth.text : NULL);
 		jw_close(&jw, '}');
 	}
 }

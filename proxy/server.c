@@ -22,36 +22,13 @@
 #include "proxy/proxy.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/tx.h"
 
 /* Longest reply held whole for editing; a longer one is relayed as it comes. */
 #define REPLY_HOLD_MAX 65536
 
 static void server_protocol_error(struct session *s, const char *why);
-
-static const char *const server_mode_names[] = {
-    [SRV_NONE] = "none",     [SRV_RELAY] = "relay", [SRV_HOLD] = "hold", [SRV_QUIET] = "quiet",
-    [SRV_STREAM] = "stream", [SRV_SETUP] = "setup", [SRV_421] = "421",
-};
-
-const char *
-server_mode_name(enum server_mode mode)
-{
-	return (unsigned int)mode < sizeof(server_mode_names) / sizeof(server_mode_names[0])
-	           ? server_mode_names[mode]
-	           : "?";
-}
-
-void
-server_enter_mode(struct session *s, enum server_mode mode)
-{
-	if (s->server_mode == mode)
-		return;
-	log_debug("session=%s server reply %s -> %s", s->id, server_mode_name(s->server_mode),
-	          server_mode_name(mode));
-	s->server_mode = mode;
-}
 
 /* STARTTLS accepted without a certificate of ours: from here on, bytes both ways. */
 static void
@@ -60,8 +37,7 @@ server_start_passthrough(struct session *s)
 	size_t stale_c = evbuffer_get_length(side_input(&s->client));
 	size_t stale_s = evbuffer_get_length(side_input(&s->server));
 
-	s->tls_passthrough = 1;
-	transcript_event(s->transcript,
+		transcript_event(s->transcript,
 	                 "starttls passthrough: bytes after this point are relayed unparsed");
 	/* CVE-2011-0411: plaintext sent before the handshake is never relayed into it. */
 	if (stale_c > 0) {
@@ -91,7 +67,7 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 	case VERB_EHLO:
 	case VERB_LHLO:
 		/* What the server itself offered, whatever the client was shown. */
-		s->server_chunking = code == 250 && s->reply_chunking;
+		s->server_chunking = code == 250 && s->reply.chunking;
 		break;
 	case VERB_GREETING:
 		session_enter_phase(s, PHASE_RELAYING);
@@ -116,9 +92,9 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 		break;
 	case VERB_AUTH:
 	case VERB_SASL:
-		s->auth_code = code;
-		free(s->auth_text);
-		s->auth_text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+		s->auth.code = code;
+		free(s->auth.text);
+		s->auth.text = s->reply.text != NULL ? strdup(s->reply.text) : NULL;
 		client_enter_mode(s, code == 334 ? MODE_SASL : MODE_COMMAND);
 		relay_resume_client(s);
 		break;
@@ -152,12 +128,12 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 static void
 server_421(struct session *s, int relayed)
 {
-	size_t len = evbuffer_get_length(s->reply_copy);
+	size_t len = evbuffer_get_length(s->reply.copy);
 	char *copy;
 	struct pending *head = pipeline_head(&s->pipeline);
 
 	/* The server's own 421 answers the head (or nothing, when idle), as it was sent. */
-	relay_flush_local(s);
+	client_flush_local(s);
 	head = pipeline_head(&s->pipeline);
 	if (relayed) {
 		/* Too long to copy: the head had it as it came, the rest get ours. */
@@ -172,17 +148,17 @@ server_421(struct session *s, int relayed)
 		return;
 	}
 	/* The reply rules see a 421 too (a host name to hide is in it as in any other). */
-	reply_edit_in_place(s, s->reply_copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
+	reply_edit_in_place(s, s->reply.copy, head != NULL ? head->verb : VERB_UNKNOWN, 421);
 	if (s->phase == PHASE_CLOSING)
 		return;
-	len = evbuffer_get_length(s->reply_copy);
+	len = evbuffer_get_length(s->reply.copy);
 	if (head == NULL || !(head->quiet && head->verb == VERB_RSET))
-		side_write(&s->client, evbuffer_pullup(s->reply_copy, (ev_ssize_t)len), len, NULL);
+		side_write(&s->client, evbuffer_pullup(s->reply.copy, (ev_ssize_t)len), len, NULL);
 	if (head != NULL)
 		pipeline_pop(&s->pipeline);
 	copy = malloc(len + 1);
 	if (copy != NULL) {
-		evbuffer_copyout(s->reply_copy, copy, len);
+		evbuffer_copyout(s->reply.copy, copy, len);
 		copy[len] = '\0';
 	}
 	if (copy != NULL)
@@ -198,10 +174,10 @@ server_held_refused(struct session *s, int code)
 	if (s->tx != NULL) {
 		s->tx->code = code;
 		free(s->tx->text);
-		s->tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+		s->tx->text = s->reply.text != NULL ? strdup(s->reply.text) : NULL;
 		s->tx = NULL;
 	}
-	reply_edit_send(s, s->held_reply, VERB_DATA, code);
+	reply_edit_send(s, s->reply.held, VERB_DATA, code);
 	message_free(s);
 	client_enter_mode(s, MODE_COMMAND);
 	relay_resume_client(s);
@@ -215,10 +191,10 @@ server_held_odd(struct session *s, int code)
 {
 	session_warn(s, "server answered DATA for a held message with %d: answered 451 4.3.0",
 	             code);
-	evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
-	evbuffer_add_printf(s->held_reply, "451 %s\r\n", SERVER_ODD_TEXT);
-	free(s->reply_text);
-	s->reply_text = strdup(SERVER_ODD_TEXT);
+	evbuffer_drain(s->reply.held, evbuffer_get_length(s->reply.held));
+	evbuffer_add_printf(s->reply.held, "451 %s\r\n", SERVER_ODD_TEXT);
+	free(s->reply.text);
+	s->reply.text = strdup(SERVER_ODD_TEXT);
 	server_held_refused(s, 451);
 }
 
@@ -231,7 +207,7 @@ server_quiet_done(struct session *s, int code)
 
 	pipeline_pop(&s->pipeline);
 	if (verb == VERB_DATA && code == 354) {
-		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+		evbuffer_drain(s->reply.held, evbuffer_get_length(s->reply.held));
 		if (message_send_held(s) != 0) {
 			session_close(s, "error");
 			return;
@@ -244,11 +220,11 @@ server_quiet_done(struct session *s, int code)
 	} else if (verb == VERB_DATA) {
 		server_held_refused(s, code);
 	} else {
-		evbuffer_drain(s->held_reply, evbuffer_get_length(s->held_reply));
+		evbuffer_drain(s->reply.held, evbuffer_get_length(s->reply.held));
 	}
 	if (s->phase == PHASE_CLOSING)
 		return;
-	relay_flush_local(s);
+	client_flush_local(s);
 	if (session_client_gone(s) && s->pipeline.remote == 0)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
@@ -257,8 +233,8 @@ static void
 server_reply_done(struct session *s)
 {
 	struct pending *head = pipeline_head(&s->pipeline);
-	int code = s->reply_code;
-	enum server_mode mode = s->server_mode;
+	int code = s->reply.code;
+	enum server_mode mode = s->reply.mode;
 
 	server_enter_mode(s, SRV_NONE);
 	if (code == 421) {
@@ -274,12 +250,12 @@ server_reply_done(struct session *s)
 		return;
 	}
 	if (mode == SRV_HOLD)
-		reply_edit_send(s, s->held_reply, head->verb, code);
+		reply_edit_send(s, s->reply.held, head->verb, code);
 	server_reply_effect(s, head, code);
 	if (s->phase == PHASE_CLOSING)
 		return;
 	pipeline_pop(&s->pipeline);
-	relay_flush_local(s);
+	client_flush_local(s);
 	if (session_client_gone(s) && s->pipeline.remote == 0)
 		session_close(s, s->quit_answered ? "quit" : "client_closed");
 }
@@ -301,14 +277,14 @@ server_holds_reply(struct session *s, int code)
 static struct evbuffer *
 server_hold(struct session *s)
 {
-	switch (s->server_mode) {
+	switch (s->reply.mode) {
 	case SRV_SETUP:
-		return s->setup_reply;
+		return s->setup.reply;
 	case SRV_421:
-		return s->reply_copy;
+		return s->reply.copy;
 	case SRV_HOLD:
 	case SRV_QUIET:
-		return s->held_reply;
+		return s->reply.held;
 	default:
 		return NULL; /* SRV_STREAM keeps its line back in held_reply itself */
 	}
@@ -326,30 +302,30 @@ server_hold_overflow(struct session *s)
 	struct pending *head = pipeline_head(&s->pipeline);
 
 	session_warn(s, "reply over %d octets", REPLY_HOLD_MAX);
-	if (s->server_mode == SRV_SETUP && s->phase == PHASE_GREETING &&
+	if (s->reply.mode == SRV_SETUP && s->phase == PHASE_GREETING &&
 	    s->px->opts->forward_client != FORWARD_XCLIENT) {
 		/* The client may read the greeting now; it still may not talk until the
 		 * upstream leg is secured.  (Under XCLIENT the greeting the client gets is a
 		 * later one: a greeting this long is an error.) */
 		server_enter_mode(s, SRV_RELAY);
-		side_write_buffer(&s->client, s->setup_reply);
+		side_write_buffer(&s->client, s->setup.reply);
 		return NULL;
 	}
-	if (s->server_mode == SRV_SETUP || s->server_mode == SRV_QUIET) {
+	if (s->reply.mode == SRV_SETUP || s->reply.mode == SRV_QUIET) {
 		server_protocol_error(s, "reply too long");
 		return NULL;
 	}
 	server_enter_mode(s, SRV_RELAY);
-	if (s->reply_code == 421) {
-		side_write_buffer(&s->client, s->reply_copy);
+	if (s->reply.code == 421) {
+		side_write_buffer(&s->client, s->reply.copy);
 		return NULL;
 	}
 	if (head != NULL && (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
-	    s->reply_code == 250) {
+	    s->reply.code == 250) {
 		reply_edit_stream_begin(s);
 		return NULL;
 	}
-	side_write_buffer(&s->client, s->held_reply);
+	side_write_buffer(&s->client, s->reply.held);
 	return NULL;
 }
 
@@ -362,7 +338,7 @@ server_protocol_error(struct session *s, const char *why)
 	transcript_event(s->transcript, "upstream protocol error: %s", why);
 	snprintf(reply, sizeof(reply), "421 4.4.2 %s Upstream protocol error\r\n",
 	         s->px->opts->hostname);
-	relay_flush_local(s);
+	client_flush_local(s);
 	if (pipeline_head(&s->pipeline) == NULL)
 		session_reply(s, reply);
 	relay_answer_pending(s, reply);
@@ -379,14 +355,14 @@ server_reply_route(struct session *s, const struct unit *u)
 	    (hold = server_hold_overflow(s)) == NULL && s->phase == PHASE_CLOSING)
 		return;
 	side_record(&s->server, u);
-	if (s->server_mode == SRV_STREAM && !cont && u->complete) {
-		reply_edit_stream_line(s, u->data, u->len, s->reply_last_line, s->held_reply);
+	if (s->reply.mode == SRV_STREAM && !cont && u->complete) {
+		reply_edit_stream_line(s, u->data, u->len, s->reply.last_line, s->reply.held);
 		side_discard(&s->server, u->len);
 		return;
 	}
-	if (s->server_mode == SRV_STREAM && evbuffer_get_length(s->held_reply) > 0)
+	if (s->reply.mode == SRV_STREAM && evbuffer_get_length(s->reply.held) > 0)
 		/* A line too long to edit: the line kept back goes first, then it, as it came. */
-		reply_edit_emit_kept(s, s->held_reply, 0);
+		reply_edit_emit_kept(s, s->reply.held, 0);
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
 		return;
@@ -402,19 +378,19 @@ server_reply_begin(struct session *s, int code)
 	struct evbuffer **hold = NULL;
 	enum server_mode mode = SRV_RELAY;
 
-	s->reply_code = code;
-	s->reply_chunking = 0;
-	if (s->upstream_setup) {
-		hold = &s->setup_reply;
+	s->reply.code = code;
+	s->reply.chunking = 0;
+	if (s->setup.active) {
+		hold = &s->setup.reply;
 		mode = SRV_SETUP;
 	} else if (code == 421) {
-		hold = &s->reply_copy;
+		hold = &s->reply.copy;
 		mode = SRV_421;
 	} else if (pipeline_head(&s->pipeline) != NULL && pipeline_head(&s->pipeline)->quiet) {
-		hold = &s->held_reply;
+		hold = &s->reply.held;
 		mode = SRV_QUIET;
 	} else if (server_holds_reply(s, code)) {
-		hold = &s->held_reply;
+		hold = &s->reply.held;
 		mode = SRV_HOLD;
 	}
 	server_enter_mode(s, mode);
@@ -438,24 +414,24 @@ server_reply_unit(struct session *s, const struct unit *u)
 	if (!s->server.in_piece) {
 		if (smtp_parse_reply(u->data, smtp_line_len(u->data, u->len), &r) != 0)
 			session_warn(s, "malformed reply line from the server");
-		if (s->server_mode == SRV_NONE) {
+		if (s->reply.mode == SRV_NONE) {
 			if (server_reply_begin(s, r.code) != 0)
 				return;
 		} else if ((head = pipeline_head(&s->pipeline)) != NULL &&
 		           (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
 		           ehlo_line_is(u->data, u->len, "CHUNKING")) {
-			s->reply_chunking = 1;
+			s->reply.chunking = 1;
 		}
 		if (r.last) {
-			free(s->reply_text);
-			s->reply_text = escape_strdup(r.text, r.textlen);
+			free(s->reply.text);
+			s->reply.text = escape_strdup(r.text, r.textlen);
 		}
-		s->reply_last_line = r.last;
+		s->reply.last_line = r.last;
 	}
 	server_reply_route(s, u);
-	if (u->complete && s->reply_last_line) {
-		if (s->upstream_setup)
-			upstream_setup_step(s);
+	if (u->complete && s->reply.last_line) {
+		if (s->setup.active)
+			s->setup.reply_done = 1; /* upstream.c's to take: ends this read */
 		else
 			server_reply_done(s);
 	}
@@ -466,7 +442,7 @@ relay_server(struct session *s)
 {
 	struct unit u;
 
-	while (s->phase != PHASE_CLOSING && s->server.bev != NULL) {
+	while (s->phase != PHASE_CLOSING && s->server.bev != NULL && !s->setup.reply_done) {
 		if (s->phase == PHASE_RAW) {
 			relay_raw(&s->server);
 			return;

@@ -32,7 +32,10 @@
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/proxyin.h"
 #include "proxy/relay.h"
+#include "proxy/report.h"
+#include "proxy/session.h"
 #include "proxy/tls.h"
 #include "proxy/tx.h"
 
@@ -62,28 +65,20 @@ static void session_upstream_connected(struct session *s);
 static int side_direct(struct session *s, struct side *x);
 static unsigned session_idle_limit(struct session *s);
 static int session_awaits_eod(struct session *s);
+static void session_end(struct session *s, const char *reason);
+static void session_begin(struct session *s, int implicit_tls);
+static void session_proxy_refused(struct session *s, const char *why);
+static void session_client_input(struct session *s);
+static int session_open_transcript(struct session *s);
+static int session_tls_start(struct session *s, struct side *x);
+static void session_client_half_closed(struct session *s);
 
-static const char *const phase_names[] = {
-    [PHASE_CONNECTING] = "connecting",
-    [PHASE_GREETING] = "greeting",
-    [PHASE_RELAYING] = "relaying",
-    [PHASE_RAW] = "raw",
-    [PHASE_CLOSING] = "closing",
-    [PHASE_UPSTREAM_EHLO] = "upstream-ehlo",
-    [PHASE_UPSTREAM_STARTTLS] = "upstream-starttls",
-    [PHASE_UPSTREAM_TLS] = "upstream-tls",
-    [PHASE_UPSTREAM_XCLIENT] = "upstream-xclient",
-    [PHASE_PROXY_HEADER] = "proxy-header",
-    [PHASE_CLIENT_TLS] = "client-tls",
+/* What the relay's modules ask of the session's owner (proxy/conn.h). */
+static const struct conn_ops session_ops = {
+    .close = session_end,
+    .start_tls = session_tls_start,
+    .client_eof = session_client_half_closed,
 };
-
-const char *
-session_phase_name(enum session_phase phase)
-{
-	return (unsigned int)phase < sizeof(phase_names) / sizeof(phase_names[0])
-	           ? phase_names[phase]
-	           : "?";
-}
 
 /* The session id: eight hex digits and a NUL into id, without printf per session. */
 static void
@@ -105,72 +100,6 @@ session_copy_text(char *dst, size_t size, const char *src)
 
 	memcpy(dst, src, n);
 	dst[n] = '\0';
-}
-
-void
-session_enter_phase(struct session *s, enum session_phase phase)
-{
-	if (s->phase == phase)
-		return;
-	if (s->phase == PHASE_CLOSING) {
-		/* Closing is the last phase: what follows session_close() must not reopen it. */
-		log_debug("session=%s phase closing kept (not %s)", s->id,
-		          session_phase_name(phase));
-		return;
-	}
-	log_debug("session=%s phase %s -> %s", s->id, session_phase_name(s->phase),
-	          session_phase_name(phase));
-	s->phase = phase;
-}
-
-/* Whether a side is being read now. */
-static int
-side_reading(struct side *x)
-{
-	if (x->rd != NULL)
-		return event_pending(x->rd, EV_READ, NULL);
-	return (bufferevent_get_enabled(x->bev) & EV_READ) != 0;
-}
-
-static void
-side_read_on(struct side *x)
-{
-	if (x->rd != NULL)
-		event_add(x->rd, NULL);
-	else
-		bufferevent_enable(x->bev, EV_READ);
-}
-
-static void
-side_read_off(struct side *x)
-{
-	if (x->rd != NULL)
-		event_del(x->rd);
-	else
-		bufferevent_disable(x->bev, EV_READ);
-}
-
-void
-side_pause(struct side *x, int why)
-{
-	x->paused |= why;
-	if (x->bev == NULL)
-		return;
-	/*
-	 * A client waiting for a reply usually sends nothing meanwhile: it stops being read only
-	 * once it does (session_read_cb), which saves two epoll_ctl calls per DATA.
-	 */
-	if (why == PAUSE_WAIT && evbuffer_get_length(bufferevent_get_input(x->bev)) == 0)
-		return;
-	side_read_off(x);
-}
-
-void
-side_resume(struct side *x, int why)
-{
-	x->paused &= ~why;
-	if (x->paused == 0 && x->bev != NULL && x->s->phase != PHASE_CLOSING && !side_reading(x))
-		side_read_on(x);
 }
 
 /*
@@ -242,41 +171,6 @@ session_flush(struct session *s)
 	side_flush(&s->server);
 }
 
-int
-session_client_gone(const struct session *s)
-{
-	return (s->client.paused & PAUSE_EOF) != 0;
-}
-
-void
-session_warn(struct session *s, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	s->warnings++;
-	transcript_event(s->transcript, "warning %s", msg);
-}
-
-int
-session_client_full(struct session *s)
-{
-	struct side *c = &s->client;
-
-	if (c->paused & PAUSE_OWN_FULL)
-		return 1;
-	if (s->phase == PHASE_CLOSING || c->bev == NULL)
-		return 0;
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
-	    s->pipeline.count < PIPELINE_HIGH)
-		return 0;
-	side_pause(c, PAUSE_OWN_FULL);
-	return 1;
-}
-
 /*
  * A client paused because of its own output (PITFALLS 16): read on once it has taken half
  * of it and half the replies it waits on have gone, then go on with what it already sent.
@@ -293,19 +187,6 @@ session_client_drained(struct session *s)
 		return;
 	side_resume(c, PAUSE_OWN_FULL);
 	session_schedule_client(s);
-}
-
-void
-session_reply(struct session *s, const char *reply)
-{
-	size_t len = strlen(reply), off;
-	struct smtp_line l;
-
-	/* A record a line, as the client reads them. */
-	for (off = 0; off < len; off += l.len) {
-		smtp_line_cut((const unsigned char *)reply + off, len - off, &l);
-		side_write(&s->client, l.data, l.len, "P:");
-	}
 }
 
 /* Closes a side's socket, and its read event first. */
@@ -341,17 +222,17 @@ session_free(struct session *s)
 		tx_free(tx);
 	}
 	tx_free(s->tx_spare);
-	if (s->reply_copy != NULL)
-		evbuffer_free(s->reply_copy);
-	if (s->setup_reply != NULL)
-		evbuffer_free(s->setup_reply);
-	if (s->greeting != NULL)
-		evbuffer_free(s->greeting);
-	if (s->held_reply != NULL)
-		evbuffer_free(s->held_reply);
-	free(s->reply_text);
+	if (s->reply.copy != NULL)
+		evbuffer_free(s->reply.copy);
+	if (s->setup.reply != NULL)
+		evbuffer_free(s->setup.reply);
+	if (s->setup.greeting != NULL)
+		evbuffer_free(s->setup.greeting);
+	if (s->reply.held != NULL)
+		evbuffer_free(s->reply.held);
+	free(s->reply.text);
 	free(s->helo);
-	free(s->auth_text);
+	free(s->auth.text);
 	free(s->client_tls);
 	free(s->client_tls_error);
 	free(s->upstream_tls);
@@ -442,8 +323,8 @@ session_record_unrelayed(struct session *s)
 	evbuffer_drain(in, n);
 }
 
-void
-session_close(struct session *s, const char *reason)
+static void
+session_end(struct session *s, const char *reason)
 {
 	struct timeval now, poll = {0, CLOSE_POLL_USECS};
 
@@ -453,7 +334,7 @@ session_close(struct session *s, const char *reason)
 	session_record_unrelayed(s); /* reads the client's mode, kept until the phase changes */
 	session_enter_phase(s, PHASE_CLOSING);
 	gettimeofday(&now, NULL);
-	if (s->tls_passthrough)
+	if (s->closed_in == PHASE_RAW)
 		transcript_event(s->transcript,
 		                 "close reason=%s client_octets=%llu server_octets=%llu "
 		                 "tls_client_octets=%llu tls_server_octets=%llu",
@@ -462,9 +343,9 @@ session_close(struct session *s, const char *reason)
 		                 (unsigned long long)s->client.raw_octets,
 		                 (unsigned long long)s->server.raw_octets);
 	else
-		transcript_event(s->transcript, "close reason=%s client_octets=%llu server_octets=%llu",
-		                 reason, (unsigned long long)s->client.octets,
-		                 (unsigned long long)s->server.octets);
+		transcript_event(
+		    s->transcript, "close reason=%s client_octets=%llu server_octets=%llu", reason,
+		    (unsigned long long)s->client.octets, (unsigned long long)s->server.octets);
 	report_write(s, &now);
 	log_session("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	side_release(&s->server);
@@ -511,14 +392,15 @@ session_shut_server(struct session *s)
 		log_debug("session=%s shutdown upstream: %s", s->id, strerror(errno));
 }
 
-void
-session_client_eof(struct session *s)
+static void
+session_client_half_closed(struct session *s)
 {
 	struct timeval tv = {CLIENT_EOF_LINGER_SECS, 0};
 
 	s->client_gone_at = time(NULL);
-	transcript_event(s->transcript, "client closed its side: upstream shut for writing, "
-	                                "waiting %d seconds at most for its replies",
+	transcript_event(s->transcript,
+	                 "client closed its side: upstream shut for writing, "
+	                 "waiting %d seconds at most for its replies",
 	                 CLIENT_EOF_LINGER_SECS);
 	session_shut_server(s);
 	if (!session_awaits_eod(s) && session_idle_limit(s) > CLIENT_EOF_LINGER_SECS) {
@@ -533,13 +415,80 @@ session_client_eof_expired(struct session *s)
 {
 	char reply[512];
 
-	transcript_event(s->transcript, "the server did not answer within %d seconds of the "
-	                                "client's close",
+	transcript_event(s->transcript,
+	                 "the server did not answer within %d seconds of the "
+	                 "client's close",
 	                 CLIENT_EOF_LINGER_SECS);
-	snprintf(reply, sizeof(reply), "421 4.4.2 %s No reply from the server, closing connection\r\n",
+	snprintf(reply, sizeof(reply),
+	         "421 4.4.2 %s No reply from the server, closing connection\r\n",
 	         s->px->opts->hostname);
 	relay_answer_pending(s, reply);
-	session_close(s, s->quit_answered ? "quit" : "client_closed");
+	session_end(s, s->quit_answered ? "quit" : "client_closed");
+}
+
+/* px->sessions, named for TAILQ_LAST and TAILQ_PREV. */
+TAILQ_HEAD(session_list, session);
+
+struct session *
+session_newest(struct proxy *px)
+{
+	struct session_list *list = (struct session_list *)&px->sessions;
+
+	return TAILQ_LAST(list, session_list);
+}
+
+struct session *
+session_older(struct session *s)
+{
+	return TAILQ_PREV(s, session_list, entry);
+}
+
+/* A socket address's port, 0 where it has none. */
+static int
+session_sa_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return 0;
+}
+
+int
+session_upstream_connecting(struct session *s, struct sockaddr_storage *local, socklen_t *len)
+{
+	int fd;
+
+	if ((s->phase != PHASE_CONNECTING && s->phase != PHASE_GREETING) ||
+	    (fd = bufferevent_getfd(s->server.bev)) < 0)
+		return -1;
+	/*
+	 * Its address, once known, is kept: connect(2) bound it, and a session has one upstream
+	 * socket.  Asking at every accept was some getsockname(2) calls per session.
+	 */
+	if (s->upstream_local_len > 0) {
+		*local = s->upstream_local_sa;
+		*len = s->upstream_local_len;
+		return fd;
+	}
+	if (getsockname(fd, (struct sockaddr *)local, len) != 0)
+		return -1;
+	if (session_sa_port((struct sockaddr *)local) > 0) {
+		s->upstream_local_sa = *local;
+		s->upstream_local_len = *len;
+	}
+	return fd;
+}
+
+void
+session_shutdown_all(struct proxy *px)
+{
+	struct session *s, *next;
+
+	for (s = TAILQ_FIRST(&px->sessions); s != NULL; s = next) {
+		next = TAILQ_NEXT(s, entry);
+		session_shutdown(s);
+	}
 }
 
 void
@@ -552,7 +501,7 @@ session_shutdown(struct session *s)
 	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
-	session_close(s, "shutdown");
+	session_end(s, "shutdown");
 }
 
 /* Whether the server works on a message's end: its reply may take minutes. */
@@ -591,7 +540,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (s->phase == PHASE_PROXY_HEADER) {
-		proxyin_timeout(s);
+		session_proxy_refused(s, "no whole PROXY header within 5 seconds");
 		return;
 	}
 	if (s->phase == PHASE_CONNECTING) {
@@ -602,7 +551,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		log_warnx("session=%s connect to %s: timed out after %u s", s->id,
 		          s->px->upstream_text, s->px->opts->connect_timeout);
 		session_reply(s, reply);
-		session_close(s, "connect_timeout");
+		session_end(s, "connect_timeout");
 		return;
 	}
 	idle = now - s->last_activity;
@@ -621,7 +570,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		                                               : "");
 		if (!session_client_handshaking(s))
 			session_reply(s, reply);
-		session_close(s, "idle_timeout");
+		session_end(s, "idle_timeout");
 		return;
 	}
 	tv.tv_sec = (time_t)limit - idle;
@@ -666,9 +615,9 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	/* The records of one read, plain or TLS, share its time: its lines arrived together. */
 	transcript_clock_hold();
 	if (x->dir == SIDE_CLIENT)
-		relay_client(s);
+		session_client_input(s);
 	else
-		relay_server(s);
+		upstream_relay(s);
 	side_check_backpressure(x);
 	session_flush(s);
 	if (x->dir == SIDE_SERVER && s->phase != PHASE_CLOSING) {
@@ -677,6 +626,47 @@ session_read_cb(struct bufferevent *bev, void *arg)
 	}
 	(void)session_client_full(s);
 	transcript_clock_release();
+}
+
+/* The server closed: what it sent before is taken first, then what is pending answered. */
+static void
+session_server_gone(struct session *s)
+{
+	upstream_relay(s);
+	relay_server_gone(s);
+}
+
+/* The balancer's PROXY header was not valid: recorded (from its address), then closed. */
+static void
+session_proxy_refused(struct session *s, const char *why)
+{
+	(void)session_open_transcript(s);
+	transcript_event(s->transcript, "proxy header refused reason=\"%s\"", why);
+	log_warnx("session=%s PROXY header from %s refused: %s", s->id, s->client_addr, why);
+	session_end(s, "proxy_header");
+}
+
+/* The client's input: a balancer's PROXY header first where one is awaited, then SMTP. */
+static void
+session_client_input(struct session *s)
+{
+	const char *why = NULL;
+
+	if (s->phase == PHASE_PROXY_HEADER) {
+		switch (proxyin_read(s, &why)) {
+		case PROXYIN_MORE:
+			return;
+		case PROXYIN_INVALID:
+			session_proxy_refused(s, why);
+			return;
+		case PROXYIN_DONE:
+			event_del(s->timer);
+			session_begin(s, s->proxy_implicit_tls);
+			proxyin_record(s);
+			break;
+		}
+	}
+	relay_client(s);
 }
 
 /* The client's turn, scheduled by session_schedule_client: as a read of it would go on. */
@@ -690,18 +680,11 @@ session_resume_cb(evutil_socket_t fd, short what, void *arg)
 	if (s->phase == PHASE_CLOSING || s->client.bev == NULL)
 		return;
 	transcript_clock_hold();
-	relay_client(s);
+	session_client_input(s);
 	side_check_backpressure(&s->client);
 	session_flush(s);
 	(void)session_client_full(s);
 	transcript_clock_release();
-}
-
-void
-session_schedule_client(struct session *s)
-{
-	if (s->phase != PHASE_CLOSING)
-		event_active(s->resume, EV_TIMEOUT, 1);
 }
 
 /*
@@ -740,7 +723,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
 		if (peer->dir == SIDE_CLIENT) {
 			session_schedule_client(s);
 		} else {
-			relay_server(s);
+			upstream_relay(s);
 			side_check_backpressure(peer);
 		}
 	}
@@ -761,7 +744,7 @@ session_tls_done(struct session *s, struct side *x)
 
 	x->tls = 1;
 	if (*tp == NULL && (*tp = calloc(1, sizeof(**tp))) == NULL) {
-		session_close(s, "error");
+		session_end(s, "error");
 		return;
 	}
 	t = *tp;
@@ -806,7 +789,7 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 		transcript_event(s->transcript, "tls client failed reason=\"%s\"", why);
 		free(s->client_tls_error);
 		s->client_tls_error = strdup(why);
-		session_close(s, "client_tls_failed");
+		session_end(s, "client_tls_failed");
 		return;
 	}
 	if (verify != X509_V_OK)
@@ -816,11 +799,11 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 	snprintf(reply, sizeof(reply), "421 4.7.0 %s TLS with the upstream server failed\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
-	session_close(s, "upstream_tls_failed");
+	session_end(s, "upstream_tls_failed");
 }
 
-int
-session_start_tls(struct session *s, struct side *x)
+static int
+session_tls_start(struct session *s, struct side *x)
 {
 	SSL *ssl = x->dir == SIDE_CLIENT ? tls_accept_ssl() : tls_connect_ssl();
 	struct bufferevent *tlsbev;
@@ -933,7 +916,7 @@ session_refuse_loop(struct session *s, const char *listener)
 	snprintf(reply, sizeof(reply), "421 4.3.0 %s Upstream is this proxy itself\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
-	session_close(s, "upstream_loop");
+	session_end(s, "upstream_loop");
 }
 
 static void
@@ -947,7 +930,7 @@ session_upstream_connected(struct session *s)
 	if (session_upstream_is_us(s))
 		return;
 	if (side_direct(s, &s->server) != 0) {
-		session_close(s, "error");
+		session_end(s, "error");
 		return;
 	}
 	if (s->px->upstream_salen > 0)
@@ -967,7 +950,7 @@ session_upstream_connected(struct session *s)
 	if (upstream_proxy_header(s) != 0)
 		return;
 	if (pipeline_push(&s->pipeline, VERB_GREETING) == NULL) {
-		session_close(s, "error");
+		session_end(s, "error");
 		return;
 	}
 	s->last_activity = time(NULL);
@@ -975,7 +958,7 @@ session_upstream_connected(struct session *s)
 	event_add(s->timer, &idle);
 	if (s->px->opts->upstream_tls == UPSTREAM_IMPLICIT) {
 		session_enter_phase(s, PHASE_UPSTREAM_TLS);
-		if (session_start_tls(s, &s->server) != 0)
+		if (session_tls_start(s, &s->server) != 0)
 			session_tls_failed(s, &s->server, "TLS set-up failed");
 		return;
 	}
@@ -993,7 +976,7 @@ session_upstream_failed(struct session *s, const char *why)
 	snprintf(reply, sizeof(reply), "421 4.4.1 %s Upstream unreachable: %s\r\n",
 	         s->px->opts->hostname, why);
 	session_reply(s, reply);
-	session_close(s, "upstream_unreachable");
+	session_end(s, "upstream_unreachable");
 }
 
 static const char *
@@ -1043,9 +1026,10 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 		/* Accepted, then reset before the loop saw the connection complete: the server
 		 * closed before its greeting, as when the reset comes a moment later. */
 		if ((what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() == ECONNRESET) {
-			transcript_event(s->transcript, "server error reason=\"%s\" before the greeting",
+			transcript_event(s->transcript,
+			                 "server error reason=\"%s\" before the greeting",
 			                 session_error_reason(bev, what));
-			relay_server_gone(s);
+			session_server_gone(s);
 			return;
 		}
 		session_upstream_failed(s, session_error_reason(bev, what));
@@ -1056,7 +1040,10 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 		session_tls_failed(s, x, NULL);
 		return;
 	}
-	if (x->dir == SIDE_CLIENT) {
+	if (x->dir == SIDE_CLIENT && s->phase == PHASE_PROXY_HEADER) {
+		side_pause(&s->client, PAUSE_EOF);
+		session_proxy_refused(s, "connection closed before a whole PROXY header");
+	} else if (x->dir == SIDE_CLIENT) {
 		if (what & BEV_EVENT_ERROR)
 			transcript_event(s->transcript, "client error reason=\"%s\"",
 			                 session_error_reason(bev, what));
@@ -1065,7 +1052,7 @@ session_event(struct side *x, struct bufferevent *bev, short what)
 		if (what & BEV_EVENT_ERROR)
 			transcript_event(s->transcript, "server error reason=\"%s\"",
 			                 session_error_reason(bev, what));
-		relay_server_gone(s);
+		session_server_gone(s);
 	}
 }
 
@@ -1145,7 +1132,7 @@ session_make_id(struct session *s)
 	session_hex_id(s->id, r);
 }
 
-int
+static int
 session_open_transcript(struct session *s)
 {
 	static int warned;
@@ -1200,7 +1187,7 @@ session_unrecorded(struct session *s)
 	         "451 4.3.0 %s Session cannot be recorded, try again later\r\n",
 	         s->px->opts->hostname);
 	session_reply(s, reply);
-	session_close(s, "log_failure");
+	session_end(s, "log_failure");
 }
 
 /*
@@ -1291,6 +1278,7 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 
 	if ((s = calloc(1, sizeof(*s))) == NULL)
 		return NULL;
+	s->ops = &session_ops;
 	s->px = px;
 	cb = bufferevent_socket_new(px->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	sb = bufferevent_socket_new(px->base, server_fd, BEV_OPT_CLOSE_ON_FREE);
@@ -1320,7 +1308,7 @@ session_create(struct proxy *px, int fd, const struct sockaddr *sa, const char *
 	px->nsessions++;
 	if (filter_session_init(s, px->rules) != 0)
 		log_warnx("session=%s out of memory for rule counters", s->id);
-	s->upstream_setup = upstream_setup_wanted(px->opts);
+	s->setup.active = upstream_setup_wanted(px->opts);
 	s->xclient_attrs = -1;
 	return s;
 fail:
@@ -1428,7 +1416,7 @@ session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen, cons
 	return s;
 }
 
-void
+static void
 session_begin(struct session *s, int implicit_tls)
 {
 	struct proxy *px = s->px;
@@ -1443,7 +1431,7 @@ session_begin(struct session *s, int implicit_tls)
 	log_debug("session=%s connect client=%s", s->id, s->client_addr);
 	/* Read the client from the start, to see an early talker and a client that leaves. */
 	side_read_on(&s->client);
-	if (implicit_tls && session_start_tls(s, &s->client) != 0) {
+	if (implicit_tls && session_tls_start(s, &s->client) != 0) {
 		session_tls_failed(s, &s->client, "TLS set-up failed");
 		return;
 	}

@@ -1,293 +1,42 @@
 #ifndef SMTPTAP_SESSION_H
 #define SMTPTAP_SESSION_H
 
-#include <netinet/in.h>
-#include <stdint.h>
-#include <sys/queue.h>
+/*
+ * A session's life, as the modules above the sessions see it (listeners, workers, metrics,
+ * main): accepted, shut down, refused.  What a session is inside is proxy/conn.h, for the
+ * relay's modules only.
+ */
+
 #include <sys/socket.h>
-#include <sys/time.h>
-#include <time.h>
 
-#include "filters/rules.h"
-#include "proxy/pipeline.h"
-#include "proxy/side.h"
-#include "smtp/proxyproto.h"
-
-struct bufferevent;
-struct event;
 struct proxy;
-struct transcript;
-
-/* Why reading from a side is paused (a bitmask: reading resumes when it is empty). */
-#define PAUSE_PEER_FULL 0x01 /* the peer's output is above the high mark */
-#define PAUSE_WAIT 0x02      /* the client waits for a reply before it may go on */
-#define PAUSE_EOF 0x04       /* the side has closed its write half */
-#define PAUSE_OWN_FULL 0x08  /* the client's own output (replies) is above the high mark */
-
-/* Past this many commands awaiting a reply, the client stops being read (our own replies
- * queue behind a slow server's without bound otherwise). */
-#define PIPELINE_HIGH 1024
-
-/* What the transcript and the event say of a leg's TLS. */
-struct tls_info {
-	int up;
-	char version[16];
-	char cipher[64];
-	char sni[256];
-	char subject[256];
-	char verify[128];
-};
-
-/*
- * Where a session is in its life; changed only through session_enter_phase().  Only while
- * PHASE_RELAYING is the client read as SMTP, in its mode (enum client_mode).
- */
-enum session_phase {
-	PHASE_CONNECTING,        /* connecting upstream */
-	PHASE_GREETING,          /* waiting for the server's greeting */
-	PHASE_RELAYING,          /* both directions relayed, the client read in its mode */
-	PHASE_RAW,               /* after STARTTLS without a certificate: bytes both ways */
-	PHASE_UPSTREAM_EHLO,     /* our own EHLO to the server, before its STARTTLS */
-	PHASE_UPSTREAM_STARTTLS, /* our own STARTTLS to the server */
-	PHASE_UPSTREAM_TLS,      /* handshake with the server */
-	PHASE_UPSTREAM_XCLIENT,  /* our own XCLIENT, naming the client to the server */
-	PHASE_PROXY_HEADER,      /* reading a balancer's PROXY header (--accept-proxy) */
-	PHASE_CLIENT_TLS,        /* handshake with the client after its STARTTLS */
-	PHASE_CLOSING,           /* session_close() was called: the last phase, never left */
-};
-
-/* How the client's input is read while relaying; changed only through client_enter_mode(). */
-enum client_mode {
-	MODE_COMMAND, /* client lines are commands */
-	MODE_AWAIT,   /* the client waits for the reply to DATA, AUTH, STARTTLS or SASL */
-	MODE_SASL,    /* the next client line answers a 334 */
-	MODE_MESSAGE, /* DATA content, until <CRLF>.<CRLF> */
-	MODE_CHUNK,   /* BDAT content: exactly chunk_left octets */
-	MODE_SKIP,    /* discarding the rest of an over-long command line */
-};
-
-/*
- * Where the server's reply being read goes; changed only through server_enter_mode().  The
- * mode is chosen on a reply's first line and ends (SRV_NONE) with its last.
- */
-enum server_mode {
-	SRV_NONE,   /* no reply open: the next line begins one */
-	SRV_RELAY,  /* on to the client as it comes */
-	SRV_HOLD,   /* held whole (held_reply), edited, then relayed */
-	SRV_QUIET,  /* answers our own command (RSET, a held message's DATA): never relayed */
-	SRV_STREAM, /* a long EHLO reply edited line by line, one line kept back (held_reply) */
-	SRV_SETUP,  /* during the upstream set-up: held (setup_reply) for upstream.c */
-	SRV_421,    /* a 421, held (reply_copy) to answer every pending command */
-};
-
-struct rcpt {
-	char *to;
-	int code;
-	char *text; /* the reply's text (its last line), escaped */
-};
-
-/* One mail transaction, from MAIL to the reply to its end of data (OpenSMTPD's smtp_tx). */
-struct tx {
-	TAILQ_ENTRY(tx) entry;
-	char *mail_from;   /* the address alone, <...> */
-	char *mail_params; /* its ESMTP parameters, or NULL */
-	int mail_code;
-	char *mail_text;
-	struct rcpt *rcpts;
-	size_t nrcpt;
-	uint64_t size;
-	int data; /* content was sent (DATA's 354, a BDAT): the size means something */
-	int code;
-	char *text;
-};
-
-struct session {
-	TAILQ_ENTRY(session) entry;
-	struct proxy *px;
-	char id[12];
-	struct side client;
-	struct side server;
-	enum session_phase phase;
-	enum client_mode mode;        /* the client's, while PHASE_RELAYING */
-	enum client_mode skip_return; /* mode to go back to after MODE_SKIP */
-	struct pipeline pipeline;
-	struct event *timer; /* connect timeout, idle timeout or close linger, by state */
-	/* Goes on with the client's input from the loop (session_schedule_client). */
-	struct event *resume;
-	struct timeval start;
-	time_t last_activity;
-	struct transcript *transcript;
-	char transcript_path[96];
-	char client_addr[64];
-	char listener_addr[64];
-	char upstream_addr[64];
-	char upstream_local[64]; /* our end of the upstream connection */
-	/* ... as an address, once connected (the loop check at accept looks at it) */
-	struct sockaddr_storage upstream_local_sa;
-	socklen_t upstream_local_len;
-	char *helo;
-
-	/* The client's identity: its and the listener's addresses (from the balancer's PROXY
-	 * header under --accept-proxy), and how it was told to the server. */
-	struct proxyproto_addrs peer;
-	char via[64];          /* the balancer's address, when a PROXY header named the client */
-	int proxy_local;       /* a v2 LOCAL header: the balancer's own session (health check) */
-	int xclient_attrs;     /* what the server's EHLO offered for XCLIENT, -1: no XCLIENT */
-	const char *forwarded; /* "xclient", "proxy-v1", "proxy-v2", or NULL */
-	int proxy_implicit_tls; /* TLS from the first byte after the PROXY header */
-	/* --upstream original: where the client was going (REDIRECT's SO_ORIGINAL_DST, TPROXY's
-	 * local address), the upstream of this session; original_len 0 otherwise. */
-	union {
-		struct sockaddr sa;
-		struct sockaddr_in in4;
-		struct sockaddr_in6 in6;
-	} original;
-	socklen_t original_len;
-	char original_text[64];
-
-	/* Message content. */
-	int msg_line_start; /* the previous content line ended in CRLF */
-	int msg_in_headers;
-	int msg_bare_seen; /* a bare line end was normalized in this message */
-	uint64_t msg_hidden_lines;
-	uint64_t msg_hidden_octets;
-	struct message *msg;  /* a message under header/body rules, or NULL */
-	uint64_t server_size; /* the server's SIZE limit, 0 when it set none */
-	uint64_t chunk_left;
-	int chunk_discard; /* the chunk of a refused BDAT: read and thrown away */
-	int chunk_last;    /* the chunk is the message's last (BDAT ... LAST) */
-	/* BDAT is a chunk only where the server offered CHUNKING in its reply to this session's
-	 * EHLO (RFC 3030); elsewhere the server reads the octets as commands, and so do we. */
-	int server_chunking;
-	int chunk_in_piece; /* BDAT content recorded so far ends mid-line: more of it is "C+" */
-	uint64_t skipped;
-
-	/* The reply being read. */
-	enum server_mode server_mode; /* where it goes (a 421 in SRV_RELAY was too long to hold) */
-	int reply_code;
-	int reply_last_line;         /* the current line ends the reply */
-	int reply_chunking;          /* an extension line of the reply is CHUNKING */
-	struct evbuffer *reply_copy; /* a 421's lines, to answer every pending command */
-	char *reply_text;            /* text of the reply's last line */
-
-	/* AUTH (never the secret itself). */
-	char auth_mech[32];
-	char auth_user[256];
-	int auth_step;
-	int auth_code;
-	char *auth_text; /* the reply's text */
-	int auth_used;
-	int auth_open; /* an AUTH was sent and no command since: base64 lines may be SASL data */
-	unsigned caps_hidden; /* extensions a capability rule removed from the EHLO reply */
-
-	int tls_passthrough;
-	/* Securing the upstream leg before the client sees the greeting: a phase of the session
-	 * across several replies (each read in SRV_SETUP), not where one reply goes. */
-	int upstream_setup;
-	struct evbuffer *setup_reply;  /* the server's reply during that set-up */
-	struct evbuffer *greeting;     /* the greeting, held until the upstream leg is secured */
-	struct evbuffer *held_reply;   /* a reply held whole, to edit it */
-	struct tls_info *client_tls;   /* allocated once a handshake is done: idle sessions */
-	struct tls_info *upstream_tls; /* stay small */
-	char *client_tls_error;        /* why the client's handshake failed */
-	int early_talker;
-	int quit_answered;
-	time_t client_gone_at;   /* when the client closed its write half (session_client_gone) */
-	int server_shut_pending; /* shut the server's write half once its output is sent */
-	time_t linger_until; /* a closing session is freed by then at the latest */
-	unsigned warnings;
-	const char *close_reason;
-
-	/* Rules: those in force as the session started (a reload doesn't change them). */
-	struct ruleset *rules;
-	struct rule_outcome outcome;
-	unsigned *rule_hits;
-	unsigned rule_failures; /* rules that could not be evaluated (logged once) */
-
-	TAILQ_HEAD(, tx) txs;
-	struct tx *tx;       /* the transaction commands now belong to, or NULL */
-	struct tx *tx_spare; /* reused for transactions beyond what an event records */
-	unsigned ntx;
-	unsigned tx_unrecorded;
-};
+struct session;
 
 /* Accepts a client on fd: connects upstream and starts recording. */
 struct session *session_new(struct proxy *px, int fd, const struct sockaddr *sa, int salen,
                             const char *listener, int implicit_tls);
 
-/* How long a balancer (--accept-proxy) has to send its whole PROXY header. */
-#define PROXY_HEADER_SECS 5
-
-/* Records the session from here and connects upstream (after a PROXY header, if any). */
-void session_begin(struct session *s, int implicit_tls);
-
-/* Opens the session's transcript with its connect record; -1 when it can't be written. */
-int session_open_transcript(struct session *s);
-
 /* A session over two sockets already connected (tests and fuzzing: socketpairs). */
 struct session *session_new_connected(struct proxy *px, int client_fd, int server_fd);
 
-/* Layers TLS on a side (bufferevent_openssl filter) and sets its callbacks again. */
-int session_start_tls(struct session *s, struct side *x);
-
-/* Every way out: records the end, closes upstream now, the client once its output is sent. */
-void session_close(struct session *s, const char *reason);
 /* Its upstream connection came back to our listener: 421 4.3.0 to the client, and close. */
 void session_refuse_loop(struct session *s, const char *listener);
-
-/* Sends a reply of the proxy's own to the client now, recorded as "P:". */
-void session_reply(struct session *s, const char *reply);
-
-/*
- * Whether the client must not be read on: replies wait for it above the high mark, or too
- * many commands wait for theirs.  Pauses it (PAUSE_OWN_FULL) when so.
- */
-int session_client_full(struct session *s);
-
-void session_enter_phase(struct session *s, enum session_phase phase);
-const char *session_phase_name(enum session_phase phase);
-/* Whether the session relays and reads the client in mode. */
-int client_in_mode(const struct session *s, enum client_mode mode);
-void client_enter_mode(struct session *s, enum client_mode mode);
-const char *client_mode_name(enum client_mode mode);
-void side_pause(struct side *x, int why);
-void side_resume(struct side *x, int why);
-
-/* Records a warning in the transcript and counts it. */
-void session_warn(struct session *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/*
- * The client closed its write half with commands still unanswered: the server's write half
- * is shut too (it sees EOF), and the session ends when the server closes, when the last reply
- * is in, or after a short linger.
- */
-void session_client_eof(struct session *s);
 
 /* Tells a session the proxy is shutting down (the grace period has passed). */
 void session_shutdown(struct session *s);
 
+/* The newest session, and the one begun before s (NULL after the oldest). */
+struct session *session_newest(struct proxy *px);
+struct session *session_older(struct session *s);
+
 /*
- * The client's input is processed from the loop, never from inside the server's callbacks
- * (tmux's event_once): a nested call could drain a buffer under its caller's view of a line.
+ * A session still making its upstream connection (connecting, or awaiting the greeting):
+ * that socket, and its local address into *local (len in and out); -1 for any other.
  */
-void session_schedule_client(struct session *s);
+int session_upstream_connecting(struct session *s, struct sockaddr_storage *local, socklen_t *len);
 
-/* relay.c: consume what a side has sent, as far as the SMTP state allows. */
-void relay_client(struct session *s);
-void relay_server(struct session *s);
-/* relay.c: the server is gone; answer what is pending. */
-void relay_server_gone(struct session *s);
-/* relay.c: the client is gone. */
-void relay_client_gone(struct session *s);
-/* Whether the client closed its write half: its side stays paused for EOF for good. */
-int session_client_gone(const struct session *s);
-/* relay.c: the handshake with the server is done: the greeting may go to the client. */
-void relay_upstream_secured(struct session *s);
-/* relay.c: the handshake with a client after its STARTTLS is done. */
-void relay_client_secured(struct session *s);
-
-/* report.c: the session's JSON event. */
-void report_write(struct session *s, const struct timeval *end);
+/* --grace is over: every session still open is told the proxy shuts down, and closed. */
+void session_shutdown_all(struct proxy *px);
 
 /* TCP_NODELAY on a socket (a listener's, or the upstream's); setsockopt's result. */
 int session_nodelay(int fd);

@@ -12,7 +12,7 @@
 #include "logs/redact.h"
 #include "logs/transcript.h"
 #include "proxy/options.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "proxy/side.h"
 #include "proxy/tx.h"
 
@@ -251,7 +251,7 @@ static void
 tx_text(struct session *s, char **text)
 {
 	free(*text);
-	*text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+	*text = s->reply.text != NULL ? strdup(s->reply.text) : NULL;
 }
 
 void
@@ -283,7 +283,7 @@ tx_reply(struct session *s, const struct pending *p, int code)
 			break;
 		tx->code = code;
 		free(tx->text);
-		tx->text = s->reply_text != NULL ? strdup(s->reply_text) : NULL;
+		tx->text = s->reply.text != NULL ? strdup(s->reply.text) : NULL;
 		if (s->tx == tx)
 			s->tx = NULL;
 		break;

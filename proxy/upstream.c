@@ -21,7 +21,7 @@
 #include "smtp/proxyproto.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 
 /* The upstream leg is as secure as it will get: the client gets the greeting now. */
 static void
@@ -29,9 +29,9 @@ upstream_ready(struct session *s)
 {
 	struct pending *head = pipeline_head(&s->pipeline);
 
-	s->upstream_setup = 0;
-	if (s->greeting != NULL)
-		reply_edit_send(s, s->greeting, VERB_GREETING, 220);
+	s->setup.active = 0;
+	if (s->setup.greeting != NULL)
+		reply_edit_send(s, s->setup.greeting, VERB_GREETING, 220);
 	if (s->phase == PHASE_CLOSING)
 		return;
 	if (head != NULL && head->verb == VERB_GREETING) {
@@ -90,8 +90,9 @@ upstream_identify(struct session *s)
 	if (s->xclient_attrs < 0) {
 		session_warn(s, "the server does not offer XCLIENT: the client's address cannot be "
 		                "forwarded");
-		log_warnx("session=%s upstream %s does not offer XCLIENT (--forward-client xclient)",
-		          s->id, s->upstream_addr);
+		log_warnx(
+		    "session=%s upstream %s does not offer XCLIENT (--forward-client xclient)",
+		    s->id, s->upstream_addr);
 		upstream_refused(s, "the server does not offer XCLIENT",
 		                 "Cannot forward the client's address", "xclient_refused");
 		return;
@@ -195,28 +196,28 @@ upstream_xclient_reply(struct session *s, int code)
 		upstream_refused(s, why, "Cannot forward the client's address", "xclient_refused");
 		return;
 	}
-	evbuffer_drain(s->greeting, evbuffer_get_length(s->greeting));
-	evbuffer_add_buffer(s->greeting, s->setup_reply);
+	evbuffer_drain(s->setup.greeting, evbuffer_get_length(s->setup.greeting));
+	evbuffer_add_buffer(s->setup.greeting, s->setup.reply);
 	s->forwarded = "xclient";
 	upstream_ready(s);
 }
 
 /* A reply during the upstream set-up: greeting, our EHLO, STARTTLS, (EHLO again), XCLIENT. */
-void
+static void
 upstream_setup_step(struct session *s)
 {
-	size_t len = evbuffer_get_length(s->setup_reply), stale;
-	const unsigned char *reply = evbuffer_pullup(s->setup_reply, (ev_ssize_t)len);
-	int code = s->reply_code;
+	size_t len = evbuffer_get_length(s->setup.reply), stale;
+	const unsigned char *reply = evbuffer_pullup(s->setup.reply, (ev_ssize_t)len);
+	int code = s->reply.code;
 
 	server_enter_mode(s, SRV_NONE);
 	switch (s->phase) {
 	case PHASE_GREETING:
-		if (s->greeting == NULL && (s->greeting = evbuffer_new()) == NULL) {
+		if (s->setup.greeting == NULL && (s->setup.greeting = evbuffer_new()) == NULL) {
 			session_close(s, "error");
 			return;
 		}
-		evbuffer_add_buffer(s->greeting, s->setup_reply);
+		evbuffer_add_buffer(s->setup.greeting, s->setup.reply);
 		if (code != 220) {
 			/* The server refuses the session: its greeting goes to the client as it
 			 * is (no TLS, no XCLIENT to a server that takes no command). */
@@ -224,8 +225,9 @@ upstream_setup_step(struct session *s)
 				upstream_tls_refused(s, "the server refused the session");
 			} else {
 				if (upstream_wants_tls(s->px->opts))
-					transcript_event(s->transcript, "upstream leg stays in clear: "
-					                                "the server refused the session");
+					transcript_event(s->transcript,
+					                 "upstream leg stays in clear: "
+					                 "the server refused the session");
 				upstream_ready(s);
 			}
 			if (code == 421 && s->phase != PHASE_CLOSING)
@@ -259,14 +261,14 @@ upstream_setup_step(struct session *s)
 	default:
 		break;
 	}
-	if (s->setup_reply != NULL)
-		evbuffer_drain(s->setup_reply, evbuffer_get_length(s->setup_reply));
+	if (s->setup.reply != NULL)
+		evbuffer_drain(s->setup.reply, evbuffer_get_length(s->setup.reply));
 }
 
 void
 relay_upstream_secured(struct session *s)
 {
-	if (s->upstream_setup) {
+	if (s->setup.active) {
 		/* RFC 3207 4.2: the server forgot our EHLO; XCLIENT needs it again. */
 		if (s->px->opts->forward_client == FORWARD_XCLIENT)
 			upstream_send_ehlo(s);
@@ -276,7 +278,19 @@ relay_upstream_secured(struct session *s)
 	}
 	/* Implicit TLS: the greeting comes now, over TLS. */
 	session_enter_phase(s, PHASE_GREETING);
-	relay_server(s);
+	upstream_relay(s);
+}
+
+void
+upstream_relay(struct session *s)
+{
+	for (;;) {
+		relay_server(s);
+		if (!s->setup.reply_done)
+			return;
+		s->setup.reply_done = 0;
+		upstream_setup_step(s);
+	}
 }
 
 int

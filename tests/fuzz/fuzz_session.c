@@ -45,6 +45,7 @@
 #include "logs/transcript.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/conn.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
 

@@ -22,7 +22,7 @@
 #include "proxy/options.h"
 #include "proxy/proxy.h"
 #include "proxy/reply_edit.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 
 struct stub {
 	struct event_base *base;
@@ -134,7 +134,8 @@ test_class_kept(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "reply /^250 2.1.5 Ok/ REWRITE 550 5.1.1 No\nreply /^250 fine/ REWRITE 251 fine\n");
+	stub_init(
+	    &t, "reply /^250 2.1.5 Ok/ REWRITE 550 5.1.1 No\nreply /^250 fine/ REWRITE 251 fine\n");
 	send_reply(&t, VERB_RCPT, "250 2.1.5 Ok\r\n", "250 2.1.5 Ok\r\n");
 	assert_true(t.s.warnings > 0);
 	send_reply(&t, VERB_NOOP, "250 fine\r\n", "251 fine\r\n");

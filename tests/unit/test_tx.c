@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #include "proxy/pipeline.h"
-#include "proxy/session.h"
+#include "proxy/conn.h"
 #include "smtp/smtp.h"
 #include "proxy/tx.h"
 
@@ -76,7 +76,7 @@ test_transaction(void **state)
 	p = pipeline_push(&s->pipeline, VERB_RCPT);
 	p->tx = tx;
 	p->rcpt_index = 1;
-	s->reply_text = "2.1.5 Ok";
+	s->reply.text = "2.1.5 Ok";
 	tx_reply(s, p, 250);
 	assert_int_equal(tx->rcpts[1].code, 250);
 	assert_string_equal(tx->rcpts[1].text, "2.1.5 Ok");
@@ -87,7 +87,7 @@ test_transaction(void **state)
 	/* The final reply closes the transaction and keeps the server's text. */
 	p = pipeline_push(&s->pipeline, VERB_EOD);
 	p->tx = tx;
-	s->reply_text = "2.0.0 Ok: queued";
+	s->reply.text = "2.0.0 Ok: queued";
 	tx_reply(s, p, 250);
 	assert_int_equal(tx->code, 250);
 	assert_string_equal(tx->text, "2.0.0 Ok: queued");
@@ -199,9 +199,9 @@ test_queue_id(void **state)
 	static const struct {
 		const char *text, *id;
 	} cases[] = {
-	    {"2.0.0 Ok: queued as 4Xq2Yb1kz9", "4Xq2Yb1kz9"},            /* Postfix */
-	    {"2.0.0 Ok: queued as 4Xq2Yb1kz9 ", "4Xq2Yb1kz9"},           /* Postfix, trailing space */
-	    {"OK id=1rAbCd-0001Ab-Cd", "1rAbCd-0001Ab-Cd"},              /* Exim */
+	    {"2.0.0 Ok: queued as 4Xq2Yb1kz9", "4Xq2Yb1kz9"},  /* Postfix */
+	    {"2.0.0 Ok: queued as 4Xq2Yb1kz9 ", "4Xq2Yb1kz9"}, /* Postfix, trailing space */
+	    {"OK id=1rAbCd-0001Ab-Cd", "1rAbCd-0001Ab-Cd"},    /* Exim */
 	    {"OK id=1vXyZw-000000003Kq-1aBc", "1vXyZw-000000003Kq-1aBc"}, /* Exim 4.97 ids */
 	    {"2.0.0 wB6NX5fa012345 Message accepted for delivery", "wB6NX5fa012345"}, /* Sendmail */
 	    {"2.0.0 5f3c1b2a Message accepted for delivery", "5f3c1b2a"}, /* OpenSMTPD */
@@ -211,12 +211,9 @@ test_queue_id(void **state)
 	     "0.120, 93.5 KB/sec Queued mail for delivery",
 	     "5287183860161"}, /* Exchange Online */
 	};
-	static const char *const none[] = {"2.0.0 Ok",
-	                                   "2.0.0 Message accepted for delivery",
-	                                   "Great success",
-	                                   "2.0.0 Ok: queued as ",
-	                                   "OK valid=1",
-	                                   ""};
+	static const char *const none[] = {"2.0.0 Ok",      "2.0.0 Message accepted for delivery",
+	                                   "Great success", "2.0.0 Ok: queued as ",
+	                                   "OK valid=1",    ""};
 	char id[64];
 	size_t i;
 

@@ -159,3 +159,13 @@ addr_host_is_local(const char *host)
 	freeaddrinfo(res);
 	return local;
 }
+
+int
+addr_port(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	return -1;
+}

@@ -14,4 +14,7 @@ socklen_t addr_numeric(const char *host, const char *port, struct sockaddr_stora
  * Start-up only: it may ask the resolver. */
 int addr_host_is_local(const char *host);
 
+/* A socket address's port (host order), -1 for a family without one. */
+int addr_port(const struct sockaddr *sa);
+
 #endif

@@ -43,12 +43,18 @@ static const char *const server_mode_names[] = {
     [SRV_STREAM] = "stream", [SRV_SETUP] = "setup", [SRV_421] = "421",
 };
 
+/* A state's name for the debug log, "?" for a value beyond the table. */
+static const char *
+state_name(const char *const *names, size_t n, unsigned int i)
+{
+	return i < n && names[i] != NULL ? names[i] : "?";
+}
+#define NAME_OF(names, i) state_name(names, sizeof(names) / sizeof(names[0]), (unsigned int)(i))
+
 const char *
 session_phase_name(enum session_phase phase)
 {
-	return (unsigned int)phase < sizeof(phase_names) / sizeof(phase_names[0])
-	           ? phase_names[phase]
-	           : "?";
+	return NAME_OF(phase_names, phase);
 }
 
 void
@@ -177,9 +183,7 @@ session_schedule_client(struct session *s)
 const char *
 client_mode_name(enum client_mode mode)
 {
-	return (unsigned int)mode < sizeof(client_mode_names) / sizeof(client_mode_names[0])
-	           ? client_mode_names[mode]
-	           : "?";
+	return NAME_OF(client_mode_names, mode);
 }
 
 void
@@ -201,9 +205,7 @@ client_in_mode(const struct session *s, enum client_mode mode)
 const char *
 server_mode_name(enum server_mode mode)
 {
-	return (unsigned int)mode < sizeof(server_mode_names) / sizeof(server_mode_names[0])
-	           ? server_mode_names[mode]
-	           : "?";
+	return NAME_OF(server_mode_names, mode);
 }
 
 void

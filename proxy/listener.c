@@ -76,16 +76,6 @@ listener_same_addr(const struct sockaddr *a, const struct sockaddr *b, int port_
 	return 0;
 }
 
-static int
-listener_port(const struct sockaddr *sa)
-{
-	if (sa->sa_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
-	if (sa->sa_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-	return -1;
-}
-
 /* 0.0.0.0 or [::]: the listener takes every local address. */
 static int
 listener_wildcard(const struct sockaddr *sa)
@@ -132,13 +122,13 @@ const char *
 listener_serving(const struct sockaddr *sa, int fd)
 {
 	struct listener *l;
-	int port = listener_port(sa);
+	int port = addr_port(sa);
 
 	SLIST_FOREACH(l, &listeners, entry)
 	{
 		const struct sockaddr *ls = (const struct sockaddr *)&l->ss;
 
-		if (ls->sa_family != sa->sa_family || listener_port(ls) != port)
+		if (ls->sa_family != sa->sa_family || addr_port(ls) != port)
 			continue;
 		if (listener_same_addr(ls, sa, 1) ||
 		    (listener_wildcard(ls) && listener_local(sa, fd)))

@@ -443,17 +443,6 @@ session_older(struct session *s)
 	return TAILQ_PREV(s, session_list, entry);
 }
 
-/* A socket address's port, 0 where it has none. */
-static int
-session_sa_port(const struct sockaddr *sa)
-{
-	if (sa->sa_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
-	if (sa->sa_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-	return 0;
-}
-
 int
 session_upstream_connecting(struct session *s, struct sockaddr_storage *local, socklen_t *len)
 {
@@ -473,7 +462,7 @@ session_upstream_connecting(struct session *s, struct sockaddr_storage *local, s
 	}
 	if (getsockname(fd, (struct sockaddr *)local, len) != 0)
 		return -1;
-	if (session_sa_port((struct sockaddr *)local) > 0) {
+	if (addr_port((struct sockaddr *)local) > 0) {
 		s->upstream_local_sa = *local;
 		s->upstream_local_len = *len;
 	}

@@ -196,8 +196,8 @@ def test_workers_default_one_per_cpu(tap_factory, sink):
     hp.normal_session(tap, sink=sink)
 
 
-def short_session(tap, i):
-    """One message, as fast as the client goes; back once the proxy has closed too."""
+def one_message(tap, i):
+    """A client that has sent one message and is told it was taken."""
     c = SmtpClient(tap.port)
     assert c.code() == 220
     c.expect("EHLO short.example", 250)
@@ -206,6 +206,12 @@ def short_session(tap, i):
     c.expect("DATA", 354)
     c.send(b"Subject: short %d\r\n\r\nbody\r\n.\r\n" % i)
     assert c.code() == 250
+    return c
+
+
+def short_session(tap, i):
+    """One message, as fast as the client goes; back once the proxy has closed too."""
+    c = one_message(tap, i)
     c.expect("QUIT", 221)
     c.close()
     time.sleep(0.01)
@@ -263,17 +269,7 @@ def test_short_sessions_share_a_write(tap_factory, sink, tmp_path):
     day = os.path.join(tap.log_dir, datetime.datetime.now(datetime.timezone.utc)
                        .strftime("%Y-%m-%d.log"))
     n = 20
-    clients = []
-    for i in range(n):
-        c = SmtpClient(tap.port)
-        assert c.code() == 220
-        c.expect("EHLO short.example", 250)
-        c.expect("MAIL FROM:<s%d@example.com>" % i, 250)
-        c.expect("RCPT TO:<r@example.net>", 250)
-        c.expect("DATA", 354)
-        c.send(b"Subject: short %d\r\n\r\nbody\r\n.\r\n" % i)
-        assert c.code() == 250
-        clients.append(c)
+    clients = [one_message(tap, i) for i in range(n)]
     time.sleep(1.2)  # the tick has written what the sessions recorded so far
     trace = str(tmp_path / "trace")
     st = subprocess.Popen(["strace", "-qq", "-y", "-e", "trace=write,writev", "-e", "signal=none",

@@ -27,6 +27,12 @@
 #include "logs/redact.h"
 
 /*
+ * Room for a record's "TIME ID " prefix (27 + 1 + at most 15 + 1 octets), copied whole: a
+ * copy of a fixed size is a few moves, where one of the prefix's own length is a call.
+ */
+#define STAMP_PREFIX_ROOM 48
+
+/*
  * A session's recorder: where its records go in the journal.  The records themselves are in
  * the journal's buffer for the day the session started, shared by every session of the
  * process.
@@ -55,6 +61,14 @@ struct transcript {
 	unsigned same;    /* exchanges in a row recorded identical */
 	uint64_t repeats; /* further identical exchanges, counted, not recorded */
 	char rtime[28];   /* the time of the last of them */
+
+	/*
+	 * "TIME ID " as the records of one clock reading start (transcript_now): made once per
+	 * reading and copied whole, not put together piece by piece for every record.
+	 */
+	uint64_t pfx_gen; /* the reading it was made for (now_gen); 0: none */
+	size_t pfx_len;
+	char pfx[STAMP_PREFIX_ROOM];
 };
 
 /*
@@ -77,9 +91,11 @@ transcript_journal(struct transcript *t)
 }
 
 /* Room for n more octets in the buffer; 0, or -1 when memory is short (the record is lost). */
-static int
+static inline int
 transcript_reserve(struct journal *j, size_t n)
 {
+	if (j->len + n <= j->cap) /* the common case, without a call */
+		return 0;
 	return journal_reserve(j, n);
 }
 
@@ -332,6 +348,8 @@ transcript_open(const char *id, const struct timeval *start, const char *client,
  */
 static int clock_held;  /* transcript_clock_hold: one reading serves until released */
 static int clock_fresh; /* ... and it has been taken */
+static char now_text[32];    /* the latest reading, formatted */
+static uint64_t now_gen = 1; /* changes with now_text: the records' prefixes made for it */
 
 void
 transcript_clock_hold(void)
@@ -350,18 +368,32 @@ const char *
 transcript_now(void)
 {
 	static struct timeval last = {-1, 0};
-	static char formatted[32];
 	struct timeval now;
 
 	if (clock_held && clock_fresh)
-		return formatted;
+		return now_text;
 	clock_fresh = clock_held;
 	gettimeofday(&now, NULL);
 	if (now.tv_sec != last.tv_sec || now.tv_usec != last.tv_usec) {
-		transcript_timestamp(&now, formatted, sizeof(formatted));
+		transcript_timestamp(&now, now_text, sizeof(now_text));
 		last = now;
+		now_gen++;
 	}
-	return formatted;
+	return now_text;
+}
+
+/* Makes t's record prefix "TIME ID " for the time now (27 octets, as transcript_now gives). */
+static void
+transcript_prefix(struct transcript *t, const char *now)
+{
+	memcpy(t->pfx, now, 27);
+	t->pfx[27] = ' ';
+	memcpy(t->pfx + 28, t->id, t->idlen);
+	t->pfx[28 + t->idlen] = ' ';
+	t->pfx_len = 28 + t->idlen + 1;
+	/* Kept for the next records only when now is the shared reading, which says when it
+	 * changes; any other time (a session's start) is made again each time. */
+	t->pfx_gen = now == now_text ? now_gen : 0;
 }
 
 /* Starts a record: timestamp, session id, kind, space; with room for extra octets after them. */
@@ -369,27 +401,52 @@ static int
 transcript_stamp(struct transcript *t, struct journal *j, const char *now, const char *kind,
                  size_t klen, size_t extra)
 {
-	size_t i, idlen = t->idlen;
+	size_t i;
 	char *p;
 
 	transcript_exchange_check(t, j); /* may put a record first */
-	if (transcript_reserve(j, 28 + idlen + 1 + klen + 1 + extra + 1) != 0)
+	if (transcript_reserve(j, STAMP_PREFIX_ROOM + klen + 1 + extra + 1) != 0)
 		return -1;
 	/* Exchanges that may repeat are made of the client's lines, events and our replies. */
 	if (klen != 1 && !(klen == 2 && kind[1] == ':' && (kind[0] == 'C' || kind[0] == 'P')))
 		t->xplain = 0;
+	if (now != now_text || t->pfx_gen != now_gen)
+		transcript_prefix(t, now);
 	t->last_rec = j->len;
 	p = j->buf + j->len;
-	memcpy(p, now, 27);
-	p[27] = ' ';
-	memcpy(p + 28, t->id, idlen);
-	p += 28 + idlen;
-	*p++ = ' ';
+	memcpy(p, t->pfx, STAMP_PREFIX_ROOM); /* what follows the prefix is written over */
+	p += t->pfx_len;
 	/* A kind is one or two octets: copied in place, not by a call to memcpy. */
 	for (i = 0; i < klen; i++)
 		p[i] = kind[i];
 	p[klen] = ' ';
-	j->len += 28 + idlen + 1 + klen + 1;
+	j->len += t->pfx_len + klen + 1;
+	return 0;
+}
+
+/*
+ * transcript_stamp for a record that follows one of t's own with the same time and a kind of
+ * two octets (the lines of a message): inlined in the message loop, without the checks that
+ * cannot apply.  -1 when it does not apply (transcript_stamp then does the whole work).
+ */
+static inline int
+transcript_stamp_again(struct transcript *t, struct journal *j, const char *now,
+                       const char *kind, size_t klen, size_t extra)
+{
+	char *p;
+
+	if (j->owner != t->serial || j->batches != t->batch || now != now_text ||
+	    t->pfx_gen != now_gen || klen != 2 || kind[1] != ':' ||
+	    kind[0] != 'C' || j->len + STAMP_PREFIX_ROOM + 3 + extra + 1 > j->cap)
+		return -1;
+	t->last_rec = j->len;
+	p = j->buf + j->len;
+	memcpy(p, t->pfx, STAMP_PREFIX_ROOM);
+	p += t->pfx_len;
+	p[0] = 'C';
+	p[1] = ':';
+	p[2] = ' ';
+	j->len += t->pfx_len + 3;
 	return 0;
 }
 
@@ -465,7 +522,8 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 	 * no longer inlined into the message loop: +4% instructions per message, measured.)
 	 */
 	n -= 2;
-	if (transcript_stamp(t, j, now, kind, klen, n) != 0)
+	if (transcript_stamp_again(t, j, now, kind, klen, n) != 0 &&
+	    transcript_stamp(t, j, now, kind, klen, n) != 0)
 		return;
 	memcpy(j->buf + j->len, line, n);
 	j->len += n;

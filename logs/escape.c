@@ -120,25 +120,34 @@ escape_plain_scalar(const unsigned char *p, size_t i, size_t n)
 }
 
 #ifdef __SSE2__
+/*
+ * Sixteen octets of p, all ones where an octet is printable ASCII other than backslash.  One
+ * signed compare finds the range: adding 0x60 takes 0x20-0x7e to 0x80-0xde (-128..-34) and
+ * every other octet to -33 or above.
+ */
+static inline __m128i
+escape_plain_lanes(const unsigned char *p)
+{
+	const __m128i shift = _mm_set1_epi8(0x60), top = _mm_set1_epi8(-33),
+	              backslash = _mm_set1_epi8('\\');
+	__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+
+	return _mm_andnot_si128(_mm_cmpeq_epi8(v, backslash),
+	                        _mm_cmplt_epi8(_mm_add_epi8(v, shift), top));
+}
+
 /* A bit per octet of p[0..15]: set for printable ASCII other than backslash. */
-static unsigned
+static inline unsigned
 escape_plain_mask(const unsigned char *p)
 {
-	const __m128i space = _mm_set1_epi8(0x1f), del = _mm_set1_epi8(0x7f),
-	              backslash = _mm_set1_epi8('\\');
-	__m128i v = _mm_loadu_si128((const __m128i *)(const void *)p), plain;
-
-	/* Signed: 0x80-0xff are negative, so "> 0x1f and < 0x7f" is 0x20-0x7e. */
-	plain = _mm_and_si128(_mm_cmpgt_epi8(v, space), _mm_cmplt_epi8(v, del));
-	plain = _mm_andnot_si128(_mm_cmpeq_epi8(v, backslash), plain);
-	return (unsigned)_mm_movemask_epi8(plain);
+	return (unsigned)_mm_movemask_epi8(escape_plain_lanes(p));
 }
 #endif
 
 /*
- * The end of a run of octets that need no escape, from i: sixteen (SSE2) or eight at a
- * time while all are printable ASCII other than backslash (the bulk of any transcript),
- * then one by one.
+ * The end of a run of octets that need no escape, from i: thirty-two or sixteen (SSE2) or
+ * eight at a time while all are printable ASCII other than backslash (the bulk of any
+ * transcript), then one by one.
  */
 static size_t
 escape_plain_end(const unsigned char *p, size_t i, size_t n)
@@ -147,6 +156,13 @@ escape_plain_end(const unsigned char *p, size_t i, size_t n)
 	size_t base;
 	unsigned mask;
 
+	/* Two loads a step, one test for both: a message line is some 80 octets. */
+	while (i + 32 <= n) {
+		mask = escape_plain_mask(p + i) | escape_plain_mask(p + i + 16) << 16;
+		if (mask != 0xffffffffu)
+			return escape_plain_scalar(p, i + (size_t)__builtin_ctz(~mask), n);
+		i += 32;
+	}
 	while (i + 16 <= n) {
 		mask = escape_plain_mask(p + i);
 		if (mask != 0xffff)

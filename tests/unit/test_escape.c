@@ -260,6 +260,32 @@ test_every_octet_in_every_lane(void **state)
 	}
 }
 
+/*
+ * escape_plain_span scans 32, 16 and 8 octets at a time: for every length up to 80 (a message
+ * line), every octet value at every position ends the span exactly where one at a time would.
+ */
+static void
+test_plain_span_every_length(void **state)
+{
+	unsigned char in[80];
+	size_t n, pos, want;
+	int c;
+
+	(void)state;
+	for (n = 0; n <= sizeof(in); n++) {
+		memset(in, 'X', sizeof(in));
+		assert_int_equal(escape_plain_span(in, n), n);
+		for (pos = 0; pos < n; pos++) {
+			for (c = 0; c < 256; c++) {
+				memset(in, 'X', sizeof(in));
+				in[pos] = (unsigned char)c;
+				want = c == '\t' || (c >= 0x20 && c <= 0x7e && c != '\\') ? n : pos;
+				assert_int_equal(escape_plain_span(in, n), want);
+			}
+		}
+	}
+}
+
 /* Appending adds to what is already in the buffer. */
 static void
 test_appends(void **state)
@@ -288,6 +314,7 @@ main(void)
 	    cmocka_unit_test(test_truncated),   cmocka_unit_test(test_mixed_line),
 	    cmocka_unit_test(test_every_octet), cmocka_unit_test(test_appends),
 	    cmocka_unit_test(test_every_octet_in_every_lane),
+	    cmocka_unit_test(test_plain_span_every_length),
 	    cmocka_unit_test(test_bidi_escaped), cmocka_unit_test(test_text_keeps_backslash),
 	};
 

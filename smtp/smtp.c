@@ -175,10 +175,55 @@ smtp_line_len(const unsigned char *line, size_t len)
 	return len;
 }
 
+/*
+ * A verb of at most eight octets as one number, each octet ORed with 0x20 (lower case for a
+ * letter), the first in the low octet: the names are all letters, so equal numbers mean equal
+ * names in any case, as strncasecmp would say, without a call per row of the table.
+ */
+static uint64_t
+smtp_verb_key(const unsigned char *p, size_t n)
+{
+	uint64_t k = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		k |= (uint64_t)(p[i] | 0x20) << (8 * i);
+	return k;
+}
+
+/* The commands' names as smtp_verb_key makes them, by verb (0 for the rest). */
+#define K(a, b, c, d, e, f, g, h)                                                               \
+	((uint64_t)(a) | (uint64_t)(b) << 8 | (uint64_t)(c) << 16 | (uint64_t)(d) << 24 |          \
+	 (uint64_t)(e) << 32 | (uint64_t)(f) << 40 | (uint64_t)(g) << 48 | (uint64_t)(h) << 56)
+#define K4(a, b, c, d) K(a, b, c, d, 0, 0, 0, 0)
+static const uint64_t smtp_verb_keys[VERB_COUNT] = {
+    [VERB_HELO] = K4('h', 'e', 'l', 'o'),
+    [VERB_EHLO] = K4('e', 'h', 'l', 'o'),
+    [VERB_LHLO] = K4('l', 'h', 'l', 'o'),
+    [VERB_MAIL] = K4('m', 'a', 'i', 'l'),
+    [VERB_RCPT] = K4('r', 'c', 'p', 't'),
+    [VERB_DATA] = K4('d', 'a', 't', 'a'),
+    [VERB_BDAT] = K4('b', 'd', 'a', 't'),
+    [VERB_RSET] = K4('r', 's', 'e', 't'),
+    [VERB_QUIT] = K4('q', 'u', 'i', 't'),
+    [VERB_NOOP] = K4('n', 'o', 'o', 'p'),
+    [VERB_AUTH] = K4('a', 'u', 't', 'h'),
+    [VERB_STARTTLS] = K('s', 't', 'a', 'r', 't', 't', 'l', 's'),
+    [VERB_VRFY] = K4('v', 'r', 'f', 'y'),
+    [VERB_EXPN] = K4('e', 'x', 'p', 'n'),
+    [VERB_HELP] = K4('h', 'e', 'l', 'p'),
+    [VERB_XCLIENT] = K('x', 'c', 'l', 'i', 'e', 'n', 't', 0),
+    [VERB_XFORWARD] = K('x', 'f', 'o', 'r', 'w', 'a', 'r', 'd'),
+    [VERB_PROXY] = K('p', 'r', 'o', 'x', 'y', 0, 0, 0),
+};
+#undef K4
+#undef K
+
 void
 smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *cmd)
 {
 	size_t i, start = 0, verblen = 0;
+	uint64_t key;
 
 	cmd->verb = VERB_UNKNOWN;
 	cmd->arg = NULL;
@@ -188,12 +233,13 @@ smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *c
 		start++;
 	while (start + verblen < len && !smtp_is_space(line[start + verblen]))
 		verblen++;
-	for (i = VERB_FIRST_COMMAND; i <= VERB_LAST_COMMAND; i++) {
-		const char *name = smtp_verbs[i].name;
-		if (strlen(name) == verblen &&
-		    strncasecmp(name, (const char *)line + start, verblen) == 0) {
-			cmd->verb = (enum smtp_verb)i;
-			break;
+	if (verblen > 0 && verblen <= 8) {
+		key = smtp_verb_key(line + start, verblen);
+		for (i = VERB_FIRST_COMMAND; i <= VERB_LAST_COMMAND; i++) {
+			if (smtp_verb_keys[i] == key) {
+				cmd->verb = (enum smtp_verb)i;
+				break;
+			}
 		}
 	}
 	i = start + verblen;

@@ -31,6 +31,45 @@ check_verb(const char *line, enum smtp_verb want, const char *wantarg)
 	assert_memory_equal(cmd.arg, wantarg, cmd.arglen);
 }
 
+/*
+ * Every command of the table is found by its name in any case, and only by it: each octet of
+ * each name, replaced by every octet value, still names the verb exactly when the two are the
+ * same letter in either case (strncasecmp's answer); a name with one octet more or less is not it.
+ */
+static void
+test_verbs_every_name_and_near_miss(void **state)
+{
+	struct smtp_command cmd;
+	char name[16], want_ci;
+	size_t n, pos;
+	int v, c;
+
+	(void)state;
+	for (v = VERB_FIRST_COMMAND; v <= VERB_LAST_COMMAND; v++) {
+		n = strlen(smtp_verb_name((enum smtp_verb)v));
+		for (pos = 0; pos < n; pos++) {
+			for (c = 0; c < 256; c++) {
+				memcpy(name, smtp_verb_name((enum smtp_verb)v), n + 1);
+				want_ci = name[pos];
+				name[pos] = (char)c;
+				smtp_parse_command(U(name), n, &cmd);
+				if (c == want_ci || c == (want_ci | 0x20))
+					assert_int_equal(cmd.verb, v);
+				else if (c != ' ' && c != '\t' && c != '\v' && c != '\f' && c != '\r')
+					assert_int_not_equal(cmd.verb, v);
+			}
+		}
+		memcpy(name, smtp_verb_name((enum smtp_verb)v), n + 1);
+		smtp_parse_command(U(name), n - 1, &cmd);
+		assert_int_not_equal(cmd.verb, v);
+		name[n] = 'S';
+		smtp_parse_command(U(name), n + 1, &cmd);
+		assert_int_not_equal(cmd.verb, v);
+	}
+	check_verb("sTaRtTlS", VERB_STARTTLS, NULL);
+	check_verb("XFORWARDS x", VERB_UNKNOWN, "x");
+}
+
 static void
 test_verbs(void **state)
 {
@@ -428,6 +467,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_verbs),
+	    cmocka_unit_test(test_verbs_every_name_and_near_miss),
 	    cmocka_unit_test(test_verb_with_nul),
 	    cmocka_unit_test(test_replies),
 	    cmocka_unit_test(test_line_len),

@@ -6,16 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Room for n more octets: made when the buffer must grow (the common case is inlined). */
 static int
-jw_room(struct json_writer *w, size_t n)
+jw_grow(struct json_writer *w, size_t n)
 {
 	size_t cap = w->cap < 1024 ? 1024 : w->cap;
 	char *p;
 
-	if (w->failed)
-		return -1;
-	if (w->len + n <= w->cap)
-		return 0;
 	if (n > SIZE_MAX / 4 - w->len) {
 		w->failed = 1;
 		return -1;
@@ -29,6 +26,16 @@ jw_room(struct json_writer *w, size_t n)
 	w->buf = p;
 	w->cap = cap;
 	return 0;
+}
+
+static inline int
+jw_room(struct json_writer *w, size_t n)
+{
+	if (w->failed)
+		return -1;
+	if (w->len + n <= w->cap)
+		return 0;
+	return jw_grow(w, n);
 }
 
 static void
@@ -46,6 +53,15 @@ jw_sep(struct json_writer *w)
 {
 	if (w->comma)
 		jw_put(w, ",", 1);
+	w->comma = 1;
+}
+
+/* The same where room for it was made: written in place. */
+static inline void
+jw_sep_in(struct json_writer *w)
+{
+	if (w->comma)
+		w->buf[w->len++] = ',';
 	w->comma = 1;
 }
 
@@ -85,9 +101,9 @@ jw_key(struct json_writer *w, const char *key)
 {
 	size_t n = strlen(key);
 
-	jw_sep(w);
-	if (jw_room(w, n + 3) != 0)
+	if (jw_room(w, n + 4) != 0)
 		return;
+	jw_sep_in(w);
 	w->buf[w->len++] = '"';
 	memcpy(w->buf + w->len, key, n);
 	w->len += n;
@@ -134,6 +150,18 @@ jw_utf8(const unsigned char *p, size_t n, size_t *len)
 	return cp;
 }
 
+/* Octets a string keeps as they are: printable ASCII and space, but the quote and backslash. */
+static const unsigned char jw_plain[256] = {
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 00 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 10 */
+    1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 20 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 30 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 40 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 50 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 60 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 70 */
+};
+
 static char *
 jw_u(char *o, unsigned v)
 {
@@ -156,17 +184,21 @@ jw_strn(struct json_writer *w, const char *s, size_t n)
 	long cp;
 	char *o;
 
-	jw_sep(w);
 	/* At most 12 octets out per octet in (a 4-octet sequence: a surrogate pair). */
-	if (n > SIZE_MAX / 16 || jw_room(w, 6 * n + 2) != 0)
+	if (n > SIZE_MAX / 16) {
+		jw_sep(w);
 		return;
+	}
+	if (jw_room(w, 6 * n + 3) != 0) {
+		w->comma = 1;
+		return;
+	}
+	jw_sep_in(w);
 	o = w->buf + w->len;
 	*o++ = '"';
 	while (p < end) {
 		/* The plain run (most of any text) in one copy. */
-		for (run = 0; p + run < end && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' &&
-		              p[run] != '\\';
-		     run++)
+		for (run = 0; p + run < end && jw_plain[p[run]]; run++)
 			;
 		memcpy(o, p, run);
 		o += run;
@@ -264,6 +296,37 @@ jw_real(struct json_writer *w, double v)
 	}
 	jw_sep(w);
 	jw_put(w, num, (size_t)n);
+}
+
+/*
+ * Between 100 us and 1,000 s, us / 1e6 in decimal has at most nine significant digits and is
+ * exactly what %.9g makes of v: v is within a few units of its last place of that decimal,
+ * far less than half a unit of the ninth digit (tests/unit/test_json.c checks it over the
+ * range).  Trailing zeros go, as %g drops them; at least one digit stays after the point.
+ */
+void
+jw_duration(struct json_writer *w, long long us, double v)
+{
+	char num[24], *p = num + sizeof(num), *end = p;
+	long long whole = us / 1000000, frac = us % 1000000;
+	int i;
+
+	if (us < 100 || us >= 1000000000) {
+		jw_real(w, v);
+		return;
+	}
+	for (i = 0; i < 6; i++) {
+		*--p = (char)('0' + frac % 10);
+		frac /= 10;
+	}
+	while (end > p + 1 && end[-1] == '0')
+		end--;
+	*--p = '.';
+	do
+		*--p = (char)('0' + whole % 10);
+	while ((whole /= 10) != 0);
+	jw_sep(w);
+	jw_put(w, p, (size_t)(end - p));
 }
 
 void

@@ -29,6 +29,11 @@ void jw_strn(struct json_writer *w, const char *s, size_t n);
 void jw_int(struct json_writer *w, long long v);
 void jw_int_or_null(struct json_writer *w, long long v, int present);
 void jw_real(struct json_writer *w, double v); /* 9 significant digits */
+/*
+ * A duration of us microseconds, v seconds (v as computed from the same times): what
+ * jw_real(v) writes, made without printf where us has at most nine digits and three or more.
+ */
+void jw_duration(struct json_writer *w, long long us, double v);
 void jw_bool(struct json_writer *w, int v);
 void jw_null(struct json_writer *w);
 /* Ends the line ("\n"), after the last value. */

@@ -397,7 +397,10 @@ report_write(struct session *s, const struct timeval *end)
 	report_kv("start", start_ts);
 	report_kv("end", end_ts);
 	jw_key(&jw, "duration");
-	jw_real(&jw, duration);
+	jw_duration(&jw,
+	            (long long)(end->tv_sec - s->start.tv_sec) * 1000000 +
+	                (long long)(end->tv_usec - s->start.tv_usec),
+	            duration);
 	report_kv("client", s->client_addr);
 	report_kv("listener", s->listener_addr);
 	report_kv("upstream", s->px->upstream_text);

@@ -72,6 +72,49 @@ test_int_in_array(void **state)
 	jw_free(&w);
 }
 
+/*
+ * jw_duration(us, v) writes what jw_real(v) does, v computed as report.c does from two times
+ * (whole seconds and a microsecond difference of either sign): every us up to 2 s, then
+ * strides across the rest of the range to 1,000 s, and its edges.
+ */
+static void
+check_duration(long long us, long long sec)
+{
+	struct json_writer a = {0}, b = {0};
+	long long usec = us - sec * 1000000;
+	double v = (double)sec + (double)usec / 1e6;
+
+	jw_duration(&a, us, v);
+	jw_real(&b, v);
+	assert_false(a.failed);
+	assert_int_equal(a.len, b.len);
+	assert_memory_equal(a.buf, b.buf, a.len);
+	jw_free(&a);
+	jw_free(&b);
+}
+
+static void
+test_duration_as_real(void **state)
+{
+	long long us, sec;
+
+	(void)state;
+	for (us = 0; us <= 2000000; us++) {
+		check_duration(us, us / 1000000);
+		if (us >= 1)
+			check_duration(us, us / 1000000 + 1); /* a negative microsecond difference */
+	}
+	for (us = 2000000; us < 1001000000; us += 7919) {
+		sec = us / 1000000;
+		check_duration(us, sec);
+		check_duration(us, sec + 1);
+		check_duration(us + 999, sec);
+	}
+	check_duration(999999999, 999);
+	check_duration(1000000000, 1000);
+	check_duration(-5, 0);
+}
+
 int
 main(void)
 {
@@ -79,6 +122,7 @@ main(void)
 	    cmocka_unit_test(test_int_edges),
 	    cmocka_unit_test(test_int_every_width),
 	    cmocka_unit_test(test_int_in_array),
+	    cmocka_unit_test(test_duration_as_real),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

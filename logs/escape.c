@@ -145,7 +145,7 @@ escape_plain_mask(const unsigned char *p)
 #endif
 
 /*
- * The end of a run of octets that need no escape, from i: thirty-two or sixteen (SSE2) or
+ * The end of a run of octets that need no escape, from i: sixteen (SSE2) or
  * eight at a time while all are printable ASCII other than backslash (the bulk of any
  * transcript), then one by one.
  */
@@ -156,13 +156,6 @@ escape_plain_end(const unsigned char *p, size_t i, size_t n)
 	size_t base;
 	unsigned mask;
 
-	/* Two loads a step, one test for both: a message line is some 80 octets. */
-	while (i + 32 <= n) {
-		mask = escape_plain_mask(p + i) | escape_plain_mask(p + i + 16) << 16;
-		if (mask != 0xffffffffu)
-			return escape_plain_scalar(p, i + (size_t)__builtin_ctz(~mask), n);
-		i += 32;
-	}
 	while (i + 16 <= n) {
 		mask = escape_plain_mask(p + i);
 		if (mask != 0xffff)

@@ -261,7 +261,7 @@ test_every_octet_in_every_lane(void **state)
 }
 
 /*
- * escape_plain_span scans 32, 16 and 8 octets at a time: for every length up to 80 (a message
+ * escape_plain_span scans 16 and 8 octets at a time: for every length up to 80 (a message
  * line), every octet value at every position ends the span exactly where one at a time would.
  */
 static void

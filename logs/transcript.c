@@ -618,7 +618,6 @@ transcript_locate(struct transcript *t, journal_wait_fn *fn, void *arg)
 	/* The counted repeats are said before the event line (which comes after the records). */
 	if (t->repeats > 0 && transcript_journal(t) != NULL) {
 		transcript_exchange_check(t, t->j);
-		t->xstart = t->j->len;
 		transcript_repeat_note(t, t->j);
 	}
 	/*
@@ -644,7 +643,9 @@ transcript_close(struct transcript *t)
 	/* The records stay in the day's buffer for its next write. */
 	if (transcript_journal(t) != NULL) {
 		if (t->repeats > 0) {
-			t->xstart = t->j->len; /* the note goes last */
+			/* Right after the counted exchanges, before what came since (a QUIT, say):
+			 * the note speaks of the records just above it. */
+			transcript_exchange_check(t, t->j);
 			transcript_repeat_note(t, t->j);
 		}
 		journal_unmark(t->j, &t->first);

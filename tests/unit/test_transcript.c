@@ -468,11 +468,10 @@ test_repeats(void **state)
 }
 
 /*
- * BUG: transcript_close (and transcript_locate) put the "* repeated" note at the end of the
- * buffer (t->xstart = t->j->len), after records that followed the counted exchanges without
- * ending an exchange of their own (the client's QUIT and the server's 221): the note then
- * says the 2 records just above it, QUIT and 221, came 7 more times (README "Repeated
- * replies").  Input: 10 x {C: XCLIENT..., P: 550...}, C: QUIT, S: 221 bye, transcript_close.
+ * Records that follow the counted exchanges without ending an exchange of their own (the
+ * client's QUIT and the server's 221): the "* repeated" note still comes right after the
+ * counted exchanges, not after them, where it would say QUIT and 221 came 7 more times
+ * (README "Repeated replies").  It did, at transcript_close, before this was fixed.
  */
 static void
 test_repeats_then_quit(void **state)
@@ -482,7 +481,6 @@ test_repeats_then_quit(void **state)
 	char line[128], *text;
 	int i;
 
-	skip(); /* BUG: see above */
 	t = open_session("f100d", &START, NULL, 0);
 	for (i = 0; i < 10; i++) {
 		DATA(t, "C:", "XCLIENT ADDR=1.2.3.4\r\n");

@@ -654,14 +654,6 @@ transcript_close(struct transcript *t)
 }
 
 int
-transcript_tmpfile(void)
-{
-	if (journal_dir_fd() < 0)
-		return -1;
-	return openat(journal_dir_fd(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-}
-
-int
 transcript_failing(void)
 {
 	return journal_failing();

@@ -67,9 +67,6 @@ int transcript_locate(struct transcript *t, journal_wait_fn *fn, void *arg);
 /* Ends the session's recording (its records are written with the next batch); t may be NULL. */
 void transcript_close(struct transcript *t);
 
-/* An unlinked temporary file in the log directory (held messages); -1 on error. */
-int transcript_tmpfile(void);
-
 /* Whether the latest transcript write or creation failed (disk full, permissions...). */
 int transcript_failing(void);
 

@@ -11,6 +11,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
+#include "logs/journal.h"
 #include "logs/transcript.h"
 #include "proxy/filter.h"
 #include "proxy/options.h"
@@ -124,6 +125,14 @@ message_untaken(struct session *s, const char *reply, const char *why)
 	session_warn(s, "message refused at its end (%s): %s", why, reply);
 }
 
+int
+message_spool_open(void)
+{
+	if (journal_dir_fd() < 0)
+		return -1;
+	return openat(journal_dir_fd(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+}
+
 /*
  * Moves held content beyond --hold-memory to an unlinked file in the log directory.  When it
  * can't (no file, a full disk), the message is refused 451 4.3.0, as Postfix answers a queue
@@ -132,7 +141,7 @@ message_untaken(struct session *s, const char *reply, const char *why)
 static void
 message_spill(struct session *s, struct message *m)
 {
-	if (m->held_fd < 0 && (m->held_fd = transcript_tmpfile()) < 0) {
+	if (m->held_fd < 0 && (m->held_fd = message_spool_open()) < 0) {
 		message_untaken(s, "451 4.3.0 Error writing message file", "no temporary file");
 		return;
 	}

@@ -31,4 +31,10 @@ void message_learn_size(struct session *s, unsigned long long size);
 int message_holding(const struct session *s);
 void message_free(struct session *s);
 
+/*
+ * The held-message spool: an unlinked file (O_TMPFILE, 0600) in the log directory, where a
+ * held message beyond --hold-memory goes; -1 when there is none (no log directory).
+ */
+int message_spool_open(void);
+
 #endif

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -381,6 +382,28 @@ test_hold_spills(void **state)
 	rmdir_all(dir);
 }
 
+/* The spool: a file in the log directory no name leads to, the owner's alone; none without
+ * a log directory. */
+static void
+test_spool_file(void **state)
+{
+	char dir[] = "/tmp/test_message.XXXXXX";
+	struct stat st;
+	int fd;
+
+	(void)state;
+	assert_int_equal(message_spool_open(), -1);
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(transcript_init(NULL, dir, -1), 0);
+	assert_true((fd = message_spool_open()) >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_nlink, 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+	close(fd);
+	transcript_shutdown();
+	rmdir_all(dir);
+}
+
 /* Beyond --hold-memory with no spool (no log directory): refused 451, never kept in memory. */
 static void
 test_hold_no_spool(void **state)
@@ -476,8 +499,8 @@ main(void)
 	    cmocka_unit_test(test_held_reject),      cmocka_unit_test(test_held_sent),
 	    cmocka_unit_test(test_streamed_refused), cmocka_unit_test(test_learn_size),
 	    cmocka_unit_test(test_size_limit),       cmocka_unit_test(test_hold_spills),
-	    cmocka_unit_test(test_hold_no_spool),    cmocka_unit_test(test_pieces),
-	    cmocka_unit_test(test_header_too_long),
+	    cmocka_unit_test(test_hold_no_spool),    cmocka_unit_test(test_spool_file),
+	    cmocka_unit_test(test_pieces),           cmocka_unit_test(test_header_too_long),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

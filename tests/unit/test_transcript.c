@@ -578,23 +578,7 @@ test_no_dir(void **state)
 	errno = 0;
 	assert_null(transcript_open("n0", &START, "c", "l", "u", rel, sizeof(rel)));
 	assert_int_equal(errno, EBADF);
-	assert_int_equal(transcript_tmpfile(), -1);
 	/* teardown's transcript_shutdown finds nothing open. */
-}
-
-/* The held-message spool: a file in the log directory no name leads to. */
-static void
-test_tmpfile(void **state)
-{
-	struct stat st;
-	int fd;
-
-	(void)state;
-	assert_true((fd = transcript_tmpfile()) >= 0);
-	assert_int_equal(fstat(fd, &st), 0);
-	assert_int_equal(st.st_nlink, 0);
-	assert_int_equal(st.st_mode & 0777, 0600);
-	close(fd);
 }
 
 /* The timestamp's layout, microseconds zero-padded. */
@@ -628,7 +612,6 @@ main(void)
 	    cmocka_unit_test_setup_teardown(test_null_transcript, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_failing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_no_dir, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_tmpfile, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_timestamp, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -14,7 +14,6 @@
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
-#include "proxy/relay.h"
 #include "proxy/conn.h"
 
 #define REPLY_MAX_LINES 256

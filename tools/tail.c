@@ -37,6 +37,7 @@ struct tracked {
 
 struct tail {
 	struct tool_filter f;
+	time_t now; /* what relative times (--since 2h) count back from */
 	struct tool_common c;
 	struct tracked *buckets[TAIL_BUCKETS];
 	size_t ntracked;
@@ -202,28 +203,28 @@ tail_run(struct tail *t)
 	}
 }
 
+/* tail's own arguments: the filters. */
+static int
+tail_arg(void *arg, int argc, char **argv, int *i)
+{
+	struct tail *t = arg;
+	int k;
+
+	if ((k = filter_option(&t->f, argc, argv, i, t->now)) != 0)
+		return k;
+	fprintf(stderr, "smtptap tail: unknown argument %s\n%s", argv[*i], tail_usage);
+	return -1;
+}
+
 int
 tool_tail_main(int argc, char **argv)
 {
 	static struct tail t;
-	time_t now = time(NULL);
-	int i, k;
+	int rc;
 
-	tool_common_init(&t.c);
-	for (i = 1; i < argc; i++) {
-		if ((k = tool_common_option(&t.c, argc, argv, &i)) == 0)
-			k = filter_option(&t.f, argc, argv, &i, now);
-		if (k < 0)
-			return 2;
-		if (k > 0)
-			continue;
-		if (strcmp(argv[i], "--help") == 0) {
-			fputs(tail_usage, stdout);
-			return 0;
-		}
-		fprintf(stderr, "smtptap tail: unknown argument %s\n%s", argv[i], tail_usage);
-		return 2;
-	}
+	t.now = time(NULL);
+	if ((rc = tool_common_args(&t.c, argc, argv, tail_usage, tail_arg, &t)) != TOOL_ARGS_OK)
+		return rc;
 	tool_common_finish(&t.c);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	tail_run(&t);

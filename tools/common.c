@@ -36,7 +36,7 @@ tool_common_option(struct tool_common *c, int argc, char **argv, int *i)
 }
 
 int
-tool_common_args(struct tool_common *c, int argc, char **argv, const char *usage,
+tool_common_args(struct tool_common *c, int argc, char **argv, const char *tool, const char *usage,
                  tool_arg_fn *own, void *arg)
 {
 	int i, k;
@@ -50,7 +50,10 @@ tool_common_args(struct tool_common *c, int argc, char **argv, const char *usage
 			}
 			k = own(arg, argc, argv, &i);
 		}
-		if (k < 0)
+		if (k == 0)
+			fprintf(stderr, "smtptap %s: unknown argument %s\n%s", tool, argv[i],
+			        usage);
+		if (k <= 0)
 			return 2;
 	}
 	return TOOL_ARGS_OK;

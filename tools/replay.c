@@ -372,7 +372,8 @@ replay_collect(const struct replay *r, struct collect *col)
 	int rc = session_records(&r->tc, r->id, collect_cb, col);
 
 	if (rc == 1 || col->n == 0) {
-		fprintf(stderr, "smtptap replay: session %s: not found in %s\n", r->id, r->tc.log_dir);
+		fprintf(stderr, "smtptap replay: session %s: not found in %s\n", r->id,
+		        r->tc.log_dir);
 		return 2;
 	}
 	return rc < 0 || col->failed ? 2 : 0;
@@ -408,7 +409,7 @@ tool_replay_main(int argc, char **argv)
 	struct plan plan;
 	int rc;
 
-	rc = tool_common_args(&r.tc, argc, argv, replay_usage, replay_arg, &r);
+	rc = tool_common_args(&r.tc, argc, argv, "replay", replay_usage, replay_arg, &r);
 	if (rc != TOOL_ARGS_OK || (rc = replay_check(&r)) != 0)
 		return rc;
 	tool_common_finish(&r.tc);

@@ -30,7 +30,6 @@ static const char sessions_usage[] =
 
 struct sessions {
 	struct tool_filter f;
-	time_t now; /* what relative times (--since 2h) count back from */
 	int json;
 	int backward;
 	char **found; /* backwards: printed at the end, oldest first */
@@ -140,14 +139,12 @@ sessions_arg(void *arg, int argc, char **argv, int *i)
 	struct sessions *s = arg;
 	int k;
 
-	if ((k = filter_option(&s->f, argc, argv, i, s->now)) != 0)
+	if ((k = filter_arg(&s->f, argc, argv, i)) != 0)
 		return k;
-	if (strcmp(argv[*i], "--json") == 0) {
-		s->json = 1;
-		return 1;
-	}
-	fprintf(stderr, "smtptap sessions: unknown argument %s\n%s", argv[*i], sessions_usage);
-	return -1;
+	if (strcmp(argv[*i], "--json") != 0)
+		return 0;
+	s->json = 1;
+	return 1;
 }
 
 int
@@ -158,9 +155,9 @@ tool_sessions_main(int argc, char **argv)
 	int rc;
 
 	memset(&s, 0, sizeof(s));
-	s.now = time(NULL);
-	if ((rc = tool_common_args(&c, argc, argv, sessions_usage, sessions_arg, &s)) !=
-	    TOOL_ARGS_OK)
+	s.f.now = time(NULL);
+	rc = tool_common_args(&c, argc, argv, "sessions", sessions_usage, sessions_arg, &s);
+	if (rc != TOOL_ARGS_OK)
 		return rc;
 	tool_common_finish(&c);
 	s.backward = s.f.since[0] != '\0';

@@ -111,7 +111,8 @@ show_sessions(const struct tool_common *c, int argc, char **argv, struct show *s
 		sh->records = 0;
 		k = session_records(c, argv[i], show_record_cb, sh);
 		if (k == 1) {
-			fprintf(stderr, "smtptap show: session %s: not found in %s\n", argv[i], c->log_dir);
+			fprintf(stderr, "smtptap show: session %s: not found in %s\n", argv[i],
+			        c->log_dir);
 			rc = 1;
 		} else if (k < 0) {
 			rc = 1;
@@ -127,7 +128,8 @@ tool_show_main(int argc, char **argv)
 	struct show sh = {0};
 	int rc;
 
-	if ((rc = tool_common_args(&c, argc, argv, show_usage, show_arg, &sh)) != TOOL_ARGS_OK)
+	if ((rc = tool_common_args(&c, argc, argv, "show", show_usage, show_arg, &sh)) !=
+	    TOOL_ARGS_OK)
 		return rc;
 	if (sh.nids == 0) {
 		fputs(show_usage, stderr);

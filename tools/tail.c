@@ -37,7 +37,6 @@ struct tracked {
 
 struct tail {
 	struct tool_filter f;
-	time_t now; /* what relative times (--since 2h) count back from */
 	struct tool_common c;
 	struct tracked *buckets[TAIL_BUCKETS];
 	size_t ntracked;
@@ -203,27 +202,15 @@ tail_run(struct tail *t)
 	}
 }
 
-/* tail's own arguments: the filters. */
-static int
-tail_arg(void *arg, int argc, char **argv, int *i)
-{
-	struct tail *t = arg;
-	int k;
-
-	if ((k = filter_option(&t->f, argc, argv, i, t->now)) != 0)
-		return k;
-	fprintf(stderr, "smtptap tail: unknown argument %s\n%s", argv[*i], tail_usage);
-	return -1;
-}
-
 int
 tool_tail_main(int argc, char **argv)
 {
 	static struct tail t;
 	int rc;
 
-	t.now = time(NULL);
-	if ((rc = tool_common_args(&t.c, argc, argv, tail_usage, tail_arg, &t)) != TOOL_ARGS_OK)
+	t.f.now = time(NULL);
+	if ((rc = tool_common_args(&t.c, argc, argv, "tail", tail_usage, filter_arg, &t.f)) !=
+	    TOOL_ARGS_OK)
 		return rc;
 	tool_common_finish(&t.c);
 	setvbuf(stdout, NULL, _IOLBF, 0);

@@ -38,49 +38,58 @@ tls_log_errors(const char *what)
 	}
 }
 
+/* A context of either leg, with --tls-min-version's floor; NULL when out of memory. */
+static SSL_CTX *
+tls_ctx_new(const SSL_METHOD *method)
+{
+	SSL_CTX *ctx = SSL_CTX_new(method);
+
+	if (ctx != NULL)
+		SSL_CTX_set_min_proto_version(ctx, tls_min_proto());
+	return ctx;
+}
+
+/* Gives a context up because of what (a file): OpenSSL's reasons logged; NULL. */
+static SSL_CTX *
+tls_ctx_fail(SSL_CTX *ctx, const char *what)
+{
+	tls_log_errors(what);
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
 /* A context holding our certificate chain and key, checked to match. */
 static SSL_CTX *
 tls_load_server_ctx(void)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	SSL_CTX *ctx = tls_ctx_new(TLS_server_method());
 
 	if (ctx == NULL)
 		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, tls_min_proto());
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-	if (SSL_CTX_use_certificate_chain_file(ctx, tls_opts->tls_cert) != 1) {
-		tls_log_errors(tls_opts->tls_cert);
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
+	if (SSL_CTX_use_certificate_chain_file(ctx, tls_opts->tls_cert) != 1)
+		return tls_ctx_fail(ctx, tls_opts->tls_cert);
 	if (SSL_CTX_use_PrivateKey_file(ctx, tls_opts->tls_key, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_check_private_key(ctx) != 1) {
-		tls_log_errors(tls_opts->tls_key);
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
+	    SSL_CTX_check_private_key(ctx) != 1)
+		return tls_ctx_fail(ctx, tls_opts->tls_key);
 	return ctx;
 }
 
 static SSL_CTX *
 tls_load_client_ctx(void)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	SSL_CTX *ctx = tls_ctx_new(TLS_client_method());
 
 	if (ctx == NULL)
 		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, tls_min_proto());
 	/* Without verification no CA is consulted: the system store is not read (~1 MB). */
 	if (tls_opts->upstream_verify == VERIFY_NONE && tls_opts->upstream_ca == NULL) {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 		return ctx;
 	}
 	if (tls_opts->upstream_ca != NULL) {
-		if (SSL_CTX_load_verify_locations(ctx, tls_opts->upstream_ca, NULL) != 1) {
-			tls_log_errors(tls_opts->upstream_ca);
-			SSL_CTX_free(ctx);
-			return NULL;
-		}
+		if (SSL_CTX_load_verify_locations(ctx, tls_opts->upstream_ca, NULL) != 1)
+			return tls_ctx_fail(ctx, tls_opts->upstream_ca);
 	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
 		tls_log_errors("system CA store");
 	}

@@ -159,26 +159,18 @@ events_wait_writable(void)
 static size_t
 events_put(const char *line, size_t len)
 {
-	size_t off = 0;
-	ssize_t n;
+	size_t off;
+	int blocked;
 
 	events_lock();
-	while (off < len) {
-		n = write(events_fd, line + off, len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			events_wait_writable();
-			break;
-		}
-		if (n <= 0) {
-			if (!events_failing)
-				log_warn("events file %s: write failed", events_path);
-			events_failing = 1;
-			off = len; /* lost */
-			break;
-		}
-		off += (size_t)n;
+	off = log_write_some(events_fd, line, len, &blocked);
+	if (off < len && blocked) {
+		events_wait_writable();
+	} else if (off < len) {
+		if (!events_failing)
+			log_warn("events file %s: write failed", events_path);
+		events_failing = 1;
+		off = len; /* lost */
 	}
 	events_unlock();
 	return off;

@@ -45,28 +45,39 @@ log_write_cb(evutil_socket_t fd, short what, void *arg)
 	log_flush();
 }
 
-/* Octets of p written now, without blocking. */
-static size_t
-log_put(const char *p, size_t n)
+size_t
+log_write_some(int fd, const void *p, size_t n, int *blocked)
 {
 	size_t off = 0;
 	ssize_t w;
 
+	*blocked = 0;
 	while (off < n) {
-		w = write(log_fd, p + off, n - off);
+		w = write(fd, (const char *)p + off, n - off);
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			if (log_write_ev == NULL && log_base != NULL)
-				log_write_ev = event_new(log_base, log_fd, EV_WRITE, log_write_cb, NULL);
-			if (log_write_ev != NULL)
-				event_add(log_write_ev, NULL);
-			return off;
+		if (w <= 0) {
+			*blocked = w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+			break;
 		}
-		if (w <= 0)
-			return n; /* nowhere to log to: lost */
 		off += (size_t)w;
 	}
+	return off;
+}
+
+/* Octets of p written now, without blocking. */
+static size_t
+log_put(const char *p, size_t n)
+{
+	int blocked;
+	size_t off = log_write_some(log_fd, p, n, &blocked);
+
+	if (off == n || !blocked)
+		return n; /* all, or nowhere to log to: lost */
+	if (log_write_ev == NULL && log_base != NULL)
+		log_write_ev = event_new(log_base, log_fd, EV_WRITE, log_write_cb, NULL);
+	if (log_write_ev != NULL)
+		event_add(log_write_ev, NULL);
 	return off;
 }
 

@@ -108,9 +108,7 @@ events_reopen(void)
 		log_warn("events file %s: reopen failed, keeping the old one", events_path);
 		return -1;
 	}
-	if (write_ev != NULL)
-		event_free(write_ev);
-	write_ev = NULL;
+	log_event_drop(&write_ev);
 	if (events_fd > STDERR_FILENO)
 		close(events_fd);
 	events_fd = fd;
@@ -280,12 +278,8 @@ events_close(void)
 		log_warnx("events file %s: %zu octets of event lines not written at exit",
 		          events_path, pending_len);
 	pending_len = 0;
-	if (write_ev != NULL)
-		event_free(write_ev);
-	write_ev = NULL;
-	if (flush_ev != NULL)
-		event_free(flush_ev);
-	flush_ev = NULL;
+	log_event_drop(&write_ev);
+	log_event_drop(&flush_ev);
 	if (events_fd > STDERR_FILENO)
 		close(events_fd);
 	events_fd = -1;

@@ -65,6 +65,14 @@ log_write_some(int fd, const void *p, size_t n, int *blocked)
 	return off;
 }
 
+void
+log_event_drop(struct event **ev)
+{
+	if (*ev != NULL)
+		event_free(*ev);
+	*ev = NULL;
+}
+
 /* Octets of p written now, without blocking. */
 static size_t
 log_put(const char *p, size_t n)
@@ -174,12 +182,8 @@ void
 log_set_base(struct event_base *base)
 {
 	log_flush(); /* what waited for the old loop's pass */
-	if (log_write_ev != NULL)
-		event_free(log_write_ev);
-	log_write_ev = NULL;
-	if (log_pass_ev != NULL)
-		event_free(log_pass_ev);
-	log_pass_ev = NULL;
+	log_event_drop(&log_write_ev);
+	log_event_drop(&log_pass_ev);
 	log_base = base;
 }
 

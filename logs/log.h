@@ -28,6 +28,9 @@ void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * log, the events file share it.
  */
 size_t log_write_some(int fd, const void *p, size_t n, int *blocked);
+struct event;
+/* Frees *ev, if any, and forgets it: the teardown of the logs' own events. */
+void log_event_drop(struct event **ev);
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 

@@ -840,6 +840,74 @@ line_table_load(struct loader *ld, const char *s, const struct ruleline *rl, int
 	return nomem ? -1 : 0;
 }
 
+/* The scope word that starts a rule line: its index, or -1 (reported). */
+static int
+line_scope(struct loader *ld, const char *s, size_t len, struct ruleline *rl)
+{
+	char q[40];
+	int scope;
+
+	rl->scope.off = skip_blanks(s, len, 0);
+	rl->scope.len = skip_word(s, len, rl->scope.off) - rl->scope.off;
+	scope = lookup_name(scope_names, SCOPE_COUNT, s + rl->scope.off, rl->scope.len);
+	if (scope < 0)
+		load_error(ld, rl->scope.off, "unknown scope '%s'",
+		           quote(s + rl->scope.off, rl->scope.len, q, sizeof(q)));
+	return scope;
+}
+
+/*
+ * The action word, checked against the scope, the negation and a table: its index, ACT_NONE
+ * when unknown (every problem reported).
+ */
+static int
+line_verdict(struct loader *ld, const char *s, const struct ruleline *rl, int scope)
+{
+	char q[40];
+	int act = lookup_name(action_names + 1, ACT_PASS, s + rl->action.off, rl->action.len) + 1;
+
+	if (act == ACT_NONE)
+		load_error(ld, rl->action.off, "unknown action '%s'",
+		           quote(s + rl->action.off, rl->action.len, q, sizeof(q)));
+	else if (scope >= 0 && !(action_scopes[act] & SCOPE_BIT(scope)))
+		load_error(ld, rl->action.off, "%s is not allowed in scope %s", action_names[act],
+		           scope_names[scope]);
+	if (act == ACT_REWRITE && rl->bang != SIZE_MAX)
+		load_error(ld, rl->bang,
+		           "REWRITE cannot be negated: a line that does not match "
+		           "has nothing to replace");
+	if (rl->tablekind >= 0 && act != ACT_NONE && act != ACT_REJECT && act != ACT_DISCONNECT &&
+	    act != ACT_WARN && act != ACT_PASS)
+		load_error(ld, rl->action.off,
+		           "a table rule can only REJECT, DISCONNECT, WARN or PASS");
+	return act;
+}
+
+/*
+ * The rule of a line read to its end: added to the set when the line had no problem, else
+ * freed.  0, or -1 on ENOMEM.
+ */
+static int
+line_commit(struct loader *ld, const char *s, const struct ruleline *rl, int scope, int act,
+            struct rule *r)
+{
+	int rc = 0;
+
+	if (ld->lineerrors == 0) {
+		r->file = ld->file;
+		r->line = ld->lineno;
+		r->scope = (enum rule_scope)scope;
+		r->action = (enum rule_action)act;
+		r->negate = rl->bang != SIZE_MAX;
+		r->global = rl->global;
+		if ((rc = rule_add(ld, r, s + rl->text.off, rl->text.len)) == 0)
+			return 0;
+	}
+	pcre2_code_free(r->code);
+	table_free(r->table);
+	return rc;
+}
+
 /* Parses, checks and compiles one line of a rule file; 0 when fine or reported, -1 on ENOMEM. */
 static int
 line_parse(struct loader *ld, const char *s, size_t len)
@@ -847,7 +915,6 @@ line_parse(struct loader *ld, const char *s, size_t len)
 	struct ruleline rl;
 	struct rule r;
 	const char *nul;
-	char q[40];
 	int scope, act, rc;
 
 	memset(&rl, 0, sizeof(rl));
@@ -856,12 +923,7 @@ line_parse(struct loader *ld, const char *s, size_t len)
 		load_error(ld, (size_t)(nul - s), "NUL octet in a rule file");
 		return 0;
 	}
-	rl.scope.off = skip_blanks(s, len, 0);
-	rl.scope.len = skip_word(s, len, rl.scope.off) - rl.scope.off;
-	scope = lookup_name(scope_names, SCOPE_COUNT, s + rl.scope.off, rl.scope.len);
-	if (scope < 0)
-		load_error(ld, rl.scope.off, "unknown scope '%s'",
-		           quote(s + rl.scope.off, rl.scope.len, q, sizeof(q)));
+	scope = line_scope(ld, s, len, &rl);
 	if ((rc = line_split(ld, s, len, rl.scope.off + rl.scope.len, &rl)) <= 0) {
 		pattern_free(&rl.pat);
 		return rc;
@@ -869,25 +931,10 @@ line_parse(struct loader *ld, const char *s, size_t len)
 	if (rl.tablekind >= 0) {
 		if (line_table_load(ld, s, &rl, scope, &r) == -1)
 			return -1;
-	} else {
-		r.code = pattern_compile(ld, &rl.pat, rl.opts);
-		if (r.code != NULL)
-			pattern_warn(ld, &rl.pat);
+	} else if ((r.code = pattern_compile(ld, &rl.pat, rl.opts)) != NULL) {
+		pattern_warn(ld, &rl.pat);
 	}
-	act = lookup_name(action_names + 1, ACT_PASS, s + rl.action.off, rl.action.len) + 1;
-	if (act == ACT_NONE)
-		load_error(ld, rl.action.off, "unknown action '%s'",
-		           quote(s + rl.action.off, rl.action.len, q, sizeof(q)));
-	else if (scope >= 0 && !(action_scopes[act] & SCOPE_BIT(scope)))
-		load_error(ld, rl.action.off, "%s is not allowed in scope %s", action_names[act],
-		           scope_names[scope]);
-	if (act == ACT_REWRITE && rl.bang != SIZE_MAX)
-		load_error(ld, rl.bang,
-		           "REWRITE cannot be negated: a line that does not match "
-		           "has nothing to replace");
-	if (rl.tablekind >= 0 && act != ACT_NONE && act != ACT_REJECT && act != ACT_DISCONNECT &&
-	    act != ACT_WARN && act != ACT_PASS)
-		load_error(ld, rl.action.off, "a table rule can only REJECT, DISCONNECT, WARN or PASS");
+	act = line_verdict(ld, s, &rl, scope);
 	if (act != ACT_NONE)
 		text_check(ld, (enum rule_action)act, s, rl.action.off + rl.action.len, rl.text,
 		           r.code, rl.opts);
@@ -896,23 +943,7 @@ line_parse(struct loader *ld, const char *s, size_t len)
 		r.jit = jit_direct(r.code);
 	}
 	pattern_free(&rl.pat);
-	if (ld->lineerrors > 0) {
-		pcre2_code_free(r.code);
-		table_free(r.table);
-		return 0;
-	}
-	r.file = ld->file;
-	r.line = ld->lineno;
-	r.scope = (enum rule_scope)scope;
-	r.action = (enum rule_action)act;
-	r.negate = rl.bang != SIZE_MAX;
-	r.global = rl.global;
-	if (rule_add(ld, &r, s + rl.text.off, rl.text.len) == -1) {
-		pcre2_code_free(r.code);
-		table_free(r.table);
-		return -1;
-	}
-	return 0;
+	return line_commit(ld, s, &rl, scope, act, &r);
 }
 
 /* Reads one rule file line by line; -1 on ENOMEM. */

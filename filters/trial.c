@@ -256,17 +256,13 @@ trial_command(struct trial *t, const unsigned char *p, size_t n)
 	return trial_run(t, scopes, 2, t->line_at, "C:", p, seen) == -1 ? -1 : 0;
 }
 
-/* Ends the header being assembled, if any, and runs it through the header rules. */
+/* Runs a header or a body line through its scope's rules; a refusal refuses the message. */
 static int
-trial_header_flush(struct trial *t)
+trial_content(struct trial *t, enum rule_scope scope, unsigned long at, const unsigned char *p,
+              size_t n)
 {
-	enum rule_scope scope = SCOPE_HEADER;
-	int v;
+	int v = trial_run(t, &scope, 1, at, "C:", p, n);
 
-	if (t->header.len == 0)
-		return 0;
-	v = trial_run(t, &scope, 1, t->header_at, "C:", t->header.p, t->header.len);
-	t->header.len = 0;
 	if (v == -1)
 		return -1;
 	if ((v == ACT_REJECT || v == ACT_DISCONNECT) && t->msg_reply == NULL)
@@ -274,13 +270,23 @@ trial_header_flush(struct trial *t)
 	return 0;
 }
 
+/* Ends the header being assembled, if any, and runs it through the header rules. */
+static int
+trial_header_flush(struct trial *t)
+{
+	int rc;
+
+	if (t->header.len == 0)
+		return 0;
+	rc = trial_content(t, SCOPE_HEADER, t->header_at, t->header.p, t->header.len);
+	t->header.len = 0;
+	return rc;
+}
+
 /* A line of the message: a header (folded ones joined with their CRLF) or a body line. */
 static int
 trial_message(struct trial *t, const unsigned char *p, size_t n)
 {
-	enum rule_scope scope = SCOPE_BODY;
-	int v;
-
 	if (n == 1 && p[0] == '.') {
 		if (trial_header_flush(t) == -1)
 			return -1;
@@ -311,11 +317,7 @@ trial_message(struct trial *t, const unsigned char *p, size_t n)
 		p++;
 		n--;
 	}
-	if ((v = trial_run(t, &scope, 1, t->line_at, "C:", p, n)) == -1)
-		return -1;
-	if ((v == ACT_REJECT || v == ACT_DISCONNECT) && t->msg_reply == NULL)
-		t->msg_reply = t->out.reply;
-	return 0;
+	return trial_content(t, SCOPE_BODY, t->line_at, p, n);
 }
 
 static int

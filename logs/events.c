@@ -108,9 +108,7 @@ events_reopen(void)
 		log_warn("events file %s: reopen failed, keeping the old one", events_path);
 		return -1;
 	}
-	if (write_ev != NULL)
-		event_free(write_ev);
-	write_ev = NULL;
+	log_event_drop(&write_ev);
 	if (events_fd > STDERR_FILENO)
 		close(events_fd);
 	events_fd = fd;
@@ -159,26 +157,18 @@ events_wait_writable(void)
 static size_t
 events_put(const char *line, size_t len)
 {
-	size_t off = 0;
-	ssize_t n;
+	size_t off;
+	int blocked;
 
 	events_lock();
-	while (off < len) {
-		n = write(events_fd, line + off, len - off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			events_wait_writable();
-			break;
-		}
-		if (n <= 0) {
-			if (!events_failing)
-				log_warn("events file %s: write failed", events_path);
-			events_failing = 1;
-			off = len; /* lost */
-			break;
-		}
-		off += (size_t)n;
+	off = log_write_some(events_fd, line, len, &blocked);
+	if (off < len && blocked) {
+		events_wait_writable();
+	} else if (off < len) {
+		if (!events_failing)
+			log_warn("events file %s: write failed", events_path);
+		events_failing = 1;
+		off = len; /* lost */
 	}
 	events_unlock();
 	return off;
@@ -288,12 +278,8 @@ events_close(void)
 		log_warnx("events file %s: %zu octets of event lines not written at exit",
 		          events_path, pending_len);
 	pending_len = 0;
-	if (write_ev != NULL)
-		event_free(write_ev);
-	write_ev = NULL;
-	if (flush_ev != NULL)
-		event_free(flush_ev);
-	flush_ev = NULL;
+	log_event_drop(&write_ev);
+	log_event_drop(&flush_ev);
 	if (events_fd > STDERR_FILENO)
 		close(events_fd);
 	events_fd = -1;

@@ -545,12 +545,8 @@ journal_shutdown(void)
 	for (int i = 0; i < JOURNAL_DAYS; i++)
 		if (days[i].day >= 0)
 			journal_release(&days[i]);
-	if (tick != NULL)
-		event_free(tick);
-	tick = NULL;
-	if (soon != NULL)
-		event_free(soon);
-	soon = NULL;
+	log_event_drop(&tick);
+	log_event_drop(&soon);
 	if (dir_fd >= 0)
 		close(dir_fd);
 	dir_fd = -1;

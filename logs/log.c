@@ -45,28 +45,47 @@ log_write_cb(evutil_socket_t fd, short what, void *arg)
 	log_flush();
 }
 
-/* Octets of p written now, without blocking. */
-static size_t
-log_put(const char *p, size_t n)
+size_t
+log_write_some(int fd, const void *p, size_t n, int *blocked)
 {
 	size_t off = 0;
 	ssize_t w;
 
+	*blocked = 0;
 	while (off < n) {
-		w = write(log_fd, p + off, n - off);
+		w = write(fd, (const char *)p + off, n - off);
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			if (log_write_ev == NULL && log_base != NULL)
-				log_write_ev = event_new(log_base, log_fd, EV_WRITE, log_write_cb, NULL);
-			if (log_write_ev != NULL)
-				event_add(log_write_ev, NULL);
-			return off;
+		if (w <= 0) {
+			*blocked = w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+			break;
 		}
-		if (w <= 0)
-			return n; /* nowhere to log to: lost */
 		off += (size_t)w;
 	}
+	return off;
+}
+
+void
+log_event_drop(struct event **ev)
+{
+	if (*ev != NULL)
+		event_free(*ev);
+	*ev = NULL;
+}
+
+/* Octets of p written now, without blocking. */
+static size_t
+log_put(const char *p, size_t n)
+{
+	int blocked;
+	size_t off = log_write_some(log_fd, p, n, &blocked);
+
+	if (off == n || !blocked)
+		return n; /* all, or nowhere to log to: lost */
+	if (log_write_ev == NULL && log_base != NULL)
+		log_write_ev = event_new(log_base, log_fd, EV_WRITE, log_write_cb, NULL);
+	if (log_write_ev != NULL)
+		event_add(log_write_ev, NULL);
 	return off;
 }
 
@@ -163,12 +182,8 @@ void
 log_set_base(struct event_base *base)
 {
 	log_flush(); /* what waited for the old loop's pass */
-	if (log_write_ev != NULL)
-		event_free(log_write_ev);
-	log_write_ev = NULL;
-	if (log_pass_ev != NULL)
-		event_free(log_pass_ev);
-	log_pass_ev = NULL;
+	log_event_drop(&log_write_ev);
+	log_event_drop(&log_pass_ev);
 	log_base = base;
 }
 

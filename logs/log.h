@@ -1,6 +1,8 @@
 #ifndef SMTPTAP_LOG_H
 #define SMTPTAP_LOG_H
 
+#include <stddef.h>
+
 /* The program's own log: stderr by default, syslog on request. */
 void log_init(int use_syslog, int verbose);
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARNING, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
@@ -20,6 +22,15 @@ void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  */
 void log_session(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * Writes what it can of p to the non-blocking fd: the octets written.  Short of n, *blocked
+ * says whether fd takes no more for now (EAGAIN) or the write failed (errno says why).  The
+ * log, the events file share it.
+ */
+size_t log_write_some(int fd, const void *p, size_t n, int *blocked);
+struct event;
+/* Frees *ev, if any, and forgets it: the teardown of the logs' own events. */
+void log_event_drop(struct event **ev);
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 

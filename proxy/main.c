@@ -363,31 +363,40 @@ serve(struct proxy *px)
 	evdns_base_free(px->dns, 0);
 }
 
-int
-main(int argc, char **argv)
+/*
+ * What the command line asks for when it is not the proxy: a tool (`smtptap show ...`: a
+ * word, not an option, names one), --test-rules, --check-config, --check-rules, or a bad
+ * option.  Their exit status; -1 when the proxy is to start, with o filled.
+ */
+static int
+main_mode(int argc, char **argv, struct options *o)
 {
-	static struct options opts;
-	char err[512];
-	int i;
+	int rc;
 
-	/* `smtptap show ...`: a word, not an option, names a tool. */
-	if ((i = tools_main(argc, argv)) >= 0)
-		return i;
+	if ((rc = tools_main(argc, argv)) >= 0)
+		return rc;
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
 		return rules_trial_main(argc - 1, argv + 1);
-	i = options_build(argc, argv, &opts, stderr);
-	if (opts.check_config)
-		return checkconf_main(&opts, i);
-	if (i > 0)
+	rc = options_build(argc, argv, o, stderr);
+	if (o->check_config)
+		return checkconf_main(o, rc);
+	if (rc > 0)
 		return 2;
-	if (opts.check_rules)
-		return check_rules(&opts);
-	log_init(opts.use_syslog, opts.verbose);
-	log_set_level(opts.log_level);
+	if (o->check_rules)
+		return check_rules(o);
+	return -1;
+}
+
+/* The process before it listens: its log, limits, loop, rules, outputs and TLS. */
+static void
+start_up(int argc, char **argv, struct options *o)
+{
+	log_init(o->use_syslog, o->verbose);
+	log_set_level(o->log_level);
 	notify_init();
 	reload_init(argc, argv);
-	raise_fd_limit(opts.max_sessions);
-	proxy.opts = &opts;
+	raise_fd_limit(o->max_sessions);
+	proxy.opts = o;
 	TAILQ_INIT(&proxy.sessions);
 	/*
 	 * libevent's default clock (the coarse monotonic one) is precise enough for timeouts;
@@ -397,23 +406,63 @@ main(int argc, char **argv)
 	if ((proxy.base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
 	log_set_base(proxy.base);
-	upstream_prepare(&proxy, &opts);
-	if ((proxy.rules = load_rules(&opts, 1)) == NULL)
+	upstream_prepare(&proxy, o);
+	if ((proxy.rules = load_rules(o, 1)) == NULL)
 		fatalx("rule files have errors");
 	umask(027);
-	open_outputs(&opts);
-	if (tls_init(&opts) != 0)
+	open_outputs(o);
+	if (tls_init(o) != 0)
 		fatalx("TLS set-up failed (certificate, key or CA file)");
-	for (i = 0; i < opts.nlisten; i++)
-		if (listener_add(&proxy, opts.listen[i], 0, opts.workers, err, sizeof(err)) != 0)
-			fatalx("--listen %s: %s", opts.listen[i], err);
-	for (i = 0; i < opts.nlisten_tls; i++)
-		if (listener_add(&proxy, opts.listen_tls[i], 1, opts.workers, err, sizeof(err)) != 0)
-			fatalx("--listen-tls %s: %s", opts.listen_tls[i], err);
-	for (i = 0; i < opts.nlisten_transparent; i++)
-		if (listener_add_transparent(&proxy, opts.listen_transparent[i], opts.workers, err,
+}
+
+/* Binds every --listen, --listen-tls and --listen-transparent (as root, before --user). */
+static void
+listen_all(const struct options *o)
+{
+	char err[512];
+	int i;
+
+	for (i = 0; i < o->nlisten; i++)
+		if (listener_add(&proxy, o->listen[i], 0, o->workers, err, sizeof(err)) != 0)
+			fatalx("--listen %s: %s", o->listen[i], err);
+	for (i = 0; i < o->nlisten_tls; i++)
+		if (listener_add(&proxy, o->listen_tls[i], 1, o->workers, err, sizeof(err)) != 0)
+			fatalx("--listen-tls %s: %s", o->listen_tls[i], err);
+	for (i = 0; i < o->nlisten_transparent; i++)
+		if (listener_add_transparent(&proxy, o->listen_transparent[i], o->workers, err,
 		                             sizeof(err)) != 0)
-			fatalx("--listen-transparent %s: %s", opts.listen_transparent[i], err);
+			fatalx("--listen-transparent %s: %s", o->listen_transparent[i], err);
+}
+
+/* The process after its loop ended: everything start_up and listen_all made, let go. */
+static void
+shut_down(void)
+{
+	log_info("exiting");
+	pidfile_remove();
+	if (proxy.grace_timer != NULL)
+		event_free(proxy.grace_timer);
+	listener_close_all();
+	metrics_free();
+	transcript_shutdown();
+	tls_cleanup();
+	rules_free(proxy.rules);
+	events_close();
+	log_set_base(NULL);
+	event_base_free(proxy.base);
+	free(proxy.upstream_text);
+}
+
+int
+main(int argc, char **argv)
+{
+	static struct options opts;
+	int rc;
+
+	if ((rc = main_mode(argc, argv, &opts)) >= 0)
+		return rc;
+	start_up(argc, argv, &opts);
+	listen_all(&opts);
 	check_upstream_not_us(&proxy, &opts);
 	warn_identity_hidden(&opts);
 	listener_log_all();
@@ -428,18 +477,6 @@ main(int argc, char **argv)
 	log_not_recorded(&opts);
 	if (opts.workers == 1 || workers_run(&proxy, opts.workers, reload_all) == WORKERS_IN_WORKER)
 		serve(&proxy);
-	log_info("exiting");
-	pidfile_remove();
-	if (proxy.grace_timer != NULL)
-		event_free(proxy.grace_timer);
-	listener_close_all();
-	metrics_free();
-	transcript_shutdown();
-	tls_cleanup();
-	rules_free(proxy.rules);
-	events_close();
-	log_set_base(NULL);
-	event_base_free(proxy.base);
-	free(proxy.upstream_text);
+	shut_down();
 	return 0;
 }

@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <limits.h>
 #include <setjmp.h>
+#include <stddef.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,83 +295,6 @@ options_word(const char *opt, const char *arg, const char *const *words, const c
 	options_die(opt, expected, arg);
 }
 
-static void
-options_tls(struct options *o, int ch, const char *arg)
-{
-	static const char *const modes[] = {"passthrough", "terminate", "strip", NULL};
-	static const char *const up[] = {"starttls", "require", "implicit", "none", NULL};
-	static const char *const verify[] = {"none", "ca", "name", NULL};
-	static const char *const versions[] = {"1.2", "1.3", NULL};
-	static const char *const bare[] = {"normalize", "reject", "pass", NULL};
-	static const char *const logfail[] = {"continue", "tempfail", NULL};
-
-	switch (ch) {
-	case OPT_TLS_CERT:
-		o->tls_cert = arg;
-		break;
-	case OPT_TLS_KEY:
-		o->tls_key = arg;
-		break;
-	case OPT_TLS_MODE:
-		o->tls_mode = options_word("--tls-mode", arg, modes,
-		                           "expected terminate, passthrough or strip, not");
-		o->tls_mode_set = 1;
-		break;
-	case OPT_UPSTREAM_TLS:
-		o->upstream_tls = options_word("--upstream-tls", arg, up,
-		                               "expected starttls, require, implicit or none, not");
-		break;
-	case OPT_UPSTREAM_CA:
-		o->upstream_ca = arg;
-		break;
-	case OPT_UPSTREAM_VERIFY:
-		o->upstream_verify = options_word("--upstream-verify", arg, verify,
-		                                  "expected none, ca or name, not");
-		break;
-	case OPT_UPSTREAM_NAME:
-		o->upstream_name = arg;
-		break;
-	case OPT_RULES:
-		if (o->nrules == (int)(sizeof(o->rules) / sizeof(o->rules[0])))
-			options_die("--rules", "too many rule files", NULL);
-		o->rules[o->nrules++] = arg;
-		break;
-	case OPT_HOLD_MEMORY:
-		o->hold_memory =
-		    options_number("--hold-memory", "invalid size (bytes, 4096 to 1073741824)", arg,
-		                   4096, 1073741824);
-		break;
-	case OPT_MAX_HEADER:
-		o->max_header = options_number(
-		    "--max-header", "invalid size (bytes, 1024 to 16777216)", arg, 1024, 16777216);
-		break;
-	case OPT_MAX_MESSAGE:
-		o->max_message =
-		    options_number("--max-message", "invalid size (bytes, 1024 to 17179869184)",
-		                   arg, 1024, 17179869184ULL);
-		break;
-	case OPT_USER:
-		if (arg[0] == '\0')
-			options_die("--user", "empty user name", NULL);
-		o->user = arg;
-		break;
-	case OPT_ON_LOG_FAILURE:
-		o->log_failure_tempfail = options_word("--on-log-failure", arg, logfail,
-		                                       "expected continue or tempfail, not");
-		break;
-	case OPT_BARE_NEWLINE:
-		o->bare_newline = options_word("--bare-newline", arg, bare,
-		                               "expected normalize, reject or pass, not");
-		break;
-	case OPT_TLS_MIN_VERSION:
-		o->tls_min_version = options_word("--tls-min-version", arg, versions,
-		                                  "expected 1.2 or 1.3, not") == 0
-		                         ? 12
-		                         : 13;
-		break;
-	}
-}
-
 /* TLS options that only make sense together. */
 static void
 options_check_tls(struct options *o)
@@ -502,78 +426,6 @@ options_accept_proxy_from(const struct options *o, const struct sockaddr *sa)
 	return 0;
 }
 
-/* The client's identity on both sides: --helo-name, --forward-client, --accept-proxy. */
-static int
-options_identity(struct options *o, int ch, const char *arg)
-{
-	static const char *const fwd[] = {"none", "xclient", "proxy-v1", "proxy-v2", NULL};
-	const char *p, *comma;
-
-	switch (ch) {
-	case OPT_HELO_NAME:
-		if (arg[0] == '\0' || strlen(arg) >= sizeof(o->helo_name) ||
-		    strcspn(arg, " \t\r\n\v\f") != strlen(arg))
-			options_die("--helo-name", "expected a host name, not", arg);
-		snprintf(o->helo_name, sizeof(o->helo_name), "%s", arg);
-		return 1;
-	case OPT_FORWARD_CLIENT:
-		o->forward_client = options_word("--forward-client", arg, fwd,
-		                                 "expected none, xclient, proxy-v1 or proxy-v2, not");
-		return 1;
-	case OPT_ACCEPT_PROXY:
-		for (p = arg;; p = comma + 1) {
-			comma = strchr(p, ',');
-			options_cidr(o, p, comma != NULL ? (size_t)(comma - p) : strlen(p));
-			if (comma == NULL)
-				break;
-		}
-		return 1;
-	default:
-		return 0;
-	}
-}
-
-/* --upstream-mark: 1 to 0xffffffff, decimal or 0x hex (as nft writes marks). */
-static unsigned
-options_mark(const char *arg)
-{
-	unsigned long long v;
-	char *end;
-
-	errno = 0;
-	if (arg[0] < '0' || arg[0] > '9')
-		options_die("--upstream-mark", "expected a mark (1 to 0xffffffff), not", arg);
-	v = strtoull(arg, &end, 0);
-	if (errno != 0 || *end != '\0' || v == 0 || v > 0xffffffffULL)
-		options_die("--upstream-mark", "expected a mark (1 to 0xffffffff), not", arg);
-	return (unsigned)v;
-}
-
-/* Transparent interception: --listen-transparent, --upstream-mark. */
-static int
-options_transparent(struct options *o, int ch, const char *arg)
-{
-	const char *why;
-	char *h, *p;
-
-	switch (ch) {
-	case OPT_LISTEN_TRANSPARENT:
-		if (o->nlisten_transparent == OPT_MAX_LISTEN)
-			options_die("--listen-transparent", "too many listeners", NULL);
-		if (options_split_hostport(arg, &h, &p, &why) != 0)
-			options_die("--listen-transparent", why, arg);
-		free(h);
-		free(p);
-		o->listen_transparent[o->nlisten_transparent++] = arg;
-		return 1;
-	case OPT_UPSTREAM_MARK:
-		o->upstream_mark = options_mark(arg);
-		return 1;
-	default:
-		return 0;
-	}
-}
-
 /* Postfix's smtp_helo_name default: this host's fully qualified name, else its short name. */
 static void
 options_default_helo(struct options *o)
@@ -593,124 +445,365 @@ options_default_helo(struct options *o)
 	if (res != NULL)
 		freeaddrinfo(res);
 }
-static void options_service(struct options *o, int ch, const char *arg);
+
+/*
+ * The option table (tmux's options_table, HAProxy's keyword lists): one row an option, saying
+ * how its value is checked and where it goes.  A row's setter reads the rest of the row.
+ */
+struct opt_row;
+typedef void opt_set_fn(struct options *, const struct opt_row *, const char *);
+
+struct opt_row {
+	int code; /* getopt_long's value (long_options[]) */
+	opt_set_fn *set;
+	const char *name;            /* as a problem names it */
+	const char *what;            /* the problem with a bad value (or a full list) */
+	size_t field;                /* offsetof the value in struct options */
+	unsigned long long min, max; /* a number's range; a list's capacity (max) */
+	const char *const *words;    /* a word's choices, in the order of its enum */
+	size_t count;                /* offsetof a list's length */
+};
+
+#define AT(f) offsetof(struct options, f)
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+#define CAPACITY(f) NELEM(((struct options *)0)->f)
+#define FIELD(o, off, type) ((type *)(void *)((char *)(o) + (off)))
+
+/* Word options store their choice's index through an int: their enums are int-sized. */
+_Static_assert(sizeof(enum record_level) == sizeof(int) && sizeof(enum tls_mode) == sizeof(int) &&
+                   sizeof(enum bare_newline) == sizeof(int) &&
+                   sizeof(enum upstream_tls) == sizeof(int) &&
+                   sizeof(enum upstream_verify) == sizeof(int) &&
+                   sizeof(enum forward_client) == sizeof(int),
+               "a word option's enum is stored as an int");
 
 static void
-options_one(struct options *o, int ch, const char *arg)
+options_set_flag(struct options *o, const struct opt_row *row, const char *arg)
+{
+	(void)arg;
+	*FIELD(o, row->field, int) = 1;
+}
+
+/* A file or a name; what, when set, is the problem with an empty one. */
+static void
+options_set_string(struct options *o, const struct opt_row *row, const char *arg)
+{
+	if (row->what != NULL && arg[0] == '\0')
+		options_die(row->name, row->what, NULL);
+	*FIELD(o, row->field, const char *) = arg;
+}
+
+static void
+options_set_size(struct options *o, const struct opt_row *row, const char *arg)
+{
+	*FIELD(o, row->field, size_t) =
+	    options_number(row->name, row->what, arg, row->min, row->max);
+}
+
+static void
+options_set_unsigned(struct options *o, const struct opt_row *row, const char *arg)
+{
+	*FIELD(o, row->field, unsigned) =
+	    (unsigned)options_number(row->name, row->what, arg, row->min, row->max);
+}
+
+static void
+options_set_int(struct options *o, const struct opt_row *row, const char *arg)
+{
+	*FIELD(o, row->field, int) =
+	    (int)options_number(row->name, row->what, arg, row->min, row->max);
+}
+
+static void
+options_set_word(struct options *o, const struct opt_row *row, const char *arg)
+{
+	*FIELD(o, row->field, int) = options_word(row->name, arg, row->words, row->what);
+}
+
+/* Adds arg to a repeatable option's list, of cap entries at most. */
+static void
+options_list_add(const char **list, int *n, size_t cap, const char *opt, const char *full,
+                 const char *arg)
+{
+	if ((size_t)*n == cap)
+		options_die(opt, full, NULL);
+	list[(*n)++] = arg;
+}
+
+static void
+options_set_list(struct options *o, const struct opt_row *row, const char *arg)
+{
+	options_list_add(FIELD(o, row->field, const char *), FIELD(o, row->count, int),
+	                 (size_t)row->max, row->name, row->what, arg);
+}
+
+/* A listener: ADDR:PORT, checked now, bound later. */
+static void
+options_set_listen(struct options *o, const struct opt_row *row, const char *arg)
 {
 	const char *why;
 	char *h, *p;
 
-	switch (ch) {
-	case OPT_LISTEN:
-		if (o->nlisten == OPT_MAX_LISTEN)
-			options_die("--listen", "too many listeners", NULL);
-		if (options_split_hostport(arg, &h, &p, &why) != 0)
-			options_die("--listen", why, arg);
-		free(h);
-		free(p);
-		o->listen[o->nlisten++] = arg;
-		break;
-	case OPT_UPSTREAM:
-		free(o->upstream_host); /* the file's, which the command line overrides */
-		free(o->upstream_port);
-		o->upstream_host = o->upstream_port = NULL;
-		o->upstream = arg;
-		o->upstream_original = strcmp(arg, "original") == 0;
-		if (o->upstream_original)
-			break; /* each session's own destination */
-		if (options_split_hostport(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
-			options_die("--upstream", why, arg);
-		break;
-	case OPT_LOG_DIR:
-		if (arg[0] == '\0')
-			options_die("--log-dir", "empty directory name", NULL);
-		o->log_dir = arg;
-		break;
-	case OPT_EVENTS:
-		if (arg[0] == '\0')
-			options_die("--events", "empty file name", NULL);
-		o->events_off = strcmp(arg, "none") == 0;
-		o->events = o->events_off ? NULL : arg;
-		break;
-	case OPT_RECORD:
-		if (strcmp(arg, "body") == 0)
-			o->record = RECORD_BODY;
-		else if (strcmp(arg, "headers") == 0)
-			o->record = RECORD_HEADERS;
-		else if (strcmp(arg, "none") == 0)
-			o->record = RECORD_NONE;
-		else
-			options_die("--record", "expected body, headers or none, not", arg);
-		break;
-	case OPT_NO_TRANSCRIPTS:
-		o->no_transcripts = 1;
-		break;
-	case OPT_KEEP_DAYS:
-		o->keep_days = (int)options_number("--keep-days", "invalid count (0 to 100000 days)",
-		                                   arg, 0, 100000);
-		break;
-	case OPT_MAX_LINE:
-		o->max_line = options_number("--max-line", "invalid size (bytes, 1024 to 16777216)",
-		                             arg, 1024, 16777216);
-		break;
-	case OPT_MAX_SESSIONS:
-		o->max_sessions = options_number("--max-sessions", "invalid count (1 to 1000000)",
-		                                 arg, 1, 1000000);
-		break;
-	case OPT_CONNECT_TIMEOUT:
-		o->connect_timeout = options_number(
-		    "--connect-timeout", "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
-		break;
-	case OPT_IDLE_TIMEOUT:
-		o->idle_timeout = options_number(
-		    "--idle-timeout", "invalid duration (seconds, 1 to 86400)", arg, 1, 86400);
-		break;
-	case OPT_GRACE:
-		o->grace = options_number("--grace", "invalid duration (seconds, 0 to 86400)", arg,
-		                          0, 86400);
-		break;
-	case OPT_SYSLOG:
-		o->use_syslog = 1;
-		break;
-	case OPT_WORKERS:
-		o->workers = options_workers(arg);
-		break;
-	case OPT_LISTEN_TLS:
-		if (o->nlisten_tls == OPT_MAX_LISTEN)
-			options_die("--listen-tls", "too many listeners", NULL);
-		if (options_split_hostport(arg, &h, &p, &why) != 0)
-			options_die("--listen-tls", why, arg);
-		free(h);
-		free(p);
-		o->listen_tls[o->nlisten_tls++] = arg;
-		break;
-	default:
-		if (!options_identity(o, ch, arg) && !options_transparent(o, ch, arg))
-			options_tls(o, ch, arg);
-		break;
-	case 'v':
-		o->verbose = 1;
-		o->log_level = LOG_LEVEL_DEBUG;
-		break;
-	case 'c':
-	case OPT_CHECK_CONFIG:
-	case OPT_PID_FILE:
-	case OPT_LOG_LEVEL:
-	case OPT_METRICS:
-		options_service(o, ch, arg);
-		break;
-	case OPT_CHECK_RULES:
-		o->check_rules = 1;
-		break;
-	case 'h':
-	case OPT_HELP:
-		fputs(usage_text, stdout);
-		exit(0);
-	case OPT_VERSION:
-		print_version();
-		exit(0);
+	if ((size_t)*FIELD(o, row->count, int) == row->max)
+		options_die(row->name, row->what, NULL);
+	if (options_split_hostport(arg, &h, &p, &why) != 0)
+		options_die(row->name, why, arg);
+	free(h);
+	free(p);
+	options_set_list(o, row, arg);
+}
+
+static void
+options_set_upstream(struct options *o, const struct opt_row *row, const char *arg)
+{
+	const char *why;
+
+	free(o->upstream_host); /* the file's, which the command line overrides */
+	free(o->upstream_port);
+	o->upstream_host = o->upstream_port = NULL;
+	o->upstream = arg;
+	o->upstream_original = strcmp(arg, "original") == 0;
+	if (o->upstream_original)
+		return; /* each session's own destination */
+	if (options_split_hostport(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
+		options_die(row->name, why, arg);
+}
+
+static void
+options_set_events(struct options *o, const struct opt_row *row, const char *arg)
+{
+	if (arg[0] == '\0')
+		options_die(row->name, row->what, NULL);
+	o->events_off = strcmp(arg, "none") == 0;
+	o->events = o->events_off ? NULL : arg;
+}
+
+static void
+options_set_workers(struct options *o, const struct opt_row *row, const char *arg)
+{
+	(void)row;
+	o->workers = options_workers(arg);
+}
+
+static void
+options_set_verbose(struct options *o, const struct opt_row *row, const char *arg)
+{
+	(void)row;
+	(void)arg;
+	o->verbose = 1;
+	o->log_level = LOG_LEVEL_DEBUG;
+}
+
+static void
+options_set_log_level(struct options *o, const struct opt_row *row, const char *arg)
+{
+	options_set_word(o, row, arg);
+	o->verbose = o->log_level == LOG_LEVEL_DEBUG;
+}
+
+/* --tls-mode: remembered as given, since its default depends on --tls-cert. */
+static void
+options_set_tls_mode(struct options *o, const struct opt_row *row, const char *arg)
+{
+	options_set_word(o, row, arg);
+	o->tls_mode_set = 1;
+}
+
+static void
+options_set_tls_min(struct options *o, const struct opt_row *row, const char *arg)
+{
+	o->tls_min_version = options_word(row->name, arg, row->words, row->what) == 0 ? 12 : 13;
+}
+
+static void
+options_set_helo(struct options *o, const struct opt_row *row, const char *arg)
+{
+	if (arg[0] == '\0' || strlen(arg) >= sizeof(o->helo_name) ||
+	    strcspn(arg, " \t\r\n\v\f") != strlen(arg))
+		options_die(row->name, row->what, arg);
+	snprintf(o->helo_name, sizeof(o->helo_name), "%s", arg);
+}
+
+/* --accept-proxy: CIDR[,CIDR...]. */
+static void
+options_set_accept_proxy(struct options *o, const struct opt_row *row, const char *arg)
+{
+	const char *p, *comma;
+
+	(void)row;
+	for (p = arg;; p = comma + 1) {
+		comma = strchr(p, ',');
+		options_cidr(o, p, comma != NULL ? (size_t)(comma - p) : strlen(p));
+		if (comma == NULL)
+			break;
 	}
+}
+
+/* --upstream-mark: 1 to 0xffffffff, decimal or 0x hex (as nft writes marks). */
+static void
+options_set_mark(struct options *o, const struct opt_row *row, const char *arg)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	if (arg[0] < '0' || arg[0] > '9')
+		options_die(row->name, row->what, arg);
+	v = strtoull(arg, &end, 0);
+	if (errno != 0 || *end != '\0' || v == 0 || v > 0xffffffffULL)
+		options_die(row->name, row->what, arg);
+	o->upstream_mark = (unsigned)v;
+}
+
+/* --metrics: a numeric ADDR:PORT (nothing is resolved), as evhttp will bind it. */
+static void
+options_set_metrics(struct options *o, const struct opt_row *row, const char *arg)
+{
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	memset(&ss, 0, sizeof(ss));
+	if (evutil_parse_sockaddr_port(arg, (struct sockaddr *)&ss, &len) != 0 ||
+	    ((struct sockaddr_in *)&ss)->sin_port == 0) /* same place in sockaddr_in6 */
+		options_die(row->name, row->what, arg);
+	o->metrics = arg;
+}
+
+static void __attribute__((noreturn))
+options_help(struct options *o, const struct opt_row *row, const char *arg)
+{
+	(void)o;
+	(void)row;
+	(void)arg;
+	fputs(usage_text, stdout);
+	exit(0);
+}
+
+static void __attribute__((noreturn))
+options_version(struct options *o, const struct opt_row *row, const char *arg)
+{
+	(void)o;
+	(void)row;
+	(void)arg;
+	print_version();
+	exit(0);
+}
+
+static const char *const record_words[] = {"body", "headers", "none", NULL};
+static const char *const bare_words[] = {"normalize", "reject", "pass", NULL};
+static const char *const mode_words[] = {"passthrough", "terminate", "strip", NULL};
+static const char *const up_words[] = {"starttls", "require", "implicit", "none", NULL};
+static const char *const verify_words[] = {"none", "ca", "name", NULL};
+static const char *const version_words[] = {"1.2", "1.3", NULL};
+static const char *const logfail_words[] = {"continue", "tempfail", NULL};
+static const char *const forward_words[] = {"none", "xclient", "proxy-v1", "proxy-v2", NULL};
+static const char *const level_words[] = {"error", "warning", "info", "debug", NULL};
+
+/* The kinds of rows: where the value goes, and what bounds it. */
+/* clang-format off */
+#define FLAG(code, opt, f) {code, options_set_flag, opt, NULL, AT(f), 0, 0, NULL, 0}
+#define STRING(code, opt, empty, f) {code, options_set_string, opt, empty, AT(f), 0, 0, NULL, 0}
+#define NUMBER(code, set, opt, what, f, lo, hi) {code, set, opt, what, AT(f), lo, hi, NULL, 0}
+#define WORD(code, set, opt, what, f, words) {code, set, opt, what, AT(f), 0, 0, words, 0}
+#define LIST(code, set, opt, full, f, n) {code, set, opt, full, AT(f), 0, CAPACITY(f), NULL, AT(n)}
+#define CHOICE(code, set, opt, what, words) {code, set, opt, what, 0, 0, 0, words, 0}
+#define OWN(code, set, opt, what) {code, set, opt, what, 0, 0, 0, NULL, 0}
+/* Numbers whose problem states their range: the row's bounds, written once. */
+#define SIZE(code, opt, f, lo, hi) NUMBER(code, options_set_size, opt, \
+	"invalid size (bytes, " #lo " to " #hi ")", f, lo, hi)
+#define DURATION(code, opt, f, lo, hi) NUMBER(code, options_set_unsigned, opt, \
+	"invalid duration (seconds, " #lo " to " #hi ")", f, lo, hi)
+#define COUNT(code, opt, f, lo, hi) NUMBER(code, options_set_unsigned, opt, \
+	"invalid count (" #lo " to " #hi ")", f, lo, hi)
+/* clang-format on */
+
+static const struct opt_row opt_rows[] = {
+    /* Where it listens and where it relays. */
+    LIST(OPT_LISTEN, options_set_listen, "--listen", "too many listeners", listen, nlisten),
+    LIST(OPT_LISTEN_TLS, options_set_listen, "--listen-tls", "too many listeners", listen_tls,
+         nlisten_tls),
+    LIST(OPT_LISTEN_TRANSPARENT, options_set_listen, "--listen-transparent", "too many listeners",
+         listen_transparent, nlisten_transparent),
+    OWN(OPT_UPSTREAM, options_set_upstream, "--upstream", NULL),
+    OWN(OPT_UPSTREAM_MARK, options_set_mark, "--upstream-mark",
+        "expected a mark (1 to 0xffffffff), not"),
+    /* What it records. */
+    STRING(OPT_LOG_DIR, "--log-dir", "empty directory name", log_dir),
+    OWN(OPT_EVENTS, options_set_events, "--events", "empty file name"),
+    WORD(OPT_RECORD, options_set_word, "--record", "expected body, headers or none, not", record,
+         record_words),
+    FLAG(OPT_NO_TRANSCRIPTS, "--no-transcripts", no_transcripts),
+    NUMBER(OPT_KEEP_DAYS, options_set_int, "--keep-days", "invalid count (0 to 100000 days)",
+           keep_days, 0, 100000),
+    WORD(OPT_ON_LOG_FAILURE, options_set_word, "--on-log-failure",
+         "expected continue or tempfail, not", log_failure_tempfail, logfail_words),
+    /* Limits. */
+    SIZE(OPT_MAX_LINE, "--max-line", max_line, 1024, 16777216),
+    COUNT(OPT_MAX_SESSIONS, "--max-sessions", max_sessions, 1, 1000000),
+    DURATION(OPT_CONNECT_TIMEOUT, "--connect-timeout", connect_timeout, 1, 86400),
+    DURATION(OPT_IDLE_TIMEOUT, "--idle-timeout", idle_timeout, 1, 86400),
+    DURATION(OPT_GRACE, "--grace", grace, 0, 86400),
+    SIZE(OPT_HOLD_MEMORY, "--hold-memory", hold_memory, 4096, 1073741824),
+    SIZE(OPT_MAX_HEADER, "--max-header", max_header, 1024, 16777216),
+    SIZE(OPT_MAX_MESSAGE, "--max-message", max_message, 1024, 17179869184),
+    WORD(OPT_BARE_NEWLINE, options_set_word, "--bare-newline",
+         "expected normalize, reject or pass, not", bare_newline, bare_words),
+    OWN(OPT_WORKERS, options_set_workers, "--workers", NULL),
+    /* TLS. */
+    STRING(OPT_TLS_CERT, "--tls-cert", NULL, tls_cert),
+    STRING(OPT_TLS_KEY, "--tls-key", NULL, tls_key),
+    WORD(OPT_TLS_MODE, options_set_tls_mode, "--tls-mode",
+         "expected terminate, passthrough or strip, not", tls_mode, mode_words),
+    WORD(OPT_UPSTREAM_TLS, options_set_word, "--upstream-tls",
+         "expected starttls, require, implicit or none, not", upstream_tls, up_words),
+    STRING(OPT_UPSTREAM_CA, "--upstream-ca", NULL, upstream_ca),
+    WORD(OPT_UPSTREAM_VERIFY, options_set_word, "--upstream-verify",
+         "expected none, ca or name, not", upstream_verify, verify_words),
+    STRING(OPT_UPSTREAM_NAME, "--upstream-name", NULL, upstream_name),
+    CHOICE(OPT_TLS_MIN_VERSION, options_set_tls_min, "--tls-min-version",
+           "expected 1.2 or 1.3, not", version_words),
+    /* The client's identity on both sides. */
+    OWN(OPT_HELO_NAME, options_set_helo, "--helo-name", "expected a host name, not"),
+    WORD(OPT_FORWARD_CLIENT, options_set_word, "--forward-client",
+         "expected none, xclient, proxy-v1 or proxy-v2, not", forward_client, forward_words),
+    OWN(OPT_ACCEPT_PROXY, options_set_accept_proxy, "--accept-proxy", NULL),
+    /* Rules, the process, the service (issue 18). */
+    LIST(OPT_RULES, options_set_list, "--rules", "too many rule files", rules, nrules),
+    FLAG(OPT_CHECK_RULES, "--check-rules", check_rules),
+    STRING(OPT_USER, "--user", "empty user name", user),
+    FLAG(OPT_SYSLOG, "--syslog", use_syslog),
+    OWN('v', options_set_verbose, "--verbose", NULL),
+    STRING('c', "--config", "empty file name", config_file),
+    FLAG(OPT_CHECK_CONFIG, "--check-config", check_config),
+    STRING(OPT_PID_FILE, "--pid-file", "empty file name", pid_file),
+    WORD(OPT_LOG_LEVEL, options_set_log_level, "--log-level",
+         "expected error, warning, info or debug, not", log_level, level_words),
+    OWN(OPT_METRICS, options_set_metrics, "--metrics", "expected a numeric ADDR:PORT, not"),
+    OWN('h', options_help, "--help", NULL),
+    OWN(OPT_HELP, options_help, "--help", NULL),
+    OWN(OPT_VERSION, options_version, "--version", NULL),
+};
+
+/* options_build's record of the lists the command line started is a bit per row. */
+_Static_assert(NELEM(opt_rows) <= 64, "a row's bit in an unsigned long long");
+
+/* The row of an option code; NULL for none (getopt_long returns only codes of the table). */
+static const struct opt_row *
+options_row(int ch)
+{
+	for (size_t i = 0; i < NELEM(opt_rows); i++)
+		if (opt_rows[i].code == ch)
+			return &opt_rows[i];
+	return NULL;
+}
+
+static void
+options_one(struct options *o, int ch, const char *arg)
+{
+	const struct opt_row *row = options_row(ch);
+
+	if (row != NULL)
+		row->set(o, row, arg);
 }
 
 /* Edit distance between a and the first n octets of b (both short: option names). */
@@ -792,56 +885,9 @@ options_user(struct options *o)
 static void
 options_check_mode(int argc, char **argv, struct options *o)
 {
-	for (; optind < argc; optind++) {
-		if (o->nrules == (int)(sizeof(o->rules) / sizeof(o->rules[0])))
-			options_die("--check-rules", "too many rule files", NULL);
-		o->rules[o->nrules++] = argv[optind];
-	}
-}
-
-/* --metrics: a numeric ADDR:PORT (nothing is resolved), as evhttp will bind it. */
-static void
-options_metrics(struct options *o, const char *arg)
-{
-	struct sockaddr_storage ss;
-	int len = sizeof(ss);
-
-	memset(&ss, 0, sizeof(ss));
-	if (evutil_parse_sockaddr_port(arg, (struct sockaddr *)&ss, &len) != 0 ||
-	    ((struct sockaddr_in *)&ss)->sin_port == 0) /* same place in sockaddr_in6 */
-		options_die("--metrics", "expected a numeric ADDR:PORT, not", arg);
-	o->metrics = arg;
-}
-
-/* The service options (issue 18): --config, --check-config, --pid-file, --log-level. */
-static void
-options_service(struct options *o, int ch, const char *arg)
-{
-	static const char *const levels[] = {"error", "warning", "info", "debug", NULL};
-
-	switch (ch) {
-	case 'c':
-		if (arg[0] == '\0')
-			options_die("--config", "empty file name", NULL);
-		o->config_file = arg; /* read by options_build before the command line */
-		break;
-	case OPT_CHECK_CONFIG:
-		o->check_config = 1;
-		break;
-	case OPT_PID_FILE:
-		if (arg[0] == '\0')
-			options_die("--pid-file", "empty file name", NULL);
-		o->pid_file = arg;
-		break;
-	case OPT_LOG_LEVEL:
-		o->log_level = options_word("--log-level", arg, levels,
-		                            "expected error, warning, info or debug, not");
-		o->verbose = o->log_level == LOG_LEVEL_DEBUG;
-		break;
-	case OPT_METRICS:
-		options_metrics(o, arg);
-		break;
-	}
+	for (; optind < argc; optind++)
+		options_list_add(o->rules, &o->nrules, CAPACITY(rules), "--check-rules",
+		                 "too many rule files", argv[optind]);
 }
 
 static int options_errors;
@@ -911,25 +957,18 @@ options_apply_file(struct options *o, const struct config *cfg, FILE *err)
  * file made: the command line's list replaces it rather than adding to it.
  */
 static void
-options_cmdline_list(struct options *o, int ch, unsigned *seen)
+options_cmdline_list(struct options *o, int ch, unsigned long long *seen)
 {
-	unsigned bit = ch == OPT_LISTEN                ? 1
-	               : ch == OPT_LISTEN_TLS          ? 2
-	               : ch == OPT_RULES               ? 4
-	               : ch == OPT_LISTEN_TRANSPARENT ? 8
-	                                               : 0;
+	const struct opt_row *row = options_row(ch);
+	unsigned long long bit;
 
-	if (bit == 0 || (*seen & bit))
+	if (row == NULL || (row->set != options_set_list && row->set != options_set_listen))
+		return;
+	bit = 1ULL << (row - opt_rows);
+	if (*seen & bit)
 		return;
 	*seen |= bit;
-	if (ch == OPT_LISTEN)
-		o->nlisten = 0;
-	else if (ch == OPT_LISTEN_TLS)
-		o->nlisten_tls = 0;
-	else if (ch == OPT_LISTEN_TRANSPARENT)
-		o->nlisten_transparent = 0;
-	else
-		o->nrules = 0;
+	*FIELD(o, row->count, int) = 0;
 }
 
 /* The checks of options together, once all are read; the first problem. */
@@ -978,7 +1017,7 @@ options_find_config(int argc, char **argv)
 int
 options_build(int argc, char **argv, struct options *o, FILE *err)
 {
-	unsigned seen = 0;
+	unsigned long long seen = 0; /* a bit per row of opt_rows */
 	int ch;
 
 	options_defaults(o);

@@ -64,49 +64,56 @@ ignored(const char *name)
 	log_warnx("configuration reload: %s changed: ignored until restart", name);
 }
 
+/* A list only a restart changes: n's becomes o's, with a note when they differed. */
+static void
+keep_list(const char **nl, int *nn, const char *const *ol, int on, const char *name)
+{
+	if (!same_list(nl, *nn, ol, on))
+		ignored(name);
+	memcpy(nl, ol, (size_t)on * sizeof(*ol));
+	*nn = on;
+}
+
+/* A file or a name only a restart changes. */
+static void
+keep_string(const char **n, const char *o, const char *name)
+{
+	if (!same(*n, o))
+		ignored(name);
+	*n = o;
+}
+
+/* A flag or a count only a restart changes. */
+static void
+keep_int(int *n, int o, const char *name)
+{
+	if (*n != o)
+		ignored(name);
+	*n = o;
+}
+
 /* What only a restart changes: the new options take the running values, with a note. */
 static void
 reload_keep_restart_only(struct options *n, const struct options *o)
 {
-	if (!same_list(n->listen, n->nlisten, o->listen, o->nlisten))
-		ignored("listen");
-	memcpy(n->listen, o->listen, sizeof(n->listen));
-	n->nlisten = o->nlisten;
-	if (!same_list(n->listen_tls, n->nlisten_tls, o->listen_tls, o->nlisten_tls))
-		ignored("listen-tls");
-	memcpy(n->listen_tls, o->listen_tls, sizeof(n->listen_tls));
-	n->nlisten_tls = o->nlisten_tls;
-	if (!same_list(n->listen_transparent, n->nlisten_transparent, o->listen_transparent,
-	               o->nlisten_transparent))
-		ignored("listen-transparent");
-	memcpy(n->listen_transparent, o->listen_transparent, sizeof(n->listen_transparent));
-	n->nlisten_transparent = o->nlisten_transparent;
+	keep_list(n->listen, &n->nlisten, o->listen, o->nlisten, "listen");
+	keep_list(n->listen_tls, &n->nlisten_tls, o->listen_tls, o->nlisten_tls, "listen-tls");
+	keep_list(n->listen_transparent, &n->nlisten_transparent, o->listen_transparent,
+	          o->nlisten_transparent, "listen-transparent");
 	if (n->workers != o->workers)
 		ignored("workers");
 	n->workers = o->workers;
-	if (!same(n->log_dir, o->log_dir))
-		ignored("log-dir");
-	n->log_dir = o->log_dir;
+	keep_string(&n->log_dir, o->log_dir, "log-dir");
 	/* o->events was filled in with the default path at start-up: compare what was given. */
 	if (n->events_off != o->events_off || (n->events != NULL && !same(n->events, o->events)))
 		ignored("events");
 	n->events = o->events;
 	n->events_off = o->events_off;
-	if (n->no_transcripts != o->no_transcripts)
-		ignored("no-transcripts");
-	n->no_transcripts = o->no_transcripts;
-	if (!same(n->user, o->user))
-		ignored("user");
-	n->user = o->user;
-	if (n->use_syslog != o->use_syslog)
-		ignored("syslog");
-	n->use_syslog = o->use_syslog;
-	if (!same(n->pid_file, o->pid_file))
-		ignored("pid-file");
-	n->pid_file = o->pid_file;
-	if (!same(n->metrics, o->metrics))
-		ignored("metrics");
-	n->metrics = o->metrics;
+	keep_int(&n->no_transcripts, o->no_transcripts, "no-transcripts");
+	keep_string(&n->user, o->user, "user");
+	keep_int(&n->use_syslog, o->use_syslog, "syslog");
+	keep_string(&n->pid_file, o->pid_file, "pid-file");
+	keep_string(&n->metrics, o->metrics, "metrics");
 }
 
 /* The rules of n, every error logged; NULL when any file is bad. */

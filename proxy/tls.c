@@ -38,49 +38,40 @@ tls_log_errors(const char *what)
 	}
 }
 
-/* A context holding our certificate chain and key, checked to match. */
+/* Gives a context up because of what (a file): OpenSSL's reasons logged; NULL. */
 static SSL_CTX *
-tls_load_server_ctx(void)
+tls_ctx_fail(SSL_CTX *ctx, const char *what)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	tls_log_errors(what);
+	SSL_CTX_free(ctx);
+	return NULL;
+}
 
-	if (ctx == NULL)
-		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, tls_min_proto());
+/* Our certificate chain and key, checked to match, for the clients' leg. */
+static SSL_CTX *
+tls_setup_server(SSL_CTX *ctx)
+{
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-	if (SSL_CTX_use_certificate_chain_file(ctx, tls_opts->tls_cert) != 1) {
-		tls_log_errors(tls_opts->tls_cert);
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
+	if (SSL_CTX_use_certificate_chain_file(ctx, tls_opts->tls_cert) != 1)
+		return tls_ctx_fail(ctx, tls_opts->tls_cert);
 	if (SSL_CTX_use_PrivateKey_file(ctx, tls_opts->tls_key, SSL_FILETYPE_PEM) != 1 ||
-	    SSL_CTX_check_private_key(ctx) != 1) {
-		tls_log_errors(tls_opts->tls_key);
-		SSL_CTX_free(ctx);
-		return NULL;
-	}
+	    SSL_CTX_check_private_key(ctx) != 1)
+		return tls_ctx_fail(ctx, tls_opts->tls_key);
 	return ctx;
 }
 
+/* The check of the server's certificate, for the upstream leg. */
 static SSL_CTX *
-tls_load_client_ctx(void)
+tls_setup_client(SSL_CTX *ctx)
 {
-	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-
-	if (ctx == NULL)
-		return NULL;
-	SSL_CTX_set_min_proto_version(ctx, tls_min_proto());
 	/* Without verification no CA is consulted: the system store is not read (~1 MB). */
 	if (tls_opts->upstream_verify == VERIFY_NONE && tls_opts->upstream_ca == NULL) {
 		SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
 		return ctx;
 	}
 	if (tls_opts->upstream_ca != NULL) {
-		if (SSL_CTX_load_verify_locations(ctx, tls_opts->upstream_ca, NULL) != 1) {
-			tls_log_errors(tls_opts->upstream_ca);
-			SSL_CTX_free(ctx);
-			return NULL;
-		}
+		if (SSL_CTX_load_verify_locations(ctx, tls_opts->upstream_ca, NULL) != 1)
+			return tls_ctx_fail(ctx, tls_opts->upstream_ca);
 	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
 		tls_log_errors("system CA store");
 	}
@@ -90,13 +81,28 @@ tls_load_client_ctx(void)
 	return ctx;
 }
 
+enum tls_leg { TLS_FOR_CLIENTS, TLS_FOR_UPSTREAM };
+
+/* A context for one leg, with --tls-min-version's floor; NULL on failure (logged). */
+static SSL_CTX *
+tls_load_ctx(enum tls_leg leg)
+{
+	SSL_CTX *ctx =
+	    SSL_CTX_new(leg == TLS_FOR_CLIENTS ? TLS_server_method() : TLS_client_method());
+
+	if (ctx == NULL)
+		return NULL;
+	SSL_CTX_set_min_proto_version(ctx, tls_min_proto());
+	return leg == TLS_FOR_CLIENTS ? tls_setup_server(ctx) : tls_setup_client(ctx);
+}
+
 int
 tls_init(const struct options *o)
 {
 	tls_opts = o;
-	if (o->tls_cert != NULL && (server_ctx = tls_load_server_ctx()) == NULL)
+	if (o->tls_cert != NULL && (server_ctx = tls_load_ctx(TLS_FOR_CLIENTS)) == NULL)
 		return -1;
-	if ((client_ctx = tls_load_client_ctx()) == NULL)
+	if ((client_ctx = tls_load_ctx(TLS_FOR_UPSTREAM)) == NULL)
 		return -1;
 	return 0;
 }
@@ -108,7 +114,7 @@ tls_reload(void)
 
 	if (tls_opts == NULL || tls_opts->tls_cert == NULL)
 		return 0;
-	if ((ctx = tls_load_server_ctx()) == NULL) {
+	if ((ctx = tls_load_ctx(TLS_FOR_CLIENTS)) == NULL) {
 		log_warnx("certificate reload failed: keeping the old certificate");
 		return -1;
 	}
@@ -126,8 +132,8 @@ tls_reconfigure(const struct options *o)
 	SSL_CTX *srv = NULL, *cli = NULL;
 
 	tls_opts = o; /* what the loaders read */
-	if ((o->tls_cert != NULL && (srv = tls_load_server_ctx()) == NULL) ||
-	    (cli = tls_load_client_ctx()) == NULL) {
+	if ((o->tls_cert != NULL && (srv = tls_load_ctx(TLS_FOR_CLIENTS)) == NULL) ||
+	    (cli = tls_load_ctx(TLS_FOR_UPSTREAM)) == NULL) {
 		SSL_CTX_free(srv);
 		tls_opts = old;
 		return -1;

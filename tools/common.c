@@ -1,4 +1,4 @@
-/* The options every tool takes (--log-dir, --events) and their defaults. */
+/* The options every tool takes (--log-dir, --events, --help) and their defaults. */
 #include "tools/common.h"
 
 #include <stdio.h>
@@ -33,6 +33,30 @@ tool_common_option(struct tool_common *c, int argc, char **argv, int *i)
 	}
 	*dst = argv[++*i];
 	return 1;
+}
+
+int
+tool_common_args(struct tool_common *c, int argc, char **argv, const char *tool, const char *usage,
+                 tool_arg_fn *own, void *arg)
+{
+	int i, k;
+
+	tool_common_init(c);
+	for (i = 1; i < argc; i++) {
+		if ((k = tool_common_option(c, argc, argv, &i)) == 0) {
+			if (strcmp(argv[i], "--help") == 0) {
+				fputs(usage, stdout);
+				return 0;
+			}
+			k = own(arg, argc, argv, &i);
+		}
+		if (k == 0)
+			fprintf(stderr, "smtptap %s: unknown argument %s\n%s", tool, argv[i],
+			        usage);
+		if (k <= 0)
+			return 2;
+	}
+	return TOOL_ARGS_OK;
 }
 
 void

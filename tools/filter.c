@@ -153,6 +153,12 @@ filter_option(struct tool_filter *f, int argc, char **argv, int *i, time_t now)
 }
 
 int
+filter_arg(void *f, int argc, char **argv, int *i)
+{
+	return filter_option(f, argc, argv, i, ((struct tool_filter *)f)->now);
+}
+
+int
 filter_client_matches(const struct tool_filter *f, const char *client)
 {
 	unsigned char a[16];

@@ -21,6 +21,7 @@ struct tool_filter {
 	int code;       /* 0: none; 100-599 exact; 1-5: a class ("5xx") */
 	char since[32]; /* record-time strings, compared as text; "" when not given */
 	char until[32];
+	time_t now; /* what relative times count back from (filter_arg) */
 };
 
 /*
@@ -28,6 +29,8 @@ struct tool_filter {
  * bad value (reported on stderr).  now: the time relative ones count from.
  */
 int filter_option(struct tool_filter *f, int argc, char **argv, int *i, time_t now);
+/* filter_option as a tool's argument callback (tool_arg_fn): f is the filter, with its now. */
+int filter_arg(void *f, int argc, char **argv, int *i);
 
 /* Parses T (ISO 8601 in UTC, or "2h", "30m", "1d", "1w" before now) as a record time. */
 int filter_parse_time(const char *s, time_t now, char out[32]);

@@ -311,94 +311,121 @@ fail:
 	return -1;
 }
 
-int
-tool_replay_main(int argc, char **argv)
-{
+/* What the command line asks of a replay. */
+struct replay {
 	struct tool_common tc;
-	struct plan_options po = {0};
-	struct collect col = {0};
-	struct plan plan;
-	struct conn c = {.fd = -1};
-	const char *id = NULL, *to = NULL;
-	char *auth = NULL, *colon;
-	int i, k, timeout = 30, differ, rc;
-	unsigned nreplies = 0;
+	struct plan_options po;
+	const char *id, *to;
+	const char *auth; /* --auth USER:PASSWORD, split into po by replay_check */
+	int timeout;
+};
 
-	tool_common_init(&tc);
-	for (i = 1; i < argc; i++) {
-		if ((k = tool_common_option(&tc, argc, argv, &i)) < 0)
-			return 2;
-		if (k > 0)
-			continue;
-		if (strcmp(argv[i], "--help") == 0) {
-			fputs(replay_usage, stdout);
-			return 0;
-		} else if (strcmp(argv[i], "--starttls") == 0) {
-			po.starttls = 1;
-		} else if (strcmp(argv[i], "--to") == 0 && i + 1 < argc) {
-			to = argv[++i];
-		} else if (strcmp(argv[i], "--auth") == 0 && i + 1 < argc) {
-			auth = argv[++i];
-		} else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
-			timeout = atoi(argv[++i]);
-		} else if (argv[i][0] != '-' && id == NULL) {
-			id = argv[i];
-		} else {
-			fprintf(stderr, "smtptap replay: bad argument %s\n%s", argv[i], replay_usage);
-			return 2;
-		}
+/* replay's own arguments: the session, --to, --starttls, --auth, --timeout. */
+static int
+replay_arg(void *arg, int argc, char **argv, int *i)
+{
+	struct replay *r = arg;
+	const char *a = argv[*i];
+
+	if (strcmp(a, "--starttls") == 0) {
+		r->po.starttls = 1;
+	} else if (strcmp(a, "--to") == 0 && *i + 1 < argc) {
+		r->to = argv[++*i];
+	} else if (strcmp(a, "--auth") == 0 && *i + 1 < argc) {
+		r->auth = argv[++*i];
+	} else if (strcmp(a, "--timeout") == 0 && *i + 1 < argc) {
+		r->timeout = atoi(argv[++*i]);
+	} else if (a[0] != '-' && r->id == NULL) {
+		r->id = a;
+	} else {
+		fprintf(stderr, "smtptap replay: bad argument %s\n%s", a, replay_usage);
+		return -1;
 	}
-	if (id == NULL || to == NULL || timeout <= 0) {
+	return 1;
+}
+
+/* The arguments taken together: 0, or 2 with the problem written. */
+static int
+replay_check(struct replay *r)
+{
+	const char *colon;
+
+	if (r->id == NULL || r->to == NULL || r->timeout <= 0) {
 		fputs(replay_usage, stderr);
 		return 2;
 	}
-	if (auth != NULL) {
-		if ((colon = strchr(auth, ':')) == NULL) {
-			fprintf(stderr, "smtptap replay: --auth needs USER:PASSWORD\n");
-			return 2;
-		}
-		po.auth_user = strndup(auth, (size_t)(colon - auth));
-		po.auth_password = colon + 1;
+	if (r->auth == NULL)
+		return 0;
+	if ((colon = strchr(r->auth, ':')) == NULL) {
+		fprintf(stderr, "smtptap replay: --auth needs USER:PASSWORD\n");
+		return 2;
 	}
-	tool_common_finish(&tc);
-	rc = session_records(&tc, id, collect_cb, &col);
-	if (rc == 1 || col.n == 0) {
-		fprintf(stderr, "smtptap replay: session %s: not found in %s\n", id, tc.log_dir);
-		rc = 2;
-		goto out;
+	r->po.auth_user = strndup(r->auth, (size_t)(colon - r->auth));
+	r->po.auth_password = colon + 1;
+	return 0;
+}
+
+/* The session's records from the journal: 0, or 2 with the problem written. */
+static int
+replay_collect(const struct replay *r, struct collect *col)
+{
+	int rc = session_records(&r->tc, r->id, collect_cb, col);
+
+	if (rc == 1 || col->n == 0) {
+		fprintf(stderr, "smtptap replay: session %s: not found in %s\n", r->id,
+		        r->tc.log_dir);
+		return 2;
 	}
-	if (rc < 0 || col.failed) {
-		rc = 2;
-		goto out;
-	}
-	if (plan_build(&plan, col.recs, col.n, &po) != 0) {
-		fprintf(stderr, "smtptap replay: session %s can't be replayed: %s\n", id, plan.why);
-		plan_free(&plan);
-		rc = 2;
-		goto out;
-	}
-	if (conn_open(&c, to, timeout) != 0) {
-		plan_free(&plan);
-		rc = 2;
-		goto out;
-	}
-	printf("replay of session %s to %s\n", id, to);
-	differ = replay_run(&c, &plan, &nreplies);
+	return rc < 0 || col->failed ? 2 : 0;
+}
+
+/* Plays the plan to --to: 0 when every reply code is as recorded, 1 when one differs, else 2. */
+static int
+replay_to(const struct replay *r, const struct plan *plan)
+{
+	struct conn c = {.fd = -1};
+	unsigned nreplies = 0;
+	int differ;
+
+	if (conn_open(&c, r->to, r->timeout) != 0)
+		return 2;
+	printf("replay of session %s to %s\n", r->id, r->to);
+	differ = replay_run(&c, plan, &nreplies);
 	conn_close(&c);
-	plan_free(&plan);
-	if (differ < 0) {
-		rc = 2;
-		goto out;
-	}
+	if (differ < 0)
+		return 2;
 	if (differ == 0)
 		printf("replay: %u replies, every code as recorded\n", nreplies);
 	else
 		printf("replay: %d of %u replies differ\n", differ, nreplies);
-	rc = differ == 0 ? 0 : 1;
-out:
+	return differ == 0 ? 0 : 1;
+}
+
+int
+tool_replay_main(int argc, char **argv)
+{
+	struct replay r = {.timeout = 30};
+	struct collect col = {0};
+	struct plan plan;
+	int rc;
+
+	rc = tool_common_args(&r.tc, argc, argv, "replay", replay_usage, replay_arg, &r);
+	if (rc != TOOL_ARGS_OK || (rc = replay_check(&r)) != 0)
+		return rc;
+	tool_common_finish(&r.tc);
+	if ((rc = replay_collect(&r, &col)) == 0) {
+		if (plan_build(&plan, col.recs, col.n, &r.po) != 0) {
+			fprintf(stderr, "smtptap replay: session %s can't be replayed: %s\n", r.id,
+			        plan.why);
+			rc = 2;
+		} else {
+			rc = replay_to(&r, &plan);
+		}
+		plan_free(&plan);
+	}
 	for (size_t j = 0; j < col.n; j++)
 		free(col.recs[j].text);
 	free(col.recs);
-	free((char *)po.auth_user);
+	free((char *)r.po.auth_user);
 	return rc;
 }

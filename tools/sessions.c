@@ -132,34 +132,33 @@ sessions_cb(const char *line, size_t n, void *arg)
 	return s->failed;
 }
 
+/* sessions' own arguments: the filters and --json. */
+static int
+sessions_arg(void *arg, int argc, char **argv, int *i)
+{
+	struct sessions *s = arg;
+	int k;
+
+	if ((k = filter_arg(&s->f, argc, argv, i)) != 0)
+		return k;
+	if (strcmp(argv[*i], "--json") != 0)
+		return 0;
+	s->json = 1;
+	return 1;
+}
+
 int
 tool_sessions_main(int argc, char **argv)
 {
 	struct tool_common c;
 	struct sessions s;
-	time_t now = time(NULL);
-	int i, k, rc;
+	int rc;
 
 	memset(&s, 0, sizeof(s));
-	tool_common_init(&c);
-	for (i = 1; i < argc; i++) {
-		if ((k = tool_common_option(&c, argc, argv, &i)) == 0)
-			k = filter_option(&s.f, argc, argv, &i, now);
-		if (k < 0)
-			return 2;
-		if (k > 0)
-			continue;
-		if (strcmp(argv[i], "--help") == 0) {
-			fputs(sessions_usage, stdout);
-			return 0;
-		}
-		if (strcmp(argv[i], "--json") == 0) {
-			s.json = 1;
-			continue;
-		}
-		fprintf(stderr, "smtptap sessions: unknown argument %s\n%s", argv[i], sessions_usage);
-		return 2;
-	}
+	s.f.now = time(NULL);
+	rc = tool_common_args(&c, argc, argv, "sessions", sessions_usage, sessions_arg, &s);
+	if (rc != TOOL_ARGS_OK)
+		return rc;
 	tool_common_finish(&c);
 	s.backward = s.f.since[0] != '\0';
 	rc = s.backward ? events_backward(c.events, sessions_cb, &s)

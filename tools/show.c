@@ -21,6 +21,7 @@ static const char show_usage[] =
 struct show {
 	int json;
 	int records;
+	int nids; /* session ids on the command line */
 };
 
 /* The header, from the session's first record ("* session client=... listener=..."). */
@@ -77,36 +78,29 @@ show_record_cb(const struct jrecord *r, void *arg)
 	return 0;
 }
 
-int
-tool_show_main(int argc, char **argv)
+/* show's own arguments: --json and the session ids (counted). */
+static int
+show_arg(void *arg, int argc, char **argv, int *i)
 {
-	struct tool_common c;
-	struct show sh = {0};
-	int i, k, rc = 0, nids = 0;
+	struct show *sh = arg;
 
-	tool_common_init(&c);
-	for (i = 1; i < argc; i++) {
-		if ((k = tool_common_option(&c, argc, argv, &i)) < 0)
-			return 2;
-		if (k > 0)
-			continue;
-		if (strcmp(argv[i], "--help") == 0) {
-			fputs(show_usage, stdout);
-			return 0;
-		}
-		if (strcmp(argv[i], "--json") == 0)
-			sh.json = 1;
-		else if (argv[i][0] == '-') {
-			fprintf(stderr, "smtptap show: unknown option %s\n%s", argv[i], show_usage);
-			return 2;
-		} else
-			nids++;
-	}
-	if (nids == 0) {
-		fputs(show_usage, stderr);
-		return 2;
-	}
-	tool_common_finish(&c);
+	(void)argc;
+	if (strcmp(argv[*i], "--json") == 0)
+		sh->json = 1;
+	else if (argv[*i][0] == '-') {
+		fprintf(stderr, "smtptap show: unknown option %s\n%s", argv[*i], show_usage);
+		return -1;
+	} else
+		sh->nids++;
+	return 1;
+}
+
+/* Shows each session named on the command line; 1 when one is missing or unreadable. */
+static int
+show_sessions(const struct tool_common *c, int argc, char **argv, struct show *sh)
+{
+	int i, k, rc = 0;
+
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--log-dir") == 0 || strcmp(argv[i], "--events") == 0) {
 			i++;
@@ -114,15 +108,35 @@ tool_show_main(int argc, char **argv)
 		}
 		if (argv[i][0] == '-')
 			continue;
-		sh.records = 0;
-		k = session_records(&c, argv[i], show_record_cb, &sh);
+		sh->records = 0;
+		k = session_records(c, argv[i], show_record_cb, sh);
 		if (k == 1) {
-			fprintf(stderr, "smtptap show: session %s: not found in %s\n", argv[i], c.log_dir);
+			fprintf(stderr, "smtptap show: session %s: not found in %s\n", argv[i],
+			        c->log_dir);
 			rc = 1;
 		} else if (k < 0) {
 			rc = 1;
 		}
 	}
+	return rc;
+}
+
+int
+tool_show_main(int argc, char **argv)
+{
+	struct tool_common c;
+	struct show sh = {0};
+	int rc;
+
+	if ((rc = tool_common_args(&c, argc, argv, "show", show_usage, show_arg, &sh)) !=
+	    TOOL_ARGS_OK)
+		return rc;
+	if (sh.nids == 0) {
+		fputs(show_usage, stderr);
+		return 2;
+	}
+	tool_common_finish(&c);
+	rc = show_sessions(&c, argc, argv, &sh);
 	if (fflush(stdout) != 0)
 		rc = 1;
 	return rc;

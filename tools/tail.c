@@ -206,24 +206,12 @@ int
 tool_tail_main(int argc, char **argv)
 {
 	static struct tail t;
-	time_t now = time(NULL);
-	int i, k;
+	int rc;
 
-	tool_common_init(&t.c);
-	for (i = 1; i < argc; i++) {
-		if ((k = tool_common_option(&t.c, argc, argv, &i)) == 0)
-			k = filter_option(&t.f, argc, argv, &i, now);
-		if (k < 0)
-			return 2;
-		if (k > 0)
-			continue;
-		if (strcmp(argv[i], "--help") == 0) {
-			fputs(tail_usage, stdout);
-			return 0;
-		}
-		fprintf(stderr, "smtptap tail: unknown argument %s\n%s", argv[i], tail_usage);
-		return 2;
-	}
+	t.f.now = time(NULL);
+	if ((rc = tool_common_args(&t.c, argc, argv, "tail", tail_usage, filter_arg, &t.f)) !=
+	    TOOL_ARGS_OK)
+		return rc;
 	tool_common_finish(&t.c);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	tail_run(&t);

@@ -252,6 +252,7 @@ options_split_hostport(const char *s, char **host, char **port, const char **why
 	if (colon[1] == '\0' || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
 	    atol(colon + 1) < 1 || atol(colon + 1) > 65535) {
 		free(*host);
+		*host = NULL; /* the caller's options are freed later, on a refused reload too */
 		*why = "invalid port";
 		return -1;
 	}

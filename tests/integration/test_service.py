@@ -393,6 +393,15 @@ def test_sighup_rereads_config_atomically(smtptap_bin, workdir, sink, procs):
     p.wait_stderr("keeping the old configuration")
     assert noop().startswith(b"550 5.7.1 rules A")
 
+    # An upstream with a bad port: refused, and the refused options are freed once (their
+    # upstream host was freed twice, a crash at the next reload under glibc's malloc).
+    write(conf, base.replace("upstream 127.0.0.1:%d" % sink.port, "upstream 127.0.0.1:0"))
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_stderr("invalid port")
+    harness.wait_until(lambda: p.stderr().count("keeping the old configuration") == 2)
+    assert p.alive()
+    assert noop().startswith(b"550 5.7.1 rules A")
+
     # A valid file: new sessions get rules B; a changed listener is ignored until restart.
     other = harness.free_port()
     write(conf, base.replace("listen 127.0.0.1:%d" % port, "listen 127.0.0.1:%d" % other)
@@ -410,7 +419,7 @@ def test_sighup_rereads_config_atomically(smtptap_bin, workdir, sink, procs):
     write(rules_b, "command /(/ WARN\n")
     p.proc.send_signal(signal.SIGHUP)
     p.wait_stderr("b.rules:1:")
-    harness.wait_until(lambda: p.stderr().count("keeping the old configuration") == 2)
+    harness.wait_until(lambda: p.stderr().count("keeping the old configuration") == 3)
     assert noop().startswith(b"550 5.7.1 rules B")
     assert p.alive()
 

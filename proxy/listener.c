@@ -22,6 +22,7 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+#include "smtp/hostport.h"
 #include "logs/log.h"
 #include "proxy/addr.h"
 #include "proxy/options.h"
@@ -439,7 +440,7 @@ listener_add_kind(struct proxy *px, const char *addr, int implicit_tls, int tran
 	px->our_listener = listener_serving;
 	px->loop_note = listener_loop_note;
 
-	if (options_split_hostport(addr, &host, &port, &why) != 0) {
+	if (hostport_split(addr, &host, &port, &why) != 0) {
 		snprintf(err, errlen, "%s", why);
 		return -1;
 	}

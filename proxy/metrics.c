@@ -30,6 +30,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "filters/rules.h"
+#include "smtp/hostport.h"
 #include "logs/events.h"
 #include "logs/log.h"
 #include "logs/transcript.h"
@@ -530,7 +531,7 @@ metrics_listen(struct event_base *base, const char *addr)
 	const char *why;
 	unsigned long p;
 
-	if (options_split_hostport(addr, &host, &port, &why) != 0)
+	if (hostport_split(addr, &host, &port, &why) != 0)
 		return -1;
 	p = strtoul(port, &end, 10);
 	if ((http = evhttp_new(base)) != NULL) {

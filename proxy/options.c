@@ -1,6 +1,8 @@
 /* Command-line options: getopt_long, strict values, exit 2 with one line on any mistake. */
 #include "proxy/options.h"
 
+#include "smtp/hostport.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -224,40 +226,6 @@ options_workers(const char *arg)
 	if (cpus < 1)
 		return 1;
 	return cpus > OPT_MAX_WORKERS ? OPT_MAX_WORKERS : (unsigned)cpus;
-}
-
-int
-options_split_hostport(const char *s, char **host, char **port, const char **why)
-{
-	const char *colon, *end;
-
-	if (s[0] == '[') {
-		if ((end = strchr(s, ']')) == NULL || end[1] != ':') {
-			*why = "expected [ADDRESS]:PORT";
-			return -1;
-		}
-		*host = strndup(s + 1, (size_t)(end - s - 1));
-		colon = end + 1;
-	} else {
-		if ((colon = strrchr(s, ':')) == NULL || colon == s) {
-			*why = "expected HOST:PORT";
-			return -1;
-		}
-		if (memchr(s, ':', (size_t)(colon - s)) != NULL) {
-			*why = "an IPv6 address needs brackets: [ADDRESS]:PORT";
-			return -1;
-		}
-		*host = strndup(s, (size_t)(colon - s));
-	}
-	if (colon[1] == '\0' || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
-	    atol(colon + 1) < 1 || atol(colon + 1) > 65535) {
-		free(*host);
-		*host = NULL; /* the caller's options are freed later, on a refused reload too */
-		*why = "invalid port";
-		return -1;
-	}
-	*port = strdup(colon + 1);
-	return 0;
 }
 
 static void
@@ -547,7 +515,7 @@ options_set_listen(struct options *o, const struct opt_row *row, const char *arg
 
 	if ((size_t)*FIELD(o, row->count, int) == row->max)
 		options_die(row->name, row->what, NULL);
-	if (options_split_hostport(arg, &h, &p, &why) != 0)
+	if (hostport_split(arg, &h, &p, &why) != 0)
 		options_die(row->name, why, arg);
 	free(h);
 	free(p);
@@ -566,7 +534,7 @@ options_set_upstream(struct options *o, const struct opt_row *row, const char *a
 	o->upstream_original = strcmp(arg, "original") == 0;
 	if (o->upstream_original)
 		return; /* each session's own destination */
-	if (options_split_hostport(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
+	if (hostport_split(arg, &o->upstream_host, &o->upstream_port, &why) != 0)
 		options_die(row->name, why, arg);
 }
 

@@ -103,8 +103,6 @@ int options_build(int argc, char **argv, struct options *opts, FILE *err);
 /* Frees what options_build allocated (not opts itself). */
 void options_free(struct options *opts);
 
-/* Splits "host:port", "[v6]:port" into parts; returns 0, or -1 with a reason in *why. */
-int options_split_hostport(const char *s, char **host, char **port, const char **why);
 
 /* Whether sa (a client's address) is in one of the --accept-proxy networks. */
 int options_accept_proxy_from(const struct options *o, const struct sockaddr *sa);

@@ -17,7 +17,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include "proxy/options.h"
+#include "smtp/hostport.h"
 #include "tools/common.h"
 #include "tools/lookup.h"
 #include "tools/replay_plan.h"
@@ -80,7 +80,7 @@ conn_open(struct conn *c, const char *hostport, int timeout)
 	const char *why = NULL;
 	int rc;
 
-	if (options_split_hostport(hostport, &host, &port, &why) != 0) {
+	if (hostport_split(hostport, &host, &port, &why) != 0) {
 		fprintf(stderr, "smtptap replay: --to %s: %s\n", hostport, why ? why : "bad address");
 		return -1;
 	}

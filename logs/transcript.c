@@ -531,6 +531,39 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 	journal_written(j);
 }
 
+size_t
+transcript_line_plain(struct transcript *t, const char *now, const unsigned char *line,
+                      size_t lim, size_t *len)
+{
+	struct journal *j;
+	size_t k, at;
+	char *p;
+
+	*len = 0;
+	/* As transcript_stamp_again: a record that follows one of t's own with the same time. */
+	if (t == NULL || (j = transcript_journal(t)) == NULL || j->owner != t->serial ||
+	    j->batches != t->batch || now != now_text || t->pfx_gen != now_gen ||
+	    lim > SIZE_MAX / 2 || j->len + STAMP_PREFIX_ROOM + 3 + lim + 1 > j->cap)
+		return escape_plain_span(line, lim);
+	/* The record is made past the buffer's end, and becomes part of it only if it is one. */
+	p = j->buf + j->len;
+	memcpy(p, t->pfx, STAMP_PREFIX_ROOM);
+	at = t->pfx_len;
+	p[at] = 'C';
+	p[at + 1] = ':';
+	p[at + 2] = ' ';
+	at += 3;
+	k = escape_plain_copy(p + at, line, lim);
+	if (k + 2 > lim || line[k] != '\r' || line[k + 1] != '\n')
+		return k;
+	p[at + k] = '\n';
+	t->last_rec = j->len;
+	j->len += at + k + 1;
+	journal_written(j);
+	*len = k + 2;
+	return k;
+}
+
 void
 transcript_redacted(struct transcript *t, const char *kind, const unsigned char *text,
                     size_t textlen, const char *user)

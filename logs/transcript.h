@@ -37,6 +37,16 @@ void transcript_data(struct transcript *t, const char *kind, const unsigned char
 void transcript_line(struct transcript *t, const char *now, const char *kind,
                      const unsigned char *line, size_t n, int as_is);
 
+/*
+ * A message line from the client, in the one pass that tells whether it can be recorded as
+ * it is: scans at most lim octets of line for the run escaping leaves unchanged
+ * (escape_plain_span) and, where that run ends with CRLF, records it as "C:" stamped with
+ * now while it scans.  Returns the run's length; *len is the line's, CRLF included, when it
+ * was recorded, else 0 (nothing recorded: transcript_line records it).
+ */
+size_t transcript_line_plain(struct transcript *t, const char *now, const unsigned char *line,
+                             size_t lim, size_t *len);
+
 /* The time now as records show it, in a buffer of the module's: valid until the next call. */
 const char *transcript_now(void);
 

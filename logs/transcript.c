@@ -615,6 +615,34 @@ transcript_event_escape(struct journal *j, size_t start)
 }
 
 void
+transcript_event_parts(struct transcript *t, const char *const *parts)
+{
+	struct journal *j;
+	size_t start, i;
+
+	if (t == NULL || (j = transcript_journal(t)) == NULL ||
+	    transcript_begin(t, j, "*", EVENT_ROOM) != 0)
+		return;
+	start = j->len;
+	for (i = 0; parts[i] != NULL; i++)
+		transcript_put(j, parts[i], strlen(parts[i]));
+	transcript_event_escape(j, start);
+	transcript_end(j);
+}
+
+const char *
+transcript_decimal(char *buf, uint64_t v)
+{
+	char *p = buf + TRANSCRIPT_DECIMAL_ROOM - 1;
+
+	*p = '\0';
+	do
+		*--p = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	return p;
+}
+
+void
 transcript_event(struct transcript *t, const char *fmt, ...)
 {
 	struct journal *j;

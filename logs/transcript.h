@@ -65,6 +65,17 @@ void transcript_redacted(struct transcript *t, const char *kind, const unsigned 
 void transcript_event(struct transcript *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/*
+ * The same for an event every session records, made of the strings of parts one after the
+ * other (a NULL ends them): what transcript_event makes of "%s%s...", without a printf,
+ * which cost more than the rest of the record.
+ */
+void transcript_event_parts(struct transcript *t, const char *const *parts);
+
+/* v in decimal, for an event's parts: written at the end of buf, which has the room below. */
+#define TRANSCRIPT_DECIMAL_ROOM 24
+const char *transcript_decimal(char *buf, uint64_t v);
+
 /* Writes what the transcript holds now, not at the next flush tick or at its close. */
 void transcript_sync(struct transcript *t);
 /*

@@ -323,6 +323,20 @@ session_record_unrelayed(struct session *s)
 	evbuffer_drain(in, n);
 }
 
+/* The session's last record, "close reason=R client_octets=N server_octets=N". */
+static void
+session_close_event(struct session *s, const char *reason)
+{
+	char c[TRANSCRIPT_DECIMAL_ROOM], sv[TRANSCRIPT_DECIMAL_ROOM];
+
+	transcript_event_parts(s->transcript,
+	                       (const char *const[]){"close reason=", reason, " client_octets=",
+	                                             transcript_decimal(c, s->client.octets),
+	                                             " server_octets=",
+	                                             transcript_decimal(sv, s->server.octets),
+	                                             NULL});
+}
+
 static void
 session_end(struct session *s, const char *reason)
 {
@@ -343,9 +357,7 @@ session_end(struct session *s, const char *reason)
 		                 (unsigned long long)s->client.raw_octets,
 		                 (unsigned long long)s->server.raw_octets);
 	else
-		transcript_event(
-		    s->transcript, "close reason=%s client_octets=%llu server_octets=%llu", reason,
-		    (unsigned long long)s->client.octets, (unsigned long long)s->server.octets);
+		session_close_event(s, reason);
 	report_write(s, &now);
 	log_session("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	side_release(&s->server);
@@ -933,7 +945,8 @@ session_upstream_connected(struct session *s)
 		s->upstream_local_sa = ss;
 		s->upstream_local_len = len;
 	}
-	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	transcript_event_parts(s->transcript, (const char *const[]){"upstream connected address=",
+	                                                            s->upstream_addr, NULL});
 	if (s->px->upstream_connected != NULL)
 		s->px->upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)
@@ -1155,8 +1168,9 @@ session_open_transcript(struct session *s)
 		                 "connect client=%s listener=%s original_destination=%s",
 		                 s->client_addr, s->listener_addr, s->original_text);
 	else
-		transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
-		                 s->listener_addr);
+		transcript_event_parts(s->transcript,
+		                       (const char *const[]){"connect client=", s->client_addr,
+		                                             " listener=", s->listener_addr, NULL});
 	/*
 	 * Under tempfail, each session's start must tell whether transcripts can be written;
 	 * otherwise the header goes out with the first flush (one write fewer per session).

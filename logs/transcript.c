@@ -70,6 +70,8 @@ struct transcript {
 	size_t pfx_len;
 	char pfx[STAMP_PREFIX_ROOM];
 };
+_Static_assert(28 + sizeof(((struct transcript *)0)->id) < STAMP_PREFIX_ROOM,
+               "the prefix holds the time, the id's whole array and its space");
 
 /*
  * A client that floods a command the proxy answers itself (XCLIENT, a rule's REJECT, an
@@ -388,7 +390,9 @@ transcript_prefix(struct transcript *t, const char *now)
 {
 	memcpy(t->pfx, now, 27);
 	t->pfx[27] = ' ';
-	memcpy(t->pfx + 28, t->id, t->idlen);
+	/* The id's whole array (a fixed copy is a few moves, one of idlen a call), then the
+	 * space over what follows it. */
+	memcpy(t->pfx + 28, t->id, sizeof(t->id));
 	t->pfx[28 + t->idlen] = ' ';
 	t->pfx_len = 28 + t->idlen + 1;
 	/* Kept for the next records only when now is the shared reading, which says when it
@@ -531,6 +535,39 @@ transcript_line(struct transcript *t, const char *now, const char *kind, const u
 	journal_written(j);
 }
 
+size_t
+transcript_line_plain(struct transcript *t, const char *now, const unsigned char *line,
+                      size_t lim, size_t *len)
+{
+	struct journal *j;
+	size_t k, at;
+	char *p;
+
+	*len = 0;
+	/* As transcript_stamp_again: a record that follows one of t's own with the same time. */
+	if (t == NULL || (j = transcript_journal(t)) == NULL || j->owner != t->serial ||
+	    j->batches != t->batch || now != now_text || t->pfx_gen != now_gen ||
+	    lim > SIZE_MAX / 2 || j->len + STAMP_PREFIX_ROOM + 3 + lim + 1 > j->cap)
+		return escape_plain_span(line, lim);
+	/* The record is made past the buffer's end, and becomes part of it only if it is one. */
+	p = j->buf + j->len;
+	memcpy(p, t->pfx, STAMP_PREFIX_ROOM);
+	at = t->pfx_len;
+	p[at] = 'C';
+	p[at + 1] = ':';
+	p[at + 2] = ' ';
+	at += 3;
+	k = escape_plain_copy(p + at, line, lim);
+	if (k + 2 > lim || line[k] != '\r' || line[k + 1] != '\n')
+		return k;
+	p[at + k] = '\n';
+	t->last_rec = j->len;
+	j->len += at + k + 1;
+	journal_written(j);
+	*len = k + 2;
+	return k;
+}
+
 void
 transcript_redacted(struct transcript *t, const char *kind, const unsigned char *text,
                     size_t textlen, const char *user)
@@ -579,6 +616,34 @@ transcript_event_escape(struct journal *j, size_t start)
 	if (n <= (SIZE_MAX - 1) / 4 && transcript_reserve(j, 4 * n + 1) == 0)
 		j->len += escape_text_into(j->buf + j->len, rest, n);
 	free(rest);
+}
+
+void
+transcript_event_parts(struct transcript *t, const char *const *parts)
+{
+	struct journal *j;
+	size_t start, i;
+
+	if (t == NULL || (j = transcript_journal(t)) == NULL ||
+	    transcript_begin(t, j, "*", EVENT_ROOM) != 0)
+		return;
+	start = j->len;
+	for (i = 0; parts[i] != NULL; i++)
+		transcript_put(j, parts[i], strlen(parts[i]));
+	transcript_event_escape(j, start);
+	transcript_end(j);
+}
+
+const char *
+transcript_decimal(char *buf, uint64_t v)
+{
+	char *p = buf + TRANSCRIPT_DECIMAL_ROOM - 1;
+
+	*p = '\0';
+	do
+		*--p = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	return p;
 }
 
 void

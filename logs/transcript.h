@@ -37,6 +37,16 @@ void transcript_data(struct transcript *t, const char *kind, const unsigned char
 void transcript_line(struct transcript *t, const char *now, const char *kind,
                      const unsigned char *line, size_t n, int as_is);
 
+/*
+ * A message line from the client, in the one pass that tells whether it can be recorded as
+ * it is: scans at most lim octets of line for the run escaping leaves unchanged
+ * (escape_plain_span) and, where that run ends with CRLF, records it as "C:" stamped with
+ * now while it scans.  Returns the run's length; *len is the line's, CRLF included, when it
+ * was recorded, else 0 (nothing recorded: transcript_line records it).
+ */
+size_t transcript_line_plain(struct transcript *t, const char *now, const unsigned char *line,
+                             size_t lim, size_t *len);
+
 /* The time now as records show it, in a buffer of the module's: valid until the next call. */
 const char *transcript_now(void);
 
@@ -54,6 +64,17 @@ void transcript_redacted(struct transcript *t, const char *kind, const unsigned 
 /* Records an event line, marked "*". */
 void transcript_event(struct transcript *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/*
+ * The same for an event every session records, made of the strings of parts one after the
+ * other (a NULL ends them): what transcript_event makes of "%s%s...", without a printf,
+ * which cost more than the rest of the record.
+ */
+void transcript_event_parts(struct transcript *t, const char *const *parts);
+
+/* v in decimal, for an event's parts: written at the end of buf, which has the room below. */
+#define TRANSCRIPT_DECIMAL_ROOM 24
+const char *transcript_decimal(char *buf, uint64_t v);
 
 /* Writes what the transcript holds now, not at the next flush tick or at its close. */
 void transcript_sync(struct transcript *t);

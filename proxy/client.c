@@ -855,7 +855,7 @@ client_plain_line(const unsigned char *p, size_t len)
 }
 
 /* A plain message line taken by the run loop: counted as client_content would. */
-static void
+static inline void
 client_took_plain(struct session *s, size_t len)
 {
 	if (len == 2)
@@ -885,7 +885,7 @@ static size_t
 client_content_run(struct session *s)
 {
 	struct side *x = &s->client;
-	size_t max = s->px->opts->max_line, off = x->relayed, lim, len, k, taken = 0;
+	size_t max = s->px->opts->max_line, off = x->relayed, lim, len, k, taken = 0, rec;
 	int plain = client_content_plain(s), as_is;
 	const char *now = NULL; /* read when a plain line needs it, once per stretch of them */
 	struct evbuffer_iovec v;
@@ -899,8 +899,25 @@ client_content_run(struct session *s)
 	while (off < v.iov_len && client_in_mode(s, MODE_MESSAGE) && x->bev != NULL &&
 	       x->relayed == off) {
 		lim = v.iov_len - off < max ? v.iov_len - off : max;
-		/* The scan pays only where a plain line can be recorded as it is. */
-		k = plain ? escape_plain_span(p + off, lim) : 0;
+		rec = 0;
+		/* The scan pays only where a plain line can be recorded as it is, and records it
+		 * as it goes where it can (not a line starting with a dot: it may end the data). */
+		if (plain && p[off] != '.') {
+			if (now == NULL)
+				now = transcript_now();
+			k = transcript_line_plain(s->transcript, now, p + off, lim, &rec);
+		} else {
+			k = plain ? escape_plain_span(p + off, lim) : 0;
+		}
+		if (rec > 0) {
+			/* Recorded first: past --max-message, client_took_plain closes the session,
+			 * which drains the input p points into. */
+			x->scanned = 0;
+			taken++;
+			client_took_plain(s, rec);
+			off += rec;
+			continue;
+		}
 		as_is = plain && k + 2 <= lim && p[off + k] == '\r' && p[off + k + 1] == '\n';
 		if (as_is) {
 			len = k + 2;

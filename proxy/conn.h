@@ -136,7 +136,8 @@ struct reply_reader {
 	int chunking;          /* an extension line of the reply is CHUNKING */
 	struct evbuffer *copy; /* a 421's lines, to answer every pending command */
 	struct evbuffer *held; /* a reply held whole, to edit it (reply_edit.c) */
-	char *text;            /* text of the reply's last line */
+	char *text;            /* text of the reply's last line, escaped (server_reply_text) */
+	size_t textcap;        /* the room text has: reused from reply to reply */
 };
 
 /* client.c: AUTH (never the secret itself). */

@@ -183,6 +183,38 @@ server_held_refused(struct session *s, int code)
 	relay_resume_client(s);
 }
 
+/*
+ * Keeps the text of a reply's last line, escaped, in the session's buffer for it: one buffer
+ * for all of a session's replies, not an allocation and a free for each.  NULL when memory
+ * is short, as escape_strdup would leave it.
+ */
+static void
+server_reply_text(struct session *s, const unsigned char *p, size_t n)
+{
+	size_t need;
+	char *t;
+
+	if (n > (SIZE_MAX - 1) / 4 - 64) {
+		need = 0;
+	} else {
+		need = 4 * n + 1;
+		if (need <= s->reply.textcap) {
+			s->reply.text[escape_into(s->reply.text, p, n)] = '\0';
+			return;
+		}
+		need = need < 128 ? 128 : need;
+	}
+	if (need == 0 || (t = realloc(s->reply.text, need)) == NULL) {
+		free(s->reply.text);
+		s->reply.text = NULL;
+		s->reply.textcap = 0;
+		return;
+	}
+	s->reply.text = t;
+	s->reply.textcap = need;
+	t[escape_into(t, p, n)] = '\0';
+}
+
 #define SERVER_ODD_TEXT "4.3.0 Unexpected reply from the server, try again later"
 
 /* The held message's DATA got neither 354 nor a refusal: 451 4.3.0 for the client's dot. */
@@ -193,8 +225,7 @@ server_held_odd(struct session *s, int code)
 	             code);
 	evbuffer_drain(s->reply.held, evbuffer_get_length(s->reply.held));
 	evbuffer_add_printf(s->reply.held, "451 %s\r\n", SERVER_ODD_TEXT);
-	free(s->reply.text);
-	s->reply.text = strdup(SERVER_ODD_TEXT);
+	server_reply_text(s, (const unsigned char *)SERVER_ODD_TEXT, strlen(SERVER_ODD_TEXT));
 	server_held_refused(s, 451);
 }
 
@@ -422,10 +453,8 @@ server_reply_unit(struct session *s, const struct unit *u)
 		           ehlo_line_is(u->data, u->len, "CHUNKING")) {
 			s->reply.chunking = 1;
 		}
-		if (r.last) {
-			free(s->reply.text);
-			s->reply.text = escape_strdup(r.text, r.textlen);
-		}
+		if (r.last)
+			server_reply_text(s, r.text, r.textlen);
 		s->reply.last_line = r.last;
 	}
 	server_reply_route(s, u);

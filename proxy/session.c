@@ -157,7 +157,8 @@ side_flush(struct side *x)
 	out = bufferevent_get_output(x->bev);
 	if (evbuffer_get_length(out) == 0)
 		return;
-	side_send(out, bufferevent_getfd(x->bev));
+	/* The read event's descriptor: bufferevent_getfd is a control call, 65 instructions. */
+	side_send(out, x->rd != NULL ? event_get_fd(x->rd) : bufferevent_getfd(x->bev));
 	if (evbuffer_get_length(out) > 0)
 		bufferevent_enable(x->bev, EV_WRITE);
 }
@@ -323,6 +324,20 @@ session_record_unrelayed(struct session *s)
 	evbuffer_drain(in, n);
 }
 
+/* The session's last record, "close reason=R client_octets=N server_octets=N". */
+static void
+session_close_event(struct session *s, const char *reason)
+{
+	char c[TRANSCRIPT_DECIMAL_ROOM], sv[TRANSCRIPT_DECIMAL_ROOM];
+
+	transcript_event_parts(s->transcript,
+	                       (const char *const[]){"close reason=", reason, " client_octets=",
+	                                             transcript_decimal(c, s->client.octets),
+	                                             " server_octets=",
+	                                             transcript_decimal(sv, s->server.octets),
+	                                             NULL});
+}
+
 static void
 session_end(struct session *s, const char *reason)
 {
@@ -343,9 +358,7 @@ session_end(struct session *s, const char *reason)
 		                 (unsigned long long)s->client.raw_octets,
 		                 (unsigned long long)s->server.raw_octets);
 	else
-		transcript_event(
-		    s->transcript, "close reason=%s client_octets=%llu server_octets=%llu", reason,
-		    (unsigned long long)s->client.octets, (unsigned long long)s->server.octets);
+		session_close_event(s, reason);
 	report_write(s, &now);
 	log_session("session=%s closed reason=%s client=%s", s->id, reason, s->client_addr);
 	side_release(&s->server);
@@ -933,7 +946,8 @@ session_upstream_connected(struct session *s)
 		s->upstream_local_sa = ss;
 		s->upstream_local_len = len;
 	}
-	transcript_event(s->transcript, "upstream connected address=%s", s->upstream_addr);
+	transcript_event_parts(s->transcript, (const char *const[]){"upstream connected address=",
+	                                                            s->upstream_addr, NULL});
 	if (s->px->upstream_connected != NULL)
 		s->px->upstream_connected(&s->start);
 	if (upstream_proxy_header(s) != 0)
@@ -1155,8 +1169,9 @@ session_open_transcript(struct session *s)
 		                 "connect client=%s listener=%s original_destination=%s",
 		                 s->client_addr, s->listener_addr, s->original_text);
 	else
-		transcript_event(s->transcript, "connect client=%s listener=%s", s->client_addr,
-		                 s->listener_addr);
+		transcript_event_parts(s->transcript,
+		                       (const char *const[]){"connect client=", s->client_addr,
+		                                             " listener=", s->listener_addr, NULL});
 	/*
 	 * Under tempfail, each session's start must tell whether transcripts can be written;
 	 * otherwise the header goes out with the first flush (one write fewer per session).

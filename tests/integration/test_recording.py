@@ -122,8 +122,13 @@ def test_transcript_name_mode_header_and_records(tap, sink):
     assert stamps == sorted(stamps), "records are not in time order"
     assert stamps[0] >= start
     assert t.records[0].kind == "*" and t.records[0].text.startswith("connect ")
-    assert "client=127.0.0.1:%d" % c.local_port in t.records[0].text
+    assert t.records[0].text == "connect client=127.0.0.1:%d listener=127.0.0.1:%d" % (
+        c.local_port, tap.port)
     assert any(e == "upstream connected address=127.0.0.1:%d" % sink.port for e in t.events())
+    # The last record, whole: its octet counts are the event line's.
+    assert t.records[-1].kind == "*"
+    assert t.records[-1].text == "close reason=quit client_octets=%d server_octets=%d" % (
+        ev["client_octets"], ev["server_octets"]), t.records[-1].text
 
     # Every line that crossed, in order, each once.
     assert t.client_lines() == ["EHLO client.example", "MAIL FROM:<a@example.com>",

@@ -286,6 +286,40 @@ test_plain_span_every_length(void **state)
 	}
 }
 
+/*
+ * escape_plain_copy ends where escape_plain_span does, for every length and every octet at
+ * every position (with a second one after it: a tab does not end the run), and leaves the
+ * run copied, with nothing written at or past n.
+ */
+static void
+test_plain_copy_every_length(void **state)
+{
+	unsigned char in[80];
+	char out[96];
+	size_t n, pos, want;
+	int c;
+
+	(void)state;
+	for (n = 0; n <= sizeof(in); n++) {
+		for (pos = 0; pos <= n; pos++) {
+			for (c = 0; c < 256; c++) {
+				for (size_t i = 0; i < sizeof(in); i++)
+					in[i] = (unsigned char)('A' + i % 26);
+				if (pos < n)
+					in[pos] = (unsigned char)c;
+				if (pos + 3 < n)
+					in[pos + 3] = '\x01';
+				memset(out, '#', sizeof(out));
+				want = escape_plain_span(in, n);
+				assert_int_equal(escape_plain_copy(out, in, n), want);
+				assert_memory_equal(out, in, want);
+				for (size_t i = n; i < sizeof(out); i++)
+					assert_int_equal(out[i], '#');
+			}
+		}
+	}
+}
+
 /* Appending adds to what is already in the buffer. */
 static void
 test_appends(void **state)
@@ -315,6 +349,7 @@ main(void)
 	    cmocka_unit_test(test_every_octet), cmocka_unit_test(test_appends),
 	    cmocka_unit_test(test_every_octet_in_every_lane),
 	    cmocka_unit_test(test_plain_span_every_length),
+	    cmocka_unit_test(test_plain_copy_every_length),
 	    cmocka_unit_test(test_bidi_escaped), cmocka_unit_test(test_text_keeps_backslash),
 	};
 

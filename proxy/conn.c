@@ -235,3 +235,24 @@ session_client_eof(struct session *s)
 {
 	s->ops->client_eof(s);
 }
+
+void
+session_own_reply(const struct session *s, char *buf, size_t size, const char *status,
+                  const char *text)
+{
+	int n = snprintf(buf, size, "%s %s %s\r\n", status, s->px->opts->hostname, text);
+
+	/* A text too long for the buffer is cut, and the reply still ends its line. */
+	if (n < 0 || (size_t)n >= size)
+		memcpy(buf + size - 3, "\r\n", 3);
+}
+
+void
+session_refuse(struct session *s, const char *status, const char *text, const char *reason)
+{
+	char reply[SESSION_REPLY_MAX];
+
+	session_own_reply(s, reply, sizeof(reply), status, text);
+	session_reply(s, reply);
+	session_close(s, reason);
+}

@@ -277,6 +277,19 @@ int session_start_tls(struct session *s, struct side *x);
  */
 void session_client_eof(struct session *s);
 
+/* Room for a reply of the proxy's own. */
+#define SESSION_REPLY_MAX 512
+
+/*
+ * A reply of the proxy's own, "STATUS HOSTNAME TEXT<CRLF>" (status: "421 4.4.2", say), into
+ * buf; a text too long is cut, the line still ended.
+ */
+void session_own_reply(const struct session *s, char *buf, size_t size, const char *status,
+                       const char *text);
+
+/* The proxy cannot go on: its reply (as session_own_reply) to the client, then close. */
+void session_refuse(struct session *s, const char *status, const char *text, const char *reason);
+
 /* Sends a reply of the proxy's own to the client now, recorded as "P:". */
 void session_reply(struct session *s, const char *reply);
 

@@ -141,8 +141,7 @@ server_421(struct session *s, int relayed)
 
 		if (head != NULL)
 			pipeline_pop(&s->pipeline);
-		snprintf(lost, sizeof(lost), "421 4.4.2 %s Connection to upstream lost\r\n",
-		         s->px->opts->hostname);
+		session_own_reply(s, lost, sizeof(lost), "421 4.4.2", "Connection to upstream lost");
 		relay_answer_pending(s, lost);
 		session_close(s, "server_421");
 		return;
@@ -367,8 +366,7 @@ server_protocol_error(struct session *s, const char *why)
 	char reply[512];
 
 	transcript_event(s->transcript, "upstream protocol error: %s", why);
-	snprintf(reply, sizeof(reply), "421 4.4.2 %s Upstream protocol error\r\n",
-	         s->px->opts->hostname);
+	session_own_reply(s, reply, sizeof(reply), "421 4.4.2", "Upstream protocol error");
 	client_flush_local(s);
 	if (pipeline_head(&s->pipeline) == NULL)
 		session_reply(s, reply);
@@ -496,8 +494,7 @@ relay_server_gone(struct session *s)
 		session_close(s, s->quit_answered ? "quit" : "server_closed");
 		return;
 	}
-	snprintf(lost, sizeof(lost), "421 4.4.2 %s Connection to upstream lost\r\n",
-	         s->px->opts->hostname);
+	session_own_reply(s, lost, sizeof(lost), "421 4.4.2", "Connection to upstream lost");
 	if (s->pipeline.count == 0)
 		session_reply(s, lost);
 	relay_answer_pending(s, lost);

@@ -432,9 +432,8 @@ session_client_eof_expired(struct session *s)
 	                 "the server did not answer within %d seconds of the "
 	                 "client's close",
 	                 CLIENT_EOF_LINGER_SECS);
-	snprintf(reply, sizeof(reply),
-	         "421 4.4.2 %s No reply from the server, closing connection\r\n",
-	         s->px->opts->hostname);
+	session_own_reply(s, reply, sizeof(reply), "421 4.4.2",
+	                  "No reply from the server, closing connection");
 	relay_answer_pending(s, reply);
 	session_end(s, s->quit_answered ? "quit" : "client_closed");
 }
@@ -496,14 +495,9 @@ session_shutdown_all(struct proxy *px)
 void
 session_shutdown(struct session *s)
 {
-	char reply[512];
-
 	if (s->phase == PHASE_CLOSING)
 		return;
-	snprintf(reply, sizeof(reply), "421 4.3.2 %s Service shutting down\r\n",
-	         s->px->opts->hostname);
-	session_reply(s, reply);
-	session_end(s, "shutdown");
+	session_refuse(s, "421 4.3.2", "Service shutting down", "shutdown");
 }
 
 /* Whether the server works on a message's end: its reply may take minutes. */
@@ -546,9 +540,8 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (s->phase == PHASE_CONNECTING) {
-		snprintf(reply, sizeof(reply),
-		         "421 4.4.1 %s Upstream unreachable: connection timed out\r\n",
-		         s->px->opts->hostname);
+		session_own_reply(s, reply, sizeof(reply), "421 4.4.1",
+		                  "Upstream unreachable: connection timed out");
 		transcript_event(s->transcript, "upstream failed reason=\"connect timeout\"");
 		log_warnx("session=%s connect to %s: timed out after %u s", s->id,
 		          s->px->upstream_text, s->px->opts->connect_timeout);
@@ -565,8 +558,8 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	if (idle >= (time_t)limit) {
-		snprintf(reply, sizeof(reply), "421 4.4.2 %s Idle timeout, closing connection\r\n",
-		         s->px->opts->hostname);
+		session_own_reply(s, reply, sizeof(reply), "421 4.4.2",
+		                  "Idle timeout, closing connection");
 		transcript_event(s->transcript, "idle timeout after %u seconds%s", limit,
 		                 session_client_handshaking(s) ? " in the client's TLS handshake"
 		                                               : "");
@@ -774,7 +767,7 @@ session_tls_done(struct session *s, struct side *x)
 static void
 session_tls_failed(struct session *s, struct side *x, const char *why)
 {
-	char reason[256], reply[512];
+	char reason[256];
 	SSL *ssl = x->bev != NULL ? bufferevent_openssl_get_ssl(x->bev) : NULL;
 	long verify = ssl != NULL ? SSL_get_verify_result(ssl) : X509_V_OK;
 
@@ -798,10 +791,7 @@ session_tls_failed(struct session *s, struct side *x, const char *why)
 		why = X509_verify_cert_error_string(verify);
 	transcript_event(s->transcript, "tls upstream failed reason=\"%s\"", why);
 	log_warnx("session=%s TLS with %s failed: %s", s->id, s->px->upstream_text, why);
-	snprintf(reply, sizeof(reply), "421 4.7.0 %s TLS with the upstream server failed\r\n",
-	         s->px->opts->hostname);
-	session_reply(s, reply);
-	session_end(s, "upstream_tls_failed");
+	session_refuse(s, "421 4.7.0", "TLS with the upstream server failed", "upstream_tls_failed");
 }
 
 static int
@@ -909,16 +899,11 @@ session_upstream_is_us(struct session *s)
 void
 session_refuse_loop(struct session *s, const char *listener)
 {
-	char reply[512];
-
 	transcript_event(s->transcript, "upstream failed reason=\"it is our own listener %s\"",
 	                 listener);
 	log_warnx("session=%s connect to %s: it is smtptap's own listener %s", s->id,
 	          s->original_len > 0 ? s->original_text : s->px->upstream_text, listener);
-	snprintf(reply, sizeof(reply), "421 4.3.0 %s Upstream is this proxy itself\r\n",
-	         s->px->opts->hostname);
-	session_reply(s, reply);
-	session_end(s, "upstream_loop");
+	session_refuse(s, "421 4.3.0", "Upstream is this proxy itself", "upstream_loop");
 }
 
 static void
@@ -972,14 +957,12 @@ session_upstream_connected(struct session *s)
 static void
 session_upstream_failed(struct session *s, const char *why)
 {
-	char reply[512];
+	char text[SESSION_REPLY_MAX];
 
 	transcript_event(s->transcript, "upstream failed reason=\"%s\"", why);
 	log_warnx("session=%s connect to %s: %s", s->id, s->px->upstream_text, why);
-	snprintf(reply, sizeof(reply), "421 4.4.1 %s Upstream unreachable: %s\r\n",
-	         s->px->opts->hostname, why);
-	session_reply(s, reply);
-	session_end(s, "upstream_unreachable");
+	snprintf(text, sizeof(text), "Upstream unreachable: %s", why);
+	session_refuse(s, "421 4.4.1", text, "upstream_unreachable");
 }
 
 static const char *
@@ -1185,13 +1168,7 @@ session_open_transcript(struct session *s)
 static void
 session_unrecorded(struct session *s)
 {
-	char reply[512];
-
-	snprintf(reply, sizeof(reply),
-	         "451 4.3.0 %s Session cannot be recorded, try again later\r\n",
-	         s->px->opts->hostname);
-	session_reply(s, reply);
-	session_end(s, "log_failure");
+	session_refuse(s, "451 4.3.0", "Session cannot be recorded, try again later", "log_failure");
 }
 
 /*

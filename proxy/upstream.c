@@ -45,13 +45,9 @@ upstream_ready(struct session *s)
 static void
 upstream_refused(struct session *s, const char *why, const char *text, const char *reason)
 {
-	char reply[512];
-
 	transcript_event(s->transcript, "upstream set-up failed reason=\"%s\"", why);
 	log_warnx("session=%s set-up with %s failed: %s", s->id, s->px->upstream_text, why);
-	snprintf(reply, sizeof(reply), "421 4.7.0 %s %s\r\n", s->px->opts->hostname, text);
-	session_reply(s, reply);
-	session_close(s, reason);
+	session_refuse(s, "421 4.7.0", text, reason);
 }
 
 static void

@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "tmpdir.h"
+
 #include <event2/event.h>
 #include <jansson.h>
 
@@ -28,25 +30,6 @@ struct fixture {
 	char path[96];
 	struct event_base *base;
 };
-
-static void
-dir_clean(const char *path)
-{
-	char file[256];
-	struct dirent *de;
-	DIR *d;
-
-	if ((d = opendir(path)) == NULL)
-		return;
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		snprintf(file, sizeof(file), "%s/%s", path, de->d_name);
-		unlink(file);
-	}
-	closedir(d);
-	rmdir(path);
-}
 
 static int
 setup(void **state)
@@ -69,7 +52,7 @@ teardown(void **state)
 
 	events_close();
 	event_base_free(f->base);
-	dir_clean(f->dir);
+	tmpdir_remove(f->dir);
 	free(f);
 	return 0;
 }

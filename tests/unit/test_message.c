@@ -17,6 +17,10 @@
 
 #include <cmocka.h>
 
+#include "stub_session.h"
+
+#include "tmpdir.h"
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -29,60 +33,12 @@
 #include "proxy/proxy.h"
 #include "proxy/reply_edit.h"
 
-struct stub {
-	struct event_base *base;
-	struct options opts;
-	struct proxy px;
-	struct session s;
-	struct ruleset *rs;
-	size_t seen; /* octets of the server's output already checked */
-};
-
+/* The stub with lines of at most 1,000 octets, so that pieces are easy to make. */
 static void
-stub_init(struct stub *t, const char *rules)
+message_stub(struct stub *t, const char *rules)
 {
-	char path[] = "/tmp/test_message.XXXXXX";
-	const char *files[1] = {path};
-	FILE *fp;
-	int fd;
-
-	memset(t, 0, sizeof(*t));
-	assert_non_null(t->base = event_base_new());
-	t->opts.tls_mode = TLS_PASSTHROUGH;
-	t->opts.record = RECORD_BODY;
+	stub_init(t, rules);
 	t->opts.max_line = 1000;
-	t->opts.max_header = 102400;
-	t->opts.hold_memory = 1048576;
-	t->opts.max_message = 52428800;
-	t->px.opts = &t->opts;
-	t->s.px = &t->px;
-	t->s.client.s = &t->s;
-	t->s.server.s = &t->s;
-	t->s.client.peer = &t->s.server;
-	t->s.server.peer = &t->s.client;
-	assert_non_null(t->s.client.bev = bufferevent_socket_new(t->base, -1, 0));
-	assert_non_null(t->s.server.bev = bufferevent_socket_new(t->base, -1, 0));
-	assert_true((fd = mkstemp(path)) >= 0);
-	assert_non_null(fp = fdopen(fd, "w"));
-	fputs(rules, fp);
-	fclose(fp);
-	assert_non_null(fp = fopen("/dev/null", "w"));
-	t->rs = rules_load(files, 1, fp);
-	fclose(fp);
-	unlink(path);
-	assert_non_null(t->rs);
-	assert_int_equal(filter_session_init(&t->s, t->rs), 0);
-}
-
-static void
-stub_free(struct stub *t)
-{
-	message_free(&t->s);
-	filter_session_free(&t->s);
-	rules_free(t->rs);
-	bufferevent_free(t->s.client.bev);
-	bufferevent_free(t->s.server.bev);
-	event_base_free(t->base);
 }
 
 /* One content line as the client sent it (line end included). */
@@ -136,7 +92,7 @@ test_streamed(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "header /^Subject: (.*)/ REWRITE Subject: [ext] $1\n"
+	message_stub(&t, "header /^Subject: (.*)/ REWRITE Subject: [ext] $1\n"
 	              "header /^X-Internal:/i IGNORE\n"
 	              "header /^From:/ PREPEND X-Seen: yes\n"
 	              "body /^secret$/ IGNORE\n");
@@ -175,7 +131,7 @@ test_rewrite_to_dot(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "body /^x$/ REWRITE .\n");
+	message_stub(&t, "body /^x$/ REWRITE .\n");
 	assert_int_equal(message_begin(&t.s, 0), 0);
 	line(&t, "\r\n");
 	line(&t, "x\r\n");
@@ -192,7 +148,7 @@ test_held_reject(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "body /viagra/i REJECT 550 5.7.1 No spam\n");
+	message_stub(&t, "body /viagra/i REJECT 550 5.7.1 No spam\n");
 	assert_int_equal(message_begin(&t.s, 1), 0);
 	assert_true(message_holding(&t.s));
 	line(&t, "Subject: offer\r\n");
@@ -215,7 +171,7 @@ test_held_sent(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "body /viagra/i REJECT\nheader /^X-Drop:/ IGNORE\n");
+	message_stub(&t, "body /viagra/i REJECT\nheader /^X-Drop:/ IGNORE\n");
 	assert_int_equal(message_begin(&t.s, 1), 0);
 	line(&t, "Subject: fine\r\n");
 	line(&t, "X-Drop: me\r\n");
@@ -240,7 +196,7 @@ test_streamed_refused(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "body /viagra/i REJECT 550 5.7.1 No spam\n");
+	message_stub(&t, "body /viagra/i REJECT 550 5.7.1 No spam\n");
 	assert_int_equal(message_begin(&t.s, 0), 0);
 	line(&t, "\r\n");
 	line(&t, "before\r\n");
@@ -261,7 +217,7 @@ test_learn_size(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "header /^X-Never:/ IGNORE\n");
+	message_stub(&t, "header /^X-Never:/ IGNORE\n");
 	message_learn_size(&t.s, 0);
 	assert_int_equal(t.s.server_size, 0);
 	message_learn_size(&t.s, 5000);
@@ -292,7 +248,7 @@ test_size_limit(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "body /never/ REJECT\n");
+	message_stub(&t, "body /never/ REJECT\n");
 	message_learn_size(&t.s, 10);
 	/* 2 + 6 (".abcd" and CRLF: its stuffing dot not counted) + 2 = 10 */
 	assert_int_equal(message_begin(&t.s, 1), 0);
@@ -318,25 +274,6 @@ test_size_limit(void **state)
 	stub_free(&t);
 }
 
-static void
-rmdir_all(const char *path)
-{
-	char file[256];
-	struct dirent *de;
-	DIR *d;
-
-	if ((d = opendir(path)) == NULL)
-		return;
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
-			snprintf(file, sizeof(file), "%s/%s", path, de->d_name);
-			unlink(file);
-		}
-	}
-	closedir(d);
-	rmdir(path);
-}
-
 /*
  * A held message bigger than --hold-memory: the rest goes to the spool file in the log
  * directory, and the whole message reaches the server in order.
@@ -352,7 +289,7 @@ test_hold_spills(void **state)
 	(void)state;
 	assert_non_null(mkdtemp(dir));
 	assert_int_equal(transcript_init(NULL, dir, -1), 0);
-	stub_init(&t, "body /never/ REJECT\n");
+	message_stub(&t, "body /never/ REJECT\n");
 	t.opts.hold_memory = 2048;
 	assert_non_null(want = malloc(64 * 1000));
 	assert_int_equal(message_begin(&t.s, 1), 0);
@@ -379,7 +316,7 @@ test_hold_spills(void **state)
 	free(want);
 	stub_free(&t);
 	transcript_shutdown();
-	rmdir_all(dir);
+	tmpdir_remove(dir);
 }
 
 /* The spool: a file in the log directory no name leads to, the owner's alone; none without
@@ -401,7 +338,7 @@ test_spool_file(void **state)
 	assert_int_equal(st.st_mode & 0777, 0600);
 	close(fd);
 	transcript_shutdown();
-	rmdir_all(dir);
+	tmpdir_remove(dir);
 }
 
 /* Beyond --hold-memory with no spool (no log directory): refused 451, never kept in memory. */
@@ -412,7 +349,7 @@ test_hold_no_spool(void **state)
 	int i;
 
 	(void)state;
-	stub_init(&t, "body /never/ REJECT\n");
+	message_stub(&t, "body /never/ REJECT\n");
 	t.opts.hold_memory = 100;
 	assert_int_equal(message_begin(&t.s, 1), 0);
 	line(&t, "\r\n");
@@ -435,7 +372,7 @@ test_pieces(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "header /^Subject: .*spam/ REJECT 550 5.7.1 header spam\n");
+	message_stub(&t, "header /^Subject: .*spam/ REJECT 550 5.7.1 header spam\n");
 	t.opts.max_header = 64;
 	assert_int_equal(message_begin(&t.s, 0), 0);
 	u = (const unsigned char *)"Subject: long sp";
@@ -476,7 +413,7 @@ test_header_too_long(void **state)
 	struct stub t;
 
 	(void)state;
-	stub_init(&t, "header /x/ WARN\n");
+	message_stub(&t, "header /x/ WARN\n");
 	t.opts.max_header = 40;
 	assert_int_equal(message_begin(&t.s, 1), 0);
 	line(&t, "Received: from a\r\n"); /* 16 + 2 */

@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "stub_session.h"
+
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -23,55 +25,6 @@
 #include "proxy/proxy.h"
 #include "proxy/reply_edit.h"
 #include "proxy/conn.h"
-
-struct stub {
-	struct event_base *base;
-	struct options opts;
-	struct proxy px;
-	struct session s;
-	struct ruleset *rs;
-};
-
-static void
-stub_init(struct stub *t, const char *rules)
-{
-	char path[] = "/tmp/test_reply_edit.XXXXXX";
-	const char *files[1] = {path};
-	FILE *fp;
-	int fd;
-
-	memset(t, 0, sizeof(*t));
-	assert_non_null(t->base = event_base_new());
-	t->opts.tls_mode = TLS_PASSTHROUGH;
-	t->opts.record = RECORD_BODY;
-	t->opts.max_line = 65536; /* a rewrite beyond it would be refused */
-	t->opts.max_header = 102400;
-	t->px.opts = &t->opts;
-	t->s.px = &t->px;
-	t->s.client.s = &t->s;
-	t->s.client.peer = &t->s.server;
-	t->s.server.peer = &t->s.client;
-	assert_non_null(t->s.client.bev = bufferevent_socket_new(t->base, -1, 0));
-	assert_true((fd = mkstemp(path)) >= 0);
-	assert_non_null(fp = fdopen(fd, "w"));
-	fputs(rules, fp);
-	fclose(fp);
-	assert_non_null(fp = fopen("/dev/null", "w"));
-	t->rs = rules_load(files, 1, fp);
-	fclose(fp);
-	unlink(path);
-	assert_non_null(t->rs);
-	assert_int_equal(filter_session_init(&t->s, t->rs), 0);
-}
-
-static void
-stub_free(struct stub *t)
-{
-	filter_session_free(&t->s);
-	rules_free(t->rs);
-	bufferevent_free(t->s.client.bev);
-	event_base_free(t->base);
-}
 
 /*
  * Sends reply (held whole) as an answer to verb; checks what the client gets.  The output of

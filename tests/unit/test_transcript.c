@@ -18,6 +18,8 @@
 
 #include <cmocka.h>
 
+#include "tmpdir.h"
+
 #include "logs/journal.h"
 #include "logs/transcript.h"
 
@@ -31,25 +33,6 @@ static const struct timeval START = {1764000000, 123456};
 struct logdir {
 	char path[64];
 };
-
-static void
-logdir_clean(const char *path)
-{
-	char file[256];
-	struct dirent *de;
-	DIR *d;
-
-	if ((d = opendir(path)) == NULL)
-		return;
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		snprintf(file, sizeof(file), "%s/%s", path, de->d_name);
-		unlink(file);
-	}
-	closedir(d);
-	rmdir(path);
-}
 
 static int
 setup(void **state)
@@ -70,7 +53,7 @@ teardown(void **state)
 	struct logdir *l = *state;
 
 	transcript_shutdown();
-	logdir_clean(l->path);
+	tmpdir_remove(l->path);
 	free(l);
 	return 0;
 }

@@ -2,7 +2,9 @@
  * smtptap tail [filters]: follows the journal as it grows, across the day's rollover, and
  * prints the records of matching sessions from the record that makes them match.  Sessions
  * are followed from their first record; one that ends or can no longer match is forgotten,
- * so memory stays bounded by the sessions open at once.
+ * so memory stays bounded by the sessions open at once.  At the start the last TAIL_LOOKBACK
+ * octets of each day file are read without printing, to learn the sessions already open
+ * (their first records are there): those that match print from their next record.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,6 +21,9 @@
 #define TAIL_BUCKETS 4096
 #define TAIL_MAX_SESSIONS 200000
 #define TAIL_POLL_USEC 200000
+/* What is read back at the start, to learn the sessions open then: a minute or more of a
+ * busy relay's journal, read in well under a second. */
+#define TAIL_LOOKBACK (64 << 20)
 /* Day files followed at once: a session's records stay in the file of the day it started. */
 #define TAIL_FILES 2
 
@@ -41,6 +46,7 @@ struct tail {
 	struct tracked *buckets[TAIL_BUCKETS];
 	size_t ntracked;
 	struct journal_reader files[TAIL_FILES];
+	off_t quiet_until[TAIL_FILES]; /* lines before this offset are learnt, not printed */
 	char names[TAIL_FILES][32];
 	int nfiles;
 };
@@ -97,9 +103,9 @@ tail_is_first(const struct jrecord *r)
 	       (memcmp(r->text, "session ", 8) == 0 || memcmp(r->text, "connect ", 8) == 0);
 }
 
-/* One journal line: followed, printed or forgotten. */
+/* One journal line: followed, printed (unless quiet) or forgotten. */
 static void
-tail_line(struct tail *t, const char *line, size_t n, time_t now)
+tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
 {
 	struct jrecord r;
 	struct tracked **pp, *e;
@@ -125,32 +131,48 @@ tail_line(struct tail *t, const char *line, size_t n, time_t now)
 	v = e->matched ? FILTER_MATCH : filter_record(&t->f, &e->p, &r);
 	if (v == FILTER_MATCH) {
 		e->matched = 1;
-		fwrite(line, 1, n, stdout);
-		putchar('\n');
+		if (!quiet) {
+			fwrite(line, 1, n, stdout);
+			putchar('\n');
+		}
 	}
 	if (v == FILTER_NEVER ||
 	    (r.kind[0] == '*' && r.textlen >= 6 && memcmp(r.text, "close ", 6) == 0))
 		tail_forget(t, pp);
 }
 
-/* Starts following a day file, at its end or its start. */
+/* The offset of the first line that begins at or after off (a look-back starts mid-line). */
+static off_t
+tail_line_start(FILE *fp, off_t off)
+{
+	int c;
+
+	if (fseeko(fp, off - 1, SEEK_SET) != 0)
+		return off;
+	while ((c = getc(fp)) != EOF && c != '\n')
+		off++;
+	return c == EOF ? off - 1 : off;
+}
+
+/* Starts following a day file, at its end (what came last learnt quietly) or its start. */
 static void
 tail_follow(struct tail *t, const char *name, int at_end)
 {
 	char path[8192];
-	off_t at = 0;
+	off_t at = 0, end = 0;
 	FILE *fp;
 
 	if (t->nfiles == TAIL_FILES) {
 		journal_reader_close(&t->files[0]);
 		memmove(&t->files[0], &t->files[1], sizeof(t->files[0]) * (TAIL_FILES - 1));
 		memmove(t->names[0], t->names[1], sizeof(t->names[0]) * (TAIL_FILES - 1));
+		memmove(&t->quiet_until[0], &t->quiet_until[1], sizeof(off_t) * (TAIL_FILES - 1));
 		t->nfiles--;
 	}
 	snprintf(path, sizeof(path), "%s/%s", t->c.log_dir, name);
 	if (at_end && (fp = fopen(path, "r")) != NULL) {
-		if (fseeko(fp, 0, SEEK_END) == 0)
-			at = ftello(fp);
+		if (fseeko(fp, 0, SEEK_END) == 0 && (end = ftello(fp)) > TAIL_LOOKBACK)
+			at = tail_line_start(fp, end - TAIL_LOOKBACK);
 		fclose(fp);
 	}
 	if (journal_reader_open(&t->files[t->nfiles], path, at) != 0) {
@@ -158,6 +180,7 @@ tail_follow(struct tail *t, const char *name, int at_end)
 		return;
 	}
 	snprintf(t->names[t->nfiles], sizeof(t->names[0]), "%s", name);
+	t->quiet_until[t->nfiles] = end;
 	t->nfiles++;
 }
 
@@ -182,6 +205,7 @@ tail_run(struct tail *t)
 {
 	const char *line;
 	size_t n;
+	off_t at;
 	int i, any;
 	time_t now;
 
@@ -190,8 +214,8 @@ tail_run(struct tail *t)
 		any = 0;
 		now = time(NULL);
 		for (i = 0; i < t->nfiles; i++)
-			while (journal_reader_next(&t->files[i], &line, &n, NULL) == 1) {
-				tail_line(t, line, n, now);
+			while (journal_reader_next(&t->files[i], &line, &n, &at) == 1) {
+				tail_line(t, line, n, now, at < t->quiet_until[i]);
 				any = 1;
 			}
 		fflush(stdout);

@@ -195,6 +195,8 @@ def test_sessions_line_and_json(smtptap_bin, events50):
 # ---- tail ---------------------------------------------------------------------------------
 
 def test_tail_sees_sessions_started_after_it_and_the_rollover(smtptap_bin, workdir):
+    """A session open when tail starts (0ld00000, matched by its MAIL before) is known from
+    the look-back: printed from its next record, not what came before tail started."""
     d = os.path.join(workdir, "tlogs")
     os.mkdir(d)
     day1 = os.path.join(d, "2026-12-06.log")
@@ -224,7 +226,7 @@ def test_tail_sees_sessions_started_after_it_and_the_rollover(smtptap_bin, workd
                     "2026-12-07T00:00:01.000001Z 11110000 C: NOT PRINTED (forgotten)\n"
                     "2026-12-07T00:00:01.000002Z 0ld00000 C: RCPT TO:<started-before-tail>\n")
         harness.wait_until(lambda: "33330000 C: MAIL" in open(out_path).read() and
-                           "11110000 * close" in open(out_path).read(), 5.0, what="tail output")
+                           "<started-before-tail>" in open(out_path).read(), 5.0, what="tail output")
     finally:
         harness.stop_pid(p)
     lines = open(out_path).read().splitlines()
@@ -233,12 +235,42 @@ def test_tail_sees_sessions_started_after_it_and_the_rollover(smtptap_bin, workd
         "2026-12-06T23:59:00.000005Z 11110000 C: RCPT TO:<x@y>",
         "2026-12-07T00:00:00.000001Z 33330000 C: MAIL FROM:<alice@example.com>",
         "2026-12-07T00:00:01.000000Z 11110000 * close reason=quit",
+        "2026-12-07T00:00:01.000002Z 0ld00000 C: RCPT TO:<started-before-tail>",
     ] or sorted(lines) == sorted([
         "2026-12-06T23:59:00.000004Z 11110000 C: MAIL FROM:<ALICE@example.com>",
         "2026-12-06T23:59:00.000005Z 11110000 C: RCPT TO:<x@y>",
         "2026-12-07T00:00:00.000001Z 33330000 C: MAIL FROM:<alice@example.com>",
         "2026-12-07T00:00:01.000000Z 11110000 * close reason=quit",
+        "2026-12-07T00:00:01.000002Z 0ld00000 C: RCPT TO:<started-before-tail>",
     ])
+
+
+def test_tail_look_back_is_bounded(smtptap_bin, workdir):
+    """Past 64 MiB of journal, tail reads back only the last 64 MiB, from a line's start: a
+    session begun before that is not known, one begun within it is."""
+    d = os.path.join(workdir, "blogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    filler = b"2026-12-06T10:00:00.000000Z f1110000 S: 250 2.0.0 Ok " + b"x" * 200 + b"\n"
+    with open(day, "wb") as f:
+        f.write(b"2026-12-06T09:59:00.000000Z aaaa0000 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                b"2026-12-06T09:59:00.000001Z aaaa0000 C: MAIL FROM:<alice@example.com>\n")
+        f.write(filler * (66 * 1024 * 1024 // len(filler)))
+        f.write(b"2026-12-06T10:01:00.000000Z bbbb0000 * session client=10.0.0.2:1 listener=a upstream=b\n"
+                b"2026-12-06T10:01:00.000001Z bbbb0000 C: MAIL FROM:<alice@example.com>\n")
+    out_path = os.path.join(workdir, "tail.out")
+    with open(out_path, "wb") as out:
+        p = subprocess.Popen([smtptap_bin, "tail", "--log-dir", d, "--from", "alice@example.com"],
+                             stdout=out, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1.5)
+        with open(day, "ab") as f:
+            f.write(b"2026-12-06T10:02:00.000000Z aaaa0000 C: RCPT TO:<too-old>\n"
+                    b"2026-12-06T10:02:00.000001Z bbbb0000 C: RCPT TO:<within>\n")
+        harness.wait_until(lambda: "<within>" in open(out_path).read(), 8.0, what="tail output")
+    finally:
+        harness.stop_pid(p)
+    assert open(out_path).read().splitlines() == ["2026-12-06T10:02:00.000001Z bbbb0000 C: RCPT TO:<within>"]
 
 
 def test_tail_follows_the_real_proxy(smtptap_bin, tap, workdir):

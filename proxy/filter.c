@@ -47,7 +47,6 @@ filter_command_scopes(int verb, enum rule_scope scopes[2])
 	return scopes_command(verb, scopes);
 }
 
-/* Records one hit: which rule, what it did, the line before and after. */
 /* Whether --record keeps this scope's lines out of the transcript, rule hits included. */
 static int
 filter_content_hidden(const struct session *s, enum rule_scope scope)
@@ -58,6 +57,7 @@ filter_content_hidden(const struct session *s, enum rule_scope scope)
 	       (scope == SCOPE_BODY && level != RECORD_BODY);
 }
 
+/* Records one hit: which rule, what it did, the line before and after. */
 static void
 filter_record_hit(struct session *s, const struct rule_hit *h)
 {

@@ -172,7 +172,6 @@ listener_same_conn(const struct sockaddr *local, const struct sockaddr *peer,
 
 /* How many of the newest sessions a client from a local address is compared with. */
 #define LOOP_NEWEST 64
-TAILQ_HEAD(listener_sessions, session); /* the layout of struct proxy's session list */
 
 /*
  * A client from this host may be the upstream connection of one of our own sessions that is

@@ -18,6 +18,7 @@
 #include "proxy/message.h"
 #include "proxy/options.h"
 #include "proxy/proxy.h"
+#include "proxy/client.h"
 #include "proxy/relay.h"
 #include "proxy/reply_edit.h"
 #include "proxy/conn.h"

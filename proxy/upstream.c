@@ -20,6 +20,8 @@
 #include "proxy/proxy.h"
 #include "smtp/proxyproto.h"
 #include "proxy/relay.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
 #include "proxy/reply_edit.h"
 #include "proxy/conn.h"
 

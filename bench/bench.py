@@ -30,8 +30,9 @@ threads), BENCH_SMTPTAP_B_ARGS (options of smtptap-b instead: an A/B test of opt
 "smtptap-norec" is the same binary with --no-transcripts --events none: the relay and its
 SMTP tracking without the recording, to show what the recording costs.
 A proxy's CPU time, RSS and descriptors are those of its process and its children (workers).
-"smtptap" writes its transcripts under --logs (run.sh: tmpfs); "smtptap-disk" is
-the same binary writing under --tmp, to show what the file system costs.
+"smtptap" writes its journal under --logs (run.sh: the machine's disk, under its scratch
+directory; BENCH_LOGS_ON_TMPFS=1: tmpfs); "smtptap-disk" is the same binary writing under
+--tmp, to compare the two file systems when --logs is on tmpfs.
 BENCH_SMTPTAP_B=/path/to/other/smtptap adds the path "smtptap-b": a second build
 measured in the same run (A/B test of a change), transcripts also under --logs.
 """

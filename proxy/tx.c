@@ -42,6 +42,29 @@ tx_space(unsigned char c)
 }
 
 /*
+ * The parameters as the server reads them, apart at any white space (space, tab, VT, FF,
+ * CR), escaped and kept with one space between them: the event splits them there.
+ */
+static char *
+tx_params(const unsigned char *p, size_t n)
+{
+	unsigned char *joined = malloc(n);
+	size_t len = 0, i;
+	char *out;
+
+	if (joined == NULL)
+		return NULL;
+	for (i = 0; i < n; i++)
+		if (!tx_space(p[i]))
+			joined[len++] = p[i];
+		else if (len > 0 && joined[len - 1] != ' ')
+			joined[len++] = ' ';
+	out = escape_strdup(joined, len);
+	free(joined);
+	return out;
+}
+
+/*
  * "MAIL FROM:<a@b> SIZE=1 BODY=8BITMIME" split: the address alone into tx->mail_from, the
  * parameters (NULL when none) into tx->mail_params.  A quoted local part may hold a ">" or
  * white space.
@@ -83,7 +106,7 @@ tx_mail_split(struct tx *tx, const struct smtp_command *cmd)
 	while (n > rest && tx_space(p[n - 1]))
 		n--;
 	if (rest < n)
-		tx->mail_params = escape_strdup(p + rest, n - rest);
+		tx->mail_params = tx_params(p + rest, n - rest);
 }
 
 /* A token of a queue id: letters, digits and the punctuation ids use. */

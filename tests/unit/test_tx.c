@@ -242,6 +242,11 @@ test_mail_params(void **state)
 	    {"MAIL FROM:<>\tSIZE=1 ", "<>", "SIZE=1"},
 	    {"MAIL FROM: <\"a b>\"@example.com> SMTPUTF8", "<\"a b>\"@example.com>", "SMTPUTF8"},
 	    {"MAIL FROM:a@example.com SIZE=5", "a@example.com", "SIZE=5"},
+	    /* VT, FF and CR part parameters as space and tab do (Postfix's smtpd_token). */
+	    {"MAIL FROM:<a@example.com>\vSIZE=10\f\rBODY=8BITMIME\t \tRET=HDRS",
+	     "<a@example.com>", "SIZE=10 BODY=8BITMIME RET=HDRS"},
+	    /* Inside a parameter, a control octet is escaped like any recorded octet. */
+	    {"MAIL FROM:<> ENVID=a\x01" "b", "<>", "ENVID=a\\x01b"},
 	};
 	struct smtp_command cmd;
 	size_t i;

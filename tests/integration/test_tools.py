@@ -194,6 +194,13 @@ def test_sessions_line_and_json(smtptap_bin, events50):
 
 # ---- tail ---------------------------------------------------------------------------------
 
+def start_tail(smtptap_bin, log_dir, out_path, *filters):
+    """smtptap tail on log_dir, its output (and errors) into out_path; stopped by the caller."""
+    with open(out_path, "wb") as out:
+        return subprocess.Popen([smtptap_bin, "tail", "--log-dir", log_dir, *filters],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
 def test_tail_sees_sessions_started_after_it_and_the_rollover(smtptap_bin, workdir):
     """A session open when tail starts (0ld00000, matched by its MAIL before) is known from
     the look-back: printed from its next record, not what came before tail started."""
@@ -204,9 +211,7 @@ def test_tail_sees_sessions_started_after_it_and_the_rollover(smtptap_bin, workd
         f.write("2026-12-06T23:00:00.000000Z 0ld00000 * session client=10.0.0.1:1 listener=a upstream=b\n"
                 "2026-12-06T23:00:00.000001Z 0ld00000 C: MAIL FROM:<alice@example.com>\n")
     out_path = os.path.join(workdir, "tail.out")
-    with open(out_path, "wb") as out:
-        p = subprocess.Popen([smtptap_bin, "tail", "--log-dir", d, "--from", "alice@example.com"],
-                             stdout=out, stderr=subprocess.STDOUT)
+    p = start_tail(smtptap_bin, d, out_path, "--from", "alice@example.com")
     try:
         time.sleep(0.5)
         with open(day1, "a") as f:
@@ -259,9 +264,7 @@ def test_tail_look_back_is_bounded(smtptap_bin, workdir):
         f.write(b"2026-12-06T10:01:00.000000Z bbbb0000 * session client=10.0.0.2:1 listener=a upstream=b\n"
                 b"2026-12-06T10:01:00.000001Z bbbb0000 C: MAIL FROM:<alice@example.com>\n")
     out_path = os.path.join(workdir, "tail.out")
-    with open(out_path, "wb") as out:
-        p = subprocess.Popen([smtptap_bin, "tail", "--log-dir", d, "--from", "alice@example.com"],
-                             stdout=out, stderr=subprocess.STDOUT)
+    p = start_tail(smtptap_bin, d, out_path, "--from", "alice@example.com")
     try:
         time.sleep(1.5)
         with open(day, "ab") as f:
@@ -275,9 +278,7 @@ def test_tail_look_back_is_bounded(smtptap_bin, workdir):
 
 def test_tail_follows_the_real_proxy(smtptap_bin, tap, workdir):
     out_path = os.path.join(workdir, "tail.out")
-    with open(out_path, "wb") as out:
-        p = subprocess.Popen([smtptap_bin, "tail", "--log-dir", tap.log_dir, "--to", "bob@example.org"],
-                             stdout=out, stderr=subprocess.STDOUT)
+    p = start_tail(smtptap_bin, tap.log_dir, out_path, "--to", "bob@example.org")
     try:
         time.sleep(0.5)
         for rcpt in ("carol@example.org", "bob@example.org"):

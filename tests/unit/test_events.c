@@ -334,16 +334,16 @@ test_open_fails(void **state)
 	assert_int_equal(access(path, F_OK), -1);
 }
 
+/* Each test with a fresh fixture of its own. */
+#define FIXTURE_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_lines, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_big_event, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_not_open, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_full_pipe, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_open_fails, setup, teardown),
+	    FIXTURE_TEST(test_lines),    FIXTURE_TEST(test_big_event),
+	    FIXTURE_TEST(test_not_open), FIXTURE_TEST(test_full_pipe),
+	    FIXTURE_TEST(test_reopen),   FIXTURE_TEST(test_open_fails),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -121,6 +121,25 @@ assert_timestamp(const char *rec)
 	assert_int_equal(rec[27], ' ');
 }
 
+/* Record n (from 0) of text has a valid timestamp, then exactly want. */
+static void
+assert_record(const char *text, int n, const char *want)
+{
+	char line[4096];
+
+	nth_line(text, n, line, sizeof(line));
+	assert_timestamp(line);
+	assert_string_equal(line + 28, want);
+}
+
+/* Records from, from + 1, ... of text are those of want, a NULL-ended list. */
+static void
+assert_records(const char *text, int from, const char *const *want)
+{
+	for (; *want != NULL; want++)
+		assert_record(text, from++, *want);
+}
+
 static struct transcript *
 open_session(const char *id, const struct timeval *start, char *rel, size_t relsize)
 {
@@ -156,18 +175,10 @@ test_record_format(void **state)
 	assert_string_equal(line, "2025-11-24T16:00:00.123456Z abcd1234 * session "
 	                          "client=[192.0.2.1]:4242 listener=127.0.0.1:2525 "
 	                          "upstream=127.0.0.1:25");
-	nth_line(text, 1, line, sizeof(line));
-	assert_timestamp(line);
-	assert_string_equal(line + 28, "abcd1234 C: MAIL FROM:<a@b>");
-	nth_line(text, 2, line, sizeof(line));
-	assert_timestamp(line);
-	assert_string_equal(line + 28, "abcd1234 S: 250 2.1.0 Ok");
-	nth_line(text, 3, line, sizeof(line));
-	assert_string_equal(line + 28, "abcd1234 P: 550 5.7.1 no");
-	nth_line(text, 4, line, sizeof(line));
-	assert_string_equal(line + 28, "abcd1234 C: Subject: hi");
-	nth_line(text, 5, line, sizeof(line));
-	assert_string_equal(line + 28, "abcd1234 C: tab\there");
+	assert_records(text, 1,
+	               (const char *[]){"abcd1234 C: MAIL FROM:<a@b>", "abcd1234 S: 250 2.1.0 Ok",
+	                                "abcd1234 P: 550 5.7.1 no", "abcd1234 C: Subject: hi",
+	                                "abcd1234 C: tab\there", NULL});
 	free(text);
 	transcript_close(t);
 }
@@ -178,7 +189,7 @@ test_escaping(void **state)
 {
 	struct logdir *l = *state;
 	struct transcript *t;
-	char line[256], *text;
+	char *text;
 
 	t = open_session("e5c", &START, NULL, 0);
 	DATA(t, "C:", "a\x1b[31mb\\c\x7f\r\n");
@@ -198,21 +209,13 @@ test_escaping(void **state)
 	assert_non_null(text = slurp(l, DAY, NULL));
 	/* One line per record, whatever the octets were. */
 	assert_int_equal(count_lines(text), 8);
-	nth_line(text, 1, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c C: a\\x1b[31mb\\\\c\\x7f");
-	nth_line(text, 2, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c C: RSET\\x0a");
-	nth_line(text, 3, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c C: x\\x0d\\x0a2025-11-24T16:00:00.000000Z e5c S: 250 "
-	                               "forged");
-	nth_line(text, 4, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c S: 250 \\xe2\\x80\\xaeevil \xe2\x82\xac");
-	nth_line(text, 5, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c C: nul\\x00here");
-	nth_line(text, 6, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c * tls sni=a\\x0ab\\x41\\xe2\\x81\\xa6c");
-	nth_line(text, 7, line, sizeof(line));
-	assert_string_equal(line + 28, "e5c * ");
+	assert_records(
+	    text, 1,
+	    (const char *[]){"e5c C: a\\x1b[31mb\\\\c\\x7f", "e5c C: RSET\\x0a",
+	                     "e5c C: x\\x0d\\x0a2025-11-24T16:00:00.000000Z e5c S: 250 "
+	                     "forged",
+	                     "e5c S: 250 \\xe2\\x80\\xaeevil \xe2\x82\xac", "e5c C: nul\\x00here",
+	                     "e5c * tls sni=a\\x0ab\\x41\\xe2\\x81\\xa6c", "e5c * ", NULL});
 	free(text);
 	transcript_close(t);
 }
@@ -229,7 +232,7 @@ test_long_lines(void **state)
 	const size_t n = JOURNAL_FLUSH_AT + 100;
 	unsigned char *big;
 	struct transcript *t;
-	char line[64], *text, *rec;
+	char *text, *rec;
 	size_t len, i;
 
 	t = open_session("1009", &START, NULL, 0);
@@ -241,10 +244,8 @@ test_long_lines(void **state)
 	/* Past the mark: written now, without transcript_sync. */
 	assert_non_null(text = slurp(l, DAY, &len));
 	assert_int_equal(count_lines(text), 4);
-	nth_line(text, 1, line, sizeof(line));
-	assert_string_equal(line + 28, "1009 C: first piece");
-	nth_line(text, 2, line, sizeof(line));
-	assert_string_equal(line + 28, "1009 C+ second piece");
+	assert_record(text, 1, "1009 C: first piece");
+	assert_record(text, 2, "1009 C+ second piece");
 	rec = strstr(text, "1009 S: ");
 	assert_non_null(rec);
 	rec += 8;
@@ -263,7 +264,7 @@ test_redacted(void **state)
 {
 	struct logdir *l = *state;
 	struct transcript *t;
-	char line[256], *text;
+	char *text;
 
 	t = open_session("5ec", &START, NULL, 0);
 	transcript_redacted(t, "C:", U("AUTH PLAIN "), 11, "alice");
@@ -273,14 +274,10 @@ test_redacted(void **state)
 	transcript_sync(t);
 	assert_non_null(text = slurp(l, DAY, NULL));
 	assert_int_equal(count_lines(text), 5);
-	nth_line(text, 1, line, sizeof(line));
-	assert_string_equal(line + 28, "5ec C: AUTH PLAIN [redacted user=alice]");
-	nth_line(text, 2, line, sizeof(line));
-	assert_string_equal(line + 28, "5ec C: [redacted]");
-	nth_line(text, 3, line, sizeof(line));
-	assert_string_equal(line + 28, "5ec C: AUTH\tLOGIN [redacted]");
-	nth_line(text, 4, line, sizeof(line));
-	assert_string_equal(line + 28, "5ec C: AUTH PLAIN [redacted user=ev\\x0ail]");
+	assert_records(text, 1,
+	               (const char *[]){"5ec C: AUTH PLAIN [redacted user=alice]",
+	                                "5ec C: [redacted]", "5ec C: AUTH\tLOGIN [redacted]",
+	                                "5ec C: AUTH PLAIN [redacted user=ev\\x0ail]", NULL});
 	free(text);
 	transcript_close(t);
 }
@@ -375,8 +372,7 @@ test_day_of_start(void **state)
 	assert_int_equal(count_lines(text), 2);
 	nth_line(text, 0, line, sizeof(line));
 	assert_true(strncmp(line, "2020-01-01T01:00:00.000007Z 01d * session ", 42) == 0);
-	nth_line(text, 1, line, sizeof(line));
-	assert_string_equal(line + 28, "01d C: QUIT");
+	assert_record(text, 1, "01d C: QUIT");
 	free(text);
 	assert_non_null(text = slurp(l, DAY, NULL));
 	assert_int_equal(count_lines(text), 2);
@@ -429,7 +425,7 @@ test_repeats(void **state)
 {
 	struct logdir *l = *state;
 	struct transcript *t;
-	char line[128], *text;
+	char *text;
 
 	t = open_session("f100d", &START, NULL, 0);
 	flood(t, "NOOP\r\n", "250 ok\r\n");
@@ -441,10 +437,8 @@ test_repeats(void **state)
 	/* The first record, a flood, NOOP and 250, a flood of 11. */
 	assert_int_equal(count_lines(text), 1 + 7 + 2 + 7);
 	assert_flood(text, 1, 7);
-	nth_line(text, 8, line, sizeof(line));
-	assert_string_equal(line + 28, "f100d C: NOOP");
-	nth_line(text, 9, line, sizeof(line));
-	assert_string_equal(line + 28, "f100d P: 250 ok");
+	assert_record(text, 8, "f100d C: NOOP");
+	assert_record(text, 9, "f100d P: 250 ok");
 	/* The count starts again: the first is recorded once more, 8 counted. */
 	assert_flood(text, 10, 8);
 	free(text);
@@ -461,7 +455,7 @@ test_repeats_then_quit(void **state)
 {
 	struct logdir *l = *state;
 	struct transcript *t;
-	char line[128], *text;
+	char *text;
 	int i;
 
 	t = open_session("f100d", &START, NULL, 0);
@@ -476,10 +470,8 @@ test_repeats_then_quit(void **state)
 	assert_non_null(text = slurp(l, DAY, NULL));
 	assert_int_equal(count_lines(text), 1 + 7 + 2);
 	assert_flood(text, 1, 7);
-	nth_line(text, 8, line, sizeof(line));
-	assert_string_equal(line + 28, "f100d C: QUIT");
-	nth_line(text, 9, line, sizeof(line));
-	assert_string_equal(line + 28, "f100d S: 221 bye");
+	assert_record(text, 8, "f100d C: QUIT");
+	assert_record(text, 9, "f100d S: 221 bye");
 	free(text);
 }
 
@@ -510,7 +502,7 @@ test_failing(void **state)
 	struct transcript *t;
 	struct located loc = {0};
 	uint64_t errors = transcript_write_errors();
-	char path[256], line[128], *text;
+	char path[256], *text;
 	int fd;
 
 	t = open_session("fa11", &START, NULL, 0);
@@ -540,8 +532,7 @@ test_failing(void **state)
 	assert_int_equal(transcript_write_errors(), errors + 1);
 	assert_non_null(text = slurp(l, DAY, NULL));
 	assert_int_equal(count_lines(text), 1);
-	nth_line(text, 0, line, sizeof(line));
-	assert_string_equal(line + 28, "fa12 C: kept");
+	assert_record(text, 0, "fa12 C: kept");
 	free(text);
 	transcript_close(t);
 }
@@ -580,22 +571,19 @@ test_timestamp(void **state)
 	assert_string_equal(small, "");
 }
 
+/* Each test with a fresh fixture of its own. */
+#define FIXTURE_TEST(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test_setup_teardown(test_record_format, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_escaping, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_long_lines, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_redacted, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_locate, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_day_of_start, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_repeats, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_repeats_then_quit, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_null_transcript, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_failing, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_no_dir, setup, teardown),
-	    cmocka_unit_test_setup_teardown(test_timestamp, setup, teardown),
+	    FIXTURE_TEST(test_record_format),   FIXTURE_TEST(test_escaping),
+	    FIXTURE_TEST(test_long_lines),      FIXTURE_TEST(test_redacted),
+	    FIXTURE_TEST(test_locate),          FIXTURE_TEST(test_day_of_start),
+	    FIXTURE_TEST(test_repeats),         FIXTURE_TEST(test_repeats_then_quit),
+	    FIXTURE_TEST(test_null_transcript), FIXTURE_TEST(test_failing),
+	    FIXTURE_TEST(test_no_dir),          FIXTURE_TEST(test_timestamp),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,7 +17,9 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "smtp/ehlo.h"
 #include "smtp/hostport.h"
+#include "smtp/smtp.h"
 #include "tools/common.h"
 #include "tools/lookup.h"
 #include "tools/replay_plan.h"
@@ -37,6 +39,7 @@ struct conn {
 	char buf[16384];
 	size_t len, start;
 	const char *host;
+	int chunking; /* the server's reply to the last EHLO offered CHUNKING (RFC 3030) */
 };
 
 struct collect {
@@ -192,13 +195,14 @@ conn_line(struct conn *c, char *line, size_t size)
 	}
 }
 
-/* A whole reply: its code, its first line, how many lines. */
+/* A whole reply: its code, its first line, how many lines, whether it offers CHUNKING. */
 static int
-conn_reply(struct conn *c, int *code, char *first, size_t size)
+conn_reply(struct conn *c, int *code, char *first, size_t size, int *chunking)
 {
 	char line[4096];
 	unsigned lines = 0;
 
+	*chunking = 0;
 	for (;;) {
 		if (conn_line(c, line, sizeof(line)) != 0)
 			return -1;
@@ -206,6 +210,8 @@ conn_reply(struct conn *c, int *code, char *first, size_t size)
 			snprintf(first, size, "%s", line);
 			*code = atoi(line);
 		}
+		if (ehlo_line_is((const unsigned char *)line, strlen(line), "CHUNKING"))
+			*chunking = 1;
 		if (strlen(line) < 4 || line[3] != '-')
 			break;
 	}
@@ -250,13 +256,28 @@ replay_compare(const struct step *s, int ok, int code, const char *now)
 	return differs;
 }
 
+/*
+ * A BDAT the server was not offered CHUNKING for: it would read the chunk as commands, and
+ * every reply after would be out of step.  The replay stops there, as differing.
+ */
+static int
+replay_bdat_refused(struct conn *c, const struct step *s)
+{
+	if (s->verb != VERB_BDAT || c->chunking)
+		return 0;
+	printf("replay: stopping here: the server does not offer CHUNKING, so the recorded "
+	       "BDAT can't be sent   <<< differs\n");
+	conn_write(c, (const unsigned char *)"QUIT\r\n", 6);
+	return 1;
+}
+
 /* Runs the plan; the number of replies whose code differs, -1 when it could not go on. */
 static int
 replay_run(struct conn *c, const struct plan *p, unsigned *nreplies)
 {
 	unsigned char *pend = NULL;
 	size_t npend = 0, i;
-	int differ = 0, code = 0, ok, closed = 0;
+	int differ = 0, code = 0, ok, closed = 0, chunking = 0, helo = 0;
 	char now[4200];
 
 	for (i = 0; i < p->nsteps; i++) {
@@ -267,6 +288,12 @@ replay_run(struct conn *c, const struct plan *p, unsigned *nreplies)
 			printf("%s\n", s->shown);
 			break;
 		case STEP_SEND:
+			if (!closed && replay_bdat_refused(c, s)) {
+				free(pend);
+				return differ + 1;
+			}
+			if (s->verb != VERB_UNKNOWN)
+				helo = s->verb == VERB_EHLO || s->verb == VERB_LHLO;
 			printf("%s\n", s->shown != NULL ? s->shown : "C: ?");
 			if (!closed) {
 				unsigned char *q = realloc(pend, npend + s->len);
@@ -282,9 +309,12 @@ replay_run(struct conn *c, const struct plan *p, unsigned *nreplies)
 			if (!closed && npend > 0 && conn_write(c, pend, npend) != 0)
 				closed = 1;
 			npend = 0;
-			ok = !closed && conn_reply(c, &code, now, sizeof(now)) == 0;
+			ok = !closed && conn_reply(c, &code, now, sizeof(now), &chunking) == 0;
 			if (!ok)
 				closed = 1;
+			if (ok && helo) /* what the server offers now, not what was recorded */
+				c->chunking = chunking && code == 250;
+			helo = 0;
 			(*nreplies)++;
 			if (replay_compare(s, ok, code, now)) {
 				differ++;

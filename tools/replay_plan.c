@@ -326,6 +326,7 @@ plan_command(struct builder *b, unsigned char *line, size_t n, const char *shown
 	plan_push(b, PEND_CMD, (int)cmd.verb);
 	if (plan_send(b, line, n, shown) != 0)
 		return -1;
+	b->p->steps[b->p->nsteps - 1].verb = (int)cmd.verb;
 	if (cmd.verb == VERB_BDAT && smtp_parse_bdat(cmd.arg, cmd.arglen, &size, &last) == 0 &&
 	    size > 0) {
 		b->in_bdat = 1;

@@ -25,6 +25,7 @@ struct step {
 	char *shown;  /* SEND: what to print ("C: ..." as recorded); EXPECT: the recorded reply */
 	int code;     /* EXPECT: the recorded code, 0 when none (not compared) */
 	int critical; /* EXPECT: stop when it differs (a 354 the content follows, STARTTLS) */
+	int verb;     /* SEND: the command's verb (enum smtp_verb), VERB_UNKNOWN for content */
 };
 
 struct plan {

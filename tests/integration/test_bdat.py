@@ -5,6 +5,7 @@ smtp-sink whose dump shows what arrived.  The scripted server checks the exact o
 """
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -268,3 +269,39 @@ def test_bdat_content_split_mid_line_recorded_as_pieces(tap_factory, fake_server
         ("*", ended),
         ("C:", "RSET"),
     ], recs[i:]
+
+
+@pytest.mark.limit(60)
+def test_replay_of_bdat_needs_chunking(tap_factory, postfix, sink, smtptap_bin):
+    """A session recorded with BDAT (through Postfix, which offers CHUNKING) replays against
+    Postfix with every code as recorded; against smtp-sink, which offers no CHUNKING, replay
+    stops before BDAT (the chunk would be read as commands) and exits 1, sending no chunk."""
+    pf, psink = postfix
+    tap = tap_factory(pf.port)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
+           b"BDAT %d LAST\r\n" % len(CHUNK1) + CHUNK1)
+    assert [c.reply()[-1][:3] for _ in range(3)] == [b"250"] * 3
+    c.expect("QUIT", 221)
+    c.close()
+    psink.wait_messages(1, timeout=10)
+    sid = tap.wait_events(1)[-1]["session"]
+
+    def replay(port):
+        p = subprocess.run([smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events",
+                            tap.events_path, sid, "--to", "127.0.0.1:%d" % port],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        return p.returncode, p.stdout.decode() + p.stderr.decode()
+
+    rc, out = replay(pf.port)
+    assert rc == 0, out
+    psink.wait_messages(2, timeout=10)
+    before = sink.count()
+    rc, out = replay(sink.port)
+    assert rc == 1, out
+    assert "does not offer CHUNKING" in out, out
+    assert "smuggled@evil.example" not in out.split("does not offer CHUNKING")[1]
+    time.sleep(0.5)
+    assert sink.count() == before

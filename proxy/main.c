@@ -34,6 +34,7 @@
 #include "proxy/reload.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
+#include "proxy/toolconf.h"
 #include "proxy/workers.h"
 #include "tools/tools.h"
 
@@ -371,9 +372,15 @@ serve(struct proxy *px)
 static int
 main_mode(int argc, char **argv, struct options *o)
 {
-	int rc;
+	char **targv;
+	int rc, targc;
 
-	if ((rc = tools_main(argc, argv)) >= 0)
+	if ((rc = toolconf_args(argc, argv, &targc, &targv)) == 0) {
+		rc = tools_main(targc, targv);
+		free(targv);
+		return rc;
+	}
+	if (rc > 0)
 		return rc;
 	if (argc > 1 && strcmp(argv[1], "--test-rules") == 0)
 		return rules_trial_main(argc - 1, argv + 1);

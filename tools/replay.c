@@ -26,7 +26,7 @@
 #include "tools/tools.h"
 
 static const char replay_usage[] =
-    "usage: smtptap replay [--log-dir DIR] [--events FILE] SESSION --to HOST:PORT\n"
+    "usage: smtptap replay [-c FILE] [--log-dir DIR] [--events FILE] SESSION --to HOST:PORT\n"
     "                      [--starttls] [--auth USER:PASSWORD] [--timeout SECS]\n"
     "  sends the client's side of a recorded session again and prints each recorded reply\n"
     "  beside the new one; exit 0 when every reply code matches, 1 when one differs, 2 when\n"

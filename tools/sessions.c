@@ -17,7 +17,7 @@
 #include "tools/tools.h"
 
 static const char sessions_usage[] =
-    "usage: smtptap sessions [--log-dir DIR] [--events FILE] [filters] [--json]\n"
+    "usage: smtptap sessions [-c FILE] [--log-dir DIR] [--events FILE] [filters] [--json]\n"
     "filters (each given one must hold):\n"
     "  --client ADDR|CIDR   the client's address\n"
     "  --from ADDR          a sender (@domain: any at that domain, <> the null sender)\n"

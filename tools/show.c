@@ -14,7 +14,7 @@
 #include "tools/tools.h"
 
 static const char show_usage[] =
-    "usage: smtptap show [--log-dir DIR] [--events FILE] [--json] SESSION...\n"
+    "usage: smtptap show [-c FILE] [--log-dir DIR] [--events FILE] [--json] SESSION...\n"
     "  prints each session's records as a standalone transcript (--json: one JSON object\n"
     "  per record: time, session, kind, text)\n";
 

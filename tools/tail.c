@@ -28,7 +28,7 @@
 #define TAIL_FILES 2
 
 static const char tail_usage[] =
-    "usage: smtptap tail [--log-dir DIR] [filters]\n"
+    "usage: smtptap tail [-c FILE] [--log-dir DIR] [filters]\n"
     "  follows the journal, printing the records of sessions that match from the record\n"
     "  that makes them match (filters as for `smtptap sessions`)\n";
 

@@ -25,3 +25,12 @@ tools_main(int argc, char **argv)
 			return tools[i].run(argc - 1, argv + 1);
 	return -1;
 }
+
+int
+tools_has(const char *word)
+{
+	for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
+		if (strcmp(word, tools[i].name) == 0)
+			return 1;
+	return 0;
+}

@@ -362,3 +362,29 @@ def test_show_of_the_real_proxy_matches_the_harness(smtptap_bin, tap):
     assert rc == 0, err
     assert out.startswith("# smtptap 0.1.0 transcript\n# session %s\n# start " % sid)
     assert "C: ..dot" in out and "C: mail FROM:<alice@example.com>" in out
+
+
+def test_tools_read_the_daemons_config_file(smtptap_bin, tap, workdir):
+    """-c FILE: the tools take log-dir and events from the daemon's configuration file; a
+    --log-dir on the command line still wins; a bad file is refused naming its line."""
+    sid = record_session(tap)
+    conf = os.path.join(workdir, "daemon.conf")
+    with open(conf, "w") as f:
+        f.write("# as the service's file\nlisten 127.0.0.1:2525\nupstream 127.0.0.1:25\n"
+                "log-dir %s\nevents %s\n" % (tap.log_dir, tap.events_path))
+    rc, out, err = run(smtptap_bin, "show", "-c", conf, sid)
+    assert rc == 0, err
+    assert out.startswith("# smtptap 0.1.0 transcript\n# session %s\n" % sid)
+    rc, out, err = run(smtptap_bin, "sessions", "--config=" + conf, "--from", "alice@example.com")
+    assert rc == 0, err
+    assert sid in out
+    empty = os.path.join(workdir, "empty-logs")
+    os.mkdir(empty)
+    rc, out, err = run(smtptap_bin, "show", "-c", conf, "--log-dir", empty,
+                       "--events", os.path.join(empty, "none.jsonl"), sid)
+    assert rc != 0 and sid not in out, (rc, out, err)
+    with open(conf, "a") as f:
+        f.write("log-dir\n")
+    rc, out, err = run(smtptap_bin, "show", "-c", conf, sid)
+    assert rc == 2
+    assert "%s:6:" % conf in err, err

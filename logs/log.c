@@ -7,8 +7,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -35,6 +38,75 @@ static struct event *log_pass_ev; /* made active when session lines wait: the pa
 static struct event_base *log_base;
 
 static void log_flush(void);
+
+/*
+ * --syslog: datagrams to /dev/log, sent without blocking.  syslog(3) blocks while the syslog
+ * daemon is behind (its socket's queue full), and with it the event loop; here a line that
+ * can't go now is dropped and counted, and the count is said with the next line that goes.
+ */
+static int syslog_fd = -1;
+static unsigned long long syslog_dropped;
+
+static void
+syslog_connect(void)
+{
+	struct sockaddr_un sun = {.sun_family = AF_UNIX, .sun_path = "/dev/log"};
+
+	if (syslog_fd < 0)
+		syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (syslog_fd >= 0 && connect(syslog_fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+		close(syslog_fd);
+		syslog_fd = -1;
+	}
+}
+
+/* One message as syslog(3) writes it: <PRI>TIMESTAMP smtptap[PID]: MSG, facility mail. */
+static int
+syslog_send(int pri, const char *msg)
+{
+	char line[2300], stamp[32];
+	time_t now = time(NULL);
+	struct tm tm;
+	int n;
+
+	if (localtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm) == 0)
+		stamp[0] = '\0';
+	n = snprintf(line, sizeof(line), "<%d>%s smtptap[%ld]: %s", LOG_MAIL | pri, stamp,
+	             (long)getpid(), msg);
+	if (n < 0)
+		return -1;
+	if ((size_t)n >= sizeof(line))
+		n = (int)sizeof(line) - 1;
+	if (syslog_fd < 0)
+		syslog_connect(); /* the daemon was not there yet, or went away */
+	if (syslog_fd >= 0 && send(syslog_fd, line, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == n)
+		return 0;
+	if (syslog_fd >= 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+		close(syslog_fd); /* a restarted daemon: connect again for the next line */
+		syslog_fd = -1;
+	}
+	return -1;
+}
+
+/* A line to syslog, or dropped and counted; a count waiting goes first. */
+static void
+syslog_line(int pri, const char *msg)
+{
+	char note[160];
+
+	if (syslog_dropped > 0) {
+		snprintf(note, sizeof(note),
+		         "%s%llu log lines dropped: the syslog daemon did not keep up", log_tag,
+		         syslog_dropped);
+		if (syslog_send(LOG_WARNING, note) != 0) {
+			syslog_dropped++;
+			return;
+		}
+		syslog_dropped = 0;
+	}
+	if (syslog_send(pri, msg) != 0)
+		syslog_dropped++;
+}
 
 static void
 log_write_cb(evutil_socket_t fd, short what, void *arg)
@@ -173,7 +245,7 @@ log_init(int use_syslog, int verbose)
 	log_syslog = use_syslog;
 	log_verbose = verbose;
 	if (use_syslog)
-		openlog("smtptap", LOG_PID | LOG_NDELAY, LOG_MAIL);
+		syslog_connect();
 	else
 		log_nonblock();
 }
@@ -229,10 +301,12 @@ log_vwrite_at(int pri, const char *level, const char *fmt, va_list ap, const cha
 	memcpy(msg, log_tag, tag);
 	vsnprintf(msg + tag, sizeof(msg) - tag, fmt, ap);
 	if (log_syslog) {
-		if (err)
-			syslog(pri, "%s: %s", msg, err);
-		else
-			syslog(pri, "%s", msg);
+		if (err) {
+			n = snprintf(line, sizeof(line), "%s: %s", msg, err);
+			syslog_line(pri, n >= 0 ? line : msg);
+		} else {
+			syslog_line(pri, msg);
+		}
 		return;
 	}
 	if (err)

@@ -240,6 +240,61 @@ def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
     assert err == b"" and out == b"", (out, err)
 
 
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root (a mount namespace)")
+@pytest.mark.limit(60)
+def test_syslog_daemon_that_stops_reading_blocks_nothing(smtptap_bin, sink, workdir):
+    """--syslog with a /dev/log nobody reads: once its queue is full, syslog(3) would block the
+    event loop (every session with it).  Lines are dropped and counted instead: 400 sessions
+    (two log lines each, far past the queue) are all served, and once the reader reads
+    again the count of dropped lines comes with the next line."""
+    w = os.path.join(workdir, "syslog")
+    os.mkdir(w)
+    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    log.bind(os.path.join(w, "log.sock"))
+    port = harness.free_port()
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOG_SETUP, "sh",
+            smtptap_bin, "--syslog", "--listen", "127.0.0.1:%d" % port,
+            "--upstream", "127.0.0.1:%d" % sink.port, "--log-dir", os.path.join(w, "logs"),
+            "--events", os.path.join(w, "events.jsonl"), "--workers", "1"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, W=w))
+    try:
+        harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
+        for _ in range(400):
+            c = SmtpClient(port, timeout=5.0)
+            assert c.code() == 220
+            c.expect("QUIT", 221)
+            c.close()
+        log.settimeout(0.5)
+        got = []
+        try:
+            while True:
+                got.append(log.recv(4096).decode("utf-8", "replace"))
+        except socket.timeout:
+            pass
+        assert len(got) < 800, "the queue never filled: %d lines" % len(got)
+        c = SmtpClient(port, timeout=5.0)
+        assert c.code() == 220
+        c.expect("QUIT", 221)
+        log.settimeout(5)
+        later = []
+        while not any("closed reason=quit" in m for m in later):
+            later.append(log.recv(4096).decode("utf-8", "replace"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # blocked in a send to the full socket
+            proc.kill()
+            proc.communicate(timeout=10)
+        log.close()
+    dropped = [m for m in later if "log lines dropped: the syslog daemon did not keep up" in m]
+    assert dropped, later
+    n = int(dropped[0].split("]: ")[1].split()[0])
+    # Every session logs two lines: what was read plus what was dropped covers them all.
+    assert len(got) + n >= 800, (len(got), n)
+
+
 # --------------------------------------------------------------------------------------------
 # The operator's view (issue 13 items 13, 14, 15): options that say what was meant, failures
 # in the log with their cause, --user that takes over only what smtptap created, and an

@@ -72,6 +72,7 @@ static void session_end(struct session *s, const char *reason);
 static void session_begin(struct session *s, int implicit_tls);
 static void session_proxy_refused(struct session *s, const char *why);
 static void session_client_input(struct session *s);
+static void session_note_local(struct session *s);
 static int session_open_transcript(struct session *s);
 static int session_tls_start(struct session *s, struct side *x);
 static void session_client_half_closed(struct session *s);
@@ -928,12 +929,11 @@ session_upstream_connected(struct session *s)
 		                  s->px->upstream_sa_text);
 	else if (getpeername(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0)
 		addr_format((struct sockaddr *)&ss, s->upstream_addr, sizeof(s->upstream_addr));
-	len = sizeof(ss);
-	if (getsockname(bufferevent_getfd(s->server.bev), (struct sockaddr *)&ss, &len) == 0) {
-		addr_format((struct sockaddr *)&ss, s->upstream_local, sizeof(s->upstream_local));
-		s->upstream_local_sa = ss;
-		s->upstream_local_len = len;
-	}
+	if (s->upstream_local_len == 0)
+		session_note_local(s); /* connected by name: not known before */
+	if (s->upstream_local_len > 0)
+		addr_format((struct sockaddr *)&s->upstream_local_sa, s->upstream_local,
+		             sizeof(s->upstream_local));
 	transcript_event_parts(s->transcript, (const char *const[]){"upstream connected address=",
 	                                                            s->upstream_addr, NULL});
 	if (s->px->upstream_connected != NULL)
@@ -1203,6 +1203,25 @@ session_upstream_socket(struct session *s, int family)
 	return 0;
 }
 
+/*
+ * The upstream socket's own address, kept: connect(2) gave it its port at once, and the
+ * event, the loop check at accept and the server's log all want it (one getsockname(2) a
+ * session, not one for each).
+ */
+static void
+session_note_local(struct session *s)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	int fd = bufferevent_getfd(s->server.bev);
+
+	if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+	    addr_port((struct sockaddr *)&ss) > 0) {
+		s->upstream_local_sa = ss;
+		s->upstream_local_len = len;
+	}
+}
+
 /* Connects to a numeric address: --upstream's, or the session's original destination. */
 static int
 session_connect_to(struct session *s, const struct sockaddr *sa, socklen_t len)
@@ -1215,8 +1234,10 @@ session_connect_to(struct session *s, const struct sockaddr *sa, socklen_t len)
 		session_upstream_failed(s, why);
 		return -1;
 	}
-	if (bufferevent_socket_connect(s->server.bev, sa, (int)len) == 0)
+	if (bufferevent_socket_connect(s->server.bev, sa, (int)len) == 0) {
+		session_note_local(s);
 		return 0;
+	}
 	if (s->phase != PHASE_CLOSING)
 		session_upstream_failed(s, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 	return -1;

@@ -178,13 +178,8 @@ events_put(const char *line, size_t len)
 static void
 events_flush(void)
 {
-	size_t n;
-
-	if (pending_len > 0) {
-		n = events_put(pending, pending_len);
-		memmove(pending, pending + n, pending_len - n);
-		pending_len -= n;
-	}
+	if (pending != NULL)
+		log_queue_write(pending, &pending_len, events_put);
 	if (pending_len == 0 && dropped > 0) {
 		log_warnx("events file %s: %llu event lines dropped: its reader did not keep up",
 		          events_path, (unsigned long long)dropped);

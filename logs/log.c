@@ -138,6 +138,18 @@ log_write_some(int fd, const void *p, size_t n, int *blocked)
 }
 
 void
+log_queue_write(char *q, size_t *len, size_t (*put)(const char *, size_t))
+{
+	size_t n;
+
+	if (*len == 0)
+		return;
+	n = put(q, *len);
+	memmove(q, q + n, *len - n);
+	*len -= n;
+}
+
+void
 log_event_drop(struct event **ev)
 {
 	if (*ev != NULL)
@@ -168,11 +180,7 @@ log_flush(void)
 	size_t n;
 	int len;
 
-	if (log_queued > 0) {
-		n = log_put(log_queue, log_queued);
-		memmove(log_queue, log_queue + n, log_queued - n);
-		log_queued -= n;
-	}
+	log_queue_write(log_queue, &log_queued, log_put);
 	if (log_queued == 0 && log_dropped > 0) {
 		len = snprintf(note, sizeof(note),
 		               "smtptap: warning: %s%llu log lines dropped: the log's reader did not "

@@ -28,6 +28,9 @@ void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * log, the events file share it.
  */
 size_t log_write_some(int fd, const void *p, size_t n, int *blocked);
+/* Writes the head of a queue of *len octets with put(), which says how much it took; the rest
+ * moves to the front (the log's and the events file's queues). */
+void log_queue_write(char *q, size_t *len, size_t (*put)(const char *, size_t));
 struct event;
 /* Frees *ev, if any, and forgets it: the teardown of the logs' own events. */
 void log_event_drop(struct event **ev);

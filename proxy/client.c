@@ -810,16 +810,13 @@ client_unit(struct session *s, struct unit *u)
 {
 	switch (s->mode) {
 	case MODE_COMMAND:
-		if (u->complete)
+	case MODE_SASL:
+		if (!u->complete)
+			client_line_too_long(s, u);
+		else if (s->mode == MODE_COMMAND)
 			client_command(s, u);
 		else
-			client_line_too_long(s, u);
-		break;
-	case MODE_SASL:
-		if (u->complete)
 			client_sasl(s, u);
-		else
-			client_line_too_long(s, u);
 		break;
 	case MODE_SKIP:
 		client_skip(s, u);

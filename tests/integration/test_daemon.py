@@ -202,17 +202,13 @@ exec "$@"
 """
 
 
-@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root (a mount namespace)")
-@pytest.mark.limit(30)
-def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
-    """--syslog, run in a mount namespace of its own whose /dev/log is a socket the test
-    reads.  syslog: datagrams from smtptap[PID] at facility mail: the listener, the session
-    closed with reason quit; stderr: empty."""
+def start_syslog_tap(smtptap_bin, sink, workdir):
+    """smtptap --syslog in a mount namespace whose /dev/log is a datagram socket the test
+    holds: (that socket, the process, its port)."""
     w = os.path.join(workdir, "syslog")
     os.mkdir(w)
     log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     log.bind(os.path.join(w, "log.sock"))
-    log.settimeout(5)
     port = harness.free_port()
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOG_SETUP, "sh",
             smtptap_bin, "--syslog", "--listen", "127.0.0.1:%d" % port,
@@ -220,6 +216,17 @@ def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
             "--events", os.path.join(w, "events.jsonl"), "--workers", "1"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=dict(os.environ, W=w))
+    return log, proc, port
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root (a mount namespace)")
+@pytest.mark.limit(30)
+def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
+    """--syslog, run in a mount namespace of its own whose /dev/log is a socket the test
+    reads.  syslog: datagrams from smtptap[PID] at facility mail: the listener, the session
+    closed with reason quit; stderr: empty."""
+    log, proc, port = start_syslog_tap(smtptap_bin, sink, workdir)
+    log.settimeout(5)
     try:
         harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
         c = SmtpClient(port)
@@ -247,17 +254,7 @@ def test_syslog_daemon_that_stops_reading_blocks_nothing(smtptap_bin, sink, work
     event loop (every session with it).  Lines are dropped and counted instead: 400 sessions
     (two log lines each, far past the queue) are all served, and once the reader reads
     again the count of dropped lines comes with the next line."""
-    w = os.path.join(workdir, "syslog")
-    os.mkdir(w)
-    log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    log.bind(os.path.join(w, "log.sock"))
-    port = harness.free_port()
-    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOG_SETUP, "sh",
-            smtptap_bin, "--syslog", "--listen", "127.0.0.1:%d" % port,
-            "--upstream", "127.0.0.1:%d" % sink.port, "--log-dir", os.path.join(w, "logs"),
-            "--events", os.path.join(w, "events.jsonl"), "--workers", "1"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=dict(os.environ, W=w))
+    log, proc, port = start_syslog_tap(smtptap_bin, sink, workdir)
     try:
         harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
         for _ in range(400):

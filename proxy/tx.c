@@ -15,6 +15,7 @@
 #include "proxy/conn.h"
 #include "proxy/side.h"
 #include "proxy/tx.h"
+#include "smtp/address.h"
 
 #define TX_MAX_RECORDED 1000
 
@@ -34,13 +35,6 @@ tx_path(const struct smtp_command *cmd)
 	return escape_strdup(cmd->arg + off, cmd->arglen - off);
 }
 
-/* SMTP's white space (as the server tokenises: PITFALLS 13). */
-static int
-tx_space(unsigned char c)
-{
-	return c == ' ' || c == '\t' || c == '\v' || c == '\f' || c == '\r';
-}
-
 /*
  * The parameters as the server reads them, apart at any white space (space, tab, VT, FF,
  * CR), escaped and kept with one space between them: the event splits them there.
@@ -55,7 +49,7 @@ tx_params(const unsigned char *p, size_t n)
 	if (joined == NULL)
 		return NULL;
 	for (i = 0; i < n; i++)
-		if (!tx_space(p[i]))
+		if (!address_is_space(p[i]))
 			joined[len++] = p[i];
 		else if (len > 0 && joined[len - 1] != ' ')
 			joined[len++] = ' ';
@@ -82,7 +76,7 @@ tx_mail_split(struct tx *tx, const struct smtp_command *cmd)
 	}
 	colon = memchr(p, ':', n);
 	off = colon != NULL ? (size_t)(colon - p) + 1 : 0;
-	while (off < n && tx_space(p[off]))
+	while (off < n && address_is_space(p[off]))
 		off++;
 	end = off;
 	if (end < n && p[end] == '<') {
@@ -97,13 +91,13 @@ tx_mail_split(struct tx *tx, const struct smtp_command *cmd)
 		if (end < n)
 			end++;
 	}
-	while (end < n && !tx_space(p[end]))
+	while (end < n && !address_is_space(p[end]))
 		end++;
 	tx->mail_from = escape_strdup(p + off, end - off);
 	rest = end;
-	while (rest < n && tx_space(p[rest]))
+	while (rest < n && address_is_space(p[rest]))
 		rest++;
-	while (n > rest && tx_space(p[n - 1]))
+	while (n > rest && address_is_space(p[n - 1]))
 		n--;
 	if (rest < n)
 		tx->mail_params = tx_params(p + rest, n - rest);
@@ -147,14 +141,14 @@ tx_queue_id(const char *text, char *id, size_t size)
 		return tx_id_copy(p + 12, tx_id_span(p + 12), id, size);
 	/* Exim: "OK id=1rAbCd-0001Ab-Cd" */
 	for (p = text; (p = strstr(p, "id=")) != NULL; p += 3)
-		if (p == text || tx_space((unsigned char)p[-1]))
+		if (p == text || address_is_space((unsigned char)p[-1]))
 			return tx_id_copy(p + 3, tx_id_span(p + 3), id, size);
 	/* Sendmail, OpenSMTPD: "2.0.0 wB6NX5fa012345 Message accepted for delivery" */
 	if ((p = strstr(text, " Message accepted for delivery")) != NULL ||
 	    (p = strstr(text, " message accepted for delivery")) != NULL) {
 		const char *start = p;
 
-		while (start > text && !tx_space((unsigned char)start[-1]))
+		while (start > text && !address_is_space((unsigned char)start[-1]))
 			start--;
 		if (tx_id_span(start) == (size_t)(p - start))
 			return tx_id_copy(start, (size_t)(p - start), id, size);

@@ -891,7 +891,7 @@ client_content_run(struct session *s)
 	struct smtp_line l;
 	struct unit u;
 
-	if (evbuffer_peek(bufferevent_get_input(x->bev), -1, NULL, &v, 1) < 1)
+	if (evbuffer_peek(x->in, -1, NULL, &v, 1) < 1)
 		return 0;
 	p = v.iov_base;
 	while (off < v.iov_len && client_in_mode(s, MODE_MESSAGE) && x->bev != NULL &&

@@ -112,7 +112,7 @@ side_pause(struct side *x, int why)
 	 * A client waiting for a reply usually sends nothing meanwhile: it stops being read only
 	 * once it does (session_read_cb), which saves two epoll_ctl calls per DATA.
 	 */
-	if (why == PAUSE_WAIT && evbuffer_get_length(bufferevent_get_input(x->bev)) == 0)
+	if (why == PAUSE_WAIT && evbuffer_get_length(x->in) == 0)
 		return;
 	side_read_off(x);
 }
@@ -153,7 +153,7 @@ session_client_full(struct session *s)
 		return 1;
 	if (s->phase == PHASE_CLOSING || c->bev == NULL)
 		return 0;
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) < SIDE_HIGH_MARK &&
+	if (evbuffer_get_length(c->out) < SIDE_HIGH_MARK &&
 	    s->pipeline.count < PIPELINE_HIGH)
 		return 0;
 	side_pause(c, PAUSE_OWN_FULL);

@@ -191,9 +191,10 @@ listener_loop_client(struct listener *l, const struct sockaddr *sa, int client_f
 	for (s = session_newest(l->px); s != NULL && n < LOOP_NEWEST; s = session_older(s), n++) {
 		len = sizeof(me);
 		tlen = sizeof(them);
-		if ((fd = session_upstream_connecting(s, &me, &len)) < 0)
+		if (!session_upstream_connecting(s, &me, &len))
 			continue;
 		if (listener_same_addr((struct sockaddr *)&me, sa, 1) &&
+		    (fd = session_upstream_fd(s)) >= 0 &&
 		    getpeername(fd, (struct sockaddr *)&them, &tlen) == 0 &&
 		    listener_same_conn((struct sockaddr *)&me, (struct sockaddr *)&them, sa,
 		                       client_fd)) {

@@ -31,9 +31,12 @@ struct session *session_older(struct session *s);
 
 /*
  * A session still making its upstream connection (connecting, or awaiting the greeting):
- * that socket, and its local address into *local (len in and out); -1 for any other.
+ * 1 with that socket's local address in *local (len in and out); 0 for any other.
  */
 int session_upstream_connecting(struct session *s, struct sockaddr_storage *local, socklen_t *len);
+
+/* The upstream socket, or -1: asked only of a session whose local address matched. */
+int session_upstream_fd(struct session *s);
 
 /* --grace is over: every session still open is told the proxy shuts down, and closed. */
 void session_shutdown_all(struct proxy *px);

@@ -15,7 +15,7 @@ struct evbuffer *
 side_input(struct side *x)
 {
 	side_commit(x);
-	return bufferevent_get_input(x->bev);
+	return x->in;
 }
 
 /*
@@ -29,7 +29,7 @@ side_next_unit(struct side *x, size_t max, struct unit *u)
 	struct smtp_line l;
 
 	/* Units relayed but not yet moved stay at the head: the next one starts after them. */
-	if (!smtp_line_next(bufferevent_get_input(x->bev), x->relayed, max, &x->scanned, &l))
+	if (!smtp_line_next(x->in, x->relayed, max, &x->scanned, &l))
 		return 0;
 	u->data = l.data;
 	u->len = l.len;
@@ -73,10 +73,9 @@ side_commit(struct side *x)
 	if (len == 0 || x->bev == NULL)
 		return;
 	if (drop || peer == NULL || peer->bev == NULL)
-		evbuffer_drain(bufferevent_get_input(x->bev), len);
+		evbuffer_drain(x->in, len);
 	else
-		evbuffer_remove_buffer(bufferevent_get_input(x->bev),
-		                       bufferevent_get_output(peer->bev), len);
+		evbuffer_remove_buffer(x->in, peer->out, len);
 }
 
 /* Moves the unit to the peer, unchanged, and counts it. */
@@ -90,7 +89,7 @@ side_forward(struct side *x, size_t len)
 		evbuffer_drain(side_input(x), len);
 		return;
 	}
-	evbuffer_remove_buffer(side_input(x), bufferevent_get_output(peer->bev), len);
+	evbuffer_remove_buffer(side_input(x), peer->out, len);
 }
 
 void
@@ -111,7 +110,7 @@ side_write(struct side *to, const void *p, size_t len, const char *kind)
 {
 	if (to->bev == NULL)
 		return;
-	evbuffer_add(bufferevent_get_output(to->bev), p, len);
+	evbuffer_add(to->out, p, len);
 	if (kind != NULL)
 		transcript_data(to->transcript, kind, p, len);
 }
@@ -124,7 +123,7 @@ side_write_buffer(struct side *to, struct evbuffer *buf)
 		evbuffer_drain(buf, evbuffer_get_length(buf));
 		return;
 	}
-	evbuffer_add_buffer(bufferevent_get_output(to->bev), buf);
+	evbuffer_add_buffer(to->out, buf);
 }
 
 /* Records a unit, as "C:"/"S:" or, for a later piece of a long line, "C+"/"S+". */

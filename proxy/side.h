@@ -28,6 +28,8 @@ struct side {
 	struct side *peer; /* where what this side sends goes */
 	struct transcript *transcript; /* where it is recorded, NULL before it is open */
 	struct bufferevent *bev;
+	struct evbuffer *in;  /* bev's input and output, kept: each getter is a call into */
+	struct evbuffer *out; /* libevent, and the relay asks for them a hundred times a session */
 	enum side_dir dir;
 	int paused;
 	int in_piece;        /* the last record was part of a line longer than --max-line */

@@ -228,9 +228,10 @@ def test_session_log_lines_share_a_write(tap_factory, sink, tmp_path):
     """Twenty one-message sessions one after the other; the proxy's writes to its log counted
     with strace.
 
-    A session's two log lines (its Postfix-style summary and "closed reason=") go out in one
-    write at the end of the loop's pass, not one each: so under 1.5 writes per session (they
-    were 2 and more), and every session's lines are there."""
+    A session logs one line, its Postfix-style summary (a second, "closed reason=", said
+    nothing the summary does not), queued and written at the end of the loop's pass: so at
+    most one write per session (there were 2 and more), and every session's line is there
+    once."""
     if shutil.which("strace") is None:
         pytest.skip("strace not installed (package strace)")
     tap = tap_factory(sink.port)
@@ -244,13 +245,13 @@ def test_session_log_lines_share_a_write(tap_factory, sink, tmp_path):
         time.sleep(0.3)
         for i in range(n):
             short_session(tap, i)
-        harness.wait_until(lambda: tap.stderr().count(" closed reason=quit") == n + 1, 5,
+        harness.wait_until(lambda: tap.stderr().count(" reason=quit duration=") == n + 1, 5,
                            what="every session's log line")
     finally:
         st.terminate()
         st.wait(10)
     writes = log_writes(trace)
-    assert n <= writes < 1.5 * n, "%d log writes for %d sessions" % (writes, n)
+    assert 1 <= writes <= n, "%d log writes for %d sessions" % (writes, n)
     assert tap.stderr().count(" from=<s") == n + 1, tap.stderr()
 
 

@@ -54,6 +54,10 @@ stub_init(struct stub *t, const char *rules)
 	t->s.server.peer = &t->s.client;
 	assert_non_null(t->s.client.bev = bufferevent_socket_new(t->base, -1, 0));
 	assert_non_null(t->s.server.bev = bufferevent_socket_new(t->base, -1, 0));
+	t->s.client.in = bufferevent_get_input(t->s.client.bev);
+	t->s.client.out = bufferevent_get_output(t->s.client.bev);
+	t->s.server.in = bufferevent_get_input(t->s.server.bev);
+	t->s.server.out = bufferevent_get_output(t->s.server.bev);
 	assert_true((fd = mkstemp(path)) >= 0);
 	assert_non_null(fp = fdopen(fd, "w"));
 	fputs(rules, fp);

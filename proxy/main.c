@@ -45,6 +45,27 @@ static struct proxy proxy;
 /* What existed before smtptap started: --user takes over only what smtptap created. */
 static int log_dir_existed, events_existed;
 
+/*
+ * The event loop.  epoll's changes are kept until the loop next waits and then made at once
+ * (libevent's changelist): a session's upstream socket, watched for writing while it
+ * connects, then for reading, costs one epoll_ctl for the change instead of a delete and an
+ * add, and a side paused and resumed within one pass costs none.  smtptap never dup(2)s a
+ * socket it watches, the case where the changelist misbehaves.
+ */
+static struct event_base *
+main_event_base(void)
+{
+	struct event_config *cfg = event_config_new();
+	struct event_base *base;
+
+	if (cfg == NULL)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
+}
+
 /* --grace is over: the sessions still open are closed. */
 static void
 grace_over_cb(evutil_socket_t fd, short what, void *arg)
@@ -410,7 +431,7 @@ start_up(int argc, char **argv, struct options *o)
 	 * transcript times do not come from it (transcript.c reads the clock).  So no
 	 * EVENT_BASE_FLAG_PRECISE_TIMER, whose timerfd costs a system call per loop pass.
 	 */
-	if ((proxy.base = event_base_new()) == NULL)
+	if ((proxy.base = main_event_base()) == NULL)
 		fatalx("event_base_new failed");
 	log_set_base(proxy.base);
 	upstream_prepare(&proxy, o);

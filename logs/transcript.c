@@ -27,10 +27,10 @@
 #include "logs/redact.h"
 
 /*
- * Room for a record's "TIME ID " prefix (27 + 1 + at most 15 + 1 octets), copied whole: a
+ * Room for a record's "TIME ID " prefix (27 + 1 + at most 19 + 1 octets), copied whole: a
  * copy of a fixed size is a few moves, where one of the prefix's own length is a call.
  */
-#define STAMP_PREFIX_ROOM 48
+#define STAMP_PREFIX_ROOM 56
 
 /*
  * A session's recorder: where its records go in the journal.  The records themselves are in
@@ -43,7 +43,7 @@ struct transcript {
 	struct journal *j;         /* that day's buffer, while it is that day's (j->day) */
 	uint64_t serial;           /* this recorder among all of the process */
 	size_t idlen;
-	char id[16];
+	char id[20];
 
 	/*
 	 * Repeated exchanges (transcript_exchange_end): an exchange is the records up to and

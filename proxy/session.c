@@ -86,14 +86,15 @@ static const struct conn_ops session_ops = {
 
 /* The session id: eight hex digits and a NUL into id, without printf per session. */
 static void
-session_hex_id(char *id, uint32_t r)
+session_hex_id(char *id, uint64_t r)
 {
+	_Static_assert(SESSION_ID_DIGITS < sizeof(((struct session *)0)->id), "room for the id");
 	static const char hex[] = "0123456789abcdef";
 	int i;
 
-	for (i = 7; i >= 0; i--, r >>= 4)
+	for (i = SESSION_ID_DIGITS - 1; i >= 0; i--, r >>= 4)
 		id[i] = hex[r & 0xf];
-	id[8] = '\0';
+	id[SESSION_ID_DIGITS] = '\0';
 }
 
 /* src into dst of size octets, cut if need be, always NUL-terminated. */
@@ -1120,13 +1121,13 @@ static void
 session_make_id(struct session *s)
 {
 	/* Drawn 64 at a time: one getrandom call per session was one system call in 25. */
-	static uint32_t pool[64];
+	static uint64_t pool[64];
 	static size_t left;
-	uint32_t r;
+	uint64_t r;
 
 	if (left == 0 && getrandom(pool, sizeof(pool), 0) == (ssize_t)sizeof(pool))
 		left = sizeof(pool) / sizeof(pool[0]);
-	r = left > 0 ? pool[--left] : (uint32_t)random();
+	r = left > 0 ? pool[--left] : (uint64_t)random() << 32 ^ (uint64_t)random();
 	session_hex_id(s->id, r);
 }
 

@@ -29,7 +29,7 @@ TS_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
 RECORD_RE = re.compile(r"^(" + TS_RE + r") (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$", re.S)
 JOURNAL_NAME_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)\.log$")
 # A journal line: time, session id, kind, text.
-JOURNAL_LINE_RE = re.compile(rb"^(" + TS_RE.encode() + rb") ([0-9a-f]{1,15}) (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$",
+JOURNAL_LINE_RE = re.compile(rb"^(" + TS_RE.encode() + rb") ([0-9a-f]{1,19}) (C:|S:|\*|C\+|S\+|P:|U:)(?: (.*))?$",
                              re.S)
 SESSION_RECORD_RE = re.compile(rb"^session client=(\S*) listener=(\S*) upstream=(.*)$", re.S)
 

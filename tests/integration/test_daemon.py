@@ -399,7 +399,7 @@ def test_upstream_unreachable_is_a_warning_with_the_cause(tap_factory):
     assert c.code() == 421
     c.close()
     want = "warning: session=%s connect to 127.0.0.1:%d: Connection refused"
-    harness.wait_until(lambda: re.search(r"warning: session=[0-9a-f]{8} connect to "
+    harness.wait_until(lambda: re.search(r"warning: session=[0-9a-f]{16} connect to "
                                          r"127\.0\.0\.1:%d: Connection refused" % closed,
                                          tap.stderr()), 5, what=want)
 
@@ -411,7 +411,7 @@ def test_upstream_tls_failure_is_a_warning_with_the_cause(tap_factory, sink):
     c = SmtpClient(tap.port)
     assert c.code() == 421
     c.close()
-    harness.wait_until(lambda: re.search(r"warning: session=[0-9a-f]{8} TLS with 127\.0\.0\.1:%d "
+    harness.wait_until(lambda: re.search(r"warning: session=[0-9a-f]{16} TLS with 127\.0\.0\.1:%d "
                                          r"failed: \S" % sink.port, tap.stderr()), 5,
                        what="the TLS warning")
 

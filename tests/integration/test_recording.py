@@ -41,7 +41,7 @@ def test_event_line_has_every_field(tap, sink):
     raw = tap.wait_events(1) and tap.event_lines()
     assert len(raw) == 1
     ev = json.loads(raw[0])
-    assert re.fullmatch(r"[0-9a-f]{8}", ev["session"])
+    assert re.fullmatch(r"[0-9a-f]{16}", ev["session"])
     start, end = parse_ts(ev["start"]), parse_ts(ev["end"])
     assert start <= end
     assert isinstance(ev["duration"], (int, float))

@@ -76,6 +76,7 @@ static void session_note_local(struct session *s);
 static int session_open_transcript(struct session *s);
 static int session_tls_start(struct session *s, struct side *x);
 static void session_client_half_closed(struct session *s);
+static void side_plain_end(struct side *x);
 
 /* What the relay's modules ask of the session's owner (proxy/conn.h). */
 static const struct conn_ops session_ops = {
@@ -114,8 +115,9 @@ session_copy_text(char *dst, size_t size, const char *src)
  * and reports it.
  */
 static void
-side_send(struct evbuffer *out, evutil_socket_t fd)
+side_send(struct side *x, evutil_socket_t fd)
 {
+	struct evbuffer *out = x->out;
 	struct evbuffer_iovec v[SIDE_SEND_IOV];
 	struct iovec iov[SIDE_SEND_IOV];
 	struct msghdr mh;
@@ -138,12 +140,33 @@ side_send(struct evbuffer *out, evutil_socket_t fd)
 		mh.msg_iovlen = (size_t)nv;
 		n = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 	}
-	if (n > 0) {
-		/* A buffer event keeps its output's front frozen but while it writes itself. */
-		evbuffer_unfreeze(out, 1);
+	if (n <= 0)
+		return;
+	if (out == x->plain_out) {
 		evbuffer_drain(out, (size_t)n);
-		evbuffer_freeze(out, 1);
+		return;
 	}
+	/* A buffer event keeps its output's front frozen but while it writes itself. */
+	evbuffer_unfreeze(out, 1);
+	evbuffer_drain(out, (size_t)n);
+	evbuffer_freeze(out, 1);
+}
+
+/*
+ * What the kernel did not take goes to the buffer event, which writes it when the socket
+ * can take more; what is written meanwhile queues behind it there (session_write_cb goes
+ * back to the plain output once it is all gone).
+ */
+static void
+side_write_later(struct side *x)
+{
+	struct evbuffer *bev_out = bufferevent_get_output(x->bev);
+
+	if (x->out == x->plain_out) {
+		evbuffer_add_buffer(bev_out, x->plain_out); /* onto its end: only its front is frozen */
+		x->out = bev_out;
+	}
+	bufferevent_enable(x->bev, EV_WRITE);
 }
 
 /*
@@ -162,9 +185,9 @@ side_flush(struct side *x)
 	    (bufferevent_get_enabled(x->bev) & EV_WRITE))
 		return;
 	/* The read event's descriptor: bufferevent_getfd is a control call, 65 instructions. */
-	side_send(out, x->rd != NULL ? event_get_fd(x->rd) : bufferevent_getfd(x->bev));
+	side_send(x, x->rd != NULL ? event_get_fd(x->rd) : bufferevent_getfd(x->bev));
 	if (evbuffer_get_length(out) > 0)
-		bufferevent_enable(x->bev, EV_WRITE);
+		side_write_later(x);
 }
 
 static void
@@ -194,6 +217,16 @@ session_client_drained(struct session *s)
 	session_schedule_client(s);
 }
 
+static void
+side_plain_free(struct side *x)
+{
+	if (x->plain_in != NULL)
+		evbuffer_free(x->plain_in);
+	if (x->plain_out != NULL)
+		evbuffer_free(x->plain_out);
+	x->plain_in = x->plain_out = NULL;
+}
+
 /* Closes a side's socket, and its read event first. */
 static void
 side_release(struct side *x)
@@ -205,6 +238,7 @@ side_release(struct side *x)
 		bufferevent_free(x->bev);
 	x->bev = NULL;
 	x->in = x->out = NULL;
+	side_plain_free(x);
 }
 
 static void
@@ -720,6 +754,8 @@ session_write_cb(struct bufferevent *bev, void *arg)
 	}
 	if (x->direct && evbuffer_get_length(x->out) == 0) {
 		bufferevent_disable(bev, EV_WRITE); /* side_flush writes again */
+		if (x->plain_out != NULL)
+			x->out = x->plain_out;
 		if (x->dir == SIDE_SERVER && s->server_shut_pending)
 			session_shut_server(s);
 	}
@@ -814,6 +850,7 @@ session_tls_start(struct session *s, struct side *x)
 		return -1;
 	/* The filter writes through the socket's buffer event, which must write on its own. */
 	side_flush(x);
+	side_plain_end(x);
 	x->direct = 0;
 	if (x->rd != NULL) {
 		event_free(x->rd); /* the socket's buffer event reads for the filter */
@@ -1073,10 +1110,14 @@ side_read_cb(evutil_socket_t fd, short what, void *arg)
 	n = recv(fd, buf, sizeof(buf), 0);
 	saved = errno;
 	if (n > 0) {
-		/* A buffer event keeps its input's end frozen but while it reads itself. */
-		evbuffer_unfreeze(in, 0);
-		rc = evbuffer_add(in, buf, (size_t)n);
-		evbuffer_freeze(in, 0);
+		if (in == x->plain_in) {
+			rc = evbuffer_add(in, buf, (size_t)n);
+		} else {
+			/* A buffer event keeps its input's end frozen but while it reads itself. */
+			evbuffer_unfreeze(in, 0);
+			rc = evbuffer_add(in, buf, (size_t)n);
+			evbuffer_freeze(in, 0);
+		}
 		if (rc == 0) {
 			session_read_cb(x->bev, x);
 			return;
@@ -1091,7 +1132,10 @@ side_read_cb(evutil_socket_t fd, short what, void *arg)
 	session_event_cb(x->bev, BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), x);
 }
 
-/* A plain connected socket: read by side_read_cb, written by side_flush. */
+/*
+ * A plain connected socket: read by side_read_cb into its own input, written by side_flush
+ * from its own output.  Buffers of the buffer event that already hold something are kept.
+ */
 static int
 side_direct(struct session *s, struct side *x)
 {
@@ -1101,7 +1145,37 @@ side_direct(struct session *s, struct side *x)
 		return -1;
 	x->direct = 1;
 	bufferevent_disable(x->bev, EV_READ | EV_WRITE);
+	if (evbuffer_get_length(x->in) == 0 && evbuffer_get_length(x->out) == 0 &&
+	    (x->plain_in = evbuffer_new()) != NULL && (x->plain_out = evbuffer_new()) != NULL) {
+		x->in = x->plain_in;
+		x->out = x->plain_out;
+	} else {
+		side_plain_free(x);
+	}
 	return 0;
+}
+
+/*
+ * The end of the plain buffers (TLS begins, or the socket closes): what they hold goes to
+ * the buffer event's, the input in front of nothing (it read nothing meanwhile), the output
+ * behind what it still writes.
+ */
+static void
+side_plain_end(struct side *x)
+{
+	struct evbuffer *bin, *bout;
+
+	if (x->plain_in == NULL)
+		return;
+	bin = bufferevent_get_input(x->bev);
+	bout = bufferevent_get_output(x->bev);
+	evbuffer_unfreeze(bin, 0);
+	evbuffer_add_buffer(bin, x->plain_in);
+	evbuffer_freeze(bin, 0);
+	evbuffer_add_buffer(bout, x->plain_out);
+	x->in = bin;
+	x->out = bout;
+	side_plain_free(x);
 }
 
 static void

@@ -28,8 +28,16 @@ struct side {
 	struct side *peer; /* where what this side sends goes */
 	struct transcript *transcript; /* where it is recorded, NULL before it is open */
 	struct bufferevent *bev;
-	struct evbuffer *in;  /* bev's input and output, kept: each getter is a call into */
-	struct evbuffer *out; /* libevent, and the relay asks for them a hundred times a session */
+	struct evbuffer *in;  /* what the side sent, and what goes to it: bev's buffers, kept */
+	struct evbuffer *out; /* (each getter is a call into libevent), or the plain ones */
+	/*
+	 * A plain socket's own buffers (session.c): a buffer event calls back into itself at
+	 * every change of its output, some 2,600 instructions a session for nothing while
+	 * smtptap writes the socket itself.  out is bev's output only while bev writes what
+	 * the kernel did not take.
+	 */
+	struct evbuffer *plain_in;
+	struct evbuffer *plain_out;
 	enum side_dir dir;
 	int paused;
 	int in_piece;        /* the last record was part of a line longer than --max-line */

@@ -139,7 +139,7 @@ server_421(struct session *s, int relayed)
 	head = pipeline_head(&s->pipeline);
 	if (relayed) {
 		/* Too long to copy: the head had it as it came, the rest get ours. */
-		char lost[512];
+		char lost[SESSION_REPLY_MAX];
 
 		if (head != NULL)
 			pipeline_pop(&s->pipeline);
@@ -365,7 +365,7 @@ server_hold_overflow(struct session *s)
 static void
 server_protocol_error(struct session *s, const char *why)
 {
-	char reply[512];
+	char reply[SESSION_REPLY_MAX];
 
 	transcript_event(s->transcript, "upstream protocol error: %s", why);
 	session_own_reply(s, reply, sizeof(reply), "421 4.4.2", "Upstream protocol error");
@@ -487,7 +487,7 @@ relay_server(struct session *s)
 void
 relay_server_gone(struct session *s)
 {
-	char lost[512];
+	char lost[SESSION_REPLY_MAX];
 
 	relay_server(s);
 	if (s->phase == PHASE_CLOSING)

@@ -85,7 +85,7 @@ static const struct conn_ops session_ops = {
     .client_eof = session_client_half_closed,
 };
 
-/* The session id: eight hex digits and a NUL into id, without printf per session. */
+/* The session id: SESSION_ID_DIGITS hex digits and a NUL into id, without printf. */
 static void
 session_hex_id(char *id, uint64_t r)
 {
@@ -180,9 +180,11 @@ side_flush(struct side *x)
 {
 	struct evbuffer *out;
 
+	if (x->bev == NULL || !x->direct)
+		return;
 	/* Most calls find nothing to write: that is asked first, the write's state after. */
-	if (x->bev == NULL || !x->direct || evbuffer_get_length(out = x->out) == 0 ||
-	    (bufferevent_get_enabled(x->bev) & EV_WRITE))
+	out = x->out;
+	if (evbuffer_get_length(out) == 0 || (bufferevent_get_enabled(x->bev) & EV_WRITE))
 		return;
 	/* The read event's descriptor: bufferevent_getfd is a control call, 65 instructions. */
 	side_send(x, x->rd != NULL ? event_get_fd(x->rd) : bufferevent_getfd(x->bev));
@@ -464,7 +466,7 @@ session_client_half_closed(struct session *s)
 static void
 session_client_eof_expired(struct session *s)
 {
-	char reply[512];
+	char reply[SESSION_REPLY_MAX];
 
 	transcript_event(s->transcript,
 	                 "the server did not answer within %d seconds of the "
@@ -502,27 +504,19 @@ session_upstream_fd(struct session *s)
 int
 session_upstream_connecting(struct session *s, struct sockaddr_storage *local, socklen_t *len)
 {
-	int fd;
-
 	if (s->phase != PHASE_CONNECTING && s->phase != PHASE_GREETING)
 		return 0;
 	/*
-	 * Its address, once known, is kept: connect(2) bound it, and a session has one upstream
-	 * socket.  Asking at every accept was some getsockname(2) calls per session, and asking
-	 * libevent for the socket of every session compared was 65 instructions each.
+	 * Its address is kept once known (session_note_local: at connect(2), or for a connect by
+	 * name once the socket has its port); asking at every accept was some getsockname(2)
+	 * calls per session.  Without a port yet it can't be any client's peer.
 	 */
-	if (s->upstream_local_len > 0) {
-		*local = s->upstream_local_sa;
-		*len = s->upstream_local_len;
-		return 1;
-	}
-	if ((fd = session_upstream_fd(s)) < 0 ||
-	    getsockname(fd, (struct sockaddr *)local, len) != 0)
+	if (s->upstream_local_len == 0)
+		session_note_local(s);
+	if (s->upstream_local_len == 0)
 		return 0;
-	if (addr_port((struct sockaddr *)local) > 0) {
-		s->upstream_local_sa = *local;
-		s->upstream_local_len = *len;
-	}
+	*local = s->upstream_local_sa;
+	*len = s->upstream_local_len;
 	return 1;
 }
 
@@ -570,7 +564,7 @@ session_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct session *s = arg;
 	struct timeval tv = {0, 0};
-	char reply[512];
+	char reply[SESSION_REPLY_MAX];
 	time_t now = time(NULL), idle;
 	unsigned limit;
 
@@ -1156,9 +1150,9 @@ side_direct(struct session *s, struct side *x)
 }
 
 /*
- * The end of the plain buffers (TLS begins, or the socket closes): what they hold goes to
- * the buffer event's, the input in front of nothing (it read nothing meanwhile), the output
- * behind what it still writes.
+ * The end of the plain buffers, when TLS begins on the socket: what they hold goes to the
+ * buffer event's, through which the TLS filter reads and writes: the input in front of
+ * nothing (the buffer event read nothing meanwhile), the output behind what it still writes.
  */
 static void
 side_plain_end(struct side *x)
@@ -1297,7 +1291,7 @@ session_note_local(struct session *s)
 {
 	struct sockaddr_storage ss;
 	socklen_t len = sizeof(ss);
-	int fd = bufferevent_getfd(s->server.bev);
+	int fd = session_upstream_fd(s);
 
 	if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
 	    addr_port((struct sockaddr *)&ss) > 0) {

@@ -13,24 +13,28 @@ static const struct {
     {"replay", tool_replay_main},
 };
 
+/* The tools[] row word names, or -1. */
+static int
+tools_find(const char *word)
+{
+	for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
+		if (strcmp(word, tools[i].name) == 0)
+			return (int)i;
+	return -1;
+}
+
 int
 tools_main(int argc, char **argv)
 {
-	size_t i;
+	int i;
 
-	if (argc < 2)
+	if (argc < 2 || (i = tools_find(argv[1])) < 0)
 		return -1;
-	for (i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-		if (strcmp(argv[1], tools[i].name) == 0)
-			return tools[i].run(argc - 1, argv + 1);
-	return -1;
+	return tools[i].run(argc - 1, argv + 1);
 }
 
 int
 tools_has(const char *word)
 {
-	for (size_t i = 0; i < sizeof(tools) / sizeof(tools[0]); i++)
-		if (strcmp(word, tools[i].name) == 0)
-			return 1;
-	return 0;
+	return tools_find(word) >= 0;
 }

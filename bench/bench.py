@@ -38,6 +38,7 @@ measured in the same run (A/B test of a change), transcripts also under --logs.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -723,8 +724,28 @@ def paired_ratios(a, b, key):
     return (statistics.median(rs), rs[0], rs[-1]) if rs else None
 
 
+def median_interval(a, b, key):
+    """A distribution-free interval for the median of the rep-by-rep ratios (the order
+    statistics a binomial sign test puts at least 95% around it; with few reps the widest one
+    there is, the lowest to the highest), and how many reps came out at 1.0 or more: what says
+    whether a median near a bound is a difference or the machine's noise."""
+    rs = sorted(x[key] / y[key] for x, y in zip(a["runs"], b["runs"]) if y[key])
+    n = len(rs)
+    if n == 0:
+        return None
+    k = 0  # rs[k] and rs[n-1-k] hold the median with >= 95% confidence
+    while k + 1 < n - 1 - (k + 1) and \
+            sum(math.comb(n, i) for i in range(k + 2)) / 2.0 ** n <= 0.025:
+        k += 1
+    return rs[k], rs[n - 1 - k], sum(r >= 1.0 for r in rs), n
+
+
 def fmt_paired(r):
     return "-" if r is None else "%.2fx (%.2f-%.2f)" % r
+
+
+def fmt_interval(r):
+    return "-" if r is None else "median's 95%% interval %.2f-%.2f, %d of %d reps >= 1.00" % r
 
 
 def targets(res):
@@ -738,9 +759,10 @@ def targets(res):
             lo, hi = SPEED_BOUNDS[mode]
             rate = paired_ratios(s, h, "msgs_per_s")
             cpu = paired_ratios(s, h, "cpu_us_per_msg")
-            t["throughput >= %.1fx haproxy, %s/session" % (lo, mode)] = "%s (%.0f vs %.0f msg/s; %s)" % (
+            t["throughput >= %.1fx haproxy, %s/session" % (lo, mode)] = "%s (%.0f vs %.0f msg/s; %s; %s)" % (
                 met(rate is not None and rate[0] >= lo),
-                s["median_msgs_per_s"], h["median_msgs_per_s"], fmt_paired(rate))
+                s["median_msgs_per_s"], h["median_msgs_per_s"], fmt_paired(rate),
+                fmt_interval(median_interval(s, h, "msgs_per_s")))
             t["CPU/msg <= %.1fx haproxy, %s/session" % (hi, mode)] = "%s (%.1f vs %.1f us; %s)" % (
                 met(cpu is not None and cpu[0] <= hi),
                 s["median_cpu_us_per_msg"], h["median_cpu_us_per_msg"], fmt_paired(cpu))

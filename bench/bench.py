@@ -788,19 +788,19 @@ def targets(res):
             t["A/B: smtptap over smtptap-b, %s/session" % mode] = "msg/s %s, CPU/msg %s" % (
                 fmt_paired(paired_ratios(s, b, "msgs_per_s")),
                 fmt_paired(paired_ratios(s, b, "cpu_us_per_msg")))
-    if "smtptap" in paths and "smtptap-rules" in paths:
+    # The rule paths against smtptap without rules, judged as HAProxy's above: on the
+    # rep-by-rep ratio (the two medians of five reps each can differ by 7% on noise alone).
+    for path, label, bound in (("smtptap-rules", "100 rules", 0.9),
+                               ("smtptap-table", "100 rules + 100,000-domain table", 0.95)):
+        if "smtptap" not in paths or path not in paths:
+            continue
         for mode, _, _ in MODES:
-            s, r = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-rules"]
-            ratio = r["median_msgs_per_s"] / s["median_msgs_per_s"] if s["median_msgs_per_s"] else 0
-            t["100 rules >= 0.9 x smtptap, %s/session" % mode] = "%s (%.2f: %.0f vs %.0f msg/s)" % (
-                met(ratio >= 0.9), ratio, r["median_msgs_per_s"], s["median_msgs_per_s"])
-    if "smtptap" in paths and "smtptap-table" in paths:
-        for mode, _, _ in MODES:
-            s, r = tp[mode]["paths"]["smtptap"], tp[mode]["paths"]["smtptap-table"]
-            ratio = r["median_msgs_per_s"] / s["median_msgs_per_s"] if s["median_msgs_per_s"] else 0
-            t["100 rules + 100,000-domain table >= 0.95 x smtptap, %s/session" % mode] = \
-                "%s (%.2f: %.0f vs %.0f msg/s)" % (
-                    met(ratio >= 0.95), ratio, r["median_msgs_per_s"], s["median_msgs_per_s"])
+            s, r = tp[mode]["paths"]["smtptap"], tp[mode]["paths"][path]
+            rate = paired_ratios(r, s, "msgs_per_s")
+            t["%s >= %.2g x smtptap, %s/session" % (label, bound, mode)] = \
+                "%s (%.0f vs %.0f msg/s; %s)" % (
+                    met(rate is not None and rate[0] >= bound), r["median_msgs_per_s"],
+                    s["median_msgs_per_s"], fmt_paired(rate))
     idle = res["idle"]["paths"].get("smtptap")
     if idle and idle["kib_per_session"] is not None:
         t["<= 8 KiB RSS per idle session"] = "%s (%.2f KiB)" % (

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,16 @@ static void log_flush(void);
  */
 static int syslog_fd = -1;
 static unsigned long long syslog_dropped;
+/* The pid each line names: getpid(2) is a system call each time (glibc keeps no copy), so
+ * it is kept here, and fork's child handler renews it in every child, workers or any other
+ * (0: the handler could not be set, asked each time). */
+static pid_t syslog_pid;
+
+static void
+syslog_pid_renew(void)
+{
+	syslog_pid = getpid();
+}
 
 static void
 syslog_connect(void)
@@ -72,7 +83,7 @@ syslog_send(int pri, const char *msg)
 	if (localtime_r(&now, &tm) == NULL || strftime(stamp, sizeof(stamp), "%b %e %H:%M:%S", &tm) == 0)
 		stamp[0] = '\0';
 	n = snprintf(line, sizeof(line), "<%d>%s smtptap[%ld]: %s", LOG_MAIL | pri, stamp,
-	             (long)getpid(), msg);
+	             (long)(syslog_pid > 0 ? syslog_pid : getpid()), msg);
 	if (n < 0)
 		return -1;
 	if ((size_t)n >= sizeof(line))
@@ -252,9 +263,11 @@ log_init(int use_syslog, int verbose)
 {
 	log_syslog = use_syslog;
 	log_verbose = verbose;
-	if (use_syslog)
+	if (use_syslog) {
+		if (syslog_pid == 0 && pthread_atfork(NULL, NULL, syslog_pid_renew) == 0)
+			syslog_pid_renew();
 		syslog_connect();
-	else
+	} else
 		log_nonblock();
 }
 

@@ -202,7 +202,7 @@ exec "$@"
 """
 
 
-def start_syslog_tap(smtptap_bin, sink, workdir):
+def start_syslog_tap(smtptap_bin, sink, workdir, workers=1):
     """smtptap --syslog in a mount namespace whose /dev/log is a datagram socket the test
     holds: (that socket, the process, its port)."""
     w = os.path.join(workdir, "syslog")
@@ -213,7 +213,7 @@ def start_syslog_tap(smtptap_bin, sink, workdir):
     argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", SYSLOG_SETUP, "sh",
             smtptap_bin, "--syslog", "--listen", "127.0.0.1:%d" % port,
             "--upstream", "127.0.0.1:%d" % sink.port, "--log-dir", os.path.join(w, "logs"),
-            "--events", os.path.join(w, "events.jsonl"), "--workers", "1"]
+            "--events", os.path.join(w, "events.jsonl"), "--workers", str(workers)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=dict(os.environ, W=w))
     return log, proc, port
@@ -245,6 +245,39 @@ def test_syslog_gets_the_log_and_stderr_nothing(smtptap_bin, sink, workdir):
     assert any("listening on 127.0.0.1:%d" % port in m for m in got), got
     assert proc.returncode == 0, (proc.returncode, err)
     assert err == b"" and out == b"", (out, err)
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="needs root (a mount namespace)")
+@pytest.mark.limit(30)
+def test_syslog_lines_name_the_worker_that_wrote_them(smtptap_bin, sink, workdir):
+    """--syslog with two workers: each line names the process that sent it, as syslog(3)
+    would.  The pid is kept, not asked for per line, and renewed in each forked child: a
+    session's line names a worker, never the supervisor whose pid was kept before the fork."""
+    log, proc, port = start_syslog_tap(smtptap_bin, sink, workdir, workers=2)
+    log.settimeout(5)
+    n = 20
+    try:
+        harness.wait_listening(port, 10.0, alive=lambda: proc.poll() is None)
+        got = []
+        for i in range(n):
+            # One at a time, read as it goes: a datagram socket's queue holds few lines.
+            c = SmtpClient(port)
+            assert c.code() == 220
+            c.expect("QUIT", 221)
+            c.close()
+            while sum(" reason=quit duration=" in m for m in got) <= i:
+                got.append(log.recv(4096).decode("utf-8", "replace"))
+        workers = {int(p) for p in open("/proc/%d/task/%d/children" % (proc.pid, proc.pid))
+                   .read().split()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+        log.close()
+    assert len(workers) == 2, workers
+    pids = [int(re.search(r" smtptap\[(\d+)\]: ", m).group(1)) for m in got]
+    assert set(pids) <= workers | {proc.pid}, (pids, workers, proc.pid)
+    sessions = [p for p, m in zip(pids, got) if " reason=quit duration=" in m]
+    assert len(sessions) == n and set(sessions) <= workers, (sessions, workers)
 
 
 @pytest.mark.skipif(not harness.IS_ROOT, reason="needs root (a mount namespace)")

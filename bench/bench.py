@@ -717,27 +717,35 @@ def report(res):
     return "\n".join(lines) + "\n"
 
 
+def rep_ratios(a, b, key):
+    """a's figure over b's, rep by rep (the two ran back to back, under the same load), sorted."""
+    return sorted(x[key] / y[key] for x, y in zip(a["runs"], b["runs"]) if y[key])
+
+
 def paired_ratios(a, b, key):
-    """a's figure over b's, rep by rep (the two ran back to back, under the same load):
-    median, lowest and highest."""
-    rs = sorted(x[key] / y[key] for x, y in zip(a["runs"], b["runs"]) if y[key])
+    """The rep-by-rep ratios' median, lowest and highest."""
+    rs = rep_ratios(a, b, key)
     return (statistics.median(rs), rs[0], rs[-1]) if rs else None
 
 
 def median_interval(a, b, key):
-    """A distribution-free interval for the median of the rep-by-rep ratios (the order
-    statistics a binomial sign test puts at least 95% around it; with few reps the widest one
-    there is, the lowest to the highest), and how many reps came out at 1.0 or more: what says
-    whether a median near a bound is a difference or the machine's noise."""
-    rs = sorted(x[key] / y[key] for x, y in zip(a["runs"], b["runs"]) if y[key])
+    """A distribution-free interval for the median of the rep-by-rep ratios: the order
+    statistics rs[k] and rs[n-1-k] with the largest k that a binomial sign test still puts at
+    least 95% around the median.  Below that (few reps) it is the lowest to the highest, and
+    the coverage returned says how much less than 95% that is.  With it, how many reps came
+    out at 1.0 or more: what says whether a median near a bound is a difference or noise.
+    Returns (low, high, coverage, reps at 1.0 or more, reps)."""
+    rs = rep_ratios(a, b, key)
     n = len(rs)
     if n == 0:
         return None
-    k = 0  # rs[k] and rs[n-1-k] hold the median with >= 95% confidence
-    while k + 1 < n - 1 - (k + 1) and \
-            sum(math.comb(n, i) for i in range(k + 2)) / 2.0 ** n <= 0.025:
-        k += 1
-    return rs[k], rs[n - 1 - k], sum(r >= 1.0 for r in rs), n
+    k, tail = 0, 1.0 / 2 ** n  # tail: P(X <= k) for X ~ Binomial(n, 1/2)
+    while k + 1 < n - 2 - k:
+        wider = tail + math.comb(n, k + 1) / 2.0 ** n
+        if wider > 0.025:
+            break
+        k, tail = k + 1, wider
+    return rs[k], rs[n - 1 - k], 1 - 2 * tail, sum(r >= 1.0 for r in rs), n
 
 
 def fmt_paired(r):
@@ -745,7 +753,11 @@ def fmt_paired(r):
 
 
 def fmt_interval(r):
-    return "-" if r is None else "median's 95%% interval %.2f-%.2f, %d of %d reps >= 1.00" % r
+    if r is None:
+        return "-"
+    low, high, coverage, at_one, n = r
+    return "median's %d%% interval %.2f-%.2f, %d of %d reps >= 1.00" % (
+        int(coverage * 100), low, high, at_one, n)
 
 
 def targets(res):

@@ -267,8 +267,8 @@ def test_syslog_lines_name_the_worker_that_wrote_them(smtptap_bin, sink, workdir
             c.close()
             while sum(" reason=quit duration=" in m for m in got) <= i:
                 got.append(log.recv(4096).decode("utf-8", "replace"))
-        workers = {int(p) for p in open("/proc/%d/task/%d/children" % (proc.pid, proc.pid))
-                   .read().split()}
+        with open("/proc/%d/task/%d/children" % (proc.pid, proc.pid)) as f:
+            workers = {int(p) for p in f.read().split()}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)

@@ -213,14 +213,6 @@ def one_message(tap, i):
     return c
 
 
-def short_session(tap, i):
-    """One message, as fast as the client goes; back once the proxy has closed too."""
-    c = one_message(tap, i)
-    c.expect("QUIT", 221)
-    c.close()
-    time.sleep(0.01)
-
-
 def log_writes(trace):
     """write(2)/writev(2) calls on descriptor 2 (the program's log) in an strace output file."""
     with open(trace) as f:

@@ -200,6 +200,38 @@ upstream_xclient_reply(struct session *s, int code)
 	upstream_ready(s);
 }
 
+/*
+ * The server's greeting refuses the session (not 220).  It goes to the client as it is: no
+ * TLS and no XCLIENT can be had from a server that takes no command.  Where that set-up is
+ * required (XCLIENT, --upstream-tls require) the session ends after the greeting, so that
+ * nothing of the client reaches the server under the proxy's address or in clear; else the
+ * client goes on as the server lets it.
+ */
+static void
+upstream_greeting_refused(struct session *s, int code)
+{
+	const struct options *o = s->px->opts;
+	int required = o->forward_client == FORWARD_XCLIENT || o->upstream_tls == UPSTREAM_REQUIRE;
+
+	if (required) {
+		transcript_event(s->transcript,
+		                 "upstream set-up failed reason=\"the server refused the session (%d)\"",
+		                 code);
+		log_warnx("session=%s set-up with %s failed: the server refused the session (%d)",
+		          s->id, s->px->upstream_text, code);
+	} else if (upstream_wants_tls(o)) {
+		transcript_event(s->transcript,
+		                 "upstream leg stays in clear: the server refused the session");
+	}
+	upstream_ready(s);
+	if (s->phase == PHASE_CLOSING)
+		return;
+	if (code == 421)
+		session_close(s, "server_421");
+	else if (required)
+		session_close(s, "server_refused");
+}
+
 /* A reply during the upstream set-up: greeting, our EHLO, STARTTLS, (EHLO again), XCLIENT. */
 static void
 upstream_setup_step(struct session *s)
@@ -217,19 +249,7 @@ upstream_setup_step(struct session *s)
 		}
 		evbuffer_add_buffer(s->setup.greeting, s->setup.reply);
 		if (code != 220) {
-			/* The server refuses the session: its greeting goes to the client as it
-			 * is (no TLS, no XCLIENT to a server that takes no command). */
-			if (s->px->opts->upstream_tls == UPSTREAM_REQUIRE) {
-				upstream_tls_refused(s, "the server refused the session");
-			} else {
-				if (upstream_wants_tls(s->px->opts))
-					transcript_event(s->transcript,
-					                 "upstream leg stays in clear: "
-					                 "the server refused the session");
-				upstream_ready(s);
-			}
-			if (code == 421 && s->phase != PHASE_CLOSING)
-				session_close(s, "server_421");
+			upstream_greeting_refused(s, code);
 			return;
 		}
 		upstream_send_ehlo(s);
@@ -266,7 +286,8 @@ upstream_setup_step(struct session *s)
 void
 relay_upstream_secured(struct session *s)
 {
-	if (s->setup.active) {
+	/* After our STARTTLS, the greeting came before it; with implicit TLS it comes now. */
+	if (s->setup.active && s->setup.greeting != NULL) {
 		/* RFC 3207 4.2: the server forgot our EHLO; XCLIENT needs it again. */
 		if (s->px->opts->forward_client == FORWARD_XCLIENT)
 			upstream_send_ehlo(s);
@@ -274,7 +295,7 @@ relay_upstream_secured(struct session *s)
 			upstream_ready(s);
 		return;
 	}
-	/* Implicit TLS: the greeting comes now, over TLS. */
+	/* Implicit TLS: the greeting comes now, over TLS (and the set-up, if any, from it). */
 	session_enter_phase(s, PHASE_GREETING);
 	upstream_relay(s);
 }

@@ -246,6 +246,39 @@ def test_xclient_not_offered_or_refused(tap_factory, fake_server, case):
 
 
 @pytest.mark.limit(30)
+@pytest.mark.parametrize("setup", [("--forward-client", "xclient"), ("--upstream-tls", "require")],
+                         ids=["xclient", "tls-require"])
+@pytest.mark.parametrize("greeting,reason", [(b"554 5.7.1 fake.example go away", "server_refused"),
+                                             (b"421 4.3.2 fake.example too busy", "server_421")],
+                         ids=["554", "421"])
+def test_greeting_refusal_ends_a_required_setup(tap_factory, fake_server, setup, greeting, reason):
+    """The server's greeting refuses the session while XCLIENT or TLS must come first: the
+    client gets that greeting as the server sent it (not a TLS failure of our own), and the
+    session ends.  Nothing the client sends reaches the server: one that serves commands
+    after a 554 (this one does) would have had them under the proxy's address, or in clear."""
+    def greet(conn, line):
+        conn.send(greeting + b"\r\n")
+        return True
+
+    srv = fake_server(SmtpServerScript(caps=["PIPELINING", "XCLIENT NAME ADDR PORT"],
+                                       hooks={"GREETING": greet}))
+    tap = tap_factory(srv.port, *setup)
+    c = SmtpClient(tap.port)
+    c.send(b"EHLO early.client\r\nMAIL FROM:<%s>\r\n" % FROM.encode())
+    assert c.reply() == [greeting + b"\r\n"]
+    c.read_until_eof(10)
+    assert bytes(c.buf) == b"", bytes(c.buf)
+    srv.join()
+    cmds = srv.conns[0].commands
+    assert all(x.strip().upper() == b"QUIT" for x in cmds), cmds
+    ev = tap.event()
+    assert ev["reason"] == reason and "forwarded" not in ev and ev["transactions"] == [], ev
+    code = greeting[:3].decode()
+    assert 'upstream set-up failed reason="the server refused the session (%s)"' % code in \
+        transcript(tap).events()
+
+
+@pytest.mark.limit(30)
 def test_xclient_after_starttls_fresh_greeting(tap_factory, fake_server, certs):
     """With upstream TLS: greeting, EHLO, STARTTLS, EHLO, XCLIENT; the client sees the
     greeting that answers XCLIENT, and its commands go on over TLS."""

@@ -451,6 +451,52 @@ def test_postfix_smtpd_starttls_both_legs(tap_factory, certs, workdir, request):
         psink.stop()
 
 
+@pytest.mark.limit(60)
+def test_postfix_smtps_with_xclient(tap_factory, certs, workdir, request):
+    """--upstream-tls implicit with --forward-client xclient to Postfix's smtps (wrapper mode):
+    the greeting comes over TLS first, then smtptap's EHLO and XCLIENT (it once sent EHLO
+    before the greeting, read the greeting as its reply and refused every session).  Postfix
+    sees the client at 127.0.0.2: it refuses to relay for it (it trusts 127.0.0.1 only), takes
+    mail for its own relay domain, and its Received header names the client and TLS."""
+    if not harness.IS_ROOT:
+        pytest.skip("a private Postfix instance needs root")
+    psink = harness.SmtpSink(workdir, name="postfix-sink")
+    psink.start()
+    pf = PostfixTls(workdir, psink.port, certs.pem("mail"), certs.key("mail"), wrapper=True,
+                    main={"mynetworks": "127.0.0.1/32", "relay_domains": "example.org",
+                          "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+                          "smtpd_authorized_xclient_hosts": "127.0.0.1"})
+    request.node._diagnostics = getattr(request.node, "_diagnostics", []) + [("postfix", pf), ("postfix sink", psink)]
+    try:
+        pf.start()
+        tap = tap_factory(pf.port, "--upstream-tls", "implicit", "--forward-client", "xclient",
+                          *upstream_ca_args(certs))
+        c = SmtpClient(tap.port, source="127.0.0.2")
+        g = c.reply()
+        assert g and g[-1].startswith(b"220 postfix.test "), g
+        c.expect("EHLO client.test", 250)
+        c.expect("MAIL FROM:<%s>" % FROM, 250)
+        r = c.cmd("RCPT TO:<%s>" % TO)
+        assert r[-1].startswith(b"554 5.7.1 ") and b"Relay access denied" in r[-1], r
+        c.expect("RCPT TO:<carol@example.org>", 250)
+        c.expect("DATA", 354)
+        c.send(BODY + b".\r\n")
+        assert c.code() == 250
+        c.expect("QUIT", 221)
+        (m,) = psink.wait_messages(1, timeout=10)
+        received = m.content.split(b"\n\n")[0]
+        assert b"(unknown [127.0.0.2])" in received and b"using TLSv1." in received, received
+        t = transcript(tap)
+        ups = [u.split(" ")[0].upper() for u in t.upstream_lines()]
+        assert ups == ["EHLO", "XCLIENT"], t.upstream_lines()
+        ev = tap.event()
+        assert ev["forwarded"] == "xclient" and ev["reason"] == "quit", ev
+        assert ev["tls"]["upstream"]["verify"] == "ok", ev
+    finally:
+        pf.stop()
+        psink.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # STARTTLS state: the proxy's own STARTTLS, RFC 3207 4.2 reset, STARTTLS where it makes no sense
 

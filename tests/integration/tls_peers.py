@@ -265,11 +265,13 @@ class AioSmtpd:
 
 class PostfixTls(harness.PostfixInstance):
     """harness.PostfixInstance with STARTTLS required (smtpd_tls_security_level=encrypt) and the
-    TLS details in its Received header, so the sink's dump shows the leg was encrypted."""
+    TLS details in its Received header, so the sink's dump shows the leg was encrypted;
+    wrapper=True makes it an implicit-TLS (smtps) server instead.  main: as for the base."""
 
-    def __init__(self, workdir, sink_port, cert, key):
-        super().__init__(workdir, sink_port)
+    def __init__(self, workdir, sink_port, cert, key, wrapper=False, main=None):
+        super().__init__(workdir, sink_port, main=main)
         self.cert, self.key = cert, key
+        self.wrapper = wrapper
 
     def write_config(self):
         super().write_config()
@@ -281,7 +283,8 @@ smtpd_tls_security_level = encrypt
 smtpd_tls_received_header = yes
 smtpd_tls_loglevel = 1
 smtpd_tls_session_cache_database =
-""".format(cert=self.cert, key=self.key))
+smtpd_tls_wrappermode = {wrapper}
+""".format(cert=self.cert, key=self.key, wrapper="yes" if self.wrapper else "no"))
         with open(os.path.join(self.conf, "master.cf"), "a") as f:
             f.write("tlsmgr    unix - - n 1000? 1 tlsmgr\n")
 

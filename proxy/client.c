@@ -329,6 +329,26 @@ client_capability_hidden(struct session *s, const struct unit *u, const struct s
 	return 1;
 }
 
+/*
+ * A command line with a NUL in it.  Servers read commands as C strings and cut them there
+ * (Postfix does): the server and the rules would read two commands, "RCPT TO:<x>\0junk" or
+ * "DATA\0" (DATA to the server, no verb to us).  Refused, never forwarded; what follows the
+ * NUL is recorded redacted, since it may be a secret ("AUTH\0 PLAIN <response>").
+ */
+static int
+client_command_nul(struct session *s, const struct unit *u, size_t n)
+{
+	const unsigned char *nul = memchr(u->data, '\0', n);
+
+	if (nul == NULL)
+		return 0;
+	transcript_redacted(s->transcript, "C:", u->data, (size_t)(nul - u->data) + 1, NULL);
+	side_discard(&s->client, u->len);
+	session_warn(s, "a command with a NUL refused");
+	client_answer_locally(s, "500 5.5.2 Error: NUL in command\r\n");
+	return 1;
+}
+
 /* Tracks a client command, runs it through the rules, and relays it. */
 static void
 client_command(struct session *s, const struct unit *u)
@@ -342,6 +362,8 @@ client_command(struct session *s, const struct unit *u)
 	smtp_parse_command(u->data, n, &cmd);
 	if (cmd.verb != VERB_BDAT)
 		client_chunk_unended(s);
+	if (client_command_nul(s, u, n))
+		return;
 	if (client_sasl_late(s, u->data, n, &cmd)) {
 		client_sasl_relay_late(s, u, n);
 		return;
@@ -399,12 +421,17 @@ client_command(struct session *s, const struct unit *u)
 static void
 client_record_unrelayed_line(struct session *s, const unsigned char *line, size_t n, int sasl)
 {
+	const unsigned char *nul;
 	struct smtp_command cmd;
 	size_t len = n;
 
 	/* An unfinished line's CR may be the start of its CRLF: not part of a response. */
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
+	if ((nul = memchr(line, '\0', len)) != NULL) { /* as client_command_nul */
+		transcript_redacted(s->transcript, "C:", line, (size_t)(nul - line) + 1, NULL);
+		return;
+	}
 	smtp_parse_command(line, len, &cmd);
 	if (sasl ? !(len == 1 && line[0] == '*') : client_sasl_late(s, line, len, &cmd)) {
 		client_record_sasl(s, NULL, 0, line, len);

@@ -276,9 +276,32 @@ smtp_parse_auth(const unsigned char *arg, size_t len, struct smtp_auth *a)
 		a->resp_word++;
 }
 
+/*
+ * Mechanism names made of letters and digits only, as registered with IANA (and XOAUTH2, in
+ * wide use).  Any other such word may as well be base64: the credential itself, sent as
+ * "AUTH <response>" with the mechanism left out.
+ */
+static const char *const smtp_sasl_known[] = {
+    "ANONYMOUS", "EXTERNAL", "GSSAPI",  "LOGIN", "NTLM",   "OAUTH10A", "OAUTHBEARER", "OPENID20",
+    "OTP",       "PLAIN",    "SAML20",  "SECURID", "SKEY", "SPNEGO",   "XOAUTH",      "XOAUTH2",
+};
+
+static int
+smtp_sasl_known_name(const unsigned char *name, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(smtp_sasl_known) / sizeof(smtp_sasl_known[0]); i++)
+		if (strlen(smtp_sasl_known[i]) == len &&
+		    strncasecmp(smtp_sasl_known[i], (const char *)name, len) == 0)
+			return 1;
+	return 0;
+}
+
 int
 smtp_sasl_name(const unsigned char *name, size_t len)
 {
+	int marked = 0; /* a '-' or '_': never in base64, so no credential */
 	size_t i;
 
 	if (name == NULL || len == 0 || len > 20)
@@ -286,11 +309,12 @@ smtp_sasl_name(const unsigned char *name, size_t len)
 	for (i = 0; i < len; i++) {
 		unsigned char c = name[i];
 
-		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-		      c == '-' || c == '_'))
+		if (c == '-' || c == '_')
+			marked = 1;
+		else if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
 			return 0;
 	}
-	return 1;
+	return marked || smtp_sasl_known_name(name, len);
 }
 
 int

@@ -165,7 +165,10 @@ void smtp_parse_command(const unsigned char *line, size_t len, struct smtp_comma
  */
 void smtp_parse_auth(const unsigned char *arg, size_t len, struct smtp_auth *a);
 
-/* Whether name is a SASL mechanism name (RFC 4422 3.1: 1-20 of A-Z 0-9 - _, any case). */
+/*
+ * Whether name is a SASL mechanism name (RFC 4422 3.1: 1-20 of A-Z 0-9 - _, any case) that
+ * can't be a base64 credential: one with a '-' or '_', or a known name of letters and digits.
+ */
 int smtp_sasl_name(const unsigned char *name, size_t len);
 
 /* Whether a line (without line end) could be a SASL response: base64 octets only. */

@@ -222,6 +222,52 @@ def test_client_xclient_refused_never_reaches_upstream(tap_factory, fake_server,
     assert ev["warnings"] >= 1
 
 
+# A NUL in a command: Postfix cuts the line there, a rule would read all of it.
+NUL_LINES = [b"RCPT TO:evil@example.net\x00junk", b"DATA\x00",
+             b"AUTH\x00 PLAIN AGFsaWNlAHMzY3JldA=="]
+
+
+@pytest.mark.limit(60)
+def test_command_with_a_nul_refused(tap_factory, postfix, workdir):
+    """Postfix reads "RCPT TO:evil@example.net\\0junk" as that recipient, while the rules
+    read the whole line: it passed a recipient rule and was delivered; "DATA\\0" was DATA to
+    Postfix and no command to the proxy, so the message passed the body rules.  Each such line
+    gets 500 5.5.2 from the proxy and never reaches Postfix, and what follows the NUL is
+    recorded redacted (an AUTH's credential).  The session goes on: the rule refuses the
+    clean evil recipient, and a good message is delivered to its one recipient."""
+    pf, psink = postfix
+    rules = os.path.join(workdir, "nul.rules")
+    with open(rules, "w") as f:
+        f.write("recipient /^evil@example\\.net$/ REJECT 550 5.7.1 evil refused\n")
+    tap = tap_factory(pf.port, "--rules", rules)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    for line in NUL_LINES:
+        c.send(line + b"\r\n")
+        assert c.reply() == [b"500 5.5.2 Error: NUL in command\r\n"], line
+    c.expect("RCPT TO:<evil@example.net>", 550)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: nul\r\n\r\nbody\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    (m,) = psink.wait_messages(1, timeout=10)
+    assert b"Subject: nul" in m.content
+    # Postfix counts what it was sent: the five clean commands, nothing else.
+    harness.wait_until(lambda: "quit=1" in pf.log(), 10, what="Postfix's disconnect line")
+    (counts,) = [l for l in pf.log().splitlines() if "quit=1" in l]
+    assert counts.endswith(" ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5"), counts
+    t = tap.transcript()
+    recs = t.client_lines()
+    for want in ("RCPT TO:evil@example.net\\x00[redacted]", "DATA\\x00[redacted]",
+                 "AUTH\\x00[redacted]"):
+        assert want in recs, recs
+    assert "AGFsaWNl" not in t.text and "junk" not in t.text
+    assert sum(e.startswith("warning a command with a NUL refused") for e in t.events()) == 3
+
+
 @pytest.fixture
 def trusting_postfix(request, workdir):
     """A private Postfix smtpd that lets 127.0.0.0/8 (so, the proxy) use XCLIENT and XFORWARD,

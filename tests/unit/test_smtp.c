@@ -137,6 +137,13 @@ test_auth_split(void **state)
 	assert_true(smtp_sasl_name(U("CRAM-MD5"), 8));
 	assert_true(smtp_sasl_name(U("scram_sha_1"), 11));
 	assert_false(smtp_sasl_name(U("AGFsaWNlAHMzY3JldA=="), 20)); /* a credential */
+	/* base64 of "\0alice\0S3cr3tPW": shaped like a name, but no name known */
+	assert_false(smtp_sasl_name(U("AGFsaWNlAFMzY3IzdFBX"), 20));
+	assert_false(smtp_sasl_name(U("TURN"), 4));
+	assert_true(smtp_sasl_name(U("plain"), 5));
+	assert_true(smtp_sasl_name(U("XOAUTH2"), 7));
+	assert_true(smtp_sasl_name(U("OAUTHBEARER"), 11));
+	assert_true(smtp_sasl_name(U("SCRAM-SHA-256-PLUS"), 18));
 	assert_false(smtp_sasl_name(U("ABCDEFGHIJKLMNOPQRSTU"), 21));
 	assert_false(smtp_sasl_name(U(""), 0));
 	assert_true(smtp_sasl_shaped(U("AGFsaWNlAHMzY3JldA=="), 20));

@@ -30,7 +30,8 @@ tx_path(const struct smtp_command *cmd)
 		return strdup("");
 	colon = memchr(cmd->arg, ':', cmd->arglen);
 	off = colon != NULL ? (size_t)(colon - cmd->arg) + 1 : 0;
-	while (off < cmd->arglen && cmd->arg[off] == ' ')
+	/* Any white space, as the server reads it ("TO:\t<c@d>" is <c@d>). */
+	while (off < cmd->arglen && address_is_space(cmd->arg[off]))
 		off++;
 	return escape_strdup(cmd->arg + off, cmd->arglen - off);
 }
@@ -229,7 +230,8 @@ tx_helo(struct session *s, const struct smtp_command *cmd)
 {
 	size_t n = 0;
 
-	while (cmd->arg != NULL && n < cmd->arglen && cmd->arg[n] != ' ')
+	/* The name is the first word, ended by any white space as the server reads it. */
+	while (cmd->arg != NULL && n < cmd->arglen && !address_is_space(cmd->arg[n]))
 		n++;
 	free(s->helo);
 	s->helo = escape_strdup(cmd->arg != NULL ? cmd->arg : (const unsigned char *)"", n);

@@ -238,6 +238,26 @@ def test_record_level_limits_message_content(tap_factory, sink, level):
 
 
 @pytest.mark.limit(20)
+def test_event_reads_words_apart_at_any_white_space(tap, sink):
+    """The event's helo and recipients are read as the server reads the commands, words apart
+    at any white space (space, tab, VT, FF, CR), as the sender already was: "EHLO<TAB>name<TAB>x"
+    is the name, "RCPT TO:<TAB><b@...>" is <b@...> (they were once "name<TAB>x" and
+    "<TAB><b@...>")."""
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO\tclient.example\tjunk", 250)
+    c.expect("MAIL FROM:\t<a@example.com>", 250)
+    c.expect("RCPT TO:\t<b@example.net>", 250)
+    c.expect("RCPT TO:\x0b\x0c <c@example.net>", 250)
+    c.expect("QUIT", 221)
+    ev = tap.event()
+    assert ev["helo"] == "client.example", ev
+    (tx,) = ev["transactions"]
+    assert tx["mail_from"] == "<a@example.com>", tx
+    assert [r["to"] for r in tx["rcpt"]] == ["<b@example.net>", "<c@example.net>"], tx
+
+
+@pytest.mark.limit(20)
 def test_events_to_stdout(tap_factory, sink):
     tap = tap_factory(sink.port, start=False)
     tap.events_path = "-"

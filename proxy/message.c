@@ -408,13 +408,18 @@ message_add_header(struct session *s, const unsigned char *text, size_t n)
 	message_pressure(s);
 }
 
-/* Strips the line end and the stuffing dot: the line as the message holds it. */
+/*
+ * Strips the line end and the stuffing dot: the line as the message holds it.  A lone "."
+ * that reaches here is content, not a stuffed empty line: one that ended bare, or followed a
+ * bare line end (the end of data was taken before), which client.c stuffs when it relays
+ * without rules.
+ */
 static size_t
 message_unstuff(const unsigned char **line, size_t len)
 {
 	while (len > 0 && ((*line)[len - 1] == '\n' || (*line)[len - 1] == '\r'))
 		len--;
-	if (len > 0 && (*line)[0] == '.') {
+	if (len > 1 && (*line)[0] == '.') {
 		(*line)++;
 		len--;
 	}

@@ -68,6 +68,25 @@ def test_long_body_line_still_meets_body_rules(tap_factory, fake_server, workdir
 
 
 @pytest.mark.limit(30)
+@pytest.mark.parametrize("rules", [None, "header /NEVERMATCH/ WARN w\nbody /NEVERMATCH/ WARN w\n",
+                                   "body /NEVERMATCH/ REJECT\n"], ids=["none", "stream", "hold"])
+def test_lone_dot_after_a_bare_line_end_stays_content(tap_factory, fake_server, workdir, rules):
+    """A lone "." ended by a bare CR, or a ".<CRLF>" right after a bare LF, is content, never
+    the end of data (only <CRLF>.<CRLF> is): the server gets it stuffed, "..", with message
+    rules as without.  With them the dot was once taken for stuffing and dropped, and the
+    empty line left ended the header section early."""
+    srv = fake_server(SmtpServerScript())
+    tap = start_tap(tap_factory, workdir, srv.port, rules) if rules else tap_factory(srv.port)
+    c = open_data(tap.port)
+    c.send(b"Subject: a\r\n.\rX-After: b\r\n\r\nbody\n.\r\nend\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    srv.join()
+    (m,) = delivered(srv)
+    assert m["data"] == b"Subject: a\r\n..\r\nX-After: b\r\n\r\nbody\r\n..\r\nend\r\n.\r\n", m
+
+
+@pytest.mark.limit(30)
 def test_long_header_keeps_header_state(tap_factory, fake_server, workdir):
     """A long X-Pad header first must not end the header section: the Subject after it still
     meets the header rule."""

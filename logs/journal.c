@@ -134,6 +134,34 @@ journal_ends_whole(int fd, off_t size)
  * The day's file, still the one its name leads to (a rotated or removed file, or log
  * directory, is noticed here, at the next batch), with its size: where the batch will land.
  */
+/*
+ * O_NONBLOCK: a FIFO planted at the day's name would otherwise stall the loop on its first
+ * full pipe; nothing but a regular file is written (journal_not_regular).
+ */
+static int
+journal_open_file(const char *name)
+{
+	return openat(dir_fd, name, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK,
+	              0640);
+}
+
+/* Whether what was opened is no regular file: said once, until a good one comes again. */
+static int
+journal_not_regular(const char *name, const struct stat *st)
+{
+	static int warned;
+
+	if (S_ISREG(st->st_mode)) {
+		warned = 0;
+		return 0;
+	}
+	if (!warned)
+		log_warnx("journal %s: not a regular file: nothing is written to it", name);
+	warned = 1;
+	errno = EINVAL;
+	return 1;
+}
+
 static int
 journal_file(struct journal *j, off_t *size, int recheck)
 {
@@ -148,13 +176,12 @@ journal_file(struct journal *j, off_t *size, int recheck)
 		return 0;
 	}
 	journal_close_file(j);
-	fd = openat(dir_fd, j->name, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0640);
+	fd = journal_open_file(j->name);
 	if (fd < 0 && errno == ENOENT && journal_dir_open() == 0)
-		fd = openat(dir_fd, j->name, O_RDWR | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
-		            0640);
+		fd = journal_open_file(j->name);
 	if (fd < 0)
 		return -1;
-	if (fstat(fd, &st) != 0) {
+	if (fstat(fd, &st) != 0 || journal_not_regular(j->name, &st)) {
 		close(fd);
 		return -1;
 	}

@@ -543,6 +543,37 @@ def test_symlinked_date_dir_refused(tap_factory, sink, workdir, policy):
 
 
 @pytest.mark.limit(30)
+def test_fifo_at_the_journal_name_stalls_nothing(tap_factory, sink, workdir):
+    """FIFOs are planted at the journal names (yesterday, today, tomorrow UTC) before the
+    first session; nobody reads them.  A session then relays a 110 KB message: written to a
+    FIFO it would fill the pipe (64 KiB) and stop the event loop (it once did: the next client
+    got no greeting).  journal: nothing is written to a FIFO, and the log says it is no
+    regular file; client: the message is delivered, and a second session is served."""
+    log_dir = os.path.join(workdir, "logs")
+    os.mkdir(log_dir, 0o750)
+    for day in utc_day_names():
+        os.mkfifo(os.path.join(log_dir, day + ".log"))
+    tap = tap_factory(sink.port)
+    c = SmtpClient(tap.port, timeout=10)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send((b"x" * 70 + b"\r\n") * 1500 + b".\r\n")
+    assert c.code() == 250
+    c.expect("QUIT", 221)
+    sink.wait_messages(1)
+    harness.wait_until(lambda: "not a regular file" in tap.stderr(), 5,
+                       what="the journal's warning")
+    c2 = SmtpClient(tap.port, timeout=10)
+    assert c2.code() == 220
+    c2.expect("QUIT", 221)
+    for day in utc_day_names():
+        assert stat.S_ISFIFO(os.lstat(os.path.join(log_dir, day + ".log")).st_mode)
+
+
+@pytest.mark.limit(30)
 @pytest.mark.parametrize("what", ["transcript", "log_dir"])
 def test_symlink_planted_during_a_session_not_followed(tap_factory, sink, workdir, what):
     """A session is open (its transcript created); then, between two flushes, someone with

@@ -340,6 +340,13 @@ warn_identity_hidden(const struct options *o)
 		          "local clients, as Postfix's default mynetworks does); use --forward-client "
 		          "xclient, proxy-v1 or proxy-v2",
 		          o->upstream);
+	/* After a client's STARTTLS a passthrough session is a byte relay: nothing is refused. */
+	if (o->forward_client == FORWARD_XCLIENT && o->tls_mode == TLS_PASSTHROUGH)
+		log_warnx("--forward-client xclient with --tls-mode passthrough: after a client's "
+		          "STARTTLS smtptap relays what it can't read, a client's own XCLIENT "
+		          "included; the server must not take XCLIENT from the address it forwards "
+		          "(Postfix checks smtpd_authorized_xclient_hosts against it and refuses), "
+		          "or give --tls-cert so that smtptap terminates TLS");
 }
 
 /*

@@ -497,6 +497,46 @@ def test_postfix_smtps_with_xclient(tap_factory, certs, workdir, request):
         psink.stop()
 
 
+@pytest.mark.limit(60)
+def test_xclient_inside_a_passthrough_tunnel_warned_and_refused_by_postfix(tap_factory, certs,
+                                                                           workdir, request):
+    """--forward-client xclient without a certificate: after the client's STARTTLS the
+    session is relayed unread, so smtptap can't refuse a client's own XCLIENT inside TLS.
+    smtptap says so at start; and Postfix, which checks smtpd_authorized_xclient_hosts
+    against the address smtptap forwarded, refuses that XCLIENT itself."""
+    if not harness.IS_ROOT:
+        pytest.skip("a private Postfix instance needs root")
+    psink = harness.SmtpSink(workdir, name="postfix-sink")
+    psink.start()
+    pf = PostfixTls(workdir, psink.port, certs.pem("mail"), certs.key("mail"),
+                    main={"smtpd_authorized_xclient_hosts": "127.0.0.1"})
+    request.node._diagnostics = getattr(request.node, "_diagnostics", []) + [("postfix", pf), ("postfix sink", psink)]
+    try:
+        pf.start()
+        tap = tap_factory(pf.port, "--forward-client", "xclient")
+        harness.wait_until(lambda: "--forward-client xclient with --tls-mode passthrough" in
+                           tap.stderr(), 5, what="the start-up warning")
+        c = SmtpClient(tap.port, source="127.0.0.2")
+        assert c.code() == 220
+        c.expect("EHLO client.test", 250)
+        c.expect("STARTTLS", 220)
+        tls_wrap(c, client_context(certs.pem("ca")), server_hostname="mail.test")
+        kw = ehlo_keywords(c.expect("EHLO client.test", 250))
+        assert "XCLIENT" not in kw, kw  # Postfix offers it to authorized hosts only
+        r = c.cmd("XCLIENT ADDR=192.0.2.66 NAME=spoofed.example")
+        assert r[-1].startswith(b"550 5.7.0 "), r
+        c.expect("QUIT", 221)
+        harness.wait_until(lambda: "disconnect from" in pf.log(), 10, what="Postfix's log")
+        assert "192.0.2.66" not in pf.log() and "[127.0.0.2]" in pf.log(), pf.log()
+    finally:
+        pf.stop()
+        psink.stop()
+    tap2 = tap_factory(psink.port, "--forward-client", "xclient", "--tls-cert", certs.pem("proxy"),
+                       "--tls-key", certs.key("proxy"), name="with-cert")
+    harness.wait_until(lambda: "relaying to" in tap2.stderr(), 5, what="the start-up lines")
+    assert "--tls-mode passthrough" not in tap2.stderr(), tap2.stderr()
+
+
 # --------------------------------------------------------------------------------------------
 # STARTTLS state: the proxy's own STARTTLS, RFC 3207 4.2 reset, STARTTLS where it makes no sense
 

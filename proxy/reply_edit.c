@@ -1,6 +1,7 @@
 /* Server replies held whole and edited: rules per line, then the EHLO extensions. */
 #include "proxy/reply_edit.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -356,64 +357,13 @@ reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb answers
 	side_write_buffer(&s->client, held);
 }
 
-/*
- * An EHLO reply too long to hold whole (over 64 KiB: a hostile server) is still edited,
- * line by line, keeping one line back so the separators can be set right at its end.
- */
-void
-reply_edit_stream_begin(struct session *s)
+/* The line kept back goes to the client with the separator its place needs ("NNN-" or,
+ * last, "NNN "). */
+static void
+reply_edit_emit_kept(struct session *s, int last)
 {
-	size_t len = evbuffer_get_length(s->reply.held), off = 0, n;
-	const unsigned char *p = evbuffer_pullup(s->reply.held, (ev_ssize_t)len);
-	struct evbuffer *pending = evbuffer_new();
-	struct smtp_line l;
-
-	server_enter_mode(s, SRV_STREAM);
-	s->caps_hidden = 0; /* no rule sees a reply this long */
-	if (p == NULL || pending == NULL) {
-		if (pending != NULL)
-			evbuffer_free(pending);
-		side_write_buffer(&s->client, s->reply.held);
-		return;
-	}
-	while (off < len) {
-		smtp_line_cut(p + off, len - off, &l);
-		n = l.len;
-		reply_edit_stream_line(s, l.data, n, 0, pending);
-		off += n;
-	}
-	evbuffer_drain(s->reply.held, len);
-	evbuffer_add_buffer(s->reply.held, pending);
-	evbuffer_free(pending);
-}
-
-void
-reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
-                       struct evbuffer *kept)
-{
-	const char *remove[6];
-	struct ehlo_policy pol;
-	int removed;
-
-	reply_edit_policy(s, &pol, remove);
-	removed = ehlo_line_removed(line, len, &pol);
-	if (removed)
-		transcript_event(s->transcript,
-		                 "ehlo reply edited: removed a line of a long reply");
-	if (!removed) {
-		if (evbuffer_get_length(kept) > 0)
-			reply_edit_emit_kept(s, kept, 0);
-		evbuffer_add(kept, line, len);
-	}
-	if (last)
-		reply_edit_emit_kept(s, kept, 1);
-}
-
-void
-reply_edit_emit_kept(struct session *s, struct evbuffer *kept, int last)
-{
+	struct evbuffer *kept = s->reply.held, *line = evbuffer_new();
 	size_t n = evbuffer_get_length(kept);
-	struct evbuffer *line = evbuffer_new();
 
 	if (line == NULL) {
 		session_close(s, "error");
@@ -423,4 +373,96 @@ reply_edit_emit_kept(struct session *s, struct evbuffer *kept, int last)
 	evbuffer_drain(kept, n);
 	side_write_buffer(&s->client, line);
 	evbuffer_free(line);
+}
+
+/*
+ * The long reply ends: the line kept back goes last.  With none (every line after one too
+ * long to edit was removed, or every line), what the client has is still open: an empty
+ * "NNN " line of our own ends it, legal in any reply (smtp-sink ends its EHLO reply so).
+ */
+static void
+reply_edit_stream_end(struct session *s)
+{
+	char line[16];
+	int n;
+
+	if (evbuffer_get_length(s->reply.held) > 0) {
+		reply_edit_emit_kept(s, 1);
+		return;
+	}
+	n = snprintf(line, sizeof(line), "%03d \r\n", s->reply.code);
+	transcript_event(s->transcript, "ehlo reply edited: added an empty last line");
+	side_write(&s->client, line, (size_t)n, NULL);
+}
+
+/* A whole line of a long EHLO reply: removed, or kept back while the line before it goes. */
+static void
+reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last)
+{
+	const char *remove[6];
+	struct ehlo_policy pol;
+
+	reply_edit_policy(s, &pol, remove);
+	if (ehlo_line_removed(line, len, &pol)) {
+		transcript_event(s->transcript,
+		                 "ehlo reply edited: removed a line of a long reply");
+	} else {
+		if (evbuffer_get_length(s->reply.held) > 0)
+			reply_edit_emit_kept(s, 0);
+		evbuffer_add(s->reply.held, line, len);
+	}
+	if (last)
+		reply_edit_stream_end(s);
+}
+
+int
+reply_edit_stream_unit(struct session *s, const struct unit *u, int cont, int last)
+{
+	if (!cont && u->complete) {
+		reply_edit_stream_line(s, u->data, u->len, last);
+		return 0;
+	}
+	/* A line too long to edit goes as it came (its own separator), after the line kept
+	 * back: that one is not the last. */
+	if (!cont && evbuffer_get_length(s->reply.held) > 0)
+		reply_edit_emit_kept(s, 0);
+	return 1;
+}
+
+/*
+ * An EHLO reply too long to hold whole (over 64 KiB: a hostile server) is still edited,
+ * line by line, keeping one line back so the separators can be set right at its end.
+ */
+void
+reply_edit_stream_begin(struct session *s, struct evbuffer *was)
+{
+	size_t len = evbuffer_get_length(was), off = 0;
+	struct evbuffer *all = evbuffer_new();
+	const unsigned char *p;
+	struct smtp_line l;
+	struct unit u;
+
+	server_enter_mode(s, SRV_STREAM);
+	s->caps_hidden = 0; /* no rule sees a reply this long */
+	if (all == NULL || (s->reply.held == NULL && (s->reply.held = evbuffer_new()) == NULL)) {
+		if (all != NULL)
+			evbuffer_free(all);
+		session_close(s, "error");
+		return;
+	}
+	evbuffer_add_buffer(all, was);
+	evbuffer_drain(s->reply.held, evbuffer_get_length(s->reply.held));
+	p = evbuffer_pullup(all, -1);
+	while (p != NULL && off < len && s->phase != PHASE_CLOSING) {
+		smtp_line_cut(p + off, len - off, &l);
+		u.data = l.data;
+		u.len = l.len;
+		u.complete = l.complete;
+		/* A line held whole never ends the reply (it would have ended there); one without
+		 * its end is the start of the line being read, too long to edit. */
+		if (reply_edit_stream_unit(s, &u, 0, u.complete ? 0 : s->reply.last_line))
+			side_write(&s->client, u.data, u.len, NULL);
+		off += l.len;
+	}
+	evbuffer_free(all);
 }

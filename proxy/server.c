@@ -354,7 +354,7 @@ server_hold_overflow(struct session *s)
 	}
 	if (head != NULL && (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
 	    s->reply.code == 250) {
-		reply_edit_stream_begin(s);
+		reply_edit_stream_begin(s, s->reply.held);
 		return NULL;
 	}
 	side_write_buffer(&s->client, s->reply.held);
@@ -386,14 +386,13 @@ server_reply_route(struct session *s, const struct unit *u)
 	    (hold = server_hold_overflow(s)) == NULL && s->phase == PHASE_CLOSING)
 		return;
 	side_record(&s->server, u);
-	if (s->reply.mode == SRV_STREAM && !cont && u->complete) {
-		reply_edit_stream_line(s, u->data, u->len, s->reply.last_line, s->reply.held);
-		side_discard(&s->server, u->len);
+	if (s->reply.mode == SRV_STREAM) {
+		if (reply_edit_stream_unit(s, u, cont, s->reply.last_line))
+			side_forward(&s->server, u->len);
+		else
+			side_discard(&s->server, u->len);
 		return;
 	}
-	if (s->reply.mode == SRV_STREAM && evbuffer_get_length(s->reply.held) > 0)
-		/* A line too long to edit: the line kept back goes first, then it, as it came. */
-		reply_edit_emit_kept(s, s->reply.held, 0);
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
 		return;

@@ -860,6 +860,51 @@ def test_ignore_last_capability_swaks_starttls(tap_factory, fake_server):
     assert "STARTTLS" not in [c.upper() for c in t.client_lines()]
 
 
+LONG = b"A" * 70000  # one reply line longer than the 64 KiB a reply is held to edit it
+
+# name -> (the server's EHLO reply lines, what the client must get)
+LONG_EHLO = {
+    # The long line goes as it came, after the line kept back; the last line is removed
+    # (XCLIENT, the proxy's own policy): an empty "250 " line of the proxy's ends the reply.
+    "removed-after-long": ([b"250-fake.example", b"250-" + LONG, b"250 XCLIENT NAME ADDR"],
+                           [b"250-fake.example", b"250-" + LONG, b"250 "]),
+    # A long last line keeps its "250 ", even when its start was held before the reply grew.
+    "long-last": ([b"250 " + LONG], [b"250 " + LONG]),
+    "kept-after-long": ([b"250-fake.example", b"250-" + LONG, b"250-XCLIENT NAME", b"250-8BITMIME",
+                         b"250 XFORWARD ADDR"],
+                        [b"250-fake.example", b"250-" + LONG, b"250 8BITMIME"]),
+}
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("max_line", ["65536", "1024"])
+@pytest.mark.parametrize("case", list(LONG_EHLO))
+def test_long_ehlo_reply_always_ends(tap_factory, fake_server, case, max_line):
+    """An EHLO reply over 64 KiB with a line longer than --max-line (relayed as it comes) is
+    edited line by line: the client always gets a last "250 " line (PITFALLS 2), or it would
+    wait for the rest of the reply for ever.  The transcript keeps the server's lines."""
+    lines, want = LONG_EHLO[case]
+
+    def ehlo(conn, line):
+        conn.send(b"".join(l + b"\r\n" for l in lines))
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"EHLO": ehlo}))
+    tap = tap_factory(srv.port, "--max-line", max_line)
+    c = SmtpClient(tap.port, timeout=5)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert [l[:-2] for l in r] == want, [l[:40] for l in r]
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    srv.join()
+    assert srv.conns[0].commands[-2:] == [b"NOOP\r\n", b"QUIT\r\n"], srv.conns[0].commands
+    t = transcript(tap)
+    assert ("ehlo reply edited: added an empty last line" in t.events()) == (want[-1] == b"250 ")
+    short = [l.decode() for l in lines if len(l) < 100]
+    assert [l for l in t.server_lines() if l in short] == short, t.server_lines()
+
+
 @pytest.mark.limit(30)
 @pytest.mark.parametrize("rules,removed", [("header /^X-A:/ WARN", True),
                                            ("body /x/ REJECT", True),

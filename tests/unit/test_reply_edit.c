@@ -113,6 +113,77 @@ test_all_removed(void **state)
 	stub_free(&t);
 }
 
+/* One unit of a long reply through the stream editor; what it returns to relay, relayed. */
+static void
+stream_unit(struct stub *t, const char *data, int cont, int last, int relayed)
+{
+	struct unit u = {strlen(data), data[strlen(data) - 1] == '\n', (const unsigned char *)data};
+
+	assert_int_equal(reply_edit_stream_unit(&t->s, &u, cont, last), relayed);
+	if (relayed)
+		evbuffer_add(bufferevent_get_output(t->s.client.bev), data, u.len);
+}
+
+/* What the client got since before (octets of its output). */
+static void
+client_got(struct stub *t, size_t before, const char *want)
+{
+	struct evbuffer *out = bufferevent_get_output(t->s.client.bev);
+	size_t len = evbuffer_get_length(out) - before;
+	const unsigned char *p = evbuffer_pullup(out, -1) + before;
+
+	if (len != strlen(want))
+		print_message("got: %.*s\n", (int)len, (const char *)p);
+	assert_int_equal(len, strlen(want));
+	assert_memory_equal(p, want, len);
+}
+
+/*
+ * A reply over the hold limit, edited line by line: a line too long to edit goes as it came,
+ * and when every line after it is removed an empty "250 " ends the reply (never a reply the
+ * client waits on for ever).  A long line whose start was held keeps its own separator.
+ */
+static void
+test_stream_always_ends(void **state)
+{
+	struct evbuffer *was = evbuffer_new(), *out;
+	struct stub t;
+	size_t before;
+
+	(void)state;
+	stub_init(&t, "helo /nothing-matches/ WARN\n");
+	out = bufferevent_get_output(t.s.client.bev);
+	t.s.reply.code = 250;
+	evbuffer_add(was, "250-mx\r\n", 8);
+	reply_edit_stream_begin(&t.s, was);
+	assert_int_equal(t.s.reply.mode, SRV_STREAM);
+	assert_int_equal(evbuffer_get_length(was), 0);
+	stream_unit(&t, "250-AAAA", 0, 0, 1);
+	stream_unit(&t, "AAAA\r\n", 1, 0, 1);
+	stream_unit(&t, "250 XCLIENT NAME\r\n", 0, 1, 0);
+	client_got(&t, 0, "250-mx\r\n250-AAAAAAAA\r\n250 \r\n");
+
+	/* A kept line after the long one is the last. */
+	before = evbuffer_get_length(out);
+	evbuffer_add(was, "250-mx\r\n", 8);
+	reply_edit_stream_begin(&t.s, was);
+	stream_unit(&t, "250-AAAA", 0, 0, 1);
+	stream_unit(&t, "AAAA\r\n", 1, 0, 1);
+	stream_unit(&t, "250-8BITMIME\r\n", 0, 0, 0);
+	stream_unit(&t, "250 XFORWARD ADDR\r\n", 0, 1, 0);
+	client_got(&t, before, "250-mx\r\n250-AAAAAAAA\r\n250 8BITMIME\r\n");
+
+	/* The start of a long last line was held: it goes as it came, "250 " and all. */
+	before = evbuffer_get_length(out);
+	evbuffer_add(was, "250 AAAA", 8);
+	t.s.reply.last_line = 1;
+	reply_edit_stream_begin(&t.s, was);
+	stream_unit(&t, "AAAA\r\n", 1, 1, 1);
+	client_got(&t, before, "250 AAAAAAAA\r\n");
+	evbuffer_free(was);
+	stub_free(&t);
+}
+
 int
 main(void)
 {
@@ -121,6 +192,7 @@ main(void)
 	    cmocka_unit_test(test_rewrite_and_policy),
 	    cmocka_unit_test(test_class_kept),
 	    cmocka_unit_test(test_all_removed),
+	    cmocka_unit_test(test_stream_always_ends),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,11 +21,13 @@ void reply_edit_in_place(struct session *s, struct evbuffer *held, enum smtp_ver
                          int code);
 
 /*
- * An EHLO reply over the hold limit: edited line by line from here on, one line kept back in
- * reply.held so that its separator is set once the next is known.  was holds the reply so far
- * (drained).  Each further unit (a line, or a piece of one longer than --max-line; cont: a
- * later piece) goes to stream_unit, last when the reply ends with its line: 1 when the unit
- * goes to the client as it came, 0 when it was taken.  The client always gets a last line.
+ * A reply over the hold limit (an EHLO reply, or one the rules edit): edited line by line
+ * from here on, one line kept back in reply.held so that its separator is set once the next
+ * is known; a line too long to edit goes as it came, or (a rule would see it, an extension the
+ * proxy removes) not at all.  was holds the reply so far (drained).  Each further unit (a
+ * line, or a piece of one longer than --max-line; cont: a later piece) goes to stream_unit,
+ * last when the reply ends with its line: 1 when the unit goes to the client as it came, 0
+ * when it was taken.  The client always gets a last line.
  */
 void reply_edit_stream_begin(struct session *s, struct evbuffer *was);
 int reply_edit_stream_unit(struct session *s, const struct unit *u, int cont, int last);

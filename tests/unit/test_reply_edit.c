@@ -153,6 +153,8 @@ test_stream_always_ends(void **state)
 	(void)state;
 	stub_init(&t, "helo /nothing-matches/ WARN\n");
 	out = bufferevent_get_output(t.s.client.bev);
+	pipeline_init(&t.s.pipeline);
+	assert_non_null(pipeline_push(&t.s.pipeline, VERB_EHLO));
 	t.s.reply.code = 250;
 	evbuffer_add(was, "250-mx\r\n", 8);
 	reply_edit_stream_begin(&t.s, was);
@@ -180,6 +182,81 @@ test_stream_always_ends(void **state)
 	reply_edit_stream_begin(&t.s, was);
 	stream_unit(&t, "AAAA\r\n", 1, 1, 1);
 	client_got(&t, before, "250 AAAAAAAA\r\n");
+	pipeline_clear(&t.s.pipeline);
+	evbuffer_free(t.s.reply.held); /* the session's, made by stream_begin */
+	evbuffer_free(was);
+	stub_free(&t);
+}
+
+/* An EHLO reply of n filler lines between "250-mx" and its last, with or without AUTH. */
+static char *
+many_lines(size_t n, int auth)
+{
+	struct evbuffer *b = evbuffer_new();
+	size_t i, len;
+	char *r;
+
+	evbuffer_add_printf(b, "250-mx\r\n%s", auth ? "250-AUTH PLAIN\r\n" : "");
+	for (i = 0; i < n; i++)
+		evbuffer_add_printf(b, "250-X-PAD-%05zu\r\n", i);
+	evbuffer_add_printf(b, "250 8BITMIME\r\n");
+	len = evbuffer_get_length(b);
+	assert_non_null(r = malloc(len + 1));
+	evbuffer_remove(b, r, len);
+	r[len] = '\0';
+	evbuffer_free(b);
+	return r;
+}
+
+/* The rules see every line of a reply held whole, however many it has (there was a cap of
+ * 256 lines, past which no rule was tried). */
+static void
+test_many_lines(void **state)
+{
+	struct stub t;
+	char *in = many_lines(5000, 1), *want = many_lines(5000, 0);
+
+	(void)state;
+	stub_init(&t, "capability /^AUTH/ IGNORE\n");
+	send_reply(&t, VERB_EHLO, in, want);
+	assert_string_equal(reply_edit_hidden(&t.s, VERB_AUTH), "AUTH");
+	free(in);
+	free(want);
+	stub_free(&t);
+}
+
+/* A reply over the hold limit meets the rules line by line; a line too long for them is
+ * removed, and either way what a rule removed stays hidden. */
+static void
+test_stream_rules(void **state)
+{
+	struct evbuffer *was = evbuffer_new();
+	struct stub t;
+
+	(void)state;
+	stub_init(&t, "capability /^AUTH/ IGNORE\n");
+	pipeline_init(&t.s.pipeline);
+	assert_non_null(pipeline_push(&t.s.pipeline, VERB_EHLO));
+	t.s.reply.code = 250;
+	evbuffer_add(was, "250-mx\r\n", 8);
+	reply_edit_stream_begin(&t.s, was);
+	stream_unit(&t, "250-AUTH PLAIN\r\n", 0, 0, 0);
+	stream_unit(&t, "250 8BITMIME\r\n", 0, 1, 0);
+	client_got(&t, 0, "250-mx\r\n250 8BITMIME\r\n");
+	assert_string_equal(reply_edit_hidden(&t.s, VERB_AUTH), "AUTH");
+
+	t.s.caps_hidden = 0;
+	evbuffer_add(was, "250-mx\r\n", 8);
+	reply_edit_stream_begin(&t.s, was);
+	assert_null(reply_edit_hidden(&t.s, VERB_AUTH));
+	stream_unit(&t, "250-AUTH PLAIN XXXX", 0, 0, 0);
+	stream_unit(&t, "XXXX\r\n", 1, 0, 0);
+	stream_unit(&t, "250 8BITMIME\r\n", 0, 1, 0);
+	client_got(&t, 0, "250-mx\r\n250 8BITMIME\r\n250-mx\r\n250 8BITMIME\r\n");
+	assert_string_equal(reply_edit_hidden(&t.s, VERB_AUTH), "AUTH");
+	assert_true(t.s.warnings > 0);
+	pipeline_clear(&t.s.pipeline);
+	evbuffer_free(t.s.reply.held); /* the session's, made by stream_begin */
 	evbuffer_free(was);
 	stub_free(&t);
 }
@@ -193,6 +270,8 @@ main(void)
 	    cmocka_unit_test(test_class_kept),
 	    cmocka_unit_test(test_all_removed),
 	    cmocka_unit_test(test_stream_always_ends),
+	    cmocka_unit_test(test_many_lines),
+	    cmocka_unit_test(test_stream_rules),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

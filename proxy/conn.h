@@ -105,7 +105,7 @@ enum server_mode {
 	SRV_RELAY,  /* on to the client as it comes */
 	SRV_HOLD,   /* held whole (held_reply), edited, then relayed */
 	SRV_QUIET,  /* answers our own command (RSET, a held message's DATA): never relayed */
-	SRV_STREAM, /* a long EHLO reply edited line by line, one line kept back (held_reply) */
+	SRV_STREAM, /* a reply over the hold limit edited line by line, one line kept back (held) */
 	SRV_SETUP,  /* during the upstream set-up: held (setup_reply) for upstream.c */
 	SRV_421,    /* a 421, held (reply_copy) to answer every pending command */
 };
@@ -143,6 +143,8 @@ struct reply_reader {
 	int chunking;          /* an extension line of the reply is CHUNKING */
 	struct evbuffer *copy; /* a 421's lines, to answer every pending command */
 	struct evbuffer *held; /* a reply held whole, to edit it (reply_edit.c) */
+	size_t stream_lines;   /* SRV_STREAM: lines of the reply so far (reply_edit.c) */
+	int stream_drop;       /* SRV_STREAM: the line too long to edit being read is removed */
 	char *text;            /* text of the reply's last line, escaped (server_reply_text) */
 	size_t textcap;        /* the room text has: reused from reply to reply */
 };

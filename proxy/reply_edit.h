@@ -5,6 +5,7 @@
 
 struct evbuffer;
 struct session;
+struct unit;
 
 /*
  * Sends a server reply that was held whole to the client, edited: reply, banner and
@@ -19,13 +20,17 @@ void reply_edit_send(struct session *s, struct evbuffer *held, enum smtp_verb an
 void reply_edit_in_place(struct session *s, struct evbuffer *held, enum smtp_verb answers,
                          int code);
 
-/* An EHLO reply over the hold limit: edited line by line from here on (one line kept back
- * in held_reply).  stream_line takes each further complete line; last ends the reply. */
-void reply_edit_stream_begin(struct session *s);
-void reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len, int last,
-                            struct evbuffer *kept);
-/* The line kept back (all of kept) goes to the client with the separator its place needs. */
-void reply_edit_emit_kept(struct session *s, struct evbuffer *kept, int last);
+/*
+ * A reply over the hold limit (an EHLO reply, or one the rules edit): edited line by line
+ * from here on, one line kept back in reply.held so that its separator is set once the next
+ * is known; a line too long to edit goes as it came, or (a rule would see it, an extension the
+ * proxy removes) not at all.  was holds the reply so far (drained).  Each further unit (a
+ * line, or a piece of one longer than --max-line; cont: a later piece) goes to stream_unit,
+ * last when the reply ends with its line: 1 when the unit goes to the client as it came, 0
+ * when it was taken.  The client always gets a last line.
+ */
+void reply_edit_stream_begin(struct session *s, struct evbuffer *was);
+int reply_edit_stream_unit(struct session *s, const struct unit *u, int cont, int last);
 
 /*
  * The name of the extension a command needs when a capability rule removed it from the last

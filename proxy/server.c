@@ -125,7 +125,7 @@ server_reply_effect(struct session *s, const struct pending *p, int code)
 
 /*
  * A 421 from the server: every pending command gets it, then the client is closed.  relayed:
- * it was too long to hold, and went to the client as it came.
+ * it was too long to hold, and went to the client as it came (or edited line by line).
  */
 static void
 server_421(struct session *s, int relayed)
@@ -270,7 +270,7 @@ server_reply_done(struct session *s)
 
 	server_enter_mode(s, SRV_NONE);
 	if (code == 421) {
-		server_421(s, mode == SRV_RELAY);
+		server_421(s, mode == SRV_RELAY || mode == SRV_STREAM);
 		return;
 	}
 	if (head == NULL || head->local_reply != NULL) {
@@ -323,19 +323,19 @@ server_hold(struct session *s)
 }
 
 /*
- * A held reply passed the hold limit (a hostile server): an EHLO reply is edited line by
- * line from here on, a 421 or a reply rules would edit goes to the client as it comes, and
- * a reply the client was never to see (the set-up, our own commands) ends the session.
- * Returns where to hold the line now, NULL to relay it.
+ * A held reply passed the hold limit (a hostile server): a reply held to be edited (an EHLO
+ * reply, any reply the rules may edit, a 421 they may) is edited line by line from here on, a
+ * 421 no rule edits goes to the client as it comes, and a reply the client was never to see
+ * (the set-up, our own commands) ends the session; so does a greeting the rules would have
+ * to edit.  Returns where to hold the line now, NULL to relay it.
  */
 static struct evbuffer *
 server_hold_overflow(struct session *s)
 {
-	struct pending *head = pipeline_head(&s->pipeline);
-
 	session_warn(s, "reply over %d octets", REPLY_HOLD_MAX);
 	if (s->reply.mode == SRV_SETUP && s->phase == PHASE_GREETING &&
-	    s->px->opts->forward_client != FORWARD_XCLIENT) {
+	    s->px->opts->forward_client != FORWARD_XCLIENT && !filter_has(s, SCOPE_BANNER) &&
+	    !filter_has(s, SCOPE_REPLY)) {
 		/* The client may read the greeting now; it still may not talk until the
 		 * upstream leg is secured.  (Under XCLIENT the greeting the client gets is a
 		 * later one: a greeting this long is an error.) */
@@ -347,17 +347,12 @@ server_hold_overflow(struct session *s)
 		server_protocol_error(s, "reply too long");
 		return NULL;
 	}
-	server_enter_mode(s, SRV_RELAY);
-	if (s->reply.code == 421) {
+	if (s->reply.mode == SRV_421 && !reply_edit_wanted(s)) {
+		server_enter_mode(s, SRV_RELAY);
 		side_write_buffer(&s->client, s->reply.copy);
 		return NULL;
 	}
-	if (head != NULL && (head->verb == VERB_EHLO || head->verb == VERB_LHLO) &&
-	    s->reply.code == 250) {
-		reply_edit_stream_begin(s);
-		return NULL;
-	}
-	side_write_buffer(&s->client, s->reply.held);
+	reply_edit_stream_begin(s, s->reply.mode == SRV_421 ? s->reply.copy : s->reply.held);
 	return NULL;
 }
 
@@ -386,14 +381,13 @@ server_reply_route(struct session *s, const struct unit *u)
 	    (hold = server_hold_overflow(s)) == NULL && s->phase == PHASE_CLOSING)
 		return;
 	side_record(&s->server, u);
-	if (s->reply.mode == SRV_STREAM && !cont && u->complete) {
-		reply_edit_stream_line(s, u->data, u->len, s->reply.last_line, s->reply.held);
-		side_discard(&s->server, u->len);
+	if (s->reply.mode == SRV_STREAM) {
+		if (reply_edit_stream_unit(s, u, cont, s->reply.last_line))
+			side_forward(&s->server, u->len);
+		else
+			side_discard(&s->server, u->len);
 		return;
 	}
-	if (s->reply.mode == SRV_STREAM && evbuffer_get_length(s->reply.held) > 0)
-		/* A line too long to edit: the line kept back goes first, then it, as it came. */
-		reply_edit_emit_kept(s, s->reply.held, 0);
 	if (hold == NULL) {
 		side_forward(&s->server, u->len);
 		return;

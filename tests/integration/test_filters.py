@@ -860,6 +860,164 @@ def test_ignore_last_capability_swaks_starttls(tap_factory, fake_server):
     assert "STARTTLS" not in [c.upper() for c in t.client_lines()]
 
 
+LONG = b"A" * 70000  # one reply line longer than the 64 KiB a reply is held to edit it
+
+# name -> (the server's EHLO reply lines, what the client must get)
+LONG_EHLO = {
+    # The long line goes as it came, after the line kept back; the last line is removed
+    # (XCLIENT, the proxy's own policy): an empty "250 " line of the proxy's ends the reply.
+    "removed-after-long": ([b"250-fake.example", b"250-" + LONG, b"250 XCLIENT NAME ADDR"],
+                           [b"250-fake.example", b"250-" + LONG, b"250 "]),
+    # A long last line keeps its "250 ", even when its start was held before the reply grew.
+    "long-last": ([b"250 " + LONG], [b"250 " + LONG]),
+    "kept-after-long": ([b"250-fake.example", b"250-" + LONG, b"250-XCLIENT NAME", b"250-8BITMIME",
+                         b"250 XFORWARD ADDR"],
+                        [b"250-fake.example", b"250-" + LONG, b"250 8BITMIME"]),
+}
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("max_line", ["65536", "1024"])
+@pytest.mark.parametrize("case", list(LONG_EHLO))
+def test_long_ehlo_reply_always_ends(tap_factory, fake_server, case, max_line):
+    """An EHLO reply over 64 KiB with a line longer than --max-line (relayed as it comes) is
+    edited line by line: the client always gets a last "250 " line (PITFALLS 2), or it would
+    wait for the rest of the reply for ever.  The transcript keeps the server's lines."""
+    lines, want = LONG_EHLO[case]
+
+    def ehlo(conn, line):
+        conn.send(b"".join(l + b"\r\n" for l in lines))
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"EHLO": ehlo}))
+    tap = tap_factory(srv.port, "--max-line", max_line)
+    c = SmtpClient(tap.port, timeout=5)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert [l[:-2] for l in r] == want, [l[:40] for l in r]
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    srv.join()
+    assert srv.conns[0].commands[-2:] == [b"NOOP\r\n", b"QUIT\r\n"], srv.conns[0].commands
+    t = transcript(tap)
+    assert ("ehlo reply edited: added an empty last line" in t.events()) == (want[-1] == b"250 ")
+    short = [l.decode() for l in lines if len(l) < 100]
+    assert [l for l in t.server_lines() if l in short] == short, t.server_lines()
+
+
+def padded_reply(code, first, middle, last, n):
+    """A reply of n + 3 lines: first, middle, n filler lines, last (about 20 octets each)."""
+    lines = [first, middle] + [b"X-PAD-%05d" % i for i in range(n)] + [last]
+    return [b"%d%s%s" % (code, b"-" if i < len(lines) - 1 else b" ", l) for i, l in enumerate(lines)]
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("n,auth", [(10, b"AUTH PLAIN LOGIN"), (300, b"AUTH PLAIN LOGIN"),
+                                    (5000, b"AUTH PLAIN LOGIN"),
+                                    (10, b"AUTH PLAIN " + b"X" * 70000)],
+                         ids=["short", "300-lines", "over-64k", "long-auth-line"])
+def test_capability_rule_sees_every_ehlo_reply(tap_factory, fake_server, workdir, n, auth):
+    """A capability rule applies whatever the number of lines (there was a cap of 256: a
+    longer reply skipped every rule) and beyond the 64 KiB a reply is held to edit it (edited
+    line by line).  An AUTH line longer than --max-line can't meet the rules: removed all the
+    same, with a warning.  client: no AUTH offered, the rest well formed, its AUTH refused
+    "502 5.5.1".  server: never the AUTH."""
+    reply = padded_reply(250, b"fake.example", auth, b"PIPELINING", n)
+
+    def ehlo(conn, line):
+        conn.send(b"".join(l + b"\r\n" for l in reply))
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"EHLO": ehlo}))
+    tap, path = start_tap(tap_factory, workdir, srv.port, "capability /^AUTH/ IGNORE")
+    c = SmtpClient(tap.port, timeout=5)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert [l[:-2] for l in r] == [reply[0]] + reply[2:], [l[:40] for l in r if b"PAD" not in l]
+    assert c.cmd("AUTH PLAIN AHVAcA==") == [b"502 5.5.1 AUTH not available\r\n"]
+    c.expect("QUIT", 221)
+    srv.join()
+    assert not [l for l in srv.conns[0].commands if l.upper().startswith(b"AUTH")], \
+        "the client's AUTH reached the server"
+    t = transcript(tap)
+    if len(auth) < 1000:
+        hits = hits_for(t, path)
+        assert [(h.action, h.scope) for h in hits] == [("IGNORE", "capability")], hits
+    else:
+        assert "warning a reply line over 65536 octets is too long for the rules: removed" \
+            in t.events(), t.events()
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("code", [214, 421])
+@pytest.mark.parametrize("n", [300, 5000], ids=["300-lines", "over-64k"])
+def test_reply_rule_sees_every_line_of_a_long_reply(tap_factory, fake_server, workdir, n, code):
+    """A reply rule on a reply of more lines than there once was room for (256), and on one
+    over 64 KiB: the line it removes is gone, the separators set again.  A 421 too (the
+    client's last reply: the session ends)."""
+    reply = padded_reply(code, b"help follows", b"internal.example is the relay", b"end", n)
+
+    def help_(conn, line):
+        conn.send(b"".join(l + b"\r\n" for l in reply))
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"HELP": help_}))
+    tap, path = start_tap(tap_factory, workdir, srv.port, r"reply /internal\.example/ IGNORE")
+    c = SmtpClient(tap.port, timeout=5)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    r = c.cmd("HELP")
+    assert [l[:-2] for l in r] == [reply[0]] + reply[2:], r[:3]
+    if code == 421:
+        assert c.read_until_eof(5) == b""
+    else:
+        c.expect("QUIT", 221)
+    srv.join()
+    hits = hits_for(transcript(tap), path)
+    assert [(h.action, h.scope) for h in hits] == [("IGNORE", "reply")], hits
+
+
+@pytest.mark.limit(30)
+@pytest.mark.parametrize("setup,rules,long_line", [(False, True, False), (False, True, True),
+                                                   (True, False, False), (True, True, False)],
+                         ids=["banner-rule", "banner-rule-long-line", "setup-no-rules",
+                              "setup-banner-rule"])
+def test_greeting_over_64k(tap_factory, fake_server, workdir, setup, rules, long_line):
+    """A greeting over 64 KiB meets the banner rules line by line; a line of it too long for
+    them (over --max-line) is removed, with a warning.  While the upstream leg is set up first
+    (--upstream-tls require) it is not the client's yet: it goes as it came when no rule would
+    edit it, else the session ends with 421 4.4.2, the rule never skipped."""
+    reply = padded_reply(220, b"fake.example", b"internal.example", b"ready", 5000)
+    if long_line:
+        reply[1] = b"220-internal.example " + b"X" * 70000
+
+    def greeting(conn, line):
+        conn.send(b"".join(l + b"\r\n" for l in reply))
+        return True
+
+    srv = fake_server(SmtpServerScript(hooks={"GREETING": greeting}))
+    extra = ("--upstream-tls", "require") if setup else ()
+    if rules:
+        tap, _ = start_tap(tap_factory, workdir, srv.port, r"banner /internal\.example/ IGNORE",
+                           *extra)
+    else:
+        tap = tap_factory(srv.port, *extra)
+    c = SmtpClient(tap.port, timeout=5)
+    r = c.reply()
+    if not setup:
+        assert [l[:-2] for l in r] == [reply[0]] + reply[2:], [l[:40] for l in r[:3]]
+        c.expect("QUIT", 221)
+        warned = "warning a reply line over 65536 octets is too long for the rules: removed"
+        assert (warned in transcript(tap).events()) == long_line
+    elif not rules:
+        assert [l[:-2] for l in r] == reply, r[:3]
+    else:
+        assert len(r) == 1 and r[0].startswith(b"421 4.4.2 ") and r[0].endswith(
+            b"Upstream protocol error\r\n"), r[:3]
+        assert c.read_until_eof(5) == b""
+        assert "upstream protocol error: reply too long" in transcript(tap).events()
+
+
 @pytest.mark.limit(30)
 @pytest.mark.parametrize("rules,removed", [("header /^X-A:/ WARN", True),
                                            ("body /x/ REJECT", True),

@@ -46,7 +46,7 @@ $(BUILD)/%.o: %.c Makefile
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIBOBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $^ $(LDLIBS) $(shell pkg-config --libs cmocka 2>/dev/null)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $(filter %.c %.o,$^) $(LDLIBS) $(shell pkg-config --libs cmocka 2>/dev/null)
 
 deps:
 	@scripts/deps.sh

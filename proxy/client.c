@@ -330,10 +330,32 @@ client_capability_hidden(struct session *s, const struct unit *u, const struct s
 }
 
 /*
+ * A line with a NUL, refused or left unrelayed: recorded as it came, but for an AUTH, read
+ * up to the NUL (as the server reads it) or whole, whose words after the verb are redacted:
+ * "AUTH\0 PLAIN <response>" and "AUTH PLAIN <response>\0" hold a credential.
+ */
+static void
+client_record_nul(struct session *s, const unsigned char *line, size_t n,
+                  const unsigned char *nul)
+{
+	struct smtp_command whole, cut;
+	size_t keep = (size_t)(nul - line) + 1;
+
+	smtp_parse_command(line, n, &whole);
+	smtp_parse_command(line, keep - 1, &cut);
+	if (whole.verb != VERB_AUTH && cut.verb != VERB_AUTH) {
+		transcript_data(s->transcript, "C:", line, n);
+		return;
+	}
+	if (whole.verb == VERB_AUTH)
+		keep = whole.arg != NULL ? (size_t)(whole.arg - line) : smtp_line_len(line, n);
+	transcript_redacted(s->transcript, "C:", line, keep, NULL);
+}
+
+/*
  * A command line with a NUL in it.  Servers read commands as C strings and cut them there
- * (Postfix does): the server and the rules would read two commands, "RCPT TO:<x>\0junk" or
- * "DATA\0" (DATA to the server, no verb to us).  Refused, never forwarded; what follows the
- * NUL is recorded redacted, since it may be a secret ("AUTH\0 PLAIN <response>").
+ * (Postfix does): the server and the rules would read two commands, "RCPT TO:x@y\0junk" or
+ * "DATA\0" (DATA to the server, no verb to us).  Refused, never forwarded.
  */
 static int
 client_command_nul(struct session *s, const struct unit *u, size_t n)
@@ -342,7 +364,7 @@ client_command_nul(struct session *s, const struct unit *u, size_t n)
 
 	if (nul == NULL)
 		return 0;
-	transcript_redacted(s->transcript, "C:", u->data, (size_t)(nul - u->data) + 1, NULL);
+	client_record_nul(s, u->data, u->len, nul);
 	side_discard(&s->client, u->len);
 	session_warn(s, "a command with a NUL refused");
 	client_answer_locally(s, "500 5.5.2 Error: NUL in command\r\n");
@@ -428,8 +450,8 @@ client_record_unrelayed_line(struct session *s, const unsigned char *line, size_
 	/* An unfinished line's CR may be the start of its CRLF: not part of a response. */
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
-	if ((nul = memchr(line, '\0', len)) != NULL) { /* as client_command_nul */
-		transcript_redacted(s->transcript, "C:", line, (size_t)(nul - line) + 1, NULL);
+	if ((nul = memchr(line, '\0', len)) != NULL) {
+		client_record_nul(s, line, n, nul);
 		return;
 	}
 	smtp_parse_command(line, len, &cmd);

@@ -93,6 +93,52 @@ client_auth(struct session *s, const unsigned char *line, size_t n, const struct
 
 static void client_chunk_unended(struct session *s);
 
+/*
+ * A command the proxy answers itself and after which it reads nothing more from the client:
+ * the reply takes its turn among the pipelined ones, then the session ends for reason.
+ */
+static void
+client_refuse_and_close(struct session *s, const struct unit *u, const char *reply,
+                        const char *reason)
+{
+	struct pending *p;
+
+	side_discard(&s->client, u->len);
+	client_enter_mode(s, MODE_AWAIT);
+	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	p->disconnect = reason;
+	client_flush_local(s);
+}
+
+/*
+ * A BDAT whose size can't be read where the server offered CHUNKING: where its chunk ends is
+ * unknown, and any guess lets the server run as commands octets the rules took for a chunk,
+ * or the other way round.  Answered as Postfix answers it (521, and it hangs up), never
+ * forwarded, and nothing after it is read.
+ */
+static void
+client_bdat_malformed(struct session *s, const struct unit *u)
+{
+	session_warn(s, "malformed BDAT: where its chunk ends is unknown, session ended");
+	client_refuse_and_close(s, u, "521 5.5.4 Syntax: BDAT count [LAST]\r\n", "bdat_syntax");
+}
+
+/* Whether a BDAT about to be forwarded is refused instead: its size can't be read. */
+static int
+client_bdat_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd)
+{
+	uint64_t size;
+	int last;
+
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) == 0)
+		return 0;
+	client_bdat_malformed(s, u);
+	return 1;
+}
+
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
 static void
 client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
@@ -101,7 +147,7 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	int last;
 
 	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
-		return; /* the server will refuse it; no chunk follows */
+		return; /* never here: client_bdat_refused kept it from the server */
 	p->last = last;
 	if (s->tx != NULL) {
 		s->tx->size += size;
@@ -178,15 +224,20 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	snprintf(reply, sizeof(reply), "%s\r\n", text);
 	/* cmd points into the client's input: use it before the line is drained. */
 	tx_refused(s, cmd, atoi(reply));
-	if (cmd->verb != VERB_BDAT || smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
-		size = 0;
+	size = 0;
+	if (cmd->verb == VERB_BDAT && smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0 &&
+	    s->server_chunking && verdict != ACT_DISCONNECT) {
+		/* Refused or not, the chunk to throw away has no known end. */
+		client_bdat_malformed(s, u);
+		return;
+	}
 	side_discard(&s->client, u->len);
 	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
 		session_close(s, "error");
 		return;
 	}
 	if (verdict == ACT_DISCONNECT) {
-		p->disconnect = 1;
+		p->disconnect = "rule_disconnect";
 		client_enter_mode(s, MODE_AWAIT);
 	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
@@ -380,6 +431,8 @@ client_command(struct session *s, const struct unit *u)
 		                       "502 5.5.1 BDAT not available: CHUNKING not offered");
 		return;
 	}
+	if (cmd.verb == VERB_BDAT && client_bdat_refused(s, u, &cmd))
+		return;
 	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
 		client_hold_data(s, u);
 		return;
@@ -1071,9 +1124,11 @@ client_flush_local(struct session *s)
 			return;
 		}
 		session_reply(s, head->local_reply);
-		if (head->disconnect) {
+		if (head->disconnect != NULL) {
+			const char *reason = head->disconnect;
+
 			pipeline_pop(&s->pipeline);
-			session_close(s, "rule_disconnect");
+			session_close(s, reason);
 			return;
 		}
 		if (head->starttls) {

@@ -126,17 +126,64 @@ client_bdat_malformed(struct session *s, const struct unit *u)
 	client_refuse_and_close(s, u, "521 5.5.4 Syntax: BDAT count [LAST]\r\n", "bdat_syntax");
 }
 
-/* Whether a BDAT about to be forwarded is refused instead: its size can't be read. */
+/*
+ * A chunk that would take the message past --max-message: as for DATA, the server never gets
+ * the message's end (this BDAT is not forwarded, and the chunks before it are dropped as the
+ * session ends); the client gets 552 in its turn.
+ */
+static void
+client_bdat_too_big(struct session *s, const struct unit *u)
+{
+	session_warn(s, "message over --max-message (%zu octets): session ended",
+	             s->px->opts->max_message);
+	client_refuse_and_close(s, u, "552 5.3.4 Message size exceeds fixed limit\r\n",
+	                        "message_too_big");
+}
+
+/*
+ * Whether a command may end the message being chunked (a RSET or EHLO): the client then
+ * waits for its reply, since only a 2xx says the server forgot the chunks.  Counted on or
+ * forgotten at once, a pipelined next message would be refused, or "RSET x" would let a
+ * client start over on the limit while the server still holds the chunks.
+ */
+static int
+client_may_end_chunking(const struct session *s, const struct smtp_command *cmd)
+{
+	enum smtp_track track = smtp_verb_info(cmd->verb)->track;
+
+	return s->chunk.sent != s->chunk.message_start &&
+	       (track == SMTP_TRACK_HELO || track == SMTP_TRACK_RSET);
+}
+
+/* Whether a chunk of size octets takes the message being chunked past --max-message. */
+static int
+client_chunk_too_big(const struct session *s, uint64_t size)
+{
+	uint64_t max = s->px->opts->max_message;
+	uint64_t sofar = s->chunk.sent - s->chunk.message_start;
+
+	return size > max || sofar > max - size;
+}
+
+/*
+ * Whether a BDAT about to be forwarded is refused instead: its size can't be read, or its
+ * chunk would take the message past --max-message.
+ */
 static int
 client_bdat_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd)
 {
 	uint64_t size;
 	int last;
 
-	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) == 0)
-		return 0;
-	client_bdat_malformed(s, u);
-	return 1;
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0) {
+		client_bdat_malformed(s, u);
+		return 1;
+	}
+	if (client_chunk_too_big(s, size)) {
+		client_bdat_too_big(s, u);
+		return 1;
+	}
+	return 0;
 }
 
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
@@ -153,6 +200,9 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 		s->tx->size += size;
 		s->tx->data = 1;
 	}
+	s->chunk.sent += size;
+	if (last) /* the server's message ends with it, taken or not */
+		s->chunk.message_start = s->chunk.sent;
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
 	s->chunk.left = size;
@@ -442,9 +492,12 @@ client_command(struct session *s, const struct unit *u)
 	if ((p = relay_expect(s, cmd.verb)) == NULL)
 		return;
 	p->rcpt_index = rcpt;
-	if (cmd.verb == VERB_BDAT)
+	if (cmd.verb == VERB_BDAT) {
 		client_bdat(s, &cmd, p);
-	else if (smtp_verb_awaits_reply(cmd.verb))
+		return;
+	}
+	p->ends_chunking = client_may_end_chunking(s, &cmd);
+	if (p->ends_chunking || smtp_verb_awaits_reply(cmd.verb))
 		client_enter_mode(s, MODE_AWAIT);
 }
 
@@ -1138,6 +1191,15 @@ client_flush_local(struct session *s)
 		}
 		pipeline_pop(&s->pipeline);
 	}
+}
+
+void
+client_chunking_reset(struct session *s, int code)
+{
+	if (code / 100 == 2)
+		s->chunk.message_start = s->chunk.sent;
+	client_enter_mode(s, MODE_COMMAND);
+	relay_resume_client(s);
 }
 
 void

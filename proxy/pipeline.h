@@ -26,6 +26,9 @@ struct pending {
 	/* After the local reply the session closes, for this reason (a rule's DISCONNECT:
 	 * "rule_disconnect"); NULL when it goes on. */
 	const char *disconnect;
+	/* A RSET or EHLO sent while a message was being chunked: the client waits for its reply,
+	 * which ends that message when it is a 2xx. */
+	int ends_chunking;
 };
 
 struct pipeline {

@@ -432,3 +432,77 @@ def test_bdat_refused_by_smtptap_chunk_thrown_away_by_postfix_reading(tap_factor
                                "521 5.5.4 Syntax: BDAT count [LAST]"]
     assert tap.event()["reason"] == "bdat_syntax"
     assert "bdat=" not in pf.log()
+
+
+MAIL_OK = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<ok@example.net>\r\n"
+TOO_BIG = [b"552 5.3.4 Message size exceeds fixed limit\r\n"]
+
+
+def chunk_of(n, tag):
+    """n octets of message content, lines of 100, that say which message they belong to."""
+    line = (b"%s " % tag + b"x" * 98)[:98] + b"\r\n"
+    return (line * (n // 100 + 1))[:n]
+
+
+@pytest.mark.limit(60)
+def test_bdat_max_message_over_the_sum_of_chunks(tap_factory, postfix):
+    """--max-message holds for BDAT as for DATA: the chunks of a message count together, and
+    a BDAT that would take it past the limit gets 552 5.3.4 in its turn and ends the session,
+    so the server never sees the message's last chunk and keeps nothing.  The count is the
+    server's: a MAIL or a RSET Postfix refuses (503, 501) leaves its chunks in place, while
+    a RSET it takes starts the next message from nothing."""
+    pf, psink = postfix
+    tap = tap_factory(pf.port, "--max-message", "2000")
+
+    def session():
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("EHLO client.example", 250)
+        return c
+
+    # One chunk over the limit; then two that together are; then around a refused MAIL and
+    # a refused RSET (Postfix keeps the first chunk through both).
+    over = [
+        (MAIL_OK + b"BDAT 2001 LAST\r\n" + chunk_of(2001, b"one"), [250, 250]),
+        (MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"two") +
+         b"BDAT 501 LAST\r\n" + chunk_of(501, b"two"), [250, 250, 250]),
+        (MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"mail") +
+         b"MAIL FROM:<b@example.com>\r\nBDAT 1500 LAST\r\n" + chunk_of(1500, b"mail"),
+         [250, 250, 250, 503]),
+        (MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"rset") +
+         b"RSET x\r\nBDAT 1500 LAST\r\n" + chunk_of(1500, b"rset"), [250, 250, 250, 501]),
+    ]
+    for sent, codes in over:
+        c = session()
+        c.send(sent)
+        assert [c.code() for _ in codes] == codes, sent[:200]
+        assert c.reply() == TOO_BIG, sent[:200]
+        assert c.read_until_eof() == b""
+        c.close()
+
+    # At the limit, over two chunks; then a message given up with RSET (pipelined, with the
+    # next one behind it): the next message counts from nothing.
+    c = session()
+    c.send(MAIL_OK + b"BDAT 1000\r\n" + chunk_of(1000, b"fits") +
+           b"BDAT 1000 LAST\r\n" + chunk_of(1000, b"fits"))
+    assert [c.code() for _ in range(4)] == [250] * 4
+    c.send(MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"dropped") + b"RSET\r\n" + MAIL_OK +
+           b"BDAT 1500 LAST\r\n" + chunk_of(1500, b"after"))
+    assert [c.code() for _ in range(7)] == [250] * 7
+    c.expect("QUIT", 221)
+
+    msgs = psink.wait_messages(2, timeout=10)
+    time.sleep(0.5)
+    assert psink.count() == 2, "a message past --max-message was delivered"
+    contents = sorted(m.content for m in msgs)
+    assert contents[0].endswith(chunk_of(1500, b"after").replace(b"\r\n", b"\n"))
+    assert contents[1].endswith(chunk_of(2000, b"fits").replace(b"\r\n", b"\n"))
+    evs = tap.wait_events(len(over) + 1)
+    assert [e["reason"] for e in evs] == ["message_too_big"] * len(over) + ["quit"], evs
+    for t in tap.wait_transcripts(len(over) + 1)[:len(over)]:
+        assert t.proxy_lines() == ["552 5.3.4 Message size exceeds fixed limit"], t.records
+        assert [e for e in t.events() if "over --max-message" in e], t.events()
+        # The refused BDAT (the last) never went upstream: no chunk followed it.
+        bdats = [x for x in t.client_lines() if x.startswith("BDAT")]
+        chunks = [e for e in t.events() if e.startswith("bdat chunk")]
+        assert bdats[-1].endswith("LAST") and len(chunks) == len(bdats) - 1, t.records

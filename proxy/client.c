@@ -560,16 +560,51 @@ client_line_too_long(struct session *s, const struct unit *u)
 	client_enter_mode(s, MODE_SKIP);
 }
 
+/*
+ * A SASL response longer than --max-line: never forwarded, and recorded only as a redacted
+ * marker.  The server still waits for a response to its 334, so it is not answered here
+ * (the client would take the exchange as over while the server took its next command as the
+ * response): once the line is skipped, the exchange is cancelled upstream (client_skip).
+ */
+static void
+client_sasl_too_long(struct session *s, const struct unit *u)
+{
+	client_record_sasl(s, NULL, 0, NULL, 0);
+	session_warn(s, "SASL response longer than %zu octets: not forwarded, exchange cancelled",
+	             s->px->opts->max_line);
+	s->skipped = u->len;
+	side_discard(&s->client, u->len);
+	s->skip_return = MODE_SASL;
+	client_enter_mode(s, MODE_SKIP);
+}
+
+/*
+ * In place of a response too long to forward, "*" (RFC 4954 4: the server answers 501 and
+ * the exchange ends); the server's reply is the client's answer.  Sent only once the whole
+ * line is skipped: that reply ends the SASL mode, and the rest of the line must not then be
+ * read as commands.
+ */
+static void
+client_sasl_cancel(struct session *s)
+{
+	relay_send_upstream(s, "*\r\n");
+	if (relay_expect(s, VERB_SASL) != NULL)
+		client_enter_mode(s, MODE_AWAIT);
+}
+
 static void
 client_skip(struct session *s, const struct unit *u)
 {
 	s->skipped += u->len;
 	side_discard(&s->client, u->len);
-	if (u->complete) {
-		transcript_event(s->transcript, "discarded over-long line octets=%llu",
-		                 (unsigned long long)s->skipped);
+	if (!u->complete)
+		return;
+	transcript_event(s->transcript, "discarded over-long line octets=%llu",
+	                 (unsigned long long)s->skipped);
+	if (s->skip_return == MODE_SASL)
+		client_sasl_cancel(s);
+	else
 		client_enter_mode(s, s->skip_return);
-	}
 }
 
 static void
@@ -916,11 +951,14 @@ client_unit(struct session *s, struct unit *u)
 {
 	switch (s->mode) {
 	case MODE_COMMAND:
-	case MODE_SASL:
 		if (!u->complete)
 			client_line_too_long(s, u);
-		else if (s->mode == MODE_COMMAND)
+		else
 			client_command(s, u);
+		break;
+	case MODE_SASL:
+		if (!u->complete)
+			client_sasl_too_long(s, u);
 		else
 			client_sasl(s, u);
 		break;

@@ -93,6 +93,99 @@ client_auth(struct session *s, const unsigned char *line, size_t n, const struct
 
 static void client_chunk_unended(struct session *s);
 
+/*
+ * A command the proxy answers itself and after which it reads nothing more from the client:
+ * the reply takes its turn among the pipelined ones, then the session ends for reason.
+ */
+static void
+client_refuse_and_close(struct session *s, const struct unit *u, const char *reply,
+                        const char *reason)
+{
+	struct pending *p;
+
+	side_discard(&s->client, u->len);
+	client_enter_mode(s, MODE_AWAIT);
+	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
+		session_close(s, "error");
+		return;
+	}
+	p->disconnect = reason;
+	client_flush_local(s);
+}
+
+/*
+ * A BDAT whose size can't be read where the server offered CHUNKING: where its chunk ends is
+ * unknown, and any guess lets the server run as commands octets the rules took for a chunk,
+ * or the other way round.  Answered as Postfix answers it (521, and it hangs up), never
+ * forwarded, and nothing after it is read.
+ */
+static void
+client_bdat_malformed(struct session *s, const struct unit *u)
+{
+	session_warn(s, "malformed BDAT: where its chunk ends is unknown, session ended");
+	client_refuse_and_close(s, u, "521 5.5.4 Syntax: BDAT count [LAST]\r\n", "bdat_syntax");
+}
+
+/*
+ * A chunk that would take the message past --max-message: as for DATA, the server never gets
+ * the message's end (this BDAT is not forwarded, and the chunks before it are dropped as the
+ * session ends); the client gets 552 in its turn.
+ */
+static void
+client_bdat_too_big(struct session *s, const struct unit *u)
+{
+	session_warn(s, "message over --max-message (%zu octets): session ended",
+	             s->px->opts->max_message);
+	client_refuse_and_close(s, u, "552 5.3.4 Message size exceeds fixed limit\r\n",
+	                        "message_too_big");
+}
+
+/*
+ * Whether a command may end the message being chunked (a RSET or EHLO): the client then
+ * waits for its reply, since only a 2xx says the server forgot the chunks.  Counted on or
+ * forgotten at once, a pipelined next message would be refused, or "RSET x" would let a
+ * client start over on the limit while the server still holds the chunks.
+ */
+static int
+client_may_end_chunking(const struct session *s, const struct smtp_command *cmd)
+{
+	enum smtp_track track = smtp_verb_info(cmd->verb)->track;
+
+	return s->chunk.sent != s->chunk.message_start &&
+	       (track == SMTP_TRACK_HELO || track == SMTP_TRACK_RSET);
+}
+
+/* Whether a chunk of size octets takes the message being chunked past --max-message. */
+static int
+client_chunk_too_big(const struct session *s, uint64_t size)
+{
+	uint64_t max = s->px->opts->max_message;
+	uint64_t sofar = s->chunk.sent - s->chunk.message_start;
+
+	return size > max || sofar > max - size;
+}
+
+/*
+ * Whether a BDAT about to be forwarded is refused instead: its size can't be read, or its
+ * chunk would take the message past --max-message.
+ */
+static int
+client_bdat_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd)
+{
+	uint64_t size;
+	int last;
+
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0) {
+		client_bdat_malformed(s, u);
+		return 1;
+	}
+	if (client_chunk_too_big(s, size)) {
+		client_bdat_too_big(s, u);
+		return 1;
+	}
+	return 0;
+}
+
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
 static void
 client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
@@ -101,12 +194,15 @@ client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p
 	int last;
 
 	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
-		return; /* the server will refuse it; no chunk follows */
+		return; /* never here: client_bdat_refused kept it from the server */
 	p->last = last;
 	if (s->tx != NULL) {
 		s->tx->size += size;
 		s->tx->data = 1;
 	}
+	s->chunk.sent += size;
+	if (last) /* the server's message ends with it, taken or not */
+		s->chunk.message_start = s->chunk.sent;
 	transcript_event(s->transcript, "bdat chunk octets=%llu last=%s", (unsigned long long)size,
 	                 last ? "yes" : "no");
 	s->chunk.left = size;
@@ -178,15 +274,20 @@ client_command_refused(struct session *s, const struct unit *u, const struct smt
 	snprintf(reply, sizeof(reply), "%s\r\n", text);
 	/* cmd points into the client's input: use it before the line is drained. */
 	tx_refused(s, cmd, atoi(reply));
-	if (cmd->verb != VERB_BDAT || smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
-		size = 0;
+	size = 0;
+	if (cmd->verb == VERB_BDAT && smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0 &&
+	    s->server_chunking && verdict != ACT_DISCONNECT) {
+		/* Refused or not, the chunk to throw away has no known end. */
+		client_bdat_malformed(s, u);
+		return;
+	}
 	side_discard(&s->client, u->len);
 	if ((p = pipeline_push_local(&s->pipeline, reply)) == NULL) {
 		session_close(s, "error");
 		return;
 	}
 	if (verdict == ACT_DISCONNECT) {
-		p->disconnect = 1;
+		p->disconnect = "rule_disconnect";
 		client_enter_mode(s, MODE_AWAIT);
 	} else if (size > 0 && s->server_chunking) {
 		/* RFC 3030: the chunk of a refused BDAT is still read, and thrown away. */
@@ -424,6 +525,8 @@ client_command(struct session *s, const struct unit *u)
 		                       "502 5.5.1 BDAT not available: CHUNKING not offered");
 		return;
 	}
+	if (cmd.verb == VERB_BDAT && client_bdat_refused(s, u, &cmd))
+		return;
 	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
 		client_hold_data(s, u);
 		return;
@@ -433,9 +536,12 @@ client_command(struct session *s, const struct unit *u)
 	if ((p = relay_expect(s, cmd.verb)) == NULL)
 		return;
 	p->rcpt_index = rcpt;
-	if (cmd.verb == VERB_BDAT)
+	if (cmd.verb == VERB_BDAT) {
 		client_bdat(s, &cmd, p);
-	else if (smtp_verb_awaits_reply(cmd.verb))
+		return;
+	}
+	p->ends_chunking = client_may_end_chunking(s, &cmd);
+	if (p->ends_chunking || smtp_verb_awaits_reply(cmd.verb))
 		client_enter_mode(s, MODE_AWAIT);
 }
 
@@ -503,16 +609,51 @@ client_line_too_long(struct session *s, const struct unit *u)
 	client_enter_mode(s, MODE_SKIP);
 }
 
+/*
+ * A SASL response longer than --max-line: never forwarded, and recorded only as a redacted
+ * marker.  The server still waits for a response to its 334, so it is not answered here
+ * (the client would take the exchange as over while the server took its next command as the
+ * response): once the line is skipped, the exchange is cancelled upstream (client_skip).
+ */
+static void
+client_sasl_too_long(struct session *s, const struct unit *u)
+{
+	client_record_sasl(s, NULL, 0, NULL, 0);
+	session_warn(s, "SASL response longer than %zu octets: not forwarded, exchange cancelled",
+	             s->px->opts->max_line);
+	s->skipped = u->len;
+	side_discard(&s->client, u->len);
+	s->skip_return = MODE_SASL;
+	client_enter_mode(s, MODE_SKIP);
+}
+
+/*
+ * In place of a response too long to forward, "*" (RFC 4954 4: the server answers 501 and
+ * the exchange ends); the server's reply is the client's answer.  Sent only once the whole
+ * line is skipped: that reply ends the SASL mode, and the rest of the line must not then be
+ * read as commands.
+ */
+static void
+client_sasl_cancel(struct session *s)
+{
+	relay_send_upstream(s, "*\r\n");
+	if (relay_expect(s, VERB_SASL) != NULL)
+		client_enter_mode(s, MODE_AWAIT);
+}
+
 static void
 client_skip(struct session *s, const struct unit *u)
 {
 	s->skipped += u->len;
 	side_discard(&s->client, u->len);
-	if (u->complete) {
-		transcript_event(s->transcript, "discarded over-long line octets=%llu",
-		                 (unsigned long long)s->skipped);
+	if (!u->complete)
+		return;
+	transcript_event(s->transcript, "discarded over-long line octets=%llu",
+	                 (unsigned long long)s->skipped);
+	if (s->skip_return == MODE_SASL)
+		client_sasl_cancel(s);
+	else
 		client_enter_mode(s, s->skip_return);
-	}
 }
 
 static void
@@ -859,11 +1000,14 @@ client_unit(struct session *s, struct unit *u)
 {
 	switch (s->mode) {
 	case MODE_COMMAND:
-	case MODE_SASL:
 		if (!u->complete)
 			client_line_too_long(s, u);
-		else if (s->mode == MODE_COMMAND)
+		else
 			client_command(s, u);
+		break;
+	case MODE_SASL:
+		if (!u->complete)
+			client_sasl_too_long(s, u);
 		else
 			client_sasl(s, u);
 		break;
@@ -1120,9 +1264,11 @@ client_flush_local(struct session *s)
 			return;
 		}
 		session_reply(s, head->local_reply);
-		if (head->disconnect) {
+		if (head->disconnect != NULL) {
+			const char *reason = head->disconnect;
+
 			pipeline_pop(&s->pipeline);
-			session_close(s, "rule_disconnect");
+			session_close(s, reason);
 			return;
 		}
 		if (head->starttls) {
@@ -1132,6 +1278,15 @@ client_flush_local(struct session *s)
 		}
 		pipeline_pop(&s->pipeline);
 	}
+}
+
+void
+client_chunking_reset(struct session *s, int code)
+{
+	if (code / 100 == 2)
+		s->chunk.message_start = s->chunk.sent;
+	client_enter_mode(s, MODE_COMMAND);
+	relay_resume_client(s);
 }
 
 void

@@ -19,6 +19,8 @@ void relay_client_secured(struct session *s);
 
 /* Sends the proxy's own replies that have come to the head of the queue. */
 void client_flush_local(struct session *s);
+/* The server's reply to a RSET or EHLO sent while a message was being chunked. */
+void client_chunking_reset(struct session *s, int code);
 /* Queues a reply of the proxy's own in its pipelining turn, and sends what can go. */
 void client_answer_locally(struct session *s, const char *reply);
 /*

@@ -175,6 +175,14 @@ struct chunk_reader {
 	int discard;  /* the chunk of a refused BDAT: read and thrown away */
 	int last;     /* the chunk is the message's last (BDAT ... LAST) */
 	int in_piece; /* content recorded so far ends mid-line: more of it is "C+" */
+	/*
+	 * --max-message over BDAT: the octets of every chunk sent upstream in the session, and
+	 * that count where the message being chunked began.  Not the transaction's (tx) count: a
+	 * server keeps the chunks through a MAIL it refuses (Postfix: "nested MAIL command"), or
+	 * a RSET it refuses ("RSET x").
+	 */
+	uint64_t sent;
+	uint64_t message_start;
 };
 
 /*

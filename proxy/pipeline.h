@@ -20,10 +20,15 @@ struct pending {
 	int rcpt_index;    /* which RCPT of the transaction, or -1 */
 	struct tx *tx;     /* the transaction the command belongs to, or NULL */
 	char *local_reply; /* CRLF-terminated lines the proxy sends itself, or NULL */
-	int disconnect;    /* the local reply is a rule's DISCONNECT: close after it */
 	int starttls;      /* the local reply is our 220 to STARTTLS: the handshake follows */
 	int hold_decide;   /* a held DATA: at its turn, our 354 or the server's DATA */
 	int quiet;         /* the server's reply to our own command: not for the client */
+	/* After the local reply the session closes, for this reason (a rule's DISCONNECT:
+	 * "rule_disconnect"); NULL when it goes on. */
+	const char *disconnect;
+	/* A RSET or EHLO sent while a message was being chunked: the client waits for its reply,
+	 * which ends that message when it is a 2xx. */
+	int ends_chunking;
 };
 
 struct pipeline {

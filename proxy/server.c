@@ -62,6 +62,8 @@ void
 server_reply_effect(struct session *s, const struct pending *p, int code)
 {
 	tx_reply(s, p, code);
+	if (p->ends_chunking)
+		client_chunking_reset(s, code);
 	switch (p->verb) {
 	case VERB_HELO:
 		s->server_chunking = 0;

@@ -429,30 +429,40 @@ smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *
 	return 0;
 }
 
+/* Skips the white space at arg[i], as Postfix's smtpd_token does between words. */
+static size_t
+smtp_skip_space(const unsigned char *arg, size_t len, size_t i)
+{
+	while (i < len && smtp_is_space(arg[i]))
+		i++;
+	return i;
+}
+
 int
 smtp_parse_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last)
 {
 	size_t i = 0;
 	uint64_t n = 0;
+	unsigned d;
 
-	if (arg == NULL || len == 0 || arg[0] < '0' || arg[0] > '9')
+	if (arg == NULL || len == 0 || !smtp_is_digit(arg[0]))
 		return -1;
-	for (; i < len && arg[i] >= '0' && arg[i] <= '9'; i++) {
-		if (n > (UINT64_MAX - 9) / 10)
+	for (; i < len && smtp_is_digit(arg[i]); i++) {
+		d = arg[i] - '0';
+		/* Past an off_t the server refuses it (Postfix: 521, and it hangs up). */
+		if (n > (SMTP_BDAT_MAX - d) / 10)
 			return -1;
-		n = n * 10 + (uint64_t)(arg[i] - '0');
+		n = n * 10 + d;
 	}
+	if (i < len && !smtp_is_space(arg[i]))
+		return -1;
+	i = smtp_skip_space(arg, len, i);
+	if (i < len && (len - i < 4 || strncasecmp((const char *)arg + i, "LAST", 4) != 0 ||
+	                smtp_skip_space(arg, len, i + 4) != len))
+		return -1;
 	*size = n;
-	*last = 0;
-	while (i < len && (arg[i] == ' ' || arg[i] == '\t'))
-		i++;
-	if (i == len)
-		return 0;
-	if (len - i == 4 && strncasecmp((const char *)arg + i, "LAST", 4) == 0) {
-		*last = 1;
-		return 0;
-	}
-	return -1;
+	*last = i < len;
+	return 0;
 }
 
 const char *

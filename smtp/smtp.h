@@ -184,7 +184,15 @@ size_t smtp_auth_visible(const unsigned char *line, size_t len, const struct smt
 /* Parses a server reply line (without line end); returns 0, or -1 when it is malformed. */
 int smtp_parse_reply(const unsigned char *line, size_t len, struct smtp_reply_line *r);
 
-/* Parses a BDAT argument: "SIZE [LAST]"; returns 0, or -1 when malformed. */
+/* The largest BDAT size a server takes: Postfix reads it into an off_t. */
+#define SMTP_BDAT_MAX ((uint64_t)INT64_MAX)
+
+/*
+ * Parses a BDAT argument (cmd->arg: no white space before it) as Postfix's smtpd does:
+ * "SIZE [LAST]", words apart at any white space (smtpd_token), white space after them
+ * allowed, SIZE all digits up to SMTP_BDAT_MAX, LAST in any case.  Returns 0, or -1 when
+ * malformed (*size and *last untouched then).
+ */
 int smtp_parse_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last);
 
 /* The table's row for a verb (VERB_UNKNOWN's for one out of range); never NULL. */

@@ -7,24 +7,61 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "smtp/smtp.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/*
+ * BDAT's argument read another way, word by word as Postfix's smtpd_token splits it: one or
+ * two words at any white space, the count all digits and no more than an off_t holds, the
+ * second "LAST" in any case.  The argument starts after the verb's white space.
+ */
+static int
+reference_bdat(const unsigned char *arg, size_t len, uint64_t *size, int *last)
+{
+	const unsigned char *word[3];
+	size_t wlen[3], nwords = 0, i = 0, k;
+	uint64_t n = 0;
+
+	if (arg == NULL || len == 0 || smtp_is_space(arg[0]))
+		return -1;
+	while (i < len && nwords < 3) {
+		word[nwords] = arg + i;
+		for (k = 0; i < len && !smtp_is_space(arg[i]); i++)
+			k++;
+		wlen[nwords++] = k;
+		while (i < len && smtp_is_space(arg[i]))
+			i++;
+	}
+	if (i < len || nwords == 3)
+		return -1;
+	for (k = 0; k < wlen[0]; k++) {
+		if (word[0][k] < '0' || word[0][k] > '9')
+			return -1;
+		if (n > ((uint64_t)INT64_MAX - (uint64_t)(word[0][k] - '0')) / 10)
+			return -1;
+		n = n * 10 + (uint64_t)(word[0][k] - '0');
+	}
+	if (nwords == 2 && (wlen[1] != 4 || strncasecmp((const char *)word[1], "LAST", 4) != 0))
+		return -1;
+	*size = n;
+	*last = nwords == 2;
+	return 0;
+}
+
 static void
 check_bdat(const unsigned char *arg, size_t len)
 {
-	uint64_t n = 0;
-	int last = -1;
+	uint64_t n = 0, rn = 0;
+	int last = -1, rlast = -1;
+	int r = smtp_parse_bdat(arg, len, &n, &last);
 
-	if (smtp_parse_bdat(arg, len, &n, &last) == 0) {
-		if (last != 0 && last != 1)
-			abort();
-		/* A size is digits first: an argument not starting with one is refused. */
-		if (len == 0 || arg[0] < '0' || arg[0] > '9')
-			abort();
-	}
+	if (r != reference_bdat(arg, len, &rn, &rlast))
+		abort();
+	if (r == 0 && (n != rn || last != rlast || n > SMTP_BDAT_MAX))
+		abort();
 }
 
 /*

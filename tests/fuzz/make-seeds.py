@@ -538,6 +538,10 @@ def main():
         write(os.path.join(outdir, "command", name), b"".join(d for w, d in rec.events if w == "C"))
         write(os.path.join(outdir, "reply", name), b"".join(d for w, d in rec.events if w == "S"))
     write(os.path.join(outdir, "command", "bdat-last"), b"BDAT 18446744073709551615 LAST\r\n")
+    # White space after BDAT's words (Postfix takes it), and the size at an off_t's end.
+    write(os.path.join(outdir, "command", "bdat-white-space"),
+          b"BDAT 9 LAST \r\nBDAT\t9\x0blast\x0c\r\nBDAT 9 LAST\r\r\nBDAT 9223372036854775807\r\n"
+          b"BDAT 9223372036854775808 LAST\r\nBDAT 9 LAST x\r\n")
 
     # SASL responses: the first octet sizes the user buffer (fuzz_redact.c).
     for name in ("auth-plain", "auth-login", "cram-md5", "auth-cancel"):

@@ -7,6 +7,7 @@ one, which implements PLAIN and LOGIN and checks the credentials.
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -350,3 +351,71 @@ def test_pipelined_sasl_after_non_334_reply(tap_factory, fake_server):
     assert recs[i + 3:i + 6] == ["NOOP", "XYZZY", "QUIT"], recs
     assert auth_without_text(tap.event()) == {"mechanism": "LOGIN", "user": USER, "code": 454}
     assert_no_secret(tap)
+
+
+@pytest.fixture
+def postfix_main(workdir):
+    """The postfix fixture offers AUTH (Cyrus SASL with no users: an exchange gets its 334s,
+    and "*" its 501, but never succeeds)."""
+    conf = os.path.join(workdir, "sasl")
+    os.makedirs(conf, exist_ok=True)
+    os.chmod(conf, 0o755)
+    with open(os.path.join(conf, "smtpd.conf"), "w") as f:
+        f.write("pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+                "sasldb_path: %s\n" % os.path.join(conf, "sasldb2"))
+    return {"smtpd_sasl_auth_enable": "yes", "smtpd_sasl_type": "cyrus",
+            "cyrus_sasl_config_path": conf}
+
+
+@pytest.mark.limit(60)
+def test_sasl_response_over_max_line_cancelled_upstream(tap_factory, postfix, workdir):
+    """A SASL response longer than --max-line is not forwarded, but Postfix still waits for a
+    response after its 334: smtptap sends "*" in its place once the whole line is in, and
+    the client gets Postfix's own reply (501 5.7.0 Authentication aborted).  Proxy and server
+    stay in step: the next line is a command to both, and meets the rules.  The response is
+    recorded only as a redacted marker; a long line that arrives in several reads is skipped
+    whole, its rest never read as a line of its own."""
+    pf, psink = postfix
+    path = os.path.join(workdir, "auth.rules")
+    with open(path, "w") as f:
+        f.write("mail /evil@/ REJECT 550 5.7.1 Sender refused\n")
+    tap = tap_factory(pf.port, "--max-line", "1024", "--rules", path)
+    password = "p" * 1500
+    resp = b64("\0%s\0%s" % (USER, password)).encode()
+    assert len(resp) > 1024
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.expect("EHLO client.example", 250)
+    assert [x for x in r if b"AUTH" in x and b"PLAIN" in x], r
+    assert c.cmd("AUTH PLAIN") == [b"334 \r\n"]
+    assert c.cmd(resp) == [b"501 5.7.0 Authentication aborted\r\n"]
+    assert c.cmd("MAIL FROM:<evil@example.com>") == [b"550 5.7.1 Sender refused\r\n"]
+    c.expect("NOOP", 250)
+    # Again with AUTH LOGIN, the user name in two reads far apart.
+    assert c.cmd("AUTH LOGIN") == [b"334 VXNlcm5hbWU6\r\n"]
+    c.send(resp[:1500])
+    time.sleep(0.5)
+    c.send(resp[1500:] + b"\r\n")
+    assert c.reply() == [b"501 5.7.0 Authentication aborted\r\n"]
+    assert c.cmd("MAIL FROM:<evil@example.com>") == [b"550 5.7.1 Sender refused\r\n"]
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("QUIT", 221)
+
+    t = tap.transcript()
+    recs = [(r.kind, r.text) for r in t.records if r.kind in ("C:", "U:", "S:", "P:", "*")]
+    for mech in ("AUTH PLAIN", "AUTH LOGIN"):
+        i = recs.index(("C:", mech))
+        assert recs[i + 2:i + 8] == [
+            ("C:", "[redacted]"),
+            ("*", "warning SASL response longer than 1024 octets: not forwarded, exchange "
+                  "cancelled"),
+            ("*", "discarded over-long line octets=%d" % (len(resp) + 2)),
+            ("U:", "*"),
+            ("S:", "501 5.7.0 Authentication aborted"),
+            ("C:", "MAIL FROM:<evil@example.com>")], recs[i:]
+    assert t.proxy_lines() == ["550 5.7.1 Sender refused"] * 2
+    assert "500 5.5.2 Line too long" not in t.text
+    log = pf.log()
+    assert log.count("authentication aborted") == 2, log
+    assert "evil@example.com" not in log
+    assert_no_secret(tap, password=password)

@@ -305,3 +305,204 @@ def test_replay_of_bdat_needs_chunking(tap_factory, postfix, sink, smtptap_bin):
     assert "smuggled@evil.example" not in out.split("does not offer CHUNKING")[1]
     time.sleep(0.5)
     assert sink.count() == before
+
+
+RULE_EVIL = "recipient /^evil@example\\.net$/ REJECT 550 5.7.1 evil refused\n"
+# A transaction a "chunk" would carry past the rules were it read as commands by one side only.
+HIDDEN_BODY = b"Subject: smuggled\r\n\r\nhi\r\n"
+HIDDEN_TX = (b"MAIL FROM:<a@example.com>\r\nRCPT TO:<evil@example.net>\r\n"
+             b"BDAT %d LAST\r\n" % len(HIDDEN_BODY) + HIDDEN_BODY)
+
+
+@pytest.mark.limit(60)
+def test_bdat_white_space_after_arguments_read_as_postfix_reads_it(tap_factory, postfix,
+                                                                    workdir):
+    """Postfix splits BDAT's words at any white space (space, tab, VT, FF, CR) and takes white
+    space after them: "BDAT 9 LAST " is a 9-octet chunk to it, and so it must be to smtptap.
+    Each chunk here is a "BDAT n" line whose n octets are a MAIL, a RCPT to a recipient the
+    rules refuse and a whole message: had smtptap read the chunk as a command, Postfix would
+    have run that hidden transaction as commands while smtptap took them for a chunk."""
+    pf, psink = postfix
+    tap = tap_factory(pf.port, "--rules", write_rules(workdir, RULE_EVIL))
+    inner = b"BDAT %d\r\n" % len(HIDDEN_TX)
+    tails = [b" LAST ", b"\tLAST\x0b", b" last\x0c", b"\x0bLAST\r", b" LAST \t\x0b\x0c"]
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    for tail in tails:
+        c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<ok@example.net>\r\n"
+               b"BDAT %d%s\r\n" % (len(inner), tail) + inner + HIDDEN_TX)
+        replies = [c.reply() for _ in range(6)]
+        codes = [int(r[-1][:3]) for r in replies]
+        # MAIL, RCPT, the chunk (a message to ok@), then the octets after it as commands:
+        # MAIL, RCPT evil (the rule), BDAT LAST (Postfix: no valid recipients).
+        assert codes == [250, 250, 250, 250, 550, 554], (tail, replies)
+        assert replies[4] == [b"550 5.7.1 evil refused\r\n"], replies
+        c.expect("RSET", 250)
+    c.expect("QUIT", 221)
+
+    msgs = psink.wait_messages(len(tails), timeout=10)
+    time.sleep(0.5)
+    assert psink.count() == len(tails), "a hidden transaction reached the server"
+    for m in msgs:
+        assert m.rcpts[0].startswith("<ok@example.net>"), m.rcpts
+        assert m.content.endswith(inner.replace(b"\r\n", b"\n")), m.content[-200:]
+    t = tap.transcript()
+    # Each round: the chunk, then the hidden BDAT (relayed: Postfix skips its chunk).
+    assert [e for e in t.events() if e.startswith("bdat chunk")] == [
+        "bdat chunk octets=%d last=yes" % len(inner),
+        "bdat chunk octets=%d last=yes" % len(HIDDEN_BODY)] * len(tails), t.events()
+    assert t.client_lines().count("RCPT TO:<evil@example.net>") == len(tails)
+    assert t.proxy_lines().count("550 5.7.1 evil refused") == len(tails)
+    assert tap.event()["reason"] == "quit"
+
+
+# BDAT lines Postfix answers "521 5.5.4 Syntax: BDAT count [LAST]" before it hangs up.
+MALFORMED_BDAT = [b"BDAT 5 X", b"BDAT 5 LAST LAST", b"BDAT +5", b"BDAT",
+                  b"BDAT 9223372036854775808", b"BDAT 18446744073709551615 LAST"]
+
+
+@pytest.mark.limit(60)
+def test_bdat_malformed_answered_521_and_session_ended(tap_factory, postfix, workdir):
+    """A BDAT whose size smtptap can't read (one Postfix can't either, or a size past an
+    off_t) leaves no way to tell where its chunk ends.  smtptap never forwards it and never
+    guesses: it answers as Postfix does, 521 in its turn after the pipelined replies, and
+    ends the session, so nothing the client sent after it reaches the server, as a command
+    or as a chunk."""
+    pf, psink = postfix
+    tap = tap_factory(pf.port, "--rules", write_rules(workdir, RULE_EVIL))
+    for bad in MALFORMED_BDAT:
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("EHLO client.example", 250)
+        c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<ok@example.net>\r\n" + bad + b"\r\n" +
+               HIDDEN_TX)
+        assert [c.code(), c.code()] == [250, 250], bad
+        assert c.reply() == [b"521 5.5.4 Syntax: BDAT count [LAST]\r\n"], bad
+        assert c.read_until_eof() == b"", bad
+        c.close()
+
+    ts = tap.wait_transcripts(len(MALFORMED_BDAT))
+    evs = tap.wait_events(len(MALFORMED_BDAT))
+    for bad, t, ev in zip(MALFORMED_BDAT, ts, evs):
+        # From the BDAT on, the server's replies (to MAIL and RCPT) aside: nothing relayed.
+        recs = [(r.kind, r.text) for r in t.records if r.kind != "S:"]
+        i = recs.index(("C:", bad.decode()))
+        assert recs[i:i + 4] == [
+            ("C:", bad.decode()),
+            ("*", "warning malformed BDAT: where its chunk ends is unknown, session ended"),
+            ("P:", "521 5.5.4 Syntax: BDAT count [LAST]"),
+            ("*", "client input not relayed octets=%d" % len(HIDDEN_TX))], recs[i:]
+        assert t.proxy_lines() == ["521 5.5.4 Syntax: BDAT count [LAST]"], t.records
+        assert not [e for e in t.events() if e.startswith(("bdat chunk", "rule "))], t.events()
+        assert t.close_fields()["reason"] == "bdat_syntax"
+        assert ev["reason"] == "bdat_syntax"
+    time.sleep(0.5)
+    assert psink.count() == 0
+    log = pf.log()
+    assert "malformed BDAT" not in log and "bdat=" not in log, log
+
+
+@pytest.mark.limit(60)
+def test_bdat_refused_by_smtptap_chunk_thrown_away_by_postfix_reading(tap_factory, postfix,
+                                                                       workdir):
+    """Under a body rule smtptap hides CHUNKING and answers BDAT 502 itself, reading the
+    chunk and throwing it away: its size is read as Postfix reads it, white space after the
+    words included, so the chunk's "QUIT"s are never commands.  A BDAT whose size can't be
+    read at all leaves no chunk end to skip to: 521, and the session ends."""
+    pf, psink = postfix
+    rules = write_rules(workdir, "body /never-in-these-messages/ REJECT\n")
+    tap = tap_factory(pf.port, "--rules", rules)
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.expect("EHLO client.example", 250)
+    assert not [x for x in r if b"CHUNKING" in x.upper()], r
+    chunk = b"QUIT\r\nQUIT\r\n"
+    c.send(b"BDAT %d LAST \x0b\r\n" % len(chunk) + chunk + b"NOOP\r\n")
+    assert c.reply() == [b"502 5.5.1 BDAT not available: CHUNKING not offered\r\n"]
+    assert c.code() == 250, "the chunk's QUIT was read as a command"
+    c.send(b"BDAT 6 X\r\n" + chunk)
+    assert c.reply() == [b"521 5.5.4 Syntax: BDAT count [LAST]\r\n"]
+    assert c.read_until_eof() == b""
+
+    t = tap.transcript()
+    assert "refused bdat chunk discarded" in t.events()
+    assert "QUIT" not in t.client_lines()[:t.client_lines().index("BDAT 6 X")]
+    assert t.proxy_lines() == ["502 5.5.1 BDAT not available: CHUNKING not offered",
+                               "521 5.5.4 Syntax: BDAT count [LAST]"]
+    assert tap.event()["reason"] == "bdat_syntax"
+    assert "bdat=" not in pf.log()
+
+
+MAIL_OK = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<ok@example.net>\r\n"
+TOO_BIG = [b"552 5.3.4 Message size exceeds fixed limit\r\n"]
+
+
+def chunk_of(n, tag):
+    """n octets of message content, lines of 100, that say which message they belong to."""
+    line = (b"%s " % tag + b"x" * 98)[:98] + b"\r\n"
+    return (line * (n // 100 + 1))[:n]
+
+
+@pytest.mark.limit(60)
+def test_bdat_max_message_over_the_sum_of_chunks(tap_factory, postfix):
+    """--max-message holds for BDAT as for DATA: the chunks of a message count together, and
+    a BDAT that would take it past the limit gets 552 5.3.4 in its turn and ends the session,
+    so the server never sees the message's last chunk and keeps nothing.  The count is the
+    server's: a MAIL or a RSET Postfix refuses (503, 501) leaves its chunks in place, while
+    a RSET it takes starts the next message from nothing."""
+    pf, psink = postfix
+    tap = tap_factory(pf.port, "--max-message", "2000")
+
+    def session():
+        c = SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("EHLO client.example", 250)
+        return c
+
+    # One chunk over the limit; then two that together are; then around a refused MAIL and
+    # a refused RSET (Postfix keeps the first chunk through both).
+    over = [
+        (MAIL_OK + b"BDAT 2001 LAST\r\n" + chunk_of(2001, b"one"), [250, 250]),
+        (MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"two") +
+         b"BDAT 501 LAST\r\n" + chunk_of(501, b"two"), [250, 250, 250]),
+        (MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"mail") +
+         b"MAIL FROM:<b@example.com>\r\nBDAT 1500 LAST\r\n" + chunk_of(1500, b"mail"),
+         [250, 250, 250, 503]),
+        (MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"rset") +
+         b"RSET x\r\nBDAT 1500 LAST\r\n" + chunk_of(1500, b"rset"), [250, 250, 250, 501]),
+    ]
+    for sent, codes in over:
+        c = session()
+        c.send(sent)
+        assert [c.code() for _ in codes] == codes, sent[:200]
+        assert c.reply() == TOO_BIG, sent[:200]
+        assert c.read_until_eof() == b""
+        c.close()
+
+    # At the limit, over two chunks; then a message given up with RSET (pipelined, with the
+    # next one behind it): the next message counts from nothing.
+    c = session()
+    c.send(MAIL_OK + b"BDAT 1000\r\n" + chunk_of(1000, b"fits") +
+           b"BDAT 1000 LAST\r\n" + chunk_of(1000, b"fits"))
+    assert [c.code() for _ in range(4)] == [250] * 4
+    c.send(MAIL_OK + b"BDAT 1500\r\n" + chunk_of(1500, b"dropped") + b"RSET\r\n" + MAIL_OK +
+           b"BDAT 1500 LAST\r\n" + chunk_of(1500, b"after"))
+    assert [c.code() for _ in range(7)] == [250] * 7
+    c.expect("QUIT", 221)
+
+    msgs = psink.wait_messages(2, timeout=10)
+    time.sleep(0.5)
+    assert psink.count() == 2, "a message past --max-message was delivered"
+    contents = sorted(m.content for m in msgs)
+    assert contents[0].endswith(chunk_of(1500, b"after").replace(b"\r\n", b"\n"))
+    assert contents[1].endswith(chunk_of(2000, b"fits").replace(b"\r\n", b"\n"))
+    evs = tap.wait_events(len(over) + 1)
+    assert [e["reason"] for e in evs] == ["message_too_big"] * len(over) + ["quit"], evs
+    for t in tap.wait_transcripts(len(over) + 1)[:len(over)]:
+        assert t.proxy_lines() == ["552 5.3.4 Message size exceeds fixed limit"], t.records
+        assert [e for e in t.events() if "over --max-message" in e], t.events()
+        # The refused BDAT (the last) never went upstream: no chunk followed it.
+        bdats = [x for x in t.client_lines() if x.startswith("BDAT")]
+        chunks = [e for e in t.events() if e.startswith("bdat chunk")]
+        assert bdats[-1].endswith("LAST") and len(chunks) == len(bdats) - 1, t.records

@@ -223,6 +223,78 @@ test_bdat(void **state)
 	assert_int_equal(smtp_parse_bdat(U("99999999999999999999999"), 23, &size, &last), -1);
 }
 
+/* BDAT's words as Postfix's smtpd_token splits them: any white space, some after them too. */
+static void
+test_bdat_white_space(void **state)
+{
+	static const char *const accepted[] = {
+	    "9 LAST ", "9\tLAST", "9\vLAST\f", "9 LAST\r", "9  \t last \v\f\r", "9 ", "9\r", "9\f"};
+	uint64_t size;
+	size_t i;
+	int last;
+
+	(void)state;
+	for (i = 0; i < sizeof(accepted) / sizeof(accepted[0]); i++) {
+		size = 0;
+		last = -1;
+		assert_int_equal(smtp_parse_bdat(U(accepted[i]), strlen(accepted[i]), &size, &last),
+		                 0);
+		assert_int_equal(size, 9);
+		assert_int_equal(last, strstr(accepted[i], "LAST") != NULL ||
+		                           strstr(accepted[i], "last") != NULL);
+	}
+}
+
+/* What Postfix answers 521 (and hangs up on) is malformed here too, and changes nothing. */
+static void
+test_bdat_malformed(void **state)
+{
+	static const char *const refused[] = {"9 LAST x",
+	                                      "9 LASTX",
+	                                      "9LAST",
+	                                      "9 LAS",
+	                                      "9 LAST LAST",
+	                                      "+9",
+	                                      "9x",
+	                                      "9 -",
+	                                      "",
+	                                      " 9",
+	                                      "9223372036854775808",
+	                                      "18446744073709551615",
+	                                      "99999999999999999999999"};
+	uint64_t size = 77;
+	size_t i;
+	int last = 7;
+
+	(void)state;
+	for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+		assert_int_equal(smtp_parse_bdat(U(refused[i]), strlen(refused[i]), &size, &last),
+		                 -1);
+	/* A NUL is no white space (Postfix ends the line there: smtptap refuses instead). */
+	assert_int_equal(smtp_parse_bdat(U("9\0"), 2, &size, &last), -1);
+	assert_int_equal(smtp_parse_bdat(U("9 LAST\0"), 7, &size, &last), -1);
+	assert_int_equal(size, 77);
+	assert_int_equal(last, 7);
+}
+
+/* The size stops where the server's would (an off_t): 2^63 - 1 is taken, 2^63 is not. */
+static void
+test_bdat_size_bound(void **state)
+{
+	uint64_t size = 0;
+	int last = -1;
+
+	(void)state;
+	assert_int_equal(smtp_parse_bdat(U("9223372036854775807 LAST"), 24, &size, &last), 0);
+	assert_true(size == (uint64_t)INT64_MAX);
+	assert_int_equal(last, 1);
+	assert_int_equal(smtp_parse_bdat(U("0009223372036854775807"), 22, &size, &last), 0);
+	assert_true(size == SMTP_BDAT_MAX);
+	assert_int_equal(smtp_parse_bdat(U("9223372036854775808"), 19, &size, &last), -1);
+	assert_int_equal(smtp_parse_bdat(U("09 LAST"), 7, &size, &last), 0);
+	assert_int_equal(size, 9);
+}
+
 static void
 test_pipeline_order(void **state)
 {
@@ -479,6 +551,9 @@ main(void)
 	    cmocka_unit_test(test_replies),
 	    cmocka_unit_test(test_line_len),
 	    cmocka_unit_test(test_bdat),
+	    cmocka_unit_test(test_bdat_white_space),
+	    cmocka_unit_test(test_bdat_malformed),
+	    cmocka_unit_test(test_bdat_size_bound),
 	    cmocka_unit_test(test_pipeline_order),
 	    cmocka_unit_test(test_awaits),
 	    cmocka_unit_test(test_table),

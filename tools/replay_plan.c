@@ -296,6 +296,17 @@ plan_note_skip(struct builder *b, const char *shown, const char *why)
 	return rc;
 }
 
+/*
+ * Whether a client line is the recorder's marker in place of a SASL response ("[redacted]",
+ * "[redacted user=NAME]"): one pipelined behind an AUTH the server refused reached the server
+ * as a line of its own, but what it said is not in the journal.
+ */
+static int
+plan_is_redacted(const unsigned char *line, size_t bare)
+{
+	return bare >= 10 && memcmp(line, "[redacted", 9) == 0 && line[bare - 1] == ']';
+}
+
 /* A client command. */
 static int
 plan_command(struct builder *b, unsigned char *line, size_t n, const char *shown)
@@ -305,6 +316,10 @@ plan_command(struct builder *b, unsigned char *line, size_t n, const char *shown
 	uint64_t size;
 	int last;
 
+	if (plan_is_redacted(line, bare)) {
+		plan_push(b, PEND_SKIP, VERB_SASL);
+		return plan_note_skip(b, shown, "a SASL response, redacted");
+	}
 	smtp_parse_command(line, bare, &cmd);
 	if (cmd.verb == VERB_AUTH) {
 		if (b->o->auth_user == NULL) {

@@ -388,3 +388,31 @@ def test_tools_read_the_daemons_config_file(smtptap_bin, tap, workdir):
     rc, out, err = run(smtptap_bin, "show", "-c", conf, sid)
     assert rc == 2
     assert "%s:6:" % conf in err, err
+
+
+def replay(smtptap_bin, tap, sid, port, *extra):
+    return run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+               sid, "--to", "127.0.0.1:%d" % port, *extra)
+
+
+@pytest.mark.limit(30)
+def test_replay_never_sends_a_redacted_sasl_response(smtptap_bin, tap, vsink):
+    """A SASL response pipelined behind an AUTH the server did not answer 334 reached the
+    server as a line of its own; the journal holds "[redacted user=alice]" in its place, and
+    replay must not send that text (nor anything else) for it."""
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.send(b"AUTH PLAIN\r\n" + harness.b64(b"\0alice\0secret-password").encode() + b"\r\n")
+    c.reply()  # smtp-sink: no 334, so the response goes to the server as a line
+    c.reply()
+    c.expect("QUIT", 221)
+    sid = tap.wait_events(1)[-1]["session"]
+    assert "[redacted user=alice]" in tap.transcript().client_lines()
+    rc, out, err = replay(smtptap_bin, tap, sid, vsink.port)
+    vsink.wait_idle()
+    sent = vsink.commands()
+    assert "EHLO x" in sent and "QUIT" in sent
+    assert not [l for l in sent if "redacted" in l or "AUTH" in l], sent
+    assert rc == 0, out + err
+    assert "C: [redacted user=alice]  (not sent: a SASL response, redacted)" in out

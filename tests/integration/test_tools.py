@@ -416,3 +416,105 @@ def test_replay_never_sends_a_redacted_sasl_response(smtptap_bin, tap, vsink):
     assert not [l for l in sent if "redacted" in l or "AUTH" in l], sent
     assert rc == 0, out + err
     assert "C: [redacted user=alice]  (not sent: a SASL response, redacted)" in out
+
+
+@pytest.mark.limit(30)
+def test_replay_sends_nothing_the_proxy_answered_itself(smtptap_bin, tap_factory, sink, vsink,
+                                                        workdir):
+    """A command the proxy answered itself ("P:") never reached the server, so replay does not
+    send it: a client's XCLIENT (replay runs on the proxy's host, which the server trusts for
+    XCLIENT), a recipient a rule refused inside a pipelined group, a held message a rule
+    refused (DATA, content and end; the proxy's RSET goes in their place).  A held message the
+    proxy passed on (its own 354, then its DATA upstream) is replayed."""
+    rules = os.path.join(workdir, "replay.rules")
+    with open(rules, "w") as f:
+        f.write("rcpt /blocked@/ REJECT 550 5.7.1 Recipient blocked\n"
+                "body /badword/ REJECT 550 5.7.1 Bad content\n")
+    tap = tap_factory(sink.port, "--rules", rules)
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.send(b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<blocked@example.org>\r\n"
+           b"RCPT TO:<bob@example.org>\r\nXCLIENT ADDR=10.0.0.1 NAME=trusted.example\r\nNOOP\r\n")
+    assert [c.reply()[-1][:3] for _ in range(5)] == [b"250", b"550", b"250", b"550", b"250"]
+    c.expect("DATA", 354)
+    c.send(b"Subject: t\r\n\r\nfine\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("MAIL FROM:<alice@example.com>", 250)
+    c.expect("RCPT TO:<bob@example.org>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: t\r\n\r\nbadword\r\n.\r\n")
+    assert c.code() == 550
+    c.expect("QUIT", 221)
+    sid = tap.wait_events(1)[-1]["session"]
+    assert tap.transcript().proxy_lines() == [
+        "550 5.7.1 Recipient blocked", "550 5.7.0 Command not permitted",
+        "354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>",
+        "550 5.7.1 Bad content"]
+    rc, out, err = replay(smtptap_bin, tap, sid, vsink.port)
+    vsink.wait_idle()
+    assert vsink.commands() == [
+        "EHLO x", "MAIL FROM:<alice@example.com>", "RCPT TO:<bob@example.org>", "NOOP",
+        "DATA", ".", "MAIL FROM:<alice@example.com>", "RCPT TO:<bob@example.org>", "RSET",
+        "QUIT"], out
+    assert [m.content for m in vsink.wait_messages(1)] == [b"Subject: t\n\nfine\n"]
+    assert rc == 0, out + err
+    assert "XCLIENT ADDR=10.0.0.1 NAME=trusted.example  (not sent: the proxy never relays" in out
+    assert "RCPT TO:<blocked@example.org>  (not sent: the proxy answered it, P: 550" in out
+
+
+@pytest.mark.limit(30)
+def test_replay_never_sends_a_clients_xclient(smtptap_bin, vsink, workdir):
+    """Whatever the journal says the server answered, a client's XCLIENT or XFORWARD is never
+    sent: the server trusts the proxy's host to speak for clients with them."""
+    d = os.path.join(workdir, "xlogs")
+    os.mkdir(d)
+    with open(os.path.join(d, "2026-12-06.log"), "w") as f:
+        f.write("2026-12-06T10:00:00.000000Z xc000001 * session client=10.0.0.9:1 listener=a upstream=b\n"
+                "2026-12-06T10:00:00.000001Z xc000001 S: 220 mx ESMTP\n"
+                "2026-12-06T10:00:00.000002Z xc000001 C: EHLO x\n"
+                "2026-12-06T10:00:00.000003Z xc000001 S: 250 mx\n"
+                "2026-12-06T10:00:00.000004Z xc000001 C: XCLIENT ADDR=10.0.0.1\n"
+                "2026-12-06T10:00:00.000005Z xc000001 C: xforward NAME=trusted.example\n"
+                "2026-12-06T10:00:00.000006Z xc000001 S: 220 mx ESMTP\n"
+                "2026-12-06T10:00:00.000007Z xc000001 S: 250 Ok\n"
+                "2026-12-06T10:00:00.000008Z xc000001 C: QUIT\n"
+                "2026-12-06T10:00:00.000009Z xc000001 S: 221 Bye\n"
+                "2026-12-06T10:00:00.000010Z xc000001 * close reason=quit\n")
+    rc, out, err = run(smtptap_bin, "replay", "--log-dir", d, "xc000001",
+                       "--to", "127.0.0.1:%d" % vsink.port)
+    vsink.wait_idle()
+    assert vsink.commands() == ["EHLO x", "QUIT"], out + err
+    assert rc == 0, out + err
+    assert "C: XCLIENT ADDR=10.0.0.1  (not sent: the proxy never relays a client's XCLIENT)" in out
+
+
+@pytest.mark.limit(30)
+def test_replay_sends_no_bdat_chunk_without_its_command(smtptap_bin, tap_factory, fake_server):
+    """The proxy answers the commands still pending itself when the server goes (421): a BDAT
+    so answered is not sent again, and neither is its chunk, which a server would read as
+    commands without it."""
+
+    def vanish(conn, line):
+        conn.read_exact(int(line.split()[1]))
+        conn.close()
+        return True
+
+    up = fake_server(harness.SmtpServerScript(chunking=True, hooks={"BDAT": vanish}), name="vanishing")
+    tap = tap_factory(up.port)
+    chunk = b"RSET\r\nNOOP smuggled\r\n"
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nBDAT %d LAST\r\n" % len(chunk)
+           + chunk)
+    assert [c.reply()[-1][:3] for _ in range(3)] == [b"250", b"250", b"421"]
+    sid = tap.wait_events(1)[-1]["session"]
+    assert tap.transcript().proxy_lines()[-1].startswith("421 ")
+    target = fake_server(harness.SmtpServerScript(chunking=True), name="replay-target")
+    rc, out, err = replay(smtptap_bin, tap, sid, target.port)
+    target.join()
+    assert [l.rstrip(b"\r\n") for l in target.wait_conn().commands] == [
+        b"EHLO x", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.org>"], out + err
+    assert rc == 0, out + err
+    assert "C: BDAT %d LAST  (not sent: the proxy answered it, P: 421" % len(chunk) in out

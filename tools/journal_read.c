@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Whether p[0..n) looks like 2026-12-06T23:49:05.938413Z. */
@@ -154,6 +155,18 @@ journal_reader_close(struct journal_reader *jr)
 	jr->fd = -1;
 	free(jr->buf);
 	jr->buf = NULL;
+}
+
+int
+journal_reader_replaced(const struct journal_reader *jr)
+{
+	struct stat at_path, reading;
+
+	if (jr->fd < 0 || stat(jr->path, &at_path) != 0 || !S_ISREG(at_path.st_mode) ||
+	    fstat(jr->fd, &reading) != 0)
+		return 0;
+	return at_path.st_dev != reading.st_dev || at_path.st_ino != reading.st_ino ||
+	       at_path.st_size < jr->off + (off_t)jr->len;
 }
 
 /* Reads more of the file after what the buffer holds; >0, 0 at end of file, -1 on error. */

@@ -57,6 +57,12 @@ struct journal_reader {
 int journal_reader_open(struct journal_reader *jr, const char *path, off_t at);
 void journal_reader_close(struct journal_reader *jr);
 /*
+ * Whether the path now leads to another regular file than the one being read (moved away and
+ * created again, as logrotate's create does) or to one shorter than what was read (truncated
+ * in place): tail -F's test.  0 while nothing is there.
+ */
+int journal_reader_replaced(const struct journal_reader *jr);
+/*
  * The next whole line (without its '\n') in *line, *n; 1, 0 when none is complete yet (end
  * of file, or a torn last line), -1 on a read error.  *at receives the line's file offset.
  */

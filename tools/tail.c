@@ -1,10 +1,11 @@
 /*
- * smtptap tail [filters]: follows the journal as it grows, across the day's rollover, and
- * prints the records of matching sessions from the record that makes them match.  Sessions
- * are followed from their first record; one that ends or can no longer match is forgotten,
- * so memory stays bounded by the sessions open at once.  At the start the last TAIL_LOOKBACK
- * octets of each day file are read without printing, to learn the sessions already open
- * (their first records are there): those that match print from their next record.
+ * smtptap tail [filters]: follows the journal as it grows, across the day's rollover and a
+ * rotation (tail -F), and prints the records of matching sessions from the record that makes
+ * them match.  Sessions are followed from their first record; one that ends or can no longer
+ * match is forgotten, so memory stays bounded by the sessions open at once.  At the start the
+ * last TAIL_LOOKBACK octets of each day file are read without printing, to learn the sessions
+ * already open (their first records are there): those that match print from their next
+ * record.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -200,12 +201,44 @@ tail_rollover(struct tail *t, int at_end)
 	journal_days_free(days);
 }
 
-static void
-tail_run(struct tail *t)
+/* The lines a followed file has now; whether there were any. */
+static int
+tail_read(struct tail *t, int i, time_t now)
 {
 	const char *line;
 	size_t n;
 	off_t at;
+	int any = 0;
+
+	while (journal_reader_next(&t->files[i], &line, &n, &at) == 1) {
+		tail_line(t, line, n, now, at < t->quiet_until[i]);
+		any = 1;
+	}
+	return any;
+}
+
+/*
+ * A followed file moved away and created again (logrotate's create), or truncated: what
+ * the old one still held is read, then the new one from its start (tail -F).
+ */
+static void
+tail_reopen(struct tail *t, int i, time_t now)
+{
+	struct journal_reader fresh;
+
+	if (!journal_reader_replaced(&t->files[i]))
+		return;
+	tail_read(t, i, now);
+	if (journal_reader_open(&fresh, t->files[i].path, 0) != 0)
+		return; /* gone again: looked at at the next poll */
+	journal_reader_close(&t->files[i]);
+	t->files[i] = fresh;
+	t->quiet_until[i] = 0;
+}
+
+static void
+tail_run(struct tail *t)
+{
 	int i, any;
 	time_t now;
 
@@ -214,13 +247,12 @@ tail_run(struct tail *t)
 		any = 0;
 		now = time(NULL);
 		for (i = 0; i < t->nfiles; i++)
-			while (journal_reader_next(&t->files[i], &line, &n, &at) == 1) {
-				tail_line(t, line, n, now, at < t->quiet_until[i]);
-				any = 1;
-			}
+			any |= tail_read(t, i, now);
 		fflush(stdout);
 		if (!any) {
 			usleep(TAIL_POLL_USEC);
+			for (i = 0; i < t->nfiles; i++)
+				tail_reopen(t, i, time(NULL));
 			tail_rollover(t, 0);
 		}
 	}

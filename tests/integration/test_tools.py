@@ -4,8 +4,10 @@ Hand-made journals and events files first (the layout, torn lines, the rollover)
 proxy's journal: sessions recorded through smtptap, found, shown and replayed against smtp-sink.
 """
 
+import glob
 import json
 import os
+import signal
 import smtplib
 import subprocess
 import time
@@ -290,6 +292,70 @@ def test_tail_follows_the_real_proxy(smtptap_bin, tap, workdir):
     text = open(out_path).read()
     assert "rcpt TO:<bob@example.org>" in text and "carol" not in text
     assert "S: 221" in text
+
+
+def test_tail_follows_the_journal_across_a_rotation(smtptap_bin, tap, workdir):
+    """logrotate's create style: the day file moved away while the proxy runs, and the proxy
+    creates it again at its next write.  tail reads what the moved file still got (here a
+    batch that landed there just after the move), then the new file from its start."""
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, tap.log_dir, out_path, "--from", "@example.com")
+
+    def send(sender):
+        with smtplib.SMTP("127.0.0.1", tap.port, timeout=10) as s:
+            s.sendmail(sender, ["bob@example.org"], b"Subject: t\r\n\r\nhi\r\n")
+
+    try:
+        time.sleep(0.5)
+        send("before@example.com")
+        harness.wait_until(lambda: "before@example.com" in open(out_path).read(), 8.0,
+                           what="tail output before the rotation")
+        p.send_signal(signal.SIGSTOP)  # the move and what follows land in one poll interval
+        try:
+            [day] = glob.glob(os.path.join(tap.log_dir, "*.log"))
+            os.rename(day, day + ".1")
+            with open(day + ".1", "a") as f:
+                f.write("2026-12-06T10:00:00.000000Z late0001 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                        "2026-12-06T10:00:00.000001Z late0001 C: MAIL FROM:<remainder@example.com>\n"
+                        "2026-12-06T10:00:00.000002Z late0001 * close reason=quit\n")
+            send("after@example.com")
+            harness.wait_until(lambda: os.path.exists(day) and b"after@example.com" in open(day, "rb").read(),
+                               5.0, what="the proxy's new day file")
+        finally:
+            p.send_signal(signal.SIGCONT)
+        harness.wait_until(lambda: "after@example.com" in open(out_path).read(), 8.0,
+                           what="tail output after the rotation")
+    finally:
+        harness.stop_pid(p)
+    text = open(out_path).read()
+    at = [text.find(a) for a in ("<before@", "<remainder@", "<after@")]
+    assert -1 not in at and at == sorted(at), text
+
+
+def test_tail_follows_a_journal_truncated_in_place(smtptap_bin, workdir):
+    """logrotate's copytruncate: the file shorter than what tail read is read again from its
+    start."""
+    d = os.path.join(workdir, "trlogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    session = ("2026-12-06T10:00:0%d.000000Z %s * session client=10.0.0.1:1 listener=a upstream=b\n"
+               "2026-12-06T10:00:0%d.000001Z %s C: MAIL FROM:<%s@example.com>\n")
+    with open(day, "w") as f:
+        f.write("2026-12-06T09:00:00.000000Z filler00 S: 250 " + "x" * 2000 + "\n")
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, d, out_path, "--from", "@example.com")
+    try:
+        time.sleep(0.5)
+        with open(day, "a") as f:
+            f.write(session % (1, "aaaa0001", 1, "aaaa0001", "before"))
+        harness.wait_until(lambda: "<before@" in open(out_path).read(), 5.0, what="tail output")
+        with open(day, "w") as f:  # truncated, then written from its start again
+            f.write(session % (2, "bbbb0002", 2, "bbbb0002", "after"))
+        harness.wait_until(lambda: "<after@" in open(out_path).read(), 5.0,
+                           what="tail output after the truncation")
+    finally:
+        harness.stop_pid(p)
+    assert [l.split()[1] for l in open(out_path).read().splitlines()] == ["aaaa0001", "bbbb0002"]
 
 
 # ---- replay against smtp-sink ----------------------------------------------------------------

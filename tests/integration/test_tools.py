@@ -358,6 +358,47 @@ def test_tail_follows_a_journal_truncated_in_place(smtptap_bin, workdir):
     assert [l.split()[1] for l in open(out_path).read().splitlines()] == ["aaaa0001", "bbbb0002"]
 
 
+@pytest.mark.limit(30)
+def test_tail_user_is_the_authenticated_user_only(smtptap_bin, tap_factory, fake_server, workdir):
+    """tail --user NAME matches what sessions --user NAME matches: the user of an AUTH command
+    or of a response to a 334, whose marker the recorder wrote.  A client line that merely
+    holds the text "[redacted user=NAME]" names nobody."""
+    up = fake_server(harness.SmtpServerScript(auth={"victim": "pw", "alice": "pw"}), name="auth-server")
+    tap = tap_factory(up.port)
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, tap.log_dir, out_path, "--user", "victim")
+
+    def session(sender, *auth):
+        c = harness.SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("EHLO x", 250)
+        for line, code in auth:
+            c.expect(line, code)
+        c.expect("MAIL FROM:<%s>" % sender, 250)
+        c.expect("QUIT", 221)
+
+    try:
+        time.sleep(0.5)
+        session("spoof@example.com", ("NOOP [redacted user=victim]", 250),
+                ("[redacted user=victim]", 502))
+        session("alice@example.com", ("AUTH PLAIN " + harness.b64(b"\0alice\0pw"), 235))
+        session("login@example.com", ("AUTH LOGIN", 334), (harness.b64(b"victim"), 334),
+                (harness.b64(b"pw"), 235))
+        session("plain@example.com", ("AUTH PLAIN " + harness.b64(b"\0victim\0pw"), 235))
+        sid = {ev["transactions"][0]["mail_from"]: ev["session"] for ev in tap.wait_events(4)}
+        want = [sid["<login@example.com>"], sid["<plain@example.com>"]]
+        harness.wait_until(lambda: "%s * close" % want[1] in open(out_path).read(), 8.0,
+                           what="tail output")
+    finally:
+        harness.stop_pid(p)
+    text = open(out_path).read()
+    assert sorted(set(l.split()[1] for l in text.splitlines())) == sorted(want), text
+    assert "C: [redacted user=victim]" in text and "C: AUTH PLAIN [redacted user=victim]" in text
+    rc, out, err = run(smtptap_bin, "sessions", "--events", tap.events_path, "--user", "victim")
+    assert rc == 0, err
+    assert sorted(l.split()[1] for l in out.splitlines()) == sorted(want)
+
+
 # ---- replay against smtp-sink ----------------------------------------------------------------
 
 def record_session(tap, rcpts=("bob@example.org",), body=b"Subject: t\r\n\r\n.dot\r\nline\r\n"):

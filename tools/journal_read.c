@@ -132,18 +132,57 @@ journal_event_value(const char *text, size_t n, const char *key, char *out, size
 }
 
 int
+journal_open(const char *path)
+{
+	struct stat st;
+	int fd, flags, err;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0)
+		return -1;
+	if (fstat(fd, &st) != 0 || (flags = fcntl(fd, F_GETFL)) < 0)
+		goto fail;
+	if (!S_ISREG(st.st_mode)) {
+		errno = JOURNAL_ENOTREG;
+		goto fail;
+	}
+	if (fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+		goto fail;
+	return fd;
+fail:
+	err = errno;
+	close(fd);
+	errno = err;
+	return -1;
+}
+
+const char *
+journal_strerror(int err)
+{
+	return err == JOURNAL_ENOTREG ? "not a regular file" : strerror(err);
+}
+
+int
+journal_reader_seek(struct journal_reader *jr, off_t at)
+{
+	if (lseek(jr->fd, at, SEEK_SET) < 0)
+		return -1;
+	jr->off = at;
+	jr->len = jr->start = 0;
+	jr->skipping = 0;
+	return 0;
+}
+
+int
 journal_reader_open(struct journal_reader *jr, const char *path, off_t at)
 {
 	memset(jr, 0, sizeof(*jr));
 	snprintf(jr->path, sizeof(jr->path), "%s", path);
-	if ((jr->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+	if ((jr->fd = journal_open(path)) < 0)
 		return -1;
-	if (at > 0 && lseek(jr->fd, at, SEEK_SET) < 0) {
-		close(jr->fd);
-		jr->fd = -1;
+	if (at > 0 && journal_reader_seek(jr, at) != 0) {
+		journal_reader_close(jr);
 		return -1;
 	}
-	jr->off = at;
 	return 0;
 }
 

@@ -1,6 +1,7 @@
 #ifndef SMTPTAP_JOURNAL_READ_H
 #define SMTPTAP_JOURNAL_READ_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -53,8 +54,21 @@ struct journal_reader {
 	unsigned long lineno;
 };
 
+/*
+ * Opens a journal or events file to read, without waiting on it (a FIFO put in its place
+ * would block) and only if it is a regular file; the descriptor, or -1 with errno,
+ * JOURNAL_ENOTREG for a FIFO, a device, a directory.
+ */
+int journal_open(const char *path);
+/* Linux has no EFTYPE; EMEDIUMTYPE (a removable medium's) never comes from opening a journal. */
+#define JOURNAL_ENOTREG EMEDIUMTYPE
+/* strerror(err), and what JOURNAL_ENOTREG means. */
+const char *journal_strerror(int err);
+
 /* Opens path and positions at offset at; 0, or -1 with errno (the caller names the file). */
 int journal_reader_open(struct journal_reader *jr, const char *path, off_t at);
+/* Positions the reader at offset at; 0, or -1 with errno. */
+int journal_reader_seek(struct journal_reader *jr, off_t at);
 void journal_reader_close(struct journal_reader *jr);
 /*
  * Whether the path now leads to another regular file than the one being read (moved away and

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +51,7 @@ struct tail {
 	off_t quiet_until[TAIL_FILES]; /* lines before this offset are learnt, not printed */
 	char names[TAIL_FILES][32];
 	int nfiles;
+	char refused[32]; /* the last day file that could not be followed, said once */
 };
 
 static unsigned
@@ -144,25 +146,49 @@ tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
 
 /* The offset of the first line that begins at or after off (a look-back starts mid-line). */
 static off_t
-tail_line_start(FILE *fp, off_t off)
+tail_line_start(int fd, off_t off)
 {
-	int c;
+	char buf[4096], *nl;
+	off_t at = off - 1;
+	ssize_t r;
 
-	if (fseeko(fp, off - 1, SEEK_SET) != 0)
-		return off;
-	while ((c = getc(fp)) != EOF && c != '\n')
-		off++;
-	return c == EOF ? off - 1 : off;
+	for (; (r = pread(fd, buf, sizeof(buf), at)) > 0; at += r)
+		if ((nl = memchr(buf, '\n', (size_t)r)) != NULL)
+			return at + (nl - buf) + 1;
+	return r == 0 ? at : off;
+}
+
+/* Where following a day file from its end starts: what came last is learnt quietly first. */
+static void
+tail_look_back(struct journal_reader *jr, off_t *end)
+{
+	struct stat st;
+
+	if (fstat(jr->fd, &st) != 0)
+		return;
+	*end = st.st_size;
+	if (*end > TAIL_LOOKBACK)
+		journal_reader_seek(jr, tail_line_start(jr->fd, *end - TAIL_LOOKBACK));
 }
 
 /* Starts following a day file, at its end (what came last learnt quietly) or its start. */
 static void
 tail_follow(struct tail *t, const char *name, int at_end)
 {
+	struct journal_reader jr;
 	char path[8192];
-	off_t at = 0, end = 0;
-	FILE *fp;
+	off_t end = 0;
 
+	snprintf(path, sizeof(path), "%s/%s", t->c.log_dir, name);
+	if (journal_reader_open(&jr, path, 0) != 0) {
+		/* Looked for again at each poll (it may be there yet), said once. */
+		if (strcmp(t->refused, name) != 0)
+			fprintf(stderr, "smtptap tail: %s: %s\n", path, journal_strerror(errno));
+		snprintf(t->refused, sizeof(t->refused), "%s", name);
+		return;
+	}
+	if (at_end)
+		tail_look_back(&jr, &end);
 	if (t->nfiles == TAIL_FILES) {
 		journal_reader_close(&t->files[0]);
 		memmove(&t->files[0], &t->files[1], sizeof(t->files[0]) * (TAIL_FILES - 1));
@@ -170,16 +196,7 @@ tail_follow(struct tail *t, const char *name, int at_end)
 		memmove(&t->quiet_until[0], &t->quiet_until[1], sizeof(off_t) * (TAIL_FILES - 1));
 		t->nfiles--;
 	}
-	snprintf(path, sizeof(path), "%s/%s", t->c.log_dir, name);
-	if (at_end && (fp = fopen(path, "r")) != NULL) {
-		if (fseeko(fp, 0, SEEK_END) == 0 && (end = ftello(fp)) > TAIL_LOOKBACK)
-			at = tail_line_start(fp, end - TAIL_LOOKBACK);
-		fclose(fp);
-	}
-	if (journal_reader_open(&t->files[t->nfiles], path, at) != 0) {
-		fprintf(stderr, "smtptap tail: %s: %s\n", path, strerror(errno));
-		return;
-	}
+	t->files[t->nfiles] = jr;
 	snprintf(t->names[t->nfiles], sizeof(t->names[0]), "%s", name);
 	t->quiet_until[t->nfiles] = end;
 	t->nfiles++;

@@ -130,6 +130,43 @@ def test_test_rules_on_a_journal(smtptap_bin, journal, workdir):
     assert rc == 0 and "2 sessions, " in out and "r.rules:2: reply WARN: 2 hits in 2 sessions" in out
 
 
+@pytest.mark.limit(30)
+def test_tools_skip_a_journal_that_is_no_regular_file(smtptap_bin, workdir):
+    """A FIFO named as a day file or as the events file is never opened to wait on: each tool
+    says so in one line naming it and goes on with the rest (show finds the session in the
+    older day, tail follows it), where they used to block for ever."""
+    d = os.path.join(workdir, "flogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    with open(day, "w") as f:
+        f.write("2026-12-06T10:00:00.000000Z ff000001 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                "2026-12-06T10:00:00.000001Z ff000001 C: MAIL FROM:<alice@example.com>\n"
+                "2026-12-06T10:00:00.000002Z ff000001 * close reason=quit\n")
+    fifo_day = os.path.join(d, "2026-12-07.log")
+    fifo_events = os.path.join(d, "events.jsonl")
+    os.mkfifo(fifo_day)
+    os.mkfifo(fifo_events)
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", d, "--events", os.path.join(d, "none.jsonl"),
+                       "ff000001", timeout=5)
+    assert rc == 0 and "C: MAIL FROM:<alice@example.com>" in out, err
+    assert err == "smtptap: %s: not a regular file\n" % fifo_day
+    rc, out, err = run(smtptap_bin, "sessions", "--log-dir", d, timeout=5)
+    assert rc == 1 and out == "" and err == "smtptap: %s: not a regular file\n" % fifo_events
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, d, out_path, "--from", "@example.com")
+    try:
+        time.sleep(0.6)  # a few polls: the FIFO is looked at again at each
+        with open(day, "a") as f:
+            f.write("2026-12-06T11:00:00.000000Z ff000002 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                    "2026-12-06T11:00:00.000001Z ff000002 C: MAIL FROM:<bob@example.com>\n")
+        harness.wait_until(lambda: "<bob@example.com>" in open(out_path).read(), 5.0, what="tail output")
+    finally:
+        harness.stop_pid(p)
+    assert open(out_path).read().splitlines() == [
+        "smtptap tail: %s: not a regular file" % fifo_day,
+        "2026-12-06T11:00:00.000001Z ff000002 C: MAIL FROM:<bob@example.com>"]
+
+
 # ---- sessions: 50 sessions whose attributes follow from their number -------------------------
 
 def make_event(i):

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -100,6 +101,20 @@ int
 journal_unescape(const char *text, size_t n, unsigned char *out, size_t *outlen)
 {
 	return escape_undo((const unsigned char *)text, n, out, outlen);
+}
+
+const char *
+journal_printable(const char *p, size_t n, size_t *outlen, char **owned)
+{
+	*owned = NULL;
+	*outlen = n;
+	if (escape_text_span((const unsigned char *)p, n) == n)
+		return p;
+	if (n > (SIZE_MAX - 1) / 4 || (*owned = malloc(4 * n + 1)) == NULL)
+		return NULL;
+	*outlen = escape_text_into(*owned, (const unsigned char *)p, n);
+	(*owned)[*outlen] = '\0';
+	return *owned;
 }
 
 int

@@ -32,6 +32,15 @@ int journal_parse_any(const char *line, size_t n, struct jrecord *r);
 int journal_unescape(const char *p, size_t n, unsigned char *out, size_t *outlen);
 
 /*
+ * n octets of a record, fit to print on a terminal: as they are when the recorder wrote them
+ * (it escapes control octets, bidirectional controls and what is not UTF-8, so valid
+ * journals print unchanged); else, from a tampered journal, with those escaped its way
+ * ("\xHH"; a backslash stays, it starts an escape already) into *owned, to free (NULL when
+ * nothing was).  The length in *outlen; NULL on ENOMEM.
+ */
+const char *journal_printable(const char *p, size_t n, size_t *outlen, char **owned);
+
+/*
  * The value of key=VALUE (or key="VALUE") in an event record's text, into out; 0, or -1
  * when the key is absent.
  */

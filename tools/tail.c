@@ -106,6 +106,21 @@ tail_is_first(const struct jrecord *r)
 	       (memcmp(r->text, "session ", 8) == 0 || memcmp(r->text, "connect ", 8) == 0);
 }
 
+/* A journal line as it may go to a terminal (a tampered journal's escaped). */
+static void
+tail_print(const char *line, size_t n)
+{
+	const char *p;
+	char *owned;
+	size_t len;
+
+	if ((p = journal_printable(line, n, &len, &owned)) != NULL) {
+		fwrite(p, 1, len, stdout);
+		putchar('\n');
+	}
+	free(owned);
+}
+
 /* One journal line: followed, printed (unless quiet) or forgotten. */
 static void
 tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
@@ -134,10 +149,8 @@ tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
 	v = e->matched ? FILTER_MATCH : filter_record(&t->f, &e->p, &r);
 	if (v == FILTER_MATCH) {
 		e->matched = 1;
-		if (!quiet) {
-			fwrite(line, 1, n, stdout);
-			putchar('\n');
-		}
+		if (!quiet)
+			tail_print(line, n);
 	}
 	if (v == FILTER_NEVER ||
 	    (r.kind[0] == '*' && r.textlen >= 6 && memcmp(r.text, "close ", 6) == 0))

@@ -167,6 +167,49 @@ def test_tools_skip_a_journal_that_is_no_regular_file(smtptap_bin, workdir):
         "2026-12-06T11:00:00.000001Z ff000002 C: MAIL FROM:<bob@example.com>"]
 
 
+@pytest.mark.limit(30)
+def test_show_and_tail_escape_a_tampered_journal(smtptap_bin, workdir):
+    """The recorder escapes control octets and what is not UTF-8, so a journal holding them
+    raw was altered: show and tail print them escaped the recorder's way ("\\xHH") instead of
+    sending terminal escapes on, and show --json writes every record, the one that is not
+    UTF-8 and those after it."""
+    d = os.path.join(workdir, "hlogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    hostile = (b"2026-12-06T10:00:00.000000Z ee000001 * session client=10.0.0.1:1\x1b[8m listener=a upstream=b\n"
+               b"2026-12-06T10:00:00.000001Z ee000001 C: EHLO \x1b]0;owned\x07\x1b[2J evil\n"
+               b"2026-12-06T10:00:00.000002Z ee000001 C: MAIL FROM:<a@example.com> \xff\xfe caf\xc3\xa9\n"
+               b"2026-12-06T10:00:00.000003Z ee000001 C: RCPT TO:<after@example.org> back\\\\slash\n"
+               b"2026-12-06T10:00:00.000004Z ee000001 * close reason=quit\n")
+    escaped = ["EHLO \\x1b]0;owned\\x07\\x1b[2J evil",
+               "MAIL FROM:<a@example.com> \\xff\\xfe caf\u00e9",
+               "RCPT TO:<after@example.org> back\\\\slash"]
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, d, out_path, "--client", "10.0.0.0/8")
+    try:
+        time.sleep(0.5)
+        with open(day, "wb") as f:  # a new day's file: followed from its start
+            f.write(hostile)
+        harness.wait_until(lambda: b"* close" in open(out_path, "rb").read(), 5.0, what="tail output")
+    finally:
+        harness.stop_pid(p)
+    p = subprocess.run([smtptap_bin, "show", "--log-dir", d, "ee000001"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=10)
+    shown = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0 and "\x1b" not in shown and "\x07" not in shown, shown
+    assert "# client 10.0.0.1:1\\x1b[8m\n" in shown
+    ts = ["2026-12-06T10:00:00.00000%dZ" % i for i in (1, 2, 3)]
+    assert shown.splitlines()[6:9] == ["%s C: %s" % r for r in zip(ts, escaped)], shown
+    tailed = open(out_path, "rb").read().decode("utf-8", "replace")
+    assert tailed.splitlines() == [
+        "2026-12-06T10:00:00.000000Z ee000001 * session client=10.0.0.1:1\\x1b[8m listener=a upstream=b"] + \
+        ["%s ee000001 C: %s" % r for r in zip(ts, escaped)] + [
+        "2026-12-06T10:00:00.000004Z ee000001 * close reason=quit"], tailed
+    rc, out, err = run(smtptap_bin, "show", "--json", "--log-dir", d, "ee000001")
+    assert rc == 0, err
+    assert [json.loads(l)["text"] for l in out.splitlines()][1:] == escaped + ["close reason=quit"]
+
+
 # ---- sessions: 50 sessions whose attributes follow from their number -------------------------
 
 def make_event(i):

@@ -1,6 +1,8 @@
 /* The session filters of `sessions` (on events) and `tail` (on records as they come). */
 #include "tools/filter.h"
 
+#include "logs/redact.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
@@ -260,6 +262,13 @@ filter_rule_matches(const char *want, const char *rule)
 	return strlen(want) == n && strncmp(want, base, n) == 0;
 }
 
+/* Whether an AUTH user is --user's: the one test of sessions (events) and tail (records). */
+static int
+filter_user_matches(const struct tool_filter *f, const char *user)
+{
+	return user != NULL && strcmp(user, f->user) == 0;
+}
+
 static const char *
 json_str(json_t *o, const char *key)
 {
@@ -311,12 +320,9 @@ filter_event(const struct tool_filter *f, json_t *ev)
 		return 0;
 	json_array_foreach(json_object_get(ev, "transactions"), i, v)
 	filter_tx(f, v, &p.need);
-	if (f->user != NULL) {
-		const char *u = json_str(json_object_get(ev, "auth"), "user");
-
-		if (u != NULL && strcmp(u, f->user) == 0)
-			p.need &= ~(unsigned)NEED_USER;
-	}
+	if (f->user != NULL &&
+	    filter_user_matches(f, json_str(json_object_get(ev, "auth"), "user")))
+		p.need &= ~(unsigned)NEED_USER;
 	if (f->reason != NULL && json_str(ev, "reason") != NULL &&
 	    strcmp(json_str(ev, "reason"), f->reason) == 0)
 		p.need &= ~(unsigned)NEED_REASON;
@@ -331,6 +337,7 @@ filter_progress_init(const struct tool_filter *f, struct filter_progress *p)
 {
 	p->need = 0;
 	p->started = 0;
+	p->sasl = 0;
 	if (f->from != NULL)
 		p->need |= NEED_FROM;
 	if (f->to != NULL)
@@ -369,25 +376,75 @@ filter_first(const struct tool_filter *f, const struct jrecord *r)
 	return FILTER_MAYBE;
 }
 
+/*
+ * The user an AUTH record or a SASL response names: its text ends in the recorder's marker
+ * "[redacted user=NAME]" (NAME escaped), the first "[redacted" in it (what comes before is
+ * "AUTH" and a mechanism's name).  0, or -1 when it names none.
+ */
+static int
+filter_record_user(const struct jrecord *r, char *user, size_t size)
+{
+	static const char mark[] = "[redacted user=";
+	const char *m = memmem(r->text, r->textlen, "[redacted", 9), *name;
+	size_t n, len;
+
+	if (m == NULL || r->textlen - (size_t)(m - r->text) < sizeof(mark) ||
+	    memcmp(m, mark, sizeof(mark) - 1) != 0 || r->text[r->textlen - 1] != ']')
+		return -1;
+	name = m + sizeof(mark) - 1;
+	n = (size_t)(r->text + r->textlen - 1 - name);
+	if (n >= size || journal_unescape(name, n, (unsigned char *)user, &len) != 0 ||
+	    memchr(user, '\0', len) != NULL)
+		return -1;
+	user[len] = '\0';
+	return 0;
+}
+
+/*
+ * Whether a client record holds the user the session authenticated as, as its event's
+ * auth.user does: only an AUTH command or the response to a 334 can, where the recorder
+ * itself wrote the marker (any other line is the client's own text).
+ */
+static int
+filter_record_names_user(const struct tool_filter *f, const struct jrecord *r, int answers_334)
+{
+	char user[REDACT_USER_MAX * 4];
+
+	if (!answers_334 && !(filter_verb(r, "AUTH", 4) && r->textlen > 4 &&
+	                      (r->text[4] == ' ' || r->text[4] == '\t')))
+		return 0;
+	return filter_record_user(r, user, sizeof(user)) == 0 && filter_user_matches(f, user);
+}
+
 /* A client record: MAIL, RCPT, an AUTH naming its user. */
 static void
 filter_client_record(const struct tool_filter *f, struct filter_progress *p,
                      const struct jrecord *r)
 {
-	char want[300];
+	int answers_334 = p->sasl;
 
 	p->started = 1;
+	p->sasl = 0;
 	if ((p->need & NEED_FROM) && filter_verb(r, "MAIL FROM:", 10) &&
 	    filter_address_matches(f->from, r->text + 10))
 		p->need &= ~(unsigned)NEED_FROM;
 	if ((p->need & NEED_TO) && filter_verb(r, "RCPT TO:", 8) &&
 	    filter_address_matches(f->to, r->text + 8))
 		p->need &= ~(unsigned)NEED_TO;
-	if (p->need & NEED_USER) {
-		snprintf(want, sizeof(want), "[redacted user=%s]", f->user);
-		if (memmem(r->text, r->textlen, want, strlen(want)) != NULL)
-			p->need &= ~(unsigned)NEED_USER;
-	}
+	if ((p->need & NEED_USER) && filter_record_names_user(f, r, answers_334))
+		p->need &= ~(unsigned)NEED_USER;
+}
+
+/* A reply line: its code for --code; a 334 makes the next client record SASL data. */
+static void
+filter_reply_record(const struct tool_filter *f, struct filter_progress *p,
+                    const struct jrecord *r)
+{
+	int code = r->textlen >= 3 && isdigit((unsigned char)r->text[0]) ? atoi(r->text) : 0;
+
+	p->sasl = code == 334 && (r->textlen == 3 || r->text[3] == ' ');
+	if (p->started && (p->need & NEED_CODE) && code != 0 && filter_code_matches(f, code))
+		p->need &= ~(unsigned)NEED_CODE;
 }
 
 /* An event record: the close's reason, a rule's hit. */
@@ -423,10 +480,8 @@ filter_record(const struct tool_filter *f, struct filter_progress *p, const stru
 		filter_client_record(f, p, r);
 	else if (r->kind[0] == '*')
 		filter_event_record(f, p, r);
-	else if ((r->kind[0] == 'S' || r->kind[0] == 'P') && r->kind[1] == ':' && p->started &&
-	         (p->need & NEED_CODE) && r->textlen >= 3 && isdigit((unsigned char)r->text[0]) &&
-	         filter_code_matches(f, strtol(r->text, NULL, 10)))
-		p->need &= ~(unsigned)NEED_CODE;
+	else if ((r->kind[0] == 'S' || r->kind[0] == 'P') && r->kind[1] == ':')
+		filter_reply_record(f, p, r);
 	if (p->need == 0)
 		return FILTER_MATCH;
 	if (r->kind[0] == '*' && r->textlen >= 6 && memcmp(r->text, "close ", 6) == 0)

@@ -57,6 +57,7 @@ enum { FILTER_MAYBE, FILTER_MATCH, FILTER_NEVER };
 struct filter_progress {
 	unsigned need; /* bits of the filters still to hold */
 	int started;
+	int sasl; /* the last reply was a 334: the next client record is SASL data */
 };
 
 void filter_progress_init(const struct tool_filter *f, struct filter_progress *p);

@@ -6,9 +6,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Whether p[0..n) looks like 2026-12-06T23:49:05.938413Z. */
@@ -101,6 +103,20 @@ journal_unescape(const char *text, size_t n, unsigned char *out, size_t *outlen)
 	return escape_undo((const unsigned char *)text, n, out, outlen);
 }
 
+const char *
+journal_printable(const char *p, size_t n, size_t *outlen, char **owned)
+{
+	*owned = NULL;
+	*outlen = n;
+	if (escape_text_span((const unsigned char *)p, n) == n)
+		return p;
+	if (n > (SIZE_MAX - 1) / 4 || (*owned = malloc(4 * n + 1)) == NULL)
+		return NULL;
+	*outlen = escape_text_into(*owned, (const unsigned char *)p, n);
+	(*owned)[*outlen] = '\0';
+	return *owned;
+}
+
 int
 journal_event_value(const char *text, size_t n, const char *key, char *out, size_t size)
 {
@@ -131,18 +147,57 @@ journal_event_value(const char *text, size_t n, const char *key, char *out, size
 }
 
 int
+journal_open(const char *path)
+{
+	struct stat st;
+	int fd, flags, err;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)) < 0)
+		return -1;
+	if (fstat(fd, &st) != 0 || (flags = fcntl(fd, F_GETFL)) < 0)
+		goto fail;
+	if (!S_ISREG(st.st_mode)) {
+		errno = JOURNAL_ENOTREG;
+		goto fail;
+	}
+	if (fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+		goto fail;
+	return fd;
+fail:
+	err = errno;
+	close(fd);
+	errno = err;
+	return -1;
+}
+
+const char *
+journal_strerror(int err)
+{
+	return err == JOURNAL_ENOTREG ? "not a regular file" : strerror(err);
+}
+
+int
+journal_reader_seek(struct journal_reader *jr, off_t at)
+{
+	if (lseek(jr->fd, at, SEEK_SET) < 0)
+		return -1;
+	jr->off = at;
+	jr->len = jr->start = 0;
+	jr->skipping = 0;
+	return 0;
+}
+
+int
 journal_reader_open(struct journal_reader *jr, const char *path, off_t at)
 {
 	memset(jr, 0, sizeof(*jr));
 	snprintf(jr->path, sizeof(jr->path), "%s", path);
-	if ((jr->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+	if ((jr->fd = journal_open(path)) < 0)
 		return -1;
-	if (at > 0 && lseek(jr->fd, at, SEEK_SET) < 0) {
-		close(jr->fd);
-		jr->fd = -1;
+	if (at > 0 && journal_reader_seek(jr, at) != 0) {
+		journal_reader_close(jr);
 		return -1;
 	}
-	jr->off = at;
 	return 0;
 }
 
@@ -154,6 +209,18 @@ journal_reader_close(struct journal_reader *jr)
 	jr->fd = -1;
 	free(jr->buf);
 	jr->buf = NULL;
+}
+
+int
+journal_reader_replaced(const struct journal_reader *jr)
+{
+	struct stat at_path, reading;
+
+	if (jr->fd < 0 || stat(jr->path, &at_path) != 0 || !S_ISREG(at_path.st_mode) ||
+	    fstat(jr->fd, &reading) != 0)
+		return 0;
+	return at_path.st_dev != reading.st_dev || at_path.st_ino != reading.st_ino ||
+	       at_path.st_size < jr->off + (off_t)jr->len;
 }
 
 /* Reads more of the file after what the buffer holds; >0, 0 at end of file, -1 on error. */

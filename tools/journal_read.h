@@ -1,6 +1,7 @@
 #ifndef SMTPTAP_JOURNAL_READ_H
 #define SMTPTAP_JOURNAL_READ_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -31,6 +32,15 @@ int journal_parse_any(const char *line, size_t n, struct jrecord *r);
 int journal_unescape(const char *p, size_t n, unsigned char *out, size_t *outlen);
 
 /*
+ * n octets of a record, fit to print on a terminal: as they are when the recorder wrote them
+ * (it escapes control octets, bidirectional controls and what is not UTF-8, so valid
+ * journals print unchanged); else, from a tampered journal, with those escaped its way
+ * ("\xHH"; a backslash stays, it starts an escape already) into *owned, to free (NULL when
+ * nothing was).  The length in *outlen; NULL on ENOMEM.
+ */
+const char *journal_printable(const char *p, size_t n, size_t *outlen, char **owned);
+
+/*
  * The value of key=VALUE (or key="VALUE") in an event record's text, into out; 0, or -1
  * when the key is absent.
  */
@@ -53,9 +63,28 @@ struct journal_reader {
 	unsigned long lineno;
 };
 
+/*
+ * Opens a journal or events file to read, without waiting on it (a FIFO put in its place
+ * would block) and only if it is a regular file; the descriptor, or -1 with errno,
+ * JOURNAL_ENOTREG for a FIFO, a device, a directory.
+ */
+int journal_open(const char *path);
+/* Linux has no EFTYPE; EMEDIUMTYPE (a removable medium's) never comes from opening a journal. */
+#define JOURNAL_ENOTREG EMEDIUMTYPE
+/* strerror(err), and what JOURNAL_ENOTREG means. */
+const char *journal_strerror(int err);
+
 /* Opens path and positions at offset at; 0, or -1 with errno (the caller names the file). */
 int journal_reader_open(struct journal_reader *jr, const char *path, off_t at);
+/* Positions the reader at offset at; 0, or -1 with errno. */
+int journal_reader_seek(struct journal_reader *jr, off_t at);
 void journal_reader_close(struct journal_reader *jr);
+/*
+ * Whether the path now leads to another regular file than the one being read (moved away and
+ * created again, as logrotate's create does) or to one shorter than what was read (truncated
+ * in place): tail -F's test.  0 while nothing is there.
+ */
+int journal_reader_replaced(const struct journal_reader *jr);
 /*
  * The next whole line (without its '\n') in *line, *n; 1, 0 when none is complete yet (end
  * of file, or a torn last line), -1 on a read error.  *at receives the line's file offset.

@@ -20,14 +20,14 @@ events_forward(const char *path, events_cb cb, void *arg)
 	int rc;
 
 	if (journal_reader_open(&jr, path, 0) != 0) {
-		fprintf(stderr, "smtptap: %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "smtptap: %s: %s\n", path, journal_strerror(errno));
 		return -1;
 	}
 	while ((rc = journal_reader_next(&jr, &line, &n, NULL)) == 1)
 		if (cb(line, n, arg) != 0)
 			break;
 	if (rc < 0)
-		fprintf(stderr, "smtptap: %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "smtptap: %s: %s\n", path, journal_strerror(errno));
 	journal_reader_close(&jr);
 	return rc < 0 ? -1 : 0;
 }
@@ -105,8 +105,8 @@ events_backward(const char *path, events_cb cb, void *arg)
 	struct stat st;
 	int fd, rc;
 
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) != 0) {
-		fprintf(stderr, "smtptap: %s: %s\n", path, strerror(errno));
+	if ((fd = journal_open(path)) < 0 || fstat(fd, &st) != 0) {
+		fprintf(stderr, "smtptap: %s: %s\n", path, journal_strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return -1;
@@ -179,10 +179,12 @@ records_from(const char *path, off_t at, const char *id, int must_start, record_
 	int rc, found = 0, stop = 0;
 
 	if (journal_reader_open(&jr, path, at) != 0) {
-		if (errno == ENOENT)
+		int err = errno;
+
+		if (err == ENOENT)
 			return 1;
-		fprintf(stderr, "smtptap: %s: %s\n", path, strerror(errno));
-		return -1;
+		fprintf(stderr, "smtptap: %s: %s\n", path, journal_strerror(err));
+		return err == JOURNAL_ENOTREG ? 1 : -1; /* skipped: the session may be elsewhere */
 	}
 	while (!stop && (rc = journal_reader_next(&jr, &line, &n, NULL)) == 1) {
 		/* A cheap test before the parse: the id column. */

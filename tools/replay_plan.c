@@ -28,13 +28,20 @@ struct builder {
 	long content; /* the step gathering message content, or -1 */
 	unsigned long content_lines;
 	int pend_type[PLAN_PENDING], pend_verb[PLAN_PENDING];
+	long pend_step[PLAN_PENDING]; /* the command's STEP_SEND (the content's for "."), or -1 */
+	long pend_chunk[PLAN_PENDING]; /* a BDAT's chunk (its content's step), or -1 */
 	int phead, pcount;
+	int bdat_pend; /* the BDAT whose chunk is being gathered, in pend_* */
+	/* DATA and its 354 when the proxy answered DATA itself (it held the message), or -1. */
+	long held_data, held_expect;
+	int held_refused; /* the proxy refused a held message: its RSET upstream follows */
 	int tls_recorded, tls_done, helo_seen;
 	unsigned char *helo; /* the first EHLO/HELO line, sent again after an added STARTTLS */
 	size_t helolen;
 	/* The reply being gathered. */
 	char *reply_shown;
 	int reply_code;
+	int reply_own; /* the proxy's own ("P:"), not the server's */
 	unsigned reply_lines;
 };
 
@@ -130,7 +137,7 @@ plan_content_end(struct builder *b)
 }
 
 static void
-plan_push(struct builder *b, int type, int verb)
+plan_push(struct builder *b, int type, int verb, long step)
 {
 	int k;
 
@@ -141,23 +148,39 @@ plan_push(struct builder *b, int type, int verb)
 	k = (b->phead + b->pcount++) % PLAN_PENDING;
 	b->pend_type[k] = type;
 	b->pend_verb[k] = verb;
+	b->pend_step[k] = step;
+	b->pend_chunk[k] = -1;
 }
 
-/* A command of the proxy's own ("U:"): after a held message's end, before its "." (trial.c). */
+/* The command just planned awaits its reply, which may yet say it was never relayed. */
+static void
+plan_push_sent(struct builder *b, int verb)
+{
+	plan_push(b, PEND_CMD, verb, (long)b->p->nsteps - 1);
+}
+
+/*
+ * A command of the proxy's own ("U:"): after a held message's end, before its "." (trial.c);
+ * that DATA of its own hands the held message to the server.
+ */
 static void
 plan_push_own(struct builder *b)
 {
+	long step;
 	int k;
 
 	if (b->pcount > 0 && b->pcount < PLAN_PENDING) {
 		k = (b->phead + b->pcount - 1) % PLAN_PENDING;
 		if (b->pend_type[k] == PEND_CMD && b->pend_verb[k] == VERB_EOD) {
+			step = b->pend_step[k];
 			b->pend_type[k] = PEND_OWN;
-			plan_push(b, PEND_CMD, VERB_EOD);
+			b->pend_step[k] = -1;
+			plan_push(b, PEND_CMD, VERB_EOD, step);
+			b->held_data = b->held_expect = -1;
 			return;
 		}
 	}
-	plan_push(b, PEND_OWN, VERB_UNKNOWN);
+	plan_push(b, PEND_OWN, VERB_UNKNOWN, -1);
 }
 
 static void
@@ -208,6 +231,8 @@ plan_chunk_record(struct builder *b)
 	b->bdat_left -= n;
 	rc = plan_content(b, p, n);
 	free(p);
+	if (rc == 0)
+		b->pend_chunk[b->bdat_pend] = b->content;
 	if (rc == 0 && b->bdat_left == 0) {
 		b->in_bdat = 0;
 		plan_content_end(b);
@@ -296,6 +321,17 @@ plan_note_skip(struct builder *b, const char *shown, const char *why)
 	return rc;
 }
 
+/*
+ * Whether a client line is the recorder's marker in place of a SASL response ("[redacted]",
+ * "[redacted user=NAME]"): one pipelined behind an AUTH the server refused reached the server
+ * as a line of its own, but what it said is not in the journal.
+ */
+static int
+plan_is_redacted(const unsigned char *line, size_t bare)
+{
+	return bare >= 10 && memcmp(line, "[redacted", 9) == 0 && line[bare - 1] == ']';
+}
+
 /* A client command. */
 static int
 plan_command(struct builder *b, unsigned char *line, size_t n, const char *shown)
@@ -305,17 +341,32 @@ plan_command(struct builder *b, unsigned char *line, size_t n, const char *shown
 	uint64_t size;
 	int last;
 
+	if (plan_is_redacted(line, bare)) {
+		plan_push(b, PEND_SKIP, VERB_SASL, -1);
+		return plan_note_skip(b, shown, "a SASL response, redacted");
+	}
 	smtp_parse_command(line, bare, &cmd);
+	if (smtp_verb_info(cmd.verb)->handler == SMTP_HANDLE_REFUSE) {
+		char why[64];
+
+		/* Replay runs on the proxy's host, which the server trusts to speak for clients. */
+		snprintf(why, sizeof(why), "the proxy never relays a client's %s",
+		         smtp_verb_info(cmd.verb)->name);
+		plan_push(b, PEND_SKIP, (int)cmd.verb, -1);
+		return plan_note_skip(b, shown, why);
+	}
 	if (cmd.verb == VERB_AUTH) {
 		if (b->o->auth_user == NULL) {
-			plan_push(b, PEND_SKIP, VERB_AUTH);
+			plan_push(b, PEND_SKIP, VERB_AUTH, -1);
 			return plan_note_skip(b, shown, "AUTH needs --auth USER:PASSWORD");
 		}
-		plan_push(b, PEND_CMD, VERB_AUTH);
-		return plan_auth(b);
+		if (plan_auth(b) != 0)
+			return -1;
+		plan_push_sent(b, VERB_AUTH);
+		return 0;
 	}
 	if (cmd.verb == VERB_STARTTLS && !b->o->starttls) {
-		plan_push(b, PEND_SKIP, VERB_STARTTLS);
+		plan_push(b, PEND_SKIP, VERB_STARTTLS, -1);
 		return plan_note_skip(b, shown, "no --starttls");
 	}
 	if ((cmd.verb == VERB_EHLO || cmd.verb == VERB_HELO || cmd.verb == VERB_LHLO) &&
@@ -323,14 +374,15 @@ plan_command(struct builder *b, unsigned char *line, size_t n, const char *shown
 		memcpy(b->helo, line, n);
 		b->helolen = n;
 	}
-	plan_push(b, PEND_CMD, (int)cmd.verb);
 	if (plan_send(b, line, n, shown) != 0)
 		return -1;
 	b->p->steps[b->p->nsteps - 1].verb = (int)cmd.verb;
+	plan_push_sent(b, (int)cmd.verb);
 	if (cmd.verb == VERB_BDAT && smtp_parse_bdat(cmd.arg, cmd.arglen, &size, &last) == 0 &&
 	    size > 0) {
 		b->in_bdat = 1;
 		b->bdat_left = size;
+		b->bdat_pend = (b->phead + b->pcount - 1) % PLAN_PENDING;
 		b->content = -1;
 	}
 	return 0;
@@ -353,8 +405,10 @@ plan_client(struct builder *b)
 	} else if (b->mode == MODE_DATA) {
 		rc = plan_content(b, line, n);
 		if (rc == 0 && n == 3 && line[0] == '.') {
+			long content = b->content;
+
 			plan_content_end(b);
-			plan_push(b, PEND_CMD, VERB_EOD);
+			plan_push(b, PEND_CMD, VERB_EOD, content);
 			b->mode = MODE_COMMAND;
 		}
 	} else {
@@ -384,12 +438,100 @@ plan_add_starttls(struct builder *b)
 	           : 0;
 }
 
+/* A step planned already becomes a note: what it would have sent or expected, and why not. */
+static int
+plan_step_unsent(struct builder *b, long k, const char *why)
+{
+	struct step *s;
+	char *t;
+
+	if (k < 0)
+		return 0;
+	s = &b->p->steps[k];
+	if (asprintf(&t, "%s%s  (%s)", s->kind == STEP_EXPECT ? "  recorded " : "",
+	             s->shown != NULL ? s->shown : "C: ?", why) < 0)
+		return plan_fail(b, "out of memory");
+	if (s->data != NULL)
+		OPENSSL_cleanse(s->data, s->len);
+	free(s->data);
+	free(s->shown);
+	s->data = NULL;
+	s->len = 0;
+	s->shown = t;
+	s->kind = STEP_NOTE;
+	return 0;
+}
+
+/*
+ * The proxy answered a message's end itself.  A message it held (its own 354) never reached
+ * the server: DATA, its 354 and the content are not replayed.  Of a message it streamed, only
+ * the end was kept back, so the server never took it.
+ */
+static int
+plan_unsend_message(struct builder *b, long k, const char *why)
+{
+	struct step *s;
+	char *t;
+
+	if (b->held_data >= 0) {
+		if (plan_step_unsent(b, b->held_data, why) != 0 ||
+		    plan_step_unsent(b, b->held_expect, "the proxy's own: not expected now") != 0)
+			return -1;
+		b->held_data = b->held_expect = -1;
+		b->held_refused = 1;
+		return plan_step_unsent(b, k, why);
+	}
+	if (k < 0 || (s = &b->p->steps[k])->kind != STEP_SEND || s->len < 3 ||
+	    memcmp(s->data + s->len - 3, ".\r\n", 3) != 0)
+		return 0;
+	s->len -= 3;
+	if (asprintf(&t, "%s  (its end %s)", s->shown, why) < 0)
+		return plan_fail(b, "out of memory");
+	free(s->shown);
+	s->shown = t;
+	return 0;
+}
+
+/*
+ * Whether a command the proxy answered itself is replayed all the same: a DATA it answered
+ * 354 (it held the message, and handed it on with a DATA of its own, "U:"), and with
+ * --starttls a STARTTLS it answered 220 (its own TLS, which the replay does with the server).
+ */
+static int
+plan_goes_on(const struct builder *b, int verb)
+{
+	return (verb == VERB_DATA && b->reply_code == 354) ||
+	       (verb == VERB_STARTTLS && b->reply_code / 100 == 2 && b->o->starttls);
+}
+
+/*
+ * A reply of the proxy's own ("P:") to a command that crossed no further (a client's
+ * XCLIENT, a rule's REJECT, a line too long): what was planned for it is not sent, a BDAT's
+ * chunk with it (alone, the server would read the chunk as commands).
+ */
+static int
+plan_unsend(struct builder *b, int verb, long step, long chunk)
+{
+	char *why;
+	int rc;
+
+	if (asprintf(&why, "not sent: the proxy answered it, P: %s",
+	             b->reply_shown != NULL ? b->reply_shown : "") < 0)
+		return plan_fail(b, "out of memory");
+	rc = verb == VERB_EOD ? plan_unsend_message(b, step, why) : plan_step_unsent(b, step, why);
+	if (rc == 0)
+		rc = plan_step_unsent(b, chunk, why);
+	free(why);
+	return rc;
+}
+
 /* A whole reply recorded: which command it answered decides what the replay expects. */
 static int
 plan_reply_done(struct builder *b)
 {
 	int code = b->reply_code, type, verb, rc = 0;
 	const char *shown = b->reply_shown != NULL ? b->reply_shown : "";
+	long step, chunk;
 
 	if (b->in_bdat)
 		return plan_fail(b, "a BDAT chunk was not recorded in full (--record headers or none)");
@@ -408,6 +550,8 @@ plan_reply_done(struct builder *b)
 	}
 	type = b->pend_type[b->phead];
 	verb = b->pend_verb[b->phead];
+	step = b->pend_step[b->phead];
+	chunk = b->pend_chunk[b->phead];
 	if (type == PEND_OWN) {
 		plan_pop(b);
 		return 0;
@@ -421,8 +565,14 @@ plan_reply_done(struct builder *b)
 		b->mode = MODE_COMMAND;
 	if (type == PEND_SKIP)
 		return 0;
+	if (b->reply_own && !plan_goes_on(b, verb))
+		return plan_unsend(b, verb, step, chunk);
 	rc = plan_text(b, STEP_EXPECT, shown,
 	               code, (verb == VERB_DATA && code == 354) || verb == VERB_STARTTLS);
+	if (rc == 0 && b->reply_own && verb == VERB_DATA) {
+		b->held_data = step;
+		b->held_expect = (long)b->p->nsteps - 1;
+	}
 	if (rc == 0 && verb == VERB_DATA && code == 354) {
 		b->mode = MODE_DATA;
 		b->content = -1;
@@ -447,6 +597,7 @@ plan_server(struct builder *b)
 		free(b->reply_shown);
 		b->reply_shown = strndup(r->text, r->len);
 		b->reply_code = r->len >= 3 ? atoi(r->text) : 0;
+		b->reply_own = r->kind[0] == 'P';
 	}
 	b->reply_lines++;
 	last = !(r->len >= 4 && r->text[3] == '-');
@@ -462,6 +613,31 @@ plan_server(struct builder *b)
 	}
 	b->reply_lines = 0;
 	return plan_reply_done(b);
+}
+
+/*
+ * A line of the proxy's own to the server ("U:"): its reply is not the client's.  The RSET
+ * after a held message it refused is sent in its place, so that the server's transaction
+ * ends as it did then.
+ */
+static int
+plan_upstream(struct builder *b)
+{
+	static const unsigned char rset[] = "RSET\r\n";
+	const struct plan_record *r = &b->recs[b->i];
+
+	if (!b->greeted) /* before the greeting: a PROXY header, no reply */
+		return 0;
+	if (!b->held_refused || r->len != 4 || strncasecmp(r->text, "RSET", 4) != 0) {
+		plan_push_own(b);
+		return 0;
+	}
+	b->held_refused = 0;
+	if (plan_send(b, rset, sizeof(rset) - 1,
+	              "U: RSET  (the proxy's own, after the message it refused)") != 0)
+		return -1;
+	plan_push_sent(b, VERB_RSET);
+	return 0;
 }
 
 /* An event record: some say the session can't be sent again as it was. */
@@ -497,6 +673,7 @@ plan_build(struct plan *p, const struct plan_record *recs, size_t n, const struc
 	b.recs = recs;
 	b.n = n;
 	b.content = -1;
+	b.held_data = b.held_expect = -1;
 	for (b.i = 0; b.i < n; b.i++)
 		if (recs[b.i].kind[0] == 'C' && recs[b.i].len >= 8 &&
 		    strncasecmp(recs[b.i].text, "STARTTLS", 8) == 0)
@@ -511,8 +688,7 @@ plan_build(struct plan *p, const struct plan_record *recs, size_t n, const struc
 			rc = plan_server(&b);
 			break;
 		case 'U':
-			if (b.greeted) /* before the greeting: a PROXY header, no reply */
-				plan_push_own(&b);
+			rc = plan_upstream(&b);
 			break;
 		case '*':
 			rc = plan_event(&b);

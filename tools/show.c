@@ -40,31 +40,31 @@ show_header(const struct jrecord *r, const char *id)
 	}
 }
 
+/* A record as JSON; its text is printable already (show_record_cb), so UTF-8. */
 static int
 show_json(const struct jrecord *r)
 {
-	json_t *o = json_object(), *text = json_stringn(r->text, r->textlen);
+	json_t *o = json_object();
 	char *s;
 
-	if (text == NULL) /* not UTF-8: can't come from the proxy, shown escaped */
-		text = json_stringn_nocheck(r->text, r->textlen);
 	json_object_set_new(o, "time", json_string(r->ts));
 	json_object_set_new(o, "session", json_string(r->id));
 	json_object_set_new(o, "kind", json_string(r->kind));
-	json_object_set_new(o, "text", text);
+	json_object_set_new(o, "text", json_stringn(r->text, r->textlen));
 	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
-	if (s == NULL)
+	if (s == NULL) {
+		fprintf(stderr, "smtptap show: session %s: out of memory\n", r->id);
 		return -1;
+	}
 	puts(s);
 	free(s);
 	return 0;
 }
 
 static int
-show_record_cb(const struct jrecord *r, void *arg)
+show_record(const struct jrecord *r, struct show *sh)
 {
-	struct show *sh = arg;
 	int first = sh->records++ == 0;
 	int is_session = r->kind[0] == '*' && r->textlen >= 8 && memcmp(r->text, "session ", 8) == 0;
 
@@ -76,6 +76,23 @@ show_record_cb(const struct jrecord *r, void *arg)
 		return 0;
 	printf("%s %s %.*s\n", r->ts, r->kind, (int)r->textlen, r->text);
 	return 0;
+}
+
+/* A record shown with its text fit for a terminal (a tampered journal's escaped). */
+static int
+show_record_cb(const struct jrecord *r, void *arg)
+{
+	struct jrecord safe = *r;
+	char *owned;
+	int rc;
+
+	if ((safe.text = journal_printable(r->text, r->textlen, &safe.textlen, &owned)) == NULL) {
+		fprintf(stderr, "smtptap show: session %s: out of memory\n", r->id);
+		return -1;
+	}
+	rc = show_record(&safe, arg);
+	free(owned);
+	return rc;
 }
 
 /* show's own arguments: --json and the session ids (counted). */

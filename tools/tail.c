@@ -1,15 +1,17 @@
 /*
- * smtptap tail [filters]: follows the journal as it grows, across the day's rollover, and
- * prints the records of matching sessions from the record that makes them match.  Sessions
- * are followed from their first record; one that ends or can no longer match is forgotten,
- * so memory stays bounded by the sessions open at once.  At the start the last TAIL_LOOKBACK
- * octets of each day file are read without printing, to learn the sessions already open
- * (their first records are there): those that match print from their next record.
+ * smtptap tail [filters]: follows the journal as it grows, across the day's rollover and a
+ * rotation (tail -F), and prints the records of matching sessions from the record that makes
+ * them match.  Sessions are followed from their first record; one that ends or can no longer
+ * match is forgotten, so memory stays bounded by the sessions open at once.  At the start the
+ * last TAIL_LOOKBACK octets of each day file are read without printing, to learn the sessions
+ * already open (their first records are there): those that match print from their next
+ * record.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,6 +51,7 @@ struct tail {
 	off_t quiet_until[TAIL_FILES]; /* lines before this offset are learnt, not printed */
 	char names[TAIL_FILES][32];
 	int nfiles;
+	char refused[32]; /* the last day file that could not be followed, said once */
 };
 
 static unsigned
@@ -103,6 +106,21 @@ tail_is_first(const struct jrecord *r)
 	       (memcmp(r->text, "session ", 8) == 0 || memcmp(r->text, "connect ", 8) == 0);
 }
 
+/* A journal line as it may go to a terminal (a tampered journal's escaped). */
+static void
+tail_print(const char *line, size_t n)
+{
+	const char *p;
+	char *owned;
+	size_t len;
+
+	if ((p = journal_printable(line, n, &len, &owned)) != NULL) {
+		fwrite(p, 1, len, stdout);
+		putchar('\n');
+	}
+	free(owned);
+}
+
 /* One journal line: followed, printed (unless quiet) or forgotten. */
 static void
 tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
@@ -131,10 +149,8 @@ tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
 	v = e->matched ? FILTER_MATCH : filter_record(&t->f, &e->p, &r);
 	if (v == FILTER_MATCH) {
 		e->matched = 1;
-		if (!quiet) {
-			fwrite(line, 1, n, stdout);
-			putchar('\n');
-		}
+		if (!quiet)
+			tail_print(line, n);
 	}
 	if (v == FILTER_NEVER ||
 	    (r.kind[0] == '*' && r.textlen >= 6 && memcmp(r.text, "close ", 6) == 0))
@@ -143,25 +159,49 @@ tail_line(struct tail *t, const char *line, size_t n, time_t now, int quiet)
 
 /* The offset of the first line that begins at or after off (a look-back starts mid-line). */
 static off_t
-tail_line_start(FILE *fp, off_t off)
+tail_line_start(int fd, off_t off)
 {
-	int c;
+	char buf[4096], *nl;
+	off_t at = off - 1;
+	ssize_t r;
 
-	if (fseeko(fp, off - 1, SEEK_SET) != 0)
-		return off;
-	while ((c = getc(fp)) != EOF && c != '\n')
-		off++;
-	return c == EOF ? off - 1 : off;
+	for (; (r = pread(fd, buf, sizeof(buf), at)) > 0; at += r)
+		if ((nl = memchr(buf, '\n', (size_t)r)) != NULL)
+			return at + (nl - buf) + 1;
+	return r == 0 ? at : off;
+}
+
+/* Where following a day file from its end starts: what came last is learnt quietly first. */
+static void
+tail_look_back(struct journal_reader *jr, off_t *end)
+{
+	struct stat st;
+
+	if (fstat(jr->fd, &st) != 0)
+		return;
+	*end = st.st_size;
+	if (*end > TAIL_LOOKBACK)
+		journal_reader_seek(jr, tail_line_start(jr->fd, *end - TAIL_LOOKBACK));
 }
 
 /* Starts following a day file, at its end (what came last learnt quietly) or its start. */
 static void
 tail_follow(struct tail *t, const char *name, int at_end)
 {
+	struct journal_reader jr;
 	char path[8192];
-	off_t at = 0, end = 0;
-	FILE *fp;
+	off_t end = 0;
 
+	snprintf(path, sizeof(path), "%s/%s", t->c.log_dir, name);
+	if (journal_reader_open(&jr, path, 0) != 0) {
+		/* Looked for again at each poll (it may be there yet), said once. */
+		if (strcmp(t->refused, name) != 0)
+			fprintf(stderr, "smtptap tail: %s: %s\n", path, journal_strerror(errno));
+		snprintf(t->refused, sizeof(t->refused), "%s", name);
+		return;
+	}
+	if (at_end)
+		tail_look_back(&jr, &end);
 	if (t->nfiles == TAIL_FILES) {
 		journal_reader_close(&t->files[0]);
 		memmove(&t->files[0], &t->files[1], sizeof(t->files[0]) * (TAIL_FILES - 1));
@@ -169,16 +209,7 @@ tail_follow(struct tail *t, const char *name, int at_end)
 		memmove(&t->quiet_until[0], &t->quiet_until[1], sizeof(off_t) * (TAIL_FILES - 1));
 		t->nfiles--;
 	}
-	snprintf(path, sizeof(path), "%s/%s", t->c.log_dir, name);
-	if (at_end && (fp = fopen(path, "r")) != NULL) {
-		if (fseeko(fp, 0, SEEK_END) == 0 && (end = ftello(fp)) > TAIL_LOOKBACK)
-			at = tail_line_start(fp, end - TAIL_LOOKBACK);
-		fclose(fp);
-	}
-	if (journal_reader_open(&t->files[t->nfiles], path, at) != 0) {
-		fprintf(stderr, "smtptap tail: %s: %s\n", path, strerror(errno));
-		return;
-	}
+	t->files[t->nfiles] = jr;
 	snprintf(t->names[t->nfiles], sizeof(t->names[0]), "%s", name);
 	t->quiet_until[t->nfiles] = end;
 	t->nfiles++;
@@ -200,12 +231,44 @@ tail_rollover(struct tail *t, int at_end)
 	journal_days_free(days);
 }
 
-static void
-tail_run(struct tail *t)
+/* The lines a followed file has now; whether there were any. */
+static int
+tail_read(struct tail *t, int i, time_t now)
 {
 	const char *line;
 	size_t n;
 	off_t at;
+	int any = 0;
+
+	while (journal_reader_next(&t->files[i], &line, &n, &at) == 1) {
+		tail_line(t, line, n, now, at < t->quiet_until[i]);
+		any = 1;
+	}
+	return any;
+}
+
+/*
+ * A followed file moved away and created again (logrotate's create), or truncated: what
+ * the old one still held is read, then the new one from its start (tail -F).
+ */
+static void
+tail_reopen(struct tail *t, int i, time_t now)
+{
+	struct journal_reader fresh;
+
+	if (!journal_reader_replaced(&t->files[i]))
+		return;
+	tail_read(t, i, now);
+	if (journal_reader_open(&fresh, t->files[i].path, 0) != 0)
+		return; /* gone again: looked at at the next poll */
+	journal_reader_close(&t->files[i]);
+	t->files[i] = fresh;
+	t->quiet_until[i] = 0;
+}
+
+static void
+tail_run(struct tail *t)
+{
 	int i, any;
 	time_t now;
 
@@ -214,13 +277,12 @@ tail_run(struct tail *t)
 		any = 0;
 		now = time(NULL);
 		for (i = 0; i < t->nfiles; i++)
-			while (journal_reader_next(&t->files[i], &line, &n, &at) == 1) {
-				tail_line(t, line, n, now, at < t->quiet_until[i]);
-				any = 1;
-			}
+			any |= tail_read(t, i, now);
 		fflush(stdout);
 		if (!any) {
 			usleep(TAIL_POLL_USEC);
+			for (i = 0; i < t->nfiles; i++)
+				tail_reopen(t, i, time(NULL));
 			tail_rollover(t, 0);
 		}
 	}

@@ -4,8 +4,10 @@ Hand-made journals and events files first (the layout, torn lines, the rollover)
 proxy's journal: sessions recorded through smtptap, found, shown and replayed against smtp-sink.
 """
 
+import glob
 import json
 import os
+import signal
 import smtplib
 import subprocess
 import time
@@ -126,6 +128,86 @@ def test_test_rules_on_a_journal(smtptap_bin, journal, workdir):
         f.write(shown)
     rc, out, err = run(smtptap_bin, "--test-rules", rules, "--transcript", path)
     assert rc == 0 and "2 sessions, " in out and "r.rules:2: reply WARN: 2 hits in 2 sessions" in out
+
+
+@pytest.mark.limit(30)
+def test_tools_skip_a_journal_that_is_no_regular_file(smtptap_bin, workdir):
+    """A FIFO named as a day file or as the events file is never opened to wait on: each tool
+    says so in one line naming it and goes on with the rest (show finds the session in the
+    older day, tail follows it), where they used to block for ever."""
+    d = os.path.join(workdir, "flogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    with open(day, "w") as f:
+        f.write("2026-12-06T10:00:00.000000Z ff000001 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                "2026-12-06T10:00:00.000001Z ff000001 C: MAIL FROM:<alice@example.com>\n"
+                "2026-12-06T10:00:00.000002Z ff000001 * close reason=quit\n")
+    fifo_day = os.path.join(d, "2026-12-07.log")
+    fifo_events = os.path.join(d, "events.jsonl")
+    os.mkfifo(fifo_day)
+    os.mkfifo(fifo_events)
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", d, "--events", os.path.join(d, "none.jsonl"),
+                       "ff000001", timeout=5)
+    assert rc == 0 and "C: MAIL FROM:<alice@example.com>" in out, err
+    assert err == "smtptap: %s: not a regular file\n" % fifo_day
+    rc, out, err = run(smtptap_bin, "sessions", "--log-dir", d, timeout=5)
+    assert rc == 1 and out == "" and err == "smtptap: %s: not a regular file\n" % fifo_events
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, d, out_path, "--from", "@example.com")
+    try:
+        time.sleep(0.6)  # a few polls: the FIFO is looked at again at each
+        with open(day, "a") as f:
+            f.write("2026-12-06T11:00:00.000000Z ff000002 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                    "2026-12-06T11:00:00.000001Z ff000002 C: MAIL FROM:<bob@example.com>\n")
+        harness.wait_until(lambda: "<bob@example.com>" in open(out_path).read(), 5.0, what="tail output")
+    finally:
+        harness.stop_pid(p)
+    assert open(out_path).read().splitlines() == [
+        "smtptap tail: %s: not a regular file" % fifo_day,
+        "2026-12-06T11:00:00.000001Z ff000002 C: MAIL FROM:<bob@example.com>"]
+
+
+@pytest.mark.limit(30)
+def test_show_and_tail_escape_a_tampered_journal(smtptap_bin, workdir):
+    """The recorder escapes control octets and what is not UTF-8, so a journal holding them
+    raw was altered: show and tail print them escaped the recorder's way ("\\xHH") instead of
+    sending terminal escapes on, and show --json writes every record, the one that is not
+    UTF-8 and those after it."""
+    d = os.path.join(workdir, "hlogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    hostile = (b"2026-12-06T10:00:00.000000Z ee000001 * session client=10.0.0.1:1\x1b[8m listener=a upstream=b\n"
+               b"2026-12-06T10:00:00.000001Z ee000001 C: EHLO \x1b]0;owned\x07\x1b[2J evil\n"
+               b"2026-12-06T10:00:00.000002Z ee000001 C: MAIL FROM:<a@example.com> \xff\xfe caf\xc3\xa9\n"
+               b"2026-12-06T10:00:00.000003Z ee000001 C: RCPT TO:<after@example.org> back\\\\slash\n"
+               b"2026-12-06T10:00:00.000004Z ee000001 * close reason=quit\n")
+    escaped = ["EHLO \\x1b]0;owned\\x07\\x1b[2J evil",
+               "MAIL FROM:<a@example.com> \\xff\\xfe caf\u00e9",
+               "RCPT TO:<after@example.org> back\\\\slash"]
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, d, out_path, "--client", "10.0.0.0/8")
+    try:
+        time.sleep(0.5)
+        with open(day, "wb") as f:  # a new day's file: followed from its start
+            f.write(hostile)
+        harness.wait_until(lambda: b"* close" in open(out_path, "rb").read(), 5.0, what="tail output")
+    finally:
+        harness.stop_pid(p)
+    p = subprocess.run([smtptap_bin, "show", "--log-dir", d, "ee000001"], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=10)
+    shown = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0 and "\x1b" not in shown and "\x07" not in shown, shown
+    assert "# client 10.0.0.1:1\\x1b[8m\n" in shown
+    ts = ["2026-12-06T10:00:00.00000%dZ" % i for i in (1, 2, 3)]
+    assert shown.splitlines()[6:9] == ["%s C: %s" % r for r in zip(ts, escaped)], shown
+    tailed = open(out_path, "rb").read().decode("utf-8", "replace")
+    assert tailed.splitlines() == [
+        "2026-12-06T10:00:00.000000Z ee000001 * session client=10.0.0.1:1\\x1b[8m listener=a upstream=b"] + \
+        ["%s ee000001 C: %s" % r for r in zip(ts, escaped)] + [
+        "2026-12-06T10:00:00.000004Z ee000001 * close reason=quit"], tailed
+    rc, out, err = run(smtptap_bin, "show", "--json", "--log-dir", d, "ee000001")
+    assert rc == 0, err
+    assert [json.loads(l)["text"] for l in out.splitlines()][1:] == escaped + ["close reason=quit"]
 
 
 # ---- sessions: 50 sessions whose attributes follow from their number -------------------------
@@ -292,6 +374,111 @@ def test_tail_follows_the_real_proxy(smtptap_bin, tap, workdir):
     assert "S: 221" in text
 
 
+def test_tail_follows_the_journal_across_a_rotation(smtptap_bin, tap, workdir):
+    """logrotate's create style: the day file moved away while the proxy runs, and the proxy
+    creates it again at its next write.  tail reads what the moved file still got (here a
+    batch that landed there just after the move), then the new file from its start."""
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, tap.log_dir, out_path, "--from", "@example.com")
+
+    def send(sender):
+        with smtplib.SMTP("127.0.0.1", tap.port, timeout=10) as s:
+            s.sendmail(sender, ["bob@example.org"], b"Subject: t\r\n\r\nhi\r\n")
+
+    try:
+        time.sleep(0.5)
+        send("before@example.com")
+        harness.wait_until(lambda: "before@example.com" in open(out_path).read(), 8.0,
+                           what="tail output before the rotation")
+        p.send_signal(signal.SIGSTOP)  # the move and what follows land in one poll interval
+        try:
+            [day] = glob.glob(os.path.join(tap.log_dir, "*.log"))
+            os.rename(day, day + ".1")
+            with open(day + ".1", "a") as f:
+                f.write("2026-12-06T10:00:00.000000Z late0001 * session client=10.0.0.1:1 listener=a upstream=b\n"
+                        "2026-12-06T10:00:00.000001Z late0001 C: MAIL FROM:<remainder@example.com>\n"
+                        "2026-12-06T10:00:00.000002Z late0001 * close reason=quit\n")
+            send("after@example.com")
+            harness.wait_until(lambda: os.path.exists(day) and b"after@example.com" in open(day, "rb").read(),
+                               5.0, what="the proxy's new day file")
+        finally:
+            p.send_signal(signal.SIGCONT)
+        harness.wait_until(lambda: "after@example.com" in open(out_path).read(), 8.0,
+                           what="tail output after the rotation")
+    finally:
+        harness.stop_pid(p)
+    text = open(out_path).read()
+    at = [text.find(a) for a in ("<before@", "<remainder@", "<after@")]
+    assert -1 not in at and at == sorted(at), text
+
+
+def test_tail_follows_a_journal_truncated_in_place(smtptap_bin, workdir):
+    """logrotate's copytruncate: the file shorter than what tail read is read again from its
+    start."""
+    d = os.path.join(workdir, "trlogs")
+    os.mkdir(d)
+    day = os.path.join(d, "2026-12-06.log")
+    session = ("2026-12-06T10:00:0%d.000000Z %s * session client=10.0.0.1:1 listener=a upstream=b\n"
+               "2026-12-06T10:00:0%d.000001Z %s C: MAIL FROM:<%s@example.com>\n")
+    with open(day, "w") as f:
+        f.write("2026-12-06T09:00:00.000000Z filler00 S: 250 " + "x" * 2000 + "\n")
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, d, out_path, "--from", "@example.com")
+    try:
+        time.sleep(0.5)
+        with open(day, "a") as f:
+            f.write(session % (1, "aaaa0001", 1, "aaaa0001", "before"))
+        harness.wait_until(lambda: "<before@" in open(out_path).read(), 5.0, what="tail output")
+        with open(day, "w") as f:  # truncated, then written from its start again
+            f.write(session % (2, "bbbb0002", 2, "bbbb0002", "after"))
+        harness.wait_until(lambda: "<after@" in open(out_path).read(), 5.0,
+                           what="tail output after the truncation")
+    finally:
+        harness.stop_pid(p)
+    assert [l.split()[1] for l in open(out_path).read().splitlines()] == ["aaaa0001", "bbbb0002"]
+
+
+@pytest.mark.limit(30)
+def test_tail_user_is_the_authenticated_user_only(smtptap_bin, tap_factory, fake_server, workdir):
+    """tail --user NAME matches what sessions --user NAME matches: the user of an AUTH command
+    or of a response to a 334, whose marker the recorder wrote.  A client line that merely
+    holds the text "[redacted user=NAME]" names nobody."""
+    up = fake_server(harness.SmtpServerScript(auth={"victim": "pw", "alice": "pw"}), name="auth-server")
+    tap = tap_factory(up.port)
+    out_path = os.path.join(workdir, "tail.out")
+    p = start_tail(smtptap_bin, tap.log_dir, out_path, "--user", "victim")
+
+    def session(sender, *auth):
+        c = harness.SmtpClient(tap.port)
+        assert c.code() == 220
+        c.expect("EHLO x", 250)
+        for line, code in auth:
+            c.expect(line, code)
+        c.expect("MAIL FROM:<%s>" % sender, 250)
+        c.expect("QUIT", 221)
+
+    try:
+        time.sleep(0.5)
+        session("spoof@example.com", ("NOOP [redacted user=victim]", 250),
+                ("[redacted user=victim]", 502))
+        session("alice@example.com", ("AUTH PLAIN " + harness.b64(b"\0alice\0pw"), 235))
+        session("login@example.com", ("AUTH LOGIN", 334), (harness.b64(b"victim"), 334),
+                (harness.b64(b"pw"), 235))
+        session("plain@example.com", ("AUTH PLAIN " + harness.b64(b"\0victim\0pw"), 235))
+        sid = {ev["transactions"][0]["mail_from"]: ev["session"] for ev in tap.wait_events(4)}
+        want = [sid["<login@example.com>"], sid["<plain@example.com>"]]
+        harness.wait_until(lambda: "%s * close" % want[1] in open(out_path).read(), 8.0,
+                           what="tail output")
+    finally:
+        harness.stop_pid(p)
+    text = open(out_path).read()
+    assert sorted(set(l.split()[1] for l in text.splitlines())) == sorted(want), text
+    assert "C: [redacted user=victim]" in text and "C: AUTH PLAIN [redacted user=victim]" in text
+    rc, out, err = run(smtptap_bin, "sessions", "--events", tap.events_path, "--user", "victim")
+    assert rc == 0, err
+    assert sorted(l.split()[1] for l in out.splitlines()) == sorted(want)
+
+
 # ---- replay against smtp-sink ----------------------------------------------------------------
 
 def record_session(tap, rcpts=("bob@example.org",), body=b"Subject: t\r\n\r\n.dot\r\nline\r\n"):
@@ -388,3 +575,133 @@ def test_tools_read_the_daemons_config_file(smtptap_bin, tap, workdir):
     rc, out, err = run(smtptap_bin, "show", "-c", conf, sid)
     assert rc == 2
     assert "%s:6:" % conf in err, err
+
+
+def replay(smtptap_bin, tap, sid, port, *extra):
+    return run(smtptap_bin, "replay", "--log-dir", tap.log_dir, "--events", tap.events_path,
+               sid, "--to", "127.0.0.1:%d" % port, *extra)
+
+
+@pytest.mark.limit(30)
+def test_replay_never_sends_a_redacted_sasl_response(smtptap_bin, tap, vsink):
+    """A SASL response pipelined behind an AUTH the server did not answer 334 reached the
+    server as a line of its own; the journal holds "[redacted user=alice]" in its place, and
+    replay must not send that text (nor anything else) for it."""
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.send(b"AUTH PLAIN\r\n" + harness.b64(b"\0alice\0secret-password").encode() + b"\r\n")
+    c.reply()  # smtp-sink: no 334, so the response goes to the server as a line
+    c.reply()
+    c.expect("QUIT", 221)
+    sid = tap.wait_events(1)[-1]["session"]
+    assert "[redacted user=alice]" in tap.transcript().client_lines()
+    rc, out, err = replay(smtptap_bin, tap, sid, vsink.port)
+    vsink.wait_idle()
+    sent = vsink.commands()
+    assert "EHLO x" in sent and "QUIT" in sent
+    assert not [l for l in sent if "redacted" in l or "AUTH" in l], sent
+    assert rc == 0, out + err
+    assert "C: [redacted user=alice]  (not sent: a SASL response, redacted)" in out
+
+
+@pytest.mark.limit(30)
+def test_replay_sends_nothing_the_proxy_answered_itself(smtptap_bin, tap_factory, sink, vsink,
+                                                        workdir):
+    """A command the proxy answered itself ("P:") never reached the server, so replay does not
+    send it: a client's XCLIENT (replay runs on the proxy's host, which the server trusts for
+    XCLIENT), a recipient a rule refused inside a pipelined group, a held message a rule
+    refused (DATA, content and end; the proxy's RSET goes in their place).  A held message the
+    proxy passed on (its own 354, then its DATA upstream) is replayed."""
+    rules = os.path.join(workdir, "replay.rules")
+    with open(rules, "w") as f:
+        f.write("rcpt /blocked@/ REJECT 550 5.7.1 Recipient blocked\n"
+                "body /badword/ REJECT 550 5.7.1 Bad content\n")
+    tap = tap_factory(sink.port, "--rules", rules)
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.send(b"MAIL FROM:<alice@example.com>\r\nRCPT TO:<blocked@example.org>\r\n"
+           b"RCPT TO:<bob@example.org>\r\nXCLIENT ADDR=10.0.0.1 NAME=trusted.example\r\nNOOP\r\n")
+    assert [c.reply()[-1][:3] for _ in range(5)] == [b"250", b"550", b"250", b"550", b"250"]
+    c.expect("DATA", 354)
+    c.send(b"Subject: t\r\n\r\nfine\r\n.\r\n")
+    assert c.code() == 250
+    c.expect("MAIL FROM:<alice@example.com>", 250)
+    c.expect("RCPT TO:<bob@example.org>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: t\r\n\r\nbadword\r\n.\r\n")
+    assert c.code() == 550
+    c.expect("QUIT", 221)
+    sid = tap.wait_events(1)[-1]["session"]
+    assert tap.transcript().proxy_lines() == [
+        "550 5.7.1 Recipient blocked", "550 5.7.0 Command not permitted",
+        "354 End data with <CR><LF>.<CR><LF>", "354 End data with <CR><LF>.<CR><LF>",
+        "550 5.7.1 Bad content"]
+    rc, out, err = replay(smtptap_bin, tap, sid, vsink.port)
+    vsink.wait_idle()
+    assert vsink.commands() == [
+        "EHLO x", "MAIL FROM:<alice@example.com>", "RCPT TO:<bob@example.org>", "NOOP",
+        "DATA", ".", "MAIL FROM:<alice@example.com>", "RCPT TO:<bob@example.org>", "RSET",
+        "QUIT"], out
+    assert [m.content for m in vsink.wait_messages(1)] == [b"Subject: t\n\nfine\n"]
+    assert rc == 0, out + err
+    assert "XCLIENT ADDR=10.0.0.1 NAME=trusted.example  (not sent: the proxy never relays" in out
+    assert "RCPT TO:<blocked@example.org>  (not sent: the proxy answered it, P: 550" in out
+
+
+@pytest.mark.limit(30)
+def test_replay_never_sends_a_clients_xclient(smtptap_bin, vsink, workdir):
+    """Whatever the journal says the server answered, a client's XCLIENT or XFORWARD is never
+    sent: the server trusts the proxy's host to speak for clients with them."""
+    d = os.path.join(workdir, "xlogs")
+    os.mkdir(d)
+    with open(os.path.join(d, "2026-12-06.log"), "w") as f:
+        f.write("2026-12-06T10:00:00.000000Z xc000001 * session client=10.0.0.9:1 listener=a upstream=b\n"
+                "2026-12-06T10:00:00.000001Z xc000001 S: 220 mx ESMTP\n"
+                "2026-12-06T10:00:00.000002Z xc000001 C: EHLO x\n"
+                "2026-12-06T10:00:00.000003Z xc000001 S: 250 mx\n"
+                "2026-12-06T10:00:00.000004Z xc000001 C: XCLIENT ADDR=10.0.0.1\n"
+                "2026-12-06T10:00:00.000005Z xc000001 C: xforward NAME=trusted.example\n"
+                "2026-12-06T10:00:00.000006Z xc000001 S: 220 mx ESMTP\n"
+                "2026-12-06T10:00:00.000007Z xc000001 S: 250 Ok\n"
+                "2026-12-06T10:00:00.000008Z xc000001 C: QUIT\n"
+                "2026-12-06T10:00:00.000009Z xc000001 S: 221 Bye\n"
+                "2026-12-06T10:00:00.000010Z xc000001 * close reason=quit\n")
+    rc, out, err = run(smtptap_bin, "replay", "--log-dir", d, "xc000001",
+                       "--to", "127.0.0.1:%d" % vsink.port)
+    vsink.wait_idle()
+    assert vsink.commands() == ["EHLO x", "QUIT"], out + err
+    assert rc == 0, out + err
+    assert "C: XCLIENT ADDR=10.0.0.1  (not sent: the proxy never relays a client's XCLIENT)" in out
+
+
+@pytest.mark.limit(30)
+def test_replay_sends_no_bdat_chunk_without_its_command(smtptap_bin, tap_factory, fake_server):
+    """The proxy answers the commands still pending itself when the server goes (421): a BDAT
+    so answered is not sent again, and neither is its chunk, which a server would read as
+    commands without it."""
+
+    def vanish(conn, line):
+        conn.read_exact(int(line.split()[1]))
+        conn.close()
+        return True
+
+    up = fake_server(harness.SmtpServerScript(chunking=True, hooks={"BDAT": vanish}), name="vanishing")
+    tap = tap_factory(up.port)
+    chunk = b"RSET\r\nNOOP smuggled\r\n"
+    c = harness.SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO x", 250)
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nBDAT %d LAST\r\n" % len(chunk)
+           + chunk)
+    assert [c.reply()[-1][:3] for _ in range(3)] == [b"250", b"250", b"421"]
+    sid = tap.wait_events(1)[-1]["session"]
+    assert tap.transcript().proxy_lines()[-1].startswith("421 ")
+    target = fake_server(harness.SmtpServerScript(chunking=True), name="replay-target")
+    rc, out, err = replay(smtptap_bin, tap, sid, target.port)
+    target.join()
+    assert [l.rstrip(b"\r\n") for l in target.wait_conn().commands] == [
+        b"EHLO x", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.org>"], out + err
+    assert rc == 0, out + err
+    assert "C: BDAT %d LAST  (not sent: the proxy answered it, P: 421" % len(chunk) in out

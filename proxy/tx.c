@@ -245,10 +245,17 @@ tx_refused(struct session *s, const struct smtp_command *cmd, int code)
 	int i;
 
 	if (cmd->verb == VERB_MAIL) {
-		tx_begin(s, cmd);
-		if (s->tx != NULL)
-			s->tx->mail_code = code;
-		s->tx = NULL;
+		/* The server never saw it: a transaction it has open goes on (and its limits). */
+		struct tx *open = s->tx;
+
+		if (s->ntx < TX_MAX_RECORDED) {
+			tx_begin(s, cmd);
+			if (s->tx != NULL)
+				s->tx->mail_code = code;
+		} else {
+			s->tx_unrecorded++; /* the spare may be the open one: left as it is */
+		}
+		s->tx = open;
 	} else if (cmd->verb == VERB_RCPT && (i = tx_rcpt(s, cmd)) >= 0) {
 		s->tx->rcpts[i].code = code;
 	}

@@ -8,6 +8,7 @@ Run with:  SMTPTAP=$PWD/build/smtptap python3 -m pytest -q tests/integration/tes
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -239,6 +240,38 @@ def test_relayed_message_over_max_message_ends_session(tap_factory, fake_server,
     assert c.closed_within(5)
     srv.join(5)
     assert delivered(srv) == []
+
+
+@pytest.mark.limit(60)
+def test_refused_nested_mail_keeps_the_open_transaction_and_its_limit(tap_factory, postfix,
+                                                                      workdir):
+    """MAIL and RCPT accepted, then a second MAIL that a rule refuses: Postfix never sees it,
+    so its transaction stays open and it answers DATA with 354.  The proxy's stays open too:
+    the message past --max-message gets 552 and Postfix never gets its end (the proxy once
+    took the refused MAIL for the end of its transaction and relayed the message unchecked);
+    the event has the refused MAIL and the open one with its recipient."""
+    pf, psink = postfix
+    tap = start_tap(tap_factory, workdir, pf.port,
+                    "sender /^evil@example\\.com$/ REJECT 550 5.7.1 evil refused\n",
+                    "--max-message", "2000")
+    c = SmtpClient(tap.port, timeout=20)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("MAIL FROM:<evil@example.com>", 550)
+    c.expect("DATA", 354)
+    c.send(HEAD + b"\r\n" + b"".join(b"line %04d %s\r\n" % (i, b"m" * 60) for i in range(80)))
+    r = c.reply()
+    assert r and r[-1].startswith(b"552 5.3.4"), r
+    assert c.closed_within(5)
+    time.sleep(0.5)
+    assert psink.count() == 0
+    ev = tap.event()
+    assert ev["reason"] == "message_too_big", ev
+    txs = [(t["mail_from"], t["mail_code"], [x["to"] for x in t["rcpt"]]) for t in ev["transactions"]]
+    assert sorted(txs) == [("<a@example.com>", 250, ["<b@example.net>"]),
+                           ("<evil@example.com>", 550, [])], txs
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,6 +90,30 @@ def test_show_layout_across_rollover_and_torn_lines(smtptap_bin, journal):
                         "kind": "C:", "text": "back\\\\slash \\x01"}
 
 
+def test_show_reads_no_legacy_transcript_outside_the_log_dir(smtptap_bin, journal, workdir):
+    """An event's legacy transcript name ("DAY/FILE", from before the journal) is read under
+    the log dir; one that leads out of it ("../outside/secret.log") is never opened: show
+    looks in the day files instead, finds nothing and says so."""
+    outside = os.path.join(workdir, "outside")
+    os.mkdir(outside)
+    legacy = os.path.join(journal, "2026-11-26")
+    os.mkdir(legacy)
+    record = "# client 10.1.1.1:1\n2026-11-26T10:37:28.123456Z %s C: %s\n"
+    with open(os.path.join(outside, "secret.log"), "w") as f:
+        f.write(record % ("eeee0005", "SECRET-LINE"))
+    with open(os.path.join(legacy, "103728.123456-3f9a1c.log"), "w") as f:
+        f.write(record % ("ffff0006", "LEGACY-LINE"))
+    with open(os.path.join(journal, "events.jsonl"), "w") as f:
+        for sid, name in (("eeee0005", "../outside/secret.log"),
+                          ("ffff0006", "2026-11-26/103728.123456-3f9a1c.log")):
+            f.write(json.dumps({"session": sid, "start": "2026-11-26T10:37:28.123456Z",
+                                "transcript": name, "reason": "quit"}) + "\n")
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", journal, "ffff0006")
+    assert rc == 0 and "C: LEGACY-LINE" in out, (rc, out, err)
+    rc, out, err = run(smtptap_bin, "show", "--log-dir", journal, "eeee0005")
+    assert rc == 1 and "SECRET-LINE" not in out, (rc, out, err)
+
+
 def test_show_unknown_session_and_missing_dir(smtptap_bin, journal, workdir):
     rc, out, err = run(smtptap_bin, "show", "--log-dir", journal, "nothere")
     assert rc == 1 and out == ""

@@ -20,7 +20,7 @@ enum {
 };
 
 int
-filter_parse_time(const char *s, time_t now, char out[32])
+filter_parse_time(const char *s, time_t now, char out[32], time_t *at)
 {
 	static const long unit_secs[] = {['s'] = 1, ['m'] = 60, ['h'] = 3600, ['d'] = 86400,
 	                                 ['w'] = 604800};
@@ -33,9 +33,13 @@ filter_parse_time(const char *s, time_t now, char out[32])
 	n = strtol(s, &end, 10);
 	if (end != s && n >= 0 && end[0] != '\0' && end[1] == '\0' && strchr("smhdw", end[0]) &&
 	    s[0] != '-' && s[0] != '+') {
-		t = now - (time_t)n * unit_secs[(unsigned char)end[0]];
+		/* Further back than the epoch is the epoch (n * unit would overflow first). */
+		t = n > now / unit_secs[(unsigned char)end[0]] ? 0
+		                                                 : now - (time_t)n * unit_secs[(unsigned char)end[0]];
 		gmtime_r(&t, &tm);
 		strftime(out, 32, "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
+		if (at != NULL)
+			*at = t;
 		return 0;
 	}
 	memset(&tm, 0, sizeof(tm));
@@ -58,6 +62,8 @@ filter_parse_time(const char *s, time_t now, char out[32])
 	if (*rest != '\0')
 		return -1;
 	strftime(out, 32, "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
+	if (at != NULL)
+		*at = timegm(&tm);
 	return 0;
 }
 
@@ -140,7 +146,8 @@ filter_option(struct tool_filter *f, int argc, char **argv, int *i, time_t now)
 		return 1;
 	case 4:
 	case 5:
-		if (filter_parse_time(v, now, k == 4 ? f->since : f->until) != 0)
+		if (filter_parse_time(v, now, k == 4 ? f->since : f->until,
+		                      k == 4 ? &f->since_at : NULL) != 0)
 			return filter_bad(opt, v, "not a time (ISO 8601 in UTC, or 30m, 2h, 1d, 1w)");
 		return 1;
 	case 6:

@@ -21,6 +21,7 @@ struct tool_filter {
 	int code;       /* 0: none; 100-599 exact; 1-5: a class ("5xx") */
 	char since[32]; /* record-time strings, compared as text; "" when not given */
 	char until[32];
+	time_t since_at; /* since as a time */
 	time_t now; /* what relative times count back from (filter_arg) */
 };
 
@@ -32,8 +33,11 @@ int filter_option(struct tool_filter *f, int argc, char **argv, int *i, time_t n
 /* filter_option as a tool's argument callback (tool_arg_fn): f is the filter, with its now. */
 int filter_arg(void *f, int argc, char **argv, int *i);
 
-/* Parses T (ISO 8601 in UTC, or "2h", "30m", "1d", "1w" before now) as a record time. */
-int filter_parse_time(const char *s, time_t now, char out[32]);
+/*
+ * Parses T (ISO 8601 in UTC, or "2h", "30m", "1d", "1w" before now) as a record time, and
+ * into *at unless NULL.
+ */
+int filter_parse_time(const char *s, time_t now, char out[32], time_t *at);
 
 /* Whether the client "ADDR:PORT" or "[ADDR]:PORT" (or a bare address) is in the filter's net. */
 int filter_client_matches(const struct tool_filter *f, const char *client);

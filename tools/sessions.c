@@ -1,8 +1,8 @@
 /*
  * smtptap sessions [filters] [--json]: one line per matching session, from the events file.
  * With --since the file is read backwards from its end and stops at the first session that
- * ended before that time (events are written as sessions end), so that a years-long file is
- * not read whole.
+ * ended well before that time (events are written as sessions end), so that a years-long file
+ * is not read whole.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,10 +28,14 @@ static const char sessions_usage[] =
     "  --code 550|5xx       a MAIL, RCPT or final reply code, exactly or by class\n"
     "  --rule NAME          a rule that hit (FILE:LINE, FILE, or its base name)\n";
 
+/* How far out of order of end times the events file may be (sessions_stop_at). */
+#define SESSIONS_DISORDER_SECS 60
+
 struct sessions {
 	struct tool_filter f;
 	int json;
 	int backward;
+	char stop[32]; /* backwards: no event ending before this is read */
 	char **found; /* backwards: printed at the end, oldest first */
 	size_t nfound, capfound;
 	int failed;
@@ -81,6 +85,21 @@ sessions_line(json_t *ev)
 	return buf;
 }
 
+/*
+ * Where the backward read stops: events ending SESSIONS_DISORDER_SECS before --since.  Each
+ * worker writes its events in batches (at least once a second), so the file is in order of
+ * end times only within a worker: across workers a later end may come before an earlier one.
+ */
+static void
+sessions_stop_at(struct sessions *s)
+{
+	time_t t = s->f.since_at > SESSIONS_DISORDER_SECS ? s->f.since_at - SESSIONS_DISORDER_SECS : 0;
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(s->stop, sizeof(s->stop), "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
+}
+
 /* Keeps one output line (backwards: to print in order at the end). */
 static void
 sessions_emit(struct sessions *s, char *out)
@@ -119,7 +138,7 @@ sessions_cb(const char *line, size_t n, void *arg)
 		return 0;
 	}
 	end = json_string_value(json_object_get(ev, "end"));
-	if (s->backward && end != NULL && strcmp(end, s->f.since) < 0) {
+	if (s->backward && end != NULL && strcmp(end, s->stop) < 0) {
 		json_decref(ev);
 		return 1; /* every earlier event ended earlier still */
 	}
@@ -161,6 +180,7 @@ tool_sessions_main(int argc, char **argv)
 		return rc;
 	tool_common_finish(&c);
 	s.backward = s.f.since[0] != '\0';
+	sessions_stop_at(&s);
 	rc = s.backward ? events_backward(c.events, sessions_cb, &s)
 	                : events_forward(c.events, sessions_cb, &s);
 	while (s.nfound > 0) {

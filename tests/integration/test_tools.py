@@ -288,6 +288,30 @@ def test_sessions_filters(smtptap_bin, events50, args, want):
     assert ids(out) == want
 
 
+def test_sessions_since_reads_past_events_of_two_workers_out_of_order(smtptap_bin, workdir):
+    """Each worker writes its events in batches, so in the file a session that ended later can
+    come before one that ended earlier.  --since reads backwards and stops only at an event
+    that ended a minute before it: s1 (started 10:00:01, written first by one worker) is
+    found behind s2 (ended 09:59:59.9, written last by the other), which once stopped the
+    read.  An event that ended well before --since (s0, 09:55) still ends the read: what lies
+    behind it (s0000009, whose start says 10:30) is never read."""
+    path = os.path.join(workdir, "events-2w.jsonl")
+    evs = [make_event(0), make_event(1), make_event(2)]
+    evs[0].update(start="2026-12-06T09:50:00.000000Z", end="2026-12-06T09:55:00.000000Z",
+                  reason="quit")
+    evs[1].update(start="2026-12-06T10:00:01.000000Z", end="2026-12-06T10:00:02.000000Z")
+    evs[2].update(start="2026-12-06T09:59:58.000000Z", end="2026-12-06T09:59:59.900000Z")
+    with open(path, "w") as f:
+        f.write(json.dumps(evs[0]) + "\n")
+        f.write(json.dumps(dict(evs[0], session="s0000009",
+                                start="2026-12-06T10:30:00.000000Z")) + "\n")  # out of any order
+        f.write(json.dumps(evs[0]) + "\n")
+        f.write(json.dumps(evs[1]) + "\n" + json.dumps(evs[2]) + "\n")
+    rc, out, err = run(smtptap_bin, "sessions", "--events", path, "--since", "2026-12-06T10:00")
+    assert rc == 0, err
+    assert ids(out) == [1], out
+
+
 def test_sessions_line_and_json(smtptap_bin, events50):
     rc, out, err = run(smtptap_bin, "sessions", "--events", events50, "--client", "10.0.0.0")
     assert out == ("2026-12-06T10:00:00.000000Z s0000000 client=10.0.0.0:40000 helo=<h0> user=alice "

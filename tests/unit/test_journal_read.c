@@ -126,7 +126,10 @@ test_filter_values(void **state)
 	assert_false(filter_code_matches(&f, 450));
 	assert_string_equal(f.since, "1970-01-02T22:00:00.000000Z");
 	assert_string_equal(f.until, "2026-12-06T10:30:00.000000Z");
-	assert_int_equal(filter_parse_time("yesterday", 0, ts), -1);
+	assert_int_equal(filter_parse_time("yesterday", 0, ts, NULL), -1);
+	/* Further back than the epoch: the epoch, not an overflow. */
+	assert_int_equal(filter_parse_time("99999999999999999d", 86400, ts, NULL), 0);
+	assert_string_equal(ts, "1970-01-01T00:00:00.000000Z");
 	assert_true(filter_address_matches("Alice@Example.com", "<alice@example.com> SIZE=10"));
 	assert_true(filter_address_matches("@example.com", "<alice@EXAMPLE.com>"));
 	assert_false(filter_address_matches("@example.com", "<alice@notexample.com>"));

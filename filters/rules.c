@@ -430,6 +430,16 @@ pattern_warn(struct loader *ld, const struct pattern *pat)
 	        ld->file, ld->lineno, pat->from[at] + 1);
 }
 
+/* Whether a compiled pattern is UTF but would fail on a subject that is not valid UTF-8. */
+static int
+pattern_utf_strict(const pcre2_code *code)
+{
+	uint32_t opts = 0;
+
+	return pcre2_pattern_info(code, PCRE2_INFO_ALLOPTIONS, &opts) == 0 &&
+	       (opts & PCRE2_UTF) && !(opts & PCRE2_MATCH_INVALID_UTF);
+}
+
 /* Compiles the pattern, reporting PCRE2's message at the column of its error offset. */
 static pcre2_code *
 pattern_compile(struct loader *ld, const struct pattern *pat, uint32_t opts)
@@ -441,6 +451,14 @@ pattern_compile(struct loader *ld, const struct pattern *pat, uint32_t opts)
 	int err;
 
 	code = pcre2_compile((PCRE2_SPTR)pat->text, pat->len, opts, &err, &erroff, ld->cctx);
+	if (code != NULL && pattern_utf_strict(code)) {
+		/* "(*UTF)" in the pattern: as the u flag, or every mail that is not valid UTF-8
+		 * would fail the rule (451), WARN rules included. */
+		pcre2_code_free(code);
+		code = pcre2_compile((PCRE2_SPTR)pat->text, pat->len,
+		                     opts | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &err, &erroff,
+		                     ld->cctx);
+	}
 	if (code == NULL) {
 		pcre2_get_error_message(err, msg, sizeof(msg));
 		if (erroff > pat->len)
@@ -1331,6 +1349,26 @@ pcre2_reason(int rc)
 }
 
 /*
+ * A rule that could not be evaluated (a PCRE2 limit, say).  On a client's line (commands,
+ * headers, body) it fails closed: the line is refused with a temporary failure, since
+ * skipping the rule would let an allow-list (`mail !/.../ REJECT`) pass what it was meant to
+ * stop.  On a server's line (banner, reply, capability) there is nothing to refuse: the rule
+ * is skipped, and recorded as failed either way.
+ */
+static int
+rule_failed(struct rule_outcome *out, const struct rule *r, int rc)
+{
+	if (!(SCOPE_BIT(r->scope) & (SCOPES_COMMANDS | SCOPES_MESSAGE)))
+		return outcome_hit(out, r, r->action, pcre2_reason(rc), 1, out->line, out->len);
+	if (outcome_hit(out, r, r->action, pcre2_reason(rc), 1, out->line, out->len) == -1)
+		return -1;
+	out->verdict = ACT_REJECT;
+	out->reply = RULES_TEMPFAIL_REPLY;
+	out->tempfail = 1;
+	return 1;
+}
+
+/*
  * Substitutes the match of r in the current line (after skip octets, kept as they are) into
  * the buffer the line is not in; the match data already holds the first match.
  */
@@ -1358,8 +1396,8 @@ rule_rewrite(const struct ruleset *rs, const struct rule *r, size_t skip, struct
 			return -1;
 		opts &= ~PCRE2_SUBSTITUTE_MATCHED;
 	}
-	if (rc < 0)
-		return outcome_hit(out, r, ACT_REWRITE, pcre2_reason(rc), 1, before, beforelen);
+	if (rc < 0) /* a limit met part way: as for any match, fail closed on a client's line */
+		return rule_failed(out, r, rc);
 	if (skip > 0)
 		memcpy(out->buf[k], before, skip);
 	out->line = out->buf[k];
@@ -1434,26 +1472,6 @@ rule_eval_table(const struct rule *r, struct rule_outcome *out)
 		out->reply = text;
 	out->verdict = act;
 	return outcome_hit(out, r, act, text, 0, out->line, out->len) == -1 ? -1 : 1;
-}
-
-/*
- * A rule that could not be evaluated (a PCRE2 limit, say).  On a client's line (commands,
- * headers, body) it fails closed: the line is refused with a temporary failure, since
- * skipping the rule would let an allow-list (`mail !/.../ REJECT`) pass what it was meant to
- * stop.  On a server's line (banner, reply, capability) there is nothing to refuse: the rule
- * is skipped, and recorded as failed either way.
- */
-static int
-rule_failed(struct rule_outcome *out, const struct rule *r, int rc)
-{
-	if (!(SCOPE_BIT(r->scope) & (SCOPES_COMMANDS | SCOPES_MESSAGE)))
-		return outcome_hit(out, r, r->action, pcre2_reason(rc), 1, out->line, out->len);
-	if (outcome_hit(out, r, r->action, pcre2_reason(rc), 1, out->line, out->len) == -1)
-		return -1;
-	out->verdict = ACT_REJECT;
-	out->reply = RULES_TEMPFAIL_REPLY;
-	out->tempfail = 1;
-	return 1;
 }
 
 /* Tries one rule on the current line: 1 when the evaluation ends, 0 to go on, -1 on ENOMEM. */

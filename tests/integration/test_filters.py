@@ -17,6 +17,7 @@ import pytest
 
 import harness
 from harness import SmtpClient, SmtpServerScript, dot_stuff, sink_form
+import filter_peers
 from filter_peers import (BAD, POLICIES, ehlo_reply_from_swaks,
                           event_rules, held_tmpfiles, rule_line, run_smtptap, swaks,
                           trial_blocks, transcript, wait_stderr, write_rules)
@@ -1364,6 +1365,54 @@ def test_match_limit_hit_is_a_temporary_failure(tap_factory, vsink, workdir):
     assert log.count("could not be evaluated") == 1, log  # once per session
     ev = tap.event()
     assert ev["warnings"] >= 3, ev
+
+
+@pytest.mark.limit(30)
+def test_rewrite_that_meets_the_match_limit_fails_closed(tap_factory, vsink, workdir):
+    """A /g REWRITE whose later match meets PCRE2's match limit: the line is not sent on
+    unrewritten (it once was, with "secret-bravo" in clear and the message delivered, while a
+    plain match at the limit answers 451): the message is refused 451 4.3.0 and never
+    delivered, and the rule is recorded as failed."""
+    tap, path = start_tap(tap_factory, workdir, vsink.port,
+                          'body /secret-\\w+|(x+x+)+y/g REWRITE "[redacted]"')
+    c = SmtpClient(tap.port)
+    c.reply()
+    for cmd in ("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>"):
+        assert code_of(c.cmd(cmd)) == 250
+    assert code_of(c.cmd("DATA")) == 354
+    c.send(b"Subject: t\r\n\r\nfine secret-alpha here\r\nleak secret-bravo " + b"x" * 40 +
+           b"\r\n.\r\n")
+    r = c.reply()
+    assert r[-1].startswith(b"451 4.3.0 "), r
+    c.close()
+    t = transcript(tap)
+    failed = [h for h in hits_for(t, path) if h.failed]
+    assert len(failed) == 1, t.rule_hits()
+    assert vsink.count() == 0
+
+
+@pytest.mark.limit(30)
+def test_utf_verb_in_a_pattern_takes_invalid_utf8_as_the_u_flag_does(tap_factory, vsink, workdir):
+    """"(*UTF)" written in a pattern instead of the u flag: a Latin-1 body line (not valid
+    UTF-8) is not a rule failure (it once answered 451 to every such message, WARN rules
+    included); the rule still matches the UTF-8 text it was written for."""
+    tap, path = start_tap(tap_factory, workdir, vsink.port,
+                          "body /(*UTF)caf\\x{e9} secret/ WARN utf8 secret")
+    for line, warned in ((b"caf\xe9 secret, in Latin-1", False),
+                         (b"caf\xc3\xa9 secret, in UTF-8", True)):
+        c = SmtpClient(tap.port)
+        c.reply()
+        for cmd in ("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>"):
+            assert code_of(c.cmd(cmd)) == 250
+        assert code_of(c.cmd("DATA")) == 354
+        c.send(b"Subject: t\r\n\r\n" + line + b"\r\n.\r\n")
+        assert code_of(c.reply()) == 250, line
+        assert code_of(c.cmd("QUIT")) == 221
+        c.close()
+    t = tap.wait_transcripts(2, cls=filter_peers.Transcript)
+    hits = [h for tr in t for h in hits_for(tr, path)]
+    assert [(h.failed, h.orig) for h in hits] == [(False, "café secret, in UTF-8")], hits
+    assert vsink.count() == 2
 
 
 @pytest.mark.limit(20)

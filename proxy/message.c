@@ -302,6 +302,45 @@ message_out_lines(struct session *s, const unsigned char *text, size_t len)
 	} while (off < len);
 }
 
+/*
+ * A header as the rules left it, written as one header field whatever the rewrite made of
+ * its folding: an empty physical line would end the header section there (the rest of the
+ * header going out as body, past the body rules), and a later line without leading white
+ * space would start a field of its own.  Such lines are dropped, or folded with a space.
+ */
+static void
+message_out_header(struct session *s, const unsigned char *text, size_t len)
+{
+	size_t off = 0, n;
+	struct smtp_line l;
+	int mended = 0;
+	unsigned char *folded;
+
+	do {
+		smtp_line_cut_any(text + off, len - off, &l);
+		n = smtp_line_text(&l);
+		if (n == 0) {
+			mended = 1;
+		} else if (off > 0 && l.data[0] != ' ' && l.data[0] != '\t') {
+			mended = 1;
+			if ((folded = malloc(n + 1)) == NULL) {
+				session_close(s, "error");
+				return;
+			}
+			folded[0] = ' ';
+			memcpy(folded + 1, l.data, n);
+			message_out_line(s, folded, n + 1);
+			free(folded);
+		} else {
+			message_out_line(s, l.data, n);
+		}
+		off += l.len;
+	} while (off < len);
+	if (mended)
+		session_warn(s, "a rewritten header kept as one field: empty lines dropped, "
+		                "lines without leading white space folded");
+}
+
 /* A REJECT or DISCONNECT from a header or body rule: remembered for the end of data. */
 static void
 message_refuse(struct session *s, int verdict)
@@ -345,7 +384,10 @@ message_filter(struct session *s, enum rule_scope scope, const unsigned char *li
 		session_warn(s, "a header rewritten to nothing was removed");
 		return;
 	}
-	message_out_lines(s, s->outcome.line, s->outcome.len);
+	if (scope == SCOPE_HEADER && s->outcome.rewritten)
+		message_out_header(s, s->outcome.line, s->outcome.len);
+	else
+		message_out_lines(s, s->outcome.line, s->outcome.len);
 }
 
 /* The header gathered so far (its physical lines un-stuffed, breaks kept) goes through. */

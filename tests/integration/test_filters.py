@@ -1368,6 +1368,36 @@ def test_match_limit_hit_is_a_temporary_failure(tap_factory, vsink, workdir):
 
 
 @pytest.mark.limit(30)
+def test_header_rewrite_stays_one_header_field(tap_factory, fake_server, workdir):
+    """A header REWRITE that empties one physical line of a folded header, or leaves one without
+    its leading white space: the header stays one field.  The empty line once went out as it
+    was, ending the header section there, so the later headers reached the server as body,
+    unseen by the body rules ("X-Note: confidential" passed a body REJECT rule that way)."""
+    srv = fake_server(SmtpServerScript())
+    tap, path = start_tap(tap_factory, workdir, srv.port,
+                          'header /^\\s+by internal\\.example.*$/m REWRITE ""\n'
+                          'header /^\\s+(via .*)$/m REWRITE "$1"')
+    c = SmtpClient(tap.port)
+    c.reply()
+    for cmd in ("EHLO client.example", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>"):
+        assert code_of(c.cmd(cmd)) == 250
+    assert code_of(c.cmd("DATA")) == 354
+    c.send(b"Received: from a.example\r\n\tby internal.example (Postfix)\r\n\tfor <b@example.net>\r\n"
+           b"X-Relay: one\r\n\tvia relay.example\r\n"
+           b"X-Note: confidential\r\n\r\nhello\r\n.\r\n")
+    assert code_of(c.reply()) == 250
+    assert code_of(c.cmd("QUIT")) == 221
+    c.close()
+    srv.join()
+    (m,) = [m for conn in srv.conns for m in conn.messages]
+    assert m["data"] == (b"Received: from a.example\r\n\tfor <b@example.net>\r\n"
+                         b"X-Relay: one\r\n via relay.example\r\n"
+                         b"X-Note: confidential\r\n\r\nhello\r\n.\r\n"), m["data"]
+    t = transcript(tap)
+    assert sum(e.startswith("warning a rewritten header kept as one field") for e in t.events()) == 2
+
+
+@pytest.mark.limit(30)
 def test_rewrite_that_meets_the_match_limit_fails_closed(tap_factory, vsink, workdir):
     """A /g REWRITE whose later match meets PCRE2's match limit: the line is not sent on
     unrewritten (it once was, with "secret-bravo" in clear and the message delivered, while a

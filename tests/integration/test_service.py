@@ -349,7 +349,7 @@ def test_systemd_unit_verifies(smtptap_bin, workdir):
         unit = f.read()
     for key in ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "NoNewPrivileges=yes",
                 "ProtectSystem=strict", "ReadWritePaths=/var/log/smtptap", "PrivateTmp=yes",
-                "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+                "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
                 "CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID"]:
         assert key in unit, key
     # Verified with the binary under test in place of /usr/sbin/smtptap (not installed here).
@@ -357,6 +357,42 @@ def test_systemd_unit_verifies(smtptap_bin, workdir):
     write(path, unit.replace("/usr/sbin/smtptap", smtptap_bin))
     r = subprocess.run([analyze, "verify", "--man=no", path], capture_output=True, timeout=30)
     assert r.returncode == 0 and r.stderr.decode().strip() == "", r.stderr.decode()
+
+
+def unit_setting(key):
+    with open(os.path.join(harness.REPO, "dist", "smtptap.service")) as f:
+        (value,) = [l.split("=", 1)[1].strip() for l in f if l.startswith(key + "=")]
+    return value
+
+
+@pytest.mark.skipif(not harness.IS_ROOT, reason="starting as root under the unit's capabilities")
+@pytest.mark.limit(40)
+def test_unit_capabilities_start_the_packaged_layout(smtptap_bin, workdir, sink, procs):
+    """Root with no capability but the unit's CapabilityBoundingSet (setpriv), the log dir as
+    the package's postinst leaves it (0750, owned by the user smtptap runs as; nobody here):
+    ExecStartPre's --check-config passes and ExecStart starts and relays.  Without
+    CAP_DAC_OVERRIDE root could not open that directory: the packaged service never started."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv not installed (package util-linux)")
+    caps = ",".join(["-all"] + ["+" + c[4:].lower()
+                                for c in unit_setting("CapabilityBoundingSet").split()])
+    logs = os.path.join(workdir, "logs")
+    os.mkdir(logs, 0o750)
+    shutil.chown(logs, "nobody", "nogroup")
+    os.chmod(logs, 0o750)
+    port = harness.free_port()
+    conf = write(os.path.join(workdir, "s.conf"),
+                 "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nuser nobody\nworkers 1\n"
+                 % (port, sink.port, logs))
+    r = subprocess.run([setpriv, "--bounding-set", caps, smtptap_bin, "--check-config", "--config",
+                        conf], capture_output=True, timeout=20)
+    assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    p = start(setpriv, workdir, procs, ["--bounding-set", caps, smtptap_bin, "--config", conf],
+              port)
+    deliver(port)
+    sink.wait_messages(1)
+    p.wait_stderr("running as nobody")
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
  * The --test-rules mode: replay a recorded transcript through the rules.  The scopes of each
  * line are inferred the way the proxy tracks a session: commands by verb, the message between
  * a 354 and its ".", headers up to the first empty line (folded ones joined), the first reply
- * as the banner, the lines after the first of an EHLO reply as capabilities.
+ * as the banner, the lines after the first of an EHLO reply as capabilities.  BDAT content
+ * (after its "* bdat chunk octets=N" record) is N octets of no lines: no rule sees it.
  */
 #include "filters/trial.h"
 
@@ -48,6 +49,7 @@ struct trial {
 	const char *msg_reply; /* a header or body rule refused the message */
 	int pending[TRIAL_PENDING]; /* enum smtp_verb, or TRIAL_OWN */
 	int phead, pcount;
+	unsigned long long chunk_left; /* octets of BDAT content still to come */
 
 	/* Server side. */
 	int greeted;
@@ -350,6 +352,8 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 		trial_pop(t);
 		return;
 	}
+	if (t->chunk_left > 0 && t->pcount == 1 && trial_peek(t) == VERB_BDAT)
+		t->chunk_left = 0; /* the reply to the chunk's BDAT: its content was not recorded */
 	if (n >= 3 && memcmp(p, "334", 3) == 0) {
 		t->sasl = 1;
 		return;
@@ -395,6 +399,22 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 	return 0;
 }
 
+/*
+ * A record of BDAT content: opaque octets, as to the proxy (no command, header or body rule).
+ * Counted off the chunk: the record's text, and the CRLF it was recorded without when the
+ * chunk still holds one (a record cut at the chunk's end has no line end; a bare LF is in
+ * the text).
+ */
+static void
+trial_chunk(struct trial *t, const unsigned char *p, size_t n)
+{
+	unsigned long long octets = n;
+
+	if ((n == 0 || p[n - 1] != '\n') && octets + 2 <= t->chunk_left)
+		octets += 2;
+	t->chunk_left -= octets < t->chunk_left ? octets : t->chunk_left;
+}
+
 /* Handles the logical line assembled so far, once no further "+" piece can follow. */
 static int
 trial_flush(struct trial *t)
@@ -407,6 +427,10 @@ trial_flush(struct trial *t)
 	if (kind == 0)
 		return 0;
 	/* A line that ended in a bare LF carries it; the rules see the line without it. */
+	if (kind == 'C' && t->chunk_left > 0) {
+		trial_chunk(t, p, n);
+		return 0;
+	}
 	if (n > 0 && p[n - 1] == '\n')
 		n--;
 	if (kind == 'C')
@@ -420,12 +444,35 @@ trial_flush(struct trial *t)
 
 
 /*
+ * "bdat chunk octets=N": the BDAT command is whole (a "C+" after this record is content
+ * continuing a line of the chunk before), and N octets of content follow.
+ */
+static int
+trial_bdat(struct trial *t, const unsigned char *p, size_t n)
+{
+	char num[24];
+
+	if (trial_flush(t) == -1)
+		return -1;
+	snprintf(num, sizeof(num), "%.*s", (int)(n < 20 ? n : 20), p);
+	t->chunk_left = strtoull(num, NULL, 10);
+	if (t->chunk_left > 0 &&
+	    (rules_has_scope(t->rs, SCOPE_HEADER) || rules_has_scope(t->rs, SCOPE_BODY)))
+		printf("%s:%lu: BDAT: refused 502 by the proxy under header or body rules, which "
+		       "can't see chunks\n",
+		       t->name, t->lineno);
+	return 0;
+}
+
+/*
  * An event record: "connect client=ADDR:PORT ..." runs the client rules on "ADDR unknown", as
- * the proxy does at connect; other events are skipped.
+ * the proxy does at connect; "bdat chunk" starts BDAT content; other events are skipped.
  */
 static int
 trial_event(struct trial *t, const unsigned char *p, size_t n)
 {
+	static const char bdat[] = "bdat chunk octets=";
+
 	static const enum rule_scope scope = SCOPE_CLIENT;
 	static const char pre[] = "connect client=";
 	const unsigned char *a, *end;
@@ -437,6 +484,8 @@ trial_event(struct trial *t, const unsigned char *p, size_t n)
 		p++;
 		n--;
 	}
+	if (n > sizeof(bdat) - 1 && memcmp(p, bdat, sizeof(bdat) - 1) == 0)
+		return trial_bdat(t, p + sizeof(bdat) - 1, n - (sizeof(bdat) - 1));
 	if (n < sizeof(pre) - 1 || memcmp(p, pre, sizeof(pre) - 1) != 0 ||
 	    !rules_has_scope(t->rs, SCOPE_CLIENT))
 		return 0;

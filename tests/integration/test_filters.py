@@ -1514,6 +1514,54 @@ def test_test_rules_splits_the_verb_as_the_proxy(tap_factory, vsink, workdir, sm
     assert "1 rule hit" in out, out
 
 
+def trial_hit_lines(out):
+    """The transcript lines --test-rules shows a rule acting on, without "FILE:LINE: C: "."""
+    lines = [re.match(r".*?:\d+: [CS]: (.*)$", line) for line, hits in trial_blocks(out) if hits]
+    return [m.group(1) for m in lines if m]
+
+
+def live_hit_lines(t):
+    """The lines the live proxy's rules acted on, from its "* rule" records."""
+    return [h.orig for h in t.rule_hits()]
+
+
+# Pipelined with the BDAT commands: a chunk cut mid-line (its rest is the next chunk's "C+"),
+# lines that read as commands (VRFY, a rule hit if they were; DATA, MAIL, whose replies would
+# be awaited) and a bare LF.
+BDAT_TRIAL_CHUNK1 = b"Subject: t\r\n\r\nVRFY root\r\nDATA\nMAIL FROM:<c@example.org>\r\nVRFY ha"
+BDAT_TRIAL_CHUNK2 = b"lf a line\r\nVRFY again\r\n"
+
+
+@pytest.mark.limit(60)
+def test_test_rules_skips_bdat_content(tap_factory, postfix, workdir, smtptap_bin):
+    """BDAT content is octets, not commands, to the proxy: --test-rules shows no command rule
+    on it, and still sees the commands after it (the VRFY the proxy refused)."""
+    pf, psink = postfix
+    tap, path = start_tap(tap_factory, workdir, pf.port,
+                          "command /^VRFY\\b/i REJECT 502 5.5.1 Command disabled\n"
+                          "command /^(DATA|MAIL)\\b/i WARN\n")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    assert b"250 CHUNKING\r\n" in c.cmd("EHLO client.example")
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
+           b"BDAT %d\r\n" % len(BDAT_TRIAL_CHUNK1) + BDAT_TRIAL_CHUNK1 +
+           b"BDAT %d LAST\r\n" % len(BDAT_TRIAL_CHUNK2) + BDAT_TRIAL_CHUNK2)
+    assert [code_of(c.reply()) for _ in range(4)] == [250] * 4
+    assert code_of(c.cmd("VRFY bob")) == 502
+    c.expect("QUIT", 221)
+    (m,) = psink.wait_messages(1, timeout=10)
+    assert b"VRFY root" in m.content and b"VRFY again" in m.content
+    t = transcript(tap)
+    assert "C+ lf a line" in t.text, "the chunk cut mid-line is not what this test is about:\n%s" % t
+    live = live_hit_lines(t)
+    assert live == ["MAIL FROM:<a@example.com>", "VRFY bob"], t.text
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert trial_hit_lines(out) == live, out
+    assert "2 rule hits" in out, out
+
+
 @pytest.mark.limit(20)
 def test_test_rules_exit_codes(smtptap_bin, workdir):
     tr = os.path.join(workdir, "t.log")

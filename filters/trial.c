@@ -14,6 +14,7 @@
 #include <strings.h>
 
 #include "smtp/address.h"
+#include "smtp/ehlo.h"
 #include "filters/rules.h"
 #include "filters/scopes.h"
 #include "logs/escape.h"
@@ -56,6 +57,8 @@ struct trial {
 	int in_reply; /* inside a multi-line reply */
 	int reply_is_ehlo;
 	int reply_lines, reply_ignored;
+	unsigned caps_before, caps_after; /* of trial_caps[], in the EHLO reply so far */
+	unsigned caps_hidden; /* offered by the server and removed by a capability rule */
 
 	unsigned long ntried, nhits;
 	unsigned long serial; /* the session's number, for the per-rule summary */
@@ -179,6 +182,47 @@ trial_report(struct trial *t, int v, unsigned long at, const char *kind, const u
 	return v;
 }
 
+/* The extensions the proxy refuses a client once a capability rule removed them (reply_edit.c). */
+static const struct {
+	enum smtp_verb verb;
+	const char *keyword;
+} trial_caps[] = {
+    {VERB_STARTTLS, "STARTTLS"},
+    {VERB_AUTH, "AUTH"},
+    {VERB_BDAT, "CHUNKING"},
+};
+
+/* The extensions of trial_caps that one line of an EHLO reply offers. */
+static unsigned
+trial_caps_of(const unsigned char *p, size_t n)
+{
+	unsigned bits = 0;
+	size_t i;
+
+	for (i = 0; i < sizeof(trial_caps) / sizeof(trial_caps[0]); i++)
+		if (ehlo_line_is(p, n, trial_caps[i].keyword))
+			bits |= 1u << i;
+	return bits;
+}
+
+/*
+ * Whether the proxy answers a command itself before any rule sees it (client.c): a line with
+ * a NUL (500), a client's XCLIENT/XFORWARD/PROXY (550), a command whose extension a
+ * capability rule removed (502).
+ */
+static int
+trial_answered_locally(const struct trial *t, const unsigned char *p, size_t n, int verb)
+{
+	size_t i;
+
+	if (memchr(p, '\0', n) != NULL || smtp_verb_info(verb)->handler == SMTP_HANDLE_REFUSE)
+		return 1;
+	for (i = 0; i < sizeof(trial_caps) / sizeof(trial_caps[0]); i++)
+		if ((int)trial_caps[i].verb == verb && (t->caps_hidden & (1u << i)))
+			return 1;
+	return 0;
+}
+
 static void
 trial_push(struct trial *t, int verb)
 {
@@ -246,6 +290,10 @@ trial_command(struct trial *t, const unsigned char *p, size_t n)
 	int verb, v;
 
 	verb = trial_command_scopes(p, n, scopes, &seen);
+	if (trial_answered_locally(t, p, n, verb)) {
+		trial_push(t, VERB_UNKNOWN); /* its reply is the proxy's "P:" */
+		return 0;
+	}
 	trial_push(t, verb);
 	smtp_parse_command(p, n, &cmd);
 	if ((verb == VERB_MAIL || verb == VERB_RCPT) && cmd.arg != NULL) {
@@ -344,6 +392,8 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 		       "warning\n",
 		       t->name, t->line_at);
 	t->in_reply = 0;
+	if (t->reply_is_ehlo)
+		t->caps_hidden = t->caps_before & ~t->caps_after;
 	if (!t->greeted) {
 		t->greeted = 1;
 		return;
@@ -379,6 +429,7 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 		t->reply_is_ehlo = t->greeted &&
 		                   (trial_peek(t) == VERB_EHLO || trial_peek(t) == VERB_LHLO) &&
 		                   n >= 3 && memcmp(p, "250", 3) == 0;
+		t->caps_before = t->caps_after = 0;
 	}
 	/* The reply to our own command upstream never reached the client: no rule saw it. */
 	if (t->greeted && trial_peek(t) == TRIAL_OWN)
@@ -393,6 +444,12 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 		t->reply_lines++;
 		if (v == ACT_IGNORE)
 			t->reply_ignored++;
+		if (scopes[0] == SCOPE_CAPABILITY) {
+			t->caps_before |= trial_caps_of(p, n);
+			if (v != ACT_IGNORE)
+				t->caps_after |= t->out.rewritten ? trial_caps_of(t->out.line, t->out.len)
+				                                  : trial_caps_of(p, n);
+		}
 	}
 	if (n < 4 || p[3] != '-')
 		trial_reply_end(t, p, n);

@@ -1562,6 +1562,34 @@ def test_test_rules_skips_bdat_content(tap_factory, postfix, workdir, smtptap_bi
     assert "2 rule hits" in out, out
 
 
+@pytest.mark.limit(40)
+def test_test_rules_skips_commands_the_proxy_answers_itself(tap_factory, sink, workdir,
+                                                            smtptap_bin):
+    """A client's XCLIENT (550), a command with a NUL (500) and an AUTH after a capability
+    rule removed AUTH (502) are answered by the proxy before any rule: --test-rules shows no
+    rule on them either, only on the commands the rules saw."""
+    tap, path = start_tap(tap_factory, workdir, sink.port,
+                          "capability /^AUTH\\b/i IGNORE\n"
+                          "command /./ WARN\n")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert code_of(r) == 250 and not [l for l in r if l[4:8].upper() == b"AUTH"], r
+    assert code_of(c.cmd("XCLIENT ADDR=192.0.2.1")) == 550
+    assert code_of(c.cmd(b"NOOP\x00 junk")) == 500
+    assert code_of(c.cmd("AUTH PLAIN AGFAYg==")) == 502
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    t = transcript(tap)
+    assert "C: XCLIENT ADDR=192.0.2.1" in t.text and "C: NOOP\\x00 junk" in t.text, t.text
+    live = live_hit_lines(t)
+    assert [l for l in live if not l.startswith("250")] == ["EHLO client.example", "NOOP", "QUIT"], t.text
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert trial_hit_lines(out) == live, out
+
+
 @pytest.mark.limit(20)
 def test_test_rules_exit_codes(smtptap_bin, workdir):
     tr = os.path.join(workdir, "t.log")

@@ -48,6 +48,9 @@ struct trial {
 	struct bytes header;
 	unsigned long header_at;
 	const char *msg_reply; /* a header or body rule refused the message */
+	int line_bare;    /* the line being handled ended in a bare LF (or CR, split at it) */
+	int after_bare;   /* the last content line did: a "." now is content, not the end */
+	int bare_split;   /* the proxy warned of a bare line end: it splits lines at a bare CR */
 	int pending[TRIAL_PENDING]; /* enum smtp_verb, or TRIAL_OWN */
 	int phead, pcount;
 	unsigned long long chunk_left; /* octets of BDAT content still to come */
@@ -333,11 +336,24 @@ trial_header_flush(struct trial *t)
 	return rc;
 }
 
-/* A line of the message: a header (folded ones joined with their CRLF) or a body line. */
+/*
+ * A line of the message: a header (folded ones joined with their CRLF) or a body line, as
+ * the rules see it (message_unstuff): without any line end, and without a stuffing dot.  The
+ * end of data is only <CRLF>.<CRLF>: a "." after a bare line end, or ending bare, is content.
+ */
 static int
 trial_message(struct trial *t, const unsigned char *p, size_t n)
 {
-	if (n == 1 && p[0] == '.') {
+	int eod = n == 1 && p[0] == '.' && !t->line_bare && !t->after_bare;
+
+	t->after_bare = t->line_bare;
+	while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n'))
+		n--;
+	if (n > 1 && p[0] == '.') {
+		p++;
+		n--;
+	}
+	if (eod) {
 		if (trial_header_flush(t) == -1)
 			return -1;
 		if (t->msg_reply != NULL)
@@ -361,11 +377,6 @@ trial_message(struct trial *t, const unsigned char *p, size_t n)
 		}
 		t->header_at = t->line_at;
 		return bytes_put(&t->header, p, n);
-	}
-	/* Rules see the body line with its dot-stuffing removed. */
-	if (n > 0 && p[0] == '.') {
-		p++;
-		n--;
 	}
 	return trial_content(t, SCOPE_BODY, t->line_at, p, n);
 }
@@ -410,6 +421,7 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 	}
 	if (n >= 3 && memcmp(p, "354", 3) == 0) {
 		t->mode = MODE_HEADER;
+		t->after_bare = 0;
 		t->header.len = 0;
 		t->msg_reply = NULL;
 	}
@@ -488,6 +500,7 @@ trial_flush(struct trial *t)
 		trial_chunk(t, p, n);
 		return 0;
 	}
+	t->line_bare = n > 0 && (p[n - 1] == '\n' || (p[n - 1] == '\r' && t->bare_split));
 	if (n > 0 && p[n - 1] == '\n')
 		n--;
 	if (kind == 'C')
@@ -529,6 +542,7 @@ static int
 trial_event(struct trial *t, const unsigned char *p, size_t n)
 {
 	static const char bdat[] = "bdat chunk octets=";
+	static const char bare[] = "warning bare CR or LF in message content";
 
 	static const enum rule_scope scope = SCOPE_CLIENT;
 	static const char pre[] = "connect client=";
@@ -543,6 +557,8 @@ trial_event(struct trial *t, const unsigned char *p, size_t n)
 	}
 	if (n > sizeof(bdat) - 1 && memcmp(p, bdat, sizeof(bdat) - 1) == 0)
 		return trial_bdat(t, p + sizeof(bdat) - 1, n - (sizeof(bdat) - 1));
+	if (n >= sizeof(bare) - 1 && memcmp(p, bare, sizeof(bare) - 1) == 0)
+		t->bare_split = 1; /* --bare-newline normalize: a CR ending a record ended a line */
 	if (n < sizeof(pre) - 1 || memcmp(p, pre, sizeof(pre) - 1) != 0 ||
 	    !rules_has_scope(t->rs, SCOPE_CLIENT))
 		return 0;

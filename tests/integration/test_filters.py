@@ -1590,6 +1590,34 @@ def test_test_rules_skips_commands_the_proxy_answers_itself(tap_factory, sink, w
     assert trial_hit_lines(out) == live, out
 
 
+@pytest.mark.limit(40)
+def test_test_rules_reads_message_lines_as_the_proxy(tap_factory, sink, workdir, smtptap_bin):
+    """Header lines are un-stuffed too (a header ".X-Dot" is sent "..X-Dot"), and a "." after
+    a bare LF is content, not the end of data: --test-rules shows the hits the proxy made."""
+    tap, path = start_tap(tap_factory, workdir, sink.port,
+                          "header /^\\.X-Dot:/ WARN\n"
+                          "header /^\\.\\./ WARN\n"
+                          "body /^(\\.|after)$/ WARN\n"
+                          "command /^NOOP/ WARN\n")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: t\r\n..X-Dot: yes\r\n\r\nbody\n.\r\nafter\r\n.\r\n")
+    assert code_of(c.reply()) == 250
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    t = transcript(tap)
+    live = live_hit_lines(t)
+    assert live == [".X-Dot: yes", ".", "after", "NOOP"], t.text
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert trial_hit_lines(out) == live, out
+
+
 @pytest.mark.limit(20)
 def test_test_rules_exit_codes(smtptap_bin, workdir):
     tr = os.path.join(workdir, "t.log")

@@ -2,7 +2,8 @@
  * The --test-rules mode: replay a recorded transcript through the rules.  The scopes of each
  * line are inferred the way the proxy tracks a session: commands by verb, the message between
  * a 354 and its ".", headers up to the first empty line (folded ones joined), the first reply
- * as the banner, the lines after the first of an EHLO reply as capabilities.
+ * as the banner, the lines after the first of an EHLO reply as capabilities.  BDAT content
+ * (after its "* bdat chunk octets=N" record) is N octets of no lines: no rule sees it.
  */
 #include "filters/trial.h"
 
@@ -13,6 +14,7 @@
 #include <strings.h>
 
 #include "smtp/address.h"
+#include "smtp/ehlo.h"
 #include "filters/rules.h"
 #include "filters/scopes.h"
 #include "logs/escape.h"
@@ -46,14 +48,20 @@ struct trial {
 	struct bytes header;
 	unsigned long header_at;
 	const char *msg_reply; /* a header or body rule refused the message */
+	int line_bare;    /* the line being handled ended in a bare LF (or CR, split at it) */
+	int after_bare;   /* the last content line did: a "." now is content, not the end */
+	int bare_split;   /* the proxy warned of a bare line end: it splits lines at a bare CR */
 	int pending[TRIAL_PENDING]; /* enum smtp_verb, or TRIAL_OWN */
 	int phead, pcount;
+	unsigned long long chunk_left; /* octets of BDAT content still to come */
 
 	/* Server side. */
 	int greeted;
 	int in_reply; /* inside a multi-line reply */
 	int reply_is_ehlo;
 	int reply_lines, reply_ignored;
+	unsigned caps_before, caps_after; /* of trial_caps[], in the EHLO reply so far */
+	unsigned caps_hidden; /* offered by the server and removed by a capability rule */
 
 	unsigned long ntried, nhits;
 	unsigned long serial; /* the session's number, for the per-rule summary */
@@ -177,6 +185,47 @@ trial_report(struct trial *t, int v, unsigned long at, const char *kind, const u
 	return v;
 }
 
+/* The extensions the proxy refuses a client once a capability rule removed them (reply_edit.c). */
+static const struct {
+	enum smtp_verb verb;
+	const char *keyword;
+} trial_caps[] = {
+    {VERB_STARTTLS, "STARTTLS"},
+    {VERB_AUTH, "AUTH"},
+    {VERB_BDAT, "CHUNKING"},
+};
+
+/* The extensions of trial_caps that one line of an EHLO reply offers. */
+static unsigned
+trial_caps_of(const unsigned char *p, size_t n)
+{
+	unsigned bits = 0;
+	size_t i;
+
+	for (i = 0; i < sizeof(trial_caps) / sizeof(trial_caps[0]); i++)
+		if (ehlo_line_is(p, n, trial_caps[i].keyword))
+			bits |= 1u << i;
+	return bits;
+}
+
+/*
+ * Whether the proxy answers a command itself before any rule sees it (client.c): a line with
+ * a NUL (500), a client's XCLIENT/XFORWARD/PROXY (550), a command whose extension a
+ * capability rule removed (502).
+ */
+static int
+trial_answered_locally(const struct trial *t, const unsigned char *p, size_t n, int verb)
+{
+	size_t i;
+
+	if (memchr(p, '\0', n) != NULL || smtp_verb_info(verb)->handler == SMTP_HANDLE_REFUSE)
+		return 1;
+	for (i = 0; i < sizeof(trial_caps) / sizeof(trial_caps[0]); i++)
+		if ((int)trial_caps[i].verb == verb && (t->caps_hidden & (1u << i)))
+			return 1;
+	return 0;
+}
+
 static void
 trial_push(struct trial *t, int verb)
 {
@@ -244,6 +293,10 @@ trial_command(struct trial *t, const unsigned char *p, size_t n)
 	int verb, v;
 
 	verb = trial_command_scopes(p, n, scopes, &seen);
+	if (trial_answered_locally(t, p, n, verb)) {
+		trial_push(t, VERB_UNKNOWN); /* its reply is the proxy's "P:" */
+		return 0;
+	}
 	trial_push(t, verb);
 	smtp_parse_command(p, n, &cmd);
 	if ((verb == VERB_MAIL || verb == VERB_RCPT) && cmd.arg != NULL) {
@@ -283,11 +336,24 @@ trial_header_flush(struct trial *t)
 	return rc;
 }
 
-/* A line of the message: a header (folded ones joined with their CRLF) or a body line. */
+/*
+ * A line of the message: a header (folded ones joined with their CRLF) or a body line, as
+ * the rules see it (message_unstuff): without any line end, and without a stuffing dot.  The
+ * end of data is only <CRLF>.<CRLF>: a "." after a bare line end, or ending bare, is content.
+ */
 static int
 trial_message(struct trial *t, const unsigned char *p, size_t n)
 {
-	if (n == 1 && p[0] == '.') {
+	int eod = n == 1 && p[0] == '.' && !t->line_bare && !t->after_bare;
+
+	t->after_bare = t->line_bare;
+	while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n'))
+		n--;
+	if (n > 1 && p[0] == '.') {
+		p++;
+		n--;
+	}
+	if (eod) {
 		if (trial_header_flush(t) == -1)
 			return -1;
 		if (t->msg_reply != NULL)
@@ -311,11 +377,6 @@ trial_message(struct trial *t, const unsigned char *p, size_t n)
 		}
 		t->header_at = t->line_at;
 		return bytes_put(&t->header, p, n);
-	}
-	/* Rules see the body line with its dot-stuffing removed. */
-	if (n > 0 && p[0] == '.') {
-		p++;
-		n--;
 	}
 	return trial_content(t, SCOPE_BODY, t->line_at, p, n);
 }
@@ -342,6 +403,8 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 		       "warning\n",
 		       t->name, t->line_at);
 	t->in_reply = 0;
+	if (t->reply_is_ehlo)
+		t->caps_hidden = t->caps_before & ~t->caps_after;
 	if (!t->greeted) {
 		t->greeted = 1;
 		return;
@@ -350,12 +413,15 @@ trial_reply_end(struct trial *t, const unsigned char *p, size_t n)
 		trial_pop(t);
 		return;
 	}
+	if (t->chunk_left > 0 && t->pcount == 1 && trial_peek(t) == VERB_BDAT)
+		t->chunk_left = 0; /* the reply to the chunk's BDAT: its content was not recorded */
 	if (n >= 3 && memcmp(p, "334", 3) == 0) {
 		t->sasl = 1;
 		return;
 	}
 	if (n >= 3 && memcmp(p, "354", 3) == 0) {
 		t->mode = MODE_HEADER;
+		t->after_bare = 0;
 		t->header.len = 0;
 		t->msg_reply = NULL;
 	}
@@ -375,6 +441,7 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 		t->reply_is_ehlo = t->greeted &&
 		                   (trial_peek(t) == VERB_EHLO || trial_peek(t) == VERB_LHLO) &&
 		                   n >= 3 && memcmp(p, "250", 3) == 0;
+		t->caps_before = t->caps_after = 0;
 	}
 	/* The reply to our own command upstream never reached the client: no rule saw it. */
 	if (t->greeted && trial_peek(t) == TRIAL_OWN)
@@ -389,10 +456,32 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 		t->reply_lines++;
 		if (v == ACT_IGNORE)
 			t->reply_ignored++;
+		if (scopes[0] == SCOPE_CAPABILITY) {
+			t->caps_before |= trial_caps_of(p, n);
+			if (v != ACT_IGNORE)
+				t->caps_after |= t->out.rewritten ? trial_caps_of(t->out.line, t->out.len)
+				                                  : trial_caps_of(p, n);
+		}
 	}
 	if (n < 4 || p[3] != '-')
 		trial_reply_end(t, p, n);
 	return 0;
+}
+
+/*
+ * A record of BDAT content: opaque octets, as to the proxy (no command, header or body rule).
+ * Counted off the chunk: the record's text, and the CRLF it was recorded without when the
+ * chunk still holds one (a record cut at the chunk's end has no line end; a bare LF is in
+ * the text).
+ */
+static void
+trial_chunk(struct trial *t, const unsigned char *p, size_t n)
+{
+	unsigned long long octets = n;
+
+	if ((n == 0 || p[n - 1] != '\n') && octets + 2 <= t->chunk_left)
+		octets += 2;
+	t->chunk_left -= octets < t->chunk_left ? octets : t->chunk_left;
 }
 
 /* Handles the logical line assembled so far, once no further "+" piece can follow. */
@@ -407,6 +496,11 @@ trial_flush(struct trial *t)
 	if (kind == 0)
 		return 0;
 	/* A line that ended in a bare LF carries it; the rules see the line without it. */
+	if (kind == 'C' && t->chunk_left > 0) {
+		trial_chunk(t, p, n);
+		return 0;
+	}
+	t->line_bare = n > 0 && (p[n - 1] == '\n' || (p[n - 1] == '\r' && t->bare_split));
 	if (n > 0 && p[n - 1] == '\n')
 		n--;
 	if (kind == 'C')
@@ -420,12 +514,36 @@ trial_flush(struct trial *t)
 
 
 /*
+ * "bdat chunk octets=N": the BDAT command is whole (a "C+" after this record is content
+ * continuing a line of the chunk before), and N octets of content follow.
+ */
+static int
+trial_bdat(struct trial *t, const unsigned char *p, size_t n)
+{
+	char num[24];
+
+	if (trial_flush(t) == -1)
+		return -1;
+	snprintf(num, sizeof(num), "%.*s", (int)(n < 20 ? n : 20), p);
+	t->chunk_left = strtoull(num, NULL, 10);
+	if (t->chunk_left > 0 &&
+	    (rules_has_scope(t->rs, SCOPE_HEADER) || rules_has_scope(t->rs, SCOPE_BODY)))
+		printf("%s:%lu: BDAT: refused 502 by the proxy under header or body rules, which "
+		       "can't see chunks\n",
+		       t->name, t->lineno);
+	return 0;
+}
+
+/*
  * An event record: "connect client=ADDR:PORT ..." runs the client rules on "ADDR unknown", as
- * the proxy does at connect; other events are skipped.
+ * the proxy does at connect; "bdat chunk" starts BDAT content; other events are skipped.
  */
 static int
 trial_event(struct trial *t, const unsigned char *p, size_t n)
 {
+	static const char bdat[] = "bdat chunk octets=";
+	static const char bare[] = "warning bare CR or LF in message content";
+
 	static const enum rule_scope scope = SCOPE_CLIENT;
 	static const char pre[] = "connect client=";
 	const unsigned char *a, *end;
@@ -437,6 +555,10 @@ trial_event(struct trial *t, const unsigned char *p, size_t n)
 		p++;
 		n--;
 	}
+	if (n > sizeof(bdat) - 1 && memcmp(p, bdat, sizeof(bdat) - 1) == 0)
+		return trial_bdat(t, p + sizeof(bdat) - 1, n - (sizeof(bdat) - 1));
+	if (n >= sizeof(bare) - 1 && memcmp(p, bare, sizeof(bare) - 1) == 0)
+		t->bare_split = 1; /* --bare-newline normalize: a CR ending a record ended a line */
 	if (n < sizeof(pre) - 1 || memcmp(p, pre, sizeof(pre) - 1) != 0 ||
 	    !rules_has_scope(t->rs, SCOPE_CLIENT))
 		return 0;

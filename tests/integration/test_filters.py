@@ -1593,6 +1593,110 @@ def test_test_rules_splits_the_verb_as_the_proxy(tap_factory, vsink, workdir, sm
     assert "1 rule hit" in out, out
 
 
+def trial_hit_lines(out):
+    """The transcript lines --test-rules shows a rule acting on, without "FILE:LINE: C: "."""
+    lines = [re.match(r".*?:\d+: [CS]: (.*)$", line) for line, hits in trial_blocks(out) if hits]
+    return [m.group(1) for m in lines if m]
+
+
+def live_hit_lines(t):
+    """The lines the live proxy's rules acted on, from its "* rule" records."""
+    return [h.orig for h in t.rule_hits()]
+
+
+# Pipelined with the BDAT commands: a chunk cut mid-line (its rest is the next chunk's "C+"),
+# lines that read as commands (VRFY, a rule hit if they were; DATA, MAIL, whose replies would
+# be awaited) and a bare LF.
+BDAT_TRIAL_CHUNK1 = b"Subject: t\r\n\r\nVRFY root\r\nDATA\nMAIL FROM:<c@example.org>\r\nVRFY ha"
+BDAT_TRIAL_CHUNK2 = b"lf a line\r\nVRFY again\r\n"
+
+
+@pytest.mark.limit(60)
+def test_test_rules_skips_bdat_content(tap_factory, postfix, workdir, smtptap_bin):
+    """BDAT content is octets, not commands, to the proxy: --test-rules shows no command rule
+    on it, and still sees the commands after it (the VRFY the proxy refused)."""
+    pf, psink = postfix
+    tap, path = start_tap(tap_factory, workdir, pf.port,
+                          "command /^VRFY\\b/i REJECT 502 5.5.1 Command disabled\n"
+                          "command /^(DATA|MAIL)\\b/i WARN\n")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    assert b"250 CHUNKING\r\n" in c.cmd("EHLO client.example")
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\n"
+           b"BDAT %d\r\n" % len(BDAT_TRIAL_CHUNK1) + BDAT_TRIAL_CHUNK1 +
+           b"BDAT %d LAST\r\n" % len(BDAT_TRIAL_CHUNK2) + BDAT_TRIAL_CHUNK2)
+    assert [code_of(c.reply()) for _ in range(4)] == [250] * 4
+    assert code_of(c.cmd("VRFY bob")) == 502
+    c.expect("QUIT", 221)
+    (m,) = psink.wait_messages(1, timeout=10)
+    assert b"VRFY root" in m.content and b"VRFY again" in m.content
+    t = transcript(tap)
+    assert "C+ lf a line" in t.text, "the chunk cut mid-line is not what this test is about:\n%s" % t
+    live = live_hit_lines(t)
+    assert live == ["MAIL FROM:<a@example.com>", "VRFY bob"], t.text
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert trial_hit_lines(out) == live, out
+    assert "2 rule hits" in out, out
+
+
+@pytest.mark.limit(40)
+def test_test_rules_skips_commands_the_proxy_answers_itself(tap_factory, sink, workdir,
+                                                            smtptap_bin):
+    """A client's XCLIENT (550), a command with a NUL (500) and an AUTH after a capability
+    rule removed AUTH (502) are answered by the proxy before any rule: --test-rules shows no
+    rule on them either, only on the commands the rules saw."""
+    tap, path = start_tap(tap_factory, workdir, sink.port,
+                          "capability /^AUTH\\b/i IGNORE\n"
+                          "command /./ WARN\n")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    r = c.cmd("EHLO client.example")
+    assert code_of(r) == 250 and not [l for l in r if l[4:8].upper() == b"AUTH"], r
+    assert code_of(c.cmd("XCLIENT ADDR=192.0.2.1")) == 550
+    assert code_of(c.cmd(b"NOOP\x00 junk")) == 500
+    assert code_of(c.cmd("AUTH PLAIN AGFAYg==")) == 502
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    t = transcript(tap)
+    assert "C: XCLIENT ADDR=192.0.2.1" in t.text and "C: NOOP\\x00 junk" in t.text, t.text
+    live = live_hit_lines(t)
+    assert [l for l in live if not l.startswith("250")] == ["EHLO client.example", "NOOP", "QUIT"], t.text
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert trial_hit_lines(out) == live, out
+
+
+@pytest.mark.limit(40)
+def test_test_rules_reads_message_lines_as_the_proxy(tap_factory, sink, workdir, smtptap_bin):
+    """Header lines are un-stuffed too (a header ".X-Dot" is sent "..X-Dot"), and a "." after
+    a bare LF is content, not the end of data: --test-rules shows the hits the proxy made."""
+    tap, path = start_tap(tap_factory, workdir, sink.port,
+                          "header /^\\.X-Dot:/ WARN\n"
+                          "header /^\\.\\./ WARN\n"
+                          "body /^(\\.|after)$/ WARN\n"
+                          "command /^NOOP/ WARN\n")
+    c = SmtpClient(tap.port)
+    assert c.code() == 220
+    c.expect("EHLO client.example", 250)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    c.expect("RCPT TO:<b@example.net>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: t\r\n..X-Dot: yes\r\n\r\nbody\n.\r\nafter\r\n.\r\n")
+    assert code_of(c.reply()) == 250
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    t = transcript(tap)
+    live = live_hit_lines(t)
+    assert live == [".X-Dot: yes", ".", "after", "NOOP"], t.text
+    r = run_smtptap(smtptap_bin, ["--test-rules", path, "--transcript", t.path])
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert trial_hit_lines(out) == live, out
+
+
 @pytest.mark.limit(20)
 def test_test_rules_exit_codes(smtptap_bin, workdir):
     tr = os.path.join(workdir, "t.log")

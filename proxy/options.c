@@ -860,6 +860,7 @@ options_check_mode(int argc, char **argv, struct options *o)
 }
 
 static int options_errors;
+static int options_running; /* options_rebuild: a process that runs already */
 
 /*
  * Applies one option; a problem is written and counted, and parsing goes on.  (The arguments
@@ -952,7 +953,7 @@ options_finish(struct options *o)
 		return;
 	}
 	options_jmp = &jb;
-	if (!o->check_config)
+	if (!o->check_config && !options_running)
 		options_user(o); /* an unknown user stops smtptap before anything is bound */
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
@@ -1025,6 +1026,17 @@ options_build(int argc, char **argv, struct options *o, FILE *err)
 		options_finish(o);
 	options_err = NULL;
 	return options_errors;
+}
+
+int
+options_rebuild(int argc, char **argv, struct options *o, FILE *err)
+{
+	int n;
+
+	options_running = 1;
+	n = options_build(argc, argv, o, err);
+	options_running = 0;
+	return n;
 }
 
 void

@@ -1,6 +1,8 @@
 /* Re-reading --config on SIGHUP (see reload.h). */
 #include "proxy/reload.h"
 
+#include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,9 +113,28 @@ reload_keep_restart_only(struct options *n, const struct options *o)
 	n->events_off = o->events_off;
 	keep_int(&n->no_transcripts, o->no_transcripts, "no-transcripts");
 	keep_string(&n->user, o->user, "user");
+	n->user_uid = o->user_uid;
+	n->user_gid = o->user_gid;
 	keep_int(&n->use_syslog, o->use_syslog, "syslog");
 	keep_string(&n->pid_file, o->pid_file, "pid-file");
 	keep_string(&n->metrics, o->metrics, "metrics");
+}
+
+/*
+ * A changed `user` waits for a restart, but a name that restart could not find is refused
+ * now, while the old configuration still runs (a reload never exits): -1, logged.
+ */
+static int
+reload_check_user(const struct options *n, const struct options *o)
+{
+	if (n->user == NULL || same(n->user, o->user))
+		return 0;
+	errno = 0;
+	if (getpwnam(n->user) != NULL)
+		return 0;
+	log_warnx("configuration reload: user %s: %s", n->user,
+	          errno != 0 ? strerror(errno) : "no such user");
+	return -1;
 }
 
 /* The rules of n, every error logged; NULL when any file is bad. */
@@ -147,10 +168,10 @@ reload_parse(const struct options *old)
 		free(n);
 		return NULL;
 	}
-	bad = options_build(reload_argc, reload_argv, n, mem);
+	bad = options_rebuild(reload_argc, reload_argv, n, mem);
 	fclose(mem);
 	reload_log_lines(errors, "");
-	if (bad > 0) {
+	if (bad > 0 || reload_check_user(n, old) != 0) {
 		options_free(n);
 		free(n);
 		return NULL;

@@ -440,6 +440,49 @@ def test_sighup_config_changes_upstream_and_log_level(smtptap_bin, workdir, sink
     assert "session=" not in p.stderr(), "info lines after log-level warning"
 
 
+def reload_and_wait(p, needle, workers):
+    """SIGHUP, then needle logged by every process that reloads (the supervisor and each
+    worker, or the one process)."""
+    count = p.stderr().count(needle)
+    want = count + (1 if workers == "1" else int(workers) + 1)
+    p.proc.send_signal(signal.SIGHUP)
+    harness.wait_until(lambda: p.stderr().count(needle) >= want, what=needle)
+
+
+@pytest.mark.limit(40)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_unknown_user_fails_the_reload_not_the_service(smtptap_bin, workdir, sink, procs,
+                                                              workers):
+    """`user` needs a restart: a name that can't be found fails the reload (it used to exit
+    the whole service, workers and open sessions with it); a known one is ignored until
+    restart."""
+    port = harness.free_port()
+    pidfile = os.path.join(workdir, "smtptap.pid")
+    conf = os.path.join(workdir, "u.conf")
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers %s\n" % (
+        port, sink.port, os.path.join(workdir, "logs"), workers)
+    write(conf, base)
+    p = start(smtptap_bin, workdir, procs, ["-c", conf, "--pid-file", pidfile], port)
+    before = SmtpClient(port)  # open across both reloads
+    assert before.code() == 220
+    write(conf, base + "user no-such-user-smtptap\n")
+    reload_and_wait(p, "keeping the old configuration", workers)
+    assert "user no-such-user-smtptap: no such user" in p.stderr()
+    assert "configuration reloaded" not in p.stderr()
+    assert p.alive() and os.path.exists(pidfile)
+    deliver(port)
+    sink.wait_messages(1)
+
+    write(conf, base + "user nobody\n")
+    reload_and_wait(p, "configuration reloaded", workers)
+    assert "user changed: ignored until restart" in p.stderr()
+    before.expect("EHLO x.example", 250)
+    before.transaction("<sender@example.com>", ["<r@example.org>"], b"Subject: t\r\n\r\nb\r\n")
+    before.expect("QUIT", 221)
+    sink.wait_messages(2)
+    assert p.alive()
+
+
 # --------------------------------------------------------------------------------------------
 # --log-level and the session line
 

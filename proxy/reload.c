@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "filters/rules.h"
 #include "logs/escape.h"
@@ -137,6 +139,42 @@ reload_check_user(const struct options *n, const struct options *o)
 	return -1;
 }
 
+/*
+ * upstream-mark as the process runs now (after --user, without CAP_NET_ADMIN): start-up's
+ * check (main.c), so that a mark that can't be set fails the reload, not every session.
+ */
+static int
+reload_check_mark(const struct options *n)
+{
+	unsigned mark = n->upstream_mark;
+	int fd, rc = 0;
+
+	if (mark == 0)
+		return 0;
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+		log_warn("configuration reload: upstream-mark: socket");
+		return -1;
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+		log_warn("configuration reload: upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)",
+		         mark, n->user != NULL ? ", which --user gives up" : "");
+		rc = -1;
+	}
+	close(fd);
+	return rc;
+}
+
+/* The new options with the running ones kept in them, checked together: -1, logged. */
+static int
+reload_check_kept(const struct options *n)
+{
+	if (n->nlisten_tls > 0 && n->tls_cert == NULL) {
+		log_warnx("configuration reload: listen-tls (kept until restart) needs tls-cert");
+		return -1;
+	}
+	return reload_check_mark(n);
+}
+
 /* The rules of n, every error logged; NULL when any file is bad. */
 static struct ruleset *
 reload_rules(const struct options *n)
@@ -177,8 +215,7 @@ reload_parse(const struct options *old)
 		return NULL;
 	}
 	reload_keep_restart_only(n, old);
-	if (n->nlisten_tls > 0 && n->tls_cert == NULL) {
-		log_warnx("configuration reload: listen-tls (kept until restart) needs tls-cert");
+	if (reload_check_kept(n) != 0) {
 		options_free(n);
 		free(n);
 		return NULL;

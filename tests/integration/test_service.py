@@ -483,6 +483,28 @@ def test_sighup_unknown_user_fails_the_reload_not_the_service(smtptap_bin, workd
     assert p.alive()
 
 
+@pytest.mark.limit(40)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_upstream_mark_checked_as_at_start(smtptap_bin, workdir, sink, procs, workers):
+    """SO_MARK needs CAP_NET_ADMIN, which the running process lacks (--user gave it up, or
+    it never had it): start-up refuses upstream-mark then, and so does a reload, keeping the
+    old configuration (it used to take it, and every session after failed with 421)."""
+    port = harness.free_port()
+    os.chmod(workdir, 0o755)  # --user's log directory is in it
+    conf = os.path.join(workdir, "m.conf")
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers %s\n%s" % (
+        port, sink.port, os.path.join(workdir, "logs"), workers,
+        "user nobody\n" if harness.IS_ROOT else "")
+    write(conf, base)
+    p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
+    write(conf, base + "upstream-mark 1\n")
+    reload_and_wait(p, "keeping the old configuration", workers)
+    assert "upstream-mark 1: SO_MARK (needs CAP_NET_ADMIN" in p.stderr()
+    assert "configuration reloaded" not in p.stderr()
+    deliver(port)
+    sink.wait_messages(1)
+
+
 # --------------------------------------------------------------------------------------------
 # --log-level and the session line
 

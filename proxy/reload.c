@@ -108,6 +108,7 @@ reload_keep_restart_only(struct options *n, const struct options *o)
 		ignored("workers");
 	n->workers = o->workers;
 	keep_string(&n->log_dir, o->log_dir, "log-dir");
+	keep_int(&n->keep_days, o->keep_days, "keep-days"); /* the journal took it at start */
 	/* o->events was filled in with the default path at start-up: compare what was given. */
 	if (n->events_off != o->events_off || (n->events != NULL && !same(n->events, o->events)))
 		ignored("events");

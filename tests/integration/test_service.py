@@ -505,6 +505,21 @@ def test_sighup_upstream_mark_checked_as_at_start(smtptap_bin, workdir, sink, pr
     sink.wait_messages(1)
 
 
+@pytest.mark.limit(30)
+def test_sighup_keep_days_needs_a_restart(smtptap_bin, workdir, sink, procs):
+    """The journal takes keep-days at start: a reload that changes it says it is ignored
+    (it used to say nothing, and nothing was pruned)."""
+    port = harness.free_port()
+    conf = os.path.join(workdir, "k.conf")
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers 1\n" % (
+        port, sink.port, os.path.join(workdir, "logs"))
+    write(conf, base)
+    p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
+    write(conf, base + "keep-days 1\n")
+    reload_and_wait(p, "configuration reloaded", "1")
+    assert "keep-days changed: ignored until restart" in p.stderr()
+
+
 # --------------------------------------------------------------------------------------------
 # --log-level and the session line
 

@@ -430,7 +430,7 @@ struct opt_row {
 	size_t field;                /* offsetof the value in struct options */
 	unsigned long long min, max; /* a number's range; a list's capacity (max) */
 	const char *const *words;    /* a word's choices, in the order of its enum */
-	size_t count;                /* offsetof a list's length */
+	size_t count;                /* offsetof a list's length; 0: not a list */
 };
 
 #define AT(f) offsetof(struct options, f)
@@ -735,7 +735,8 @@ static const struct opt_row opt_rows[] = {
     OWN(OPT_HELO_NAME, options_set_helo, "--helo-name", "expected a host name, not"),
     WORD(OPT_FORWARD_CLIENT, options_set_word, "--forward-client",
          "expected none, xclient, proxy-v1 or proxy-v2, not", forward_client, forward_words),
-    OWN(OPT_ACCEPT_PROXY, options_set_accept_proxy, "--accept-proxy", NULL),
+    LIST(OPT_ACCEPT_PROXY, options_set_accept_proxy, "--accept-proxy", "too many networks",
+         accept_proxy, naccept_proxy),
     /* Rules, the process, the service (issue 18). */
     LIST(OPT_RULES, options_set_list, "--rules", "too many rule files", rules, nrules),
     FLAG(OPT_CHECK_RULES, "--check-rules", check_rules),
@@ -923,8 +924,9 @@ options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 }
 
 /*
- * On the command line, the first --listen, --listen-tls or --rules empties the list the
- * file made: the command line's list replaces it rather than adding to it.
+ * On the command line, the first of a repeatable option (a row with a count: --listen,
+ * --listen-tls, --listen-transparent, --rules, --accept-proxy) empties the list the file
+ * made: the command line's list replaces it rather than adding to it.
  */
 static void
 options_cmdline_list(struct options *o, int ch, unsigned long long *seen)
@@ -932,7 +934,7 @@ options_cmdline_list(struct options *o, int ch, unsigned long long *seen)
 	const struct opt_row *row = options_row(ch);
 	unsigned long long bit;
 
-	if (row == NULL || (row->set != options_set_list && row->set != options_set_listen))
+	if (row == NULL || row->count == 0)
 		return;
 	bit = 1ULL << (row - opt_rows);
 	if (*seen & bit)

@@ -2,6 +2,7 @@
 systemd's notify protocol and unit, SIGHUP re-reading the file, the log level and the session
 line, make install."""
 
+import json
 import os
 import re
 import shutil
@@ -173,6 +174,51 @@ def test_command_line_overrides_file_and_replaces_repeatable_lists(smtptap_bin, 
     assert all(harness.port_refuses(p) for p in file_ports), "the file's listeners are open too"
     deliver(cli_port)  # the command line's upstream, not the file's port 1
     sink.wait_messages(1)
+
+
+@pytest.mark.limit(40)
+def test_command_line_replaces_every_list_of_the_file(smtptap_bin, workdir, sink, procs):
+    """--accept-proxy and --rules on the command line replace the file's lists, at start and
+    at each reload.  The file's accept-proxy 127.0.0.0/8 used to stay trusted next to the
+    command line's 10.9.9.9: any local client could claim any address with a PROXY header."""
+    port = harness.free_port()
+    logs = os.path.join(workdir, "logs")
+    rules_file = write(os.path.join(workdir, "f.rules"), "command /^NOOP/ REJECT 550 5.7.1 file\n")
+    rules_cli = write(os.path.join(workdir, "c.rules"), "command /^NOOP/ REJECT 550 5.7.1 cli\n")
+    conf = write(os.path.join(workdir, "l.conf"), (
+        "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers 1\n"
+        "accept-proxy 127.0.0.0/8\nrules %s\n") % (port, sink.port, logs, rules_file))
+    p = start(smtptap_bin, workdir, procs,
+              ["-c", conf, "--accept-proxy", "10.9.9.9", "--rules", rules_cli], port)
+
+    def check(n):
+        c = SmtpClient(port)
+        # From a balancer the header would be taken and the greeting follow; from 127.0.0.1,
+        # not listed now, the line is an ordinary client's command, refused.
+        c.send(b"PROXY TCP4 203.0.113.66 127.0.0.1 4444 25\r\nQUIT\r\n")
+        assert c.code() == 220
+        assert c.reply() == [b"550 5.7.0 Command not permitted\r\n"]
+        assert c.code() == 221
+        c = SmtpClient(port)
+        assert c.code() == 220
+        c.expect("EHLO x.example", 250)
+        assert c.cmd("NOOP")[0].startswith(b"550 5.7.1 cli")
+        c.expect("QUIT", 221)
+        harness.wait_until(lambda: len(events()) == 2 * n)
+        ev = events()[-2]
+        assert ev["client"].startswith("127.0.0.1:") and "via" not in ev, ev
+
+    def events():
+        path = os.path.join(logs, "events.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.endswith("\n")]
+
+    check(1)
+    p.proc.send_signal(signal.SIGHUP)  # the command line applies again over the file
+    p.wait_stderr("configuration reloaded")
+    check(2)
 
 
 # --------------------------------------------------------------------------------------------

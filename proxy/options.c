@@ -902,9 +902,34 @@ options_lookup(const char *name, int *has_arg)
 	return 0;
 }
 
+/*
+ * A setting of one value given again in the file: an error naming both lines, as nginx's
+ * "directive is duplicate" (the later line silently winning hides an edit gone wrong).  A
+ * repeatable one (a row with a count) adds to its list.  first[] holds a row's first line.
+ */
+static int
+options_file_duplicate(const struct config_entry *e, int ch, const struct config_entry **first,
+                       FILE *err)
+{
+	const struct opt_row *row = options_row(ch);
+	size_t i;
+
+	if (row == NULL || row->count != 0)
+		return 0;
+	i = (size_t)(row - opt_rows);
+	if (first[i] == NULL) {
+		first[i] = e;
+		return 0;
+	}
+	fprintf(err, "%s: %s: given twice (first at %s)\n", e->where, e->name, first[i]->where);
+	return 1;
+}
+
 static void
 options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 {
+	const struct config_entry *first[NELEM(opt_rows)] = {NULL};
+
 	for (size_t i = 0; i < cfg->n; i++) {
 		const struct config_entry *e = &cfg->entries[i];
 		int has_arg = 0, ch = options_lookup(e->name, &has_arg);
@@ -915,7 +940,7 @@ options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 			fprintf(err, "%s: %s: missing value\n", e->where, e->name);
 		else if (!has_arg && e->value != NULL)
 			fprintf(err, "%s: %s: takes no value, not '%s'\n", e->where, e->name, e->value);
-		else {
+		else if (!options_file_duplicate(e, ch, first, err)) {
 			options_try(o, ch, e->value, e->where);
 			continue;
 		}

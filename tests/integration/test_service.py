@@ -221,6 +221,36 @@ def test_command_line_replaces_every_list_of_the_file(smtptap_bin, workdir, sink
     check(2)
 
 
+@pytest.mark.limit(30)
+def test_config_setting_given_twice_is_an_error(smtptap_bin, workdir, sink, procs):
+    """A setting of one value given twice names both lines and fails the start (2), the
+    check (1) and a reload (it used to pass, the later line silently winning); a repeatable
+    one (listen) may be repeated."""
+    port, port2 = harness.free_port(), harness.free_port()
+    base = "listen 127.0.0.1:%d\nlisten 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\n" % (
+        port, port2, sink.port, os.path.join(workdir, "logs"))
+    dup = base + "upstream 192.0.2.1:25\nmax-line 2048\nno-transcripts\nmax-line 4096\n"
+    conf = write(os.path.join(workdir, "d.conf"), dup + "no-transcripts\n")
+    expected = ["d.conf:5: upstream: given twice (first at %s:3)" % conf,
+                "d.conf:8: max-line: given twice (first at %s:6)" % conf,
+                "d.conf:9: no-transcripts: given twice (first at %s:7)" % conf]
+    r = run(smtptap_bin, "-c", conf)
+    assert r.returncode == 2 and all(e in r.stderr.decode() for e in expected), r.stderr
+    r = run(smtptap_bin, "--check-config", "-c", conf)
+    assert r.returncode == 1 and all(e in r.stderr.decode() for e in expected), r.stderr
+    assert r.stdout.decode() == "configuration has 3 problems\n"
+    assert not harness.is_listening(port)
+
+    write(conf, base + "workers 1\n")
+    p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
+    write(conf, base + "workers 1\nmax-line 2048\nmax-line 4096\n")
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_stderr("keeping the old configuration")
+    assert "d.conf:7: max-line: given twice (first at %s:6)" % conf in p.stderr()
+    deliver(port2)
+    sink.wait_messages(1)
+
+
 # --------------------------------------------------------------------------------------------
 # --check-config
 

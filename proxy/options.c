@@ -430,7 +430,7 @@ struct opt_row {
 	size_t field;                /* offsetof the value in struct options */
 	unsigned long long min, max; /* a number's range; a list's capacity (max) */
 	const char *const *words;    /* a word's choices, in the order of its enum */
-	size_t count;                /* offsetof a list's length */
+	size_t count;                /* offsetof a list's length; 0: not a list */
 };
 
 #define AT(f) offsetof(struct options, f)
@@ -735,7 +735,8 @@ static const struct opt_row opt_rows[] = {
     OWN(OPT_HELO_NAME, options_set_helo, "--helo-name", "expected a host name, not"),
     WORD(OPT_FORWARD_CLIENT, options_set_word, "--forward-client",
          "expected none, xclient, proxy-v1 or proxy-v2, not", forward_client, forward_words),
-    OWN(OPT_ACCEPT_PROXY, options_set_accept_proxy, "--accept-proxy", NULL),
+    LIST(OPT_ACCEPT_PROXY, options_set_accept_proxy, "--accept-proxy", "too many networks",
+         accept_proxy, naccept_proxy),
     /* Rules, the process, the service (issue 18). */
     LIST(OPT_RULES, options_set_list, "--rules", "too many rule files", rules, nrules),
     FLAG(OPT_CHECK_RULES, "--check-rules", check_rules),
@@ -860,6 +861,7 @@ options_check_mode(int argc, char **argv, struct options *o)
 }
 
 static int options_errors;
+static int options_running; /* options_rebuild: a process that runs already */
 
 /*
  * Applies one option; a problem is written and counted, and parsing goes on.  (The arguments
@@ -900,9 +902,34 @@ options_lookup(const char *name, int *has_arg)
 	return 0;
 }
 
+/*
+ * A setting of one value given again in the file: an error naming both lines, as nginx's
+ * "directive is duplicate" (the later line silently winning hides an edit gone wrong).  A
+ * repeatable one (a row with a count) adds to its list.  first[] holds a row's first line.
+ */
+static int
+options_file_duplicate(const struct config_entry *e, int ch, const struct config_entry **first,
+                       FILE *err)
+{
+	const struct opt_row *row = options_row(ch);
+	size_t i;
+
+	if (row == NULL || row->count != 0)
+		return 0;
+	i = (size_t)(row - opt_rows);
+	if (first[i] == NULL) {
+		first[i] = e;
+		return 0;
+	}
+	fprintf(err, "%s: %s: given twice (first at %s)\n", e->where, e->name, first[i]->where);
+	return 1;
+}
+
 static void
 options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 {
+	const struct config_entry *first[NELEM(opt_rows)] = {NULL};
+
 	for (size_t i = 0; i < cfg->n; i++) {
 		const struct config_entry *e = &cfg->entries[i];
 		int has_arg = 0, ch = options_lookup(e->name, &has_arg);
@@ -913,7 +940,7 @@ options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 			fprintf(err, "%s: %s: missing value\n", e->where, e->name);
 		else if (!has_arg && e->value != NULL)
 			fprintf(err, "%s: %s: takes no value, not '%s'\n", e->where, e->name, e->value);
-		else {
+		else if (!options_file_duplicate(e, ch, first, err)) {
 			options_try(o, ch, e->value, e->where);
 			continue;
 		}
@@ -922,8 +949,9 @@ options_apply_file(struct options *o, const struct config *cfg, FILE *err)
 }
 
 /*
- * On the command line, the first --listen, --listen-tls or --rules empties the list the
- * file made: the command line's list replaces it rather than adding to it.
+ * On the command line, the first of a repeatable option (a row with a count: --listen,
+ * --listen-tls, --listen-transparent, --rules, --accept-proxy) empties the list the file
+ * made: the command line's list replaces it rather than adding to it.
  */
 static void
 options_cmdline_list(struct options *o, int ch, unsigned long long *seen)
@@ -931,7 +959,7 @@ options_cmdline_list(struct options *o, int ch, unsigned long long *seen)
 	const struct opt_row *row = options_row(ch);
 	unsigned long long bit;
 
-	if (row == NULL || (row->set != options_set_list && row->set != options_set_listen))
+	if (row == NULL || row->count == 0)
 		return;
 	bit = 1ULL << (row - opt_rows);
 	if (*seen & bit)
@@ -952,7 +980,7 @@ options_finish(struct options *o)
 		return;
 	}
 	options_jmp = &jb;
-	if (!o->check_config)
+	if (!o->check_config && !options_running)
 		options_user(o); /* an unknown user stops smtptap before anything is bound */
 	if (o->upstream == NULL)
 		options_die("--upstream", "required (HOST:PORT of the real server)", NULL);
@@ -1025,6 +1053,17 @@ options_build(int argc, char **argv, struct options *o, FILE *err)
 		options_finish(o);
 	options_err = NULL;
 	return options_errors;
+}
+
+int
+options_rebuild(int argc, char **argv, struct options *o, FILE *err)
+{
+	int n;
+
+	options_running = 1;
+	n = options_build(argc, argv, o, err);
+	options_running = 0;
+	return n;
 }
 
 void

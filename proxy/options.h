@@ -100,6 +100,11 @@ void options_parse(int argc, char **argv, struct options *opts);
  * `FILE:LINE: message`; returns how many there were.  --help and --version still exit.
  */
 int options_build(int argc, char **argv, struct options *opts, FILE *err);
+/*
+ * options_build for a process that runs already (SIGHUP): --user is not looked up, so that
+ * nothing exits; user_uid and user_gid stay 0 (reload.c looks a changed name up itself).
+ */
+int options_rebuild(int argc, char **argv, struct options *opts, FILE *err);
 /* Frees what options_build allocated (not opts itself). */
 void options_free(struct options *opts);
 

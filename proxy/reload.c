@@ -1,9 +1,13 @@
 /* Re-reading --config on SIGHUP (see reload.h). */
 #include "proxy/reload.h"
 
+#include <errno.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "filters/rules.h"
 #include "logs/escape.h"
@@ -104,6 +108,7 @@ reload_keep_restart_only(struct options *n, const struct options *o)
 		ignored("workers");
 	n->workers = o->workers;
 	keep_string(&n->log_dir, o->log_dir, "log-dir");
+	keep_int(&n->keep_days, o->keep_days, "keep-days"); /* the journal took it at start */
 	/* o->events was filled in with the default path at start-up: compare what was given. */
 	if (n->events_off != o->events_off || (n->events != NULL && !same(n->events, o->events)))
 		ignored("events");
@@ -111,9 +116,64 @@ reload_keep_restart_only(struct options *n, const struct options *o)
 	n->events_off = o->events_off;
 	keep_int(&n->no_transcripts, o->no_transcripts, "no-transcripts");
 	keep_string(&n->user, o->user, "user");
+	n->user_uid = o->user_uid;
+	n->user_gid = o->user_gid;
 	keep_int(&n->use_syslog, o->use_syslog, "syslog");
 	keep_string(&n->pid_file, o->pid_file, "pid-file");
 	keep_string(&n->metrics, o->metrics, "metrics");
+}
+
+/*
+ * A changed `user` waits for a restart, but a name that restart could not find is refused
+ * now, while the old configuration still runs (a reload never exits): -1, logged.
+ */
+static int
+reload_check_user(const struct options *n, const struct options *o)
+{
+	if (n->user == NULL || same(n->user, o->user))
+		return 0;
+	errno = 0;
+	if (getpwnam(n->user) != NULL)
+		return 0;
+	log_warnx("configuration reload: user %s: %s", n->user,
+	          errno != 0 ? strerror(errno) : "no such user");
+	return -1;
+}
+
+/*
+ * upstream-mark as the process runs now (after --user, without CAP_NET_ADMIN): start-up's
+ * check (main.c), so that a mark that can't be set fails the reload, not every session.
+ */
+static int
+reload_check_mark(const struct options *n)
+{
+	unsigned mark = n->upstream_mark;
+	int fd, rc = 0;
+
+	if (mark == 0)
+		return 0;
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+		log_warn("configuration reload: upstream-mark: socket");
+		return -1;
+	}
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+		log_warn("configuration reload: upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)",
+		         mark, n->user != NULL ? ", which --user gives up" : "");
+		rc = -1;
+	}
+	close(fd);
+	return rc;
+}
+
+/* The new options with the running ones kept in them, checked together: -1, logged. */
+static int
+reload_check_kept(const struct options *n)
+{
+	if (n->nlisten_tls > 0 && n->tls_cert == NULL) {
+		log_warnx("configuration reload: listen-tls (kept until restart) needs tls-cert");
+		return -1;
+	}
+	return reload_check_mark(n);
 }
 
 /* The rules of n, every error logged; NULL when any file is bad. */
@@ -147,17 +207,16 @@ reload_parse(const struct options *old)
 		free(n);
 		return NULL;
 	}
-	bad = options_build(reload_argc, reload_argv, n, mem);
+	bad = options_rebuild(reload_argc, reload_argv, n, mem);
 	fclose(mem);
 	reload_log_lines(errors, "");
-	if (bad > 0) {
+	if (bad > 0 || reload_check_user(n, old) != 0) {
 		options_free(n);
 		free(n);
 		return NULL;
 	}
 	reload_keep_restart_only(n, old);
-	if (n->nlisten_tls > 0 && n->tls_cert == NULL) {
-		log_warnx("configuration reload: listen-tls (kept until restart) needs tls-cert");
+	if (reload_check_kept(n) != 0) {
 		options_free(n);
 		free(n);
 		return NULL;

@@ -11,7 +11,7 @@ void reload_init(int argc, char **argv);
  * valid and the rules and TLS contexts load, puts the new settings in force for sessions
  * that start from now on, all together.  A problem anywhere keeps the whole old
  * configuration (and is logged).  Settings only a restart can change (listeners, workers,
- * log directory, events file, user, ...) keep their old values, with a line saying so.
+ * log directory, keep-days, events file, user, ...) keep their old values, with a line saying so.
  * Returns 0 when the new configuration is in force.
  */
 int reload_config(struct proxy *px);

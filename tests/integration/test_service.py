@@ -2,6 +2,7 @@
 systemd's notify protocol and unit, SIGHUP re-reading the file, the log level and the session
 line, make install."""
 
+import json
 import os
 import re
 import shutil
@@ -172,6 +173,81 @@ def test_command_line_overrides_file_and_replaces_repeatable_lists(smtptap_bin, 
            "127.0.0.1:%d" % sink.port], cli_port)
     assert all(harness.port_refuses(p) for p in file_ports), "the file's listeners are open too"
     deliver(cli_port)  # the command line's upstream, not the file's port 1
+    sink.wait_messages(1)
+
+
+@pytest.mark.limit(40)
+def test_command_line_replaces_every_list_of_the_file(smtptap_bin, workdir, sink, procs):
+    """--accept-proxy and --rules on the command line replace the file's lists, at start and
+    at each reload.  The file's accept-proxy 127.0.0.0/8 used to stay trusted next to the
+    command line's 10.9.9.9: any local client could claim any address with a PROXY header."""
+    port = harness.free_port()
+    logs = os.path.join(workdir, "logs")
+    rules_file = write(os.path.join(workdir, "f.rules"), "command /^NOOP/ REJECT 550 5.7.1 file\n")
+    rules_cli = write(os.path.join(workdir, "c.rules"), "command /^NOOP/ REJECT 550 5.7.1 cli\n")
+    conf = write(os.path.join(workdir, "l.conf"), (
+        "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers 1\n"
+        "accept-proxy 127.0.0.0/8\nrules %s\n") % (port, sink.port, logs, rules_file))
+    p = start(smtptap_bin, workdir, procs,
+              ["-c", conf, "--accept-proxy", "10.9.9.9", "--rules", rules_cli], port)
+
+    def check(n):
+        c = SmtpClient(port)
+        # From a balancer the header would be taken and the greeting follow; from 127.0.0.1,
+        # not listed now, the line is an ordinary client's command, refused.
+        c.send(b"PROXY TCP4 203.0.113.66 127.0.0.1 4444 25\r\nQUIT\r\n")
+        assert c.code() == 220
+        assert c.reply() == [b"550 5.7.0 Command not permitted\r\n"]
+        assert c.code() == 221
+        c = SmtpClient(port)
+        assert c.code() == 220
+        c.expect("EHLO x.example", 250)
+        assert c.cmd("NOOP")[0].startswith(b"550 5.7.1 cli")
+        c.expect("QUIT", 221)
+        harness.wait_until(lambda: len(events()) == 2 * n)
+        ev = events()[-2]
+        assert ev["client"].startswith("127.0.0.1:") and "via" not in ev, ev
+
+    def events():
+        path = os.path.join(logs, "events.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(l) for l in f if l.endswith("\n")]
+
+    check(1)
+    p.proc.send_signal(signal.SIGHUP)  # the command line applies again over the file
+    p.wait_stderr("configuration reloaded")
+    check(2)
+
+
+@pytest.mark.limit(30)
+def test_config_setting_given_twice_is_an_error(smtptap_bin, workdir, sink, procs):
+    """A setting of one value given twice names both lines and fails the start (2), the
+    check (1) and a reload (it used to pass, the later line silently winning); a repeatable
+    one (listen) may be repeated."""
+    port, port2 = harness.free_port(), harness.free_port()
+    base = "listen 127.0.0.1:%d\nlisten 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\n" % (
+        port, port2, sink.port, os.path.join(workdir, "logs"))
+    dup = base + "upstream 192.0.2.1:25\nmax-line 2048\nno-transcripts\nmax-line 4096\n"
+    conf = write(os.path.join(workdir, "d.conf"), dup + "no-transcripts\n")
+    expected = ["d.conf:5: upstream: given twice (first at %s:3)" % conf,
+                "d.conf:8: max-line: given twice (first at %s:6)" % conf,
+                "d.conf:9: no-transcripts: given twice (first at %s:7)" % conf]
+    r = run(smtptap_bin, "-c", conf)
+    assert r.returncode == 2 and all(e in r.stderr.decode() for e in expected), r.stderr
+    r = run(smtptap_bin, "--check-config", "-c", conf)
+    assert r.returncode == 1 and all(e in r.stderr.decode() for e in expected), r.stderr
+    assert r.stdout.decode() == "configuration has 3 problems\n"
+    assert not harness.is_listening(port)
+
+    write(conf, base + "workers 1\n")
+    p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
+    write(conf, base + "workers 1\nmax-line 2048\nmax-line 4096\n")
+    p.proc.send_signal(signal.SIGHUP)
+    p.wait_stderr("keeping the old configuration")
+    assert "d.conf:7: max-line: given twice (first at %s:6)" % conf in p.stderr()
+    deliver(port2)
     sink.wait_messages(1)
 
 
@@ -474,6 +550,86 @@ def test_sighup_config_changes_upstream_and_log_level(smtptap_bin, workdir, sink
     sink.wait_messages(1)
     time.sleep(0.3)
     assert "session=" not in p.stderr(), "info lines after log-level warning"
+
+
+def reload_and_wait(p, needle, workers):
+    """SIGHUP, then needle logged by every process that reloads (the supervisor and each
+    worker, or the one process)."""
+    count = p.stderr().count(needle)
+    want = count + (1 if workers == "1" else int(workers) + 1)
+    p.proc.send_signal(signal.SIGHUP)
+    harness.wait_until(lambda: p.stderr().count(needle) >= want, what=needle)
+
+
+@pytest.mark.limit(40)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_unknown_user_fails_the_reload_not_the_service(smtptap_bin, workdir, sink, procs,
+                                                              workers):
+    """`user` needs a restart: a name that can't be found fails the reload (it used to exit
+    the whole service, workers and open sessions with it); a known one is ignored until
+    restart."""
+    port = harness.free_port()
+    pidfile = os.path.join(workdir, "smtptap.pid")
+    conf = os.path.join(workdir, "u.conf")
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers %s\n" % (
+        port, sink.port, os.path.join(workdir, "logs"), workers)
+    write(conf, base)
+    p = start(smtptap_bin, workdir, procs, ["-c", conf, "--pid-file", pidfile], port)
+    before = SmtpClient(port)  # open across both reloads
+    assert before.code() == 220
+    write(conf, base + "user no-such-user-smtptap\n")
+    reload_and_wait(p, "keeping the old configuration", workers)
+    assert "user no-such-user-smtptap: no such user" in p.stderr()
+    assert "configuration reloaded" not in p.stderr()
+    assert p.alive() and os.path.exists(pidfile)
+    deliver(port)
+    sink.wait_messages(1)
+
+    write(conf, base + "user nobody\n")
+    reload_and_wait(p, "configuration reloaded", workers)
+    assert "user changed: ignored until restart" in p.stderr()
+    before.expect("EHLO x.example", 250)
+    before.transaction("<sender@example.com>", ["<r@example.org>"], b"Subject: t\r\n\r\nb\r\n")
+    before.expect("QUIT", 221)
+    sink.wait_messages(2)
+    assert p.alive()
+
+
+@pytest.mark.limit(40)
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sighup_upstream_mark_checked_as_at_start(smtptap_bin, workdir, sink, procs, workers):
+    """SO_MARK needs CAP_NET_ADMIN, which the running process lacks (--user gave it up, or
+    it never had it): start-up refuses upstream-mark then, and so does a reload, keeping the
+    old configuration (it used to take it, and every session after failed with 421)."""
+    port = harness.free_port()
+    os.chmod(workdir, 0o755)  # --user's log directory is in it
+    conf = os.path.join(workdir, "m.conf")
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers %s\n%s" % (
+        port, sink.port, os.path.join(workdir, "logs"), workers,
+        "user nobody\n" if harness.IS_ROOT else "")
+    write(conf, base)
+    p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
+    write(conf, base + "upstream-mark 1\n")
+    reload_and_wait(p, "keeping the old configuration", workers)
+    assert "upstream-mark 1: SO_MARK (needs CAP_NET_ADMIN" in p.stderr()
+    assert "configuration reloaded" not in p.stderr()
+    deliver(port)
+    sink.wait_messages(1)
+
+
+@pytest.mark.limit(30)
+def test_sighup_keep_days_needs_a_restart(smtptap_bin, workdir, sink, procs):
+    """The journal takes keep-days at start: a reload that changes it says it is ignored
+    (it used to say nothing, and nothing was pruned)."""
+    port = harness.free_port()
+    conf = os.path.join(workdir, "k.conf")
+    base = "listen 127.0.0.1:%d\nupstream 127.0.0.1:%d\nlog-dir %s\nworkers 1\n" % (
+        port, sink.port, os.path.join(workdir, "logs"))
+    write(conf, base)
+    p = start(smtptap_bin, workdir, procs, ["-c", conf], port)
+    write(conf, base + "keep-days 1\n")
+    reload_and_wait(p, "configuration reloaded", "1")
+    assert "keep-days changed: ignored until restart" in p.stderr()
 
 
 # --------------------------------------------------------------------------------------------

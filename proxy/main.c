@@ -356,17 +356,9 @@ warn_identity_hidden(const struct options *o)
 static void
 check_upstream_mark(const struct options *o)
 {
-	unsigned mark = o->upstream_mark;
-	int fd;
-
-	if (mark == 0)
-		return;
-	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-		fatal("--upstream-mark: socket");
-	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
-		fatal("--upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)", mark,
+	if (reload_mark_settable(o->upstream_mark) != 0)
+		fatal("--upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)", o->upstream_mark,
 		      o->user != NULL ? ", which --user gives up" : "");
-	close(fd);
 }
 
 /* The loop that serves sessions, in this process or in each worker. */

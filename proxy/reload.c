@@ -140,29 +140,35 @@ reload_check_user(const struct options *n, const struct options *o)
 	return -1;
 }
 
+int
+reload_mark_settable(unsigned mark)
+{
+	int fd, rc = 0, err;
+
+	if (mark == 0)
+		return 0;
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return -1;
+	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0)
+		rc = -1;
+	err = errno;
+	close(fd);
+	errno = err;
+	return rc;
+}
+
 /*
- * upstream-mark as the process runs now (after --user, without CAP_NET_ADMIN): start-up's
- * check (main.c), so that a mark that can't be set fails the reload, not every session.
+ * upstream-mark as the process runs now (after --user, without CAP_NET_ADMIN), as start-up
+ * checks it, so that a mark that can't be set fails the reload, not every session.
  */
 static int
 reload_check_mark(const struct options *n)
 {
-	unsigned mark = n->upstream_mark;
-	int fd, rc = 0;
-
-	if (mark == 0)
+	if (reload_mark_settable(n->upstream_mark) == 0)
 		return 0;
-	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-		log_warn("configuration reload: upstream-mark: socket");
-		return -1;
-	}
-	if (setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
-		log_warn("configuration reload: upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)",
-		         mark, n->user != NULL ? ", which --user gives up" : "");
-		rc = -1;
-	}
-	close(fd);
-	return rc;
+	log_warn("configuration reload: upstream-mark %u: SO_MARK (needs CAP_NET_ADMIN%s)",
+	         n->upstream_mark, n->user != NULL ? ", which --user gives up" : "");
+	return -1;
 }
 
 /* The new options with the running ones kept in them, checked together: -1, logged. */

@@ -16,4 +16,10 @@ void reload_init(int argc, char **argv);
  */
 int reload_config(struct proxy *px);
 
+/*
+ * Whether SO_MARK mark can be set on an upstream socket as the process runs now (0; mark 0
+ * always can), else -1 with errno: start-up and each reload try it before taking the value.
+ */
+int reload_mark_settable(unsigned mark);
+
 #endif

@@ -74,6 +74,68 @@ def test_sender_allow_list_takes_what_postfix_takes(tap_factory, vsink):
     assert not [x for x in cmds if "evil" in x], cmds
 
 
+# Spellings Postfix's smtpd reads as bob@competitor.example (extract_addr: comments and white
+# space dropped, quotes and backslashes undone), each of which smtptap's address rules once let
+# through to the server.
+COMPETITOR_SPELLINGS = [
+    "RCPT TO:<bob@competitor.example >",
+    "RCPT TO:<bob @ competitor.example>",
+    "RCPT TO:<bob@competitor.example (c)>",
+    "RCPT TO:bob@competitor.example(x)",
+    'RCPT TO:<bob@"competitor.example">',
+    'RCPT TO:<"bob@competitor.example">',
+    'RCPT TO:<"bob"@competitor.example>',
+    "RCPT TO:<b\\ob@competitor.example>",
+    "RCPT TO:<bob(c)@competitor.example>",
+    "RCPT TO:<Bob <bob@competitor.example>>",
+]
+
+
+@pytest.fixture
+def postfix_main(workdir):
+    """The postfix fixture refuses competitor.example itself, with a text of its own: it is the
+    judge of which spellings name that domain."""
+    access = write(workdir, "pf-access", "competitor.example REJECT postfix refused it\n")
+    os.chmod(access, 0o644)
+    return {"smtpd_recipient_restrictions": "check_recipient_access texthash:%s" % access}
+
+
+def rcpt_reply(port, rcpt):
+    c = greeted(port)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    r = c.cmd(rcpt)
+    c.expect("QUIT", 221)
+    return r
+
+
+@pytest.mark.limit(90)
+def test_address_rules_see_what_postfix_sees(tap_factory, postfix, workdir):
+    pf, _ = postfix
+    table = write(workdir, "domains", "competitor.example REJECT 550 5.7.1 tap table\n")
+    rules = {
+        "domain": ("recipient /@competitor\\.example$/ REJECT 550 5.7.1 tap domain\n",
+                   "550 5.7.1 tap domain"),
+        "address": ("recipient /^bob@competitor\\.example$/ REJECT 550 5.7.1 tap address\n",
+                    "550 5.7.1 tap address"),
+        "table": ("recipient table:%s REJECT\n" % table, "550 5.7.1 tap table"),
+    }
+    # Postfix alone: every spelling is the refused domain to it.
+    for rcpt in COMPETITOR_SPELLINGS:
+        r = rcpt_reply(pf.port, rcpt)
+        assert b"postfix refused it" in r[-1] and b"<bob@competitor.example>" in r[-1], (rcpt, r)
+    # Through smtptap, the rule or table refuses each one before Postfix is asked.
+    for name, (text, reply) in rules.items():
+        tap = tap_factory(pf.port, "--rules", write_rules(workdir, text, name + ".rules"),
+                          name=name)
+        for rcpt in COMPETITOR_SPELLINGS:
+            r = rcpt_reply(tap.port, rcpt)
+            assert r == [reply.encode() + b"\r\n"], (name, rcpt, r)
+        # What the client sent is recorded as it was sent.
+        texts = [t.text for t in tap.wait_transcripts(len(COMPETITOR_SPELLINGS))]
+        assert [t for t in texts if "RCPT TO:<bob @ competitor.example>\n" in t], texts[1]
+        tap.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Each scope and action
 

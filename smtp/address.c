@@ -21,6 +21,9 @@
 #define DO_WORD 1  /* a word may come next (the one to its right was an operator) */
 #define DO_GROUP 2 /* inside a named group ("name: a@b;") */
 
+/* The octets RFC 5322 atext allows, besides letters, digits and UTF-8 (RFC 6531). */
+#define ADDRESS_ATEXT "!#$%&'*+-/=?^_`{|}~"
+
 int
 address_is_space(int c)
 {
@@ -343,4 +346,86 @@ address_parse(const unsigned char *arg, size_t len, const char *keyword, struct 
 	a->params_off = address_skip_space(arg, len, end);
 	a->params_len = len - a->params_off;
 	buf[a->len] = '\0';
+}
+
+/* Whether c may stand in a dot-atom local part unquoted (RFC 5321 atext, RFC 6531 UTF-8). */
+static int
+address_is_atext(int c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c >= 0x80 || strchr(ADDRESS_ATEXT, c) != NULL;
+}
+
+/* Whether p is a dot-atom: atext, single dots between, none at either end. */
+static int
+address_is_dot_atom(const unsigned char *p, size_t n)
+{
+	size_t i;
+
+	if (n == 0 || p[0] == '.' || p[n - 1] == '.')
+		return 0;
+	for (i = 0; i < n; i++)
+		if (p[i] == '.' ? p[i + 1] == '.' : !address_is_atext(p[i]))
+			return 0;
+	return 1;
+}
+
+/* Whether p is a domain smtptap will send: dot-separated labels of letters, digits, '-', '_'
+ * or UTF-8, or an address literal ("[192.0.2.1]", "[IPv6:...]") of printable ASCII without
+ * '"' (RFC 5321 allows it there, but smtpd_token would read a quoted string from it). */
+static int
+address_is_domain(const unsigned char *p, size_t n)
+{
+	size_t i;
+
+	if (n >= 2 && p[0] == '[' && p[n - 1] == ']') {
+		for (i = 1; i < n - 1; i++)
+			if (p[i] <= ' ' || p[i] >= 0x7f || strchr("[]\\\"", p[i]) != NULL)
+				return 0;
+		return 1;
+	}
+	if (n == 0 || p[0] == '.' || p[n - 1] == '.')
+		return 0;
+	for (i = 0; i < n; i++) {
+		if (p[i] == '.' ? p[i + 1] == '.'
+		                : !((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z') ||
+		                    (p[i] >= '0' && p[i] <= '9') || p[i] == '-' || p[i] == '_' ||
+		                    p[i] >= 0x80))
+			return 0;
+	}
+	return 1;
+}
+
+long
+address_path(const unsigned char *addr, size_t n, int empty_ok, unsigned char *out)
+{
+	size_t i, at = n, o = 0;
+
+	for (i = 0; i < n; i++) {
+		if (addr[i] < ' ' || addr[i] == 0x7f || addr[i] == '<' || addr[i] == '>')
+			return -1;
+		if (addr[i] == '@')
+			at = i;
+	}
+	if (n == 0 && !empty_ok)
+		return -1;
+	if (at < n && (at == 0 || !address_is_domain(addr + at + 1, n - at - 1)))
+		return -1;
+	out[o++] = '<';
+	if (address_is_dot_atom(addr, at) || at == 0) {
+		memcpy(out + o, addr, at);
+		o += at;
+	} else {
+		out[o++] = '"';
+		for (i = 0; i < at; i++) {
+			if (addr[i] == '"' || addr[i] == '\\')
+				out[o++] = '\\';
+			out[o++] = addr[i];
+		}
+		out[o++] = '"';
+	}
+	memcpy(out + o, addr + at, n - at);
+	o += n - at;
+	out[o++] = '>';
+	return (long)o;
 }

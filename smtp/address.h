@@ -34,6 +34,18 @@ struct address {
 void address_parse(const unsigned char *arg, size_t len, const char *keyword, struct address *a,
                    unsigned char *buf);
 
+/* The most octets address_path() writes for an address of n octets. */
+#define ADDRESS_PATH_MAX(n) (2 * (n) + 4)
+
+/*
+ * Writes the address addr (n octets, in the internal form address_parse() gives) to out as an
+ * RFC 5321 path: "<local@domain>", the local part quoted when it is not a dot-atom ("<\"a
+ * b\"@x>").  Returns the octets written, or -1 when no path says it: a control octet, '<' or
+ * '>' anywhere, an empty local part before an '@', a domain that is neither a host name nor an
+ * address literal, or the empty address when empty_ok is 0 ("<>" is for senders alone).
+ */
+long address_path(const unsigned char *addr, size_t n, int empty_ok, unsigned char *out);
+
 /* The white space Postfix's smtpd_token splits a command on. */
 int address_is_space(int c);
 

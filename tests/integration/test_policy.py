@@ -181,6 +181,35 @@ def test_recipient_rewrite_reaches_the_server(tap_factory, vsink, workdir):
 
 
 @pytest.mark.limit(30)
+def test_rewritten_address_is_sent_as_a_valid_path(tap_factory, vsink, workdir):
+    rules = write_rules(workdir,
+                        'recipient /^"?([^"@]*)"?@old\\.example$/ REWRITE "$1@new.example"\n'
+                        "recipient !/@new\\.example$/ REJECT 550 5.7.1 only new.example\n"
+                        "sender /^(.*)@old\\.example$/ REWRITE $1@new.example\n")
+    tap = tap_factory(vsink.port, "--rules", rules)
+    c = greeted(tap.port)
+    # The quoted local part would close the path and add a parameter: refused, never sent.
+    assert c.cmd('MAIL FROM:<"x> RET=FULL"@old.example>') == [
+        b"451 4.3.0 Rule produced an invalid address\r\n"]
+    c.expect('MAIL FROM:<"a b"@old.example> SIZE=10', 250)
+    assert c.cmd('RCPT TO:<"victim> ORCPT=rfc822;x"@old.example>') == [
+        b"451 4.3.0 Rule produced an invalid address\r\n"]
+    # A local part that needs its quotes keeps them; one that doesn't goes as a dot-atom.
+    c.expect('RCPT TO:<"c d"@old.example> NOTIFY=NEVER', 250)
+    c.expect('RCPT TO:<"bob"@old.example>', 250)
+    c.expect("QUIT", 221)
+    vsink.wait_idle()
+    cmds = vsink.commands()
+    assert not [x for x in cmds if "victim" in x or "RET=" in x or "ORCPT" in x], cmds
+    assert 'MAIL FROM:<"a b"@new.example> SIZE=10' in cmds, cmds
+    assert 'RCPT TO:<"c d"@new.example> NOTIFY=NEVER' in cmds, cmds
+    assert "RCPT TO:<bob@new.example>" in cmds, cmds
+    t = tap.transcript().text
+    assert t.count("REWRITE (failed, answered 451)") == 2, t
+    assert "text=rewritten address is not a valid path" in t, t
+
+
+@pytest.mark.limit(30)
 def test_client_cidr_reject_answers_the_greeting(tap_factory, vsink, workdir):
     nets = write(workdir, "nets", "192.0.2.0/24 OK\n127.0.0.0/8\n::1/128\n")
     rules = write_rules(workdir, "client cidr:%s REJECT\n" % nets)

@@ -155,6 +155,62 @@ test_path_span(void **state)
 	assert_int_equal(a.len, 0);
 }
 
+/* Writes addr as a path; want NULL when no path may say it.  A path written reads back as
+ * the address it came from. */
+static void
+check_path(const char *addr, size_t n, int empty_ok, const char *want)
+{
+	unsigned char path[3 + ADDRESS_PATH_MAX(64)], again[sizeof(path)];
+	struct address a;
+	long len;
+
+	assert_true(n <= 64);
+	memcpy(path, "TO:", 3);
+	len = address_path((const unsigned char *)addr, n, empty_ok, path + 3);
+	if (want == NULL) {
+		if (len >= 0)
+			fail_msg("'%.*s': path '%.*s' (want none)", (int)n, addr, (int)len, path + 3);
+		return;
+	}
+	if (len < 0 || (size_t)len != strlen(want) || memcmp(path + 3, want, (size_t)len) != 0)
+		fail_msg("'%.*s': path '%.*s' (want '%s')", (int)n, addr, len < 0 ? 0 : (int)len,
+		         path + 3, want);
+	address_parse(path, (size_t)len + 3, "TO", &a, again);
+	assert_true(a.ok);
+	assert_int_equal(a.len, n);
+	assert_memory_equal(again, addr, n);
+}
+
+static void
+test_path(void **state)
+{
+	(void)state;
+	check_path("bob@new.example", 15, 0, "<bob@new.example>");
+	check_path("first.last+tag@new.example", 26, 0, "<first.last+tag@new.example>");
+	check_path("postmaster", 10, 0, "<postmaster>");
+	check_path("u@[192.0.2.1]", 13, 0, "<u@[192.0.2.1]>");
+	check_path("", 0, 1, "<>");
+	/* A local part that is no dot-atom is quoted, '"' and '\\' escaped. */
+	check_path("a b@x.example", 13, 0, "<\"a b\"@x.example>");
+	check_path("a@b@x.example", 13, 0, "<\"a@b\"@x.example>");
+	check_path(".a@x.example", 12, 0, "<\".a\"@x.example>");
+	check_path("a\"b\\c@x.example", 15, 0, "<\"a\\\"b\\\\c\"@x.example>");
+	check_path("a(b),c@x.example", 16, 0, "<\"a(b),c\"@x.example>");
+	/* What no path may say: the client's text would end the path or the line. */
+	check_path("victim> ORCPT=rfc822;x@new.example", 34, 0, NULL);
+	check_path("a<b@x.example", 13, 0, NULL);
+	check_path("a\r\nRSET@x.example", 16, 0, NULL);
+	check_path("a\0b@x.example", 13, 0, NULL);
+	check_path("a\x7f@x.example", 11, 0, NULL);
+	check_path("", 0, 0, NULL);
+	check_path("@x.example", 10, 0, NULL);
+	check_path("a@", 2, 0, NULL);
+	check_path("a@x example", 11, 0, NULL);
+	check_path("a@x..example", 12, 0, NULL);
+	check_path("a@x.example.", 12, 0, NULL);
+	check_path("a@[\"x]", 6, 0, NULL);
+}
+
 int
 main(void)
 {
@@ -163,6 +219,7 @@ main(void)
 	    cmocka_unit_test(test_postfix_internal_form),
 	    cmocka_unit_test(test_unreadable),
 	    cmocka_unit_test(test_path_span),
+	    cmocka_unit_test(test_path),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -23,6 +23,9 @@
 #define RULES_JIT_STACK_MIN (32 * 1024)
 #define RULES_JIT_STACK_MAX (1024 * 1024)
 #define RULES_ENVELOPE_SYNTAX "501 5.1.7 Bad address syntax"
+/* A REWRITE whose address can't be sent as a path (envelope_invalid). */
+#define RULES_ENVELOPE_INVALID "rewritten address is not a valid path"
+#define RULES_ENVELOPE_INVALID_REPLY "451 4.3.0 Rule produced an invalid address"
 /*
  * PCRE2's limits on one match.  The default match limit (10,000,000) let a nested quantifier
  * such as /(\w+\.?)+@/ spend 16 ms on one hostile line (1.5 s in the interpreter), stalling
@@ -1625,24 +1628,51 @@ rules_apply(const struct ruleset *rs, const enum rule_scope *scopes, int nscopes
 	return rules_apply_more(rs, scopes, nscopes, line, len, out);
 }
 
-/* Rebuilds a MAIL or RCPT line around a rewritten address in buf[2]; -1 on ENOMEM. */
+/*
+ * Rebuilds a MAIL or RCPT line around a rewritten address in buf[2]: the address (in the
+ * internal form the rules saw) written as a path, quoted where it must be.  -1 on ENOMEM, -2
+ * when no path says the address (smtp/address.h, address_path): the line is not sent.
+ */
 static int
 envelope_rebuild(struct rule_outcome *out, const unsigned char *line, size_t len, size_t argoff,
-                 const struct address *a, size_t *outlen)
+                 const struct address *a, int empty_ok, size_t *outlen)
 {
-	size_t head = argoff + a->path_off, tail = argoff + a->path_off + a->path_len, o;
+	size_t head = argoff + a->path_off, tail = argoff + a->path_off + a->path_len;
+	long n;
 
-	if (outcome_reserve(out, 2, head + out->len + 2 + (len - tail)) == -1)
+	if (outcome_reserve(out, 2, head + ADDRESS_PATH_MAX(out->len) + (len - tail)) == -1)
 		return -1;
+	if ((n = address_path(out->line, out->len, empty_ok, out->buf[2] + head)) < 0)
+		return -2;
 	memcpy(out->buf[2], line, head);
-	o = head;
-	out->buf[2][o++] = '<';
-	memcpy(out->buf[2] + o, out->line, out->len);
-	o += out->len;
-	out->buf[2][o++] = '>';
-	memcpy(out->buf[2] + o, line + tail, len - tail);
-	*outlen = o + len - tail;
+	memcpy(out->buf[2] + head + n, line + tail, len - tail);
+	*outlen = head + (size_t)n + len - tail;
 	return 0;
+}
+
+/*
+ * A REWRITE made an address no path can carry ('<', '>', a control octet, no domain after
+ * its '@'): the rule's fault, not the client's, so the command is refused with a temporary
+ * failure, as for a rule that could not be evaluated.  Sending it would let the client's text
+ * close the path and add parameters of its own.
+ */
+static int
+envelope_invalid(struct rule_outcome *out, enum rule_scope addrscope)
+{
+	size_t i = out->nhits;
+
+	while (i > 0 && !(out->hits[i - 1].action == ACT_REWRITE &&
+	                  out->hits[i - 1].scope == addrscope))
+		i--;
+	if (i > 0) {
+		out->hits[i - 1].failed = 1;
+		out->hits[i - 1].text = RULES_ENVELOPE_INVALID;
+		out->nwarnings++;
+	}
+	out->verdict = ACT_REJECT;
+	out->reply = RULES_ENVELOPE_INVALID_REPLY;
+	out->tempfail = 1;
+	return ACT_REJECT;
 }
 
 int
@@ -1672,8 +1702,12 @@ rules_apply_envelope(const struct ruleset *rs, enum rule_scope addrscope,
 			out->reply = RULES_ENVELOPE_SYNTAX;
 			return ACT_REJECT;
 		}
-		if (envelope_rebuild(out, line, len, argoff, &a, &len) == -1)
+		switch (envelope_rebuild(out, line, len, argoff, &a, addrscope == SCOPE_SENDER, &len)) {
+		case -1:
 			return -1;
+		case -2:
+			return envelope_invalid(out, addrscope);
+		}
 		line = out->buf[2];
 	}
 	if (v == ACT_PASS) {

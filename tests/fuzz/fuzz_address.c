@@ -2,7 +2,8 @@
  * libFuzzer target: the MAIL FROM / RCPT TO address parser (smtp/address.c), on the input
  * with each keyword, with the invariants the rules rely on checked: the address is never longer
  * than the argument, the path and the parameters lie inside it, a readable path keeps its
- * brackets or has no white space, and a domain comes out lower-cased without a trailing dot.
+ * brackets, a domain comes out lower-cased without a trailing dot, and an address that
+ * address_path() writes as a path reads back as the same address.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -13,22 +14,37 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* The last '@' outside quotes, as the parser sees it; len when none. */
+/* The last '@': the internal form has no quotes, so the domain is what follows it. */
 static size_t
 last_at(const unsigned char *a, size_t len)
 {
 	size_t i, at = len;
-	int q = 0;
 
-	for (i = 0; i < len; i++) {
-		if (a[i] == '\\' && q)
-			i++;
-		else if (a[i] == '"')
-			q = !q;
-		else if (a[i] == '@' && !q)
+	for (i = 0; i < len; i++)
+		if (a[i] == '@')
 			at = i;
-	}
 	return at;
+}
+
+/* An address that address_path() can write reads back as itself from "TO:<path>". */
+static void
+check_round_trip(const unsigned char *addr, size_t len)
+{
+	unsigned char *path = malloc(ADDRESS_PATH_MAX(len) + 3), *again;
+	struct address a;
+	long n;
+
+	if (path == NULL)
+		return;
+	memcpy(path, "TO:", 3);
+	n = address_path(addr, len, 1, path + 3);
+	if (n >= 0 && (again = malloc((size_t)n + 4)) != NULL) {
+		address_parse(path, (size_t)n + 3, "TO", &a, again);
+		if (!a.ok || a.len != len || memcmp(again, addr, len) != 0 || a.params_len != 0)
+			abort();
+		free(again);
+	}
+	free(path);
 }
 
 static void
@@ -55,6 +71,7 @@ check(const unsigned char *arg, size_t len, const char *kw)
 		for (i = at + 1; at < a.len && i < a.len; i++)
 			if (buf[i] >= 'A' && buf[i] <= 'Z')
 				abort();
+		check_round_trip(buf, a.len);
 	}
 	free(buf);
 }

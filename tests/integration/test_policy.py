@@ -74,6 +74,68 @@ def test_sender_allow_list_takes_what_postfix_takes(tap_factory, vsink):
     assert not [x for x in cmds if "evil" in x], cmds
 
 
+# Spellings Postfix's smtpd reads as bob@competitor.example (extract_addr: comments and white
+# space dropped, quotes and backslashes undone), each of which smtptap's address rules once let
+# through to the server.
+COMPETITOR_SPELLINGS = [
+    "RCPT TO:<bob@competitor.example >",
+    "RCPT TO:<bob @ competitor.example>",
+    "RCPT TO:<bob@competitor.example (c)>",
+    "RCPT TO:bob@competitor.example(x)",
+    'RCPT TO:<bob@"competitor.example">',
+    'RCPT TO:<"bob@competitor.example">',
+    'RCPT TO:<"bob"@competitor.example>',
+    "RCPT TO:<b\\ob@competitor.example>",
+    "RCPT TO:<bob(c)@competitor.example>",
+    "RCPT TO:<Bob <bob@competitor.example>>",
+]
+
+
+@pytest.fixture
+def postfix_main(workdir):
+    """The postfix fixture refuses competitor.example itself, with a text of its own: it is the
+    judge of which spellings name that domain."""
+    access = write(workdir, "pf-access", "competitor.example REJECT postfix refused it\n")
+    os.chmod(access, 0o644)
+    return {"smtpd_recipient_restrictions": "check_recipient_access texthash:%s" % access}
+
+
+def rcpt_reply(port, rcpt):
+    c = greeted(port)
+    c.expect("MAIL FROM:<a@example.com>", 250)
+    r = c.cmd(rcpt)
+    c.expect("QUIT", 221)
+    return r
+
+
+@pytest.mark.limit(90)
+def test_address_rules_see_what_postfix_sees(tap_factory, postfix, workdir):
+    pf, _ = postfix
+    table = write(workdir, "domains", "competitor.example REJECT 550 5.7.1 tap table\n")
+    rules = {
+        "domain": ("recipient /@competitor\\.example$/ REJECT 550 5.7.1 tap domain\n",
+                   "550 5.7.1 tap domain"),
+        "address": ("recipient /^bob@competitor\\.example$/ REJECT 550 5.7.1 tap address\n",
+                    "550 5.7.1 tap address"),
+        "table": ("recipient table:%s REJECT\n" % table, "550 5.7.1 tap table"),
+    }
+    # Postfix alone: every spelling is the refused domain to it.
+    for rcpt in COMPETITOR_SPELLINGS:
+        r = rcpt_reply(pf.port, rcpt)
+        assert b"postfix refused it" in r[-1] and b"<bob@competitor.example>" in r[-1], (rcpt, r)
+    # Through smtptap, the rule or table refuses each one before Postfix is asked.
+    for name, (text, reply) in rules.items():
+        tap = tap_factory(pf.port, "--rules", write_rules(workdir, text, name + ".rules"),
+                          name=name)
+        for rcpt in COMPETITOR_SPELLINGS:
+            r = rcpt_reply(tap.port, rcpt)
+            assert r == [reply.encode() + b"\r\n"], (name, rcpt, r)
+        # What the client sent is recorded as it was sent.
+        texts = [t.text for t in tap.wait_transcripts(len(COMPETITOR_SPELLINGS))]
+        assert [t for t in texts if "RCPT TO:<bob @ competitor.example>\n" in t], texts[1]
+        tap.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Each scope and action
 
@@ -116,6 +178,35 @@ def test_recipient_rewrite_reaches_the_server(tap_factory, vsink, workdir):
     c.expect("QUIT", 221)
     vsink.wait_idle()
     assert "RCPT TO: <u@new.example> NOTIFY=NEVER" in vsink.commands(), vsink.commands()
+
+
+@pytest.mark.limit(30)
+def test_rewritten_address_is_sent_as_a_valid_path(tap_factory, vsink, workdir):
+    rules = write_rules(workdir,
+                        'recipient /^"?([^"@]*)"?@old\\.example$/ REWRITE "$1@new.example"\n'
+                        "recipient !/@new\\.example$/ REJECT 550 5.7.1 only new.example\n"
+                        "sender /^(.*)@old\\.example$/ REWRITE $1@new.example\n")
+    tap = tap_factory(vsink.port, "--rules", rules)
+    c = greeted(tap.port)
+    # The quoted local part would close the path and add a parameter: refused, never sent.
+    assert c.cmd('MAIL FROM:<"x> RET=FULL"@old.example>') == [
+        b"451 4.3.0 Rule produced an invalid address\r\n"]
+    c.expect('MAIL FROM:<"a b"@old.example> SIZE=10', 250)
+    assert c.cmd('RCPT TO:<"victim> ORCPT=rfc822;x"@old.example>') == [
+        b"451 4.3.0 Rule produced an invalid address\r\n"]
+    # A local part that needs its quotes keeps them; one that doesn't goes as a dot-atom.
+    c.expect('RCPT TO:<"c d"@old.example> NOTIFY=NEVER', 250)
+    c.expect('RCPT TO:<"bob"@old.example>', 250)
+    c.expect("QUIT", 221)
+    vsink.wait_idle()
+    cmds = vsink.commands()
+    assert not [x for x in cmds if "victim" in x or "RET=" in x or "ORCPT" in x], cmds
+    assert 'MAIL FROM:<"a b"@new.example> SIZE=10' in cmds, cmds
+    assert 'RCPT TO:<"c d"@new.example> NOTIFY=NEVER' in cmds, cmds
+    assert "RCPT TO:<bob@new.example>" in cmds, cmds
+    t = tap.transcript().text
+    assert t.count("REWRITE (failed, answered 451)") == 2, t
+    assert "text=rewritten address is not a valid path" in t, t
 
 
 @pytest.mark.limit(30)

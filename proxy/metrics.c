@@ -52,6 +52,10 @@
 #define METRICS_MAX_CONNS 16
 #define METRICS_ACCEPT_PAUSE_MSECS 500
 #define METRICS_SWEEP_MSECS 200
+/* What a connection may have read and not yet parsed: more than a whole request (the headers
+ * are capped at 8192), so a request always fits, and little enough to bound a pipelining
+ * client that never reads its replies. */
+#define METRICS_READ_MAX 16384
 
 typedef _Atomic uint64_t counter;
 
@@ -609,6 +613,8 @@ metrics_bev_cb(struct event_base *base, void *arg)
 	if (nconns >= METRICS_MAX_CONNS ||
 	    (bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE)) == NULL)
 		return NULL;
+	/* evhttp keeps reading while a reply is pending (to see a close); this stops it. */
+	bufferevent_setwatermark(bev, EV_READ, 0, METRICS_READ_MAX);
 	bufferevent_incref(bev);
 	conns[nconns++] = bev; /* swept later: evhttp sets its callbacks after this returns */
 	metrics_accepting();

@@ -217,3 +217,30 @@ def test_metrics_accept_pauses_when_out_of_descriptors(tap_factory, sink, workdi
             s.close()
     harness.wait_until(lambda: scrape(mport)[0] == 200, 5, what="a scrape once the clients left")
     assert tap.alive()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.limit(40)
+def test_metrics_pipelining_client_that_never_reads_is_bounded(tap_factory, sink, workdir,
+                                                               workers):
+    """One client pipelines GET /metrics for 4 s and reads nothing: the process serving metrics
+    stops reading it (its growth stays under 16 MiB; it was hundreds of MiB), SMTP is served
+    meanwhile and a scrape works afterwards."""
+    tap, mport, _ = tap_with_metrics(tap_factory, sink, workdir, "--workers", workers)
+    rss_before = harness.rss_kib(tap.pid)
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    sent = 0
+    with socket.create_connection(("127.0.0.1", mport)) as c:
+        c.setblocking(False)
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            try:
+                sent += c.send(req)
+            except BlockingIOError:
+                time.sleep(0.05)
+        rss = harness.rss_kib(tap.pid)
+        session(tap.port, "ok@example.com")
+    assert rss - rss_before < 16 * 1024, "grew from %d KiB to %d KiB (%d octets sent)" % (
+        rss_before, rss, sent)
+    harness.wait_until(lambda: scrape(mport)[0] == 200, 5, what="a scrape after the flood")
+    assert tap.alive()

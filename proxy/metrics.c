@@ -7,6 +7,10 @@
  * classes, mechanisms and results come from fixed lists ("other" for the rest), rule hits go
  * to a table of METRICS_RULE_SLOTS labels (FILE:LINE and action) filled as rules are first
  * counted, and beyond it to one "other" row.  Only GET /metrics is served.
+ *
+ * The scrapes share the loop (and the descriptors) with the SMTP sessions, so the HTTP side
+ * takes little: at most METRICS_MAX_CONNS connections at once (the rest wait in the listen
+ * queue), and accepts pause for a moment when the descriptors run out.
  */
 #include "proxy/metrics.h"
 
@@ -25,9 +29,12 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
 
 #include "filters/rules.h"
 #include "smtp/hostport.h"
@@ -40,6 +47,15 @@
 #define METRICS_RULE_SLOTS 1024
 #define METRICS_LABEL_MAX 256
 #define METRICS_HTTP_TIMEOUT 10
+/* A scraper needs one or two; a few more for people with curl.  The cap keeps a crowd of
+ * metrics clients from taking the descriptors the SMTP sessions need. */
+#define METRICS_MAX_CONNS 16
+#define METRICS_ACCEPT_PAUSE_MSECS 500
+#define METRICS_SWEEP_MSECS 200
+/* What a connection may have read and not yet parsed: more than a whole request (the headers
+ * are capped at 8192), so a request always fits, and little enough to bound a pipelining
+ * client that never reads its replies. */
+#define METRICS_READ_MAX 16384
 
 typedef _Atomic uint64_t counter;
 
@@ -120,6 +136,12 @@ static unsigned nworkers;
 static struct proxy *mpx;
 static struct evhttp *http;
 static struct evhttp_bound_socket *bound;
+static struct evconnlistener *mlev;  /* bound's, NULL once evhttp_free has freed it */
+static struct event *resume_ev;      /* ends a pause after EMFILE */
+static int accept_paused;
+static struct bufferevent *conns[METRICS_MAX_CONNS]; /* HTTP connections open now */
+static unsigned nconns;
+static struct event *sweep_ev;       /* looks for the connections evhttp has freed */
 static struct event_base *own_base; /* the supervisor's, with workers; else NULL */
 static int in_worker;
 static uint64_t journal_seen;     /* this process's transcript write errors already counted */
@@ -524,23 +546,161 @@ metrics_http_cb(struct evhttp_request *req, void *arg)
 	evbuffer_free(b);
 }
 
+/* Accepts while there is room under the cap and no pause is running. */
+static void
+metrics_accepting(void)
+{
+	if (mlev == NULL)
+		return;
+	if (nconns < METRICS_MAX_CONNS && !accept_paused)
+		evconnlistener_enable(mlev);
+	else
+		evconnlistener_disable(mlev);
+}
+
+/*
+ * Lets go of the buffer events evhttp has freed.  evhttp 2.1 has no hook for a connection that
+ * ends before its first request, so each one's buffer event is ours (metrics_bev_cb) and holds
+ * a reference of ours: when evhttp frees the connection, its bufferevent_free only clears the
+ * callbacks (evhttp always sets an event callback), and the socket closes here.
+ */
+static void
+metrics_sweep(void)
+{
+	bufferevent_event_cb eventcb;
+	unsigned i = 0;
+
+	while (i < nconns) {
+		bufferevent_getcb(conns[i], NULL, NULL, &eventcb, NULL);
+		if (eventcb != NULL) {
+			i++;
+			continue;
+		}
+		bufferevent_decref(conns[i]);
+		conns[i] = conns[--nconns];
+	}
+	metrics_accepting();
+}
+
+/* Sweeps every METRICS_SWEEP_MSECS while there are connections. */
+static void
+metrics_sweep_later(void)
+{
+	struct timeval again = {0, METRICS_SWEEP_MSECS * 1000};
+
+	if (nconns > 0 && !evtimer_pending(sweep_ev, NULL))
+		evtimer_add(sweep_ev, &again);
+}
+
+static void
+metrics_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	metrics_sweep();
+	metrics_sweep_later();
+}
+
+/* evhttp's buffer event for each connection it accepts, counted until evhttp is done with it. */
+static struct bufferevent *
+metrics_bev_cb(struct event_base *base, void *arg)
+{
+	struct bufferevent *bev;
+
+	(void)arg;
+	/* Full: not reached, the listener is off then.  NULL: evhttp makes its own, uncounted. */
+	if (nconns >= METRICS_MAX_CONNS ||
+	    (bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE)) == NULL)
+		return NULL;
+	/* evhttp keeps reading while a reply is pending (to see a close); this stops it. */
+	bufferevent_setwatermark(bev, EV_READ, 0, METRICS_READ_MAX);
+	bufferevent_incref(bev);
+	conns[nconns++] = bev; /* swept later: evhttp sets its callbacks after this returns */
+	metrics_accepting();
+	metrics_sweep_later();
+	return bev;
+}
+
+static void
+metrics_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	accept_paused = 0;
+	metrics_accepting();
+}
+
+/* Out of descriptors: stop accepting for a moment rather than retry on every turn of the loop
+ * (libevent would, warning each time); the rest is logged and left. */
+static void
+metrics_accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct timeval pause = {0, METRICS_ACCEPT_PAUSE_MSECS * 1000};
+	int err = EVUTIL_SOCKET_ERROR();
+
+	(void)lev;
+	(void)arg;
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		log_warnx("accept on metrics: %s; pausing accepts for %d ms", strerror(err),
+		          METRICS_ACCEPT_PAUSE_MSECS);
+		accept_paused = 1;
+		metrics_accepting();
+		event_add(resume_ev, &pause);
+		return;
+	}
+	if (err != EAGAIN && err != EINTR && err != ECONNABORTED)
+		log_warnx("accept on metrics: %s", strerror(err));
+}
+
+/* The listening socket, ours rather than evhttp's so that accept errors come to us. */
+static struct evconnlistener *
+metrics_bind(struct event_base *base, const char *host, const char *port)
+{
+	struct evutil_addrinfo hints, *ai = NULL;
+	struct evconnlistener *lev;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
+	if (evutil_getaddrinfo(host, port, &hints, &ai) != 0 || ai == NULL)
+		return NULL;
+	lev = evconnlistener_new_bind(base, NULL, NULL,
+	                              LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+	                                  LEV_OPT_REUSEABLE,
+	                              128, ai->ai_addr, (int)ai->ai_addrlen);
+	evutil_freeaddrinfo(ai);
+	return lev;
+}
+
 static int
 metrics_listen(struct event_base *base, const char *addr)
 {
 	char *host, *port, *end;
 	const char *why;
 	unsigned long p;
+	struct evconnlistener *lev = NULL;
 
 	if (hostport_split(addr, &host, &port, &why) != 0)
 		return -1;
 	p = strtoul(port, &end, 10);
-	if ((http = evhttp_new(base)) != NULL) {
+	if (*end == '\0' && p > 0 && p < 65536 &&
+	    (resume_ev = evtimer_new(base, metrics_resume_cb, NULL)) != NULL &&
+	    (sweep_ev = evtimer_new(base, metrics_sweep_cb, NULL)) != NULL &&
+	    (http = evhttp_new(base)) != NULL && (lev = metrics_bind(base, host, port)) != NULL) {
 		evhttp_set_gencb(http, metrics_http_cb, NULL);
+		evhttp_set_bevcb(http, metrics_bev_cb, NULL);
 		evhttp_set_timeout(http, METRICS_HTTP_TIMEOUT);
 		evhttp_set_max_headers_size(http, 8192);
 		evhttp_set_max_body_size(http, 0);
-		if (*end == '\0' && p > 0 && p < 65536)
-			bound = evhttp_bind_socket_with_handle(http, host, (ev_uint16_t)p);
+		/* evhttp sets its accept callback; the error callback stays ours. */
+		if ((bound = evhttp_bind_listener(http, lev)) != NULL) {
+			mlev = lev;
+			evconnlistener_set_error_cb(mlev, metrics_accept_error_cb);
+		} else
+			evconnlistener_free(lev);
 	}
 	free(host);
 	free(port);
@@ -653,8 +813,15 @@ metrics_free(void)
 		event_free(tick_ev);
 	if (sigfd >= 0)
 		close(sigfd);
+	mlev = NULL; /* evhttp_free frees it, then the connections, whose ends come here */
 	if (http != NULL)
 		evhttp_free(http);
+	while (nconns > 0)
+		bufferevent_decref(conns[--nconns]);
+	if (resume_ev != NULL)
+		event_free(resume_ev);
+	if (sweep_ev != NULL)
+		event_free(sweep_ev);
 	if (own_base != NULL)
 		event_base_free(own_base);
 	munmap(shm, shm_size);

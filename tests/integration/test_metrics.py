@@ -3,8 +3,10 @@ python3-prometheus-client parser, checked against a known run."""
 
 import http.client
 import os
+import resource
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -146,3 +148,99 @@ def test_metrics_port_taken_fails_at_start(tap_factory, sink):
         tap.start(wait=False)
         assert tap.wait_exit(10) not in (None, 0)
         assert "--metrics 127.0.0.1:%d" % taken in tap.stderr()
+
+
+def hold_open(port, n):
+    """n connections to port, each with half a request header sent (connects left pending in
+    the listen queue are fine: they are what a crowd of slow clients looks like)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        socks.append(s)
+    time.sleep(0.5)
+    for s in socks:
+        try:
+            s.send(b"GET /metrics HTTP/1.1\r\nX-A: ")
+        except OSError:
+            pass
+    return socks
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+@pytest.mark.limit(40)
+def test_metrics_connections_are_capped(tap_factory, sink, workdir):
+    """80 metrics clients that never finish their request, with the proxy at 64 descriptors:
+    the metrics side takes at most its cap of them, so an SMTP session is still served, and
+    once they leave a scrape works again."""
+    tap, mport, _ = tap_with_metrics(tap_factory, sink, workdir)
+    resource.prlimit(tap.pid, resource.RLIMIT_NOFILE, (64, 64))
+    socks = hold_open(mport, 80)
+    try:
+        time.sleep(1)
+        assert fd_count(tap.pid) < 64 - 8, fd_count(tap.pid)
+        session(tap.port, "ok@example.com")
+    finally:
+        for s in socks:
+            s.close()
+    harness.wait_until(lambda: scrape(mport)[0] == 200, 5, what="a scrape after the crowd left")
+    assert "Error from accept" not in tap.stderr()
+    assert tap.alive()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.limit(40)
+def test_metrics_accept_pauses_when_out_of_descriptors(tap_factory, sink, workdir, workers):
+    """The process serving metrics has 3 descriptors to spare and 20 clients come: it logs
+    that it pauses accepts (a line every 500 ms at most) instead of libevent's warning on every
+    turn of the loop, and serves again once the clients have left."""
+    tap, mport, _ = tap_with_metrics(tap_factory, sink, workdir, "--workers", workers)
+    scrape(mport)
+    limit = fd_count(tap.pid) + 3
+    resource.prlimit(tap.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    socks = hold_open(mport, 20)
+    try:
+        time.sleep(2)
+        err = tap.stderr()
+        assert "accept on metrics" in err and "pausing accepts" in err, err[-2000:]
+        assert "Error from accept" not in err
+        assert err.count("\n") < 100, "%d lines on stderr" % err.count("\n")
+    finally:
+        for s in socks:
+            s.close()
+    harness.wait_until(lambda: scrape(mport)[0] == 200, 5, what="a scrape once the clients left")
+    assert tap.alive()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.limit(40)
+def test_metrics_pipelining_client_that_never_reads_is_bounded(tap_factory, sink, workdir,
+                                                               workers):
+    """One client pipelines GET /metrics for 4 s and reads nothing: the process serving metrics
+    stops reading it (its growth stays under 16 MiB; it was hundreds of MiB), SMTP is served
+    meanwhile and a scrape works afterwards."""
+    tap, mport, _ = tap_with_metrics(tap_factory, sink, workdir, "--workers", workers)
+    rss_before = harness.rss_kib(tap.pid)
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    sent = 0
+    with socket.create_connection(("127.0.0.1", mport)) as c:
+        c.setblocking(False)
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            try:
+                sent += c.send(req)
+            except BlockingIOError:
+                time.sleep(0.05)
+        rss = harness.rss_kib(tap.pid)
+        session(tap.port, "ok@example.com")
+    assert rss - rss_before < 16 * 1024, "grew from %d KiB to %d KiB (%d octets sent)" % (
+        rss_before, rss, sent)
+    harness.wait_until(lambda: scrape(mport)[0] == 200, 5, what="a scrape after the flood")
+    assert tap.alive()

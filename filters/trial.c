@@ -60,7 +60,7 @@ struct trial {
 	int in_reply; /* inside a multi-line reply */
 	int reply_is_ehlo;
 	int reply_lines, reply_ignored;
-	unsigned caps_before, caps_after; /* of trial_caps[], in the EHLO reply so far */
+	unsigned caps_before, caps_after; /* of ehlo_gates[], in the EHLO reply so far */
 	unsigned caps_hidden; /* offered by the server and removed by a capability rule */
 
 	unsigned long ntried, nhits;
@@ -185,29 +185,6 @@ trial_report(struct trial *t, int v, unsigned long at, const char *kind, const u
 	return v;
 }
 
-/* The extensions the proxy refuses a client once a capability rule removed them (reply_edit.c). */
-static const struct {
-	enum smtp_verb verb;
-	const char *keyword;
-} trial_caps[] = {
-    {VERB_STARTTLS, "STARTTLS"},
-    {VERB_AUTH, "AUTH"},
-    {VERB_BDAT, "CHUNKING"},
-};
-
-/* The extensions of trial_caps that one line of an EHLO reply offers. */
-static unsigned
-trial_caps_of(const unsigned char *p, size_t n)
-{
-	unsigned bits = 0;
-	size_t i;
-
-	for (i = 0; i < sizeof(trial_caps) / sizeof(trial_caps[0]); i++)
-		if (ehlo_line_is(p, n, trial_caps[i].keyword))
-			bits |= 1u << i;
-	return bits;
-}
-
 /*
  * Whether the proxy answers a command itself before any rule sees it (client.c): a line with
  * a NUL (500), a client's XCLIENT/XFORWARD/PROXY (550), a command whose extension a
@@ -216,14 +193,9 @@ trial_caps_of(const unsigned char *p, size_t n)
 static int
 trial_answered_locally(const struct trial *t, const unsigned char *p, size_t n, int verb)
 {
-	size_t i;
-
 	if (memchr(p, '\0', n) != NULL || smtp_verb_info(verb)->handler == SMTP_HANDLE_REFUSE)
 		return 1;
-	for (i = 0; i < sizeof(trial_caps) / sizeof(trial_caps[0]); i++)
-		if ((int)trial_caps[i].verb == verb && (t->caps_hidden & (1u << i)))
-			return 1;
-	return 0;
+	return ehlo_gate_hidden(t->caps_hidden, (enum smtp_verb)verb) != NULL;
 }
 
 static void
@@ -457,10 +429,10 @@ trial_server(struct trial *t, const unsigned char *p, size_t n, int own)
 		if (v == ACT_IGNORE)
 			t->reply_ignored++;
 		if (scopes[0] == SCOPE_CAPABILITY) {
-			t->caps_before |= trial_caps_of(p, n);
+			t->caps_before |= ehlo_gates_of_line(p, n);
 			if (v != ACT_IGNORE)
-				t->caps_after |= t->out.rewritten ? trial_caps_of(t->out.line, t->out.len)
-				                                  : trial_caps_of(p, n);
+				t->caps_after |= t->out.rewritten ? ehlo_gates_of_line(t->out.line, t->out.len)
+				                                  : ehlo_gates_of_line(p, n);
 		}
 	}
 	if (n < 4 || p[3] != '-')

@@ -233,26 +233,10 @@ reply_edit_ehlo(struct session *s, const unsigned char *reply, size_t len,
 		evbuffer_free(notes);
 }
 
-/* The extensions a command needs, as the EHLO reply names them. */
-static const struct {
-	enum smtp_verb verb;
-	const char *keyword;
-	const char *name;
-} reply_caps[] = {
-    {VERB_STARTTLS, "STARTTLS", "STARTTLS"},
-    {VERB_AUTH, "AUTH", "AUTH"},
-    {VERB_BDAT, "CHUNKING", "BDAT"},
-};
-
 const char *
 reply_edit_hidden(const struct session *s, enum smtp_verb verb)
 {
-	size_t i;
-
-	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
-		if (reply_caps[i].verb == verb && (s->caps_hidden & (1u << i)))
-			return reply_caps[i].name;
-	return NULL;
+	return ehlo_gate_hidden(s->caps_hidden, verb);
 }
 
 /* The extensions offered before the rules and gone after them. */
@@ -260,14 +244,7 @@ static unsigned
 reply_caps_removed(const unsigned char *before, size_t blen, const unsigned char *after,
                    size_t alen)
 {
-	unsigned hidden = 0;
-	size_t i;
-
-	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
-		if (ehlo_offers(before, blen, reply_caps[i].keyword) &&
-		    !ehlo_offers(after, alen, reply_caps[i].keyword))
-			hidden |= 1u << i;
-	return hidden;
+	return ehlo_gates_of(before, blen) & ~ehlo_gates_of(after, alen);
 }
 
 /*
@@ -411,18 +388,6 @@ reply_stream_ehlo(const struct session *s)
 	return (v == VERB_EHLO || v == VERB_LHLO) && s->reply.code == 250;
 }
 
-/* The extensions of reply_caps that one line of an EHLO reply offers. */
-static unsigned
-reply_caps_of(const unsigned char *line, size_t len)
-{
-	unsigned bits = 0;
-	size_t i;
-
-	for (i = 0; i < sizeof(reply_caps) / sizeof(reply_caps[0]); i++)
-		if (ehlo_line_is(line, len, reply_caps[i].keyword))
-			bits |= 1u << i;
-	return bits;
-}
 
 /* The line kept back goes to the client with the separator its place needs ("NNN-" or,
  * last, "NNN "). */
@@ -485,7 +450,7 @@ reply_edit_stream_line(struct session *s, const unsigned char *line, size_t len,
 	}
 	if (ehlo && i > 0) {
 		/* What a rule took away stays away (reply_edit_hidden). */
-		s->caps_hidden |= reply_caps_of(line, len) & ~(removed ? 0u : reply_caps_of(p, n));
+		s->caps_hidden |= ehlo_gates_of_line(line, len) & ~(removed ? 0u : ehlo_gates_of_line(p, n));
 		reply_edit_policy(s, &pol, remove);
 		if (!removed && ehlo_line_removed(p, n, &pol)) {
 			removed = 1;
@@ -529,7 +494,7 @@ reply_stream_drops(struct session *s, const unsigned char *p, size_t len)
 		session_warn(s, "a reply line over %zu octets is too long for the rules: removed",
 		             s->px->opts->max_line);
 		if (ext)
-			s->caps_hidden |= reply_caps_of(p, len);
+			s->caps_hidden |= ehlo_gates_of_line(p, len);
 		return 1;
 	}
 	if (!ext)

@@ -165,3 +165,44 @@ ehlo_line_emit(struct evbuffer *out, const unsigned char *line, size_t len, int 
 	}
 	ehlo_emit(out, line, len, last);
 }
+
+const struct ehlo_gate ehlo_gates[EHLO_NGATES] = {
+    {VERB_STARTTLS, "STARTTLS", "STARTTLS"},
+    {VERB_AUTH, "AUTH", "AUTH"},
+    {VERB_BDAT, "CHUNKING", "BDAT"},
+};
+
+unsigned
+ehlo_gates_of_line(const unsigned char *line, size_t len)
+{
+	unsigned bits = 0;
+	size_t i;
+
+	for (i = 0; i < EHLO_NGATES; i++)
+		if (ehlo_line_is(line, len, ehlo_gates[i].keyword))
+			bits |= 1u << i;
+	return bits;
+}
+
+unsigned
+ehlo_gates_of(const unsigned char *reply, size_t len)
+{
+	unsigned bits = 0;
+	size_t i;
+
+	for (i = 0; i < EHLO_NGATES; i++)
+		if (ehlo_offers(reply, len, ehlo_gates[i].keyword))
+			bits |= 1u << i;
+	return bits;
+}
+
+const char *
+ehlo_gate_hidden(unsigned hidden, enum smtp_verb verb)
+{
+	size_t i;
+
+	for (i = 0; i < EHLO_NGATES; i++)
+		if (ehlo_gates[i].verb == verb && (hidden & (1u << i)))
+			return ehlo_gates[i].name;
+	return NULL;
+}

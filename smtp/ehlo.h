@@ -3,6 +3,8 @@
 
 #include <stddef.h>
 
+#include "smtp/smtp.h"
+
 struct evbuffer;
 
 /*
@@ -34,5 +36,25 @@ unsigned long long ehlo_size(const unsigned char *reply, size_t len);
 int ehlo_offers(const unsigned char *reply, size_t len, const char *keyword);
 /* Whether one line of an EHLO reply (not its first) is the extension keyword (any case). */
 int ehlo_line_is(const unsigned char *line, size_t len, const char *keyword);
+
+/*
+ * The extensions a client's command needs (STARTTLS, AUTH, CHUNKING for BDAT), which the
+ * proxy refuses once a capability rule removed them from the EHLO reply.  Sets of them are
+ * bits: ehlo_gates[i] is 1u << i.
+ */
+struct ehlo_gate {
+	enum smtp_verb verb;
+	const char *keyword; /* as the EHLO reply names it */
+	const char *name;    /* as the refusal names it */
+};
+#define EHLO_NGATES 3
+extern const struct ehlo_gate ehlo_gates[EHLO_NGATES];
+
+/* The gates one line of an EHLO reply offers. */
+unsigned ehlo_gates_of_line(const unsigned char *line, size_t len);
+/* The gates a whole EHLO reply offers. */
+unsigned ehlo_gates_of(const unsigned char *reply, size_t len);
+/* The name of the gate verb needs, when it is among the set hidden; else NULL. */
+const char *ehlo_gate_hidden(unsigned hidden, enum smtp_verb verb);
 
 #endif

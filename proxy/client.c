@@ -556,13 +556,14 @@ client_record_unrelayed_line(struct session *s, const unsigned char *line, size_
 	/* An unfinished line's CR may be the start of its CRLF: not part of a response. */
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
-	if ((nul = memchr(line, '\0', len)) != NULL) {
-		client_record_nul(s, line, n, nul);
-		return;
-	}
 	smtp_parse_command(line, len, &cmd);
+	/* SASL first: a raw response may hold NULs ("\0user\0password"), and stays redacted. */
 	if (sasl ? !(len == 1 && line[0] == '*') : client_sasl_late(s, line, len, &cmd)) {
 		client_record_sasl(s, NULL, 0, line, len);
+		return;
+	}
+	if ((nul = memchr(line, '\0', len)) != NULL) {
+		client_record_nul(s, line, n, nul);
 		return;
 	}
 	if (cmd.verb == VERB_AUTH)

@@ -297,6 +297,26 @@ def test_sasl_response_without_line_end_at_session_end(tap_factory, fake_server,
 
 
 @pytest.mark.limit(20)
+def test_raw_sasl_response_with_nuls_at_session_end_stays_redacted(tap_factory, fake_server):
+    """A PLAIN response sent raw, not in base64 ("\\0alice\\0s3cret", NULs and all) and
+    without its CRLF, then the client closes: left unrelayed, it is recorded redacted.  (A
+    line with a NUL is otherwise recorded as it came: the SASL reading must come first.)"""
+    srv = fake_server(SmtpServerScript(auth={USER: PASSWORD}))
+    tap = tap_factory(srv.port)
+    c = SmtpClient(tap.port)
+    c.reply()
+    c.expect("EHLO client.example", 250)
+    assert c.cmd("AUTH PLAIN")[0].startswith(b"334")
+    c.send(b"\0%s\0%s" % (USER.encode(), PASSWORD.encode()))
+    c.shutdown_write()
+    c.read_until_eof(10)
+    recs = tap.transcript().client_lines()
+    i = recs.index("AUTH PLAIN")
+    assert re.fullmatch(REDACTED, recs[i + 1]) and len(recs) == i + 2, recs
+    assert_no_secret(tap)
+
+
+@pytest.mark.limit(20)
 def test_pipelined_sasl_behind_auth_answered_421(tap_factory, fake_server):
     """AUTH LOGIN with user and password pipelined behind it, and the server answers 421: the
     lines left unrelayed are recorded as they would have been, redacted (the user name

@@ -433,14 +433,14 @@ pattern_warn(struct loader *ld, const struct pattern *pat)
 	        ld->file, ld->lineno, pat->from[at] + 1);
 }
 
-/* Whether a compiled pattern is UTF but would fail on a subject that is not valid UTF-8. */
+/* Whether a compiled pattern takes any subject: not UTF, or UTF that copes with invalid UTF-8. */
 static int
-pattern_utf_strict(const pcre2_code *code)
+pattern_utf_tolerant(const pcre2_code *code)
 {
 	uint32_t opts = 0;
 
 	return pcre2_pattern_info(code, PCRE2_INFO_ALLOPTIONS, &opts) == 0 &&
-	       (opts & PCRE2_UTF) && !(opts & PCRE2_MATCH_INVALID_UTF);
+	       (!(opts & PCRE2_UTF) || (opts & PCRE2_MATCH_INVALID_UTF));
 }
 
 /* Compiles the pattern, reporting PCRE2's message at the column of its error offset. */
@@ -454,7 +454,7 @@ pattern_compile(struct loader *ld, const struct pattern *pat, uint32_t opts)
 	int err;
 
 	code = pcre2_compile((PCRE2_SPTR)pat->text, pat->len, opts, &err, &erroff, ld->cctx);
-	if (code != NULL && pattern_utf_strict(code)) {
+	if (code != NULL && !pattern_utf_tolerant(code)) {
 		/* "(*UTF)" in the pattern: as the u flag, or every mail that is not valid UTF-8
 		 * would fail the rule (451), WARN rules included. */
 		pcre2_code_free(code);
@@ -486,12 +486,9 @@ static int
 jit_direct(const pcre2_code *code)
 {
 	size_t size = 0;
-	uint32_t opts = 0;
 
-	if (pcre2_pattern_info(code, PCRE2_INFO_JITSIZE, &size) != 0 || size == 0 ||
-	    pcre2_pattern_info(code, PCRE2_INFO_ALLOPTIONS, &opts) != 0)
-		return 0;
-	return !(opts & PCRE2_UTF) || (opts & PCRE2_MATCH_INVALID_UTF);
+	return pcre2_pattern_info(code, PCRE2_INFO_JITSIZE, &size) == 0 && size > 0 &&
+	       pattern_utf_tolerant(code);
 }
 
 /* Checks an enhanced status code (RFC 3463: class.subject.detail) against the reply code. */

@@ -310,7 +310,7 @@ trial_header_flush(struct trial *t)
 
 /*
  * A line of the message: a header (folded ones joined with their CRLF) or a body line, as
- * the rules see it (message_unstuff): without any line end, and without a stuffing dot.  The
+ * the rules see it (smtp_content_unstuff): without any line end, and without a stuffing dot.  The
  * end of data is only <CRLF>.<CRLF>: a "." after a bare line end, or ending bare, is content.
  */
 static int
@@ -319,12 +319,7 @@ trial_message(struct trial *t, const unsigned char *p, size_t n)
 	int eod = n == 1 && p[0] == '.' && !t->line_bare && !t->after_bare;
 
 	t->after_bare = t->line_bare;
-	while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n'))
-		n--;
-	if (n > 1 && p[0] == '.') {
-		p++;
-		n--;
-	}
+	n = smtp_content_unstuff(&p, n);
 	if (eod) {
 		if (trial_header_flush(t) == -1)
 			return -1;

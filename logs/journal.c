@@ -131,10 +131,6 @@ journal_ends_whole(int fd, off_t size)
 }
 
 /*
- * The day's file, still the one its name leads to (a rotated or removed file, or log
- * directory, is noticed here, at the next batch), with its size: where the batch will land.
- */
-/*
  * O_NONBLOCK: a FIFO planted at the day's name would otherwise stall the loop on its first
  * full pipe; nothing but a regular file is written (journal_not_regular).
  */
@@ -162,6 +158,10 @@ journal_not_regular(const char *name, const struct stat *st)
 	return 1;
 }
 
+/*
+ * The day's file, still the one its name leads to (a rotated or removed file, or log
+ * directory, is noticed here, at the next batch), with its size: where the batch will land.
+ */
 static int
 journal_file(struct journal *j, off_t *size, int recheck)
 {

@@ -18,6 +18,7 @@
 #include "proxy/proxy.h"
 #include "proxy/conn.h"
 #include "proxy/side.h"
+#include "smtp/smtp.h"
 
 /* Small enough for the whole struct to stay under 1 KiB: malloc's thread cache serves it. */
 #define MESSAGE_STAGE 832
@@ -314,7 +315,6 @@ message_out_header(struct session *s, const unsigned char *text, size_t len)
 	size_t off = 0, n;
 	struct smtp_line l;
 	int mended = 0;
-	unsigned char *folded;
 
 	do {
 		smtp_line_cut_any(text + off, len - off, &l);
@@ -322,15 +322,11 @@ message_out_header(struct session *s, const unsigned char *text, size_t len)
 		if (n == 0) {
 			mended = 1;
 		} else if (off > 0 && l.data[0] != ' ' && l.data[0] != '\t') {
+			/* Folded with a space: a line that starts with one needs no stuffing dot. */
 			mended = 1;
-			if ((folded = malloc(n + 1)) == NULL) {
-				session_close(s, "error");
-				return;
-			}
-			folded[0] = ' ';
-			memcpy(folded + 1, l.data, n);
-			message_out_line(s, folded, n + 1);
-			free(folded);
+			message_out(s, " ", 1);
+			message_out(s, l.data, n);
+			message_out(s, "\r\n", 2);
 		} else {
 			message_out_line(s, l.data, n);
 		}
@@ -450,31 +446,13 @@ message_add_header(struct session *s, const unsigned char *text, size_t n)
 	message_pressure(s);
 }
 
-/*
- * Strips the line end and the stuffing dot: the line as the message holds it.  A lone "."
- * that reaches here is content, not a stuffed empty line: one that ended bare, or followed a
- * bare line end (the end of data was taken before), which client.c stuffs when it relays
- * without rules.
- */
-static size_t
-message_unstuff(const unsigned char **line, size_t len)
-{
-	while (len > 0 && ((*line)[len - 1] == '\n' || (*line)[len - 1] == '\r'))
-		len--;
-	if (len > 1 && (*line)[0] == '.') {
-		(*line)++;
-		len--;
-	}
-	return len;
-}
-
 /* Gathers a content line into the message: a header line, or a body line through the rules. */
 static void
 message_take(struct session *s, const unsigned char *line, size_t len)
 {
 	struct message *m = s->msg;
 	const unsigned char *text = line;
-	size_t n = message_unstuff(&text, len);
+	size_t n = smtp_content_unstuff(&text, len);
 
 	if (m->verdict == MSG_TOO_BIG)
 		return; /* nothing more is inspected or kept */

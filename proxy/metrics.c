@@ -138,7 +138,6 @@ static struct evhttp *http;
 static struct evhttp_bound_socket *bound;
 static struct evconnlistener *mlev;  /* bound's, NULL once evhttp_free has freed it */
 static struct event *resume_ev;      /* ends a pause after EMFILE */
-static int accept_paused;
 static struct bufferevent *conns[METRICS_MAX_CONNS]; /* HTTP connections open now */
 static unsigned nconns;
 static struct event *sweep_ev;       /* looks for the connections evhttp has freed */
@@ -552,7 +551,8 @@ metrics_accepting(void)
 {
 	if (mlev == NULL)
 		return;
-	if (nconns < METRICS_MAX_CONNS && !accept_paused)
+	/* A pause runs while its timer is pending. */
+	if (nconns < METRICS_MAX_CONNS && !evtimer_pending(resume_ev, NULL))
 		evconnlistener_enable(mlev);
 	else
 		evconnlistener_disable(mlev);
@@ -628,7 +628,6 @@ metrics_resume_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	accept_paused = 0;
 	metrics_accepting();
 }
 
@@ -645,9 +644,8 @@ metrics_accept_error_cb(struct evconnlistener *lev, void *arg)
 	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
 		log_warnx("accept on metrics: %s; pausing accepts for %d ms", strerror(err),
 		          METRICS_ACCEPT_PAUSE_MSECS);
-		accept_paused = 1;
-		metrics_accepting();
 		event_add(resume_ev, &pause);
+		metrics_accepting();
 		return;
 	}
 	if (err != EAGAIN && err != EINTR && err != ECONNABORTED)

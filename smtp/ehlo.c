@@ -187,12 +187,14 @@ ehlo_gates_of_line(const unsigned char *line, size_t len)
 unsigned
 ehlo_gates_of(const unsigned char *reply, size_t len)
 {
+	struct ehlo_line l;
 	unsigned bits = 0;
-	size_t i;
+	size_t off = 0, i;
 
-	for (i = 0; i < EHLO_NGATES; i++)
-		if (ehlo_offers(reply, len, ehlo_gates[i].keyword))
-			bits |= 1u << i;
+	/* One pass over the reply, its first line (the server's name) left out. */
+	for (i = 0; ehlo_next(reply, len, &off, &l); i++)
+		if (i > 0)
+			bits |= ehlo_gates_of_line(l.p, l.len);
 	return bits;
 }
 

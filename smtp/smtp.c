@@ -476,3 +476,15 @@ smtp_verb_awaits_reply(enum smtp_verb verb)
 {
 	return smtp_verb_info(verb)->awaits_reply;
 }
+
+size_t
+smtp_content_unstuff(const unsigned char **line, size_t len)
+{
+	while (len > 0 && ((*line)[len - 1] == '\n' || (*line)[len - 1] == '\r'))
+		len--;
+	if (len > 1 && (*line)[0] == '.') {
+		(*line)++;
+		len--;
+	}
+	return len;
+}

@@ -156,6 +156,15 @@ unsigned char *smtp_reply_rebuild(const unsigned char *const *lines, const size_
 /* Strips a CRLF or LF line end: the length of line without it. */
 size_t smtp_line_len(const unsigned char *line, size_t len);
 
+/*
+ * A content line (of DATA) as the message holds it: *line moved past the stuffing dot, the
+ * length without the line end.  A lone "." is content, not a stuffed empty line: one that
+ * reaches a reader of content ended bare, or followed a bare line end, since the end of data
+ * (only <CRLF>.<CRLF>) was taken before.  The proxy's message rules and --test-rules both
+ * read content this way.
+ */
+size_t smtp_content_unstuff(const unsigned char **line, size_t len);
+
 /* Sorts a client command line (without line end) by its verb. */
 void smtp_parse_command(const unsigned char *line, size_t len, struct smtp_command *cmd);
 

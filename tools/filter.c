@@ -19,6 +19,15 @@ enum {
 	NEED_RULE = 1 << 5,
 };
 
+void
+filter_format_time(time_t t, char out[32])
+{
+	struct tm tm;
+
+	gmtime_r(&t, &tm);
+	strftime(out, 32, "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
+}
+
 int
 filter_parse_time(const char *s, time_t now, char out[32], time_t *at)
 {
@@ -27,43 +36,40 @@ filter_parse_time(const char *s, time_t now, char out[32], time_t *at)
 	struct tm tm;
 	char *end;
 	const char *rest;
-	long n;
+	long n, unit;
 	time_t t;
 
 	n = strtol(s, &end, 10);
 	if (end != s && n >= 0 && end[0] != '\0' && end[1] == '\0' && strchr("smhdw", end[0]) &&
 	    s[0] != '-' && s[0] != '+') {
+		unit = unit_secs[(unsigned char)end[0]];
 		/* Further back than the epoch is the epoch (n * unit would overflow first). */
-		t = n > now / unit_secs[(unsigned char)end[0]] ? 0
-		                                                 : now - (time_t)n * unit_secs[(unsigned char)end[0]];
-		gmtime_r(&t, &tm);
-		strftime(out, 32, "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
-		if (at != NULL)
-			*at = t;
-		return 0;
-	}
-	memset(&tm, 0, sizeof(tm));
-	if ((rest = strptime(s, "%Y-%m-%d", &tm)) == NULL)
-		return -1;
-	if (*rest == 'T' || *rest == ' ') {
-		const char *r2 = strptime(rest + 1, "%H:%M:%S", &tm);
-
-		if (r2 == NULL)
-			r2 = strptime(rest + 1, "%H:%M", &tm);
-		if (r2 == NULL)
+		t = n > now / unit ? 0 : now - (time_t)n * unit;
+	} else {
+		memset(&tm, 0, sizeof(tm));
+		if ((rest = strptime(s, "%Y-%m-%d", &tm)) == NULL)
 			return -1;
-		rest = r2;
-		if (*rest == '.')
-			for (rest++; isdigit((unsigned char)*rest); rest++)
-				;
+		if (*rest == 'T' || *rest == ' ') {
+			const char *r2 = strptime(rest + 1, "%H:%M:%S", &tm);
+
+			if (r2 == NULL)
+				r2 = strptime(rest + 1, "%H:%M", &tm);
+			if (r2 == NULL)
+				return -1;
+			rest = r2;
+			if (*rest == '.')
+				for (rest++; isdigit((unsigned char)*rest); rest++)
+					;
+		}
+		if (*rest == 'Z')
+			rest++;
+		if (*rest != '\0')
+			return -1;
+		t = timegm(&tm);
 	}
-	if (*rest == 'Z')
-		rest++;
-	if (*rest != '\0')
-		return -1;
-	strftime(out, 32, "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
+	filter_format_time(t, out);
 	if (at != NULL)
-		*at = timegm(&tm);
+		*at = t;
 	return 0;
 }
 

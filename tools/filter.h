@@ -38,6 +38,8 @@ int filter_arg(void *f, int argc, char **argv, int *i);
  * into *at unless NULL.
  */
 int filter_parse_time(const char *s, time_t now, char out[32], time_t *at);
+/* t as a record time ("2026-12-06T10:45:00.000000Z"), as --since and --until compare. */
+void filter_format_time(time_t t, char out[32]);
 
 /* Whether the client "ADDR:PORT" or "[ADDR]:PORT" (or a bare address) is in the filter's net. */
 int filter_client_matches(const struct tool_filter *f, const char *client);

@@ -222,6 +222,9 @@ records_legacy(const struct tool_common *c, const char *rel, const char *id, rec
 	size_t n;
 	int rc, head = 1;
 
+	/* A legacy name is "DAY/FILE" under the log dir: nothing that leads out of it. */
+	if (rel[0] == '/' || strstr(rel, "..") != NULL)
+		return 1;
 	snprintf(path, sizeof(path), "%s/%s", c->log_dir, rel);
 	if (journal_reader_open(&jr, path, 0) != 0)
 		return 1;
@@ -266,9 +269,7 @@ session_records(const struct tool_common *c, const char *id, record_cb cb, void 
 	int rc = 1;
 
 	t = ev != NULL ? json_object_get(ev, "transcript") : NULL;
-	/* A legacy name is "DAY/FILE" under the log dir: nothing that leads out of it. */
-	if (json_is_string(t) && strchr(json_string_value(t), '/') != NULL &&
-	    json_string_value(t)[0] != '/' && strstr(json_string_value(t), "..") == NULL) {
+	if (json_is_string(t) && strchr(json_string_value(t), '/') != NULL) {
 		rc = records_legacy(c, json_string_value(t), id, cb, arg);
 	} else if (json_is_object(t) && json_is_string(json_object_get(t, "file")) &&
 	           strchr(json_string_value(json_object_get(t, "file")), '/') == NULL) {

@@ -93,11 +93,9 @@ sessions_line(json_t *ev)
 static void
 sessions_stop_at(struct sessions *s)
 {
-	time_t t = s->f.since_at > SESSIONS_DISORDER_SECS ? s->f.since_at - SESSIONS_DISORDER_SECS : 0;
-	struct tm tm;
-
-	gmtime_r(&t, &tm);
-	strftime(s->stop, sizeof(s->stop), "%Y-%m-%dT%H:%M:%S.000000Z", &tm);
+	filter_format_time(s->f.since_at > SESSIONS_DISORDER_SECS ? s->f.since_at - SESSIONS_DISORDER_SECS
+	                                                          : 0,
+	                   s->stop);
 }
 
 /* Keeps one output line (backwards: to print in order at the end). */

@@ -114,10 +114,12 @@ tail_print(const char *line, size_t n)
 	char *owned;
 	size_t len;
 
-	if ((p = journal_printable(line, n, &len, &owned)) != NULL) {
-		fwrite(p, 1, len, stdout);
-		putchar('\n');
+	if ((p = journal_printable(line, n, &len, &owned)) == NULL) {
+		fprintf(stderr, "smtptap tail: out of memory: a record not printed\n");
+		return;
 	}
+	fwrite(p, 1, len, stdout);
+	putchar('\n');
 	free(owned);
 }
 

@@ -167,19 +167,17 @@ client_chunk_too_big(const struct session *s, uint64_t size)
 
 /*
  * Whether a BDAT about to be forwarded is refused instead: its size can't be read, or its
- * chunk would take the message past --max-message.
+ * chunk would take the message past --max-message.  Else *size and *last are its own.
  */
 static int
-client_bdat_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd)
+client_bdat_refused(struct session *s, const struct unit *u, const struct smtp_command *cmd,
+                    uint64_t *size, int *last)
 {
-	uint64_t size;
-	int last;
-
-	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0) {
+	if (smtp_parse_bdat(cmd->arg, cmd->arglen, size, last) != 0) {
 		client_bdat_malformed(s, u);
 		return 1;
 	}
-	if (client_chunk_too_big(s, size)) {
+	if (client_chunk_too_big(s, *size)) {
 		client_bdat_too_big(s, u);
 		return 1;
 	}
@@ -188,13 +186,8 @@ client_bdat_refused(struct session *s, const struct unit *u, const struct smtp_c
 
 /* A BDAT command: the chunk that follows is exactly its size, never lines. */
 static void
-client_bdat(struct session *s, const struct smtp_command *cmd, struct pending *p)
+client_bdat(struct session *s, struct pending *p, uint64_t size, int last)
 {
-	uint64_t size;
-	int last;
-
-	if (smtp_parse_bdat(cmd->arg, cmd->arglen, &size, &last) != 0)
-		return; /* never here: client_bdat_refused kept it from the server */
 	p->last = last;
 	if (s->tx != NULL) {
 		s->tx->size += size;
@@ -480,7 +473,8 @@ client_command(struct session *s, const struct unit *u)
 	struct smtp_command cmd;
 	struct pending *p;
 	size_t seen = n; /* what the rules see of the line */
-	int rcpt, verdict;
+	uint64_t chunk = 0; /* a BDAT's size and LAST, once read */
+	int rcpt, verdict, last = 0;
 
 	smtp_parse_command(u->data, n, &cmd);
 	if (cmd.verb != VERB_BDAT)
@@ -525,7 +519,7 @@ client_command(struct session *s, const struct unit *u)
 		                       "502 5.5.1 BDAT not available: CHUNKING not offered");
 		return;
 	}
-	if (cmd.verb == VERB_BDAT && client_bdat_refused(s, u, &cmd))
+	if (cmd.verb == VERB_BDAT && client_bdat_refused(s, u, &cmd, &chunk, &last))
 		return;
 	if (cmd.verb == VERB_DATA && s->rules != NULL && rules_holds_messages(s->rules)) {
 		client_hold_data(s, u);
@@ -537,7 +531,7 @@ client_command(struct session *s, const struct unit *u)
 		return;
 	p->rcpt_index = rcpt;
 	if (cmd.verb == VERB_BDAT) {
-		client_bdat(s, &cmd, p);
+		client_bdat(s, p, chunk, last);
 		return;
 	}
 	p->ends_chunking = client_may_end_chunking(s, &cmd);
